@@ -1,0 +1,214 @@
+package openai
+
+import (
+	"bytes"
+	"encoding/json"
+	"strconv"
+)
+
+// The helpers below walk JSON that has already been validated (by
+// json.Valid or by a successful decode). They find member and element
+// boundaries without decoding values, so a chunk can be edited where it
+// must and copied byte for byte everywhere else.
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// skipValue returns the index just past the value starting at b[i].
+func skipValue(b []byte, i int) int {
+	switch b[i] {
+	case '"':
+		for i++; i < len(b); i++ {
+			switch b[i] {
+			case '\\':
+				i++
+			case '"':
+				return i + 1
+			}
+		}
+		return i
+	case '{', '[':
+		depth := 0
+		for ; i < len(b); i++ {
+			switch b[i] {
+			case '"':
+				i = skipValue(b, i) - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				depth--
+				if depth == 0 {
+					return i + 1
+				}
+			}
+		}
+		return i
+	default:
+		for ; i < len(b); i++ {
+			switch b[i] {
+			case ',', '}', ']', ' ', '\t', '\r', '\n':
+				return i
+			}
+		}
+		return i
+	}
+}
+
+// members calls fn for each member of the object v, with the raw key
+// (quotes included) and the raw value. It reports whether v is an object.
+func members(v []byte, fn func(key, val []byte)) bool {
+	i := skipSpace(v, 0)
+	if i >= len(v) || v[i] != '{' {
+		return false
+	}
+	for i = skipSpace(v, i+1); i < len(v) && v[i] != '}'; {
+		k := i
+		i = skipValue(v, i)
+		key := v[k:i]
+		i = skipSpace(v, i) + 1 // ':'
+		i = skipSpace(v, i)
+		s := i
+		i = skipValue(v, i)
+		fn(key, v[s:i])
+		i = skipSpace(v, i)
+		if i < len(v) && v[i] == ',' {
+			i = skipSpace(v, i+1)
+		}
+	}
+	return true
+}
+
+// elements calls fn for each element of the array v. It reports whether
+// v is an array.
+func elements(v []byte, fn func(i int, el []byte)) bool {
+	i := skipSpace(v, 0)
+	if i >= len(v) || v[i] != '[' {
+		return false
+	}
+	n := 0
+	for i = skipSpace(v, i+1); i < len(v) && v[i] != ']'; n++ {
+		s := i
+		i = skipValue(v, i)
+		fn(n, v[s:i])
+		i = skipSpace(v, i)
+		if i < len(v) && v[i] == ',' {
+			i = skipSpace(v, i+1)
+		}
+	}
+	return true
+}
+
+// keyIs reports whether the raw key names name. Keys with escapes are
+// decoded; plain keys are compared in place.
+func keyIs(key []byte, name string) bool {
+	if len(key) < 2 {
+		return false
+	}
+	inner := key[1 : len(key)-1]
+	if bytes.IndexByte(inner, '\\') < 0 {
+		return string(inner) == name
+	}
+	var s string
+	return json.Unmarshal(key, &s) == nil && s == name
+}
+
+func isNull(v []byte) bool { return len(v) == 0 || string(v) == "null" }
+
+// hasValue reports whether v holds something other than null, "" or [].
+func hasValue(v []byte) bool {
+	switch string(v) {
+	case "", "null", `""`, "[]":
+		return false
+	}
+	return true
+}
+
+// object appends the members of one JSON object to buf.
+type object struct {
+	buf []byte
+	n   int
+}
+
+func (o *object) open(dst []byte) { o.buf, o.n = append(dst, '{'), 0 }
+
+func (o *object) key(k string) {
+	if o.n > 0 {
+		o.buf = append(o.buf, ',')
+	}
+	o.n++
+	o.buf = strconv.AppendQuote(o.buf, k)
+	o.buf = append(o.buf, ':')
+}
+
+func (o *object) raw(k string, v []byte) { o.key(k); o.buf = append(o.buf, v...) }
+
+func (o *object) str(k, v string) { o.key(k); o.buf = appendString(o.buf, v) }
+
+func (o *object) int(k string, v int64) { o.key(k); o.buf = strconv.AppendInt(o.buf, v, 10) }
+
+// member copies a member found by members, raw key and all.
+func (o *object) member(key, val []byte) {
+	if o.n > 0 {
+		o.buf = append(o.buf, ',')
+	}
+	o.n++
+	o.buf = append(o.buf, key...)
+	o.buf = append(o.buf, ':')
+	o.buf = append(o.buf, val...)
+}
+
+func (o *object) close() []byte { return append(o.buf, '}') }
+
+// appendString appends s as a JSON string.
+func appendString(dst []byte, s string) []byte {
+	b, _ := json.Marshal(s) // never fails for a string
+	return append(dst, b...)
+}
+
+// Member returns the raw value of obj's member key, or nil.
+func Member(obj []byte, key string) []byte {
+	var found []byte
+	members(obj, func(k, v []byte) {
+		if found == nil && keyIs(k, key) {
+			found = v
+		}
+	})
+	return found
+}
+
+// SetMember returns the JSON object obj with member key set to the raw
+// JSON val: replaced where it stands, else added at the end. The rest of
+// obj is kept byte for byte. obj must be a valid JSON object.
+func SetMember(obj []byte, key string, val []byte) []byte {
+	if old := Member(obj, key); old != nil {
+		start := cap(obj) - cap(old) // old is a subslice of obj
+		out := make([]byte, 0, len(obj)-len(old)+len(val))
+		out = append(out, obj[:start]...)
+		out = append(out, val...)
+		return append(out, obj[start+len(old):]...)
+	}
+	end := len(obj) - 1
+	for end > 0 && obj[end] != '}' {
+		end--
+	}
+	empty := true
+	for _, c := range obj[bytes.IndexByte(obj, '{')+1 : end] {
+		if c != ' ' && c != '\t' && c != '\n' && c != '\r' {
+			empty = false
+			break
+		}
+	}
+	out := make([]byte, 0, len(obj)+len(key)+len(val)+4)
+	out = append(out, obj[:end]...)
+	if !empty {
+		out = append(out, ',')
+	}
+	out = strconv.AppendQuote(out, key)
+	out = append(out, ':')
+	out = append(out, val...)
+	return append(out, obj[end:]...)
+}

@@ -1,0 +1,298 @@
+package openai
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestParseChatRequest(t *testing.T) {
+	req, e := ParseChatRequest([]byte(`{"model":"m","stream":true,"stream_options":{"include_usage":true},"tools":[],
+		"messages":[{"role":"system","content":"be brief"},{"role":"user","content":"first"},
+		{"role":"assistant","content":null,"tool_calls":[]},
+		{"role":"user","content":[{"type":"text","text":"hello"},{"type":"image_url","image_url":{"url":"data:x"}},{"type":"text","text":"world"}]}]}`))
+	if e != nil {
+		t.Fatal(e)
+	}
+	if req.Model != "m" || !req.Stream || !req.IncludeUsage || req.Prompt != "hello\nworld" {
+		t.Fatalf("got %+v", req)
+	}
+	req, e = ParseChatRequest([]byte(`{"messages":[{"role":"user","content":"hi"}],"stream":null}`))
+	if e != nil || req.Stream || req.Model != "" || req.Prompt != "hi" || req.ContentBytes != 4 {
+		t.Fatalf("got %+v, %v", req, e)
+	}
+}
+
+func TestParseChatRequestErrors(t *testing.T) {
+	tests := []struct{ body, param, code string }{
+		{``, "", "invalid_json"},
+		{`{"messages":[`, "", "invalid_json"},
+		{`[1,2]`, "", "invalid_type"},
+		{`42`, "", "invalid_type"},
+		{`{}`, "messages", "missing_required_parameter"},
+		{`{"messages":[]}`, "messages", "empty_array"},
+		{`{"messages":"hi"}`, "messages", "invalid_type"},
+		{`{"messages":["hi"]}`, "messages", "invalid_type"},
+		{`{"messages":[{"content":"hi"}]}`, "messages[0].role", "missing_required_parameter"},
+		{`{"messages":[{"role":1,"content":"hi"}]}`, "messages[0].role", "invalid_type"},
+		{`{"messages":[{"role":"wizard","content":"hi"}]}`, "messages[0].role", "invalid_value"},
+		{`{"messages":[{"role":"user"}]}`, "messages[0].content", "missing_required_parameter"},
+		{`{"messages":[{"role":"user","content":5}]}`, "messages[0].content", "invalid_type"},
+		{`{"messages":[{"role":"user","content":{"a":1}}]}`, "messages[0].content", "invalid_type"},
+		{`{"messages":[{"role":"user","content":["x"]}]}`, "messages[0].content", "invalid_type"},
+		{`{"messages":[{"role":"user","content":"x"}],"stream":"true"}`, "stream", "invalid_type"},
+		{`{"messages":[{"role":"user","content":"x"}],"model":7}`, "model", "invalid_type"},
+		{`{"messages":[{"role":"user","content":"x"}],"stream_options":true}`, "stream_options", "invalid_type"},
+		{`{"messages":[{"role":"user","content":"x"}],"stream":true,"stream":false}`, "stream", "duplicate_key"},
+		{"{\"messages\":[{\"role\":\"user\",\"content\":\"\xff\"}]}", "", "invalid_json"},
+		{strings.Repeat("[", 5<<20), "", "invalid_json"},
+	}
+	for _, tt := range tests {
+		_, e := ParseChatRequest([]byte(tt.body))
+		if e == nil {
+			t.Errorf("%.60q: accepted", tt.body)
+			continue
+		}
+		if e.Status != http.StatusBadRequest || e.Type != TypeInvalidRequest || e.Param != tt.param || e.Code != tt.code {
+			t.Errorf("%.60q: got %d %s param=%q code=%q (%s)", tt.body, e.Status, e.Type, e.Param, e.Code, e.Message)
+		}
+	}
+}
+
+func TestErrorJSON(t *testing.T) {
+	got := string((&Error{Message: "m", Type: "t"}).JSON())
+	if got != `{"error":{"message":"m","type":"t","param":null,"code":null}}` {
+		t.Fatal(got)
+	}
+	e, ok := ParseError([]byte(`{"error":{"message":"slow down","type":"rate_limit_error","param":null,"code":429}}`))
+	if !ok || e.Message != "slow down" || e.Type != "rate_limit_error" || e.Code != "429" {
+		t.Fatalf("%+v %v", e, ok)
+	}
+	if e, ok := ParseError([]byte(`{"error":"model not loaded"}`)); !ok || e.Message != "model not loaded" {
+		t.Fatalf("%+v %v", e, ok)
+	}
+	if _, ok := ParseError([]byte(`<html>bad gateway</html>`)); ok {
+		t.Fatal("html taken as an error body")
+	}
+}
+
+func decode(t *testing.T, b []byte) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatalf("%v: %s", err, b)
+	}
+	return m
+}
+
+func TestNormalizeCompletion(t *testing.T) {
+	m := Meta{ID: "req-1", Model: "asked", Created: 99, PromptBytes: 40}
+	// llama.cpp style: no usage details beyond counts, extra fields.
+	in := `{"id":"chatcmpl-x","object":"chat.completion","created":5,"model":"llama","system_fingerprint":"fp",
+		"choices":[{"index":0,"message":{"role":"assistant","content":"hi","tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]},"logprobs":null,"finish_reason":"tool_calls"}],
+		"usage":{"prompt_tokens":3,"completion_tokens":4}}`
+	out, rep, err := NormalizeCompletion(nil, []byte(in), m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := decode(t, out)
+	if got["id"] != "req-1" || got["object"] != "chat.completion" || got["created"] != 5.0 || got["model"] != "llama" || got["system_fingerprint"] != "fp" {
+		t.Fatalf("top level: %s", out)
+	}
+	c := got["choices"].([]any)[0].(map[string]any)
+	if c["finish_reason"] != "tool_calls" || c["message"].(map[string]any)["tool_calls"] == nil {
+		t.Fatalf("choice: %s", out)
+	}
+	if u := got["usage"].(map[string]any); u["total_tokens"] != 7.0 || rep.Usage.PromptTokens != 3 || rep.Usage.Estimated || rep.FinishReason != "tool_calls" {
+		t.Fatalf("usage: %s %+v", out, rep)
+	}
+
+	// A minimal server: no id, model, created, index, role, finish_reason or usage.
+	out, rep, err = NormalizeCompletion(nil, []byte(`{"choices":[{"message":{"content":"12345678"}}]}`), m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = decode(t, out)
+	want := map[string]any{"id": "req-1", "object": "chat.completion", "created": 99.0, "model": "asked",
+		"choices": []any{map[string]any{"index": 0.0, "message": map[string]any{"role": "assistant", "content": "12345678"}, "finish_reason": "stop"}},
+		"usage":   map[string]any{"prompt_tokens": 10.0, "completion_tokens": 2.0, "total_tokens": 12.0}}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %s", out)
+	}
+	if !rep.Usage.Estimated || rep.FinishReason != "stop" {
+		t.Fatalf("%+v", rep)
+	}
+
+	for _, bad := range []string{``, `<html>`, `[]`, `{"choices":{}}`, `{"object":"list"}`, `{"choices":[`} {
+		if _, _, err := NormalizeCompletion(nil, []byte(bad), m); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+func TestStreamChunks(t *testing.T) {
+	s := Stream{Meta: Meta{ID: "req-1", Model: "asked", Created: 1, PromptBytes: 8}}
+	var out []string
+	feed := func(data string) {
+		t.Helper()
+		b, err := s.Chunk(nil, []byte(data))
+		if err != nil {
+			t.Fatalf("%s: %v", data, err)
+		}
+		out = append(out, string(b))
+	}
+	// llama.cpp: no role on the first delta, usage inside the last chunk.
+	feed(`{"id":"x","object":"chat.completion.chunk","created":7,"model":"llama","choices":[{"index":0,"delta":{"content":"Hel"}}]}`)
+	feed(`{"choices":[{"delta":{"content":"lo"},"finish_reason":null}]}`)
+	feed(`{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":2,"completion_tokens":2,"total_tokens":4},"timings":{"n":1}}`)
+	if out[0] != `{"id":"req-1","object":"chat.completion.chunk","created":7,"model":"llama","choices":[{"index":0,"delta":{"role":"assistant","content":"Hel"}}]}` {
+		t.Fatalf("first chunk: %s", out[0])
+	}
+	second := decode(t, []byte(out[1]))
+	if second["created"] != 7.0 || second["model"] != "llama" {
+		t.Fatalf("second chunk: %s", out[1])
+	}
+	if c := second["choices"].([]any)[0].(map[string]any); c["index"] != 0.0 || c["delta"].(map[string]any)["role"] != nil {
+		t.Fatalf("second chunk: %s", out[1])
+	}
+	if last := decode(t, []byte(out[2])); last["usage"] != nil || last["timings"] == nil {
+		t.Fatalf("usage not taken out of %s", out[2])
+	}
+	if !s.Finished() || s.FinishReason != "stop" || s.Usage() != (Usage{PromptTokens: 2, CompletionTokens: 2}) {
+		t.Fatalf("state: %+v", s)
+	}
+	u := decode(t, s.UsageChunk(nil))
+	if len(u["choices"].([]any)) != 0 || u["usage"].(map[string]any)["total_tokens"] != 4.0 || u["id"] != "req-1" {
+		t.Fatalf("usage chunk: %v", u)
+	}
+
+	// OpenAI: a usage-only chunk is held back; tool_calls keep their index.
+	s = Stream{Meta: Meta{ID: "r"}}
+	b, _ := s.Chunk(nil, []byte(`{"choices":[{"index":0,"delta":{"role":"assistant","content":null,"tool_calls":[{"index":0,"id":"c","function":{"arguments":""}}]}}]}`))
+	if !strings.Contains(string(b), `"tool_calls":[{"index":0,"id":"c"`) || strings.Count(string(b), `"role"`) != 1 {
+		t.Fatalf("tool call chunk: %s", b)
+	}
+	b, _ = s.Chunk(b[:0], []byte(`{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}`))
+	if len(b) != 0 || s.Usage().Estimated {
+		t.Fatalf("usage-only chunk passed on: %q", b)
+	}
+	if s.Finished() {
+		t.Fatal("finished without finish_reason")
+	}
+	if u := s.Unfinished(); len(u) != 1 || u[0] != 0 {
+		t.Fatalf("unfinished: %v", u)
+	}
+	fin := decode(t, s.Delta(nil, 0, "", "", "stop"))
+	if fin["choices"].([]any)[0].(map[string]any)["finish_reason"] != "stop" || !s.Finished() {
+		t.Fatalf("finish chunk: %v", fin)
+	}
+
+	for _, bad := range []string{`data`, `[1]`, `"x"`, `{"choices":[`} {
+		if _, err := s.Chunk(nil, []byte(bad)); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+func TestStreamEstimate(t *testing.T) {
+	s := Stream{Meta: Meta{ID: "r", Model: "echo", PromptBytes: 12}}
+	var b []byte
+	b = s.Delta(b, 0, "assistant", "", "")
+	b = s.Delta(b, 0, "", "12345678", "")
+	b = s.Delta(b, 0, "", "", "stop")
+	if u := s.Usage(); !u.Estimated || u.PromptTokens != 3 || u.CompletionTokens != 2 {
+		t.Fatalf("%+v", u)
+	}
+	if !s.Finished() || !json.Valid(b[:strings.Index(string(b), "}{")+1]) {
+		t.Fatalf("%s", b)
+	}
+}
+
+func FuzzChatRequest(f *testing.F) {
+	f.Add([]byte(`{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"x"}]}],"stream":true}`))
+	f.Add([]byte(`{"messages":[{"role":"user","content":"hi"}],"stream_options":{"include_usage":true}}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		req, e := ParseChatRequest(body)
+		if (req == nil) == (e == nil) {
+			t.Fatalf("req %v, err %v", req, e)
+		}
+		if e != nil && (e.Status != 400 || !json.Valid(e.JSON())) {
+			t.Fatalf("bad error %+v", e)
+		}
+	})
+}
+
+func FuzzNormalize(f *testing.F) {
+	f.Add([]byte(`{"choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null}],"usage":null}`))
+	f.Add([]byte(`{"choices":[{"message":{"role":null,"content":"x"}}],"usage":{"prompt_tokens":1,"completion_tokens":2}}`))
+	f.Add([]byte(`{"\u0063hoices":[{"delta":{"tool_calls":[{"index":0}]}}], "x" : [ "]" , "}" ] }`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		s := Stream{Meta: Meta{ID: "r", Model: "m"}}
+		if out, err := s.Chunk(nil, data); err == nil && len(out) > 0 && !json.Valid(out) {
+			t.Fatalf("chunk %s gave invalid JSON %s", data, out)
+		}
+		if out, _, err := NormalizeCompletion(nil, data, Meta{ID: "r"}); err == nil && !json.Valid(out) {
+			t.Fatalf("reply %s gave invalid JSON %s", data, out)
+		}
+		if out := s.UsageChunk(nil); !json.Valid(out) {
+			t.Fatalf("usage chunk %s", out)
+		}
+	})
+}
+
+func BenchmarkParseChatRequest(b *testing.B) {
+	for _, size := range []int{100, 10 << 10, 1 << 20} {
+		body := fmt.Appendf(nil, `{"model":"m","messages":[{"role":"system","content":"be brief"},{"role":"user","content":%q}]}`, strings.Repeat("a", size))
+		b.Run(fmt.Sprint(size), func(b *testing.B) {
+			b.SetBytes(int64(len(body)))
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, e := ParseChatRequest(body); e != nil {
+					b.Fatal(e)
+				}
+			}
+		})
+	}
+}
+
+func BenchmarkStreamChunk(b *testing.B) {
+	data := []byte(`{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":" world"},"logprobs":null,"finish_reason":null}]}`)
+	s := Stream{Meta: Meta{ID: "0b6c2e9e-2d51-4a43-9b0a-4a6f3b9d9c11"}}
+	var out []byte
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	for b.Loop() {
+		out, _ = s.Chunk(out[:0], data)
+	}
+}
+
+func BenchmarkNormalizeCompletion(b *testing.B) {
+	body := []byte(`{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Hello there, how can I help you today?"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":12,"total_tokens":21}}`)
+	m := Meta{ID: "0b6c2e9e-2d51-4a43-9b0a-4a6f3b9d9c11"}
+	var out []byte
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	for b.Loop() {
+		out, _, _ = NormalizeCompletion(out[:0], body, m)
+	}
+}
+
+func TestSetMember(t *testing.T) {
+	tests := []struct{ in, key, val, want string }{
+		{`{"model":"a","x":[1, 2]}`, "model", `"b"`, `{"model":"b","x":[1, 2]}`},
+		{`{"x":1}`, "model", `"b"`, `{"x":1,"model":"b"}`},
+		{`{ }`, "model", `"b"`, `{ "model":"b"}`},
+		{`{"stream_options":{"include_usage":false},"m":"\"model\""}`, "stream_options", `{"include_usage":true}`, `{"stream_options":{"include_usage":true},"m":"\"model\""}`},
+	}
+	for _, tt := range tests {
+		if got := string(SetMember([]byte(tt.in), tt.key, []byte(tt.val))); got != tt.want {
+			t.Errorf("SetMember(%s, %s) = %s, want %s", tt.in, tt.key, got, tt.want)
+		}
+	}
+	if string(Member([]byte(`{"a":{"b":1},"b":2}`), "b")) != "2" {
+		t.Error("Member found a nested key")
+	}
+}

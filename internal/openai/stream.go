@@ -1,0 +1,275 @@
+package openai
+
+import (
+	"encoding/json"
+)
+
+// Stream normalizes the chunks of one streamed reply and keeps what the
+// gateway must know at its end: usage, finish reasons, content size.
+// Chunks are edited in place where needed and copied byte for byte
+// otherwise; a Stream allocates nothing per chunk once warm.
+type Stream struct {
+	Meta
+
+	roleSent []bool // by choice index
+	finished []bool // by choice index
+	usage    Usage
+	hasUsage bool
+	// CompletionBytes is the size of the content streamed so far.
+	CompletionBytes int
+	// FinishReason is the first choice's finish_reason, once seen.
+	FinishReason string
+	// Content is true once any content-bearing delta went out.
+	Content bool
+}
+
+// grow makes the per-choice state hold index i.
+func (s *Stream) grow(i int) {
+	for len(s.roleSent) <= i {
+		s.roleSent = append(s.roleSent, false)
+		s.finished = append(s.finished, false)
+	}
+}
+
+// Chunk appends the normalized form of one chunk's data to dst. The
+// chunk's "usage" is taken out and kept for UsageChunk; a chunk that
+// carries only usage (choices empty) yields nothing, so dst comes back
+// unchanged. It fails for data that is not a JSON object.
+func (s *Stream) Chunk(dst, data []byte) ([]byte, error) {
+	if !json.Valid(data) || skipSpace(data, 0) >= len(data) || data[skipSpace(data, 0)] != '{' {
+		return dst, ErrInvalidReply
+	}
+	var choices, created, model []byte
+	nChoices := 0
+	members(data, func(k, v []byte) {
+		switch {
+		case keyIs(k, "choices"):
+			choices = v
+			elements(v, func(int, []byte) { nChoices++ })
+		case keyIs(k, "usage"):
+			if u, ok := readUsage(v); ok {
+				s.usage, s.hasUsage = u, true
+			}
+		case keyIs(k, "created"):
+			created = v
+		case keyIs(k, "model"):
+			model = v
+		}
+	})
+	if nChoices == 0 {
+		return dst, nil
+	}
+	// Chunks the gateway adds later (finish, usage) match the backend's.
+	if len(created) > 0 && created[0] >= '0' && created[0] <= '9' {
+		s.Created = parseInt(created)
+	}
+	if len(model) > 2 && model[0] == '"' && string(model[1:len(model)-1]) != s.Model {
+		_ = json.Unmarshal(model, &s.Model)
+	}
+	var o object
+	o.open(dst)
+	o.str("id", s.ID)
+	o.str("object", "chat.completion.chunk")
+	writeCreatedModel(&o, created, model, s.Meta)
+	o.key("choices")
+	o.buf = append(o.buf, '[')
+	elements(choices, func(i int, c []byte) {
+		if i > 0 {
+			o.buf = append(o.buf, ',')
+		}
+		o.buf = s.choice(o.buf, i, c)
+	})
+	o.buf = append(o.buf, ']')
+	members(data, func(k, v []byte) {
+		for _, name := range [...]string{"id", "object", "created", "model", "choices", "usage"} {
+			if keyIs(k, name) {
+				return
+			}
+		}
+		o.member(k, v)
+	})
+	return o.close(), nil
+}
+
+// choice appends one normalized chunk choice: with its index, and with
+// role "assistant" on the first delta of the choice that bears content.
+func (s *Stream) choice(dst []byte, pos int, c []byte) []byte {
+	var index, delta, finish []byte
+	members(c, func(k, v []byte) {
+		switch {
+		case keyIs(k, "index"):
+			index = v
+		case keyIs(k, "delta"):
+			delta = v
+		case keyIs(k, "finish_reason"):
+			finish = v
+		}
+	})
+	idx := parseIndex(index, pos)
+	s.grow(idx)
+	if !isNull(finish) {
+		s.finished[idx] = true
+		if idx == 0 || s.FinishReason == "" {
+			_ = json.Unmarshal(finish, &s.FinishReason)
+		}
+	}
+
+	hasRole, bearsContent := false, false
+	members(delta, func(k, v []byte) {
+		switch {
+		case keyIs(k, "role"):
+			hasRole = hasRole || !isNull(v)
+		case keyIs(k, "content"), keyIs(k, "tool_calls"), keyIs(k, "refusal"), keyIs(k, "function_call"), keyIs(k, "reasoning_content"):
+			if hasValue(v) {
+				bearsContent = true
+				s.CompletionBytes += contentSize(v)
+			}
+		}
+	})
+	if hasRole {
+		s.roleSent[idx] = true
+	}
+	injectRole := bearsContent && !s.roleSent[idx]
+	if bearsContent {
+		s.roleSent[idx] = true
+		s.Content = true
+	}
+	if index != nil && !injectRole && delta != nil {
+		return append(dst, c...)
+	}
+
+	var o object
+	o.open(dst)
+	if index == nil {
+		o.int("index", int64(idx))
+	}
+	members(c, func(k, v []byte) {
+		if !injectRole || !keyIs(k, "delta") {
+			o.member(k, v)
+			return
+		}
+		o.key("delta")
+		var d object
+		d.open(o.buf)
+		d.str("role", "assistant")
+		members(v, func(k, v []byte) {
+			if !keyIs(k, "role") {
+				d.member(k, v)
+			}
+		})
+		o.buf = d.close()
+	})
+	if delta == nil {
+		o.raw("delta", []byte("{}"))
+	}
+	return o.close()
+}
+
+// Finished reports whether every choice seen has had a finish_reason.
+func (s *Stream) Finished() bool {
+	if len(s.finished) == 0 {
+		return false
+	}
+	for _, f := range s.finished {
+		if !f {
+			return false
+		}
+	}
+	return true
+}
+
+// Usage returns the backend's usage when it sent one, else an estimate
+// from the request and the content streamed.
+func (s *Stream) Usage() Usage {
+	if s.hasUsage {
+		return s.usage
+	}
+	return Usage{PromptTokens: EstimateTokens(s.PromptBytes), CompletionTokens: EstimateTokens(s.CompletionBytes), Estimated: true}
+}
+
+// SetUsage sets the usage the stream reports, as a backend's would.
+func (s *Stream) SetUsage(u Usage) { s.usage, s.hasUsage = u, true }
+
+// Delta appends a chunk with one choice whose delta holds role and
+// content when not empty, and finish_reason when not empty. It is how
+// the gateway writes chunks of its own: echo replies and the finish of a
+// stream the backend left without one.
+func (s *Stream) Delta(dst []byte, index int, role, content, finish string) []byte {
+	s.grow(index)
+	var o object
+	s.head(&o, dst)
+	o.key("choices")
+	o.buf = append(o.buf, '[')
+	var c object
+	c.open(o.buf)
+	c.int("index", int64(index))
+	c.key("delta")
+	var d object
+	d.open(c.buf)
+	if role != "" {
+		d.str("role", role)
+		s.roleSent[index] = true
+	}
+	if content != "" {
+		d.str("content", content)
+		s.CompletionBytes += len(content)
+		s.Content = true
+	}
+	c.buf = d.close()
+	c.key("finish_reason")
+	if finish == "" {
+		c.buf = append(c.buf, "null"...)
+	} else {
+		c.buf = appendString(c.buf, finish)
+		s.finished[index] = true
+		if s.FinishReason == "" {
+			s.FinishReason = finish
+		}
+	}
+	o.buf = append(c.close(), ']')
+	return o.close()
+}
+
+// Unfinished returns the indexes of the choices that have had no
+// finish_reason, or choice 0 if the stream had no choice at all.
+func (s *Stream) Unfinished() []int {
+	if len(s.finished) == 0 {
+		return []int{0}
+	}
+	var idx []int
+	for i, f := range s.finished {
+		if !f {
+			idx = append(idx, i)
+		}
+	}
+	return idx
+}
+
+// UsageChunk appends the final usage chunk: choices empty, usage set.
+func (s *Stream) UsageChunk(dst []byte) []byte {
+	var o object
+	s.head(&o, dst)
+	o.raw("choices", []byte("[]"))
+	o.key("usage")
+	o.buf = s.Usage().appendJSON(o.buf)
+	return o.close()
+}
+
+func (s *Stream) head(o *object, dst []byte) {
+	o.open(dst)
+	o.str("id", s.ID)
+	o.str("object", "chat.completion.chunk")
+	o.int("created", s.Created)
+	o.str("model", s.Model)
+}
+
+func parseInt(v []byte) int64 {
+	var n int64
+	for _, c := range v {
+		if c < '0' || c > '9' {
+			break
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n
+}

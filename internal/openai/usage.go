@@ -1,0 +1,66 @@
+package openai
+
+import (
+	"encoding/json"
+	"strconv"
+)
+
+// Usage is the token accounting of one reply.
+type Usage struct {
+	PromptTokens     int64
+	CompletionTokens int64
+	// Estimated is true when the backend reported nothing and the
+	// figures come from EstimateTokens.
+	Estimated bool
+}
+
+// EstimateTokens estimates the tokens in n bytes of text: one per four
+// bytes, rounded up, which is close for English with the GPT and Llama
+// tokenizers. It is only used when a backend reports no usage.
+func EstimateTokens(n int) int64 { return int64((n + 3) / 4) }
+
+func (u Usage) appendJSON(dst []byte) []byte {
+	dst = append(dst, `{"prompt_tokens":`...)
+	dst = strconv.AppendInt(dst, u.PromptTokens, 10)
+	dst = append(dst, `,"completion_tokens":`...)
+	dst = strconv.AppendInt(dst, u.CompletionTokens, 10)
+	dst = append(dst, `,"total_tokens":`...)
+	dst = strconv.AppendInt(dst, u.PromptTokens+u.CompletionTokens, 10)
+	return append(dst, '}')
+}
+
+// readUsage reads a backend's usage object. It reports false when v has
+// no usable prompt and completion counts.
+func readUsage(v []byte) (Usage, bool) {
+	var u struct {
+		Prompt     *int64 `json:"prompt_tokens"`
+		Completion *int64 `json:"completion_tokens"`
+	}
+	if !hasValue(v) || json.Unmarshal(v, &u) != nil || u.Prompt == nil || u.Completion == nil {
+		return Usage{}, false
+	}
+	return Usage{PromptTokens: *u.Prompt, CompletionTokens: *u.Completion}, true
+}
+
+// usageMember writes the usage member: the backend's own object when it
+// is complete (so details such as prompt_tokens_details survive), else
+// the gateway's figures.
+func usageMember(o *object, raw []byte, u Usage) {
+	if u.Estimated || !hasValue(raw) {
+		o.key("usage")
+		o.buf = u.appendJSON(o.buf)
+		return
+	}
+	hasTotal := false
+	members(raw, func(k, _ []byte) { hasTotal = hasTotal || keyIs(k, "total_tokens") })
+	if hasTotal {
+		o.raw("usage", raw)
+		return
+	}
+	o.key("usage")
+	var in object
+	in.open(o.buf)
+	members(raw, in.member)
+	in.int("total_tokens", u.PromptTokens+u.CompletionTokens)
+	o.buf = in.close()
+}

@@ -1,0 +1,231 @@
+package chatgateway
+
+import (
+	"net/url"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"github.com/dustin/go-humanize"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("chat_gateway", parseCaddyfile)
+	httpcaddyfile.RegisterDirectiveOrder("chat_gateway", httpcaddyfile.Before, "reverse_proxy")
+}
+
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	var gw Handler
+	err := gw.UnmarshalCaddyfile(h.Dispenser)
+	return &gw, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	chat_gateway [<backend_urls...>] {
+//	    backend <urls...> {
+//	        models <names...>
+//	        alias <name> <model>
+//	        api_key <key>
+//	        base_path <path>
+//	        # and any reverse_proxy subdirective: lb_policy, lb_retries,
+//	        # health_uri, fail_duration, transport http { ... }, ...
+//	    }
+//	    api_key <key>
+//	    echo
+//	    echo_delay <duration>
+//	    max_request_body <size>
+//	    timeout <duration>
+//	    first_token_timeout <duration>
+//	    idle_timeout <duration>
+//	    include_usage_upstream
+//	}
+//
+// Backend URLs are base URLs as OpenAI SDKs take them, such as
+// http://127.0.0.1:8080/v1; a URL with no path gets /v1. URLs on the
+// directive line form one backend. The top-level api_key applies to
+// every backend that has none of its own.
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume directive name
+	dirTok := d.Token()
+	if urls := d.RemainingArgs(); len(urls) > 0 {
+		b, err := newBackend(d, dirTok, urls, nil)
+		if err != nil {
+			return err
+		}
+		h.Backends = append(h.Backends, b)
+	}
+	var sharedKey string
+	for d.NextBlock(0) {
+		switch d.Val() {
+		case "backend":
+			b, err := parseBackend(d)
+			if err != nil {
+				return err
+			}
+			h.Backends = append(h.Backends, b)
+		case "api_key":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			sharedKey = d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		case "echo":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.Echo = true
+		case "include_usage_upstream":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.IncludeUsageUpstream = true
+		case "max_request_body":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			size, err := humanize.ParseBytes(d.Val())
+			if err != nil || size == 0 || size > 1<<40 {
+				return d.Errf("invalid max_request_body '%s': want a size such as 16MiB", d.Val())
+			}
+			h.MaxRequestBody = int64(size)
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		case "timeout", "first_token_timeout", "idle_timeout", "echo_delay":
+			name := d.Val()
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(d.Val())
+			if err != nil || dur < 0 {
+				return d.Errf("invalid %s '%s': want a duration such as 90s or 5m", name, d.Val())
+			}
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			switch name {
+			case "timeout":
+				h.Timeout = caddy.Duration(dur)
+			case "first_token_timeout":
+				h.FirstTokenTimeout = caddy.Duration(dur)
+			case "idle_timeout":
+				h.IdleTimeout = caddy.Duration(dur)
+			case "echo_delay":
+				h.EchoDelay = caddy.Duration(dur)
+			}
+		default:
+			return d.Errf("unrecognized chat_gateway option '%s'", d.Val())
+		}
+	}
+	for _, b := range h.Backends {
+		if b.APIKey == "" {
+			b.APIKey = sharedKey
+		}
+	}
+	return nil
+}
+
+// parseBackend reads a backend block. Its own options are taken out;
+// every other line goes to reverse_proxy's Caddyfile parser.
+func parseBackend(d *caddyfile.Dispenser) (*Backend, error) {
+	seg := caddyfile.NewDispenser(d.NextSegment())
+	seg.Next()
+	head := seg.Token()
+	urls := seg.RemainingArgs()
+	b := &Backend{}
+	var proxyLines []caddyfile.Token
+	for seg.NextBlock(0) {
+		switch seg.Val() {
+		case "models":
+			b.Models = append(b.Models, seg.RemainingArgs()...)
+			if len(b.Models) == 0 {
+				return nil, seg.ArgErr()
+			}
+		case "alias":
+			args := seg.RemainingArgs()
+			if len(args) != 2 {
+				return nil, seg.Errf("alias takes a name and the model it stands for")
+			}
+			if b.Aliases == nil {
+				b.Aliases = make(map[string]string)
+			}
+			b.Aliases[args[0]] = args[1]
+		case "api_key", "base_path":
+			opt := seg.Val()
+			args := seg.RemainingArgs()
+			if len(args) != 1 {
+				return nil, seg.ArgErr()
+			}
+			if opt == "api_key" {
+				b.APIKey = args[0]
+			} else {
+				b.BasePath = args[0]
+			}
+		case "handle_response", "replace_status", "copy_response", "copy_response_headers":
+			return nil, seg.Errf("'%s' is not supported in a chat_gateway backend: the gateway handles responses itself", seg.Val())
+		default:
+			proxyLines = append(proxyLines, seg.NextSegment()...)
+		}
+	}
+	nb, err := newBackend(d, head, urls, proxyLines)
+	if err != nil {
+		return nil, err
+	}
+	nb.Models, nb.Aliases, nb.APIKey = b.Models, b.Aliases, b.APIKey
+	if b.BasePath != "" {
+		nb.BasePath = b.BasePath
+	}
+	return nb, nil
+}
+
+// newBackend builds a backend from its base URLs and the reverse_proxy
+// lines of its block, parsed by reverse_proxy's own Caddyfile code.
+func newBackend(d *caddyfile.Dispenser, head caddyfile.Token, urls []string, proxyLines []caddyfile.Token) (*Backend, error) {
+	tok := func(text string) caddyfile.Token {
+		t := head
+		t.Text = text
+		return t
+	}
+	tokens := []caddyfile.Token{tok("reverse_proxy")}
+	b := &Backend{}
+	repl := caddy.NewReplacer()
+	for i, raw := range urls {
+		u, err := url.Parse(repl.ReplaceKnown(raw, ""))
+		if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+			return nil, d.Errf("invalid backend URL '%s': want http(s)://host[:port][/base/path]", raw)
+		}
+		path := strings.TrimSuffix(u.Path, "/")
+		if path == "" {
+			path = "/v1"
+		}
+		if i > 0 && path != b.BasePath {
+			return nil, d.Errf("backend URLs of one backend must share one path: '%s' has %s, not %s", raw, path, b.BasePath)
+		}
+		b.BasePath = path
+		tokens = append(tokens, tok(u.Scheme+"://"+u.Host))
+	}
+	if len(proxyLines) > 0 {
+		tokens = append(tokens, tok("{"))
+		tokens = append(tokens, proxyLines...)
+		end := proxyLines[len(proxyLines)-1]
+		end.Text = "}"
+		end.Line++
+		tokens = append(tokens, end)
+	}
+	var rp reverseproxy.Handler
+	if err := rp.UnmarshalCaddyfile(caddyfile.NewDispenser(tokens)); err != nil {
+		return nil, err
+	}
+	if len(rp.Upstreams) == 0 && rp.DynamicUpstreamsRaw == nil {
+		return nil, d.Errf("backend needs at least one URL (or 'dynamic')")
+	}
+	b.ProxyRaw = caddyconfig.JSONModuleObject(rp, "handler", "reverse_proxy", nil)
+	return b, nil
+}

@@ -1,0 +1,281 @@
+package chatgateway
+
+import (
+	"errors"
+	"io"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dustin/go-humanize"
+	"github.com/google/uuid"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
+)
+
+// Outcomes of a request, in logs and the {http.chat_gateway.outcome}
+// placeholder.
+const (
+	outcomeOK              = "ok"
+	outcomeClientError     = "client_error"
+	outcomeUpstreamError   = "upstream_error"
+	outcomeTimeout         = "timeout"
+	outcomeClientCancelled = "client_cancelled"
+	outcomeTruncated       = "truncated"
+)
+
+// ServeHTTP routes the gateway's paths and passes others to next.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	var allow string
+	switch r.URL.Path {
+	case "/v1/chat/completions":
+		allow = http.MethodPost
+	case "/v1/models", "/healthz":
+		allow = "GET, HEAD"
+	default:
+		return next.ServeHTTP(w, r)
+	}
+
+	x := h.newExchange(w, r)
+	defer x.finish()
+	switch {
+	case r.Method != http.MethodPost && allow == http.MethodPost,
+		r.Method != http.MethodGet && r.Method != http.MethodHead && allow != http.MethodPost:
+		w.Header().Set("Allow", allow)
+		x.fail(&openai.Error{Status: http.StatusMethodNotAllowed, Type: openai.TypeInvalidRequest, Code: "method_not_allowed",
+			Message: "Method " + r.Method + " is not allowed on " + r.URL.Path + "; use " + allow + "."})
+	case r.URL.Path == "/healthz":
+		x.writeJSON(http.StatusOK, []byte(`{"status":"ok"}`))
+	case r.URL.Path == "/v1/models":
+		h.serveModels(x)
+	default:
+		h.serveChat(x)
+	}
+	return nil
+}
+
+// exchange is one request's state: its id, what it asked, how it ended.
+type exchange struct {
+	h       *Handler
+	w       http.ResponseWriter
+	r       *http.Request
+	id      string
+	repl    *caddy.Replacer
+	start   time.Time
+	req     *openai.ChatRequest
+	model   string
+	outcome string
+	status  int
+	code    string // the error code sent, if any
+	usage   openai.Usage
+	finishReason string
+	// upstreamErr is the proxy's own error, for the log only: it may
+	// name the backend address.
+	upstreamErr error
+}
+
+func (h *Handler) newExchange(w http.ResponseWriter, r *http.Request) *exchange {
+	x := &exchange{h: h, w: w, r: r, id: requestID(r), start: time.Now(), outcome: outcomeOK}
+	x.repl, _ = r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if x.repl == nil {
+		x.repl = caddy.NewReplacer()
+	}
+	x.repl.Set("http.chat_gateway.request_id", x.id)
+	w.Header().Set("X-Request-ID", x.id)
+	if extra := extraLogFields(r); extra != nil {
+		extra.Set(zap.String("request_id", x.id))
+	}
+	return x
+}
+
+// requestID returns the client's X-Request-ID or Request-Id when it is
+// a sane token, else a new UUID.
+func requestID(r *http.Request) string {
+	for _, name := range [...]string{"X-Request-Id", "Request-Id"} {
+		if v := r.Header.Get(name); validRequestID(v) {
+			return v
+		}
+	}
+	return uuid.NewString()
+}
+
+// validRequestID accepts 1 to 128 bytes of printable ASCII without
+// spaces, so an id can be reflected in headers, JSON and logs as is.
+func validRequestID(s string) bool {
+	if len(s) == 0 || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] > '~' {
+			return false
+		}
+	}
+	return true
+}
+
+// serveChat handles POST /v1/chat/completions.
+func (h *Handler) serveChat(x *exchange) {
+	r := x.r
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+			x.fail(&openai.Error{Status: http.StatusUnsupportedMediaType, Type: openai.TypeInvalidRequest, Code: "unsupported_media_type",
+				Message: "Content-Type must be application/json."})
+			return
+		}
+	}
+	body, e := readBody(r, h.MaxRequestBody)
+	if e != nil {
+		x.fail(e)
+		return
+	}
+	req, e := openai.ParseChatRequest(body)
+	if e != nil {
+		x.fail(e)
+		return
+	}
+	x.req = req
+	x.model = req.Model
+	x.repl.Set("http.chat_gateway.model", req.Model)
+	if h.echoMode() {
+		h.echo(x)
+		return
+	}
+	rt, ok := h.route(req.Model)
+	if !ok {
+		x.fail(&openai.Error{Status: http.StatusNotFound, Type: openai.TypeInvalidRequest, Param: "model", Code: "model_not_found",
+			Message: "The model '" + req.Model + "' does not exist or is not served by this gateway."})
+		return
+	}
+	h.forward(x, rt, body)
+}
+
+// route finds the backend for a model.
+func (h *Handler) route(model string) (route, bool) {
+	if rt, ok := h.routes[model]; ok {
+		return rt, true
+	}
+	if h.fallback != nil {
+		return route{backend: h.fallback}, true
+	}
+	return route{}, false
+}
+
+// readBody reads at most limit bytes of the request body.
+func readBody(r *http.Request, limit int64) ([]byte, *openai.Error) {
+	tooLarge := &openai.Error{Status: http.StatusRequestEntityTooLarge, Type: openai.TypeInvalidRequest, Code: "request_too_large",
+		Message: "The request body is larger than the gateway accepts (" + humanBytes(limit) + ")."}
+	if r.ContentLength > limit {
+		return nil, tooLarge
+	}
+	size := int64(512)
+	if r.ContentLength > 0 {
+		size = r.ContentLength + 1
+	}
+	buf := make([]byte, 0, size)
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := r.Body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if int64(len(buf)) > limit {
+			return nil, tooLarge
+		}
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+				return nil, tooLarge
+			}
+			return nil, &openai.Error{Status: http.StatusBadRequest, Type: openai.TypeInvalidRequest, Code: "body_read_error",
+				Message: "The request body could not be read."}
+		}
+	}
+}
+
+// fail answers with an OpenAI error, unless the response has started.
+func (x *exchange) fail(e *openai.Error) {
+	x.status, x.code = e.Status, e.Code
+	switch {
+	case e.Status == 499:
+		x.outcome = outcomeClientCancelled
+		x.w.WriteHeader(499) // for the access log: nobody reads it
+		return
+	case e.Type == openai.TypeTimeout:
+		x.outcome = outcomeTimeout
+	case e.Status >= 500:
+		x.outcome = outcomeUpstreamError
+	default:
+		x.outcome = outcomeClientError
+	}
+	x.writeJSON(e.Status, e.JSON())
+}
+
+func (x *exchange) writeJSON(status int, body []byte) {
+	hdr := x.w.Header()
+	hdr.Set("Content-Type", "application/json")
+	hdr.Set("Content-Length", itoa(len(body)))
+	x.w.WriteHeader(status)
+	if x.r.Method != http.MethodHead {
+		_, _ = x.w.Write(body)
+	}
+}
+
+// finish records how the request ended, in the access log, the
+// placeholders and the module log.
+func (x *exchange) finish() {
+	x.repl.Set("http.chat_gateway.outcome", x.outcome)
+	extra := extraLogFields(x.r)
+	fields := []zap.Field{zap.String("request_id", x.id), zap.String("outcome", x.outcome)}
+	if x.req != nil {
+		fields = append(fields,
+			zap.String("model", x.model),
+			zap.Bool("stream", x.req.Stream),
+			zap.Int64("prompt_tokens", x.usage.PromptTokens),
+			zap.Int64("completion_tokens", x.usage.CompletionTokens),
+			zap.String("finish_reason", x.finishReason),
+		)
+		if up, ok := x.repl.GetString("http.reverse_proxy.upstream.hostport"); ok {
+			fields = append(fields, zap.String("upstream", up))
+		}
+	}
+	if extra != nil {
+		for _, f := range fields[1:] {
+			extra.Set(f)
+		}
+	}
+	if x.outcome == outcomeOK || x.outcome == outcomeClientError {
+		return
+	}
+	lvl := zapcore.WarnLevel
+	if x.outcome == outcomeClientCancelled {
+		lvl = zapcore.DebugLevel
+	}
+	if c := x.h.logger.Check(lvl, "request failed"); c != nil {
+		fields = append(fields, zap.Int("status", x.status), zap.String("code", x.code), zap.Duration("duration", time.Since(x.start)))
+		if x.upstreamErr != nil {
+			fields = append(fields, zap.Error(x.upstreamErr))
+		}
+		c.Write(fields...)
+	}
+}
+
+// extraLogFields returns the access log's extra fields of r, if any.
+func extraLogFields(r *http.Request) *caddyhttp.ExtraLogFields {
+	extra, _ := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields)
+	return extra
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
+
+// humanBytes renders a byte count as the Caddyfile takes it, e.g. 16MiB.
+func humanBytes(n int64) string {
+	return strings.ReplaceAll(humanize.IBytes(uint64(n)), " ", "")
+}

@@ -1,0 +1,248 @@
+package chatgateway
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+)
+
+func TestMain(m *testing.M) {
+	// Caddy writes its config and data under $HOME unless told otherwise.
+	dir, err := os.MkdirTemp("", "chat-gateway-test")
+	if err != nil {
+		panic(err)
+	}
+	os.Setenv("XDG_CONFIG_HOME", filepath.Join(dir, "config"))
+	os.Setenv("XDG_DATA_HOME", filepath.Join(dir, "data"))
+	code := m.Run()
+	_ = caddy.Stop()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// gateway is Caddy, running in this process, serving a site whose only
+// handlers are a chat_gateway block and, after it, a "next" responder.
+type gateway struct {
+	URL     string
+	logFile string
+}
+
+// newGateway loads a Caddyfile site around config (a chat_gateway
+// directive) into the in-process Caddy, replacing the previous config.
+func newGateway(t *testing.T, config string) *gateway {
+	t.Helper()
+	port := freePort(t)
+	logFile := filepath.Join(t.TempDir(), "caddy.log")
+	caddyfileText := fmt.Sprintf(`{
+	admin localhost:2999
+	http_port %d
+	skip_install_trust
+	persist_config off
+	grace_period 1ns
+	log {
+		output file %s
+		format json
+		level DEBUG
+	}
+}
+http://127.0.0.1:%d {
+	log {
+		output file %s
+		format json
+	}
+	route {
+		%s
+		respond "next" 404
+	}
+}
+`, port, logFile, port, logFile, config)
+	adapter := caddyconfig.GetAdapter("caddyfile")
+	cfg, _, err := adapter.Adapt([]byte(caddyfileText), map[string]any{"filename": "Caddyfile"})
+	if err != nil {
+		t.Fatalf("adapting %s: %v", config, err)
+	}
+	if err := caddy.Load(cfg, true); err != nil {
+		t.Fatalf("loading %s: %v", config, err)
+	}
+	return &gateway{URL: fmt.Sprintf("http://127.0.0.1:%d", port), logFile: logFile}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// logs returns Caddy's log lines so far (module and access logs) as
+// decoded JSON objects, and the raw text.
+func (g *gateway) logs(t *testing.T) ([]map[string]any, string) {
+	t.Helper()
+	raw, err := os.ReadFile(g.logFile)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	var out []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(line), &m) == nil {
+			out = append(out, m)
+		}
+	}
+	return out, string(raw)
+}
+
+// waitLog waits for a log line with the given message and request id.
+func (g *gateway) waitLog(t *testing.T, msg, requestID string) map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		lines, _ := g.logs(t)
+		for _, l := range lines {
+			if l["msg"] == msg && l["request_id"] == requestID {
+				return l
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no log %q for request %s", msg, requestID)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// post sends a chat request and returns the response with its body read.
+func (g *gateway) post(t *testing.T, body string, header ...string) (*http.Response, string) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, g.URL+"/v1/chat/completions", strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	return do(t, req)
+}
+
+func do(t *testing.T, req *http.Request) (*http.Response, string) {
+	t.Helper()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp, string(b)
+}
+
+// apiError decodes an OpenAI error body, failing on any other shape.
+func apiError(t *testing.T, body string) map[string]any {
+	t.Helper()
+	var env map[string]map[string]any
+	if err := json.Unmarshal([]byte(body), &env); err != nil {
+		t.Fatalf("error body %q: %v", body, err)
+	}
+	e := env["error"]
+	for _, k := range []string{"message", "type", "param", "code"} {
+		if _, ok := e[k]; !ok {
+			t.Fatalf("error body %s lacks %q", body, k)
+		}
+	}
+	return e
+}
+
+// events reads a Server-Sent Events body into its data fields.
+func events(body string) []string {
+	var out []string
+	sc := bufio.NewScanner(strings.NewReader(body))
+	sc.Buffer(nil, 16<<20)
+	for sc.Scan() {
+		if d, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// backend is a fake OpenAI-compatible server that records what it got.
+type backend struct {
+	*httptest.Server
+	mu        sync.Mutex
+	requests  []recorded
+	cancelled chan struct{} // closed when a request's context ends early
+	once      sync.Once
+}
+
+type recorded struct {
+	Method, Path string
+	Header       http.Header
+	Body         string
+}
+
+func newFakeBackend(t *testing.T, handle func(w http.ResponseWriter, r *http.Request)) *backend {
+	t.Helper()
+	b := &backend{cancelled: make(chan struct{})}
+	b.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		b.mu.Lock()
+		b.requests = append(b.requests, recorded{r.Method, r.URL.Path, r.Header.Clone(), string(body)})
+		b.mu.Unlock()
+		handle(w, r)
+		if r.Context().Err() != nil {
+			b.once.Do(func() { close(b.cancelled) })
+		}
+	}))
+	t.Cleanup(b.Close)
+	return b
+}
+
+func (b *backend) last(t *testing.T) recorded {
+	t.Helper()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.requests) == 0 {
+		t.Fatal("the backend got no request")
+	}
+	return b.requests[len(b.requests)-1]
+}
+
+func (b *backend) count() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.requests)
+}
+
+func writeJSON(w http.ResponseWriter, status int, body string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = io.WriteString(w, body)
+}
+
+// sseEvent writes and flushes one event.
+func sseEvent(w http.ResponseWriter, data string) {
+	_, _ = io.WriteString(w, "data: "+data+"\n\n")
+	w.(http.Flusher).Flush()
+}
+
+func startSSE(w http.ResponseWriter) {
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.WriteHeader(http.StatusOK)
+	w.(http.Flusher).Flush()
+}

@@ -1,0 +1,96 @@
+package chatgateway
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"slices"
+	"time"
+
+	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
+)
+
+// modelEntry is one model of GET /v1/models.
+type modelEntry struct {
+	ID      string `json:"id"`
+	Object  string `json:"object"`
+	Created int64  `json:"created"`
+	OwnedBy string `json:"owned_by"`
+}
+
+// serveModels lists the models the gateway serves: the echo model in
+// echo mode; else every model and alias the backends list, plus what the
+// backend that lists none reports of itself.
+func (h *Handler) serveModels(x *exchange) {
+	var list []modelEntry
+	add := func(id string) {
+		if !slices.ContainsFunc(list, func(m modelEntry) bool { return m.ID == id }) {
+			list = append(list, modelEntry{ID: id, Object: "model", OwnedBy: "chat_gateway"})
+		}
+	}
+	if h.echoMode() {
+		add(echoModel)
+	}
+	if !h.echoMode() {
+		for _, b := range h.Backends {
+			for _, m := range b.Models {
+				add(m)
+			}
+			for _, a := range sortedKeys(b.Aliases) {
+				add(a)
+			}
+		}
+		if h.fallback != nil {
+			body, e := x.fetchModels(h.fallback, time.Duration(h.FirstTokenTimeout))
+			if e != nil && len(list) == 0 {
+				x.fail(e)
+				return
+			}
+			var reported struct {
+				Data []modelEntry `json:"data"`
+			}
+			_ = json.Unmarshal(body, &reported)
+			for _, m := range reported.Data {
+				if !slices.ContainsFunc(list, func(e modelEntry) bool { return e.ID == m.ID }) {
+					m.Object = "model"
+					list = append(list, m)
+				}
+			}
+		}
+	}
+	if list == nil {
+		list = []modelEntry{}
+	}
+	out, _ := json.Marshal(struct {
+		Object string       `json:"object"`
+		Data   []modelEntry `json:"data"`
+	}{"list", list})
+	x.writeJSON(http.StatusOK, out)
+}
+
+// fetchModels asks a backend for its model list.
+func (x *exchange) fetchModels(b *Backend, timeout time.Duration) ([]byte, *openai.Error) {
+	ctx, cancel := context.WithTimeout(x.r.Context(), timeout)
+	defer cancel()
+	var rb replyBuffer
+	err, aborted := serveProxy(b.proxy, &rb, x.upstreamRequest(ctx, b, http.MethodGet, "/models", nil))
+	switch {
+	case err != nil || rb.status == 0:
+		x.upstreamErr = err
+		return nil, proxyError(err)
+	case aborted || rb.tooLarge:
+		return nil, &openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "upstream_reply_incomplete", Message: "The backend's model list was cut short."}
+	case rb.status/100 != 2:
+		return nil, x.upstreamErrorDefaults(upstreamStatusError(rb.status, rb.body), rb.status)
+	}
+	return rb.body, nil
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}

@@ -1,0 +1,237 @@
+// Package chatgateway is an OpenAI-compatible inference gateway as a
+// Caddy HTTP handler: it validates chat-completion requests, gives each
+// one a request id, forwards it through Caddy's own reverse proxy to an
+// OpenAI-compatible backend (or answers in echo mode), and normalizes
+// replies and Server-Sent Event streams.
+package chatgateway
+
+import (
+	"encoding/json"
+	"fmt"
+		"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Defaults for the handler's limits and timeouts.
+const (
+	defaultMaxRequestBody    = 16 << 20
+	defaultTimeout           = 10 * time.Minute
+	defaultFirstTokenTimeout = 5 * time.Minute
+	defaultIdleTimeout       = 2 * time.Minute
+	// maxReplyBody bounds a non-streaming reply or error body the
+	// gateway buffers to normalize.
+	maxReplyBody = 32 << 20
+)
+
+// Handler is the chat_gateway HTTP handler. It serves
+//
+//	POST /v1/chat/completions
+//	GET  /v1/models
+//	GET  /healthz
+//
+// and passes every other request to the next handler, so it can share a
+// site with file_server or reverse_proxy, or live under handle_path.
+//
+// With no backend it answers in echo mode: the reply is "Echo: " and the
+// text of the last user message, streamed or not.
+//
+// Every response carries an X-Request-ID header: the client's
+// X-Request-ID (or Request-Id) when it is a printable token of at most
+// 128 bytes, else a new UUID. It is also the reply's "id", the
+// X-Request-ID sent upstream, and the placeholder
+// {http.chat_gateway.request_id}.
+//
+// The placeholders it sets, for header, log_append or handle_errors:
+//
+//	{http.chat_gateway.request_id}  the request id
+//	{http.chat_gateway.model}       the model the client asked for
+//	{http.chat_gateway.outcome}     ok, client_error, upstream_error, timeout, client_cancelled or truncated
+type Handler struct {
+	// Backends are the OpenAI-compatible servers to forward to. A request
+	// goes to the first backend whose models include the requested model,
+	// else to the backend that lists no models. With no backends, the
+	// handler answers in echo mode.
+	Backends []*Backend `json:"backends,omitempty"`
+
+	// Echo forces echo mode even when backends are configured.
+	Echo bool `json:"echo,omitempty"`
+
+	// EchoDelay is the pause between the chunks of a streamed echo reply,
+	// so echo mode can stand in for a model in load tests. Default: 0.
+	EchoDelay caddy.Duration `json:"echo_delay,omitempty"`
+
+	// MaxRequestBody is the largest request body accepted, in bytes;
+	// larger ones get 413. Default: 16 MiB.
+	MaxRequestBody int64 `json:"max_request_body,omitempty"`
+
+	// Timeout bounds a non-streaming request from start to end.
+	// Default: 10m.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	// FirstTokenTimeout bounds the wait from sending the request upstream
+	// to the backend's response headers and, for streams, to the first
+	// event. Default: 5m, so a large local model can load.
+	FirstTokenTimeout caddy.Duration `json:"first_token_timeout,omitempty"`
+
+	// IdleTimeout bounds the wait between two events of a stream.
+	// Default: 2m. A stream has no total deadline.
+	IdleTimeout caddy.Duration `json:"idle_timeout,omitempty"`
+
+	// IncludeUsageUpstream asks backends for usage on streams
+	// (stream_options.include_usage) even when the client did not, so the
+	// gateway logs real token counts; the usage chunk is then kept from
+	// clients that did not ask for it. Default: off, the client's request
+	// is forwarded as sent.
+	IncludeUsageUpstream bool `json:"include_usage_upstream,omitempty"`
+
+	// routes maps a model name (or alias) to where it is served.
+	routes map[string]route
+	// fallback serves models no backend lists; nil if there is none.
+	fallback *Backend
+	logger   *zap.Logger
+}
+
+// route is where a requested model goes, and under which name.
+type route struct {
+	backend *Backend
+	model   string // the name sent upstream; empty keeps the client's
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.chat_gateway",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision sets defaults and loads the backends' reverse proxies.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	if h.MaxRequestBody == 0 {
+		h.MaxRequestBody = defaultMaxRequestBody
+	}
+	if h.Timeout == 0 {
+		h.Timeout = caddy.Duration(defaultTimeout)
+	}
+	if h.FirstTokenTimeout == 0 {
+		h.FirstTokenTimeout = caddy.Duration(defaultFirstTokenTimeout)
+	}
+	if h.IdleTimeout == 0 {
+		h.IdleTimeout = caddy.Duration(defaultIdleTimeout)
+	}
+	h.routes = make(map[string]route)
+	repl := caddy.NewReplacer()
+	for i, b := range h.Backends {
+		if err := b.provision(ctx, repl); err != nil {
+			return fmt.Errorf("backend %d: %w", i, err)
+		}
+		if len(b.Models) == 0 {
+			if h.fallback != nil {
+				return fmt.Errorf("backend %d: only one backend may leave out models, it serves the models no other lists", i)
+			}
+			h.fallback = b
+		}
+		for _, m := range b.Models {
+			if _, dup := h.routes[m]; dup {
+				return fmt.Errorf("backend %d: model %q is served by an earlier backend", i, m)
+			}
+			h.routes[m] = route{backend: b}
+		}
+		for alias, target := range b.Aliases {
+			if _, dup := h.routes[alias]; dup {
+				return fmt.Errorf("backend %d: alias %q names a model served by an earlier backend", i, alias)
+			}
+			h.routes[alias] = route{backend: b, model: target}
+		}
+	}
+	return nil
+}
+
+// Validate checks the configuration.
+func (h *Handler) Validate() error {
+	if h.MaxRequestBody < 0 {
+		return fmt.Errorf("max_request_body must not be negative")
+	}
+	for name, d := range map[string]caddy.Duration{"timeout": h.Timeout, "first_token_timeout": h.FirstTokenTimeout, "idle_timeout": h.IdleTimeout, "echo_delay": h.EchoDelay} {
+		if d < 0 {
+			return fmt.Errorf("%s must not be negative", name)
+		}
+	}
+	return nil
+}
+
+// echoMode reports whether requests are answered locally.
+func (h *Handler) echoMode() bool { return h.Echo || len(h.Backends) == 0 }
+
+// Backend is one group of replicas of an OpenAI-compatible server.
+type Backend struct {
+	// Proxy is the reverse_proxy handler that carries requests to the
+	// backend's upstreams: upstreams, load balancing, health checks,
+	// retries and transport are all configured as for reverse_proxy.
+	ProxyRaw json.RawMessage `json:"proxy,omitempty" caddy:"namespace=http.handlers inline_key=handler"`
+
+	// BasePath is the path of the OpenAI API on the backend, to which
+	// "/chat/completions" and "/models" are appended; "/" for none.
+	// Default: "/v1".
+	BasePath string `json:"base_path,omitempty"`
+
+	// APIKey is sent upstream as "Authorization: Bearer <key>" in place
+	// of the client's credentials. Placeholders such as
+	// {env.OPENAI_API_KEY} are resolved when the config loads. It is
+	// never logged.
+	APIKey string `json:"api_key,omitempty"`
+
+	// Models are the model names this backend serves. A backend without
+	// models serves every model no other backend lists.
+	Models []string `json:"models,omitempty"`
+
+	// Aliases map a model name clients may ask for to the name sent to
+	// this backend.
+	Aliases map[string]string `json:"aliases,omitempty"`
+
+	proxy  caddyhttp.MiddlewareHandler
+	apiKey string
+}
+
+func (b *Backend) provision(ctx caddy.Context, repl *caddy.Replacer) error {
+	if b.ProxyRaw == nil {
+		return fmt.Errorf("no proxy configured")
+	}
+	mod, err := ctx.LoadModule(b, "ProxyRaw")
+	if err != nil {
+		return fmt.Errorf("loading reverse proxy: %w", err)
+	}
+	proxy, ok := mod.(caddyhttp.MiddlewareHandler)
+	if !ok {
+		return fmt.Errorf("proxy module %T is not an HTTP handler", mod)
+	}
+	b.proxy = proxy
+	switch b.BasePath {
+	case "":
+		b.BasePath = "/v1"
+	case "/":
+		b.BasePath = ""
+	default:
+		b.BasePath = "/" + strings.Trim(b.BasePath, "/")
+	}
+	b.apiKey = repl.ReplaceKnown(b.APIKey, "")
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+	_ caddyfile.Unmarshaler       = (*Handler)(nil)
+)

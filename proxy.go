@@ -1,0 +1,443 @@
+package chatgateway
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
+	"github.com/chatgateway/caddy-chat-gateway/internal/sse"
+)
+
+// Causes of an upstream request's cancellation by the gateway.
+var (
+	errFirstTokenTimeout = errors.New("first_token_timeout expired")
+	errIdleTimeout       = errors.New("idle_timeout expired")
+	errTimeout           = errors.New("timeout expired")
+	errReplyTooLarge     = errors.New("backend reply larger than the gateway buffers")
+)
+
+// clientCredentials are request headers that authenticate the client to
+// the gateway; they never go upstream.
+var clientCredentials = [...]string{"Authorization", "X-Api-Key", "Api-Key", "Openai-Organization", "Openai-Project", "Cookie"}
+
+// forward sends the chat request to the backend through its reverse
+// proxy and relays the normalized reply.
+func (h *Handler) forward(x *exchange, rt route, body []byte) {
+	b := rt.backend
+	if rt.model != "" {
+		body = openai.SetMember(body, "model", mustJSON(rt.model))
+	}
+	if x.req.Stream && h.IncludeUsageUpstream && !x.req.IncludeUsage {
+		opts := openai.Member(body, "stream_options")
+		if len(opts) == 0 || opts[0] != '{' {
+			opts = []byte("{}")
+		}
+		body = openai.SetMember(body, "stream_options", openai.SetMember(opts, "include_usage", []byte("true")))
+	}
+
+	ctx, cancel := context.WithCancelCause(x.r.Context())
+	defer cancel(nil)
+	if !x.req.Stream {
+		var stop context.CancelFunc
+		ctx, stop = context.WithTimeoutCause(ctx, time.Duration(h.Timeout), errTimeout)
+		defer stop()
+	}
+	u := &upstreamWriter{x: x, out: newSSEWriter(x.w), idle: time.Duration(h.IdleTimeout)}
+	u.st.Meta = x.meta("")
+	u.timer = time.AfterFunc(time.Duration(h.FirstTokenTimeout), func() {
+		if u.firstEvent.Load() {
+			cancel(errIdleTimeout)
+		} else {
+			cancel(errFirstTokenTimeout)
+		}
+	})
+	defer u.timer.Stop()
+
+	proxyErr, aborted := serveProxy(b.proxy, u, x.upstreamRequest(ctx, b, http.MethodPost, "/chat/completions", body))
+	u.timer.Stop()
+	u.finish(ctx, b, proxyErr, aborted)
+}
+
+// serveProxy runs the reverse proxy. The proxy aborts a response whose
+// body fails after its headers went out with panic(http.ErrAbortHandler);
+// here that is a normal end of an attempt, reported as aborted.
+func serveProxy(p caddyhttp.MiddlewareHandler, w http.ResponseWriter, r *http.Request) (err error, aborted bool) {
+	defer func() {
+		if v := recover(); v != nil {
+			if v != http.ErrAbortHandler { //nolint:errorlint // sentinel panic value
+				panic(v)
+			}
+			aborted = true
+		}
+	}()
+	return p.ServeHTTP(w, r, caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })), false
+}
+
+// upstreamRequest builds the request to the backend: the client's
+// request with its body, path and credentials replaced.
+func (x *exchange) upstreamRequest(ctx context.Context, b *Backend, method, path string, body []byte) *http.Request {
+	up := x.r.WithContext(ctx)
+	up.Method = method
+	up.URL = &url.URL{Path: b.BasePath + path}
+	up.Header = x.r.Header.Clone()
+	for _, name := range clientCredentials {
+		up.Header.Del(name)
+	}
+	up.Header.Del("Content-Length")
+	up.Header.Del("Expect")
+	up.Header.Del("Accept-Encoding") // the transport negotiates and decodes gzip itself
+	up.Header.Del("Request-Id")
+	up.Header.Set("X-Request-ID", x.id)
+	if b.apiKey != "" {
+		up.Header.Set("Authorization", "Bearer "+b.apiKey)
+	}
+	up.Body, up.ContentLength = http.NoBody, 0
+	if body != nil {
+		up.Body, up.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
+		up.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+		up.Header.Set("Content-Type", "application/json")
+	}
+	return up
+}
+
+// replyBuffer is a ResponseWriter for the reverse proxy that keeps the
+// backend's reply, up to maxReplyBody bytes, for the gateway to rewrite.
+type replyBuffer struct {
+	header   http.Header
+	status   int
+	body     []byte
+	tooLarge bool
+}
+
+func (rb *replyBuffer) Header() http.Header {
+	if rb.header == nil {
+		rb.header = make(http.Header)
+	}
+	return rb.header
+}
+
+func (rb *replyBuffer) WriteHeader(code int) {
+	if code >= 200 && rb.status == 0 { // 1xx are informational: not passed on
+		rb.status = code
+	}
+}
+
+func (rb *replyBuffer) Write(p []byte) (int, error) {
+	if rb.status == 0 {
+		rb.WriteHeader(http.StatusOK)
+	}
+	if len(rb.body)+len(p) > maxReplyBody {
+		rb.tooLarge = true
+		return 0, errReplyTooLarge
+	}
+	rb.body = append(rb.body, p...)
+	return len(p), nil
+}
+
+// FlushError is called by the proxy through http.ResponseController;
+// the gateway flushes its own output when it writes it.
+func (rb *replyBuffer) FlushError() error { return nil }
+
+// upstreamWriter is the ResponseWriter the reverse proxy writes the
+// backend's reply to. At WriteHeader it chooses: an event stream is
+// parsed and relayed event by event; anything else is buffered and
+// rewritten when the proxy returns.
+type upstreamWriter struct {
+	replyBuffer
+	x      *exchange
+	out    *sseWriter
+	stream bool // relaying an event stream
+
+	parser sse.Parser
+	st     openai.Stream
+	chunk  []byte
+	ended  bool          // [DONE] or an error event: the rest is ignored
+	done   bool          // [DONE] seen
+	failed *openai.Error // the error event sent
+
+	timer      *time.Timer
+	firstEvent atomic.Bool
+	idle       time.Duration
+}
+
+// Unwrap gives http.ResponseController the client's writer.
+func (u *upstreamWriter) Unwrap() http.ResponseWriter { return u.x.w }
+
+func (u *upstreamWriter) WriteHeader(code int) {
+	if code < 200 || u.status != 0 {
+		return
+	}
+	u.replyBuffer.WriteHeader(code)
+	if code/100 != 2 {
+		return
+	}
+	if !isEventStream(u.header.Get("Content-Type")) {
+		if !u.x.req.Stream {
+			// The headers of a non-streamed reply are its first sign of
+			// life; from here the request's own timeout applies.
+			u.timer.Stop()
+		}
+		return
+	}
+	u.stream = true
+	passHeaders(u.x.w.Header(), u.header)
+	u.out.start()
+}
+
+func (u *upstreamWriter) Write(p []byte) (int, error) {
+	if u.status == 0 {
+		u.WriteHeader(http.StatusOK)
+	}
+	if !u.stream {
+		return u.replyBuffer.Write(p)
+	}
+	if u.ended {
+		return len(p), nil
+	}
+	if err := u.parser.Feed(p, u.onEvent); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// onEvent relays one upstream event.
+func (u *upstreamWriter) onEvent(ev sse.Event) error {
+	u.firstEvent.Store(true)
+	u.timer.Reset(u.idle)
+	if u.ended {
+		return nil
+	}
+	data := ev.Data
+	if string(bytes.TrimSpace(data)) == "[DONE]" {
+		u.done, u.ended = true, true
+		return nil
+	}
+	if string(ev.Type) == "error" || bytes.Contains(data, []byte(`"error"`)) {
+		if e, ok := openai.ParseError(data); ok || string(ev.Type) == "error" {
+			if !ok {
+				e = &openai.Error{}
+			}
+			u.failStream(u.x.upstreamErrorDefaults(e, http.StatusBadGateway))
+			return nil
+		}
+	}
+	var err error
+	u.chunk, err = u.st.Chunk(u.chunk[:0], data)
+	if err != nil {
+		u.failStream(&openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "invalid_upstream_response",
+			Message: "The backend sent a stream event that is not a chat completion chunk."})
+		return nil
+	}
+	if len(u.chunk) == 0 {
+		return nil
+	}
+	return u.out.event(u.chunk)
+}
+
+func (u *upstreamWriter) failStream(e *openai.Error) {
+	u.failed, u.ended = e, true
+	_ = u.out.fail(e)
+}
+
+// finish ends the request once the proxy returned: it closes a relayed
+// stream, or answers from the buffered reply or the proxy's error.
+func (u *upstreamWriter) finish(ctx context.Context, b *Backend, proxyErr error, aborted bool) {
+	x := u.x
+	x.upstreamErr = proxyErr
+	cause := context.Cause(ctx)
+	clientGone := x.r.Context().Err() != nil
+	if u.stream {
+		x.usage, x.finishReason = u.st.Usage(), u.st.FinishReason
+		x.status = http.StatusOK
+		switch {
+		case u.failed != nil:
+			x.outcome, x.code = outcomeUpstreamError, u.failed.Code
+		case clientGone || u.out.err != nil:
+			x.outcome, x.status = outcomeClientCancelled, 499
+		case errors.Is(cause, errIdleTimeout):
+			e := timeoutError("idle_timeout", "The backend sent nothing for longer than idle_timeout; the stream was ended.")
+			x.outcome, x.code = outcomeTimeout, e.Code
+			_ = u.out.fail(e)
+		case aborted || u.parser.Pending() || (!u.done && !u.st.Finished()):
+			e := &openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "stream_truncated",
+				Message: "The backend ended the stream before it was complete."}
+			x.outcome, x.code = outcomeTruncated, e.Code
+			_ = u.out.fail(e)
+		default:
+			if u.out.finishStream(&u.st, x.req.IncludeUsage) != nil {
+				x.outcome, x.status = outcomeClientCancelled, 499
+			}
+		}
+		return
+	}
+
+	switch {
+	case clientGone:
+		x.fail(&openai.Error{Status: 499, Type: openai.TypeInvalidRequest, Code: "client_closed_request", Message: "The client closed the request."})
+	case errors.Is(cause, errFirstTokenTimeout):
+		x.fail(timeoutError("first_token_timeout", "The backend did not start answering within first_token_timeout."))
+	case errors.Is(cause, errTimeout):
+		x.fail(timeoutError("timeout", "The backend did not answer within the request timeout."))
+	case u.tooLarge:
+		x.fail(&openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "upstream_reply_too_large",
+			Message: "The backend's reply is larger than the gateway accepts."})
+	case proxyErr != nil || u.status == 0:
+		x.fail(proxyError(proxyErr))
+	case aborted:
+		x.fail(&openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "upstream_reply_incomplete",
+			Message: "The backend's reply was cut short."})
+	case u.status/100 == 2:
+		u.reply()
+	default:
+		passHeaders(x.w.Header(), u.header)
+		x.fail(x.upstreamErrorDefaults(upstreamStatusError(u.status, u.body), u.status))
+	}
+}
+
+// reply answers from a buffered 2xx reply: normalized JSON, or the same
+// as a stream when the client asked for one and the backend did not.
+func (u *upstreamWriter) reply() {
+	x := u.x
+	out, rep, err := openai.NormalizeCompletion(nil, u.body, u.st.Meta)
+	if err != nil {
+		x.fail(&openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "invalid_upstream_response",
+			Message: "The backend's reply is not a valid chat completion."})
+		return
+	}
+	x.usage, x.finishReason = rep.Usage, rep.FinishReason
+	passHeaders(x.w.Header(), u.header)
+	if !x.req.Stream {
+		x.writeJSON(http.StatusOK, out)
+		return
+	}
+	// The backend answered a streaming request with one JSON reply: send
+	// it as the stream it would have been.
+	var parsed struct {
+		Model   string `json:"model"`
+		Created int64  `json:"created"`
+		Choices []struct {
+			Index   int `json:"index"`
+			Message struct {
+				Content *string `json:"content"`
+			} `json:"message"`
+			FinishReason string `json:"finish_reason"`
+		} `json:"choices"`
+	}
+	_ = json.Unmarshal(out, &parsed)
+	st := &openai.Stream{Meta: openai.Meta{ID: x.id, Model: parsed.Model, Created: parsed.Created}}
+	st.SetUsage(rep.Usage)
+	for _, c := range parsed.Choices {
+		content := ""
+		if c.Message.Content != nil {
+			content = *c.Message.Content
+		}
+		if u.out.event(st.Delta(nil, c.Index, "assistant", content, "")) != nil ||
+			u.out.event(st.Delta(nil, c.Index, "", "", c.FinishReason)) != nil {
+			x.outcome, x.status = outcomeClientCancelled, 499
+			return
+		}
+	}
+	if u.out.finishStream(st, x.req.IncludeUsage) != nil {
+		x.outcome, x.status = outcomeClientCancelled, 499
+	}
+}
+
+func timeoutError(code, msg string) *openai.Error {
+	return &openai.Error{Status: http.StatusGatewayTimeout, Type: openai.TypeTimeout, Code: code, Message: msg}
+}
+
+// proxyError maps an error of the reverse proxy, which may name the
+// backend's address, to one that names nothing.
+func proxyError(err error) *openai.Error {
+	status := http.StatusBadGateway
+	if he, ok := errors.AsType[caddyhttp.HandlerError](err); ok && he.StatusCode != 0 {
+		status = he.StatusCode
+	}
+	switch status {
+	case http.StatusGatewayTimeout:
+		return timeoutError("upstream_timeout", "The backend did not answer in time.")
+	case http.StatusServiceUnavailable:
+		return &openai.Error{Status: http.StatusServiceUnavailable, Type: openai.TypeUpstream, Code: "no_upstream_available",
+			Message: "No backend is available to serve the request."}
+	}
+	return &openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "upstream_unavailable",
+		Message: "The backend could not be reached."}
+}
+
+// upstreamStatusError reads a backend's non-2xx reply. A 4xx passes on
+// with its status and the backend's message; a 5xx becomes a 502.
+func upstreamStatusError(status int, body []byte) *openai.Error {
+	if status >= 500 {
+		return &openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "upstream_error",
+			Message: fmt.Sprintf("The backend failed to answer (status %d).", status)}
+	}
+	e, ok := openai.ParseError(body)
+	if !ok {
+		e = &openai.Error{Message: fmt.Sprintf("The backend refused the request (status %d).", status)}
+	}
+	e.Status = status
+	return e
+}
+
+// upstreamErrorDefaults fills what a backend's error left out and takes
+// the upstream key out of its message.
+func (x *exchange) upstreamErrorDefaults(e *openai.Error, status int) *openai.Error {
+	if e.Status == 0 {
+		e.Status = status
+	}
+	if e.Message == "" {
+		e.Message = "The backend reported an error."
+	}
+	if e.Type == "" {
+		switch e.Status {
+		case http.StatusUnauthorized, http.StatusForbidden:
+			e.Type = openai.TypeAuthentication
+		case http.StatusTooManyRequests:
+			e.Type = openai.TypeRateLimit
+		default:
+			if e.Status >= 500 {
+				e.Type = openai.TypeUpstream
+			} else {
+				e.Type = openai.TypeInvalidRequest
+			}
+		}
+	}
+	for _, b := range x.h.Backends {
+		if len(b.apiKey) >= 8 {
+			e.Message = strings.ReplaceAll(e.Message, b.apiKey, "[redacted]")
+		}
+	}
+	return e
+}
+
+// passHeaders copies the backend's response headers a client may rely
+// on: rate-limit information. Everything else stays behind.
+func passHeaders(dst, src http.Header) {
+	for k, v := range src {
+		if k == "Retry-After" || strings.HasPrefix(k, "X-Ratelimit-") {
+			dst[k] = v
+		}
+	}
+}
+
+func isEventStream(contentType string) bool {
+	mt, _, _ := mime.ParseMediaType(contentType)
+	return mt == "text/event-stream"
+}
+
+func mustJSON(s string) []byte {
+	b, _ := json.Marshal(s)
+	return b
+}

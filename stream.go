@@ -1,0 +1,87 @@
+package chatgateway
+
+import (
+	"net/http"
+
+	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
+	"github.com/chatgateway/caddy-chat-gateway/internal/sse"
+)
+
+// sseWriter writes a Server-Sent Events reply to the client, one
+// flushed event at a time.
+type sseWriter struct {
+	w       http.ResponseWriter
+	rc      *http.ResponseController
+	buf     []byte
+	started bool
+	err     error // the first write error: the client is gone
+}
+
+func newSSEWriter(w http.ResponseWriter) *sseWriter {
+	return &sseWriter{w: w, rc: http.NewResponseController(w)}
+}
+
+// start sends the stream's headers at once, before any event.
+func (s *sseWriter) start() {
+	if s.started {
+		return
+	}
+	s.started = true
+	hdr := s.w.Header()
+	hdr.Set("Content-Type", "text/event-stream")
+	hdr.Set("Cache-Control", "no-cache")
+	hdr.Set("X-Accel-Buffering", "no")
+	hdr.Del("Content-Length")
+	s.w.WriteHeader(http.StatusOK)
+	s.flush()
+}
+
+// event writes one data event and flushes it.
+func (s *sseWriter) event(data []byte) error {
+	s.start()
+	if s.err != nil {
+		return s.err
+	}
+	s.buf = sse.AppendEvent(s.buf[:0], "", data)
+	if _, err := s.w.Write(s.buf); err != nil {
+		s.err = err
+		return err
+	}
+	return s.flush()
+}
+
+func (s *sseWriter) flush() error {
+	if err := s.rc.Flush(); err != nil && s.err == nil {
+		s.err = err
+	}
+	return s.err
+}
+
+// done ends the stream as OpenAI does.
+func (s *sseWriter) done() error { return s.event([]byte("[DONE]")) }
+
+// fail ends the stream with an error event: after the first byte there
+// is no status left to change.
+func (s *sseWriter) fail(e *openai.Error) error {
+	// OpenAI's error events carry the error object in a data event; the
+	// SDKs surface any data event with an "error" member as an error.
+	return s.event(e.JSON())
+}
+
+// finishStream ends a stream that completed: the finish chunk the
+// backend left out, the usage chunk if the client asked for it, [DONE].
+func (s *sseWriter) finishStream(st *openai.Stream, includeUsage bool) error {
+	if !st.Finished() {
+		for _, i := range st.Unfinished() {
+			if err := s.event(st.Delta(nil, i, "", "", "stop")); err != nil {
+				return err
+			}
+		}
+	}
+	if includeUsage {
+		if err := s.event(st.UsageChunk(nil)); err != nil {
+			return err
+		}
+	}
+	return s.done()
+}

@@ -62,18 +62,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 // exchange is one request's state: its id, what it asked, how it ended.
 type exchange struct {
-	h       *Handler
-	w       http.ResponseWriter
-	r       *http.Request
-	id      string
-	repl    *caddy.Replacer
-	start   time.Time
-	req     *openai.ChatRequest
-	model   string
-	outcome string
-	status  int
-	code    string // the error code sent, if any
-	usage   openai.Usage
+	h            *Handler
+	w            http.ResponseWriter
+	r            *http.Request
+	id           string
+	repl         *caddy.Replacer
+	start        time.Time
+	req          *openai.ChatRequest
+	model        string
+	outcome      string
+	status       int
+	code         string // the error code sent, if any
+	usage        openai.Usage
 	finishReason string
 	// upstreamErr is the proxy's own error, for the log only: it may
 	// name the backend address.

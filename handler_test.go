@@ -102,9 +102,9 @@ func TestRequestErrors(t *testing.T) {
 	big := `{"messages":[{"role":"user","content":"` + strings.Repeat("x", 2000) + `"}]}`
 	tests := []struct {
 		name, method, path, ctype, body string
-		chunked                          bool
-		status                           int
-		code, param                      string
+		chunked                         bool
+		status                          int
+		code, param                     string
 	}{
 		{"get on completions", "GET", "/v1/chat/completions", "", "", false, 405, "method_not_allowed", ""},
 		{"post on models", "POST", "/v1/models", "application/json", "{}", false, 405, "method_not_allowed", ""},

@@ -8,7 +8,7 @@ package chatgateway
 import (
 	"encoding/json"
 	"fmt"
-		"strings"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"

@@ -202,20 +202,27 @@ func readBody(r *http.Request, limit int64) ([]byte, *openai.Error) {
 
 // fail answers with an OpenAI error, unless the response has started.
 func (x *exchange) fail(e *openai.Error) {
-	x.status, x.code = e.Status, e.Code
-	switch {
-	case e.Status == 499:
-		x.outcome = outcomeClientCancelled
+	x.status, x.code, x.outcome = e.Status, e.Code, outcomeOf(e)
+	if e.Status == 499 {
 		x.w.WriteHeader(499) // for the access log: nobody reads it
 		return
-	case e.Type == openai.TypeTimeout:
-		x.outcome = outcomeTimeout
-	case e.Status >= 500:
-		x.outcome = outcomeUpstreamError
-	default:
-		x.outcome = outcomeClientError
 	}
 	x.writeJSON(e.Status, e.JSON())
+}
+
+// outcomeOf classifies an error for logs and metrics.
+func outcomeOf(e *openai.Error) string {
+	switch {
+	case e.Status == 499:
+		return outcomeClientCancelled
+	case e.Code == "stream_truncated":
+		return outcomeTruncated
+	case e.Type == openai.TypeTimeout:
+		return outcomeTimeout
+	case e.Status >= 500 || e.Type == openai.TypeUpstream:
+		return outcomeUpstreamError
+	}
+	return outcomeClientError
 }
 
 func (x *exchange) writeJSON(status int, body []byte) {

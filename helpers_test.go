@@ -2,6 +2,7 @@ package chatgateway
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -204,7 +205,7 @@ func newFakeBackend(t *testing.T, handle func(w http.ResponseWriter, r *http.Req
 		b.mu.Lock()
 		b.requests = append(b.requests, recorded{r.Method, r.URL.Path, r.Header.Clone(), string(body)})
 		b.mu.Unlock()
-		handle(w, r)
+		handle(w, r.WithContext(context.WithValue(r.Context(), bodyKey{}, string(body))))
 		if r.Context().Err() != nil {
 			b.once.Do(func() { close(b.cancelled) })
 		}
@@ -246,3 +247,12 @@ func startSSE(w http.ResponseWriter) {
 	w.WriteHeader(http.StatusOK)
 	w.(http.Flusher).Flush()
 }
+
+// upstreamBody returns what the backend recorded as the request body; the
+// fake backend reads it before its handler runs.
+func upstreamBody(r *http.Request) string {
+	body, _ := r.Context().Value(bodyKey{}).(string)
+	return body
+}
+
+type bodyKey struct{}

@@ -191,9 +191,10 @@ func (u *upstreamWriter) WriteHeader(code int) {
 		}
 		return
 	}
+	// The client's headers wait for the first event, so a backend that
+	// fails before it still gets a proper status.
 	u.stream = true
 	passHeaders(u.x.w.Header(), u.header)
-	u.out.start()
 }
 
 func (u *upstreamWriter) Write(p []byte) (int, error) {
@@ -246,9 +247,13 @@ func (u *upstreamWriter) onEvent(ev sse.Event) error {
 	return u.out.event(u.chunk)
 }
 
+// failStream ends the stream with e: an error event once the stream
+// has started, else an error reply when the proxy returns.
 func (u *upstreamWriter) failStream(e *openai.Error) {
 	u.failed, u.ended = e, true
-	_ = u.out.fail(e)
+	if u.out.started {
+		_ = u.out.fail(e)
+	}
 }
 
 // finish ends the request once the proxy returned: it closes a relayed
@@ -260,22 +265,30 @@ func (u *upstreamWriter) finish(ctx context.Context, b *Backend, proxyErr error,
 	clientGone := x.r.Context().Err() != nil
 	if u.stream {
 		x.usage, x.finishReason = u.st.Usage(), u.st.FinishReason
-		x.status = http.StatusOK
+		if u.failed == nil && !clientGone && u.out.err == nil {
+			switch {
+			case errors.Is(cause, errFirstTokenTimeout):
+				u.failStream(timeoutError("first_token_timeout", "The backend did not start answering within first_token_timeout."))
+			case errors.Is(cause, errIdleTimeout):
+				u.failStream(timeoutError("idle_timeout", "The backend sent nothing for longer than idle_timeout; the stream was ended."))
+			case aborted || u.parser.Pending() || (!u.done && !u.st.Finished()):
+				u.failStream(&openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "stream_truncated",
+					Message: "The backend ended the stream before it was complete."})
+			}
+		}
 		switch {
-		case u.failed != nil:
-			x.outcome, x.code = outcomeUpstreamError, u.failed.Code
 		case clientGone || u.out.err != nil:
 			x.outcome, x.status = outcomeClientCancelled, 499
-		case errors.Is(cause, errIdleTimeout):
-			e := timeoutError("idle_timeout", "The backend sent nothing for longer than idle_timeout; the stream was ended.")
-			x.outcome, x.code = outcomeTimeout, e.Code
-			_ = u.out.fail(e)
-		case aborted || u.parser.Pending() || (!u.done && !u.st.Finished()):
-			e := &openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "stream_truncated",
-				Message: "The backend ended the stream before it was complete."}
-			x.outcome, x.code = outcomeTruncated, e.Code
-			_ = u.out.fail(e)
+			if !u.out.started {
+				x.w.WriteHeader(499)
+			}
+		case u.failed != nil && !u.out.started:
+			x.fail(u.failed)
+		case u.failed != nil:
+			x.status, x.code = http.StatusOK, u.failed.Code
+			x.outcome = outcomeOf(u.failed)
 		default:
+			x.status = http.StatusOK
 			if u.out.finishStream(&u.st, x.req.IncludeUsage) != nil {
 				x.outcome, x.status = outcomeClientCancelled, 499
 			}

@@ -44,7 +44,7 @@ type gateway struct {
 
 // newGateway loads a Caddyfile site around config (a chat_gateway
 // directive) into the in-process Caddy, replacing the previous config.
-func newGateway(t *testing.T, config string) *gateway {
+func newGateway(t testing.TB, config string) *gateway {
 	t.Helper()
 	port := freePort(t)
 	logFile := filepath.Join(t.TempDir(), "caddy.log")
@@ -82,7 +82,7 @@ http://127.0.0.1:%d {
 	return &gateway{URL: fmt.Sprintf("http://127.0.0.1:%d", port), logFile: logFile}
 }
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

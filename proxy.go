@@ -208,6 +208,10 @@ func (u *upstreamWriter) Write(p []byte) (int, error) {
 		return len(p), nil
 	}
 	if err := u.parser.Feed(p, u.onEvent); err != nil {
+		if errors.Is(err, sse.ErrLineTooLong) {
+			u.failStream(&openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "event_too_large",
+				Message: "The backend sent a stream line longer than the gateway accepts (8 MiB)."})
+		}
 		return 0, err
 	}
 	return len(p), nil

@@ -456,3 +456,17 @@ func TestStreamTimeouts(t *testing.T) {
 		<-be.cancelled
 	})
 }
+
+func TestStreamLineTooLong(t *testing.T) {
+	be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		startSSE(w)
+		sseEvent(w, `{"choices":[{"index":0,"delta":{"content":"a"}}]}`)
+		sseEvent(w, `{"choices":[{"index":0,"delta":{"content":"`+strings.Repeat("x", 9<<20)+`"}}]}`)
+	})
+	g := newGateway(t, "chat_gateway "+be.URL)
+	_, body := g.post(t, helloStream)
+	chunks := parseStream(t, body, false)
+	if last := chunks[len(chunks)-1]; last.Error == nil || last.Error.Code != "event_too_large" {
+		t.Fatalf("last event %+v", last)
+	}
+}

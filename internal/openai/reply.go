@@ -69,12 +69,12 @@ func NormalizeCompletion(dst, body []byte, m Meta) ([]byte, Reply, error) {
 		}
 		var ch object
 		ch.open(o.buf)
-		hasIndex, hasMessage, hasFinish := false, false, false
+		if Member(c, "index") == nil {
+			ch.int("index", int64(i))
+		}
+		hasMessage, hasFinish := false, false
 		members(c, func(k, v []byte) {
 			switch {
-			case keyIs(k, "index"):
-				hasIndex = true
-				ch.member(k, v)
 			case keyIs(k, "message"):
 				hasMessage = true
 				ch.key("message")
@@ -92,9 +92,6 @@ func NormalizeCompletion(dst, body []byte, m Meta) ([]byte, Reply, error) {
 				ch.member(k, v)
 			}
 		})
-		if !hasIndex {
-			ch.int("index", int64(i))
-		}
 		if !hasMessage {
 			ch.raw("message", []byte(`{"role":"assistant","content":null}`))
 		}
@@ -129,26 +126,23 @@ func NormalizeCompletion(dst, body []byte, m Meta) ([]byte, Reply, error) {
 // appendMessage appends a reply message with "role" set, and adds its
 // content's size to n.
 func appendMessage(dst, msg []byte, n int) ([]byte, int) {
+	if !members(msg, func([]byte, []byte) {}) {
+		return append(dst, `{"role":"assistant","content":null}`...), n
+	}
 	var o object
 	o.open(dst)
-	hasRole := false
-	if !members(msg, func(k, v []byte) {
-		if keyIs(k, "role") {
-			if isNull(v) {
-				return
-			}
-			hasRole = true
+	if isNull(Member(msg, "role")) {
+		o.str("role", "assistant")
+	}
+	members(msg, func(k, v []byte) {
+		if keyIs(k, "role") && isNull(v) {
+			return
 		}
 		if keyIs(k, "content") || keyIs(k, "tool_calls") || keyIs(k, "refusal") {
 			n += contentSize(v)
 		}
 		o.member(k, v)
-	}) {
-		return append(dst, `{"role":"assistant","content":null}`...), n
-	}
-	if !hasRole {
-		o.str("role", "assistant")
-	}
+	})
 	return o.close(), n
 }
 

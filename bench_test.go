@@ -1,0 +1,86 @@
+package chatgateway
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+// echoHandler is an echo-mode Handler provisioned outside a server, for
+// benchmarks of the gateway's own work.
+func echoHandler(b *testing.B) *Handler {
+	h := new(Handler)
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	b.Cleanup(cancel)
+	if err := h.Provision(ctx); err != nil {
+		b.Fatal(err)
+	}
+	return h
+}
+
+func chatBody(size int) string {
+	return fmt.Sprintf(`{"model":"m","messages":[{"role":"system","content":"be brief"},{"role":"user","content":%q}]}`, strings.Repeat("a", size))
+}
+
+// BenchmarkEcho measures a whole echo request through ServeHTTP.
+func BenchmarkEcho(b *testing.B) {
+	h := echoHandler(b)
+	for _, tc := range []struct {
+		name string
+		body string
+	}{
+		{"small", chatBody(64)},
+		{"stream", `{"messages":[{"role":"user","content":"one two three four five six seven eight"}],"stream":true,"stream_options":{"include_usage":true}}`},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(tc.body)))
+			for b.Loop() {
+				req := httptest.NewRequest("POST", "/v1/chat/completions", strings.NewReader(tc.body))
+				req.Header.Set("Content-Type", "application/json")
+				w := httptest.NewRecorder()
+				req = caddyhttp.PrepareRequest(req, caddy.NewReplacer(), w, &caddyhttp.Server{})
+				if err := h.ServeHTTP(w, req, nil); err != nil || w.Code != 200 {
+					b.Fatal(w.Code, err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkForward measures a request through the in-process Caddy and
+// the gateway to a local backend, end to end over loopback.
+func BenchmarkForward(b *testing.B) {
+	reply := `{"id":"x","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Hello there"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}`
+	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		writeJSON(w, 200, reply)
+	}))
+	defer be.Close()
+	g := newGateway(b, "chat_gateway "+be.URL)
+	for _, size := range []int{100, 10 << 10, 1 << 20} {
+		body := chatBody(size)
+		b.Run(fmt.Sprint(size), func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(body)))
+			for b.Loop() {
+				resp, err := http.Post(g.URL+"/v1/chat/completions", "application/json", strings.NewReader(body))
+				if err != nil {
+					b.Fatal(err)
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					b.Fatal(resp.Status)
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,139 @@
+package chatgateway
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddytest"
+)
+
+func parse(t *testing.T, input string) (*Handler, error) {
+	t.Helper()
+	tokens, err := caddyfile.Tokenize([]byte(input), "Caddyfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := new(Handler)
+	return h, h.UnmarshalCaddyfile(caddyfile.NewDispenser(tokens))
+}
+
+func TestUnmarshalCaddyfile(t *testing.T) {
+	h, err := parse(t, `chat_gateway {
+		echo
+		echo_delay 20ms
+		max_request_body 2MiB
+		timeout 90s
+		first_token_timeout 3m
+		idle_timeout 45s
+		include_usage_upstream
+	}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !h.Echo || h.EchoDelay != caddy.Duration(20*time.Millisecond) || h.MaxRequestBody != 2<<20 || h.Timeout != caddy.Duration(90*time.Second) ||
+		h.FirstTokenTimeout != caddy.Duration(3*time.Minute) || h.IdleTimeout != caddy.Duration(45*time.Second) || !h.IncludeUsageUpstream {
+		t.Fatalf("%+v", h)
+	}
+
+	h, err = parse(t, `chat_gateway http://127.0.0.1:8081/v1 http://127.0.0.1:8082 {
+		api_key sk-shared
+		backend https://api.openai.com/v1 {
+			models gpt-4o-mini
+			alias gpt-4o gpt-4o-mini
+			api_key {env.OPENAI_API_KEY}
+		}
+		backend http://10.0.0.1:8000 http://10.0.0.2:8000 {
+			models llama-3.1-8b qwen2.5-7b
+			lb_policy least_conn
+			health_uri /health
+			transport http {
+				dial_timeout 2s
+			}
+		}
+	}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(h.Backends) != 3 {
+		t.Fatalf("%d backends", len(h.Backends))
+	}
+	b0, b1, b2 := h.Backends[0], h.Backends[1], h.Backends[2]
+	if b0.BasePath != "/v1" || b0.APIKey != "sk-shared" || len(b0.Models) != 0 {
+		t.Fatalf("inline backend %+v", b0)
+	}
+	if b1.APIKey != "{env.OPENAI_API_KEY}" || b1.Aliases["gpt-4o"] != "gpt-4o-mini" || b1.Models[0] != "gpt-4o-mini" {
+		t.Fatalf("openai backend %+v", b1)
+	}
+	var proxy map[string]any
+	_ = json.Unmarshal(b2.ProxyRaw, &proxy)
+	if proxy["handler"] != "reverse_proxy" || len(proxy["upstreams"].([]any)) != 2 || proxy["load_balancing"] == nil || proxy["health_checks"] == nil || proxy["transport"] == nil {
+		t.Fatalf("reverse_proxy options lost: %s", b2.ProxyRaw)
+	}
+	_ = json.Unmarshal(b1.ProxyRaw, &proxy)
+	if tls := proxy["transport"].(map[string]any)["tls"]; tls == nil {
+		t.Fatalf("https backend without TLS: %s", b1.ProxyRaw)
+	}
+}
+
+func TestUnmarshalCaddyfileErrors(t *testing.T) {
+	for input, want := range map[string]string{
+		`chat_gateway { bogus }`:                                         "unrecognized chat_gateway option 'bogus'",
+		`chat_gateway { timeout soon }`:                                  "invalid timeout 'soon'",
+		"chat_gateway {\n idle_timeout\n}":                               "wrong argument count",
+		`chat_gateway { max_request_body lots }`:                         "invalid max_request_body 'lots'",
+		`chat_gateway { echo now }`:                                      "wrong argument count",
+		`chat_gateway ftp://x`:                                           "invalid backend URL 'ftp://x'",
+		"chat_gateway {\n backend\n}":                                    "backend needs at least one URL",
+		`chat_gateway { backend http://a:1/v1 http://b:1/other }`:        "must share one path",
+		"chat_gateway {\n backend http://a:1 {\n alias x\n }\n}":         "alias takes a name",
+		"chat_gateway {\n backend http://a:1 {\n lb_policy nope\n }\n}":  "nope",
+		"chat_gateway {\n backend http://a:1 {\n handle_response\n }\n}": "not supported",
+		"chat_gateway {\n backend http://a:1 {\n api_key a b\n }\n}":     "wrong argument count",
+	} {
+		_, err := parse(t, input)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: error %v, want %q", input, err, want)
+		}
+	}
+}
+
+// TestCaddyfileAdapt compares the JSON of each testdata/caddyfile_adapt
+// file's Caddyfile with the JSON after its "----------" line.
+func TestCaddyfileAdapt(t *testing.T) {
+	files, _ := filepath.Glob("testdata/caddyfile_adapt/*.caddyfiletest")
+	if len(files) == 0 {
+		t.Fatal("no adapt tests")
+	}
+	for _, f := range files {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		in, want, ok := strings.Cut(string(raw), "----------")
+		if !ok {
+			t.Fatalf("%s: no ---------- line", f)
+		}
+		if !caddytest.CompareAdapt(t, f, in, "caddyfile", strings.TrimSpace(want)) {
+			t.Errorf("%s: adapted JSON differs", f)
+		}
+	}
+}
+
+func FuzzCaddyfile(f *testing.F) {
+	f.Add("chat_gateway http://a:1/v1 {\n backend http://b:2 {\n models x\n lb_policy first\n }\n timeout 1s\n}")
+	f.Add("chat_gateway {\n echo\n max_request_body 1KiB\n}")
+	f.Fuzz(func(t *testing.T, input string) {
+		tokens, err := caddyfile.Tokenize([]byte(input), "Caddyfile")
+		if err != nil {
+			return
+		}
+		var h Handler
+		_ = h.UnmarshalCaddyfile(caddyfile.NewDispenser(tokens)) // must not panic
+	})
+}

@@ -1,0 +1,94 @@
+package chatgateway
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
+)
+
+// TestCaddyfiles loads the repository's Caddyfile and each example into
+// the in-process Caddy with caddytest, backends replaced by fakes, and
+// sends each a chat request where its gateway is mounted.
+func TestCaddyfiles(t *testing.T) {
+	llama := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, 200, `{"choices":[{"message":{"content":"from llama"}}]}`)
+	})
+	llama2 := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, 200, `{"choices":[{"message":{"content":"from llama"}}]}`)
+	})
+	openaiBackend := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer sk-test-key" {
+			writeJSON(w, 401, `{"error":{"message":"no key"}}`)
+			return
+		}
+		writeJSON(w, 200, `{"choices":[{"message":{"content":"from openai"}}]}`)
+	})
+	t.Setenv("OPENAI_API_KEY", "sk-test-key")
+	t.Setenv("ADMIN_PORT", "2999")
+
+	tests := []struct {
+		file, path, model, want string
+		env                     map[string]string
+	}{
+		{"Caddyfile", "/v1/chat/completions", "m", "Echo: hi", nil},
+		{"Caddyfile", "/v1/chat/completions", "m", "from openai", map[string]string{"BACKEND_URL": openaiBackend.URL + "/v1", "BACKEND_API_KEY": "sk-test-key"}},
+		{"examples/echo.Caddyfile", "/v1/chat/completions", "m", "Echo: hi", nil},
+		{"examples/llama-cpp.Caddyfile", "/v1/chat/completions", "m", "from llama", nil},
+		{"examples/openai.Caddyfile", "/v1/chat/completions", "gpt-4o-mini", "from openai", nil},
+		{"examples/replicas-with-fallback.Caddyfile", "/v1/chat/completions", "qwen2.5-7b", "from llama", nil},
+		{"examples/replicas-with-fallback.Caddyfile", "/v1/chat/completions", "gpt-4o", "from openai", nil},
+		{"examples/mounted.Caddyfile", "/llm/v1/chat/completions", "m", "from llama", nil},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("%s %s %s", filepath.Base(tt.file), tt.model, tt.env["BACKEND_URL"]), func(t *testing.T) {
+			port := freePort(t)
+			t.Setenv("PORT", fmt.Sprint(port))
+			t.Setenv("BACKEND_URL", "")
+			t.Setenv("BACKEND_API_KEY", "")
+			for k, v := range tt.env {
+				t.Setenv(k, v)
+			}
+			raw, err := os.ReadFile(tt.file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg := strings.NewReplacer(
+				":8080", fmt.Sprintf(":%d", port),
+				"http://127.0.0.1:8081", llama.URL,
+				"http://127.0.0.1:8082", llama2.URL,
+				"https://api.openai.com", openaiBackend.URL,
+			).Replace(string(raw))
+			if !strings.HasPrefix(strings.TrimSpace(stripComments(cfg)), "{") {
+				cfg = "{\n\tadmin localhost:2999\n\tpersist_config off\n\tgrace_period 1ns\n}\n" + cfg
+			}
+			tester := caddytest.NewTester(t)
+			tester.InitServer(cfg, "caddyfile")
+			body := fmt.Sprintf(`{"model":%q,"messages":[{"role":"user","content":"hi"}]}`, tt.model)
+			req, _ := http.NewRequest("POST", fmt.Sprintf("http://127.0.0.1:%d%s", port, tt.path), strings.NewReader(body))
+			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set("X-Request-ID", "it-1")
+			resp := tester.AssertResponseCode(req, 200)
+			got, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if !strings.Contains(string(got), tt.want) || !strings.Contains(string(got), `"id":"it-1"`) {
+				t.Fatalf("reply %s, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func stripComments(s string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if !strings.HasPrefix(strings.TrimSpace(l), "#") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}

@@ -42,6 +42,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    timeout <duration>
 //	    first_token_timeout <duration>
 //	    idle_timeout <duration>
+//	    keepalive_interval <duration>
 //	    include_usage_upstream
 //	}
 //
@@ -98,7 +99,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if d.NextArg() {
 				return d.ArgErr()
 			}
-		case "timeout", "first_token_timeout", "idle_timeout", "echo_delay":
+		case "timeout", "first_token_timeout", "idle_timeout", "echo_delay", "keepalive_interval":
 			name := d.Val()
 			if !d.NextArg() {
 				return d.ArgErr()
@@ -119,6 +120,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.IdleTimeout = caddy.Duration(dur)
 			case "echo_delay":
 				h.EchoDelay = caddy.Duration(dur)
+			case "keepalive_interval":
+				h.KeepaliveInterval = caddy.Duration(dur)
 			}
 		default:
 			return d.Errf("unrecognized chat_gateway option '%s'", d.Val())

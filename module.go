@@ -86,6 +86,14 @@ type Handler struct {
 	// Default: 2m. A stream has no total deadline.
 	IdleTimeout caddy.Duration `json:"idle_timeout,omitempty"`
 
+	// KeepaliveInterval, when set, makes a streaming request send a
+	// ": keep-alive" comment at this interval while the backend has not
+	// sent its first event, so proxies in front do not cut a stream
+	// waiting on a slow first token. The first comment commits the
+	// response to status 200: a later failure is an error event. Default:
+	// 0, off.
+	KeepaliveInterval caddy.Duration `json:"keepalive_interval,omitempty"`
+
 	// IncludeUsageUpstream asks backends for usage on streams
 	// (stream_options.include_usage) even when the client did not, so the
 	// gateway logs real token counts; the usage chunk is then kept from
@@ -162,7 +170,7 @@ func (h *Handler) Validate() error {
 	if h.MaxRequestBody < 0 {
 		return fmt.Errorf("max_request_body must not be negative")
 	}
-	for name, d := range map[string]caddy.Duration{"timeout": h.Timeout, "first_token_timeout": h.FirstTokenTimeout, "idle_timeout": h.IdleTimeout, "echo_delay": h.EchoDelay} {
+	for name, d := range map[string]caddy.Duration{"timeout": h.Timeout, "first_token_timeout": h.FirstTokenTimeout, "idle_timeout": h.IdleTimeout, "echo_delay": h.EchoDelay, "keepalive_interval": h.KeepaliveInterval} {
 		if d < 0 {
 			return fmt.Errorf("%s must not be negative", name)
 		}

@@ -65,9 +65,43 @@ func (h *Handler) forward(x *exchange, rt route, body []byte) {
 	})
 	defer u.timer.Stop()
 
+	stopKeepalive := func() {}
+	if x.req.Stream && h.KeepaliveInterval > 0 {
+		stopKeepalive = u.keepalive(ctx, time.Duration(h.KeepaliveInterval))
+	}
 	proxyErr, aborted := serveProxy(b.proxy, u, x.upstreamRequest(ctx, b, http.MethodPost, "/chat/completions", body))
 	u.timer.Stop()
+	stopKeepalive()
 	u.finish(ctx, b, proxyErr, aborted)
+}
+
+// keepalive writes a ": keep-alive" comment every interval until the
+// backend's first event, so proxies in front do not close an idle
+// stream. The first comment starts the client's stream (status 200). It
+// returns a function that stops it and waits for it to end.
+func (u *upstreamWriter) keepalive(ctx context.Context, interval time.Duration) (stop func()) {
+	done, exited := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(exited)
+		tick := time.NewTicker(interval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				if u.firstEvent.Load() || u.out.comment("keep-alive") != nil {
+					return
+				}
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-exited
+	}
 }
 
 // serveProxy runs the reverse proxy. The proxy aborts a response whose
@@ -194,7 +228,7 @@ func (u *upstreamWriter) WriteHeader(code int) {
 	// The client's headers wait for the first event, so a backend that
 	// fails before it still gets a proper status.
 	u.stream = true
-	passHeaders(u.x.w.Header(), u.header)
+	u.out.editHeader(func(h http.Header) { passHeaders(h, u.header) })
 }
 
 func (u *upstreamWriter) Write(p []byte) (int, error) {
@@ -287,7 +321,7 @@ func (u *upstreamWriter) finish(ctx context.Context, b *Backend, proxyErr error,
 				x.w.WriteHeader(499)
 			}
 		case u.failed != nil && !u.out.started:
-			x.fail(u.failed)
+			u.fail(u.failed)
 		case u.failed != nil:
 			x.status, x.code = http.StatusOK, u.failed.Code
 			x.outcome = outcomeOf(u.failed)
@@ -302,24 +336,24 @@ func (u *upstreamWriter) finish(ctx context.Context, b *Backend, proxyErr error,
 
 	switch {
 	case clientGone:
-		x.fail(&openai.Error{Status: 499, Type: openai.TypeInvalidRequest, Code: "client_closed_request", Message: "The client closed the request."})
+		u.fail(&openai.Error{Status: 499, Type: openai.TypeInvalidRequest, Code: "client_closed_request", Message: "The client closed the request."})
 	case errors.Is(cause, errFirstTokenTimeout):
-		x.fail(timeoutError("first_token_timeout", "The backend did not start answering within first_token_timeout."))
+		u.fail(timeoutError("first_token_timeout", "The backend did not start answering within first_token_timeout."))
 	case errors.Is(cause, errTimeout):
-		x.fail(timeoutError("timeout", "The backend did not answer within the request timeout."))
+		u.fail(timeoutError("timeout", "The backend did not answer within the request timeout."))
 	case u.tooLarge:
-		x.fail(&openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "upstream_reply_too_large",
+		u.fail(&openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "upstream_reply_too_large",
 			Message: "The backend's reply is larger than the gateway accepts."})
 	case proxyErr != nil || u.status == 0:
-		x.fail(proxyError(proxyErr))
+		u.fail(proxyError(proxyErr))
 	case aborted:
-		x.fail(&openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "upstream_reply_incomplete",
+		u.fail(&openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "upstream_reply_incomplete",
 			Message: "The backend's reply was cut short."})
 	case u.status/100 == 2:
 		u.reply()
 	default:
 		passHeaders(x.w.Header(), u.header)
-		x.fail(x.upstreamErrorDefaults(upstreamStatusError(u.status, u.body), u.status))
+		u.fail(x.upstreamErrorDefaults(upstreamStatusError(u.status, u.body), u.status))
 	}
 }
 
@@ -329,7 +363,7 @@ func (u *upstreamWriter) reply() {
 	x := u.x
 	out, rep, err := openai.NormalizeCompletion(nil, u.body, u.st.Meta)
 	if err != nil {
-		x.fail(&openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "invalid_upstream_response",
+		u.fail(&openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "invalid_upstream_response",
 			Message: "The backend's reply is not a valid chat completion."})
 		return
 	}
@@ -341,34 +375,26 @@ func (u *upstreamWriter) reply() {
 	}
 	// The backend answered a streaming request with one JSON reply: send
 	// it as the stream it would have been.
-	var parsed struct {
-		Model   string `json:"model"`
-		Created int64  `json:"created"`
-		Choices []struct {
-			Index   int `json:"index"`
-			Message struct {
-				Content *string `json:"content"`
-			} `json:"message"`
-			FinishReason string `json:"finish_reason"`
-		} `json:"choices"`
-	}
-	_ = json.Unmarshal(out, &parsed)
-	st := &openai.Stream{Meta: openai.Meta{ID: x.id, Model: parsed.Model, Created: parsed.Created}}
-	st.SetUsage(rep.Usage)
-	for _, c := range parsed.Choices {
-		content := ""
-		if c.Message.Content != nil {
-			content = *c.Message.Content
-		}
-		if u.out.event(st.Delta(nil, c.Index, "assistant", content, "")) != nil ||
-			u.out.event(st.Delta(nil, c.Index, "", "", c.FinishReason)) != nil {
-			x.outcome, x.status = outcomeClientCancelled, 499
-			return
-		}
-	}
-	if u.out.finishStream(st, x.req.IncludeUsage) != nil {
+	st := &openai.Stream{Meta: u.st.Meta}
+	if st.FromCompletion(out, u.out.event) != nil || u.out.finishStream(st, x.req.IncludeUsage) != nil {
 		x.outcome, x.status = outcomeClientCancelled, 499
 	}
+}
+
+// fail answers with e: an error reply while nothing has gone to the
+// client, else (keep-alive comments went out) a final error event.
+func (u *upstreamWriter) fail(e *openai.Error) {
+	x := u.x
+	if !u.out.started {
+		x.fail(e)
+		return
+	}
+	x.status, x.code, x.outcome = http.StatusOK, e.Code, outcomeOf(e)
+	if e.Status == 499 {
+		x.status = 499
+		return
+	}
+	_ = u.out.fail(e)
 }
 
 func timeoutError(code, msg string) *openai.Error {

@@ -2,6 +2,7 @@ package chatgateway
 
 import (
 	"net/http"
+	"sync"
 
 	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
 	"github.com/chatgateway/caddy-chat-gateway/internal/sse"
@@ -10,6 +11,7 @@ import (
 // sseWriter writes a Server-Sent Events reply to the client, one
 // flushed event at a time.
 type sseWriter struct {
+	mu      sync.Mutex // keep-alive comments come from another goroutine
 	w       http.ResponseWriter
 	rc      *http.ResponseController
 	buf     []byte
@@ -36,13 +38,36 @@ func (s *sseWriter) start() {
 	s.flush()
 }
 
+// editHeader lets edit change the response headers if they have not
+// been sent yet.
+func (s *sseWriter) editHeader(edit func(http.Header)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.started {
+		edit(s.w.Header())
+	}
+}
+
 // event writes one data event and flushes it.
 func (s *sseWriter) event(data []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.write(sse.AppendEvent(s.buf[:0], "", data))
+}
+
+// comment writes a comment line, which clients ignore.
+func (s *sseWriter) comment(text string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.write(append(append(append(s.buf[:0], ": "...), text...), "\n\n"...))
+}
+
+func (s *sseWriter) write(b []byte) error {
+	s.buf = b
 	s.start()
 	if s.err != nil {
 		return s.err
 	}
-	s.buf = sse.AppendEvent(s.buf[:0], "", data)
 	if _, err := s.w.Write(s.buf); err != nil {
 		s.err = err
 		return err

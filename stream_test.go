@@ -470,3 +470,40 @@ func TestStreamLineTooLong(t *testing.T) {
 		t.Fatalf("last event %+v", last)
 	}
 }
+
+func TestStreamKeepalive(t *testing.T) {
+	release := make(chan struct{})
+	be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		<-release // a slow first token: not even headers yet
+		startSSE(w)
+		sseEvent(w, `{"choices":[{"index":0,"delta":{"content":"late"},"finish_reason":"stop"}]}`)
+		sseEvent(w, "[DONE]")
+	})
+	g := newGateway(t, "chat_gateway "+be.URL+" {\n keepalive_interval 20ms\n}")
+	req, _ := http.NewRequest("POST", g.URL+"/v1/chat/completions", strings.NewReader(helloStream))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	if line, _ := br.ReadString('\n'); line != ": keep-alive\n" {
+		t.Fatalf("first line %q", line)
+	}
+	close(release)
+	rest, _ := io.ReadAll(br)
+	checkChunks(t, parseStream(t, string(rest), true), resp.Header.Get("X-Request-ID"), "late", false)
+
+	// Once keep-alives went out, a backend error is an error event.
+	be2 := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(100 * time.Millisecond)
+		writeJSON(w, 429, `{"error":{"message":"busy","code":"rate_limit_exceeded"}}`)
+	})
+	g = newGateway(t, "chat_gateway "+be2.URL+" {\n keepalive_interval 20ms\n}")
+	resp2, body := g.post(t, helloStream)
+	chunks := parseStream(t, body, false)
+	if last := chunks[len(chunks)-1]; resp2.StatusCode != 200 || !strings.HasPrefix(body, ": keep-alive") || last.Error == nil || last.Error.Code != "rate_limit_exceeded" {
+		t.Fatalf("%d %s", resp2.StatusCode, body)
+	}
+}

@@ -296,3 +296,24 @@ func TestSetMember(t *testing.T) {
 		t.Error("Member found a nested key")
 	}
 }
+
+func TestStreamFromCompletion(t *testing.T) {
+	reply := `{"id":"r","object":"chat.completion","created":3,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}]},"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}`
+	s := Stream{Meta: Meta{ID: "r"}}
+	var chunks []map[string]any
+	err := s.FromCompletion([]byte(reply), func(c []byte) error {
+		chunks = append(chunks, decode(t, c))
+		return nil
+	})
+	if err != nil || len(chunks) != 2 {
+		t.Fatalf("%v %v", err, chunks)
+	}
+	delta := chunks[0]["choices"].([]any)[0].(map[string]any)["delta"].(map[string]any)
+	call := delta["tool_calls"].([]any)[0].(map[string]any)
+	if delta["role"] != "assistant" || call["index"] != 0.0 || call["id"] != "c1" || chunks[0]["model"] != "m" {
+		t.Fatalf("delta %v", chunks[0])
+	}
+	if chunks[1]["choices"].([]any)[0].(map[string]any)["finish_reason"] != "tool_calls" || !s.Finished() || s.Usage().CompletionTokens != 2 {
+		t.Fatalf("finish %v", chunks[1])
+	}
+}

@@ -230,6 +230,81 @@ func (s *Stream) Delta(dst []byte, index int, role, content, finish string) []by
 	return o.close()
 }
 
+// FromCompletion appends to dst the chunks of a stream that carries the
+// normalized reply: per choice, one delta with the message (tool calls
+// given their index) and one with its finish_reason. It is how a
+// backend's JSON answer to a streaming request is streamed.
+func (s *Stream) FromCompletion(reply []byte, emit func(chunk []byte) error) error {
+	var choices []byte
+	members(reply, func(k, v []byte) {
+		switch {
+		case keyIs(k, "choices"):
+			choices = v
+		case keyIs(k, "model"):
+			_ = json.Unmarshal(v, &s.Model)
+		case keyIs(k, "created"):
+			s.Created = parseInt(v)
+		case keyIs(k, "usage"):
+			if u, ok := readUsage(v); ok {
+				s.SetUsage(u)
+			}
+		}
+	})
+	var err error
+	elements(choices, func(pos int, c []byte) {
+		if err != nil {
+			return
+		}
+		idx := parseIndex(Member(c, "index"), pos)
+		s.grow(idx)
+		var o object
+		s.head(&o, nil)
+		o.key("choices")
+		o.buf = append(o.buf, '[')
+		var ch object
+		ch.open(o.buf)
+		ch.int("index", int64(idx))
+		ch.key("delta")
+		var d object
+		d.open(ch.buf)
+		members(Member(c, "message"), func(k, v []byte) {
+			if !keyIs(k, "tool_calls") || len(v) == 0 || v[0] != '[' {
+				d.member(k, v)
+				return
+			}
+			d.key("tool_calls")
+			d.buf = append(d.buf, '[')
+			elements(v, func(i int, call []byte) {
+				if i > 0 {
+					d.buf = append(d.buf, ',')
+				}
+				if Member(call, "index") != nil {
+					d.buf = append(d.buf, call...)
+					return
+				}
+				var tc object
+				tc.open(d.buf)
+				tc.int("index", int64(i))
+				members(call, tc.member)
+				d.buf = tc.close()
+			})
+			d.buf = append(d.buf, ']')
+		})
+		ch.buf = d.close()
+		ch.raw("finish_reason", []byte("null"))
+		o.buf = append(ch.close(), ']')
+		s.roleSent[idx] = true
+		s.Content = true
+		if err = emit(o.close()); err != nil {
+			return
+		}
+		finish := "stop"
+		_ = json.Unmarshal(Member(c, "finish_reason"), &finish)
+		err = emit(s.Delta(nil, idx, "", "", finish))
+	})
+	return err
+}
+
 // Unfinished returns the indexes of the choices that have had no
 // finish_reason, or choice 0 if the stream had no choice at all.
 func (s *Stream) Unfinished() []int {

@@ -2,6 +2,7 @@ package chatgateway
 
 import (
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
@@ -32,6 +33,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        alias <name> <model>
 //	        api_key <key>
 //	        base_path <path>
+//	        retry_on <429|5xx|status|stream...>
+//	        fallback <model>
 //	        # and any reverse_proxy subdirective: lb_policy, lb_retries,
 //	        # health_uri, fail_duration, transport http { ... }, ...
 //	    }
@@ -54,7 +57,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
 	dirTok := d.Token()
 	if urls := d.RemainingArgs(); len(urls) > 0 {
-		b, err := newBackend(d, dirTok, urls, nil)
+		b, err := newBackend(d, dirTok, urls, nil, nil)
 		if err != nil {
 			return err
 		}
@@ -144,6 +147,7 @@ func parseBackend(d *caddyfile.Dispenser) (*Backend, error) {
 	urls := seg.RemainingArgs()
 	b := &Backend{}
 	var proxyLines []caddyfile.Token
+	var retryCodes []int
 	for seg.NextBlock(0) {
 		switch seg.Val() {
 		case "models":
@@ -160,16 +164,37 @@ func parseBackend(d *caddyfile.Dispenser) (*Backend, error) {
 				b.Aliases = make(map[string]string)
 			}
 			b.Aliases[args[0]] = args[1]
-		case "api_key", "base_path":
+		case "api_key", "base_path", "fallback":
 			opt := seg.Val()
 			args := seg.RemainingArgs()
 			if len(args) != 1 {
 				return nil, seg.ArgErr()
 			}
-			if opt == "api_key" {
+			switch opt {
+			case "api_key":
 				b.APIKey = args[0]
-			} else {
+			case "base_path":
 				b.BasePath = args[0]
+			default:
+				b.Fallback = args[0]
+			}
+		case "retry_on":
+			args := seg.RemainingArgs()
+			if len(args) == 0 {
+				return nil, seg.ArgErr()
+			}
+			for _, cond := range args {
+				codes, ok := retryConditions[cond]
+				if n, err := strconv.Atoi(cond); err == nil && (n == 429 || n >= 500 && n <= 599) {
+					codes, ok = []int{n}, true
+				}
+				if !ok {
+					return nil, seg.Errf("invalid retry_on condition '%s': want 429, 5xx, a 5xx status or stream", cond)
+				}
+				if codes == nil {
+					b.RetryStream = true
+				}
+				retryCodes = append(retryCodes, codes...)
 			}
 		case "handle_response", "replace_status", "copy_response", "copy_response_headers":
 			return nil, seg.Errf("'%s' is not supported in a chat_gateway backend: the gateway handles responses itself", seg.Val())
@@ -177,20 +202,24 @@ func parseBackend(d *caddyfile.Dispenser) (*Backend, error) {
 			proxyLines = append(proxyLines, seg.NextSegment()...)
 		}
 	}
-	nb, err := newBackend(d, head, urls, proxyLines)
+	nb, err := newBackend(d, head, urls, proxyLines, retryCodes)
 	if err != nil {
 		return nil, err
 	}
-	nb.Models, nb.Aliases, nb.APIKey = b.Models, b.Aliases, b.APIKey
+	nb.Models, nb.Aliases, nb.APIKey, nb.Fallback, nb.RetryStream = b.Models, b.Aliases, b.APIKey, b.Fallback, b.RetryStream
 	if b.BasePath != "" {
 		nb.BasePath = b.BasePath
 	}
 	return nb, nil
 }
 
+// retryConditions are the retry_on words; nil codes stand for "stream".
+var retryConditions = map[string][]int{"429": {429}, "5xx": {500, 502, 503, 504}, "stream": nil}
+
 // newBackend builds a backend from its base URLs and the reverse_proxy
-// lines of its block, parsed by reverse_proxy's own Caddyfile code.
-func newBackend(d *caddyfile.Dispenser, head caddyfile.Token, urls []string, proxyLines []caddyfile.Token) (*Backend, error) {
+// lines of its block, parsed by reverse_proxy's own Caddyfile code, then
+// given the gateway's defaults and the retries on retryCodes.
+func newBackend(d *caddyfile.Dispenser, head caddyfile.Token, urls []string, proxyLines []caddyfile.Token, retryCodes []int) (*Backend, error) {
 	tok := func(text string) caddyfile.Token {
 		t := head
 		t.Text = text
@@ -229,6 +258,52 @@ func newBackend(d *caddyfile.Dispenser, head caddyfile.Token, urls []string, pro
 	if len(rp.Upstreams) == 0 && rp.DynamicUpstreamsRaw == nil {
 		return nil, d.Errf("backend needs at least one URL (or 'dynamic')")
 	}
+	proxyDefaults(&rp, retryCodes)
 	b.ProxyRaw = caddyconfig.JSONModuleObject(rp, "handler", "reverse_proxy", nil)
 	return b, nil
+}
+
+// proxyDefaults gives a backend's reverse_proxy what a gateway needs.
+// With several upstreams, a failed connection is retried on another and
+// the failed upstream is marked down for a while (unless lb_retries,
+// lb_try_duration or fail_duration say otherwise). With retry_on
+// statuses, those replies are retried too (a single upstream once), the
+// body is buffered so it can be sent again, and, with several
+// upstreams, the upstream that sent one is marked down.
+func proxyDefaults(rp *reverseproxy.Handler, retryCodes []int) {
+	several := len(rp.Upstreams) > 1 || rp.DynamicUpstreamsRaw != nil
+	if !several && len(retryCodes) == 0 {
+		return
+	}
+	if rp.LoadBalancing == nil {
+		rp.LoadBalancing = new(reverseproxy.LoadBalancing)
+	}
+	lb := rp.LoadBalancing
+	if lb.Retries == 0 && lb.TryDuration == 0 {
+		lb.Retries = max(1, len(rp.Upstreams)-1)
+	}
+	if several {
+		if rp.HealthChecks == nil {
+			rp.HealthChecks = new(reverseproxy.HealthChecks)
+		}
+		if rp.HealthChecks.Passive == nil {
+			rp.HealthChecks.Passive = new(reverseproxy.PassiveHealthChecks)
+		}
+		passive := rp.HealthChecks.Passive
+		if passive.FailDuration == 0 {
+			passive.FailDuration = caddy.Duration(defaultFailDuration)
+		}
+		passive.UnhealthyStatus = append(passive.UnhealthyStatus, retryCodes...)
+	}
+	if len(retryCodes) > 0 {
+		codes := make([]string, len(retryCodes))
+		for i, c := range retryCodes {
+			codes[i] = strconv.Itoa(c)
+		}
+		expr := "{http.reverse_proxy.status_code} in [" + strings.Join(codes, ", ") + "]"
+		lb.RetryMatchRaw = append(lb.RetryMatchRaw, caddy.ModuleMap{"expression": caddyconfig.JSON(expr, nil)})
+		if rp.RequestBuffers == 0 {
+			rp.RequestBuffers = -1 // the body is already in memory, bounded by max_request_body
+		}
+	}
 }

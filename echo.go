@@ -30,7 +30,7 @@ func (h *Handler) echo(x *exchange) {
 	}
 
 	st := &openai.Stream{Meta: meta}
-	out := newSSEWriter(x.w)
+	out := x.out
 	write := func(chunk []byte) bool {
 		if err := out.event(chunk); err != nil {
 			x.outcome, x.status = outcomeClientCancelled, 499

@@ -75,13 +75,15 @@ type exchange struct {
 	code         string // the error code sent, if any
 	usage        openai.Usage
 	finishReason string
+	out          *sseWriter // the client's stream, if the reply is one
+	retries      int        // further attempts after the first
 	// upstreamErr is the proxy's own error, for the log only: it may
 	// name the backend address.
 	upstreamErr error
 }
 
 func (h *Handler) newExchange(w http.ResponseWriter, r *http.Request) *exchange {
-	x := &exchange{h: h, w: w, r: r, id: requestID(r), start: time.Now(), outcome: outcomeOK}
+	x := &exchange{h: h, w: w, r: r, id: requestID(r), start: time.Now(), outcome: outcomeOK, out: newSSEWriter(w)}
 	x.repl, _ = r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if x.repl == nil {
 		x.repl = caddy.NewReplacer()

@@ -342,6 +342,13 @@ func TestModelRouting(t *testing.T) {
 		}
 	}
 
+	for range 3 {
+		do(t, mustRequest("GET", g.URL+"/v1/models"))
+	}
+	if n := a.count() - 1; n != 1 { // a served one chat request; its list is fetched once
+		t.Errorf("the model list was fetched %d times, want 1 (cached)", n)
+	}
+
 	only := newGateway(t, fmt.Sprintf("chat_gateway {\n backend %s {\n models llama\n }\n}", b.URL))
 	resp, body := only.post(t, `{"model":"gpt-5","messages":[{"role":"user","content":"x"}]}`)
 	if e := apiError(t, body); resp.StatusCode != 404 || e["code"] != "model_not_found" || e["param"] != "model" {

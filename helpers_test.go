@@ -46,14 +46,20 @@ type gateway struct {
 // directive) into the in-process Caddy, replacing the previous config.
 func newGateway(t testing.TB, config string) *gateway {
 	t.Helper()
-	port := freePort(t)
+	return loadGateway(t, freePort(t), "1ns", config)
+}
+
+// loadGateway is newGateway on a given port, with a given grace period
+// for the requests of the config it replaces.
+func loadGateway(t testing.TB, port int, grace, config string) *gateway {
+	t.Helper()
 	logFile := filepath.Join(t.TempDir(), "caddy.log")
 	caddyfileText := fmt.Sprintf(`{
 	admin localhost:2999
 	http_port %d
 	skip_install_trust
 	persist_config off
-	grace_period 1ns
+	grace_period %s
 	log {
 		output file %s
 		format json
@@ -70,7 +76,7 @@ http://127.0.0.1:%d {
 		respond "next" 404
 	}
 }
-`, port, logFile, port, logFile, config)
+`, port, grace, logFile, port, logFile, config)
 	adapter := caddyconfig.GetAdapter("caddyfile")
 	cfg, _, err := adapter.Adapt([]byte(caddyfileText), map[string]any{"filename": "Caddyfile"})
 	if err != nil {

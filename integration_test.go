@@ -43,6 +43,7 @@ func TestCaddyfiles(t *testing.T) {
 		{"examples/openai.Caddyfile", "/v1/chat/completions", "gpt-4o-mini", "from openai", nil},
 		{"examples/replicas-with-fallback.Caddyfile", "/v1/chat/completions", "qwen2.5-7b", "from llama", nil},
 		{"examples/replicas-with-fallback.Caddyfile", "/v1/chat/completions", "gpt-4o", "from openai", nil},
+		{"examples/replicas-with-fallback.Caddyfile", "/v1/chat/completions", "llama-3.1-8b", "from openai", map[string]string{"LLAMA_DOWN": "1"}},
 		{"examples/mounted.Caddyfile", "/llm/v1/chat/completions", "m", "from llama", nil},
 	}
 	for _, tt := range tests {
@@ -58,10 +59,14 @@ func TestCaddyfiles(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			llamas := []string{llama.URL, llama2.URL}
+			if tt.env["LLAMA_DOWN"] != "" {
+				llamas = []string{refusing(t), refusing(t)}
+			}
 			cfg := strings.NewReplacer(
 				":8080", fmt.Sprintf(":%d", port),
-				"http://127.0.0.1:8081", llama.URL,
-				"http://127.0.0.1:8082", llama2.URL,
+				"http://127.0.0.1:8081", llamas[0],
+				"http://127.0.0.1:8082", llamas[1],
 				"https://api.openai.com", openaiBackend.URL,
 			).Replace(string(raw))
 			if !strings.HasPrefix(strings.TrimSpace(stripComments(cfg)), "{") {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
@@ -41,7 +42,7 @@ func (h *Handler) serveModels(x *exchange) {
 			}
 		}
 		if h.fallback != nil {
-			body, e := x.fetchModels(h.fallback, time.Duration(h.FirstTokenTimeout))
+			body, e := h.fallback.reportedModels(x, time.Duration(h.FirstTokenTimeout))
 			if e != nil && len(list) == 0 {
 				x.fail(e)
 				return
@@ -66,6 +67,32 @@ func (h *Handler) serveModels(x *exchange) {
 		Data   []modelEntry `json:"data"`
 	}{"list", list})
 	x.writeJSON(http.StatusOK, out)
+}
+
+// modelsTTL is how long a backend's own model list is reused.
+const modelsTTL = 10 * time.Second
+
+// modelsCache holds a backend's last model list.
+type modelsCache struct {
+	mu   sync.Mutex
+	body []byte
+	at   time.Time
+}
+
+// reportedModels returns the backend's model list, fetched at most once
+// per modelsTTL.
+func (b *Backend) reportedModels(x *exchange, timeout time.Duration) ([]byte, *openai.Error) {
+	c := &b.models
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.body != nil && time.Since(c.at) < modelsTTL {
+		return c.body, nil
+	}
+	body, e := x.fetchModels(b, timeout)
+	if e == nil {
+		c.body, c.at = body, time.Now()
+	}
+	return body, e
 }
 
 // fetchModels asks a backend for its model list.

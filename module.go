@@ -14,6 +14,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
 )
 
@@ -27,6 +28,9 @@ const (
 	defaultTimeout           = 10 * time.Minute
 	defaultFirstTokenTimeout = 5 * time.Minute
 	defaultIdleTimeout       = 2 * time.Minute
+	// defaultFailDuration is how long a failed upstream of a backend with
+	// several stays down, unless fail_duration says otherwise.
+	defaultFailDuration = 30 * time.Second
 	// maxReplyBody bounds a non-streaming reply or error body the
 	// gateway buffers to normalize.
 	maxReplyBody = 32 << 20
@@ -162,6 +166,22 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			h.routes[alias] = route{backend: b, model: target}
 		}
 	}
+	for i, b := range h.Backends {
+		if b.Fallback == "" {
+			continue
+		}
+		rt, ok := h.route(b.Fallback)
+		if !ok {
+			return fmt.Errorf("backend %d: no backend serves fallback model %q", i, b.Fallback)
+		}
+		if rt.backend == b {
+			return fmt.Errorf("backend %d: fallback model %q is served by the same backend", i, b.Fallback)
+		}
+		if rt.model == "" {
+			rt.model = b.Fallback
+		}
+		b.fallback = &rt
+	}
 	return nil
 }
 
@@ -207,8 +227,34 @@ type Backend struct {
 	// this backend.
 	Aliases map[string]string `json:"aliases,omitempty"`
 
-	proxy  caddyhttp.MiddlewareHandler
-	apiKey string
+	// RetryStream retries a stream that fails before its first content
+	// event (cut, error event, first_token_timeout) on this backend, up
+	// to the proxy's lb_retries times (default: once per other upstream,
+	// at least once). Nothing has reached the client at that point.
+	RetryStream bool `json:"retry_stream,omitempty"`
+
+	// Fallback is a model to ask for instead when this backend fails
+	// before anything reached the client: its connection, a 429 or 5xx,
+	// a timeout to the first token, a stream cut before content. The
+	// request is routed and renamed as if the client had asked for it.
+	Fallback string `json:"fallback,omitempty"`
+
+	proxy    caddyhttp.MiddlewareHandler
+	apiKey   string
+	fallback *route
+	models   modelsCache
+}
+
+// streamRetries is how many times a stream failing before content is
+// retried on this backend.
+func (b *Backend) streamRetries() int {
+	if rp, ok := b.proxy.(*reverseproxy.Handler); ok && rp.LoadBalancing != nil && rp.LoadBalancing.Retries > 0 {
+		return rp.LoadBalancing.Retries
+	}
+	if rp, ok := b.proxy.(*reverseproxy.Handler); ok && len(rp.Upstreams) > 1 {
+		return len(rp.Upstreams) - 1
+	}
+	return 1
 }
 
 func (b *Backend) provision(ctx caddy.Context, repl *caddy.Replacer) error {

@@ -15,6 +15,9 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
 	"github.com/chatgateway/caddy-chat-gateway/internal/sse"
@@ -32,9 +35,65 @@ var (
 // the gateway; they never go upstream.
 var clientCredentials = [...]string{"Authorization", "X-Api-Key", "Api-Key", "Openai-Organization", "Openai-Project", "Cookie"}
 
-// forward sends the chat request to the backend through its reverse
-// proxy and relays the normalized reply.
+// forward sends the chat request to its backend through the backend's
+// reverse proxy and relays the normalized reply. While nothing has gone
+// to the client, a failed attempt may be retried: a stream that failed
+// before its first content event, on the same backend when its retry_on
+// has "stream", and any backend failure on the backend's fallback.
 func (h *Handler) forward(x *exchange, rt route, body []byte) {
+	ctx := x.r.Context()
+	if !x.req.Stream {
+		var stop context.CancelFunc
+		ctx, stop = context.WithTimeoutCause(ctx, time.Duration(h.Timeout), errTimeout)
+		defer stop()
+	}
+	tried := map[*Backend]bool{}
+	streamRetries := 0
+	for {
+		u, e := h.attempt(ctx, x, rt, body)
+		if e == nil {
+			return
+		}
+		next, ok := route{}, false
+		if !u.out.started && x.r.Context().Err() == nil && retryable(e) {
+			switch {
+			case u.stream && rt.backend.RetryStream && streamRetries < rt.backend.streamRetries():
+				streamRetries++
+				next, ok = rt, true
+			case rt.backend.fallback != nil && !tried[rt.backend.fallback.backend]:
+				tried[rt.backend] = true
+				streamRetries = 0
+				next, ok = *rt.backend.fallback, true
+			}
+		}
+		if !ok {
+			u.fail(e)
+			return
+		}
+		x.retries++
+		if c := h.logger.Check(zapcore.DebugLevel, "retrying"); c != nil {
+			c.Write(zap.String("request_id", x.id), zap.String("code", e.Code), zap.Int("status", e.Status), zap.Bool("fallback", next.backend != rt.backend))
+		}
+		rt = next
+	}
+}
+
+// retryable reports whether a failure is the backend's, so another try
+// (or another backend) may succeed: not the client's, not the deadline's.
+func retryable(e *openai.Error) bool {
+	switch {
+	case e.Status == 499 || e.Code == "timeout":
+		return false
+	case e.Status == http.StatusTooManyRequests || e.Status >= 500:
+		return true
+	}
+	return false
+}
+
+// attempt makes one try of the request on rt's backend. It returns nil
+// when a reply or a complete stream went to the client, else the error
+// to answer with, which has not been written unless u.out.started.
+func (h *Handler) attempt(parent context.Context, x *exchange, rt route, body []byte) (*upstreamWriter, *openai.Error) {
 	b := rt.backend
 	if rt.model != "" {
 		body = openai.SetMember(body, "model", mustJSON(rt.model))
@@ -47,14 +106,9 @@ func (h *Handler) forward(x *exchange, rt route, body []byte) {
 		body = openai.SetMember(body, "stream_options", openai.SetMember(opts, "include_usage", []byte("true")))
 	}
 
-	ctx, cancel := context.WithCancelCause(x.r.Context())
+	ctx, cancel := context.WithCancelCause(parent)
 	defer cancel(nil)
-	if !x.req.Stream {
-		var stop context.CancelFunc
-		ctx, stop = context.WithTimeoutCause(ctx, time.Duration(h.Timeout), errTimeout)
-		defer stop()
-	}
-	u := &upstreamWriter{x: x, out: newSSEWriter(x.w), idle: time.Duration(h.IdleTimeout)}
+	u := &upstreamWriter{x: x, out: x.out, idle: time.Duration(h.IdleTimeout)}
 	u.st.Meta = x.meta("")
 	u.timer = time.AfterFunc(time.Duration(h.FirstTokenTimeout), func() {
 		if u.firstEvent.Load() {
@@ -72,7 +126,7 @@ func (h *Handler) forward(x *exchange, rt route, body []byte) {
 	proxyErr, aborted := serveProxy(b.proxy, u, x.upstreamRequest(ctx, b, http.MethodPost, "/chat/completions", body))
 	u.timer.Stop()
 	stopKeepalive()
-	u.finish(ctx, b, proxyErr, aborted)
+	return u, u.settle(ctx, proxyErr, aborted)
 }
 
 // keepalive writes a ": keep-alive" comment every interval until the
@@ -194,12 +248,14 @@ type upstreamWriter struct {
 	out    *sseWriter
 	stream bool // relaying an event stream
 
-	parser sse.Parser
-	st     openai.Stream
-	chunk  []byte
-	ended  bool          // [DONE] or an error event: the rest is ignored
-	done   bool          // [DONE] seen
-	failed *openai.Error // the error event sent
+	parser   sse.Parser
+	st       openai.Stream
+	chunk    []byte
+	held     []byte // chunks held before the first content, end to end
+	heldLens []int
+	ended    bool          // [DONE] or an error event: the rest is ignored
+	done     bool          // [DONE] seen
+	failed   *openai.Error // the error event sent
 
 	timer      *time.Timer
 	firstEvent atomic.Bool
@@ -282,7 +338,33 @@ func (u *upstreamWriter) onEvent(ev sse.Event) error {
 	if len(u.chunk) == 0 {
 		return nil
 	}
+	if !u.out.started && !u.st.Content && len(u.held) < maxHeld {
+		// Until content flows, the attempt can still be retried: hold
+		// the role chunk and its like.
+		u.held = append(u.held, u.chunk...)
+		u.heldLens = append(u.heldLens, len(u.chunk))
+		return nil
+	}
+	if err := u.flushHeld(); err != nil {
+		return err
+	}
 	return u.out.event(u.chunk)
+}
+
+// maxHeld bounds the chunks held before the first content.
+const maxHeld = 64 << 10
+
+// flushHeld writes the chunks held back before the first content.
+func (u *upstreamWriter) flushHeld() error {
+	held := u.held
+	for _, n := range u.heldLens {
+		if err := u.out.event(held[:n]); err != nil {
+			return err
+		}
+		held = held[n:]
+	}
+	u.held, u.heldLens = u.held[:0], u.heldLens[:0]
+	return nil
 }
 
 // failStream ends the stream with e: an error event once the stream
@@ -294,16 +376,20 @@ func (u *upstreamWriter) failStream(e *openai.Error) {
 	}
 }
 
-// finish ends the request once the proxy returned: it closes a relayed
-// stream, or answers from the buffered reply or the proxy's error.
-func (u *upstreamWriter) finish(ctx context.Context, b *Backend, proxyErr error, aborted bool) {
+// settle ends an attempt once the proxy returned. A stream that
+// completed is closed ([DONE]); a buffered 2xx reply is answered. It
+// returns the failure otherwise; a failure after the stream started has
+// been sent as an error event already.
+func (u *upstreamWriter) settle(ctx context.Context, proxyErr error, aborted bool) *openai.Error {
 	x := u.x
 	x.upstreamErr = proxyErr
 	cause := context.Cause(ctx)
-	clientGone := x.r.Context().Err() != nil
+	if x.r.Context().Err() != nil || u.out.err != nil {
+		return &openai.Error{Status: 499, Type: openai.TypeInvalidRequest, Code: "client_closed_request", Message: "The client closed the request."}
+	}
 	if u.stream {
 		x.usage, x.finishReason = u.st.Usage(), u.st.FinishReason
-		if u.failed == nil && !clientGone && u.out.err == nil {
+		if u.failed == nil {
 			switch {
 			case errors.Is(cause, errFirstTokenTimeout):
 				u.failStream(timeoutError("first_token_timeout", "The backend did not start answering within first_token_timeout."))
@@ -314,64 +400,50 @@ func (u *upstreamWriter) finish(ctx context.Context, b *Backend, proxyErr error,
 					Message: "The backend ended the stream before it was complete."})
 			}
 		}
-		switch {
-		case clientGone || u.out.err != nil:
-			x.outcome, x.status = outcomeClientCancelled, 499
-			if !u.out.started {
-				x.w.WriteHeader(499)
-			}
-		case u.failed != nil && !u.out.started:
-			u.fail(u.failed)
-		case u.failed != nil:
-			x.status, x.code = http.StatusOK, u.failed.Code
-			x.outcome = outcomeOf(u.failed)
-		default:
-			x.status = http.StatusOK
-			if u.out.finishStream(&u.st, x.req.IncludeUsage) != nil {
-				x.outcome, x.status = outcomeClientCancelled, 499
-			}
+		if u.failed != nil {
+			return u.failed
 		}
-		return
+		x.status = http.StatusOK
+		if u.flushHeld() != nil || u.out.finishStream(&u.st, x.req.IncludeUsage) != nil {
+			x.outcome, x.status = outcomeClientCancelled, 499
+		}
+		return nil
 	}
 
 	switch {
-	case clientGone:
-		u.fail(&openai.Error{Status: 499, Type: openai.TypeInvalidRequest, Code: "client_closed_request", Message: "The client closed the request."})
 	case errors.Is(cause, errFirstTokenTimeout):
-		u.fail(timeoutError("first_token_timeout", "The backend did not start answering within first_token_timeout."))
+		return timeoutError("first_token_timeout", "The backend did not start answering within first_token_timeout.")
 	case errors.Is(cause, errTimeout):
-		u.fail(timeoutError("timeout", "The backend did not answer within the request timeout."))
+		return timeoutError("timeout", "The backend did not answer within the request timeout.")
 	case u.tooLarge:
-		u.fail(&openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "upstream_reply_too_large",
-			Message: "The backend's reply is larger than the gateway accepts."})
+		return &openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "upstream_reply_too_large",
+			Message: "The backend's reply is larger than the gateway accepts."}
 	case proxyErr != nil || u.status == 0:
-		u.fail(proxyError(proxyErr))
+		return proxyError(proxyErr)
 	case aborted:
-		u.fail(&openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "upstream_reply_incomplete",
-			Message: "The backend's reply was cut short."})
+		return &openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "upstream_reply_incomplete",
+			Message: "The backend's reply was cut short."}
 	case u.status/100 == 2:
-		u.reply()
-	default:
-		passHeaders(x.w.Header(), u.header)
-		u.fail(x.upstreamErrorDefaults(upstreamStatusError(u.status, u.body), u.status))
+		return u.reply()
 	}
+	passHeaders(x.w.Header(), u.header)
+	return x.upstreamErrorDefaults(upstreamStatusError(u.status, u.body), u.status)
 }
 
 // reply answers from a buffered 2xx reply: normalized JSON, or the same
 // as a stream when the client asked for one and the backend did not.
-func (u *upstreamWriter) reply() {
+func (u *upstreamWriter) reply() *openai.Error {
 	x := u.x
 	out, rep, err := openai.NormalizeCompletion(nil, u.body, u.st.Meta)
 	if err != nil {
-		u.fail(&openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "invalid_upstream_response",
-			Message: "The backend's reply is not a valid chat completion."})
-		return
+		return &openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "invalid_upstream_response",
+			Message: "The backend's reply is not a valid chat completion."}
 	}
 	x.usage, x.finishReason = rep.Usage, rep.FinishReason
 	passHeaders(x.w.Header(), u.header)
 	if !x.req.Stream {
 		x.writeJSON(http.StatusOK, out)
-		return
+		return nil
 	}
 	// The backend answered a streaming request with one JSON reply: send
 	// it as the stream it would have been.
@@ -379,6 +451,7 @@ func (u *upstreamWriter) reply() {
 	if st.FromCompletion(out, u.out.event) != nil || u.out.finishStream(st, x.req.IncludeUsage) != nil {
 		x.outcome, x.status = outcomeClientCancelled, 499
 	}
+	return nil
 }
 
 // fail answers with e: an error reply while nothing has gone to the
@@ -390,11 +463,12 @@ func (u *upstreamWriter) fail(e *openai.Error) {
 		return
 	}
 	x.status, x.code, x.outcome = http.StatusOK, e.Code, outcomeOf(e)
-	if e.Status == 499 {
+	switch {
+	case e.Status == 499:
 		x.status = 499
-		return
+	case u.failed != e: // a stream's own failure went out as it happened
+		_ = u.out.fail(e)
 	}
-	_ = u.out.fail(e)
 }
 
 func timeoutError(code, msg string) *openai.Error {
@@ -407,6 +481,9 @@ func proxyError(err error) *openai.Error {
 	status := http.StatusBadGateway
 	if he, ok := errors.AsType[caddyhttp.HandlerError](err); ok && he.StatusCode != 0 {
 		status = he.StatusCode
+	}
+	if _, ok := errors.AsType[reverseproxy.DialError](err); ok && status == http.StatusGatewayTimeout {
+		return timeoutError("dial_timeout", "The backend could not be connected to within dial_timeout.")
 	}
 	switch status {
 	case http.StatusGatewayTimeout:

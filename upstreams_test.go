@@ -1,0 +1,283 @@
+package chatgateway
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// replica is a fake backend that answers as name; fail decides, per
+// request number (from 1), whether it fails instead, and how.
+func replica(t *testing.T, name string, fail func(n int64, w http.ResponseWriter, r *http.Request) bool) *backend {
+	var n atomic.Int64
+	return newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		if fail != nil && fail(n.Add(1), w, r) {
+			return
+		}
+		if strings.Contains(upstreamBody(r), `"stream":true`) {
+			startSSE(w)
+			sseEvent(w, `{"choices":[{"index":0,"delta":{"role":"assistant"}}]}`)
+			sseEvent(w, fmt.Sprintf(`{"choices":[{"index":0,"delta":{"content":"from %s"},"finish_reason":"stop"}]}`, name))
+			sseEvent(w, "[DONE]")
+			return
+		}
+		writeJSON(w, 200, fmt.Sprintf(`{"choices":[{"message":{"content":"from %s"}}]}`, name))
+	})
+}
+
+func refusing(t *testing.T) string {
+	return fmt.Sprintf("http://127.0.0.1:%d", freePort(t)) // nothing listens there
+}
+
+func unavailable(n int64, w http.ResponseWriter, r *http.Request) bool {
+	w.Header().Set("Retry-After", "1")
+	writeJSON(w, 503, `{"error":{"message":"loading model"}}`)
+	return true
+}
+
+// TestFailover: one replica refuses connections, one answers 503, one is
+// healthy; every request is answered by the healthy one, with the body
+// the client sent.
+func TestFailover(t *testing.T) {
+	healthy := replica(t, "healthy", nil)
+	busy := replica(t, "busy", unavailable)
+	g := newGateway(t, fmt.Sprintf(`chat_gateway {
+		backend %s %s %s {
+			lb_policy round_robin
+			retry_on 5xx
+		}
+	}`, refusing(t), busy.URL, healthy.URL))
+	sent := `{"model":"m","messages":[{"role":"user","content":"intact body ✓"}],"temperature":0.5}`
+	for i := range 12 {
+		body := sent
+		if i%2 == 1 {
+			body = strings.Replace(sent, `"temperature"`, `"stream":true,"temperature"`, 1)
+		}
+		resp, got := g.post(t, body)
+		if resp.StatusCode != 200 || !strings.Contains(got, "from healthy") {
+			t.Fatalf("request %d: %d %s", i, resp.StatusCode, got)
+		}
+		if healthy.last(t).Body != body {
+			t.Fatalf("body re-sent changed: %s", healthy.last(t).Body)
+		}
+	}
+	if busy.count() > 2 {
+		t.Errorf("the 503 replica got %d requests: it should be marked down after its first", busy.count())
+	}
+}
+
+// TestNoRetryAfterFirstByte: a stream cut after content went out ends
+// with an error event; no other replica is tried.
+func TestNoRetryAfterFirstByte(t *testing.T) {
+	cut := replica(t, "cut", func(n int64, w http.ResponseWriter, r *http.Request) bool {
+		startSSE(w)
+		sseEvent(w, `{"choices":[{"index":0,"delta":{"content":"partial"}}]}`)
+		return true
+	})
+	other := replica(t, "other", nil)
+	g := newGateway(t, fmt.Sprintf(`chat_gateway {
+		backend %s %s {
+			lb_policy first
+			retry_on 5xx stream
+			fallback spare
+		}
+		backend %s {
+			models spare
+		}
+	}`, cut.URL, other.URL, other.URL))
+	resp, body := g.post(t, helloStream)
+	chunks := parseStream(t, body, false)
+	if last := chunks[len(chunks)-1]; resp.StatusCode != 200 || last.Error == nil || last.Error.Code != "stream_truncated" {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	if !strings.Contains(body, "partial") || other.count() != 0 {
+		t.Fatalf("retried after the first byte: other got %d requests", other.count())
+	}
+}
+
+// TestRetryStreamBeforeContent: a stream that fails before its first
+// content (role chunk, then cut) is tried again on the next replica; the
+// client sees one clean stream.
+func TestRetryStreamBeforeContent(t *testing.T) {
+	flaky := replica(t, "flaky", func(n int64, w http.ResponseWriter, r *http.Request) bool {
+		startSSE(w)
+		sseEvent(w, `{"choices":[{"index":0,"delta":{"role":"assistant"}}]}`)
+		return true
+	})
+	good := replica(t, "good", nil)
+	g := newGateway(t, fmt.Sprintf(`chat_gateway {
+		backend %s %s {
+			lb_policy round_robin
+			retry_on stream
+		}
+	}`, flaky.URL, good.URL))
+	for range 4 {
+		resp, body := g.post(t, helloStream, "X-Request-ID", "retry-1")
+		if resp.StatusCode != 200 {
+			t.Fatalf("%d %s", resp.StatusCode, body)
+		}
+		checkChunks(t, parseStream(t, body, true), "retry-1", "from good", false)
+		if strings.Count(body, `"role"`) != 1 {
+			t.Fatalf("two role chunks: %s", body)
+		}
+	}
+	if flaky.count() == 0 {
+		t.Fatal("the flaky replica was never tried")
+	}
+
+	// Without retry_on stream, the failure is the client's answer.
+	g = newGateway(t, fmt.Sprintf("chat_gateway {\n backend %s {\n }\n}", flaky.URL))
+	if resp, body := g.post(t, helloStream); resp.StatusCode != 502 || apiError(t, body)["code"] != "stream_truncated" {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+}
+
+// TestFallback: a local backend that is down, rate limited or too slow
+// to its first token hands the request to its fallback model's backend,
+// under that model's name.
+func TestFallback(t *testing.T) {
+	cloud := replica(t, "cloud", nil)
+	slow := replica(t, "slow", func(n int64, w http.ResponseWriter, r *http.Request) bool {
+		select {
+		case <-r.Context().Done():
+		case <-time.After(5 * time.Second):
+		}
+		return true
+	})
+	limited := replica(t, "limited", func(n int64, w http.ResponseWriter, r *http.Request) bool {
+		writeJSON(w, 429, `{"error":{"message":"slow down"}}`)
+		return true
+	})
+	for name, local := range map[string]string{"down": refusing(t), "slow": slow.URL, "rate limited": limited.URL} {
+		t.Run(name, func(t *testing.T) {
+			g := newGateway(t, fmt.Sprintf(`chat_gateway {
+				backend %s {
+					models llama
+					fallback gpt-4o-mini
+				}
+				backend %s {
+					models gpt-4o-mini
+				}
+				first_token_timeout 200ms
+			}`, local, cloud.URL))
+			for _, body := range []string{
+				`{"model":"llama","messages":[{"role":"user","content":"x"}]}`,
+				`{"model":"llama","messages":[{"role":"user","content":"x"}],"stream":true}`,
+			} {
+				resp, got := g.post(t, body)
+				if resp.StatusCode != 200 || !strings.Contains(got, "from cloud") {
+					t.Fatalf("%d %s", resp.StatusCode, got)
+				}
+				if up := cloud.last(t).Body; !strings.Contains(up, `"model":"gpt-4o-mini"`) {
+					t.Fatalf("fallback sent %s", up)
+				}
+			}
+		})
+	}
+
+	// A client error is not the backend's failure: no fallback.
+	bad := replica(t, "bad", func(n int64, w http.ResponseWriter, r *http.Request) bool {
+		writeJSON(w, 400, `{"error":{"message":"context too long","code":"context_length_exceeded"}}`)
+		return true
+	})
+	before := cloud.count()
+	g := newGateway(t, fmt.Sprintf("chat_gateway {\n backend %s {\n models llama\n fallback gpt-4o-mini\n }\n backend %s {\n models gpt-4o-mini\n }\n}", bad.URL, cloud.URL))
+	if resp, body := g.post(t, `{"model":"llama","messages":[{"role":"user","content":"x"}]}`); resp.StatusCode != 400 || cloud.count() != before {
+		t.Fatalf("%d %s (cloud got %d)", resp.StatusCode, body, cloud.count()-before)
+	}
+}
+
+// TestHealthRecovers: a replica marked down by a 503 is used again after
+// fail_duration.
+func TestHealthRecovers(t *testing.T) {
+	var down atomic.Bool
+	down.Store(true)
+	a := replica(t, "a", func(n int64, w http.ResponseWriter, r *http.Request) bool {
+		if down.Load() {
+			return unavailable(n, w, r)
+		}
+		return false
+	})
+	b := replica(t, "b", nil)
+	g := newGateway(t, fmt.Sprintf(`chat_gateway {
+		backend %s %s {
+			lb_policy first
+			retry_on 5xx
+			fail_duration 300ms
+		}
+	}`, a.URL, b.URL))
+	for range 3 {
+		if _, body := g.post(t, hello); !strings.Contains(body, "from b") {
+			t.Fatalf("while a is down: %s", body)
+		}
+	}
+	if a.count() != 1 {
+		t.Fatalf("a got %d requests while marked down", a.count())
+	}
+	down.Store(false)
+	time.Sleep(400 * time.Millisecond)
+	if _, body := g.post(t, hello); !strings.Contains(body, "from a") {
+		t.Fatalf("a did not recover: %s", body)
+	}
+}
+
+// TestStallMidStream: a replica that stalls after content is cut by
+// idle_timeout, with no retry.
+func TestStallMidStream(t *testing.T) {
+	stall := replica(t, "stall", func(n int64, w http.ResponseWriter, r *http.Request) bool {
+		startSSE(w)
+		sseEvent(w, `{"choices":[{"index":0,"delta":{"content":"a"}}]}`)
+		<-r.Context().Done()
+		return true
+	})
+	other := replica(t, "other", nil)
+	g := newGateway(t, fmt.Sprintf("chat_gateway {\n backend %s %s {\n lb_policy first\n retry_on stream 5xx\n }\n idle_timeout 150ms\n}", stall.URL, other.URL))
+	_, body := g.post(t, helloStream)
+	chunks := parseStream(t, body, false)
+	if last := chunks[len(chunks)-1]; last.Error == nil || last.Error.Code != "idle_timeout" || other.count() != 0 {
+		t.Fatalf("%s (other got %d)", body, other.count())
+	}
+}
+
+// TestReload: a stream open across a config reload finishes on the old
+// config; new requests use the new one.
+func TestReload(t *testing.T) {
+	release := make(chan struct{})
+	old := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		startSSE(w)
+		sseEvent(w, `{"choices":[{"index":0,"delta":{"content":"old "}}]}`)
+		<-release
+		sseEvent(w, `{"choices":[{"index":0,"delta":{"content":"config"},"finish_reason":"stop"}]}`)
+		sseEvent(w, "[DONE]")
+	})
+	fresh := replica(t, "new", nil)
+	port := freePort(t)
+	g := loadGateway(t, port, "10s", "chat_gateway "+old.URL)
+
+	req, _ := http.NewRequest("POST", g.URL+"/v1/chat/completions", strings.NewReader(helloStream))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	first := make([]byte, 64)
+	if _, err := io.ReadAtLeast(resp.Body, first, 10); err != nil {
+		t.Fatal(err)
+	}
+
+	loadGateway(t, port, "10s", "chat_gateway "+fresh.URL)
+	if _, body := g.post(t, hello); !strings.Contains(body, "from new") {
+		t.Fatalf("after reload: %s", body)
+	}
+	close(release)
+	rest, _ := io.ReadAll(resp.Body)
+	all := string(first) + string(rest)
+	if !strings.Contains(all, "config") || !strings.HasSuffix(all, "data: [DONE]\n\n") {
+		t.Fatalf("the open stream did not finish: %s", all)
+	}
+}

@@ -47,6 +47,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    idle_timeout <duration>
 //	    keepalive_interval <duration>
 //	    include_usage_upstream
+//	    log_sizes
 //	}
 //
 // Backend URLs are base URLs as OpenAI SDKs take them, such as
@@ -85,11 +86,16 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			h.Echo = true
-		case "include_usage_upstream":
+		case "include_usage_upstream", "log_sizes":
+			opt := d.Val()
 			if d.NextArg() {
 				return d.ArgErr()
 			}
-			h.IncludeUsageUpstream = true
+			if opt == "log_sizes" {
+				h.LogSizes = true
+			} else {
+				h.IncludeUsageUpstream = true
+			}
 		case "max_request_body":
 			if !d.NextArg() {
 				return d.ArgErr()

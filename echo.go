@@ -24,7 +24,8 @@ func (h *Handler) echo(x *exchange) {
 		if err != nil {
 			panic(err) // the gateway's own reply is always valid
 		}
-		x.usage, x.finishReason = rep.Usage, rep.FinishReason
+		x.usage, x.finishReason, x.completionBytes = rep.Usage, rep.FinishReason, rep.CompletionBytes
+		x.markFirstToken()
 		x.writeJSON(http.StatusOK, out)
 		return
 	}
@@ -59,6 +60,7 @@ func (h *Handler) echo(x *exchange) {
 		if !write(st.Delta(nil, 0, "", word, "")) {
 			return
 		}
+		x.markFirstToken()
 	}
 	if !write(st.Delta(nil, 0, "", "", "stop")) {
 		return
@@ -66,7 +68,7 @@ func (h *Handler) echo(x *exchange) {
 	if out.finishStream(st, x.req.IncludeUsage) != nil {
 		x.outcome, x.status = outcomeClientCancelled, 499
 	}
-	x.usage, x.finishReason = st.Usage(), st.FinishReason
+	x.usage, x.finishReason, x.completionBytes = st.Usage(), st.FinishReason, st.CompletionBytes
 }
 
 // meta is what the gateway stamps on this request's reply.

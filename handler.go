@@ -2,6 +2,7 @@ package chatgateway
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"mime"
 	"net/http"
@@ -77,6 +78,14 @@ type exchange struct {
 	finishReason string
 	out          *sseWriter // the client's stream, if the reply is one
 	retries      int        // further attempts after the first
+	chat         bool       // a chat request, counted in the metrics
+
+	ttft         time.Duration // to the first content sent, 0 if none
+	gw           time.Duration // time in the gateway's own work, for overhead_seconds
+	upstreamTime time.Duration // time inside the reverse proxy
+	fromUpstream bool          // the error status is the backend's
+	// completionBytes is the size of the reply's content, for log_sizes.
+	completionBytes int
 	// upstreamErr is the proxy's own error, for the log only: it may
 	// name the backend address.
 	upstreamErr error
@@ -131,12 +140,16 @@ func (h *Handler) serveChat(x *exchange) {
 			return
 		}
 	}
+	x.chat = true
+	gatewayMetrics.inFlight.Inc()
 	body, e := readBody(r, h.MaxRequestBody)
 	if e != nil {
 		x.fail(e)
 		return
 	}
+	begin := time.Now()
 	req, e := openai.ParseChatRequest(body)
+	x.gw += time.Since(begin)
 	if e != nil {
 		x.fail(e)
 		return
@@ -228,7 +241,12 @@ func outcomeOf(e *openai.Error) string {
 }
 
 func (x *exchange) writeJSON(status int, body []byte) {
+	x.publish()
 	hdr := x.w.Header()
+	if x.upstreamTime > 0 && status == http.StatusOK {
+		hdr.Set("Server-Timing", fmt.Sprintf("gateway;dur=%.3f, upstream;dur=%.3f",
+			x.overhead().Seconds()*1e3, x.upstreamTime.Seconds()*1e3))
+	}
 	hdr.Set("Content-Type", "application/json")
 	hdr.Set("Content-Length", itoa(len(body)))
 	x.w.WriteHeader(status)
@@ -237,11 +255,46 @@ func (x *exchange) writeJSON(status int, body []byte) {
 	}
 }
 
-// finish records how the request ended, in the access log, the
-// placeholders and the module log.
-func (x *exchange) finish() {
+// markFirstToken notes the time of the first content sent.
+func (x *exchange) markFirstToken() {
+	if x.ttft == 0 {
+		x.ttft = time.Since(x.start)
+	}
+}
+
+// overhead is the time the request spent in the gateway's own work:
+// decoding and validating the request, building the upstream request,
+// normalizing the reply or each chunk. Reading the request and writing
+// the reply (network I/O) and the backend are not in it. An echo reply is
+// all the gateway's work.
+func (x *exchange) overhead() time.Duration {
+	if x.upstreamTime == 0 && x.req != nil && x.h.echoMode() {
+		return time.Since(x.start)
+	}
+	return x.gw
+}
+
+// publish sets the placeholders from what is known so far.
+func (x *exchange) publish() {
 	x.repl.Set("http.chat_gateway.outcome", x.outcome)
-	extra := extraLogFields(x.r)
+	if x.req == nil {
+		return
+	}
+	if up, ok := x.repl.GetString("http.reverse_proxy.upstream.hostport"); ok {
+		x.repl.Set("http.chat_gateway.upstream", up)
+	}
+	x.repl.Set("http.chat_gateway.prompt_tokens", x.usage.PromptTokens)
+	x.repl.Set("http.chat_gateway.completion_tokens", x.usage.CompletionTokens)
+	x.repl.Set("http.chat_gateway.ttft", x.ttft.Seconds())
+}
+
+// finish records how the request ended, in the metrics, the access
+// log, the placeholders and the module log.
+func (x *exchange) finish() {
+	x.publish()
+	if x.chat {
+		x.record()
+	}
 	fields := []zap.Field{zap.String("request_id", x.id), zap.String("outcome", x.outcome)}
 	if x.req != nil {
 		fields = append(fields,
@@ -250,12 +303,19 @@ func (x *exchange) finish() {
 			zap.Int64("prompt_tokens", x.usage.PromptTokens),
 			zap.Int64("completion_tokens", x.usage.CompletionTokens),
 			zap.String("finish_reason", x.finishReason),
+			zap.Duration("ttft", x.ttft),
 		)
-		if up, ok := x.repl.GetString("http.reverse_proxy.upstream.hostport"); ok {
+		if up, ok := x.repl.GetString("http.chat_gateway.upstream"); ok {
 			fields = append(fields, zap.String("upstream", up))
 		}
+		if x.retries > 0 {
+			fields = append(fields, zap.Int("retries", x.retries))
+		}
+		if x.h.LogSizes {
+			fields = append(fields, zap.Int("prompt_bytes", x.req.ContentBytes), zap.Int("completion_bytes", x.completionBytes))
+		}
 	}
-	if extra != nil {
+	if extra := extraLogFields(x.r); extra != nil {
 		for _, f := range fields[1:] {
 			extra.Set(f)
 		}

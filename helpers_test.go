@@ -85,6 +85,9 @@ http://127.0.0.1:%d {
 	if err := caddy.Load(cfg, true); err != nil {
 		t.Fatalf("loading %s: %v", config, err)
 	}
+	// Keep-alive connections to the replaced config's server are closed
+	// by it: start afresh.
+	http.DefaultClient.CloseIdleConnections()
 	return &gateway{URL: fmt.Sprintf("http://127.0.0.1:%d", port), logFile: logFile}
 }
 

@@ -45,6 +45,7 @@ func TestCaddyfiles(t *testing.T) {
 		{"examples/replicas-with-fallback.Caddyfile", "/v1/chat/completions", "gpt-4o", "from openai", nil},
 		{"examples/replicas-with-fallback.Caddyfile", "/v1/chat/completions", "llama-3.1-8b", "from openai", map[string]string{"LLAMA_DOWN": "1"}},
 		{"examples/mounted.Caddyfile", "/llm/v1/chat/completions", "m", "from llama", nil},
+		{"examples/metrics.Caddyfile", "/v1/chat/completions", "m", "from llama", nil},
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%s %s %s", filepath.Base(tt.file), tt.model, tt.env["BACKEND_URL"]), func(t *testing.T) {

@@ -56,9 +56,17 @@ const (
 //
 // The placeholders it sets, for header, log_append or handle_errors:
 //
-//	{http.chat_gateway.request_id}  the request id
-//	{http.chat_gateway.model}       the model the client asked for
-//	{http.chat_gateway.outcome}     ok, client_error, upstream_error, timeout, client_cancelled or truncated
+//	{http.chat_gateway.request_id}         the request id
+//	{http.chat_gateway.model}              the model the client asked for
+//	{http.chat_gateway.upstream}           the upstream that answered (host:port)
+//	{http.chat_gateway.prompt_tokens}      prompt tokens, reported or estimated
+//	{http.chat_gateway.completion_tokens}  completion tokens, reported or estimated
+//	{http.chat_gateway.ttft}               time to the first token, in seconds
+//	{http.chat_gateway.outcome}            ok, client_error, upstream_error, timeout, client_cancelled or truncated
+//
+// request_id and model are set before the reply starts; the others once
+// they are known: before the headers of a non-streamed reply, at the end
+// of a stream.
 type Handler struct {
 	// Backends are the OpenAI-compatible servers to forward to. A request
 	// goes to the first backend whose models include the requested model,
@@ -105,6 +113,11 @@ type Handler struct {
 	// is forwarded as sent.
 	IncludeUsageUpstream bool `json:"include_usage_upstream,omitempty"`
 
+	// LogSizes adds the sizes of the prompt and the completion, in bytes,
+	// to the access log (prompt_bytes, completion_bytes). Their text is
+	// never logged. Default: off.
+	LogSizes bool `json:"log_sizes,omitempty"`
+
 	// routes maps a model name (or alias) to where it is served.
 	routes map[string]route
 	// fallback serves models no backend lists; nil if there is none.
@@ -140,6 +153,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.IdleTimeout == 0 {
 		h.IdleTimeout = caddy.Duration(defaultIdleTimeout)
+	}
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("registering metrics: %w", err)
 	}
 	h.routes = make(map[string]route)
 	repl := caddy.NewReplacer()

@@ -94,6 +94,7 @@ func retryable(e *openai.Error) bool {
 // when a reply or a complete stream went to the client, else the error
 // to answer with, which has not been written unless u.out.started.
 func (h *Handler) attempt(parent context.Context, x *exchange, rt route, body []byte) (*upstreamWriter, *openai.Error) {
+	begin := time.Now()
 	b := rt.backend
 	if rt.model != "" {
 		body = openai.SetMember(body, "model", mustJSON(rt.model))
@@ -123,7 +124,11 @@ func (h *Handler) attempt(parent context.Context, x *exchange, rt route, body []
 	if x.req.Stream && h.KeepaliveInterval > 0 {
 		stopKeepalive = u.keepalive(ctx, time.Duration(h.KeepaliveInterval))
 	}
-	proxyErr, aborted := serveProxy(b.proxy, u, x.upstreamRequest(ctx, b, http.MethodPost, "/chat/completions", body))
+	up := x.upstreamRequest(ctx, b, http.MethodPost, "/chat/completions", body)
+	proxyStart := time.Now()
+	x.gw += proxyStart.Sub(begin)
+	proxyErr, aborted := serveProxy(b.proxy, u, up)
+	x.upstreamTime += time.Since(proxyStart)
 	u.timer.Stop()
 	stopKeepalive()
 	return u, u.settle(ctx, proxyErr, aborted)
@@ -324,12 +329,15 @@ func (u *upstreamWriter) onEvent(ev sse.Event) error {
 			if !ok {
 				e = &openai.Error{}
 			}
+			u.x.fromUpstream = true
 			u.failStream(u.x.upstreamErrorDefaults(e, http.StatusBadGateway))
 			return nil
 		}
 	}
 	var err error
+	begin := time.Now()
 	u.chunk, err = u.st.Chunk(u.chunk[:0], data)
+	u.x.gw += time.Since(begin)
 	if err != nil {
 		u.failStream(&openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "invalid_upstream_response",
 			Message: "The backend sent a stream event that is not a chat completion chunk."})
@@ -347,6 +355,9 @@ func (u *upstreamWriter) onEvent(ev sse.Event) error {
 	}
 	if err := u.flushHeld(); err != nil {
 		return err
+	}
+	if u.st.Content {
+		u.x.markFirstToken()
 	}
 	return u.out.event(u.chunk)
 }
@@ -388,7 +399,7 @@ func (u *upstreamWriter) settle(ctx context.Context, proxyErr error, aborted boo
 		return &openai.Error{Status: 499, Type: openai.TypeInvalidRequest, Code: "client_closed_request", Message: "The client closed the request."}
 	}
 	if u.stream {
-		x.usage, x.finishReason = u.st.Usage(), u.st.FinishReason
+		x.usage, x.finishReason, x.completionBytes = u.st.Usage(), u.st.FinishReason, u.st.CompletionBytes
 		if u.failed == nil {
 			switch {
 			case errors.Is(cause, errFirstTokenTimeout):
@@ -427,6 +438,7 @@ func (u *upstreamWriter) settle(ctx context.Context, proxyErr error, aborted boo
 		return u.reply()
 	}
 	passHeaders(x.w.Header(), u.header)
+	x.fromUpstream = true
 	return x.upstreamErrorDefaults(upstreamStatusError(u.status, u.body), u.status)
 }
 
@@ -434,12 +446,15 @@ func (u *upstreamWriter) settle(ctx context.Context, proxyErr error, aborted boo
 // as a stream when the client asked for one and the backend did not.
 func (u *upstreamWriter) reply() *openai.Error {
 	x := u.x
+	begin := time.Now()
 	out, rep, err := openai.NormalizeCompletion(nil, u.body, u.st.Meta)
+	x.gw += time.Since(begin)
 	if err != nil {
 		return &openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "invalid_upstream_response",
 			Message: "The backend's reply is not a valid chat completion."}
 	}
-	x.usage, x.finishReason = rep.Usage, rep.FinishReason
+	x.usage, x.finishReason, x.completionBytes = rep.Usage, rep.FinishReason, rep.CompletionBytes
+	x.markFirstToken()
 	passHeaders(x.w.Header(), u.header)
 	if !x.req.Stream {
 		x.writeJSON(http.StatusOK, out)

@@ -26,6 +26,8 @@ type Meta struct {
 type Reply struct {
 	FinishReason string
 	Usage        Usage
+	// CompletionBytes is the size of the choices' content.
+	CompletionBytes int
 }
 
 // NormalizeCompletion appends to dst the backend's non-streaming reply
@@ -105,6 +107,7 @@ func NormalizeCompletion(dst, body []byte, m Meta) ([]byte, Reply, error) {
 	})
 	o.buf = append(o.buf, ']')
 
+	rep.CompletionBytes = completionBytes
 	if u, ok := readUsage(usage); ok {
 		rep.Usage = u
 	} else {

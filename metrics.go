@@ -1,0 +1,117 @@
+package chatgateway
+
+import (
+	"errors"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// gatewayMetrics are the gateway's Prometheus collectors. They are
+// created once and registered into each loaded config's registry, so a
+// reload neither duplicates nor resets them.
+var gatewayMetrics = struct {
+	once           sync.Once
+	requests       *prometheus.CounterVec
+	inFlight       prometheus.Gauge
+	duration       *prometheus.HistogramVec
+	ttft           *prometheus.HistogramVec
+	perToken       *prometheus.HistogramVec
+	tokens         *prometheus.CounterVec
+	upstreamErrors *prometheus.CounterVec
+	retries        prometheus.Counter
+	overhead       prometheus.Histogram
+}{}
+
+// llmBuckets span a cached reply (milliseconds) to a long generation
+// on a loaded model (minutes).
+var llmBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600}
+
+func registerMetrics(registry *prometheus.Registry) error {
+	const ns, sub = "caddy", "chat_gateway"
+	m := &gatewayMetrics
+	m.once.Do(func() {
+		m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "requests_total",
+			Help: "Chat completion requests by model, stream and outcome."}, []string{"model", "stream", "outcome"})
+		m.inFlight = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "in_flight_requests",
+			Help: "Chat completion requests being served."})
+		m.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "request_duration_seconds",
+			Help: "Time from receiving a chat request to the end of its reply.", Buckets: llmBuckets}, []string{"model", "stream"})
+		m.ttft = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "time_to_first_token_seconds",
+			Help: "Time from receiving a chat request to its first content reaching the client (the whole reply when not streamed).", Buckets: llmBuckets},
+			[]string{"model"})
+		m.perToken = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "time_per_output_token_seconds",
+			Help:    "Time per completion token after the first, on streams.",
+			Buckets: []float64{.001, .0025, .005, .01, .02, .03, .05, .075, .1, .15, .2, .3, .5, 1}}, []string{"model"})
+		m.tokens = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "tokens_total",
+			Help: "Tokens by model and type (prompt, completion), as the backend reported them or as estimated."}, []string{"model", "type"})
+		m.upstreamErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "upstream_errors_total",
+			Help: "Failures of backends, by reason."}, []string{"reason"})
+		m.retries = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "retries_total",
+			Help: "Attempts made by the gateway after a first one failed: stream retries and fallbacks."})
+		m.overhead = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "overhead_seconds",
+			Help:    "Time spent in the gateway itself per chat request (parsing, validation, routing, normalization), excluding the backend and network I/O.",
+			Buckets: []float64{.00001, .000025, .00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1}})
+	})
+	for _, c := range []prometheus.Collector{m.requests, m.inFlight, m.duration, m.ttft, m.perToken, m.tokens, m.upstreamErrors, m.retries, m.overhead} {
+		if err := registry.Register(c); err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
+			return err
+		}
+	}
+	return nil
+}
+
+// upstreamReasons are the reasons upstream_errors_total counts by; a
+// backend's own error codes are not used, as they are unbounded.
+var upstreamReasons = map[string]bool{
+	"upstream_unavailable": true, "no_upstream_available": true, "upstream_error": true, "invalid_upstream_response": true,
+	"upstream_reply_too_large": true, "upstream_reply_incomplete": true, "stream_truncated": true, "event_too_large": true,
+	"first_token_timeout": true, "idle_timeout": true, "timeout": true, "dial_timeout": true, "upstream_timeout": true,
+}
+
+// record adds a finished chat request to the metrics.
+func (x *exchange) record() {
+	m := &gatewayMetrics
+	m.inFlight.Dec()
+	model := x.h.metricModel(x.model)
+	stream := strconv.FormatBool(x.req != nil && x.req.Stream)
+	m.requests.WithLabelValues(model, stream, x.outcome).Inc()
+	total := time.Since(x.start)
+	m.duration.WithLabelValues(model, stream).Observe(total.Seconds())
+	if x.retries > 0 {
+		m.retries.Add(float64(x.retries))
+	}
+	m.overhead.Observe(x.overhead().Seconds())
+	if x.req == nil {
+		return
+	}
+	if x.ttft > 0 {
+		m.ttft.WithLabelValues(model).Observe(x.ttft.Seconds())
+		if x.req.Stream && x.usage.CompletionTokens > 1 && x.outcome == outcomeOK {
+			m.perToken.WithLabelValues(model).Observe((total - x.ttft).Seconds() / float64(x.usage.CompletionTokens-1))
+		}
+	}
+	if x.usage.PromptTokens > 0 || x.usage.CompletionTokens > 0 {
+		m.tokens.WithLabelValues(model, "prompt").Add(float64(x.usage.PromptTokens))
+		m.tokens.WithLabelValues(model, "completion").Add(float64(x.usage.CompletionTokens))
+	}
+	switch {
+	case upstreamReasons[x.code]:
+		m.upstreamErrors.WithLabelValues(x.code).Inc()
+	case x.fromUpstream && x.status >= 400:
+		m.upstreamErrors.WithLabelValues("status_" + strconv.Itoa(x.status)).Inc()
+	}
+}
+
+// metricModel bounds the model label to the models the config names.
+func (h *Handler) metricModel(model string) string {
+	if _, ok := h.routes[model]; ok {
+		return model
+	}
+	if h.echoMode() && (model == "" || model == echoModel) {
+		return echoModel
+	}
+	return "other"
+}

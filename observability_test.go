@@ -1,0 +1,238 @@
+package chatgateway
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
+)
+
+func histogramCount(t *testing.T, h prometheus.Observer) uint64 {
+	t.Helper()
+	var m dto.Metric
+	if err := h.(prometheus.Metric).Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetHistogram().GetSampleCount()
+}
+
+// TestMetrics sends a known sequence of requests and checks what each
+// metric gained.
+func TestMetrics(t *testing.T) {
+	be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case strings.Contains(upstreamBody(r), `"slow"`):
+			<-r.Context().Done()
+		case strings.Contains(upstreamBody(r), `"stream":true`):
+			startSSE(w)
+			sseEvent(w, `{"choices":[{"index":0,"delta":{"content":"a b"}}]}`)
+			sseEvent(w, `{"choices":[{"index":0,"delta":{"content":" c"},"finish_reason":"stop"}],"usage":{"prompt_tokens":10,"completion_tokens":3}}`)
+			sseEvent(w, "[DONE]")
+		default:
+			writeJSON(w, 200, `{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":7,"completion_tokens":2}}`)
+		}
+	})
+	g := newGateway(t, fmt.Sprintf(`chat_gateway {
+		backend %s {
+			models llama
+		}
+		backend %s {
+			models dead
+		}
+	}`, be.URL, refusing(t)))
+	m := &gatewayMetrics
+	type counts struct{ ok, okStream, clientErr, upstreamErr, cancelled, promptTok, complTok, failReason float64 }
+	read := func() counts {
+		return counts{
+			testutil.ToFloat64(m.requests.WithLabelValues("llama", "false", "ok")),
+			testutil.ToFloat64(m.requests.WithLabelValues("llama", "true", "ok")),
+			testutil.ToFloat64(m.requests.WithLabelValues("other", "false", "client_error")),
+			testutil.ToFloat64(m.requests.WithLabelValues("dead", "false", "upstream_error")),
+			testutil.ToFloat64(m.requests.WithLabelValues("llama", "false", "client_cancelled")),
+			testutil.ToFloat64(m.tokens.WithLabelValues("llama", "prompt")),
+			testutil.ToFloat64(m.tokens.WithLabelValues("llama", "completion")),
+			testutil.ToFloat64(m.upstreamErrors.WithLabelValues("upstream_unavailable")),
+		}
+	}
+	before := read()
+	ttftBefore := histogramCount(t, m.ttft.WithLabelValues("llama"))
+	overheadBefore := histogramCount(t, m.overhead)
+
+	g.post(t, `{"model":"llama","messages":[{"role":"user","content":"x"}]}`)
+	g.post(t, `{"model":"llama","messages":[{"role":"user","content":"x"}],"stream":true}`)
+	g.post(t, `{"model":"secret-model-name","messages":"nope"}`)
+	g.post(t, `{"model":"dead","messages":[{"role":"user","content":"x"}]}`)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	req, _ := http.NewRequestWithContext(ctx, "POST", g.URL+"/v1/chat/completions", strings.NewReader(`{"model":"llama","messages":[{"role":"user","content":"slow"}]}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Request-ID", "metrics-cancel")
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		resp.Body.Close()
+	}
+	cancel()
+	g.waitLog(t, "handled request", "metrics-cancel")
+
+	after := read()
+	want := counts{1, 1, 1, 1, 1, 7 + 10, 2 + 3, 1}
+	got := counts{after.ok - before.ok, after.okStream - before.okStream, after.clientErr - before.clientErr, after.upstreamErr - before.upstreamErr,
+		after.cancelled - before.cancelled, after.promptTok - before.promptTok, after.complTok - before.complTok, after.failReason - before.failReason}
+	if got != want {
+		t.Fatalf("metric deltas %+v, want %+v", got, want)
+	}
+	if n := histogramCount(t, m.ttft.WithLabelValues("llama")) - ttftBefore; n != 2 {
+		t.Errorf("ttft observed %d times, want 2", n)
+	}
+	if n := histogramCount(t, m.overhead) - overheadBefore; n != 5 {
+		t.Errorf("overhead observed %d times, want 5", n)
+	}
+	if v := testutil.ToFloat64(m.inFlight); v != 0 {
+		t.Errorf("in flight %v after all requests ended", v)
+	}
+}
+
+// TestMetricsEndpointAcrossReloads loads configs with the metrics handler
+// twice on one port and scrapes: no duplicate registration.
+func TestMetricsEndpointAcrossReloads(t *testing.T) {
+	port := freePort(t)
+	var g *gateway
+	for range 3 {
+		g = loadGateway(t, port, "1ns", "metrics /metrics\nchat_gateway")
+		g.post(t, `{"model":"echo","messages":[{"role":"user","content":"x"}],"stream":true}`)
+	}
+	resp, body := do(t, mustRequest("GET", g.URL+"/metrics"))
+	if resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	for _, name := range []string{"caddy_chat_gateway_requests_total{model=\"echo\",outcome=\"ok\",stream=\"true\"}",
+		"caddy_chat_gateway_time_to_first_token_seconds_bucket", "caddy_chat_gateway_overhead_seconds_count", "caddy_chat_gateway_tokens_total"} {
+		if !strings.Contains(body, name) {
+			t.Errorf("scrape lacks %s", name)
+		}
+	}
+	if strings.Contains(body, "secret-model-name") {
+		t.Error("an unconfigured model became a label")
+	}
+}
+
+// TestLogFieldsAndPlaceholders: the access log carries the gateway's
+// fields; its placeholders work in header and log_append.
+func TestLogFieldsAndPlaceholders(t *testing.T) {
+	be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, 200, `{"choices":[{"message":{"content":"hi"},"finish_reason":"length"}],"usage":{"prompt_tokens":7,"completion_tokens":2}}`)
+	})
+	g := newGateway(t, fmt.Sprintf(`header >X-Gateway-Id {http.chat_gateway.request_id}
+		header >X-Gateway-Tokens {http.chat_gateway.completion_tokens}
+		header >X-Gateway-Outcome {http.chat_gateway.outcome}
+		log_append gw_upstream {http.chat_gateway.upstream}
+		chat_gateway %s {
+			log_sizes
+		}`, be.URL))
+	resp, _ := g.post(t, `{"model":"llama","messages":[{"role":"user","content":"never logged"}]}`, "X-Request-ID", "obs-1")
+	if resp.Header.Get("X-Gateway-Id") != "obs-1" || resp.Header.Get("X-Gateway-Tokens") != "2" || resp.Header.Get("X-Gateway-Outcome") != "ok" {
+		t.Fatalf("placeholder headers: %v", resp.Header)
+	}
+	if st := resp.Header.Get("Server-Timing"); !regexp.MustCompile(`^gateway;dur=[0-9.]+, upstream;dur=[0-9.]+$`).MatchString(st) {
+		t.Fatalf("Server-Timing %q", st)
+	}
+	l := g.waitLog(t, "handled request", "obs-1")
+	upstream := strings.TrimPrefix(be.URL, "http://")
+	for k, v := range map[string]any{"model": "llama", "stream": false, "prompt_tokens": 7.0, "completion_tokens": 2.0,
+		"finish_reason": "length", "outcome": "ok", "upstream": upstream, "gw_upstream": upstream, "prompt_bytes": 14.0, "completion_bytes": 2.0} {
+		if l[k] != v {
+			t.Errorf("access log %s = %v, want %v", k, l[k], v)
+		}
+	}
+	if _, ok := l["ttft"].(float64); !ok {
+		t.Errorf("access log ttft = %v", l["ttft"])
+	}
+	if _, raw := g.logs(t); strings.Contains(raw, "never logged") {
+		t.Fatal("the prompt was logged")
+	}
+}
+
+// TestTraceContext: with Caddy's tracing directive, the backend request
+// carries the gateway's span of the client's trace.
+func TestTraceContext(t *testing.T) {
+	t.Setenv("OTEL_TRACES_EXPORTER", "none")
+	got := make(chan http.Header, 1)
+	be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		got <- r.Header.Clone()
+		writeJSON(w, 200, `{"choices":[{"message":{"content":"hi"}}]}`)
+	})
+	const trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+	parent := "00-" + trace + "-00f067aa0ba902b7-01"
+	for _, tracing := range []bool{false, true} {
+		cfg := "chat_gateway " + be.URL
+		if tracing {
+			cfg = "tracing {\n span gateway\n}\n" + cfg
+		}
+		g := newGateway(t, cfg)
+		g.post(t, hello, "Traceparent", parent, "Tracestate", "vendor=1")
+		h := <-got
+		tp := h.Get("Traceparent")
+		if !strings.Contains(tp, trace) || h.Get("Tracestate") == "" {
+			t.Fatalf("tracing %v: traceparent %q tracestate %q", tracing, tp, h.Get("Tracestate"))
+		}
+		if tracing == (tp == parent) {
+			t.Fatalf("tracing %v: traceparent %q (client sent %q): the gateway's span must be the parent exactly when tracing is on", tracing, tp, parent)
+		}
+	}
+}
+
+// TestDashboard checks that every metric the Grafana dashboard queries
+// is one the gateway exports.
+func TestDashboard(t *testing.T) {
+	raw, err := os.ReadFile("examples/grafana-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Panels []struct {
+			Title   string
+			Targets []struct{ Expr string }
+		}
+	}
+	if err := json.Unmarshal(raw, &dash); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	if err := registerMetrics(reg); err != nil {
+		t.Fatal(err)
+	}
+	exported := map[string]bool{}
+	descs := make(chan *prometheus.Desc, 100)
+	for _, c := range []prometheus.Collector{gatewayMetrics.requests, gatewayMetrics.inFlight, gatewayMetrics.duration, gatewayMetrics.ttft,
+		gatewayMetrics.perToken, gatewayMetrics.tokens, gatewayMetrics.upstreamErrors, gatewayMetrics.retries, gatewayMetrics.overhead} {
+		c.Describe(descs)
+	}
+	close(descs)
+	for d := range descs {
+		name := regexp.MustCompile(`fqName: "([^"]+)"`).FindStringSubmatch(d.String())[1]
+		for _, suffix := range []string{"", "_bucket", "_sum", "_count"} {
+			exported[name+suffix] = true
+		}
+	}
+	used := 0
+	for _, p := range dash.Panels {
+		for _, tg := range p.Targets {
+			for _, name := range regexp.MustCompile(`caddy_chat_gateway_\w+`).FindAllString(tg.Expr, -1) {
+				used++
+				if !exported[name] {
+					t.Errorf("panel %q queries %s, which the gateway does not export", p.Title, name)
+				}
+			}
+		}
+	}
+	if used < 8 {
+		t.Fatalf("the dashboard queries only %d metrics", used)
+	}
+}

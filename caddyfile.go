@@ -42,6 +42,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    echo
 //	    echo_delay <duration>
 //	    max_request_body <size>
+//	    max_concurrent <n>
 //	    timeout <duration>
 //	    first_token_timeout <duration>
 //	    idle_timeout <duration>
@@ -95,6 +96,18 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.LogSizes = true
 			} else {
 				h.IncludeUsageUpstream = true
+			}
+		case "max_concurrent":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			n, err := strconv.Atoi(d.Val())
+			if err != nil || n < 1 {
+				return d.Errf("invalid max_concurrent '%s': want a positive number", d.Val())
+			}
+			h.MaxConcurrent = n
+			if d.NextArg() {
+				return d.ArgErr()
 			}
 		case "max_request_body":
 			if !d.NextArg() {

@@ -29,6 +29,7 @@ const (
 	outcomeTimeout         = "timeout"
 	outcomeClientCancelled = "client_cancelled"
 	outcomeTruncated       = "truncated"
+	outcomeRejected        = "rejected"
 )
 
 // ServeHTTP routes the gateway's paths and passes others to next.
@@ -142,6 +143,18 @@ func (h *Handler) serveChat(x *exchange) {
 	}
 	x.chat = true
 	gatewayMetrics.inFlight.Inc()
+	if h.slots != nil {
+		select {
+		case h.slots <- struct{}{}:
+			defer func() { <-h.slots }()
+		default:
+			x.w.Header().Set("Retry-After", "1")
+			x.fail(&openai.Error{Status: http.StatusTooManyRequests, Type: openai.TypeRateLimit, Code: "too_many_concurrent_requests",
+				Message: "The gateway is serving as many requests as it is configured to; retry shortly."})
+			x.outcome = outcomeRejected
+			return
+		}
+	}
 	body, e := readBody(r, h.MaxRequestBody)
 	if e != nil {
 		x.fail(e)

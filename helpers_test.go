@@ -19,6 +19,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
+	dto "github.com/prometheus/client_model/go"
 )
 
 func TestMain(m *testing.M) {
@@ -265,3 +266,12 @@ func upstreamBody(r *http.Request) string {
 }
 
 type bodyKey struct{}
+
+func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }
+
+// inFlight reads the in-flight requests gauge.
+func inFlight() float64 {
+	var m dto.Metric
+	_ = gatewayMetrics.inFlight.Write(&m)
+	return m.GetGauge().GetValue()
+}

@@ -113,6 +113,11 @@ type Handler struct {
 	// is forwarded as sent.
 	IncludeUsageUpstream bool `json:"include_usage_upstream,omitempty"`
 
+	// MaxConcurrent caps the chat requests this handler serves at once;
+	// beyond it a request gets 429 at once, with Retry-After: 1, rather
+	// than waiting in a queue. Default: 0, no cap.
+	MaxConcurrent int `json:"max_concurrent,omitempty"`
+
 	// LogSizes adds the sizes of the prompt and the completion, in bytes,
 	// to the access log (prompt_bytes, completion_bytes). Their text is
 	// never logged. Default: off.
@@ -122,7 +127,9 @@ type Handler struct {
 	routes map[string]route
 	// fallback serves models no backend lists; nil if there is none.
 	fallback *Backend
-	logger   *zap.Logger
+	// slots holds a token per chat request served, if MaxConcurrent is set.
+	slots  chan struct{}
+	logger *zap.Logger
 }
 
 // route is where a requested model goes, and under which name.
@@ -156,6 +163,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
+	}
+	if h.MaxConcurrent > 0 {
+		h.slots = make(chan struct{}, h.MaxConcurrent)
 	}
 	h.routes = make(map[string]route)
 	repl := caddy.NewReplacer()
@@ -205,6 +215,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 func (h *Handler) Validate() error {
 	if h.MaxRequestBody < 0 {
 		return fmt.Errorf("max_request_body must not be negative")
+	}
+	if h.MaxConcurrent < 0 {
+		return fmt.Errorf("max_concurrent must not be negative")
 	}
 	for name, d := range map[string]caddy.Duration{"timeout": h.Timeout, "first_token_timeout": h.FirstTokenTimeout, "idle_timeout": h.IdleTimeout, "echo_delay": h.EchoDelay, "keepalive_interval": h.KeepaliveInterval} {
 		if d < 0 {

@@ -283,7 +283,12 @@ func (u *upstreamWriter) WriteHeader(code int) {
 			// The headers of a non-streamed reply are its first sign of
 			// life; from here the request's own timeout applies.
 			u.timer.Stop()
+			return
 		}
+		// A JSON answer to a streaming request: streams have no total
+		// deadline, so its body is bounded by idle_timeout.
+		u.firstEvent.Store(true)
+		u.timer.Reset(u.idle)
 		return
 	}
 	// The client's headers wait for the first event, so a backend that
@@ -295,6 +300,9 @@ func (u *upstreamWriter) WriteHeader(code int) {
 func (u *upstreamWriter) Write(p []byte) (int, error) {
 	if u.status == 0 {
 		u.WriteHeader(http.StatusOK)
+	}
+	if u.firstEvent.Load() {
+		u.timer.Reset(u.idle) // bytes are flowing, even within one long event
 	}
 	if !u.stream {
 		return u.replyBuffer.Write(p)

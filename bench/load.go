@@ -1,0 +1,300 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	fb "github.com/chatgateway/caddy-chat-gateway/internal/faultbackend"
+)
+
+// chatBody is a chat request whose messages hold about size bytes.
+func chatBody(size int, stream bool) []byte {
+	content := strings.Repeat("lorem ipsum dolor sit amet ", size/27+1)[:max(size-60, 1)]
+	return fmt.Appendf(nil, `{"model":"m","stream":%v,"messages":[{"role":"system","content":"be brief"},{"role":"user","content":%q}]}`, stream, content)
+}
+
+// client makes a load generator's HTTP client: one keep-alive connection
+// per worker, no compression.
+func client(conns int) *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		MaxIdleConns: conns, MaxIdleConnsPerHost: conns, MaxConnsPerHost: 0,
+		DisableCompression: true, IdleConnTimeout: time.Minute,
+	}}
+}
+
+// cpuTicks reads utime+stime of a process, in clock ticks (1/100 s).
+func cpuTicks(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name, which is in parentheses.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return ut + st
+}
+
+const tick = 10 * time.Millisecond // USER_HZ is 100 on Linux
+
+// rssKiB reads a process's resident set size.
+func rssKiB(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// goroutines reads a Caddy process's goroutine count from its admin
+// endpoint's metrics.
+func goroutines(t *target) int64 {
+	resp, err := http.Get(t.admin + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "go_goroutines "); ok {
+			n, _ := strconv.ParseFloat(v, 64)
+			return int64(n)
+		}
+	}
+	return -1
+}
+
+// run is the outcome of one closed-loop round.
+type run struct {
+	requests  int
+	errors    int
+	elapsed   time.Duration
+	cpu       time.Duration // of the target process
+	latencies []time.Duration
+}
+
+func (r run) rps() float64 { return float64(r.requests) / r.elapsed.Seconds() }
+
+func (r run) cpuPerRequest() time.Duration {
+	if r.requests == 0 {
+		return 0
+	}
+	return r.cpu / time.Duration(r.requests)
+}
+
+func percentile(d []time.Duration, p float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[min(len(s)-1, int(float64(len(s))*p))]
+}
+
+// closedLoop runs workers that each send body back to back for d, and
+// measures the target's CPU over the round.
+func closedLoop(ctx context.Context, t *target, workers int, d time.Duration, body []byte, fault string) run {
+	c := client(workers)
+	defer c.CloseIdleConnections()
+	send := func() (time.Duration, bool) {
+		req, _ := http.NewRequestWithContext(ctx, "POST", t.url+"/v1/chat/completions", bytes.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		if fault != "" {
+			req.Header.Set("X-Fault", fault)
+		}
+		start := time.Now()
+		resp, err := c.Do(req)
+		if err != nil {
+			return 0, false
+		}
+		_, err = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return time.Since(start), err == nil && resp.StatusCode == 200
+	}
+	for range workers { // open the connections before measuring
+		send()
+	}
+	var mu sync.Mutex
+	var res run
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	cpu0, start := cpuTicks(t.pid), time.Now()
+	for range workers {
+		wg.Go(func() {
+			var lat []time.Duration
+			n, errs := 0, 0
+			for {
+				select {
+				case <-stop:
+					mu.Lock()
+					res.requests += n
+					res.errors += errs
+					res.latencies = append(res.latencies, lat...)
+					mu.Unlock()
+					return
+				default:
+				}
+				l, ok := send()
+				if !ok {
+					errs++
+					continue
+				}
+				n++
+				lat = append(lat, l)
+			}
+		})
+	}
+	time.Sleep(d)
+	close(stop)
+	wg.Wait()
+	res.elapsed = time.Since(start)
+	res.cpu = time.Duration(cpuTicks(t.pid)-cpu0) * tick
+	if res.errors > 0 {
+		log.Printf("  %s: %d errors", t.name, res.errors)
+	}
+	return res
+}
+
+// openLoop sends one request every interval for d, whatever the replies
+// do, and returns their latencies: latency at a fixed rate.
+func openLoop(ctx context.Context, t *target, interval, d time.Duration, body []byte) []time.Duration {
+	c := client(64)
+	defer c.CloseIdleConnections()
+	var mu sync.Mutex
+	var lat []time.Duration
+	var wg sync.WaitGroup
+	tk := time.NewTicker(interval)
+	defer tk.Stop()
+	for end := time.Now().Add(d); time.Now().Before(end); <-tk.C {
+		wg.Go(func() {
+			req, _ := http.NewRequestWithContext(ctx, "POST", t.url+"/v1/chat/completions", bytes.NewReader(body))
+			req.Header.Set("Content-Type", "application/json")
+			start := time.Now()
+			resp, err := c.Do(req)
+			if err != nil {
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			mu.Lock()
+			lat = append(lat, time.Since(start))
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	return lat
+}
+
+// streamTiming streams one reply and returns the time to its first
+// content event and the gaps between content events.
+func streamTiming(ctx context.Context, c *http.Client, t *target, body []byte, fault string) (time.Duration, []time.Duration, error) {
+	req, _ := http.NewRequestWithContext(ctx, "POST", t.url+"/v1/chat/completions", bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Fault", fault)
+	start := time.Now()
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	var ttft time.Duration
+	var gaps []time.Duration
+	last := time.Time{}
+	br := bufio.NewReader(resp.Body)
+	for {
+		line, err := br.ReadSlice('\n')
+		if err != nil {
+			break
+		}
+		if !bytes.Contains(line, []byte(`"content":"tok`)) {
+			continue
+		}
+		now := time.Now()
+		if last.IsZero() {
+			ttft = now.Sub(start)
+		} else {
+			gaps = append(gaps, now.Sub(last))
+		}
+		last = now
+	}
+	return ttft, gaps, nil
+}
+
+// holdStreams opens n streams of a slow reply (a token a second) and
+// waits until each has received its first content event. It returns a
+// function that closes them all.
+func holdStreams(ctx context.Context, t *target, n int) (func(), error) {
+	ctx, cancel := context.WithCancel(ctx)
+	c := client(n)
+	body := chatBody(100, true)
+	fault := fb.Header(fb.Fault{Tokens: 600, TokenDelay: time.Second})
+	var ready, failed atomic.Int64
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 200) // open connections at a bounded pace
+	for range n {
+		sem <- struct{}{}
+		wg.Go(func() {
+			req, _ := http.NewRequestWithContext(ctx, "POST", t.url+"/v1/chat/completions", bytes.NewReader(body))
+			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set("X-Fault", fault)
+			resp, err := c.Do(req)
+			if err != nil {
+				<-sem
+				failed.Add(1)
+				return
+			}
+			defer resp.Body.Close()
+			br := bufio.NewReaderSize(resp.Body, 512)
+			signalled := false
+			for {
+				line, err := br.ReadSlice('\n')
+				if err != nil {
+					break
+				}
+				if !signalled && bytes.Contains(line, []byte(`"content":"tok`)) {
+					signalled = true
+					ready.Add(1)
+					<-sem
+				}
+			}
+			if !signalled {
+				<-sem
+				failed.Add(1)
+			}
+		})
+	}
+	for deadline := time.Now().Add(2 * time.Minute); ready.Load()+failed.Load() < int64(n); {
+		if time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	closeAll := func() {
+		cancel()
+		wg.Wait()
+		c.CloseIdleConnections()
+	}
+	if f := failed.Load(); f > 0 || ready.Load() < int64(n) {
+		closeAll()
+		return nil, fmt.Errorf("%s: %d of %d streams opened (%d failed)", t.name, ready.Load(), n, f)
+	}
+	return closeAll, nil
+}

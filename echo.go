@@ -16,7 +16,7 @@ const echoModel = "echo"
 // as a stream of one chunk per word, through the same normalization as a
 // backend's reply.
 func (h *Handler) echo(x *exchange) {
-	text := "Echo: " + x.req.Prompt
+	text := "Echo: " + x.req.Prompt()
 	meta := x.meta(echoModel)
 	if !x.req.Stream {
 		reply, _ := json.Marshal(map[string]any{"choices": []any{map[string]any{"message": map[string]string{"content": text}}}})

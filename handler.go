@@ -2,7 +2,6 @@ package chatgateway
 
 import (
 	"errors"
-	"fmt"
 	"io"
 	"mime"
 	"net/http"
@@ -78,6 +77,7 @@ type exchange struct {
 	usage        openai.Usage
 	finishReason string
 	out          *sseWriter // the client's stream, if the reply is one
+	published    bool       // the placeholders are final
 	retries      int        // further attempts after the first
 	chat         bool       // a chat request, counted in the metrics
 
@@ -100,8 +100,8 @@ func (h *Handler) newExchange(w http.ResponseWriter, r *http.Request) *exchange 
 	}
 	x.repl.Set("http.chat_gateway.request_id", x.id)
 	w.Header().Set("X-Request-ID", x.id)
-	if extra := extraLogFields(r); extra != nil {
-		extra.Set(zap.String("request_id", x.id))
+	if extra := extraLogFields(r); extra != nil && accessLogged(r) {
+		extra.Add(zap.String("request_id", x.id))
 	}
 	return x
 }
@@ -255,10 +255,12 @@ func outcomeOf(e *openai.Error) string {
 
 func (x *exchange) writeJSON(status int, body []byte) {
 	x.publish()
+	x.published = true
 	hdr := x.w.Header()
 	if x.upstreamTime > 0 && status == http.StatusOK {
-		hdr.Set("Server-Timing", fmt.Sprintf("gateway;dur=%.3f, upstream;dur=%.3f",
-			x.overhead().Seconds()*1e3, x.upstreamTime.Seconds()*1e3))
+		timing := append([]byte("gateway;dur="), strconv.FormatFloat(x.overhead().Seconds()*1e3, 'f', 3, 64)...)
+		timing = append(append(timing, ", upstream;dur="...), strconv.FormatFloat(x.upstreamTime.Seconds()*1e3, 'f', 3, 64)...)
+		hdr["Server-Timing"] = []string{string(timing)}
 	}
 	hdr.Set("Content-Type", "application/json")
 	hdr.Set("Content-Length", itoa(len(body)))
@@ -287,8 +289,12 @@ func (x *exchange) overhead() time.Duration {
 	return x.gw
 }
 
-// publish sets the placeholders from what is known so far.
+// publish sets the placeholders from what is known so far; once a reply
+// has been written they do not change.
 func (x *exchange) publish() {
+	if x.published {
+		return
+	}
 	x.repl.Set("http.chat_gateway.outcome", x.outcome)
 	if x.req == nil {
 		return
@@ -307,6 +313,14 @@ func (x *exchange) finish() {
 	x.publish()
 	if x.chat {
 		x.record()
+	}
+	failed := x.outcome != outcomeOK && x.outcome != outcomeClientError
+	extra := extraLogFields(x.r)
+	if extra != nil && !accessLogged(x.r) {
+		extra = nil
+	}
+	if extra == nil && !failed {
+		return
 	}
 	fields := []zap.Field{zap.String("request_id", x.id), zap.String("outcome", x.outcome)}
 	if x.req != nil {
@@ -328,12 +342,12 @@ func (x *exchange) finish() {
 			fields = append(fields, zap.Int("prompt_bytes", x.req.ContentBytes), zap.Int("completion_bytes", x.completionBytes))
 		}
 	}
-	if extra := extraLogFields(x.r); extra != nil {
+	if extra != nil {
 		for _, f := range fields[1:] {
-			extra.Set(f)
+			extra.Add(f)
 		}
 	}
-	if x.outcome == outcomeOK || x.outcome == outcomeClientError {
+	if !failed {
 		return
 	}
 	lvl := zapcore.WarnLevel
@@ -347,6 +361,13 @@ func (x *exchange) finish() {
 		}
 		c.Write(fields...)
 	}
+}
+
+// accessLogged reports whether the server writes access logs, which the
+// gateway's log fields are only worth building for.
+func accessLogged(r *http.Request) bool {
+	srv, ok := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	return !ok || srv.Logs != nil
 }
 
 // extraLogFields returns the access log's extra fields of r, if any.

@@ -322,8 +322,10 @@ func (u *upstreamWriter) Write(p []byte) (int, error) {
 
 // onEvent relays one upstream event.
 func (u *upstreamWriter) onEvent(ev sse.Event) error {
-	u.firstEvent.Store(true)
-	u.timer.Reset(u.idle)
+	if !u.firstEvent.Load() { // later events are timed by Write
+		u.firstEvent.Store(true)
+		u.timer.Reset(u.idle)
+	}
 	if u.ended {
 		return nil
 	}

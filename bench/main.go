@@ -171,6 +171,9 @@ func (h *harness) startCaddy(ctx context.Context, bin, dir, name, site string) (
 	skip_install_trust
 	auto_https off
 	grace_period 1s
+	servers {
+		protocols h1 h2c
+	}
 }
 http://127.0.0.1:%d {
 	%s

@@ -7,7 +7,7 @@ import (
 )
 
 // The helpers below walk JSON that has already been validated (by
-// json.Valid or by a successful decode). They find member and element
+// valid or the request decoder). They find member and element
 // boundaries without decoding values, so a chunk can be edited where it
 // must and copied byte for byte everywhere else.
 
@@ -165,8 +165,15 @@ func (o *object) close() []byte { return append(o.buf, '}') }
 
 // appendString appends s as a JSON string.
 func appendString(dst []byte, s string) []byte {
-	b, _ := json.Marshal(s) // never fails for a string
-	return append(dst, b...)
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == '"' || c == '\\' || c >= 0x80 {
+			b, _ := json.Marshal(s) // never fails for a string
+			return append(dst, b...)
+		}
+	}
+	dst = append(dst, '"')
+	dst = append(dst, s...)
+	return append(dst, '"')
 }
 
 // Member returns the raw value of obj's member key, or nil.
@@ -211,4 +218,12 @@ func SetMember(obj []byte, key string, val []byte) []byte {
 	out = append(out, ':')
 	out = append(out, val...)
 	return append(out, obj[end:]...)
+}
+
+// stringValue decodes a raw JSON string value; anything else reads as "".
+func stringValue(v []byte) string {
+	if len(v) < 2 || v[0] != '"' {
+		return ""
+	}
+	return unquote(v)
 }

@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 func TestParseChatRequest(t *testing.T) {
@@ -17,11 +18,11 @@ func TestParseChatRequest(t *testing.T) {
 	if e != nil {
 		t.Fatal(e)
 	}
-	if req.Model != "m" || !req.Stream || !req.IncludeUsage || req.Prompt != "hello\nworld" {
+	if req.Model != "m" || !req.Stream || !req.IncludeUsage || req.Prompt() != "hello\nworld" {
 		t.Fatalf("got %+v", req)
 	}
 	req, e = ParseChatRequest([]byte(`{"messages":[{"role":"user","content":"hi"}],"stream":null}`))
-	if e != nil || req.Stream || req.Model != "" || req.Prompt != "hi" || req.ContentBytes != 4 {
+	if e != nil || req.Stream || req.Model != "" || req.Prompt() != "hi" || req.ContentBytes != 4 {
 		t.Fatalf("got %+v, %v", req, e)
 	}
 }
@@ -211,17 +212,45 @@ func TestStreamEstimate(t *testing.T) {
 	}
 }
 
+// FuzzChatRequest checks the request decoder against encoding/json: it
+// accepts exactly the valid JSON, and reads the same values.
 func FuzzChatRequest(f *testing.F) {
 	f.Add([]byte(`{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"x"}]}],"stream":true}`))
-	f.Add([]byte(`{"messages":[{"role":"user","content":"hi"}],"stream_options":{"include_usage":true}}`))
+	f.Add([]byte(`{"messages":[{"role":"user","content":"hi\u00e9\n"}],"stream_options":{"include_usage":true}}`))
+	f.Add([]byte(`{"messages":[{"role":"user","content":"x"}],"n":-1.5e+3,"t":[true,false,null,{}]}`))
+	f.Add([]byte(` [1, "2"] `))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		req, e := ParseChatRequest(body)
 		if (req == nil) == (e == nil) {
 			t.Fatalf("req %v, err %v", req, e)
 		}
-		if e != nil && (e.Status != 400 || !json.Valid(e.JSON())) {
-			t.Fatalf("bad error %+v", e)
+		valid := json.Valid(body) && utf8.Valid(body)
+		if e != nil {
+			if e.Status != 400 || !json.Valid(e.JSON()) {
+				t.Fatalf("bad error %+v", e)
+			}
+			if (e.Code == "invalid_json") == valid && len(body) > 0 {
+				t.Fatalf("%q: code %s (%s), but json.Valid says %v", body, e.Code, e.Message, valid)
+			}
+			return
 		}
+		if !valid {
+			t.Fatalf("%q accepted, but it is not valid JSON", body)
+		}
+		var std struct {
+			Model  *string
+			Stream *bool
+		}
+		var raw map[string]json.RawMessage
+		if json.Unmarshal(body, &raw) != nil {
+			t.Fatalf("%q accepted but not an object", body)
+		}
+		_ = json.Unmarshal(raw["model"], &std.Model)
+		_ = json.Unmarshal(raw["stream"], &std.Stream)
+		if (std.Model != nil && *std.Model != req.Model) || (std.Stream != nil && *std.Stream != req.Stream) {
+			t.Fatalf("%q: read model %q stream %v, encoding/json reads %v %v", body, req.Model, req.Stream, std.Model, std.Stream)
+		}
+		_ = req.Prompt()
 	})
 }
 
@@ -316,4 +345,16 @@ func TestStreamFromCompletion(t *testing.T) {
 	if chunks[1]["choices"].([]any)[0].(map[string]any)["finish_reason"] != "tool_calls" || !s.Finished() || s.Usage().CompletionTokens != 2 {
 		t.Fatalf("finish %v", chunks[1])
 	}
+}
+
+// FuzzValid checks the fast validator against json.Valid.
+func FuzzValid(f *testing.F) {
+	for _, s := range []string{`{"a":[1,2.5e-3,"x\u00e9\n",true,false,null]}`, ` "s" `, `[`, `{"a":}`, `01`, `-`, `1.`, `"\x"`, "\"\x01\""} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if valid(b) != json.Valid(b) {
+			t.Fatalf("%q: valid %v, json.Valid %v", b, valid(b), json.Valid(b))
+		}
+	})
 }

@@ -1,7 +1,6 @@
 package openai
 
 import (
-	"encoding/json"
 	"errors"
 	"strconv"
 )
@@ -36,7 +35,7 @@ type Reply struct {
 // Everything else the backend sent is copied unchanged.
 func NormalizeCompletion(dst, body []byte, m Meta) ([]byte, Reply, error) {
 	var rep Reply
-	if !json.Valid(body) {
+	if !valid(body) {
 		return dst, rep, ErrInvalidReply
 	}
 	var choices, usage, model, created []byte
@@ -88,7 +87,7 @@ func NormalizeCompletion(dst, body []byte, m Meta) ([]byte, Reply, error) {
 				hasFinish = true
 				ch.member(k, v)
 				if i == 0 {
-					_ = json.Unmarshal(v, &rep.FinishReason)
+					rep.FinishReason = stringValue(v)
 				}
 			default:
 				ch.member(k, v)

@@ -1,6 +1,7 @@
 package openai
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"strconv"
@@ -19,32 +20,18 @@ type ChatRequest struct {
 	IncludeUsage bool
 	// HasStreamOptions says the request carries a stream_options object.
 	HasStreamOptions bool
-	// Prompt is the text of the last user message: its string content,
-	// or its text parts joined by "\n".
-	Prompt string
 	// ContentBytes is the size of every message's content, the base of
 	// the prompt token estimate.
 	ContentBytes int
+
+	lastUser []byte // the last user message's raw content
 }
 
 // roles a message may have.
 var roles = map[string]bool{"system": true, "developer": true, "user": true, "assistant": true, "tool": true, "function": true}
 
-type wireMessage struct {
-	Role    json.RawMessage `json:"role"`
-	Content json.RawMessage `json:"content"`
-}
-
-type wireRequest struct {
-	Model         json.RawMessage `json:"model"`
-	Messages      []wireMessage   `json:"messages"`
-	Stream        json.RawMessage `json:"stream"`
-	StreamOptions json.RawMessage `json:"stream_options"`
-}
-
 // ParseChatRequest validates body as a chat-completions request and
-// returns what the gateway needs of it. It decodes the body once; only
-// the last user message's content is decoded a second time.
+// returns what the gateway needs of it, in one pass over the body.
 func ParseChatRequest(body []byte) (*ChatRequest, *Error) {
 	if len(body) == 0 {
 		return nil, Invalid("", "invalid_json", "The request body is empty; send a JSON object.")
@@ -52,82 +39,257 @@ func ParseChatRequest(body []byte) (*ChatRequest, *Error) {
 	if !utf8.Valid(body) {
 		return nil, Invalid("", "invalid_json", "The request body is not valid UTF-8.")
 	}
-	var w wireRequest
-	if err := json.Unmarshal(body, &w); err != nil {
-		if te, ok := errors.AsType[*json.UnmarshalTypeError](err); ok {
-			if te.Field == "" {
-				return nil, Invalid("", "invalid_type", "The request body must be a JSON object, not "+article(te.Value)+".")
-			}
-			return nil, Invalid("messages", "invalid_type", "'messages' must be an array of message objects.")
-		}
-		return nil, Invalid("", "invalid_json", "The request body is not valid JSON: "+strings.TrimPrefix(err.Error(), "json: ")+".")
-	}
-	if k, dup := duplicateKey(body); dup {
-		return nil, Invalid(k, "duplicate_key", "The request body names '"+k+"' more than once.")
-	}
-
-	req := &ChatRequest{}
-	if !isNull(w.Model) {
-		if json.Unmarshal(w.Model, &req.Model) != nil {
-			return nil, Invalid("model", "invalid_type", "'model' must be a string.")
+	p := requestParser{body: body, req: &ChatRequest{}, lastUser: -1}
+	i := skipSpace(body, 0)
+	var err error
+	if i < len(body) && body[i] == '{' {
+		i, err = scanObject(body, i, 1, p.member)
+	} else {
+		i, err = scanValue(body, i, 0)
+		if err == nil && skipSpace(body, i) == len(body) {
+			return nil, Invalid("", "invalid_type", "The request body must be a JSON object, not "+kindOf(body[skipSpace(body, 0)])+".")
 		}
 	}
-	if !isNull(w.Stream) {
-		if json.Unmarshal(w.Stream, &req.Stream) != nil {
-			return nil, Invalid("stream", "invalid_type", "'stream' must be a boolean.")
-		}
+	if err == nil && skipSpace(body, i) != len(body) {
+		err = errAt("invalid character after the top-level value", skipSpace(body, i))
 	}
-	if !isNull(w.StreamOptions) {
-		var so struct {
-			IncludeUsage *bool `json:"include_usage"`
-		}
-		if json.Unmarshal(w.StreamOptions, &so) != nil {
-			return nil, Invalid("stream_options", "invalid_type", "'stream_options' must be an object with a boolean 'include_usage'.")
-		}
-		req.HasStreamOptions = true
-		req.IncludeUsage = so.IncludeUsage != nil && *so.IncludeUsage
+	if err != nil {
+		return nil, Invalid("", "invalid_json", "The request body is not valid JSON: "+err.Error()+".")
 	}
-	if w.Messages == nil {
+	if p.err != nil {
+		return nil, p.err
+	}
+	if !p.hasMessages {
 		return nil, Invalid("messages", "missing_required_parameter", "Missing required parameter: 'messages'.")
 	}
-	if len(w.Messages) == 0 {
+	if p.messages == 0 {
 		return nil, Invalid("messages", "empty_array", "'messages' must hold at least one message.")
 	}
-	lastUser := -1
-	for i, m := range w.Messages {
-		param := "messages[" + strconv.Itoa(i) + "]"
-		var role string
-		if json.Unmarshal(m.Role, &role) != nil {
-			if m.Role == nil {
-				return nil, Invalid(param+".role", "missing_required_parameter", "Missing required parameter: '"+param+".role'.")
+	p.req.lastUser = p.lastUserContent
+	return p.req, nil
+}
+
+// requestParser collects what ParseChatRequest needs while the scanner
+// validates. The first problem with the request's meaning is kept in err;
+// scanning goes on, so that a syntax error later still wins.
+type requestParser struct {
+	body            []byte
+	req             *ChatRequest
+	err             *Error
+	keys            [][]byte            // top-level keys, for duplicates
+	keySet          map[string]struct{} // the same, once there are many
+	hasMessages     bool
+	messages        int
+	lastUser        int
+	lastUserContent []byte
+}
+
+func (p *requestParser) fail(e *Error) {
+	if p.err == nil {
+		p.err = e
+	}
+}
+
+// seen records a top-level key and reports whether it came before: a
+// short list while keys are few, a set once they are many, so a body of
+// a million keys costs no more than one of ten.
+func (p *requestParser) seen(key []byte) bool {
+	if p.keySet == nil {
+		for _, k := range p.keys {
+			if string(k) == string(key) {
+				return true
 			}
-			return nil, Invalid(param+".role", "invalid_type", "'"+param+".role' must be a string.")
 		}
-		if !roles[role] {
-			return nil, Invalid(param+".role", "invalid_value", "'"+param+".role' must be one of system, developer, user, assistant, tool or function.")
+		p.keys = append(p.keys, key)
+		if len(p.keys) > 16 {
+			p.keySet = make(map[string]struct{}, 64)
+			for _, k := range p.keys {
+				p.keySet[string(k)] = struct{}{}
+			}
 		}
+		return false
+	}
+	if _, ok := p.keySet[string(key)]; ok {
+		return true
+	}
+	p.keySet[string(key)] = struct{}{}
+	return false
+}
+
+// member handles one top-level member whose value starts at b[at].
+func (p *requestParser) member(key []byte, at int) (int, error) {
+	b := p.body
+	if p.seen(key) {
+		name := string(key[1 : len(key)-1])
+		p.fail(Invalid(name, "duplicate_key", "The request body names '"+name+"' more than once."))
+	}
+	switch {
+	case keyIs(key, "messages"):
+		if b[at] == '[' {
+			p.hasMessages = true
+			return scanArray(b, at, 2, p.message)
+		}
+		end, err := scanValue(b, at, 1)
+		if err == nil && !isNull(b[at:end]) {
+			p.fail(Invalid("messages", "invalid_type", "'messages' must be an array of message objects."))
+		}
+		return end, err
+	case keyIs(key, "model"):
+		end, err := scanValue(b, at, 1)
+		if err == nil && !isNull(b[at:end]) {
+			if b[at] != '"' {
+				p.fail(Invalid("model", "invalid_type", "'model' must be a string."))
+			} else {
+				p.req.Model = unquote(b[at:end])
+			}
+		}
+		return end, err
+	case keyIs(key, "stream"):
+		end, err := scanValue(b, at, 1)
+		switch v := string(b[at:end]); {
+		case err != nil, v == "null", v == "false":
+		case v == "true":
+			p.req.Stream = true
+		default:
+			p.fail(Invalid("stream", "invalid_type", "'stream' must be a boolean."))
+		}
+		return end, err
+	case keyIs(key, "stream_options"):
+		if b[at] != '{' {
+			end, err := scanValue(b, at, 1)
+			if err == nil && !isNull(b[at:end]) {
+				p.fail(Invalid("stream_options", "invalid_type", "'stream_options' must be an object with a boolean 'include_usage'."))
+			}
+			return end, err
+		}
+		p.req.HasStreamOptions = true
+		return scanObject(b, at, 2, func(k []byte, at int) (int, error) {
+			end, err := scanValue(b, at, 2)
+			if err == nil && keyIs(k, "include_usage") {
+				switch string(b[at:end]) {
+				case "true":
+					p.req.IncludeUsage = true
+				case "false", "null":
+				default:
+					p.fail(Invalid("stream_options", "invalid_type", "'stream_options' must be an object with a boolean 'include_usage'."))
+				}
+			}
+			return end, err
+		})
+	}
+	return scanValue(b, at, 1)
+}
+
+// message handles the n-th element of messages, at b[at].
+func (p *requestParser) message(n, at int) (int, error) {
+	b := p.body
+	p.messages++
+	param := messageParam(n)
+	if b[at] != '{' {
+		end, err := scanValue(b, at, 2)
+		p.fail(Invalid("messages", "invalid_type", "'messages' must be an array of message objects."))
+		return end, err
+	}
+	var role, content []byte
+	end, err := scanObject(b, at, 3, func(k []byte, at int) (int, error) {
 		switch {
-		case isNull(m.Content):
-			if role != "assistant" && role != "function" {
-				return nil, Invalid(param+".content", "missing_required_parameter", "Missing required parameter: '"+param+".content'.")
+		case keyIs(k, "content") && b[at] == '[':
+			start := at
+			end, err := scanArray(b, at, 4, func(_, at int) (int, error) {
+				if b[at] != '{' {
+					p.fail(Invalid(param+".content", "invalid_type", "'"+param+".content' must be a string or an array of content parts: each part must be an object."))
+					return scanValue(b, at, 4)
+				}
+				hasType := false
+				end, err := scanObject(b, at, 5, func(k []byte, at int) (int, error) {
+					end, err := scanValue(b, at, 5)
+					hasType = hasType || (keyIs(k, "type") && b[at] == '"')
+					return end, err
+				})
+				if err == nil && !hasType {
+					p.fail(Invalid(param+".content", "invalid_type", "'"+param+".content' must be a string or an array of content parts: each part needs a 'type'."))
+				}
+				return end, err
+			})
+			content = b[start:end]
+			return end, err
+		case keyIs(k, "content"), keyIs(k, "role"):
+			end, err := scanValue(b, at, 3)
+			if keyIs(k, "role") {
+				role = b[at:end]
+			} else {
+				content = b[at:end]
 			}
-		case m.Content[0] != '"' && m.Content[0] != '[':
-			return nil, Invalid(param+".content", "invalid_type", "'"+param+".content' must be a string or an array of content parts.")
+			return end, err
 		}
-		req.ContentBytes += len(m.Content)
-		if role == "user" {
-			lastUser = i
-		}
+		return scanValue(b, at, 3)
+	})
+	if err != nil {
+		return end, err
 	}
-	if lastUser >= 0 {
-		text, err := contentText(w.Messages[lastUser].Content)
-		if err != nil {
-			param := "messages[" + strconv.Itoa(lastUser) + "].content"
-			return nil, Invalid(param, "invalid_type", "'"+param+"' must be a string or an array of content parts: "+err.Error())
-		}
-		req.Prompt = text
+	switch {
+	case role == nil:
+		p.fail(Invalid(param+".role", "missing_required_parameter", "Missing required parameter: '"+param+".role'."))
+		return end, nil
+	case role[0] != '"':
+		p.fail(Invalid(param+".role", "invalid_type", "'"+param+".role' must be a string."))
+		return end, nil
 	}
-	return req, nil
+	r := unquote(role)
+	if !roles[r] {
+		p.fail(Invalid(param+".role", "invalid_value", "'"+param+".role' must be one of system, developer, user, assistant, tool or function."))
+		return end, nil
+	}
+	switch {
+	case isNull(content):
+		if r != "assistant" && r != "function" {
+			p.fail(Invalid(param+".content", "missing_required_parameter", "Missing required parameter: '"+param+".content'."))
+		}
+	case content[0] != '"' && content[0] != '[':
+		p.fail(Invalid(param+".content", "invalid_type", "'"+param+".content' must be a string or an array of content parts."))
+	}
+	p.req.ContentBytes += len(content)
+	if r == "user" {
+		p.lastUser, p.lastUserContent = n, content
+	}
+	return end, nil
+}
+
+// unquote decodes a JSON string that has been validated.
+func unquote(v []byte) string {
+	inner := v[1 : len(v)-1]
+	if bytes.IndexByte(inner, '\\') < 0 {
+		return string(inner)
+	}
+	var s string
+	_ = json.Unmarshal(v, &s)
+	return s
+}
+
+// kindOf names the JSON type of a value by its first byte.
+func kindOf(c byte) string {
+	switch c {
+	case '[':
+		return "an array"
+	case '"':
+		return "a string"
+	case 't', 'f':
+		return "a boolean"
+	case 'n':
+		return "null"
+	}
+	return "a number"
+}
+
+// Prompt returns the text of the last user message: its string content,
+// or its text parts joined by "\n". It is decoded on demand: only echo
+// mode needs it.
+func (r *ChatRequest) Prompt() string {
+	if len(r.lastUser) == 0 {
+		return ""
+	}
+	text, _ := contentText(r.lastUser)
+	return text
 }
 
 // contentText returns the text of a message content: the string itself,
@@ -161,28 +323,5 @@ func contentText(content json.RawMessage) (string, error) {
 	return sb.String(), nil
 }
 
-// duplicateKey reports a key the top-level object of body names twice:
-// encoding/json would silently keep the last, and a backend may keep the
-// first, so the gateway and the backend could read different requests.
-func duplicateKey(body []byte) (string, bool) {
-	var seen [16][]byte
-	keys := seen[:0]
-	dup := ""
-	members(body, func(key, _ []byte) {
-		for _, k := range keys {
-			if dup == "" && string(k) == string(key) {
-				dup = strings.Trim(string(key), `"`)
-			}
-		}
-		keys = append(keys, key)
-	})
-	return dup, dup != ""
-}
-
-func article(v string) string {
-	switch v {
-	case "array", "object":
-		return "an " + v
-	}
-	return "a " + v
-}
+// messageParam names the n-th message in errors.
+func messageParam(n int) string { return "messages[" + strconv.Itoa(n) + "]" }

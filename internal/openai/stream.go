@@ -36,7 +36,7 @@ func (s *Stream) grow(i int) {
 // carries only usage (choices empty) yields nothing, so dst comes back
 // unchanged. It fails for data that is not a JSON object.
 func (s *Stream) Chunk(dst, data []byte) ([]byte, error) {
-	if !json.Valid(data) || skipSpace(data, 0) >= len(data) || data[skipSpace(data, 0)] != '{' {
+	if !valid(data) || skipSpace(data, 0) >= len(data) || data[skipSpace(data, 0)] != '{' {
 		return dst, ErrInvalidReply
 	}
 	var choices, created, model []byte
@@ -110,7 +110,7 @@ func (s *Stream) choice(dst []byte, pos int, c []byte) []byte {
 	if !isNull(finish) {
 		s.finished[idx] = true
 		if idx == 0 || s.FinishReason == "" {
-			_ = json.Unmarshal(finish, &s.FinishReason)
+			s.FinishReason = stringValue(finish)
 		}
 	}
 

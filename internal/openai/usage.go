@@ -1,7 +1,6 @@
 package openai
 
 import (
-	"encoding/json"
 	"strconv"
 )
 
@@ -32,14 +31,34 @@ func (u Usage) appendJSON(dst []byte) []byte {
 // readUsage reads a backend's usage object. It reports false when v has
 // no usable prompt and completion counts.
 func readUsage(v []byte) (Usage, bool) {
-	var u struct {
-		Prompt     *int64 `json:"prompt_tokens"`
-		Completion *int64 `json:"completion_tokens"`
+	var u Usage
+	hasPrompt, hasCompletion := false, false
+	members(v, func(k, val []byte) {
+		n, ok := parseCount(val)
+		switch {
+		case !ok:
+		case keyIs(k, "prompt_tokens"):
+			u.PromptTokens, hasPrompt = n, true
+		case keyIs(k, "completion_tokens"):
+			u.CompletionTokens, hasCompletion = n, true
+		}
+	})
+	return u, hasPrompt && hasCompletion
+}
+
+// parseCount reads a non-negative integer token count.
+func parseCount(v []byte) (int64, bool) {
+	if len(v) == 0 || len(v) > 18 {
+		return 0, false
 	}
-	if !hasValue(v) || json.Unmarshal(v, &u) != nil || u.Prompt == nil || u.Completion == nil {
-		return Usage{}, false
+	var n int64
+	for _, c := range v {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
 	}
-	return Usage{PromptTokens: *u.Prompt, CompletionTokens: *u.Completion}, true
+	return n, true
 }
 
 // usageMember writes the usage member: the backend's own object when it

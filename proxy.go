@@ -317,6 +317,13 @@ func (u *upstreamWriter) Write(p []byte) (int, error) {
 		}
 		return 0, err
 	}
+	// The events of this read go out now, together: nothing waits for
+	// more input, and a burst costs one write, as with reverse_proxy.
+	if u.out.started {
+		if err := u.out.send(); err != nil {
+			return 0, err
+		}
+	}
 	return len(p), nil
 }
 
@@ -363,29 +370,28 @@ func (u *upstreamWriter) onEvent(ev sse.Event) error {
 		u.heldLens = append(u.heldLens, len(u.chunk))
 		return nil
 	}
-	if err := u.flushHeld(); err != nil {
-		return err
-	}
+	u.flushHeld()
 	if u.st.Content {
 		u.x.markFirstToken()
 	}
-	return u.out.event(u.chunk)
+	if !u.out.started {
+		return u.out.event(u.chunk) // the first: headers and event go out at once
+	}
+	u.out.queue(u.chunk)
+	return nil
 }
 
 // maxHeld bounds the chunks held before the first content.
 const maxHeld = 64 << 10
 
-// flushHeld writes the chunks held back before the first content.
-func (u *upstreamWriter) flushHeld() error {
+// flushHeld queues the chunks held back before the first content.
+func (u *upstreamWriter) flushHeld() {
 	held := u.held
 	for _, n := range u.heldLens {
-		if err := u.out.event(held[:n]); err != nil {
-			return err
-		}
+		u.out.queue(held[:n])
 		held = held[n:]
 	}
 	u.held, u.heldLens = u.held[:0], u.heldLens[:0]
-	return nil
 }
 
 // failStream ends the stream with e: an error event once the stream
@@ -425,7 +431,8 @@ func (u *upstreamWriter) settle(ctx context.Context, proxyErr error, aborted boo
 			return u.failed
 		}
 		x.status = http.StatusOK
-		if u.flushHeld() != nil || u.out.finishStream(&u.st, x.req.IncludeUsage) != nil {
+		u.flushHeld()
+		if u.out.finishStream(&u.st, x.req.IncludeUsage) != nil {
 			x.outcome, x.status = outcomeClientCancelled, 499
 		}
 		return nil

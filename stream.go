@@ -48,27 +48,46 @@ func (s *sseWriter) editHeader(edit func(http.Header)) {
 	}
 }
 
-// event writes one data event and flushes it.
+// event writes one data event and flushes it, with any queued before.
 func (s *sseWriter) event(data []byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.write(sse.AppendEvent(s.buf[:0], "", data))
+	return s.write(sse.AppendEvent(s.buf, "", data))
+}
+
+// queue adds an event to go out with the next send or event: events
+// that arrived from the backend together leave together, in one write.
+func (s *sseWriter) queue(data []byte) {
+	s.mu.Lock()
+	s.buf = sse.AppendEvent(s.buf, "", data)
+	s.mu.Unlock()
+}
+
+// send writes and flushes the queued events.
+func (s *sseWriter) send() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.buf) == 0 {
+		return s.err
+	}
+	return s.write(s.buf)
 }
 
 // comment writes a comment line, which clients ignore.
 func (s *sseWriter) comment(text string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.write(append(append(append(s.buf[:0], ": "...), text...), "\n\n"...))
+	return s.write(append(append(append(s.buf, ": "...), text...), "\n\n"...))
 }
 
+// write writes b (the buffer with what was queued) and flushes.
 func (s *sseWriter) write(b []byte) error {
-	s.buf = b
+	s.buf = b[:0]
 	s.start()
 	if s.err != nil {
 		return s.err
 	}
-	if _, err := s.w.Write(s.buf); err != nil {
+	if _, err := s.w.Write(b); err != nil {
 		s.err = err
 		return err
 	}

@@ -82,6 +82,15 @@ func members(v []byte, fn func(key, val []byte)) bool {
 	return true
 }
 
+// span is an object member found by members.
+type span struct{ key, val []byte }
+
+// collect appends the members of the object v to dst.
+func collect(v []byte, dst []span) []span {
+	members(v, func(k, val []byte) { dst = append(dst, span{k, val}) })
+	return dst
+}
+
 // elements calls fn for each element of the array v. It reports whether
 // v is an array.
 func elements(v []byte, fn func(i int, el []byte)) bool {
@@ -135,13 +144,15 @@ type object struct {
 
 func (o *object) open(dst []byte) { o.buf, o.n = append(dst, '{'), 0 }
 
+// key starts a member; k is one of the gateway's own plain names.
 func (o *object) key(k string) {
 	if o.n > 0 {
 		o.buf = append(o.buf, ',')
 	}
 	o.n++
-	o.buf = strconv.AppendQuote(o.buf, k)
-	o.buf = append(o.buf, ':')
+	o.buf = append(o.buf, '"')
+	o.buf = append(o.buf, k...)
+	o.buf = append(o.buf, '"', ':')
 }
 
 func (o *object) raw(k string, v []byte) { o.key(k); o.buf = append(o.buf, v...) }

@@ -36,27 +36,30 @@ func (s *Stream) grow(i int) {
 // carries only usage (choices empty) yields nothing, so dst comes back
 // unchanged. It fails for data that is not a JSON object.
 func (s *Stream) Chunk(dst, data []byte) ([]byte, error) {
-	if !valid(data) || skipSpace(data, 0) >= len(data) || data[skipSpace(data, 0)] != '{' {
+	if !valid(data) || data[skipSpace(data, 0)] != '{' {
 		return dst, ErrInvalidReply
 	}
+	var topBuf [12]span
+	top := collect(data, topBuf[:0])
 	var choices, created, model []byte
-	nChoices := 0
-	members(data, func(k, v []byte) {
+	for _, m := range top {
 		switch {
-		case keyIs(k, "choices"):
-			choices = v
-			elements(v, func(int, []byte) { nChoices++ })
-		case keyIs(k, "usage"):
-			if u, ok := readUsage(v); ok {
+		case keyIs(m.key, "choices"):
+			choices = m.val
+		case keyIs(m.key, "usage"):
+			if u, ok := readUsage(m.val); ok {
 				s.usage, s.hasUsage = u, true
 			}
-		case keyIs(k, "created"):
-			created = v
-		case keyIs(k, "model"):
-			model = v
+		case keyIs(m.key, "created"):
+			created = m.val
+		case keyIs(m.key, "model"):
+			model = m.val
 		}
-	})
-	if nChoices == 0 {
+	}
+	var choiceBuf [4][]byte
+	list := choiceBuf[:0]
+	elements(choices, func(_ int, c []byte) { list = append(list, c) })
+	if len(list) == 0 {
 		return dst, nil
 	}
 	// Chunks the gateway adds later (finish, usage) match the backend's.
@@ -64,7 +67,7 @@ func (s *Stream) Chunk(dst, data []byte) ([]byte, error) {
 		s.Created = parseInt(created)
 	}
 	if len(model) > 2 && model[0] == '"' && string(model[1:len(model)-1]) != s.Model {
-		_ = json.Unmarshal(model, &s.Model)
+		s.Model = unquote(model)
 	}
 	var o object
 	o.open(dst)
@@ -73,38 +76,38 @@ func (s *Stream) Chunk(dst, data []byte) ([]byte, error) {
 	writeCreatedModel(&o, created, model, s.Meta)
 	o.key("choices")
 	o.buf = append(o.buf, '[')
-	elements(choices, func(i int, c []byte) {
+	for i, c := range list {
 		if i > 0 {
 			o.buf = append(o.buf, ',')
 		}
 		o.buf = s.choice(o.buf, i, c)
-	})
+	}
 	o.buf = append(o.buf, ']')
-	members(data, func(k, v []byte) {
-		for _, name := range [...]string{"id", "object", "created", "model", "choices", "usage"} {
-			if keyIs(k, name) {
-				return
-			}
+	for _, m := range top {
+		if !keyIs(m.key, "id") && !keyIs(m.key, "object") && !keyIs(m.key, "created") &&
+			!keyIs(m.key, "model") && !keyIs(m.key, "choices") && !keyIs(m.key, "usage") {
+			o.member(m.key, m.val)
 		}
-		o.member(k, v)
-	})
+	}
 	return o.close(), nil
 }
 
 // choice appends one normalized chunk choice: with its index, and with
 // role "assistant" on the first delta of the choice that bears content.
 func (s *Stream) choice(dst []byte, pos int, c []byte) []byte {
+	var fieldBuf [6]span
+	fields := collect(c, fieldBuf[:0])
 	var index, delta, finish []byte
-	members(c, func(k, v []byte) {
+	for _, m := range fields {
 		switch {
-		case keyIs(k, "index"):
-			index = v
-		case keyIs(k, "delta"):
-			delta = v
-		case keyIs(k, "finish_reason"):
-			finish = v
+		case keyIs(m.key, "index"):
+			index = m.val
+		case keyIs(m.key, "delta"):
+			delta = m.val
+		case keyIs(m.key, "finish_reason"):
+			finish = m.val
 		}
-	})
+	}
 	idx := parseIndex(index, pos)
 	s.grow(idx)
 	if !isNull(finish) {
@@ -114,18 +117,20 @@ func (s *Stream) choice(dst []byte, pos int, c []byte) []byte {
 		}
 	}
 
+	var deltaBuf [6]span
+	deltaFields := collect(delta, deltaBuf[:0])
 	hasRole, bearsContent := false, false
-	members(delta, func(k, v []byte) {
+	for _, m := range deltaFields {
 		switch {
-		case keyIs(k, "role"):
-			hasRole = hasRole || !isNull(v)
-		case keyIs(k, "content"), keyIs(k, "tool_calls"), keyIs(k, "refusal"), keyIs(k, "function_call"), keyIs(k, "reasoning_content"):
-			if hasValue(v) {
+		case keyIs(m.key, "role"):
+			hasRole = hasRole || !isNull(m.val)
+		case keyIs(m.key, "content"), keyIs(m.key, "tool_calls"), keyIs(m.key, "refusal"), keyIs(m.key, "function_call"), keyIs(m.key, "reasoning_content"):
+			if hasValue(m.val) {
 				bearsContent = true
-				s.CompletionBytes += contentSize(v)
+				s.CompletionBytes += contentSize(m.val)
 			}
 		}
-	})
+	}
 	if hasRole {
 		s.roleSent[idx] = true
 	}
@@ -143,22 +148,22 @@ func (s *Stream) choice(dst []byte, pos int, c []byte) []byte {
 	if index == nil {
 		o.int("index", int64(idx))
 	}
-	members(c, func(k, v []byte) {
-		if !injectRole || !keyIs(k, "delta") {
-			o.member(k, v)
-			return
+	for _, m := range fields {
+		if !injectRole || !keyIs(m.key, "delta") {
+			o.member(m.key, m.val)
+			continue
 		}
 		o.key("delta")
 		var d object
 		d.open(o.buf)
 		d.str("role", "assistant")
-		members(v, func(k, v []byte) {
-			if !keyIs(k, "role") {
-				d.member(k, v)
+		for _, dm := range deltaFields {
+			if !keyIs(dm.key, "role") {
+				d.member(dm.key, dm.val)
 			}
-		})
+		}
 		o.buf = d.close()
-	})
+	}
 	if delta == nil {
 		o.raw("delta", []byte("{}"))
 	}

@@ -1,8 +1,6 @@
 package chatgateway
 
 import (
-	"errors"
-	"io"
 	"mime"
 	"net/http"
 	"strconv"
@@ -78,6 +76,7 @@ type exchange struct {
 	finishReason string
 	out          *sseWriter // the client's stream, if the reply is one
 	published    bool       // the placeholders are final
+	body         body       // the request body's buffer
 	retries      int        // further attempts after the first
 	chat         bool       // a chat request, counted in the metrics
 
@@ -155,7 +154,8 @@ func (h *Handler) serveChat(x *exchange) {
 			return
 		}
 	}
-	body, e := readBody(r, h.MaxRequestBody)
+	defer x.body.release()
+	body, e := readBody(r, &x.body, h.MaxRequestBody)
 	if e != nil {
 		x.fail(e)
 		return
@@ -192,40 +192,6 @@ func (h *Handler) route(model string) (route, bool) {
 		return route{backend: h.fallback}, true
 	}
 	return route{}, false
-}
-
-// readBody reads at most limit bytes of the request body.
-func readBody(r *http.Request, limit int64) ([]byte, *openai.Error) {
-	tooLarge := &openai.Error{Status: http.StatusRequestEntityTooLarge, Type: openai.TypeInvalidRequest, Code: "request_too_large",
-		Message: "The request body is larger than the gateway accepts (" + humanBytes(limit) + ")."}
-	if r.ContentLength > limit {
-		return nil, tooLarge
-	}
-	size := int64(512)
-	if r.ContentLength > 0 {
-		size = r.ContentLength + 1
-	}
-	buf := make([]byte, 0, size)
-	for {
-		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
-		}
-		n, err := r.Body.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
-		if int64(len(buf)) > limit {
-			return nil, tooLarge
-		}
-		if err == io.EOF {
-			return buf, nil
-		}
-		if err != nil {
-			if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-				return nil, tooLarge
-			}
-			return nil, &openai.Error{Status: http.StatusBadRequest, Type: openai.TypeInvalidRequest, Code: "body_read_error",
-				Message: "The request body could not be read."}
-		}
-	}
 }
 
 // fail answers with an OpenAI error, unless the response has started.

@@ -198,8 +198,8 @@ func (x *exchange) upstreamRequest(ctx context.Context, b *Backend, method, path
 	}
 	up.Body, up.ContentLength = http.NoBody, 0
 	if body != nil {
-		up.Body, up.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
-		up.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+		up.Body, up.ContentLength = x.body.reader(body), int64(len(body))
+		up.GetBody = func() (io.ReadCloser, error) { return x.body.reader(body), nil }
 		up.Header.Set("Content-Type", "application/json")
 	}
 	return up

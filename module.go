@@ -268,10 +268,11 @@ type Backend struct {
 	// request is routed and renamed as if the client had asked for it.
 	Fallback string `json:"fallback,omitempty"`
 
-	proxy    caddyhttp.MiddlewareHandler
-	apiKey   string
-	fallback *route
-	models   modelsCache
+	proxy         caddyhttp.MiddlewareHandler
+	apiKey        string
+	authorization string // "Bearer " + apiKey
+	fallback      *route
+	models        modelsCache
 }
 
 // streamRetries is how many times a stream failing before content is
@@ -308,6 +309,7 @@ func (b *Backend) provision(ctx caddy.Context, repl *caddy.Replacer) error {
 		b.BasePath = "/" + strings.Trim(b.BasePath, "/")
 	}
 	b.apiKey = repl.ReplaceKnown(b.APIKey, "")
+	b.authorization = "Bearer " + b.apiKey
 	return nil
 }
 

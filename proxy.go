@@ -31,9 +31,14 @@ var (
 	errReplyTooLarge     = errors.New("backend reply larger than the gateway buffers")
 )
 
-// clientCredentials are request headers that authenticate the client to
-// the gateway; they never go upstream.
-var clientCredentials = [...]string{"Authorization", "X-Api-Key", "Api-Key", "Openai-Organization", "Openai-Project", "Cookie"}
+// notForwarded are the client's request headers the backend never sees:
+// its credentials, and what the gateway sets or the transport decides
+// (reverse_proxy strips hop-by-hop headers itself).
+var notForwarded = map[string]bool{
+	"Authorization": true, "X-Api-Key": true, "Api-Key": true, "Openai-Organization": true, "Openai-Project": true, "Cookie": true,
+	"Content-Length": true, "Content-Type": true, "Expect": true, "Request-Id": true, "X-Request-Id": true,
+	"Accept-Encoding": true, // the transport negotiates and decodes gzip itself
+}
 
 // forward sends the chat request to its backend through the backend's
 // reverse proxy and relays the normalized reply. While nothing has gone
@@ -184,23 +189,21 @@ func (x *exchange) upstreamRequest(ctx context.Context, b *Backend, method, path
 	up := x.r.WithContext(ctx)
 	up.Method = method
 	up.URL = &url.URL{Path: b.BasePath + path}
-	up.Header = x.r.Header.Clone()
-	for _, name := range clientCredentials {
-		up.Header.Del(name)
+	up.Header = make(http.Header, len(x.r.Header)+3)
+	for k, v := range x.r.Header {
+		if !notForwarded[k] {
+			up.Header[k] = v // reverse_proxy copies the map before editing it
+		}
 	}
-	up.Header.Del("Content-Length")
-	up.Header.Del("Expect")
-	up.Header.Del("Accept-Encoding") // the transport negotiates and decodes gzip itself
-	up.Header.Del("Request-Id")
-	up.Header.Set("X-Request-ID", x.id)
+	up.Header["X-Request-Id"] = []string{x.id}
 	if b.apiKey != "" {
-		up.Header.Set("Authorization", "Bearer "+b.apiKey)
+		up.Header["Authorization"] = []string{b.authorization}
 	}
 	up.Body, up.ContentLength = http.NoBody, 0
 	if body != nil {
 		up.Body, up.ContentLength = x.body.reader(body), int64(len(body))
 		up.GetBody = func() (io.ReadCloser, error) { return x.body.reader(body), nil }
-		up.Header.Set("Content-Type", "application/json")
+		up.Header["Content-Type"] = []string{"application/json"}
 	}
 	return up
 }

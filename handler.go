@@ -276,6 +276,7 @@ func (x *exchange) publish() {
 // finish records how the request ended, in the metrics, the access
 // log, the placeholders and the module log.
 func (x *exchange) finish() {
+	x.out.release()
 	x.publish()
 	if x.chat {
 		x.record()

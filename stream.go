@@ -52,14 +52,34 @@ func (s *sseWriter) editHeader(edit func(http.Header)) {
 func (s *sseWriter) event(data []byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.write(sse.AppendEvent(s.buf, "", data))
+	return s.write(sse.AppendEvent(s.buffer(), "", data))
+}
+
+// release gives the writer's buffer back; the writer is done.
+func (s *sseWriter) release() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.buf != nil {
+		putBuffer(s.buf)
+		s.buf = nil
+	}
+}
+
+// buffer returns the buffer to append to, pooled on first use: with a
+// fast backend one read holds many events, and a buffer grown from
+// nothing on every request was most of a stream's garbage.
+func (s *sseWriter) buffer() []byte {
+	if s.buf == nil {
+		s.buf = getBuffer(minPooled)
+	}
+	return s.buf
 }
 
 // queue adds an event to go out with the next send or event: events
 // that arrived from the backend together leave together, in one write.
 func (s *sseWriter) queue(data []byte) {
 	s.mu.Lock()
-	s.buf = sse.AppendEvent(s.buf, "", data)
+	s.buf = sse.AppendEvent(s.buffer(), "", data)
 	s.mu.Unlock()
 }
 
@@ -77,7 +97,7 @@ func (s *sseWriter) send() error {
 func (s *sseWriter) comment(text string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.write(append(append(append(s.buf, ": "...), text...), "\n\n"...))
+	return s.write(append(append(append(s.buffer(), ": "...), text...), "\n\n"...))
 }
 
 // write writes b (the buffer with what was queued) and flushes.

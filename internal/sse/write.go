@@ -12,7 +12,7 @@ func AppendEvent(dst []byte, typ string, data []byte) []byte {
 		dst = append(dst, '\n')
 	}
 	for {
-		i := bytes.IndexAny(data, "\r\n")
+		i := lineBreak(data)
 		if i < 0 {
 			break
 		}
@@ -27,4 +27,13 @@ func AppendEvent(dst []byte, typ string, data []byte) []byte {
 	dst = append(dst, "data: "...)
 	dst = append(dst, data...)
 	return append(dst, '\n', '\n')
+}
+
+// lineBreak is the index of the first CR or LF in b, or -1.
+func lineBreak(b []byte) int {
+	i := bytes.IndexByte(b, '\n')
+	if j := bytes.IndexByte(b, '\r'); j >= 0 && (i < 0 || j < i) {
+		return j
+	}
+	return i
 }

@@ -71,15 +71,50 @@ var upstreamReasons = map[string]bool{
 	"first_token_timeout": true, "idle_timeout": true, "timeout": true, "dial_timeout": true, "upstream_timeout": true,
 }
 
+// series are the children of the collectors for one model and stream
+// flag, looked up once instead of hashing labels on every request.
+type series struct {
+	requests                  sync.Map // outcome -> prometheus.Counter
+	duration, ttft, perToken  prometheus.Observer
+	promptTokens, complTokens prometheus.Counter
+}
+
+var seriesCache sync.Map // model + "\x00" + stream -> *series
+
+func seriesFor(model, stream string) *series {
+	key := model + "\x00" + stream
+	if s, ok := seriesCache.Load(key); ok {
+		return s.(*series)
+	}
+	m := &gatewayMetrics
+	s, _ := seriesCache.LoadOrStore(key, &series{
+		duration:     m.duration.WithLabelValues(model, stream),
+		ttft:         m.ttft.WithLabelValues(model),
+		perToken:     m.perToken.WithLabelValues(model),
+		promptTokens: m.tokens.WithLabelValues(model, "prompt"),
+		complTokens:  m.tokens.WithLabelValues(model, "completion"),
+	})
+	return s.(*series)
+}
+
+func (s *series) request(model, stream, outcome string) prometheus.Counter {
+	if c, ok := s.requests.Load(outcome); ok {
+		return c.(prometheus.Counter)
+	}
+	c, _ := s.requests.LoadOrStore(outcome, gatewayMetrics.requests.WithLabelValues(model, stream, outcome))
+	return c.(prometheus.Counter)
+}
+
 // record adds a finished chat request to the metrics.
 func (x *exchange) record() {
 	m := &gatewayMetrics
 	m.inFlight.Dec()
 	model := x.h.metricModel(x.model)
 	stream := strconv.FormatBool(x.req != nil && x.req.Stream)
-	m.requests.WithLabelValues(model, stream, x.outcome).Inc()
+	s := seriesFor(model, stream)
+	s.request(model, stream, x.outcome).Inc()
 	total := time.Since(x.start)
-	m.duration.WithLabelValues(model, stream).Observe(total.Seconds())
+	s.duration.Observe(total.Seconds())
 	if x.retries > 0 {
 		m.retries.Add(float64(x.retries))
 	}
@@ -88,14 +123,14 @@ func (x *exchange) record() {
 		return
 	}
 	if x.ttft > 0 {
-		m.ttft.WithLabelValues(model).Observe(x.ttft.Seconds())
+		s.ttft.Observe(x.ttft.Seconds())
 		if x.req.Stream && x.usage.CompletionTokens > 1 && x.outcome == outcomeOK {
-			m.perToken.WithLabelValues(model).Observe((total - x.ttft).Seconds() / float64(x.usage.CompletionTokens-1))
+			s.perToken.Observe((total - x.ttft).Seconds() / float64(x.usage.CompletionTokens-1))
 		}
 	}
 	if x.usage.PromptTokens > 0 || x.usage.CompletionTokens > 0 {
-		m.tokens.WithLabelValues(model, "prompt").Add(float64(x.usage.PromptTokens))
-		m.tokens.WithLabelValues(model, "completion").Add(float64(x.usage.CompletionTokens))
+		s.promptTokens.Add(float64(x.usage.PromptTokens))
+		s.complTokens.Add(float64(x.usage.CompletionTokens))
 	}
 	switch {
 	case upstreamReasons[x.code]:

@@ -240,3 +240,20 @@ func valid(b []byte) bool {
 	end, err := scanValue(b, skipSpace(b, 0), 0)
 	return err == nil && skipSpace(b, end) == len(b)
 }
+
+// collectValid validates b as one JSON object and appends its members to
+// dst, in a single pass. It reports false for anything else.
+func collectValid(b []byte, dst []span) ([]span, bool) {
+	i := skipSpace(b, 0)
+	if i >= len(b) || b[i] != '{' {
+		return dst, false
+	}
+	end, err := scanObject(b, i, 1, func(key []byte, at int) (int, error) {
+		end, err := scanValue(b, at, 1)
+		if err == nil {
+			dst = append(dst, span{key, b[at:end]})
+		}
+		return end, err
+	})
+	return dst, err == nil && skipSpace(b, end) == len(b)
+}

@@ -36,11 +36,11 @@ func (s *Stream) grow(i int) {
 // carries only usage (choices empty) yields nothing, so dst comes back
 // unchanged. It fails for data that is not a JSON object.
 func (s *Stream) Chunk(dst, data []byte) ([]byte, error) {
-	if !valid(data) || data[skipSpace(data, 0)] != '{' {
+	var topBuf [12]span
+	top, ok := collectValid(data, topBuf[:0])
+	if !ok {
 		return dst, ErrInvalidReply
 	}
-	var topBuf [12]span
-	top := collect(data, topBuf[:0])
 	var choices, created, model []byte
 	for _, m := range top {
 		switch {

@@ -1,7 +1,6 @@
 package chatgateway
 
 import (
-	"encoding/json"
 	"net/http"
 	"strings"
 	"time"
@@ -19,8 +18,7 @@ func (h *Handler) echo(x *exchange) {
 	text := "Echo: " + x.req.Prompt()
 	meta := x.meta(echoModel)
 	if !x.req.Stream {
-		reply, _ := json.Marshal(map[string]any{"choices": []any{map[string]any{"message": map[string]string{"content": text}}}})
-		out, rep, err := openai.NormalizeCompletion(nil, reply, meta)
+		out, rep, err := openai.NormalizeCompletion(nil, openai.Completion(text), meta)
 		if err != nil {
 			panic(err) // the gateway's own reply is always valid
 		}

@@ -136,6 +136,7 @@ func (h *Handler) attempt(parent context.Context, x *exchange, rt route, body []
 	x.upstreamTime += time.Since(proxyStart)
 	u.timer.Stop()
 	stopKeepalive()
+	defer u.release()
 	return u, u.settle(ctx, proxyErr, aborted)
 }
 
@@ -238,8 +239,19 @@ func (rb *replyBuffer) Write(p []byte) (int, error) {
 		rb.tooLarge = true
 		return 0, errReplyTooLarge
 	}
+	if rb.body == nil {
+		rb.body = getBuffer(len(p))
+	}
 	rb.body = append(rb.body, p...)
 	return len(p), nil
+}
+
+// release gives the body's buffer back to the pool.
+func (rb *replyBuffer) release() {
+	if rb.body != nil {
+		putBuffer(rb.body)
+		rb.body = nil
+	}
 }
 
 // FlushError is called by the proxy through http.ResponseController;
@@ -467,8 +479,9 @@ func (u *upstreamWriter) settle(ctx context.Context, proxyErr error, aborted boo
 func (u *upstreamWriter) reply() *openai.Error {
 	x := u.x
 	begin := time.Now()
-	out, rep, err := openai.NormalizeCompletion(nil, u.body, u.st.Meta)
+	out, rep, err := openai.NormalizeCompletion(getBuffer(len(u.body)+512), u.body, u.st.Meta)
 	x.gw += time.Since(begin)
+	defer putBuffer(out)
 	if err != nil {
 		return &openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "invalid_upstream_response",
 			Message: "The backend's reply is not a valid chat completion."}

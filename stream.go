@@ -55,7 +55,8 @@ func (s *sseWriter) event(data []byte) error {
 	return s.write(sse.AppendEvent(s.buffer(), "", data))
 }
 
-// release gives the writer's buffer back; the writer is done.
+// release gives back a buffer still held (events queued but never sent);
+// the writer is done.
 func (s *sseWriter) release() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -100,9 +101,12 @@ func (s *sseWriter) comment(text string) error {
 	return s.write(append(append(append(s.buffer(), ": "...), text...), "\n\n"...))
 }
 
-// write writes b (the buffer with what was queued) and flushes.
+// write writes b (the buffer with what was queued) and flushes. The
+// buffer goes back to the pool until the next event, so an idle stream
+// holds none.
 func (s *sseWriter) write(b []byte) error {
-	s.buf = b[:0]
+	defer putBuffer(b)
+	s.buf = nil
 	s.start()
 	if s.err != nil {
 		return s.err

@@ -79,11 +79,11 @@ func (h *harness) fixedRate(ctx context.Context) error {
 // between chunks, against the mock streamed directly.
 func (h *harness) streaming(ctx context.Context) error {
 	cpu := h.results.figure("cpu_per_chunk", "CPU per streamed chunk (100-chunk streams, 8 concurrent)", "µs")
-	ttft := h.results.figure("ttft", "Time to first token (20 chunks, 20 ms apart)", "ms")
-	gap := h.results.figure("chunk_gap", "Time between chunks (20 chunks, 20 ms apart)", "ms")
+	ttft := h.results.figure("ttft", "Time to first token (50 streams a round, 4 chunks 20 ms apart)", "ms")
+	gap := h.results.figure("chunk_gap", "Time between chunks (50 streams a round, 4 chunks 20 ms apart)", "ms")
 	const chunks = 100
 	fast := fb.Header(fb.Fault{Tokens: chunks})
-	slow := fb.Header(fb.Fault{Tokens: 20, TokenDelay: 20 * time.Millisecond})
+	slow := fb.Header(fb.Fault{Tokens: 4, TokenDelay: 20 * time.Millisecond})
 	body := chatBody(100, true)
 	c := client(1)
 	defer c.CloseIdleConnections()
@@ -97,7 +97,7 @@ func (h *harness) streaming(ctx context.Context) error {
 			if _, _, err := streamTiming(ctx, c, t, body, slow); err != nil { // warm the connections
 				return err
 			}
-			for range 10 {
+			for range 50 {
 				f, g, err := streamTiming(ctx, c, t, body, slow)
 				if err != nil {
 					return err

@@ -29,6 +29,13 @@ type Reply struct {
 	CompletionBytes int
 }
 
+// Completion returns a minimal completion with one assistant message:
+// the gateway's own replies, normalized like a backend's.
+func Completion(content string) []byte {
+	b := append([]byte(`{"choices":[{"message":{"content":`), appendString(nil, content)...)
+	return append(b, "}}]}"...)
+}
+
 // NormalizeCompletion appends to dst the backend's non-streaming reply
 // body, normalized: id, object, created, model and usage set or filled,
 // every choice with its index, a message role and a finish_reason.

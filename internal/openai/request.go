@@ -296,9 +296,7 @@ func (r *ChatRequest) Prompt() string {
 // or the text of its parts joined by "\n".
 func contentText(content json.RawMessage) (string, error) {
 	if content[0] == '"' {
-		var s string
-		err := json.Unmarshal(content, &s)
-		return s, err
+		return unquote(content), nil
 	}
 	var parts []struct {
 		Type *string `json:"type"`

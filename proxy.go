@@ -530,8 +530,13 @@ func proxyError(err error) *openai.Error {
 	if he, ok := errors.AsType[caddyhttp.HandlerError](err); ok && he.StatusCode != 0 {
 		status = he.StatusCode
 	}
-	if _, ok := errors.AsType[reverseproxy.DialError](err); ok && status == http.StatusGatewayTimeout {
-		return timeoutError("dial_timeout", "The backend could not be connected to within dial_timeout.")
+	if de, ok := errors.AsType[reverseproxy.DialError](err); ok {
+		// DialError hides its cause (and reverse_proxy reports it as a
+		// 502); a dial that ran out of time says so in its text.
+		if strings.Contains(de.Error(), "i/o timeout") {
+			return timeoutError("dial_timeout", "The backend could not be connected to within dial_timeout.")
+		}
+		status = http.StatusBadGateway
 	}
 	switch status {
 	case http.StatusGatewayTimeout:

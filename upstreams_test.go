@@ -1,13 +1,18 @@
 package chatgateway
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 )
 
 // replica is a fake backend that answers as name; fail decides, per
@@ -279,5 +284,35 @@ func TestReload(t *testing.T) {
 	all := string(first) + string(rest)
 	if !strings.Contains(all, "config") || !strings.HasSuffix(all, "data: [DONE]\n\n") {
 		t.Fatalf("the open stream did not finish: %s", all)
+	}
+}
+
+// timeoutErr is a net.Error that timed out, as a dial past its deadline.
+type timeoutErr struct{}
+
+func (timeoutErr) Error() string   { return "i/o timeout" }
+func (timeoutErr) Timeout() bool   { return true }
+func (timeoutErr) Temporary() bool { return true }
+
+// TestProxyErrorCodes: each transport failure reverse_proxy reports
+// becomes its own error, naming no address.
+func TestProxyErrorCodes(t *testing.T) {
+	dial := reverseproxy.NewDialError(&net.OpError{Op: "dial", Net: "tcp", Err: timeoutErr{}})
+	tests := []struct {
+		err    error
+		status int
+		code   string
+	}{
+		{caddyhttp.Error(502, dial), 504, "dial_timeout"}, // as reverse_proxy reports it
+		{caddyhttp.Error(502, reverseproxy.NewDialError(errors.New("dial tcp 10.0.0.1:80: connection refused"))), 502, "upstream_unavailable"},
+		{caddyhttp.Error(504, timeoutErr{}), 504, "upstream_timeout"},
+		{caddyhttp.Error(503, errors.New("no upstreams available")), 503, "no_upstream_available"},
+		{nil, 502, "upstream_unavailable"},
+	}
+	for _, tt := range tests {
+		e := proxyError(tt.err)
+		if e.Status != tt.status || e.Code != tt.code || strings.Contains(e.Message, "10.0.0.1") {
+			t.Errorf("%v: got %d %s %q", tt.err, e.Status, e.Code, e.Message)
+		}
 	}
 }

@@ -64,7 +64,7 @@ func (s *Stream) Chunk(dst, data []byte) ([]byte, error) {
 	}
 	// Chunks the gateway adds later (finish, usage) match the backend's.
 	if len(created) > 0 && created[0] >= '0' && created[0] <= '9' {
-		s.Created = parseInt(created)
+		s.Created, _ = parseCount(created)
 	}
 	if len(model) > 2 && model[0] == '"' && string(model[1:len(model)-1]) != s.Model {
 		s.Model = unquote(model)
@@ -201,6 +201,28 @@ func (s *Stream) SetUsage(u Usage) { s.usage, s.hasUsage = u, true }
 // stream the backend left without one.
 func (s *Stream) Delta(dst []byte, index int, role, content, finish string) []byte {
 	s.grow(index)
+	if finish != "" {
+		s.finished[index] = true
+		if s.FinishReason == "" {
+			s.FinishReason = finish
+		}
+	}
+	return s.chunk(dst, index, finish, func(d *object) {
+		if role != "" {
+			d.str("role", role)
+			s.roleSent[index] = true
+		}
+		if content != "" {
+			d.str("content", content)
+			s.CompletionBytes += len(content)
+			s.Content = true
+		}
+	})
+}
+
+// chunk appends a chunk of the gateway's own with one choice, whose
+// delta members delta writes, and finish_reason finish (null if "").
+func (s *Stream) chunk(dst []byte, index int, finish string, delta func(d *object)) []byte {
 	var o object
 	s.head(&o, dst)
 	o.key("choices")
@@ -211,25 +233,13 @@ func (s *Stream) Delta(dst []byte, index int, role, content, finish string) []by
 	c.key("delta")
 	var d object
 	d.open(c.buf)
-	if role != "" {
-		d.str("role", role)
-		s.roleSent[index] = true
-	}
-	if content != "" {
-		d.str("content", content)
-		s.CompletionBytes += len(content)
-		s.Content = true
-	}
+	delta(&d)
 	c.buf = d.close()
 	c.key("finish_reason")
 	if finish == "" {
 		c.buf = append(c.buf, "null"...)
 	} else {
 		c.buf = appendString(c.buf, finish)
-		s.finished[index] = true
-		if s.FinishReason == "" {
-			s.FinishReason = finish
-		}
 	}
 	o.buf = append(c.close(), ']')
 	return o.close()
@@ -248,7 +258,7 @@ func (s *Stream) FromCompletion(reply []byte, emit func(chunk []byte) error) err
 		case keyIs(k, "model"):
 			_ = json.Unmarshal(v, &s.Model)
 		case keyIs(k, "created"):
-			s.Created = parseInt(v)
+			s.Created, _ = parseCount(v)
 		case keyIs(k, "usage"):
 			if u, ok := readUsage(v); ok {
 				s.SetUsage(u)
@@ -262,45 +272,34 @@ func (s *Stream) FromCompletion(reply []byte, emit func(chunk []byte) error) err
 		}
 		idx := parseIndex(Member(c, "index"), pos)
 		s.grow(idx)
-		var o object
-		s.head(&o, nil)
-		o.key("choices")
-		o.buf = append(o.buf, '[')
-		var ch object
-		ch.open(o.buf)
-		ch.int("index", int64(idx))
-		ch.key("delta")
-		var d object
-		d.open(ch.buf)
-		members(Member(c, "message"), func(k, v []byte) {
-			if !keyIs(k, "tool_calls") || len(v) == 0 || v[0] != '[' {
-				d.member(k, v)
-				return
-			}
-			d.key("tool_calls")
-			d.buf = append(d.buf, '[')
-			elements(v, func(i int, call []byte) {
-				if i > 0 {
-					d.buf = append(d.buf, ',')
-				}
-				if Member(call, "index") != nil {
-					d.buf = append(d.buf, call...)
+		out := s.chunk(nil, idx, "", func(d *object) {
+			members(Member(c, "message"), func(k, v []byte) {
+				if !keyIs(k, "tool_calls") || len(v) == 0 || v[0] != '[' {
+					d.member(k, v)
 					return
 				}
-				var tc object
-				tc.open(d.buf)
-				tc.int("index", int64(i))
-				members(call, tc.member)
-				d.buf = tc.close()
+				d.key("tool_calls")
+				d.buf = append(d.buf, '[')
+				elements(v, func(i int, call []byte) {
+					if i > 0 {
+						d.buf = append(d.buf, ',')
+					}
+					if Member(call, "index") != nil {
+						d.buf = append(d.buf, call...)
+						return
+					}
+					var tc object
+					tc.open(d.buf)
+					tc.int("index", int64(i))
+					members(call, tc.member)
+					d.buf = tc.close()
+				})
+				d.buf = append(d.buf, ']')
 			})
-			d.buf = append(d.buf, ']')
 		})
-		ch.buf = d.close()
-		ch.raw("finish_reason", []byte("null"))
-		o.buf = append(ch.close(), ']')
 		s.roleSent[idx] = true
 		s.Content = true
-		if err = emit(o.close()); err != nil {
+		if err = emit(out); err != nil {
 			return
 		}
 		finish := "stop"
@@ -341,15 +340,4 @@ func (s *Stream) head(o *object, dst []byte) {
 	o.str("object", "chat.completion.chunk")
 	o.int("created", s.Created)
 	o.str("model", s.Model)
-}
-
-func parseInt(v []byte) int64 {
-	var n int64
-	for _, c := range v {
-		if c < '0' || c > '9' {
-			break
-		}
-		n = n*10 + int64(c-'0')
-	}
-	return n
 }

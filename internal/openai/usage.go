@@ -46,19 +46,10 @@ func readUsage(v []byte) (Usage, bool) {
 	return u, hasPrompt && hasCompletion
 }
 
-// parseCount reads a non-negative integer token count.
+// parseCount reads a non-negative integer: a token count, a timestamp.
 func parseCount(v []byte) (int64, bool) {
-	if len(v) == 0 || len(v) > 18 {
-		return 0, false
-	}
-	var n int64
-	for _, c := range v {
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-		n = n*10 + int64(c-'0')
-	}
-	return n, true
+	n, err := strconv.ParseUint(string(v), 10, 63)
+	return int64(n), err == nil
 }
 
 // usageMember writes the usage member: the backend's own object when it

@@ -11,6 +11,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"strconv"
 )
 
 // DefaultMaxLineSize is the longest line a Parser accepts unless told
@@ -172,8 +173,8 @@ func (p *Parser) processLine(line []byte, fn func(Event) error) error {
 			p.id = append(p.id[:0], value...)
 		}
 	case "retry":
-		if n, ok := parseDigits(value); ok {
-			p.retry, p.hasRetry = n, true
+		if n, err := strconv.ParseUint(string(value), 10, 63); err == nil {
+			p.retry, p.hasRetry = int64(n), true
 		}
 	}
 	return nil
@@ -193,18 +194,4 @@ func (p *Parser) dispatch(fn func(Event) error) error {
 		return nil
 	}
 	return fn(ev)
-}
-
-func parseDigits(b []byte) (int64, bool) {
-	if len(b) == 0 || len(b) > 18 {
-		return 0, false
-	}
-	var n int64
-	for _, c := range b {
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-		n = n*10 + int64(c-'0')
-	}
-	return n, true
 }

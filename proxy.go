@@ -52,7 +52,7 @@ func (h *Handler) forward(x *exchange, rt route, body []byte) {
 		ctx, stop = context.WithTimeoutCause(ctx, time.Duration(h.Timeout), errTimeout)
 		defer stop()
 	}
-	tried := map[*Backend]bool{}
+	var tried map[*Backend]bool // backends left for their fallback
 	streamRetries := 0
 	for {
 		u, e := h.attempt(ctx, x, rt, body)
@@ -66,6 +66,9 @@ func (h *Handler) forward(x *exchange, rt route, body []byte) {
 				streamRetries++
 				next, ok = rt, true
 			case rt.backend.fallback != nil && !tried[rt.backend.fallback.backend]:
+				if tried == nil {
+					tried = make(map[*Backend]bool)
+				}
 				tried[rt.backend] = true
 				streamRetries = 0
 				next, ok = *rt.backend.fallback, true
@@ -76,6 +79,7 @@ func (h *Handler) forward(x *exchange, rt route, body []byte) {
 			return
 		}
 		x.retries++
+		clearPassedHeaders(x.w.Header()) // the failed attempt's rate limits are not the next one's
 		if c := h.logger.Check(zapcore.DebugLevel, "retrying"); c != nil {
 			c.Write(zap.String("request_id", x.id), zap.String("code", e.Code), zap.Int("status", e.Status), zap.Bool("fallback", next.backend != rt.backend))
 		}
@@ -599,11 +603,22 @@ func (x *exchange) upstreamErrorDefaults(e *openai.Error, status int) *openai.Er
 // on: rate-limit information. Everything else stays behind.
 func passHeaders(dst, src http.Header) {
 	for k, v := range src {
-		if k == "Retry-After" || strings.HasPrefix(k, "X-Ratelimit-") {
+		if passed(k) {
 			dst[k] = v
 		}
 	}
 }
+
+// clearPassedHeaders removes what passHeaders copied.
+func clearPassedHeaders(h http.Header) {
+	for k := range h {
+		if passed(k) {
+			delete(h, k)
+		}
+	}
+}
+
+func passed(k string) bool { return k == "Retry-After" || strings.HasPrefix(k, "X-Ratelimit-") }
 
 func isEventStream(contentType string) bool {
 	mt, _, _ := mime.ParseMediaType(contentType)

@@ -154,6 +154,7 @@ func TestFallback(t *testing.T) {
 		return true
 	})
 	limited := replica(t, "limited", func(n int64, w http.ResponseWriter, r *http.Request) bool {
+		w.Header().Set("Retry-After", "30")
 		writeJSON(w, 429, `{"error":{"message":"slow down"}}`)
 		return true
 	})
@@ -176,6 +177,9 @@ func TestFallback(t *testing.T) {
 				resp, got := g.post(t, body)
 				if resp.StatusCode != 200 || !strings.Contains(got, "from cloud") {
 					t.Fatalf("%d %s", resp.StatusCode, got)
+				}
+				if resp.Header.Get("Retry-After") != "" {
+					t.Fatal("the failed attempt's Retry-After reached the fallback's reply")
 				}
 				if up := cloud.last(t).Body; !strings.Contains(up, `"model":"gpt-4o-mini"`) {
 					t.Fatalf("fallback sent %s", up)

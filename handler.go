@@ -133,7 +133,7 @@ func validRequestID(s string) bool {
 // serveChat handles POST /v1/chat/completions.
 func (h *Handler) serveChat(x *exchange) {
 	r := x.r
-	if ct := r.Header.Get("Content-Type"); ct != "" {
+	if ct := r.Header.Get("Content-Type"); ct != "" && ct != "application/json" {
 		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
 			x.fail(&openai.Error{Status: http.StatusUnsupportedMediaType, Type: openai.TypeInvalidRequest, Code: "unsupported_media_type",
 				Message: "Content-Type must be application/json."})

@@ -20,7 +20,7 @@ type sseWriter struct {
 }
 
 func newSSEWriter(w http.ResponseWriter) *sseWriter {
-	return &sseWriter{w: w, rc: http.NewResponseController(w)}
+	return &sseWriter{w: w}
 }
 
 // start sends the stream's headers at once, before any event.
@@ -119,6 +119,9 @@ func (s *sseWriter) write(b []byte) error {
 }
 
 func (s *sseWriter) flush() error {
+	if s.rc == nil {
+		s.rc = http.NewResponseController(s.w)
+	}
 	if err := s.rc.Flush(); err != nil && s.err == nil {
 		s.err = err
 	}

@@ -390,6 +390,7 @@ func TestSoak(t *testing.T) {
 		n, _ = strconv.Atoi(s)
 	}
 	be := fb.New()
+	be.Discard = true // the backend's own records would grow with n
 	defer be.Close()
 	g := newGateway(t, "chat_gateway "+be.URL+" {\n first_token_timeout 2s\n idle_timeout 1s\n}")
 	faults := []fb.Fault{{}, {}, {}, {TokenDelay: time.Millisecond, Tokens: 20}, {Mode: fb.Cut}, {Mode: fb.ErrorEvent}, {Status: 500},
@@ -443,12 +444,13 @@ func TestSoak(t *testing.T) {
 
 	goroutineLeaks(t, baseline)
 	runtime.GC()
+	runtime.GC() // a second cycle empties the pools' victim caches
 	var after runtime.MemStats
 	runtime.ReadMemStats(&after)
 	if grown := int64(after.HeapInuse) - int64(before.HeapInuse); grown > 16<<20 {
 		t.Fatalf("heap grew %d MiB over %d requests", grown>>20, n)
 	}
-	t.Logf("%d requests; the backend saw %d, heap in use %d -> %d KiB", n, be.Count(), before.HeapInuse>>10, after.HeapInuse>>10)
+	t.Logf("%d requests; heap in use %d -> %d KiB", n, before.HeapInuse>>10, after.HeapInuse>>10)
 }
 
 // TestReloadUnderTraffic reloads the config 100 times while requests

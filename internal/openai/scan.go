@@ -187,15 +187,10 @@ func scanObject(b []byte, i, depth int, member func(key []byte, at int) (int, er
 		if err != nil {
 			return i, err
 		}
-		i = skipSpace(b, i)
-		if i < len(b) && b[i] == ',' {
-			i = skipSpace(b, i+1)
-			continue
+		var more bool
+		if i, more, err = afterItem(b, i, '}'); err != nil || !more {
+			return i, err
 		}
-		if i < len(b) && b[i] == '}' {
-			return i + 1, nil
-		}
-		return i, errAt("expected ',' or '}'", i)
 	}
 }
 
@@ -222,16 +217,24 @@ func scanArray(b []byte, i, depth int, elem func(n, at int) (int, error)) (int, 
 		if err != nil {
 			return i, err
 		}
-		i = skipSpace(b, i)
-		if i < len(b) && b[i] == ',' {
-			i = skipSpace(b, i+1)
-			continue
+		var more bool
+		if i, more, err = afterItem(b, i, ']'); err != nil || !more {
+			return i, err
 		}
-		if i < len(b) && b[i] == ']' {
-			return i + 1, nil
-		}
-		return i, errAt("expected ',' or ']'", i)
 	}
+}
+
+// afterItem moves past what follows an object member or array element:
+// a comma (another item comes) or the closing byte (the index past it).
+func afterItem(b []byte, i int, closing byte) (int, bool, error) {
+	i = skipSpace(b, i)
+	switch {
+	case i < len(b) && b[i] == ',':
+		return skipSpace(b, i+1), true, nil
+	case i < len(b) && b[i] == closing:
+		return i + 1, false, nil
+	}
+	return i, false, errAt("expected ',' or '"+string(closing)+"'", i)
 }
 
 // valid reports whether b is one JSON value, as json.Valid does (which

@@ -62,7 +62,7 @@ const (
 //	{http.chat_gateway.prompt_tokens}      prompt tokens, reported or estimated
 //	{http.chat_gateway.completion_tokens}  completion tokens, reported or estimated
 //	{http.chat_gateway.ttft}               time to the first token, in seconds
-//	{http.chat_gateway.outcome}            ok, client_error, upstream_error, timeout, client_cancelled or truncated
+//	{http.chat_gateway.outcome}            ok, client_error, upstream_error, timeout, client_cancelled, truncated or rejected
 //
 // request_id and model are set before the reply starts; the others once
 // they are known: before the headers of a non-streamed reply, at the end
@@ -232,7 +232,7 @@ func (h *Handler) echoMode() bool { return h.Echo || len(h.Backends) == 0 }
 
 // Backend is one group of replicas of an OpenAI-compatible server.
 type Backend struct {
-	// Proxy is the reverse_proxy handler that carries requests to the
+	// ProxyRaw is the reverse_proxy handler that carries requests to the
 	// backend's upstreams: upstreams, load balancing, health checks,
 	// retries and transport are all configured as for reverse_proxy.
 	ProxyRaw json.RawMessage `json:"proxy,omitempty" caddy:"namespace=http.handlers inline_key=handler"`

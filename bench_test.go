@@ -8,9 +8,12 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
 )
 
 // echoHandler is an echo-mode Handler provisioned outside a server, for
@@ -82,5 +85,27 @@ func BenchmarkForward(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// BenchmarkRelay measures the gateway's work per streamed event: parse,
+// normalize, frame and write, one upstream read per event.
+func BenchmarkRelay(b *testing.B) {
+	event := []byte(`data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":" world"},"logprobs":null,"finish_reason":null}]}` + "\n\n")
+	w := httptest.NewRecorder()
+	h := &Handler{IdleTimeout: caddy.Duration(time.Minute)}
+	x := &exchange{h: h, w: w, r: httptest.NewRequest("POST", "/", nil), id: "0b6c2e9e-2d51-4a43-9b0a-4a6f3b9d9c11", out: newSSEWriter(w),
+		req: &openai.ChatRequest{Stream: true}}
+	u := &upstreamWriter{x: x, out: x.out, idle: time.Minute, timer: time.NewTimer(time.Hour)}
+	u.Header().Set("Content-Type", "text/event-stream")
+	u.WriteHeader(200)
+	u.Write(event) // the first event starts the stream
+	b.SetBytes(int64(len(event)))
+	b.ReportAllocs()
+	for b.Loop() {
+		w.Body.Reset()
+		if _, err := u.Write(event); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

@@ -22,27 +22,38 @@ const minPooled = 4 << 10
 var bodyPools [8]sync.Pool // 4 KiB ... 64 MiB
 
 // getBuffer returns an empty buffer that holds at least n bytes.
-func getBuffer(n int) []byte {
+func getBuffer(n int) []byte { return *getBox(n) }
+
+// putBuffer gives b back to the largest class it can serve.
+func putBuffer(b []byte) { putBox(&b) }
+
+// getBox is getBuffer for callers that keep the pool's *[]byte and give
+// it back with putBox, so a buffer that goes round and round (once per
+// stream event) costs no allocation.
+func getBox(n int) *[]byte {
 	for k, size := 0, minPooled; k < len(bodyPools); k, size = k+1, size*4 {
 		if size >= n {
 			if b, ok := bodyPools[k].Get().(*[]byte); ok {
-				return (*b)[:0]
+				*b = (*b)[:0]
+				return b
 			}
-			return make([]byte, 0, size)
+			b := make([]byte, 0, size)
+			return &b
 		}
 	}
-	return make([]byte, 0, n)
+	b := make([]byte, 0, n)
+	return &b
 }
 
-// putBuffer gives b back to the largest class it can serve.
-func putBuffer(b []byte) {
+// putBox gives *b back to the largest class it can serve.
+func putBox(b *[]byte) {
 	k := -1
-	for size := minPooled; k+1 < len(bodyPools) && cap(b) >= size; size *= 4 {
+	for size := minPooled; k+1 < len(bodyPools) && cap(*b) >= size; size *= 4 {
 		k++
 	}
 	if k >= 0 {
-		b = b[:0]
-		bodyPools[k].Put(&b)
+		*b = (*b)[:0]
+		bodyPools[k].Put(b)
 	}
 }
 

@@ -14,7 +14,8 @@ type sseWriter struct {
 	mu      sync.Mutex // keep-alive comments come from another goroutine
 	w       http.ResponseWriter
 	rc      *http.ResponseController
-	buf     []byte
+	buf     []byte  // events queued; its array is *box's
+	box     *[]byte // the pooled buffer, while held
 	started bool
 	err     error // the first write error: the client is gone
 }
@@ -60,20 +61,29 @@ func (s *sseWriter) event(data []byte) error {
 func (s *sseWriter) release() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.buf != nil {
-		putBuffer(s.buf)
-		s.buf = nil
-	}
+	s.putBack(nil)
 }
 
 // buffer returns the buffer to append to, pooled on first use: with a
 // fast backend one read holds many events, and a buffer grown from
 // nothing on every request was most of a stream's garbage.
 func (s *sseWriter) buffer() []byte {
-	if s.buf == nil {
-		s.buf = getBuffer(minPooled)
+	if s.box == nil {
+		s.box = getBox(minPooled)
+		s.buf = *s.box
 	}
 	return s.buf
+}
+
+// putBack returns the pooled buffer, b being its latest extent.
+func (s *sseWriter) putBack(b []byte) {
+	if s.box != nil {
+		if b != nil {
+			*s.box = b
+		}
+		putBox(s.box)
+		s.box, s.buf = nil, nil
+	}
 }
 
 // queue adds an event to go out with the next send or event: events
@@ -105,8 +115,7 @@ func (s *sseWriter) comment(text string) error {
 // buffer goes back to the pool until the next event, so an idle stream
 // holds none.
 func (s *sseWriter) write(b []byte) error {
-	defer putBuffer(b)
-	s.buf = nil
+	defer s.putBack(b)
 	s.start()
 	if s.err != nil {
 		return s.err

@@ -244,19 +244,32 @@ func valid(b []byte) bool {
 	return err == nil && skipSpace(b, end) == len(b)
 }
 
-// collectValid validates b as one JSON object and appends its members to
-// dst, in a single pass. It reports false for anything else.
-func collectValid(b []byte, dst []span) ([]span, bool) {
+// collectChunk validates b as one JSON object, appending its members to
+// top and the elements of its "choices" array to choices, in a single
+// pass. It reports false for anything but an object.
+func collectChunk(b []byte, top []span, choices [][]byte) ([]span, [][]byte, bool) {
 	i := skipSpace(b, 0)
 	if i >= len(b) || b[i] != '{' {
-		return dst, false
+		return top, choices, false
 	}
 	end, err := scanObject(b, i, 1, func(key []byte, at int) (int, error) {
-		end, err := scanValue(b, at, 1)
+		var end int
+		var err error
+		if b[at] == '[' && keyIs(key, "choices") {
+			end, err = scanArray(b, at, 2, func(_, at int) (int, error) {
+				end, err := scanValue(b, at, 2)
+				if err == nil {
+					choices = append(choices, b[at:end])
+				}
+				return end, err
+			})
+		} else {
+			end, err = scanValue(b, at, 1)
+		}
 		if err == nil {
-			dst = append(dst, span{key, b[at:end]})
+			top = append(top, span{key, b[at:end]})
 		}
 		return end, err
 	})
-	return dst, err == nil && skipSpace(b, end) == len(b)
+	return top, choices, err == nil && skipSpace(b, end) == len(b)
 }

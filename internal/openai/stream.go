@@ -37,15 +37,14 @@ func (s *Stream) grow(i int) {
 // unchanged. It fails for data that is not a JSON object.
 func (s *Stream) Chunk(dst, data []byte) ([]byte, error) {
 	var topBuf [12]span
-	top, ok := collectValid(data, topBuf[:0])
+	var choiceBuf [4][]byte
+	top, list, ok := collectChunk(data, topBuf[:0], choiceBuf[:0])
 	if !ok {
 		return dst, ErrInvalidReply
 	}
-	var choices, created, model []byte
+	var created, model []byte
 	for _, m := range top {
 		switch {
-		case keyIs(m.key, "choices"):
-			choices = m.val
 		case keyIs(m.key, "usage"):
 			if u, ok := readUsage(m.val); ok {
 				s.usage, s.hasUsage = u, true
@@ -56,9 +55,6 @@ func (s *Stream) Chunk(dst, data []byte) ([]byte, error) {
 			model = m.val
 		}
 	}
-	var choiceBuf [4][]byte
-	list := choiceBuf[:0]
-	elements(choices, func(_ int, c []byte) { list = append(list, c) })
 	if len(list) == 0 {
 		return dst, nil
 	}

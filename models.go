@@ -31,8 +31,7 @@ func (h *Handler) serveModels(x *exchange) {
 	}
 	if h.echoMode() {
 		add(echoModel)
-	}
-	if !h.echoMode() {
+	} else {
 		for _, b := range h.Backends {
 			for _, m := range b.Models {
 				add(m)

@@ -141,12 +141,29 @@ func (g *gateway) waitLog(t *testing.T, msg, requestID string) map[string]any {
 // post sends a chat request and returns the response with its body read.
 func (g *gateway) post(t *testing.T, body string, header ...string) (*http.Response, string) {
 	t.Helper()
+	return do(t, g.request(body, header...))
+}
+
+// request builds a chat request with the given header name/value pairs.
+func (g *gateway) request(body string, header ...string) *http.Request {
 	req, _ := http.NewRequest(http.MethodPost, g.URL+"/v1/chat/completions", strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
 	for i := 0; i+1 < len(header); i += 2 {
 		req.Header.Set(header[i], header[i+1])
 	}
-	return do(t, req)
+	return req
+}
+
+// open sends a chat request and returns the response unread, for tests
+// that read a stream as it comes; its body is closed when the test ends.
+func (g *gateway) open(t *testing.T, body string) *http.Response {
+	t.Helper()
+	resp, err := http.DefaultClient.Do(g.request(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	return resp
 }
 
 func do(t *testing.T, req *http.Request) (*http.Response, string) {

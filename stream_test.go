@@ -322,13 +322,7 @@ func TestStreamNotBuffered(t *testing.T) {
 		sseEvent(w, "[DONE]")
 	})
 	g := newGateway(t, "chat_gateway "+be.URL)
-	req, _ := http.NewRequest("POST", g.URL+"/v1/chat/completions", strings.NewReader(helloStream))
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
+	resp := g.open(t, helloStream)
 	br := bufio.NewReader(resp.Body)
 	line, err := br.ReadString('\n')
 	if err != nil || !strings.Contains(line, `"content":"first"`) {
@@ -480,13 +474,7 @@ func TestStreamKeepalive(t *testing.T) {
 		sseEvent(w, "[DONE]")
 	})
 	g := newGateway(t, "chat_gateway "+be.URL+" {\n keepalive_interval 20ms\n}")
-	req, _ := http.NewRequest("POST", g.URL+"/v1/chat/completions", strings.NewReader(helloStream))
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
+	resp := g.open(t, helloStream)
 	br := bufio.NewReader(resp.Body)
 	if line, _ := br.ReadString('\n'); line != ": keep-alive\n" {
 		t.Fatalf("first line %q", line)

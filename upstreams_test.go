@@ -267,13 +267,7 @@ func TestReload(t *testing.T) {
 	port := freePort(t)
 	g := loadGateway(t, port, "10s", "chat_gateway "+old.URL)
 
-	req, _ := http.NewRequest("POST", g.URL+"/v1/chat/completions", strings.NewReader(helloStream))
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
+	resp := g.open(t, helloStream)
 	first := make([]byte, 64)
 	if _, err := io.ReadAtLeast(resp.Body, first, 10); err != nil {
 		t.Fatal(err)

@@ -30,6 +30,9 @@ func TestMain(m *testing.M) {
 	}
 	os.Setenv("XDG_CONFIG_HOME", filepath.Join(dir, "config"))
 	os.Setenv("XDG_DATA_HOME", filepath.Join(dir, "data"))
+	// A request that hangs fails its test, not the whole run at go
+	// test's timeout.
+	http.DefaultClient.Timeout = time.Minute
 	code := m.Run()
 	_ = caddy.Stop()
 	os.RemoveAll(dir)
@@ -86,10 +89,41 @@ http://127.0.0.1:%d {
 	if err := caddy.Load(cfg, true); err != nil {
 		t.Fatalf("loading %s: %v", config, err)
 	}
+	waitListeners(t, port)
 	// Keep-alive connections to the replaced config's server are closed
 	// by it: start afresh.
 	http.DefaultClient.CloseIdleConnections()
 	return &gateway{URL: fmt.Sprintf("http://127.0.0.1:%d", port), logFile: logFile}
+}
+
+// waitListeners waits until one socket listens on port. Caddy binds
+// each config's listener with SO_REUSEPORT and closes the replaced one
+// just after caddy.Load returns; a connection the kernel queued on that
+// one is reset. Linux only: elsewhere it returns at once.
+func waitListeners(t testing.TB, port int) {
+	t.Helper()
+	suffix := fmt.Sprintf(":%04X", port)
+	count := func() int {
+		n := 0
+		for _, table := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+			raw, err := os.ReadFile(table)
+			if err != nil {
+				return 1
+			}
+			for _, line := range strings.Split(string(raw), "\n")[1:] {
+				// sl local_address rem_address st ...; st 0A is LISTEN.
+				if f := strings.Fields(line); len(f) > 3 && f[3] == "0A" && strings.HasSuffix(f[1], suffix) {
+					n++
+				}
+			}
+		}
+		return n
+	}
+	for deadline := time.Now().Add(5 * time.Second); count() > 1; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the replaced config still listens on port %d", port)
+		}
+	}
 }
 
 func freePort(t testing.TB) int {
@@ -237,8 +271,23 @@ func newFakeBackend(t *testing.T, handle func(w http.ResponseWriter, r *http.Req
 			b.once.Do(func() { close(b.cancelled) })
 		}
 	}))
-	t.Cleanup(b.Close)
+	// Close waits for every handler: cut the connections first, so a
+	// test that failed early does not hang on a handler still waiting.
+	t.Cleanup(func() {
+		b.CloseClientConnections()
+		b.Close()
+	})
 	return b
+}
+
+// waitCancelled fails t unless a request's context ends within 5s.
+func (b *backend) waitCancelled(t *testing.T) {
+	t.Helper()
+	select {
+	case <-b.cancelled:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the backend's request was not cancelled")
+	}
 }
 
 func (b *backend) last(t *testing.T) recorded {

@@ -380,11 +380,7 @@ func TestDisconnectCancelsUpstream(t *testing.T) {
 				_, _ = io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
 			}
-			select {
-			case <-be.cancelled:
-			case <-time.After(5 * time.Second):
-				t.Fatal("the backend's request was not cancelled")
-			}
+			be.waitCancelled(t)
 			// A stream already under way keeps its 200 in the access log;
 			// the outcome, and the module's log, tell the client left.
 			if l := g.waitLog(t, "handled request", "gone-1"); l["outcome"] != "client_cancelled" || (ph.body == hello && l["status"] != 499.0) {
@@ -408,7 +404,7 @@ func TestStreamTimeouts(t *testing.T) {
 		if e := apiError(t, body); resp.StatusCode != 504 || e["code"] != "first_token_timeout" || e["type"] != "timeout_error" {
 			t.Fatalf("%d %s", resp.StatusCode, body)
 		}
-		<-be.cancelled
+		be.waitCancelled(t)
 	})
 	t.Run("first token non-stream", func(t *testing.T) {
 		be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() })
@@ -447,7 +443,7 @@ func TestStreamTimeouts(t *testing.T) {
 		if l := g.waitLog(t, "handled request", "idle-1"); l["outcome"] != "timeout" {
 			t.Fatalf("outcome %v", l["outcome"])
 		}
-		<-be.cancelled
+		be.waitCancelled(t)
 	})
 }
 
@@ -468,7 +464,11 @@ func TestStreamLineTooLong(t *testing.T) {
 func TestStreamKeepalive(t *testing.T) {
 	release := make(chan struct{})
 	be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
-		<-release // a slow first token: not even headers yet
+		select { // a slow first token: not even headers yet
+		case <-release:
+		case <-r.Context().Done():
+			return
+		}
 		startSSE(w)
 		sseEvent(w, `{"choices":[{"index":0,"delta":{"content":"late"},"finish_reason":"stop"}]}`)
 		sseEvent(w, "[DONE]")

@@ -259,7 +259,11 @@ func TestReload(t *testing.T) {
 	old := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
 		startSSE(w)
 		sseEvent(w, `{"choices":[{"index":0,"delta":{"content":"old "}}]}`)
-		<-release
+		select {
+		case <-release:
+		case <-r.Context().Done():
+			return
+		}
 		sseEvent(w, `{"choices":[{"index":0,"delta":{"content":"config"},"finish_reason":"stop"}]}`)
 		sseEvent(w, "[DONE]")
 	})

@@ -249,6 +249,10 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, f Fault, model s
 		}
 		return write("data: " + data + eol + eol)
 	}
+	var huge string // built before the stream starts, so it arrives without a pause
+	if f.Mode == HugeEvent {
+		huge = chunk(model, `{"content":"`+strings.Repeat("x", f.Size)+`"}`, "null")
+	}
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
 	w.WriteHeader(http.StatusOK)
@@ -259,10 +263,8 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, f Fault, model s
 	if !event(chunk(model, `{"role":"assistant","content":""}`, "null")) {
 		return ok
 	}
-	if f.Mode == HugeEvent {
-		if !event(chunk(model, fmt.Sprintf(`{"content":%q}`, strings.Repeat("x", f.Size)), "null")) {
-			return ok
-		}
+	if huge != "" && !event(huge) {
+		return ok
 	}
 	for i := range f.Tokens {
 		if i > 0 && !sleep(r, f.TokenDelay) {

@@ -269,6 +269,7 @@ type Backend struct {
 	Fallback string `json:"fallback,omitempty"`
 
 	proxy         caddyhttp.MiddlewareHandler
+	cooldowns     *cooldowns // nil unless the proxy marks upstreams down on statuses
 	apiKey        string
 	authorization string // "Bearer " + apiKey
 	fallback      *route
@@ -300,6 +301,9 @@ func (b *Backend) provision(ctx caddy.Context, repl *caddy.Replacer) error {
 		return fmt.Errorf("proxy module %T is not an HTTP handler", mod)
 	}
 	b.proxy = proxy
+	if rp, ok := proxy.(*reverseproxy.Handler); ok {
+		b.cooldowns = newCooldowns(rp)
+	}
 	switch b.BasePath {
 	case "":
 		b.BasePath = "/v1"

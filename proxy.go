@@ -138,6 +138,9 @@ func (h *Handler) attempt(parent context.Context, x *exchange, rt route, body []
 	x.gw += proxyStart.Sub(begin)
 	proxyErr, aborted := serveProxy(b.proxy, u, up)
 	x.upstreamTime += time.Since(proxyStart)
+	if b.cooldowns != nil {
+		b.cooldowns.observe(x.repl, time.Now())
+	}
 	u.timer.Stop()
 	stopKeepalive()
 	defer u.release()

@@ -1,16 +1,19 @@
 package chatgateway
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 )
@@ -72,6 +75,121 @@ func TestFailover(t *testing.T) {
 	}
 	if busy.count() > 2 {
 		t.Errorf("the 503 replica got %d requests: it should be marked down after its first", busy.count())
+	}
+}
+
+// TestRetryAfterKeepsUpstreamDown: a replica that answers 429 with
+// Retry-After stays out of rotation that long, though fail_duration is
+// far shorter, and comes back after.
+func TestRetryAfterKeepsUpstreamDown(t *testing.T) {
+	var limitedAt atomic.Int64
+	limited := replica(t, "limited", func(n int64, w http.ResponseWriter, r *http.Request) bool {
+		if n > 1 {
+			return false
+		}
+		limitedAt.Store(time.Now().UnixNano())
+		w.Header().Set("Retry-After", "2")
+		writeJSON(w, 429, `{"error":{"message":"slow down","code":"rate_limit_exceeded"}}`)
+		return true
+	})
+	other := replica(t, "other", nil)
+	g := newGateway(t, fmt.Sprintf(`chat_gateway {
+		backend %s %s {
+			lb_policy round_robin
+			retry_on 429
+			fail_duration 50ms
+		}
+	}`, limited.URL, other.URL))
+	for limited.count() == 0 {
+		if resp, body := g.post(t, hello); resp.StatusCode != 200 || !strings.Contains(body, "from other") {
+			t.Fatalf("%d %s", resp.StatusCode, body)
+		}
+	}
+	// Round robin would send every other request to the limited replica
+	// once fail_duration is over.
+	for time.Since(time.Unix(0, limitedAt.Load())) < 1500*time.Millisecond {
+		if resp, body := g.post(t, hello); resp.StatusCode != 200 || !strings.Contains(body, "from other") {
+			t.Fatalf("during Retry-After: %d %s", resp.StatusCode, body)
+		}
+		if n := limited.count(); n != 1 {
+			t.Fatalf("the limited replica got %d requests within its Retry-After", n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for deadline := time.Now().Add(5 * time.Second); limited.count() == 1; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the limited replica never came back")
+		}
+		g.post(t, hello)
+	}
+	if wait := time.Since(time.Unix(0, limitedAt.Load())); wait < 2*time.Second {
+		t.Fatalf("back after %v, before its Retry-After", wait)
+	}
+}
+
+// TestCoolingSelection follows the placeholders reverse_proxy sets
+// across attempts: a 429 with Retry-After from A, then a dial error on
+// B, then a reply from C. Only A cools; every upstream cooling selects
+// none.
+func TestCoolingSelection(t *testing.T) {
+	c := &cooldowns{statuses: []int{429, 503}, until: map[string]time.Time{}}
+	sel := coolingSelection{reverseproxy.FirstSelection{}, c}
+	pool := reverseproxy.UpstreamPool{{Dial: "a:1"}, {Dial: "b:1"}, {Dial: "c:1"}}
+	repl := caddy.NewReplacer()
+	r := httptest.NewRequest("POST", "/", nil)
+	r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl))
+	attempt := func(want string) {
+		t.Helper()
+		u := sel.Select(pool, r, nil)
+		if u == nil || u.Dial != want {
+			t.Fatalf("selected %v, want %s", u, want)
+		}
+		repl.Set("http.reverse_proxy.upstream.hostport", u.Dial)
+	}
+
+	attempt("a:1")
+	repl.Set("http.reverse_proxy.status_code", 429)
+	repl.Set("http.reverse_proxy.header.Retry-After", "30")
+	attempt("b:1") // a cools
+	// b: a dial error, so no status of its own; a still cools
+	attempt("b:1")
+	c.observe(repl, time.Now()) // the proxy returned
+	if c.cooling("b:1", time.Now()) {
+		t.Fatal("b cools on a's Retry-After")
+	}
+	if !c.cooling("a:1", time.Now()) || c.cooling("a:1", time.Now().Add(31*time.Second)) {
+		t.Fatal("a's cooldown is not its Retry-After")
+	}
+
+	for _, addr := range []string{"b:1", "c:1"} {
+		repl.Set("http.reverse_proxy.upstream.hostport", addr)
+		repl.Set("http.reverse_proxy.status_code", 503)
+		c.observe(repl, time.Now())
+	}
+	if u := sel.Select(pool, r, nil); u != nil {
+		t.Fatalf("selected %s while every upstream cools", u.Dial)
+	}
+}
+
+// TestRetryAfter: the values a backend may send, and the cap.
+func TestRetryAfter(t *testing.T) {
+	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	for value, want := range map[string]time.Duration{
+		"":                              0,
+		" 7 ":                           7 * time.Second,
+		"0":                             0,
+		"-3":                            0,
+		"1.5":                           0,
+		"soon":                          0,
+		"99999999999999999999":          maxCooldown,
+		"86400":                         maxCooldown,
+		"Thu, 26 Nov 2026 12:00:30 GMT": 30 * time.Second,
+		"Thu, 26 Nov 2026 11:59:00 GMT": 0,
+		"Fri, 27 Nov 2026 12:00:00 GMT": maxCooldown,
+	} {
+		if got := retryAfter(value, now); got != want {
+			t.Errorf("retryAfter(%q) = %v, want %v", value, got, want)
+		}
 	}
 }
 
@@ -206,8 +324,9 @@ func TestHealthRecovers(t *testing.T) {
 	var down atomic.Bool
 	down.Store(true)
 	a := replica(t, "a", func(n int64, w http.ResponseWriter, r *http.Request) bool {
-		if down.Load() {
-			return unavailable(n, w, r)
+		if down.Load() { // no Retry-After: fail_duration alone applies
+			writeJSON(w, 503, `{"error":{"message":"loading model"}}`)
+			return true
 		}
 		return false
 	})

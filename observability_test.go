@@ -5,15 +5,22 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 func histogramCount(t *testing.T, h prometheus.Observer) uint64 {
@@ -234,5 +241,72 @@ func TestDashboard(t *testing.T) {
 	}
 	if used < 8 {
 		t.Fatalf("the dashboard queries only %d metrics", used)
+	}
+}
+
+// TestModuleLog captures the module's log with a zap observer: a failed
+// request is one line with the access log's field names, at warn, or
+// at debug for a client that left; a successful one is not logged
+// there; no line holds the key or the prompt.
+func TestModuleLog(t *testing.T) {
+	const key, prompt = "sk-module-log-secret", "my module log prompt"
+	var h Handler
+	d := caddyfile.NewTestDispenser(fmt.Sprintf("chat_gateway {\n backend %s {\n api_key %s\n models llama\n }\n}", refusing(t), key))
+	if err := h.UnmarshalCaddyfile(d); err != nil {
+		t.Fatal(err)
+	}
+	// reverse_proxy provisions only within a running http app.
+	newGateway(t, "chat_gateway")
+	ctx, cancel := caddy.NewContext(caddy.ActiveContext())
+	t.Cleanup(cancel)
+	if err := h.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zapcore.DebugLevel)
+	h.logger = zap.New(core)
+	serve := func(ctx context.Context, id, model string) int {
+		body := fmt.Sprintf(`{"model":%q,"messages":[{"role":"user","content":%q}],"stream":true}`, model, prompt)
+		req := httptest.NewRequestWithContext(ctx, "POST", "/v1/chat/completions", strings.NewReader(body))
+		req.Header.Set("X-Request-ID", id)
+		w := httptest.NewRecorder()
+		req = caddyhttp.PrepareRequest(req, caddy.NewReplacer(), w, &caddyhttp.Server{Logs: &caddyhttp.ServerLogConfig{}})
+		if err := h.ServeHTTP(w, req, nil); err != nil {
+			t.Fatal(err)
+		}
+		return w.Code
+	}
+	if code := serve(context.Background(), "log-1", "llama"); code != 502 {
+		t.Fatalf("status %d", code)
+	}
+	if code := serve(context.Background(), "log-2", "unknown"); code != 404 {
+		t.Fatalf("status %d", code)
+	}
+	gone, cancel := context.WithCancel(context.Background())
+	cancel()
+	serve(gone, "log-3", "llama")
+
+	entries := logs.AllUntimed()
+	if len(entries) != 2 {
+		t.Fatalf("%d lines, want 2 (the client error is not logged): %+v", len(entries), entries)
+	}
+	failed, left := entries[0], entries[1]
+	fields := failed.ContextMap()
+	want := map[string]any{"request_id": "log-1", "outcome": "upstream_error", "model": "llama", "stream": true,
+		"status": int64(502), "code": "upstream_unavailable", "prompt_tokens": int64(0), "completion_tokens": int64(0), "finish_reason": ""}
+	for k, v := range want {
+		if fields[k] != v {
+			t.Errorf("field %s = %#v, want %#v", k, fields[k], v)
+		}
+	}
+	if failed.Message != "request failed" || failed.Level != zapcore.WarnLevel {
+		t.Errorf("%s at %s", failed.Message, failed.Level)
+	}
+	if f := left.ContextMap(); left.Level != zapcore.DebugLevel || f["request_id"] != "log-3" || f["outcome"] != "client_cancelled" || f["status"] != int64(499) {
+		t.Errorf("client gone: %s %v", left.Level, f)
+	}
+	for _, e := range entries {
+		if text := fmt.Sprint(e.Message, e.ContextMap()); strings.Contains(text, key) || strings.Contains(text, prompt) {
+			t.Fatalf("a log line holds the key or the prompt: %s", text)
+		}
 	}
 }

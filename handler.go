@@ -289,30 +289,19 @@ func (x *exchange) finish() {
 	if extra == nil && !failed {
 		return
 	}
-	fields := []zap.Field{zap.String("request_id", x.id), zap.String("outcome", x.outcome)}
+	summary := logSummary{outcome: x.outcome}
 	if x.req != nil {
-		fields = append(fields,
-			zap.String("model", x.model),
-			zap.Bool("stream", x.req.Stream),
-			zap.Int64("prompt_tokens", x.usage.PromptTokens),
-			zap.Int64("completion_tokens", x.usage.CompletionTokens),
-			zap.String("finish_reason", x.finishReason),
-			zap.Duration("ttft", x.ttft),
-		)
-		if up, ok := x.repl.GetString("http.chat_gateway.upstream"); ok {
-			fields = append(fields, zap.String("upstream", up))
-		}
-		if x.retries > 0 {
-			fields = append(fields, zap.Int("retries", x.retries))
-		}
+		summary.chat = true
+		summary.model, summary.stream, summary.finishReason = x.model, x.req.Stream, x.finishReason
+		summary.usage, summary.ttft, summary.retries = x.usage, x.ttft, x.retries
+		summary.upstream, _ = x.repl.GetString("http.chat_gateway.upstream")
 		if x.h.LogSizes {
-			fields = append(fields, zap.Int("prompt_bytes", x.req.ContentBytes), zap.Int("completion_bytes", x.completionBytes))
+			summary.sizes = true
+			summary.promptBytes, summary.completionBytes = x.req.ContentBytes, x.completionBytes
 		}
 	}
 	if extra != nil {
-		for _, f := range fields[1:] {
-			extra.Add(f)
-		}
+		extra.Add(zap.Inline(summary))
 	}
 	if !failed {
 		return
@@ -322,12 +311,52 @@ func (x *exchange) finish() {
 		lvl = zapcore.DebugLevel
 	}
 	if c := x.h.logger.Check(lvl, "request failed"); c != nil {
-		fields = append(fields, zap.Int("status", x.status), zap.String("code", x.code), zap.Duration("duration", time.Since(x.start)))
+		fields := []zap.Field{zap.String("request_id", x.id), zap.Inline(summary),
+			zap.Int("status", x.status), zap.String("code", x.code), zap.Duration("duration", time.Since(x.start))}
 		if x.upstreamErr != nil {
 			fields = append(fields, zap.Error(x.upstreamErr))
 		}
 		c.Write(fields...)
 	}
+}
+
+// logSummary is what the access log and the module log say of how a
+// request ended, written as top-level fields by one inline field:
+// each ExtraLogFields.Add costs a map reset.
+type logSummary struct {
+	outcome                       string
+	chat                          bool // a chat request that was decoded
+	model, finishReason, upstream string
+	stream                        bool
+	usage                         openai.Usage
+	ttft                          time.Duration
+	retries                       int
+	sizes                         bool // log_sizes
+	promptBytes, completionBytes  int
+}
+
+func (s logSummary) MarshalLogObject(enc zapcore.ObjectEncoder) error {
+	enc.AddString("outcome", s.outcome)
+	if !s.chat {
+		return nil
+	}
+	enc.AddString("model", s.model)
+	enc.AddBool("stream", s.stream)
+	enc.AddInt64("prompt_tokens", s.usage.PromptTokens)
+	enc.AddInt64("completion_tokens", s.usage.CompletionTokens)
+	enc.AddString("finish_reason", s.finishReason)
+	enc.AddDuration("ttft", s.ttft)
+	if s.upstream != "" {
+		enc.AddString("upstream", s.upstream)
+	}
+	if s.retries > 0 {
+		enc.AddInt("retries", s.retries)
+	}
+	if s.sizes {
+		enc.AddInt("prompt_bytes", s.promptBytes)
+		enc.AddInt("completion_bytes", s.completionBytes)
+	}
+	return nil
 }
 
 // accessLogged reports whether the server writes access logs, which the

@@ -39,26 +39,31 @@ func Completion(content string) []byte {
 // NormalizeCompletion appends to dst the backend's non-streaming reply
 // body, normalized: id, object, created, model and usage set or filled,
 // every choice with its index, a message role and a finish_reason.
-// Everything else the backend sent is copied unchanged.
+// Everything else the backend sent is copied unchanged. The body is
+// validated and split in one pass; only choices and messages are
+// walked again, to be edited.
 func NormalizeCompletion(dst, body []byte, m Meta) ([]byte, Reply, error) {
 	var rep Reply
-	if !valid(body) {
+	var topBuf [12]span
+	var choiceBuf [4][]byte
+	top, list, ok := collectChunk(body, topBuf[:0], choiceBuf[:0])
+	if !ok {
 		return dst, rep, ErrInvalidReply
 	}
 	var choices, usage, model, created []byte
-	ok := members(body, func(k, v []byte) {
+	for _, f := range top {
 		switch {
-		case keyIs(k, "choices"):
-			choices = v
-		case keyIs(k, "usage"):
-			usage = v
-		case keyIs(k, "model"):
-			model = v
-		case keyIs(k, "created"):
-			created = v
+		case keyIs(f.key, "choices"):
+			choices = f.val
+		case keyIs(f.key, "usage"):
+			usage = f.val
+		case keyIs(f.key, "model"):
+			model = f.val
+		case keyIs(f.key, "created"):
+			created = f.val
 		}
-	})
-	if !ok || len(choices) == 0 || choices[0] != '[' {
+	}
+	if len(choices) == 0 || choices[0] != '[' {
 		return dst, rep, ErrInvalidReply
 	}
 
@@ -67,92 +72,106 @@ func NormalizeCompletion(dst, body []byte, m Meta) ([]byte, Reply, error) {
 	o.str("id", m.ID)
 	o.str("object", "chat.completion")
 	writeCreatedModel(&o, created, model, m)
-
-	completionBytes := 0
 	o.key("choices")
 	o.buf = append(o.buf, '[')
-	elements(choices, func(i int, c []byte) {
+	for i, c := range list {
 		if i > 0 {
 			o.buf = append(o.buf, ',')
 		}
-		var ch object
-		ch.open(o.buf)
-		if Member(c, "index") == nil {
-			ch.int("index", int64(i))
-		}
-		hasMessage, hasFinish := false, false
-		members(c, func(k, v []byte) {
-			switch {
-			case keyIs(k, "message"):
-				hasMessage = true
-				ch.key("message")
-				ch.buf, completionBytes = appendMessage(ch.buf, v, completionBytes)
-			case keyIs(k, "finish_reason"):
-				if isNull(v) {
-					return
-				}
-				hasFinish = true
-				ch.member(k, v)
-				if i == 0 {
-					rep.FinishReason = stringValue(v)
-				}
-			default:
-				ch.member(k, v)
-			}
-		})
-		if !hasMessage {
-			ch.raw("message", []byte(`{"role":"assistant","content":null}`))
-		}
-		if !hasFinish {
-			ch.str("finish_reason", "stop")
-			if i == 0 {
-				rep.FinishReason = "stop"
-			}
-		}
-		o.buf = ch.close()
-	})
+		o.buf = appendChoice(o.buf, i, c, &rep)
+	}
 	o.buf = append(o.buf, ']')
 
-	rep.CompletionBytes = completionBytes
 	if u, ok := readUsage(usage); ok {
 		rep.Usage = u
 	} else {
-		rep.Usage = Usage{PromptTokens: EstimateTokens(m.PromptBytes), CompletionTokens: EstimateTokens(completionBytes), Estimated: true}
+		rep.Usage = Usage{PromptTokens: EstimateTokens(m.PromptBytes), CompletionTokens: EstimateTokens(rep.CompletionBytes), Estimated: true}
 	}
 	usageMember(&o, usage, rep.Usage)
 
-	members(body, func(k, v []byte) {
-		for _, name := range [...]string{"id", "object", "created", "model", "choices", "usage"} {
-			if keyIs(k, name) {
-				return
-			}
+	for _, f := range top {
+		switch {
+		case keyIs(f.key, "id"), keyIs(f.key, "object"), keyIs(f.key, "created"), keyIs(f.key, "model"), keyIs(f.key, "choices"), keyIs(f.key, "usage"):
+		default:
+			o.member(f.key, f.val)
 		}
-		o.member(k, v)
-	})
+	}
 	return o.close(), rep, nil
 }
 
+// appendChoice appends the reply's choice c, at position pos, with its
+// index, a message with a role and a finish_reason; it adds what it
+// learns (the first choice's finish reason, content size) to rep.
+func appendChoice(dst []byte, pos int, c []byte, rep *Reply) []byte {
+	var fieldBuf [6]span
+	fields := collect(c, fieldBuf[:0])
+	var o object
+	o.open(dst)
+	hasIndex, hasMessage, hasFinish := false, false, false
+	for _, f := range fields {
+		hasIndex = hasIndex || keyIs(f.key, "index")
+	}
+	if !hasIndex {
+		o.int("index", int64(pos))
+	}
+	for _, f := range fields {
+		switch {
+		case keyIs(f.key, "message"):
+			hasMessage = true
+			o.key("message")
+			o.buf = appendMessage(o.buf, f.val, rep)
+		case keyIs(f.key, "finish_reason"):
+			if isNull(f.val) {
+				continue
+			}
+			hasFinish = true
+			o.member(f.key, f.val)
+			if pos == 0 {
+				rep.FinishReason = stringValue(f.val)
+			}
+		default:
+			o.member(f.key, f.val)
+		}
+	}
+	if !hasMessage {
+		o.raw("message", []byte(`{"role":"assistant","content":null}`))
+	}
+	if !hasFinish {
+		o.str("finish_reason", "stop")
+		if pos == 0 {
+			rep.FinishReason = "stop"
+		}
+	}
+	return o.close()
+}
+
 // appendMessage appends a reply message with "role" set, and adds its
-// content's size to n.
-func appendMessage(dst, msg []byte, n int) ([]byte, int) {
-	if !members(msg, func([]byte, []byte) {}) {
-		return append(dst, `{"role":"assistant","content":null}`...), n
+// content's size to rep.
+func appendMessage(dst, msg []byte, rep *Reply) []byte {
+	var fieldBuf [6]span
+	fields := fieldBuf[:0]
+	if !members(msg, func(k, v []byte) { fields = append(fields, span{k, v}) }) {
+		return append(dst, `{"role":"assistant","content":null}`...)
+	}
+	hasRole := false
+	for _, f := range fields {
+		hasRole = hasRole || keyIs(f.key, "role") && !isNull(f.val)
 	}
 	var o object
 	o.open(dst)
-	if isNull(Member(msg, "role")) {
+	if !hasRole {
 		o.str("role", "assistant")
 	}
-	members(msg, func(k, v []byte) {
-		if keyIs(k, "role") && isNull(v) {
-			return
+	for _, f := range fields {
+		if keyIs(f.key, "role") && isNull(f.val) {
+			continue
 		}
-		if keyIs(k, "content") || keyIs(k, "tool_calls") || keyIs(k, "refusal") {
-			n += contentSize(v)
+		if keyIs(f.key, "content") || keyIs(f.key, "tool_calls") || keyIs(f.key, "refusal") {
+			rep.CompletionBytes += contentSize(f.val)
 		}
-		o.member(k, v)
-	})
-	return o.close(), n
+		o.member(f.key, f.val)
+	}
+	return o.close()
 }
 
 // contentSize is the size of a content value for the token estimate:

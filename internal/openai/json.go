@@ -111,15 +111,20 @@ func elements(v []byte, fn func(i int, el []byte)) bool {
 	return true
 }
 
-// keyIs reports whether the raw key names name. Keys with escapes are
-// decoded; plain keys are compared in place.
+// keyIs reports whether the raw key names name, which is not empty.
+// Keys with escapes are decoded; plain keys are compared in place.
 func keyIs(key []byte, name string) bool {
 	if len(key) < 2 {
 		return false
 	}
 	inner := key[1 : len(key)-1]
-	if bytes.IndexByte(inner, '\\') < 0 {
-		return string(inner) == name
+	if string(inner) == name {
+		return true
+	}
+	// A key that spells name with escapes is longer than name and
+	// starts with its first byte or an escape.
+	if len(inner) <= len(name) || inner[0] != name[0] && inner[0] != '\\' || bytes.IndexByte(inner, '\\') < 0 {
+		return false
 	}
 	var s string
 	return json.Unmarshal(key, &s) == nil && s == name

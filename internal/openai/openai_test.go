@@ -326,6 +326,24 @@ func TestSetMember(t *testing.T) {
 	}
 }
 
+func TestKeyIs(t *testing.T) {
+	for key, want := range map[string]bool{
+		`"choices"`:           true,
+		`"\u0063hoices"`:      true, // escaped first byte
+		`"cho\u0069ces"`:      true, // escaped later byte
+		`"\u0063ho\u0069ces"`: true,
+		`"choice"`:            false,
+		`"choicesx"`:          false,
+		`"xchoices"`:          false,
+		`"cho\nces"`:          false,
+		`""`:                  false,
+	} {
+		if got := keyIs([]byte(key), "choices"); got != want {
+			t.Errorf("keyIs(%s, choices) = %v", key, got)
+		}
+	}
+}
+
 func TestStreamFromCompletion(t *testing.T) {
 	reply := `{"id":"r","object":"chat.completion","created":3,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}]},"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}`
 	s := Stream{Meta: Meta{ID: "r"}}

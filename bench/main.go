@@ -1,7 +1,7 @@
 // Command bench measures what chat_gateway costs compared with Caddy's
 // plain reverse_proxy, on this machine, in one run:
 //
-//	go run ./bench              # every figure, about 8 minutes on 2 cores
+//	go run ./bench              # every figure, about 7 minutes on 2 cores
 //	go run ./bench -quick       # fewer and shorter rounds, for a smoke test
 //
 // It builds ./cmd/caddy, starts a mock OpenAI backend (this program, in
@@ -46,9 +46,9 @@ func main() {
 	log.SetFlags(log.Ltime)
 	raiseFileLimit()
 
-	h := &harness{rounds: *rounds, round: 1500 * time.Millisecond, streams: []int{1000, 10000}}
+	h := &harness{rounds: *rounds, round: 1500 * time.Millisecond, timed: 100, streams: []int{1000, 10000}}
 	if *quick {
-		h.rounds, h.round, h.streams = 2, 400*time.Millisecond, []int{200}
+		h.rounds, h.round, h.timed, h.streams = 2, 400*time.Millisecond, 20, []int{200}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -81,7 +81,8 @@ type harness struct {
 	caddyBin string
 	rounds   int
 	round    time.Duration
-	streams  []int
+	timed    int   // streams timed one by one per round, for time to first token
+	streams  []int // idle streams held, for memory
 	procs    []*exec.Cmd
 	mock     *target
 	caddies  []*target // proxy, gateway, echo

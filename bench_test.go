@@ -1,6 +1,7 @@
 package chatgateway
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -89,23 +90,30 @@ func BenchmarkForward(b *testing.B) {
 }
 
 // BenchmarkRelay measures the gateway's work per streamed event: parse,
-// normalize, frame and write, one upstream read per event.
+// normalize, frame and write, with one event per upstream read, and
+// with 100 events per read (a fast backend; the proxy reads 32 KiB).
 func BenchmarkRelay(b *testing.B) {
 	event := []byte(`data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":" world"},"logprobs":null,"finish_reason":null}]}` + "\n\n")
-	w := httptest.NewRecorder()
-	h := &Handler{IdleTimeout: caddy.Duration(time.Minute)}
-	x := &exchange{h: h, w: w, r: httptest.NewRequest("POST", "/", nil), id: "0b6c2e9e-2d51-4a43-9b0a-4a6f3b9d9c11", out: newSSEWriter(w),
-		req: &openai.ChatRequest{Stream: true}}
-	u := &upstreamWriter{x: x, out: x.out, idle: time.Minute, timer: time.NewTimer(time.Hour)}
-	u.Header().Set("Content-Type", "text/event-stream")
-	u.WriteHeader(200)
-	u.Write(event) // the first event starts the stream
-	b.SetBytes(int64(len(event)))
-	b.ReportAllocs()
-	for b.Loop() {
-		w.Body.Reset()
-		if _, err := u.Write(event); err != nil {
-			b.Fatal(err)
-		}
+	for _, perRead := range []int{1, 100} {
+		b.Run(fmt.Sprintf("%d_per_read", perRead), func(b *testing.B) {
+			read := bytes.Repeat(event, perRead)
+			w := httptest.NewRecorder()
+			h := &Handler{IdleTimeout: caddy.Duration(time.Minute)}
+			x := &exchange{h: h, w: w, r: httptest.NewRequest("POST", "/", nil), id: "0b6c2e9e-2d51-4a43-9b0a-4a6f3b9d9c11", out: newSSEWriter(w),
+				req: &openai.ChatRequest{Stream: true}}
+			u := &upstreamWriter{x: x, out: x.out, idle: time.Minute, timer: time.NewTimer(time.Hour)}
+			u.Header().Set("Content-Type", "text/event-stream")
+			u.WriteHeader(200)
+			u.Write(event) // the first event starts the stream
+			b.SetBytes(int64(len(read)))
+			b.ReportAllocs()
+			for b.Loop() {
+				w.Body.Reset()
+				if _, err := u.Write(read); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*perRead), "ns/event")
+		})
 	}
 }

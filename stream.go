@@ -16,6 +16,7 @@ type sseWriter struct {
 	rc      *http.ResponseController
 	buf     []byte  // events queued; its array is *box's
 	box     *[]byte // the pooled buffer, while held
+	burst   int     // the most written at once, to size the next buffer
 	started bool
 	err     error // the first write error: the client is gone
 }
@@ -66,10 +67,11 @@ func (s *sseWriter) release() {
 
 // buffer returns the buffer to append to, pooled on first use: with a
 // fast backend one read holds many events, and a buffer grown from
-// nothing on every request was most of a stream's garbage.
+// nothing on every request was most of a stream's garbage. It holds
+// the stream's largest burst so far, so bursts do not regrow it.
 func (s *sseWriter) buffer() []byte {
 	if s.box == nil {
-		s.box = getBox(minPooled)
+		s.box = getBox(max(minPooled, s.burst))
 		s.buf = *s.box
 	}
 	return s.buf
@@ -80,6 +82,7 @@ func (s *sseWriter) putBack(b []byte) {
 	if s.box != nil {
 		if b != nil {
 			*s.box = b
+			s.burst = max(s.burst, len(b))
 		}
 		putBox(s.box)
 		s.box, s.buf = nil, nil

@@ -291,7 +291,7 @@ func (x *exchange) finish() {
 	}
 	summary := logSummary{outcome: x.outcome}
 	if x.req != nil {
-		summary.chat = true
+		summary.decoded = true
 		summary.model, summary.stream, summary.finishReason = x.model, x.req.Stream, x.finishReason
 		summary.usage, summary.ttft, summary.retries = x.usage, x.ttft, x.retries
 		summary.upstream, _ = x.repl.GetString("http.chat_gateway.upstream")
@@ -325,7 +325,7 @@ func (x *exchange) finish() {
 // each ExtraLogFields.Add costs a map reset.
 type logSummary struct {
 	outcome                       string
-	chat                          bool // a chat request that was decoded
+	decoded                       bool // the chat request was decoded
 	model, finishReason, upstream string
 	stream                        bool
 	usage                         openai.Usage
@@ -337,7 +337,7 @@ type logSummary struct {
 
 func (s logSummary) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	enc.AddString("outcome", s.outcome)
-	if !s.chat {
+	if !s.decoded {
 		return nil
 	}
 	enc.AddString("model", s.model)

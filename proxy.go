@@ -441,7 +441,7 @@ func (u *upstreamWriter) settle(ctx context.Context, proxyErr error, aborted boo
 		if u.failed == nil {
 			switch {
 			case errors.Is(cause, errFirstTokenTimeout):
-				u.failStream(timeoutError("first_token_timeout", "The backend did not start answering within first_token_timeout."))
+				u.failStream(firstTokenTimeout())
 			case errors.Is(cause, errIdleTimeout):
 				u.failStream(timeoutError("idle_timeout", "The backend sent nothing for longer than idle_timeout; the stream was ended."))
 			case aborted || u.parser.Pending() || (!u.done && !u.st.Finished()):
@@ -462,7 +462,7 @@ func (u *upstreamWriter) settle(ctx context.Context, proxyErr error, aborted boo
 
 	switch {
 	case errors.Is(cause, errFirstTokenTimeout):
-		return timeoutError("first_token_timeout", "The backend did not start answering within first_token_timeout.")
+		return firstTokenTimeout()
 	case errors.Is(cause, errTimeout):
 		return timeoutError("timeout", "The backend did not answer within the request timeout.")
 	case u.tooLarge:
@@ -524,6 +524,12 @@ func (u *upstreamWriter) fail(e *openai.Error) {
 	case u.failed != e: // a stream's own failure went out as it happened
 		_ = u.out.fail(e)
 	}
+}
+
+// firstTokenTimeout is the error of a backend that did not start
+// answering in time, streamed or not.
+func firstTokenTimeout() *openai.Error {
+	return timeoutError("first_token_timeout", "The backend did not start answering within first_token_timeout.")
 }
 
 func timeoutError(code, msg string) *openai.Error {

@@ -179,6 +179,17 @@ func (o *object) member(key, val []byte) {
 
 func (o *object) close() []byte { return append(o.buf, '}') }
 
+// others copies the members of a reply or chunk other than those the
+// gateway writes itself: id, object, created, model, choices, usage.
+func (o *object) others(top []span) {
+	for _, m := range top {
+		if !keyIs(m.key, "id") && !keyIs(m.key, "object") && !keyIs(m.key, "created") &&
+			!keyIs(m.key, "model") && !keyIs(m.key, "choices") && !keyIs(m.key, "usage") {
+			o.member(m.key, m.val)
+		}
+	}
+}
+
 // appendString appends s as a JSON string.
 func appendString(dst []byte, s string) []byte {
 	for i := 0; i < len(s); i++ {

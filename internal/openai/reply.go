@@ -89,13 +89,7 @@ func NormalizeCompletion(dst, body []byte, m Meta) ([]byte, Reply, error) {
 	}
 	usageMember(&o, usage, rep.Usage)
 
-	for _, f := range top {
-		switch {
-		case keyIs(f.key, "id"), keyIs(f.key, "object"), keyIs(f.key, "created"), keyIs(f.key, "model"), keyIs(f.key, "choices"), keyIs(f.key, "usage"):
-		default:
-			o.member(f.key, f.val)
-		}
-	}
+	o.others(top)
 	return o.close(), rep, nil
 }
 
@@ -148,11 +142,11 @@ func appendChoice(dst []byte, pos int, c []byte, rep *Reply) []byte {
 // appendMessage appends a reply message with "role" set, and adds its
 // content's size to rep.
 func appendMessage(dst, msg []byte, rep *Reply) []byte {
-	var fieldBuf [6]span
-	fields := fieldBuf[:0]
-	if !members(msg, func(k, v []byte) { fields = append(fields, span{k, v}) }) {
+	if len(msg) == 0 || msg[0] != '{' { // values start at their first byte
 		return append(dst, `{"role":"assistant","content":null}`...)
 	}
+	var fieldBuf [6]span
+	fields := collect(msg, fieldBuf[:0])
 	hasRole := false
 	for _, f := range fields {
 		hasRole = hasRole || keyIs(f.key, "role") && !isNull(f.val)

@@ -79,12 +79,7 @@ func (s *Stream) Chunk(dst, data []byte) ([]byte, error) {
 		o.buf = s.choice(o.buf, i, c)
 	}
 	o.buf = append(o.buf, ']')
-	for _, m := range top {
-		if !keyIs(m.key, "id") && !keyIs(m.key, "object") && !keyIs(m.key, "created") &&
-			!keyIs(m.key, "model") && !keyIs(m.key, "choices") && !keyIs(m.key, "usage") {
-			o.member(m.key, m.val)
-		}
-	}
+	o.others(top)
 	return o.close(), nil
 }
 

@@ -1,6 +1,7 @@
 package openai
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -48,6 +49,13 @@ func TestParseChatRequestErrors(t *testing.T) {
 		{`{"messages":[{"role":"user","content":"x"}],"model":7}`, "model", "invalid_type"},
 		{`{"messages":[{"role":"user","content":"x"}],"stream_options":true}`, "stream_options", "invalid_type"},
 		{`{"messages":[{"role":"user","content":"x"}],"stream":true,"stream":false}`, "stream", "duplicate_key"},
+		// Escapes hide nothing: keys are compared as decoded (RFC 8259).
+		{`{"model":"a","mod\u0065l":"b","messages":[{"role":"user","content":"x"}]}`, "model", "duplicate_key"},
+		{`{"messages":[{"role":"user","content":"x"}],"str\u0065am":true,"stream":false}`, "stream", "duplicate_key"},
+		{`{"\u006dessages":[{"role":"user","content":"x"}],"messages":[]}`, "messages", "duplicate_key"},
+		{`{"messages":[{"role":"user","content":"x"}],"stream_options":{"include_usage":false,"include_\u0075sage":true}}`, "stream_options.include_usage", "duplicate_key"},
+		{`{"messages":[{"role":"user","r\u006fle":"system","content":"x"}]}`, "messages[0].role", "duplicate_key"},
+		{`{"messages":[{"role":"user","content":"x","c\u006fntent":[{"type":"text","text":"y"}]}]}`, "messages[0].content", "duplicate_key"},
 		{"{\"messages\":[{\"role\":\"user\",\"content\":\"\xff\"}]}", "", "invalid_json"},
 		{strings.Repeat("[", 5<<20), "", "invalid_json"},
 	}
@@ -219,6 +227,8 @@ func FuzzChatRequest(f *testing.F) {
 	f.Add([]byte(`{"messages":[{"role":"user","content":"hi\u00e9\n"}],"stream_options":{"include_usage":true}}`))
 	f.Add([]byte(`{"messages":[{"role":"user","content":"x"}],"n":-1.5e+3,"t":[true,false,null,{}]}`))
 	f.Add([]byte(` [1, "2"] `))
+	f.Add([]byte(`{"model":"a","mod\u0065l":"b","messages":[{"role":"user","r\u006fle":"user","content":"x"}]}`))
+	f.Add([]byte(`{"str\u0065am":true,"stream_options":{"include_\u0075sage":true},"messages":[{"\u0072ole":"user","content":"x"}]}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		req, e := ParseChatRequest(body)
 		if (req == nil) == (e == nil) {
@@ -245,6 +255,9 @@ func FuzzChatRequest(f *testing.F) {
 		if json.Unmarshal(body, &raw) != nil {
 			t.Fatalf("%q accepted but not an object", body)
 		}
+		if dup := duplicateTopKey(body); dup != "" {
+			t.Fatalf("%q accepted, but it names %q twice", body, dup)
+		}
 		_ = json.Unmarshal(raw["model"], &std.Model)
 		_ = json.Unmarshal(raw["stream"], &std.Stream)
 		if (std.Model != nil && *std.Model != req.Model) || (std.Stream != nil && *std.Stream != req.Stream) {
@@ -252,6 +265,32 @@ func FuzzChatRequest(f *testing.F) {
 		}
 		_ = req.Prompt()
 	})
+}
+
+// duplicateTopKey returns a top-level key of the JSON object body that
+// encoding/json decodes to the same name as an earlier one, or "".
+func duplicateTopKey(body []byte) string {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if _, err := dec.Token(); err != nil {
+		return ""
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return ""
+		}
+		key, _ := tok.(string)
+		if seen[key] {
+			return key
+		}
+		seen[key] = true
+		var skip json.RawMessage
+		if dec.Decode(&skip) != nil {
+			return ""
+		}
+	}
+	return ""
 }
 
 func FuzzNormalize(f *testing.F) {

@@ -76,7 +76,7 @@ type requestParser struct {
 	body            []byte
 	req             *ChatRequest
 	err             *Error
-	keys            [][]byte            // top-level keys, for duplicates
+	keys            [][]byte            // top-level key names, for duplicates
 	keySet          map[string]struct{} // the same, once there are many
 	hasMessages     bool
 	messages        int
@@ -90,9 +90,9 @@ func (p *requestParser) fail(e *Error) {
 	}
 }
 
-// seen records a top-level key and reports whether it came before: a
-// short list while keys are few, a set once they are many, so a body of
-// a million keys costs no more than one of ten.
+// seen records a top-level key name and reports whether it came before:
+// a short list while keys are few, a set once they are many, so a body
+// of a million keys costs no more than one of ten.
 func (p *requestParser) seen(key []byte) bool {
 	if p.keySet == nil {
 		for _, k := range p.keys {
@@ -119,9 +119,8 @@ func (p *requestParser) seen(key []byte) bool {
 // member handles one top-level member whose value starts at b[at].
 func (p *requestParser) member(key []byte, at int) (int, error) {
 	b := p.body
-	if p.seen(key) {
-		name := string(key[1 : len(key)-1])
-		p.fail(Invalid(name, "duplicate_key", "The request body names '"+name+"' more than once."))
+	if name := keyName(key); p.seen(name) {
+		p.fail(duplicate(string(name)))
 	}
 	switch {
 	case keyIs(key, "messages"):
@@ -163,9 +162,14 @@ func (p *requestParser) member(key []byte, at int) (int, error) {
 			return end, err
 		}
 		p.req.HasStreamOptions = true
+		includeUsage := false
 		return scanObject(b, at, 2, func(k []byte, at int) (int, error) {
 			end, err := scanValue(b, at, 2)
 			if err == nil && keyIs(k, "include_usage") {
+				if includeUsage {
+					p.fail(duplicate("stream_options.include_usage"))
+				}
+				includeUsage = true
 				switch string(b[at:end]) {
 				case "true":
 					p.req.IncludeUsage = true
@@ -194,6 +198,9 @@ func (p *requestParser) message(n, at int) (int, error) {
 	end, err := scanObject(b, at, 3, func(k []byte, at int) (int, error) {
 		switch {
 		case keyIs(k, "content") && b[at] == '[':
+			if content != nil {
+				p.fail(duplicate(param + ".content"))
+			}
 			start := at
 			end, err := scanArray(b, at, 4, func(_, at int) (int, error) {
 				if b[at] != '{' {
@@ -216,8 +223,14 @@ func (p *requestParser) message(n, at int) (int, error) {
 		case keyIs(k, "content"), keyIs(k, "role"):
 			end, err := scanValue(b, at, 3)
 			if keyIs(k, "role") {
+				if role != nil {
+					p.fail(duplicate(param + ".role"))
+				}
 				role = b[at:end]
 			} else {
+				if content != nil {
+					p.fail(duplicate(param + ".content"))
+				}
 				content = b[at:end]
 			}
 			return end, err
@@ -253,6 +266,21 @@ func (p *requestParser) message(n, at int) (int, error) {
 		p.lastUser, p.lastUserContent = n, content
 	}
 	return end, nil
+}
+
+// keyName returns a validated raw key's name, its escapes decoded (RFC
+// 8259): "mod\u0065l" names model, and is a duplicate of it.
+func keyName(key []byte) []byte {
+	inner := key[1 : len(key)-1]
+	if bytes.IndexByte(inner, '\\') < 0 {
+		return inner
+	}
+	return []byte(unquote(key))
+}
+
+// duplicate is the error of a member named twice.
+func duplicate(param string) *Error {
+	return Invalid(param, "duplicate_key", "The request body names '"+param+"' more than once.")
 }
 
 // unquote decodes a JSON string that has been validated.

@@ -1,6 +1,7 @@
 package chatgateway
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"mime"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -32,13 +34,24 @@ var (
 )
 
 // notForwarded are the client's request headers the backend never sees:
-// its credentials, and what the gateway sets or the transport decides
-// (reverse_proxy strips hop-by-hop headers itself).
+// its credentials, what the gateway sets or the transport decides, and
+// the hop-by-hop headers. reverse_proxy would strip most hop-by-hop
+// headers itself, but it keeps Connection/Upgrade to tunnel an upgrade
+// and "TE: trailers": an upgrade would hand the client's socket to the
+// backend, past everything the gateway checks, and the gateway never
+// relays trailers.
 var notForwarded = map[string]bool{
 	"Authorization": true, "X-Api-Key": true, "Api-Key": true, "Openai-Organization": true, "Openai-Project": true, "Cookie": true,
 	"Content-Length": true, "Content-Type": true, "Expect": true, "Request-Id": true, "X-Request-Id": true,
 	"Accept-Encoding": true, // the transport negotiates and decodes gzip itself
+	"Connection": true, "Upgrade": true, "Te": true, "Trailer": true, "Transfer-Encoding": true,
+	"Keep-Alive": true, "Proxy-Connection": true, "Proxy-Authorization": true, "Proxy-Authenticate": true,
+	"Http2-Settings": true,
 }
+
+// errNoUpgrade is what the gateway's writers answer a hijack with: no
+// upstream reply, a 101 included, ever takes over the client's socket.
+var errNoUpgrade = errors.New("chat_gateway relays no protocol upgrade")
 
 // forward sends the chat request to its backend through the backend's
 // reverse proxy and relays the normalized reply. While nothing has gone
@@ -198,8 +211,9 @@ func (x *exchange) upstreamRequest(ctx context.Context, b *Backend, method, path
 	up.Method = method
 	up.URL = &url.URL{Path: b.BasePath + path}
 	up.Header = make(http.Header, len(x.r.Header)+3)
+	connection := x.r.Header["Connection"]
 	for k, v := range x.r.Header {
-		if !notForwarded[k] {
+		if !notForwarded[k] && (connection == nil || !namedIn(connection, k)) {
 			up.Header[k] = v // reverse_proxy copies the map before editing it
 		}
 	}
@@ -214,6 +228,19 @@ func (x *exchange) upstreamRequest(ctx context.Context, b *Backend, method, path
 		up.Header["Content-Type"] = []string{"application/json"}
 	}
 	return up
+}
+
+// namedIn reports whether the Connection header values name the header
+// k as hop-by-hop (RFC 9110 section 7.6.1).
+func namedIn(connection []string, k string) bool {
+	for _, v := range connection {
+		for name := range strings.SplitSeq(v, ",") {
+			if http.CanonicalHeaderKey(strings.TrimSpace(name)) == k {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // replyBuffer is a ResponseWriter for the reverse proxy that keeps the
@@ -259,6 +286,12 @@ func (rb *replyBuffer) release() {
 		putBuffer(rb.body)
 		rb.body = nil
 	}
+}
+
+// Hijack refuses the proxy the client's connection: the gateway relays
+// no upgrade (http.ResponseController finds this before Unwrap).
+func (rb *replyBuffer) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	return nil, nil, errNoUpgrade
 }
 
 // FlushError is called by the proxy through http.ResponseController;

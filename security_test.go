@@ -1,0 +1,153 @@
+package chatgateway
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// upgradeBackend accepts every protocol upgrade it is offered (or, with
+// always, answers 101 to every request) and records what arrives on a
+// socket it took over.
+type upgradeBackend struct {
+	*backend
+	mu       sync.Mutex
+	upgrades int
+	tunneled strings.Builder
+}
+
+func newUpgradeBackend(t *testing.T, always bool) *upgradeBackend {
+	ub := &upgradeBackend{}
+	ub.backend = newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") == "" && !always {
+			if r.URL.Path == "/v1/models" {
+				writeJSON(w, 200, `{"object":"list","data":[{"id":"m","object":"model"}]}`)
+				return
+			}
+			writeJSON(w, 200, `{"choices":[{"message":{"content":"plain"}}]}`)
+			return
+		}
+		conn, rw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Errorf("hijack: %v", err)
+			return
+		}
+		defer conn.Close()
+		ub.mu.Lock()
+		ub.upgrades++
+		ub.mu.Unlock()
+		_, _ = rw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nraw backend bytes")
+		_ = rw.Flush()
+		_ = conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+		b, _ := io.ReadAll(rw)
+		ub.mu.Lock()
+		ub.tunneled.Write(b)
+		ub.mu.Unlock()
+	})
+	return ub
+}
+
+// rawExchange sends one raw HTTP/1.1 request, reads the response head,
+// then writes more on the same socket, as a client would into a tunnel.
+func rawExchange(t *testing.T, addr, request, after string) (status string, rest string) {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(conn, request); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(conn)
+	status, err = br.ReadString('\n')
+	if err != nil {
+		t.Fatalf("no response: %v", err)
+	}
+	_, _ = io.WriteString(conn, after)
+	_ = conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	b, _ := io.ReadAll(br)
+	return strings.TrimSpace(status), string(b)
+}
+
+func TestUpgradeNeverTunnels(t *testing.T) {
+	const smuggled = "GET /admin/secret HTTP/1.1\r\nHost: backend\r\n\r\n"
+	for _, always := range []bool{false, true} {
+		t.Run(fmt.Sprintf("backend answers 101 always=%v", always), func(t *testing.T) {
+			be := newUpgradeBackend(t, always)
+			g := newGateway(t, "chat_gateway "+be.URL)
+			addr := strings.TrimPrefix(g.URL, "http://")
+			req := fmt.Sprintf("POST /v1/chat/completions HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
+				"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", addr, len(hello), hello)
+			status, rest := rawExchange(t, addr, req, smuggled)
+			want := "HTTP/1.1 200 OK"
+			if always {
+				want = "HTTP/1.1 502 Bad Gateway"
+			}
+			if status != want {
+				t.Fatalf("status %q, want %q (body %q)", status, want, rest)
+			}
+			if strings.Contains(rest, "raw backend bytes") {
+				t.Fatalf("the backend's raw bytes reached the client: %q", rest)
+			}
+			be.mu.Lock()
+			defer be.mu.Unlock()
+			if strings.Contains(be.tunneled.String(), "/admin/secret") {
+				t.Fatalf("the client's next request went through a tunnel: %q", be.tunneled.String())
+			}
+			if !always && be.upgrades != 0 {
+				t.Fatalf("the backend was offered an upgrade %d times", be.upgrades)
+			}
+			for _, r := range be.requests {
+				if r.Path == "/admin/secret" {
+					t.Fatal("the client's next request reached the backend")
+				}
+				for _, h := range []string{"Upgrade", "Connection"} {
+					if r.Header.Get(h) != "" {
+						t.Fatalf("%s forwarded upstream: %v", h, r.Header)
+					}
+				}
+			}
+		})
+	}
+
+	t.Run("models", func(t *testing.T) {
+		be := newUpgradeBackend(t, false)
+		g := newGateway(t, "chat_gateway "+be.URL)
+		req, _ := http.NewRequest(http.MethodGet, g.URL+"/v1/models", nil)
+		req.Header.Set("Connection", "Upgrade")
+		req.Header.Set("Upgrade", "websocket")
+		resp, body := do(t, req)
+		if resp.StatusCode != 200 || !strings.Contains(body, `"m"`) {
+			t.Fatalf("%d %s", resp.StatusCode, body)
+		}
+		if got := be.last(t); got.Header.Get("Upgrade") != "" || be.upgrades != 0 {
+			t.Fatalf("the models request offered an upgrade: %v", got.Header)
+		}
+	})
+}
+
+func TestHopByHopNotForwarded(t *testing.T) {
+	be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, 200, `{"choices":[{"message":{"content":"x"}}]}`)
+	})
+	g := newGateway(t, "chat_gateway "+be.URL)
+	resp, body := g.post(t, hello, "TE", "trailers", "Trailer", "X-T", "Proxy-Authorization", "Basic eA==",
+		"Connection", "X-Hop, keep-alive", "X-Hop", "1")
+	if resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	got := be.last(t).Header
+	for _, h := range []string{"Te", "Trailer", "Proxy-Authorization", "X-Hop", "Connection", "Upgrade"} {
+		if v := got.Get(h); v != "" {
+			t.Errorf("%s: %q forwarded upstream", h, v)
+		}
+	}
+}

@@ -43,10 +43,10 @@ var (
 var notForwarded = map[string]bool{
 	"Authorization": true, "X-Api-Key": true, "Api-Key": true, "Openai-Organization": true, "Openai-Project": true, "Cookie": true,
 	"Content-Length": true, "Content-Type": true, "Expect": true, "Request-Id": true, "X-Request-Id": true,
-	"Accept-Encoding": true, // the transport negotiates and decodes gzip itself
 	"Connection": true, "Upgrade": true, "Te": true, "Trailer": true, "Transfer-Encoding": true,
-	"Keep-Alive": true, "Proxy-Connection": true, "Proxy-Authorization": true, "Proxy-Authenticate": true,
-	"Http2-Settings": true,
+	"Keep-Alive": true, "Proxy-Connection": true, "Proxy-Authorization": true, "Proxy-Authenticate": true, "Http2-Settings": true,
+	// The transport negotiates and decodes gzip itself.
+	"Accept-Encoding": true,
 }
 
 // errNoUpgrade is what the gateway's writers answer a hijack with: no

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -349,7 +350,7 @@ func (u *upstreamWriter) WriteHeader(code int) {
 	// The client's headers wait for the first event, so a backend that
 	// fails before it still gets a proper status.
 	u.stream = true
-	u.out.editHeader(func(h http.Header) { passHeaders(h, u.header) })
+	u.out.editHeader(func(h http.Header) { u.x.h.passHeaders(h, u.header) })
 }
 
 func (u *upstreamWriter) Write(p []byte) (int, error) {
@@ -509,7 +510,7 @@ func (u *upstreamWriter) settle(ctx context.Context, proxyErr error, aborted boo
 	case u.status/100 == 2:
 		return u.reply()
 	}
-	passHeaders(x.w.Header(), u.header)
+	x.h.passHeaders(x.w.Header(), u.header)
 	x.fromUpstream = true
 	return x.upstreamErrorDefaults(upstreamStatusError(u.status, u.body), u.status)
 }
@@ -528,7 +529,7 @@ func (u *upstreamWriter) reply() *openai.Error {
 	}
 	x.usage, x.finishReason, x.completionBytes = rep.Usage, rep.FinishReason, rep.CompletionBytes
 	x.markFirstToken()
-	passHeaders(x.w.Header(), u.header)
+	x.h.passHeaders(x.w.Header(), u.header)
 	if !x.req.Stream {
 		x.writeJSON(http.StatusOK, out)
 		return nil
@@ -633,19 +634,32 @@ func (x *exchange) upstreamErrorDefaults(e *openai.Error, status int) *openai.Er
 			}
 		}
 	}
-	for _, b := range x.h.Backends {
-		if len(b.apiKey) >= 8 {
-			e.Message = strings.ReplaceAll(e.Message, b.apiKey, "[redacted]")
-		}
-	}
+	e.Message, e.Type, e.Param, e.Code = x.h.redact(e.Message), x.h.redact(e.Type), x.h.redact(e.Param), x.h.redact(e.Code)
 	return e
 }
 
+// redact takes the backends' API keys out of s, which came from a
+// backend: a backend may quote the credential it was sent anywhere.
+func (h *Handler) redact(s string) string {
+	for _, b := range h.Backends {
+		if len(b.apiKey) >= 8 && strings.Contains(s, b.apiKey) {
+			s = strings.ReplaceAll(s, b.apiKey, "[redacted]")
+		}
+	}
+	return s
+}
+
 // passHeaders copies the backend's response headers a client may rely
-// on: rate-limit information. Everything else stays behind.
-func passHeaders(dst, src http.Header) {
+// on, rate-limit information, redacted. Everything else stays behind.
+func (h *Handler) passHeaders(dst, src http.Header) {
 	for k, v := range src {
 		if passed(k) {
+			for i, s := range v {
+				if r := h.redact(s); r != s {
+					v = slices.Clone(v)
+					v[i] = r
+				}
+			}
 			dst[k] = v
 		}
 	}

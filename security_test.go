@@ -151,3 +151,37 @@ func TestHopByHopNotForwarded(t *testing.T) {
 		}
 	}
 }
+
+func TestUpstreamKeyRedactedEverywhere(t *testing.T) {
+	const key = "sk-upstream-secret-key-42"
+	leaky := `{"error":{"message":"bad key ` + key + `","type":"` + key + `","param":"` + key + `","code":"Bearer ` + key + `"}}`
+	be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Ratelimit-Remaining-Requests", key)
+		w.Header().Set("Retry-After", "1, "+key)
+		if strings.Contains(upstreamBody(r), `"stream":true`) {
+			startSSE(w)
+			sseEvent(w, `{"choices":[{"index":0,"delta":{"content":"hi"}}]}`)
+			_, _ = io.WriteString(w, "event: error\ndata: "+leaky+"\n\n")
+			return
+		}
+		writeJSON(w, 401, leaky)
+	})
+	g := newGateway(t, fmt.Sprintf("chat_gateway %s {\n\tapi_key %s\n}", be.URL, key))
+	for _, body := range []string{hello, helloStream} {
+		resp, got := g.post(t, body)
+		if resp.StatusCode == 200 && !strings.Contains(got, "[redacted]") {
+			t.Fatalf("%s: the backend's error did not come through: %s", body, got)
+		}
+		if strings.Contains(got, key) {
+			t.Errorf("%s: the upstream key is in the reply: %s", body, got)
+		}
+		for k, v := range resp.Header {
+			if strings.Contains(strings.Join(v, " "), key) {
+				t.Errorf("%s: the upstream key is in the reply header %s: %v", body, k, v)
+			}
+		}
+		if resp.Header.Get("X-Ratelimit-Remaining-Requests") != "[redacted]" {
+			t.Errorf("%s: rate-limit header %q, want it passed on, redacted", body, resp.Header.Get("X-Ratelimit-Remaining-Requests"))
+		}
+	}
+}

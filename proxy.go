@@ -132,16 +132,10 @@ func (h *Handler) attempt(parent context.Context, x *exchange, rt route, body []
 
 	ctx, cancel := context.WithCancelCause(parent)
 	defer cancel(nil)
-	u := &upstreamWriter{x: x, out: x.out, idle: time.Duration(h.IdleTimeout)}
+	u := &upstreamWriter{x: x, out: x.out, idle: time.Duration(h.IdleTimeout), began: begin}
 	u.st.Meta = x.meta("")
-	u.timer = time.AfterFunc(time.Duration(h.FirstTokenTimeout), func() {
-		if u.firstEvent.Load() {
-			cancel(errIdleTimeout)
-		} else {
-			cancel(errFirstTokenTimeout)
-		}
-	})
-	defer u.timer.Stop()
+	u.timer = time.AfterFunc(time.Duration(h.FirstTokenTimeout), func() { u.expired(cancel) })
+	defer u.stopTimer()
 
 	stopKeepalive := func() {}
 	if x.req.Stream && h.KeepaliveInterval > 0 {
@@ -155,7 +149,7 @@ func (h *Handler) attempt(parent context.Context, x *exchange, rt route, body []
 	if b.cooldowns != nil {
 		b.cooldowns.observe(x.repl, time.Now())
 	}
-	u.timer.Stop()
+	u.stopTimer()
 	stopKeepalive()
 	defer u.release()
 	return u, u.settle(ctx, proxyErr, aborted)
@@ -318,9 +312,42 @@ type upstreamWriter struct {
 	done     bool          // [DONE] seen
 	failed   *openai.Error // the error event sent
 
+	// timer first bounds the wait for the first event, then backend
+	// silence: expired re-arms it while the backend is not silent.
 	timer      *time.Timer
 	firstEvent atomic.Bool
 	idle       time.Duration
+	began      time.Time
+	// writing is set while the proxy hands over what it read: time spent
+	// there, writing to a slow client included, is not backend silence.
+	writing  atomic.Bool
+	lastRead atomic.Int64 // when the last Write returned, in ns since began
+	stopped  atomic.Bool  // the attempt is over: the timer stays off
+}
+
+// expired runs when the timer fires: before the first event, that is
+// first_token_timeout; after it, idle_timeout only if the backend has
+// been silent for that long, since the end of the last Write.
+func (u *upstreamWriter) expired(cancel context.CancelCauseFunc) {
+	switch {
+	case u.stopped.Load():
+	case !u.firstEvent.Load():
+		cancel(errFirstTokenTimeout)
+	case u.writing.Load():
+		u.timer.Reset(u.idle)
+	default:
+		if silent := time.Since(u.began) - time.Duration(u.lastRead.Load()); silent < u.idle {
+			u.timer.Reset(u.idle - silent)
+			return
+		}
+		cancel(errIdleTimeout)
+	}
+}
+
+// stopTimer ends the attempt's deadlines.
+func (u *upstreamWriter) stopTimer() {
+	u.stopped.Store(true)
+	u.timer.Stop()
 }
 
 // Unwrap gives http.ResponseController the client's writer.
@@ -357,9 +384,8 @@ func (u *upstreamWriter) Write(p []byte) (int, error) {
 	if u.status == 0 {
 		u.WriteHeader(http.StatusOK)
 	}
-	if u.firstEvent.Load() {
-		u.timer.Reset(u.idle) // bytes are flowing, even within one long event
-	}
+	u.writing.Store(true)
+	defer u.endWrite()
 	if !u.stream {
 		return u.replyBuffer.Write(p)
 	}
@@ -381,6 +407,13 @@ func (u *upstreamWriter) Write(p []byte) (int, error) {
 		}
 	}
 	return len(p), nil
+}
+
+// endWrite notes that the proxy goes back to reading the backend:
+// silence is counted from here, however long the write to the client took.
+func (u *upstreamWriter) endWrite() {
+	u.lastRead.Store(int64(time.Since(u.began)))
+	u.writing.Store(false)
 }
 
 // onEvent relays one upstream event.

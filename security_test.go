@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	fb "github.com/chatgateway/caddy-chat-gateway/internal/faultbackend"
 )
 
 // upgradeBackend accepts every protocol upgrade it is offered (or, with
@@ -183,5 +185,43 @@ func TestUpstreamKeyRedactedEverywhere(t *testing.T) {
 		if resp.Header.Get("X-Ratelimit-Remaining-Requests") != "[redacted]" {
 			t.Errorf("%s: rate-limit header %q, want it passed on, redacted", body, resp.Header.Get("X-Ratelimit-Remaining-Requests"))
 		}
+	}
+}
+
+// A client that stops reading for longer than idle_timeout, while the
+// backend streams as fast as it can, gets the whole stream: the time
+// the gateway's writes wait on the client is not backend silence.
+func TestIdleTimeoutIgnoresSlowClient(t *testing.T) {
+	be := fb.New()
+	defer be.Close()
+	g := newGateway(t, "chat_gateway "+be.URL+" {\n\tidle_timeout 1s\n}")
+	addr := strings.TrimPrefix(g.URL, "http://")
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	const tokens = 100000 // ~15 MB: more than the socket buffers hold
+	fmt.Fprintf(conn, "POST /v1/chat/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nX-Fault: %s\r\nContent-Length: %d\r\n\r\n%s",
+		addr, fb.Header(fb.Fault{Tokens: tokens}), len(helloStream), helloStream)
+	br := bufio.NewReader(conn)
+	if _, err := br.Peek(1); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2500 * time.Millisecond) // the gateway's writes block meanwhile
+	_ = conn.SetReadDeadline(time.Now().Add(time.Minute))
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("reading the stream: %v", err)
+	}
+	if strings.Contains(string(body), "idle_timeout") || !strings.HasSuffix(string(body), "data: [DONE]\n\n") {
+		t.Fatalf("the stream did not end cleanly: %d %v ...%s", resp.StatusCode, resp.Header, body[max(0, len(body)-300):])
+	}
+	if got := strings.Count(string(body), `"content":"`); got < tokens {
+		t.Fatalf("%d content chunks, want %d", got, tokens)
 	}
 }

@@ -4,8 +4,10 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
 )
@@ -102,14 +104,24 @@ func (r *bodyReader) Read(p []byte) (int, error) {
 
 func (r *bodyReader) Close() error { return nil }
 
-// readBody reads at most limit bytes of the request body into b.
-func readBody(r *http.Request, b *body, limit int64) ([]byte, *openai.Error) {
+// readBody reads at most limit bytes of the request body into b, within
+// timeout. A declared length over the limit is refused before any byte
+// is read (and before a 100 Continue goes out).
+func readBody(w http.ResponseWriter, r *http.Request, b *body, limit int64, timeout time.Duration) ([]byte, *openai.Error) {
 	tooLarge := func() *openai.Error {
 		return &openai.Error{Status: http.StatusRequestEntityTooLarge, Type: openai.TypeInvalidRequest, Code: "request_too_large",
 			Message: "The request body is larger than the gateway accepts (" + humanBytes(limit) + ")."}
 	}
 	if r.ContentLength > limit {
 		return nil, tooLarge()
+	}
+	if r.ContentLength != 0 && timeout > 0 {
+		// Not every writer has a connection (a recorder in tests): then
+		// there is no deadline to set.
+		rc := http.NewResponseController(w)
+		if rc.SetReadDeadline(time.Now().Add(timeout)) == nil {
+			defer func() { _ = rc.SetReadDeadline(time.Time{}) }()
+		}
 	}
 	size := int64(minPooled)
 	if r.ContentLength > 0 {
@@ -132,6 +144,10 @@ func readBody(r *http.Request, b *body, limit int64) ([]byte, *openai.Error) {
 		if err != nil {
 			if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
 				return nil, tooLarge()
+			}
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				return nil, &openai.Error{Status: http.StatusRequestTimeout, Type: openai.TypeInvalidRequest, Code: "request_timeout",
+					Message: "The request body did not arrive within read_body_timeout."}
 			}
 			return nil, &openai.Error{Status: http.StatusBadRequest, Type: openai.TypeInvalidRequest, Code: "body_read_error",
 				Message: "The request body could not be read."}

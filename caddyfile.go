@@ -46,6 +46,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    timeout <duration>
 //	    first_token_timeout <duration>
 //	    idle_timeout <duration>
+//	    read_body_timeout <duration>
 //	    keepalive_interval <duration>
 //	    include_usage_upstream
 //	    log_sizes
@@ -121,7 +122,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if d.NextArg() {
 				return d.ArgErr()
 			}
-		case "timeout", "first_token_timeout", "idle_timeout", "echo_delay", "keepalive_interval":
+		case "timeout", "first_token_timeout", "idle_timeout", "read_body_timeout", "echo_delay", "keepalive_interval":
 			name := d.Val()
 			if !d.NextArg() {
 				return d.ArgErr()
@@ -140,6 +141,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.FirstTokenTimeout = caddy.Duration(dur)
 			case "idle_timeout":
 				h.IdleTimeout = caddy.Duration(dur)
+			case "read_body_timeout":
+				h.ReadBodyTimeout = caddy.Duration(dur)
 			case "echo_delay":
 				h.EchoDelay = caddy.Duration(dur)
 			case "keepalive_interval":

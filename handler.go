@@ -43,6 +43,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	x := h.newExchange(w, r)
 	defer x.finish()
+	if len(r.TransferEncoding) > 0 && r.ProtoMajor == 1 {
+		// Go's server drops a Content-Length sent beside
+		// Transfer-Encoding, so the gateway cannot tell such a request
+		// (RFC 9112 section 6.1: a possible smuggling attempt, after which
+		// the connection must close) from a plain chunked one: it closes
+		// both. SDKs send Content-Length.
+		w.Header().Set("Connection", "close")
+	}
 	switch {
 	case r.Method != http.MethodPost && allow == http.MethodPost,
 		r.Method != http.MethodGet && r.Method != http.MethodHead && allow != http.MethodPost:
@@ -75,6 +83,7 @@ type exchange struct {
 	usage        openai.Usage
 	finishReason string
 	out          *sseWriter // the client's stream, if the reply is one
+	bodyRead     bool       // the request body was read to its end
 	published    bool       // the placeholders are final
 	body         body       // the request body's buffer
 	retries      int        // further attempts after the first
@@ -142,6 +151,22 @@ func (h *Handler) serveChat(x *exchange) {
 	}
 	x.chat = true
 	gatewayMetrics.inFlight.Inc()
+	defer x.body.release()
+	body, e := readBody(x.w, r, &x.body, h.MaxRequestBody, time.Duration(h.ReadBodyTimeout))
+	if e != nil {
+		x.fail(e)
+		return
+	}
+	x.bodyRead = true
+	begin := time.Now()
+	req, e := openai.ParseChatRequest(body)
+	x.gw += time.Since(begin)
+	if e != nil {
+		x.fail(e)
+		return
+	}
+	// A slot is taken once the body is in: a slow upload costs a
+	// socket, never capacity.
 	if h.slots != nil {
 		select {
 		case h.slots <- struct{}{}:
@@ -153,19 +178,6 @@ func (h *Handler) serveChat(x *exchange) {
 			x.outcome = outcomeRejected
 			return
 		}
-	}
-	defer x.body.release()
-	body, e := readBody(r, &x.body, h.MaxRequestBody)
-	if e != nil {
-		x.fail(e)
-		return
-	}
-	begin := time.Now()
-	req, e := openai.ParseChatRequest(body)
-	x.gw += time.Since(begin)
-	if e != nil {
-		x.fail(e)
-		return
 	}
 	x.req = req
 	x.model = req.Model
@@ -195,11 +207,17 @@ func (h *Handler) route(model string) (route, bool) {
 }
 
 // fail answers with an OpenAI error, unless the response has started.
+// An answer given before the body was read closes the connection, so
+// the server neither reads the rest first nor takes it for the next
+// request.
 func (x *exchange) fail(e *openai.Error) {
 	x.status, x.code, x.outcome = e.Status, e.Code, outcomeOf(e)
 	if e.Status == 499 {
 		x.w.WriteHeader(499) // for the access log: nobody reads it
 		return
+	}
+	if !x.bodyRead && x.r.ContentLength != 0 {
+		x.w.Header().Set("Connection", "close")
 	}
 	x.writeJSON(e.Status, e.JSON())
 }

@@ -28,6 +28,7 @@ const (
 	defaultTimeout           = 10 * time.Minute
 	defaultFirstTokenTimeout = 5 * time.Minute
 	defaultIdleTimeout       = 2 * time.Minute
+	defaultReadBodyTimeout   = 30 * time.Second
 	// defaultFailDuration is how long a failed upstream of a backend with
 	// several stays down, unless fail_duration says otherwise.
 	defaultFailDuration = 30 * time.Second
@@ -98,6 +99,12 @@ type Handler struct {
 	// Default: 2m. A stream has no total deadline.
 	IdleTimeout caddy.Duration `json:"idle_timeout,omitempty"`
 
+	// ReadBodyTimeout bounds the time a client may take to send its
+	// request body; a slower client gets 408. The body is read before
+	// the request counts against max_concurrent, so a slow upload holds
+	// a socket, not a slot. Default: 30s.
+	ReadBodyTimeout caddy.Duration `json:"read_body_timeout,omitempty"`
+
 	// KeepaliveInterval, when set, makes a streaming request send a
 	// ": keep-alive" comment at this interval while the backend has not
 	// sent its first event, so proxies in front do not cut a stream
@@ -161,6 +168,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.IdleTimeout == 0 {
 		h.IdleTimeout = caddy.Duration(defaultIdleTimeout)
 	}
+	if h.ReadBodyTimeout == 0 {
+		h.ReadBodyTimeout = caddy.Duration(defaultReadBodyTimeout)
+	}
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
 	}
@@ -219,7 +229,7 @@ func (h *Handler) Validate() error {
 	if h.MaxConcurrent < 0 {
 		return fmt.Errorf("max_concurrent must not be negative")
 	}
-	for name, d := range map[string]caddy.Duration{"timeout": h.Timeout, "first_token_timeout": h.FirstTokenTimeout, "idle_timeout": h.IdleTimeout, "echo_delay": h.EchoDelay, "keepalive_interval": h.KeepaliveInterval} {
+	for name, d := range map[string]caddy.Duration{"timeout": h.Timeout, "first_token_timeout": h.FirstTokenTimeout, "idle_timeout": h.IdleTimeout, "read_body_timeout": h.ReadBodyTimeout, "echo_delay": h.EchoDelay, "keepalive_interval": h.KeepaliveInterval} {
 		if d < 0 {
 			return fmt.Errorf("%s must not be negative", name)
 		}

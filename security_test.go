@@ -225,3 +225,98 @@ func TestIdleTimeoutIgnoresSlowClient(t *testing.T) {
 		t.Fatalf("%d content chunks, want %d", got, tokens)
 	}
 }
+
+// rawRequest sends head (and body, if any) on a new connection and
+// returns the connection and a reader of its responses.
+func rawRequest(t *testing.T, g *gateway, head, body string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	addr := strings.TrimPrefix(g.URL, "http://")
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.WriteString(conn, strings.ReplaceAll(head, "{host}", addr)+body); err != nil {
+		t.Fatal(err)
+	}
+	return conn, bufio.NewReader(conn)
+}
+
+// readResponse reads one response and its body from br.
+func readResponse(t *testing.T, br *bufio.Reader) (*http.Response, string) {
+	t.Helper()
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("no response: %v", err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("reading the response: %v", err)
+	}
+	return resp, string(b)
+}
+
+// closed reports whether the server closes conn without sending more.
+func closed(conn net.Conn, br *bufio.Reader) bool {
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err := br.ReadByte()
+	return err == io.EOF
+}
+
+func TestOversizedBodyRefusedAtOnce(t *testing.T) {
+	g := newGateway(t, "chat_gateway {\n\tmax_request_body 1MiB\n}")
+	for _, expect := range []string{"", "Expect: 100-continue\r\n"} {
+		// The declared 100 MB never comes: only the head is sent.
+		conn, br := rawRequest(t, g, "POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"+
+			expect+"Content-Length: 100000000\r\n\r\n", `{"messages":`)
+		resp, body := readResponse(t, br)
+		if resp.StatusCode != http.StatusRequestEntityTooLarge || apiError(t, body)["code"] != "request_too_large" {
+			t.Fatalf("%q: %d %s, want 413 request_too_large at once (no 100 Continue)", expect, resp.StatusCode, body)
+		}
+		if !resp.Close || !closed(conn, br) { // resp.Close: the reply said Connection: close
+			t.Fatalf("%q: the connection stays open after a refused body: %v", expect, resp.Header)
+		}
+		if resp.Header.Get("X-Request-Id") == "" {
+			t.Fatalf("%q: no request id", expect)
+		}
+	}
+}
+
+func TestContentLengthWithTransferEncodingCloses(t *testing.T) {
+	g := newGateway(t, "chat_gateway")
+	chunked := fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", len(hello), hello)
+	smuggled := "GET /v1/models HTTP/1.1\r\nHost: {host}\r\n\r\n"
+	conn, br := rawRequest(t, g, "POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"+
+		"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n", chunked+strings.ReplaceAll(smuggled, "{host}", "x"))
+	resp, body := readResponse(t, br)
+	if resp.StatusCode != 200 || !strings.Contains(body, "Echo: hello world") {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	if !resp.Close || !closed(conn, br) {
+		t.Fatal("the connection stays open after a request with Content-Length and Transfer-Encoding: the pipelined request would be served")
+	}
+}
+
+func TestSlowBodyTimesOutAndHoldsNoSlot(t *testing.T) {
+	g := newGateway(t, "chat_gateway {\n\tmax_concurrent 1\n\tread_body_timeout 1s\n}")
+	// A client that sends its head and one byte, then nothing.
+	conn, br := rawRequest(t, g, fmt.Sprintf("POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", len(hello)), hello[:1])
+	time.Sleep(100 * time.Millisecond) // its handler is reading the body
+	for i := range 3 {
+		if resp, body := g.post(t, hello); resp.StatusCode != 200 {
+			t.Fatalf("request %d beside a slow upload: %d %s", i, resp.StatusCode, body)
+		}
+	}
+	start := time.Now()
+	resp, body := readResponse(t, br)
+	if resp.StatusCode != http.StatusRequestTimeout || apiError(t, body)["code"] != "request_timeout" {
+		t.Fatalf("slow upload: %d %s, want 408 request_timeout", resp.StatusCode, body)
+	}
+	if waited := time.Since(start); waited > 15*time.Second {
+		t.Fatalf("408 after %v", waited)
+	}
+	if !resp.Close || !closed(conn, br) {
+		t.Fatal("the connection stays open after a body that timed out")
+	}
+}

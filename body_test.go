@@ -2,6 +2,7 @@ package chatgateway
 
 import (
 	"io"
+	"strconv"
 	"testing"
 )
 
@@ -31,5 +32,46 @@ func TestBodyBuffers(t *testing.T) {
 	b.release()
 	if b.buf != nil {
 		t.Fatal("release kept the buffer")
+	}
+}
+
+func TestReplyBufferBounded(t *testing.T) {
+	// 100 MB arriving 32 KiB at a time, length unknown: refused at the
+	// cap, and the buffer never grows past it.
+	var rb replyBuffer
+	rb.WriteHeader(200)
+	p := make([]byte, 32<<10)
+	written := 0
+	for ; written < 100<<20; written += len(p) {
+		if _, err := rb.Write(p); err != nil {
+			break
+		}
+		if cap(rb.body) > maxReplyBody {
+			t.Fatalf("buffer of %d bytes for a cap of %d", cap(rb.body), maxReplyBody)
+		}
+	}
+	if !rb.tooLarge || written > maxReplyBody {
+		t.Fatalf("took %d bytes, tooLarge %v; the cap is %d", written, rb.tooLarge, maxReplyBody)
+	}
+
+	// A declared length over the cap: refused at the first write.
+	rb = replyBuffer{}
+	rb.Header().Set("Content-Length", "100000000")
+	rb.WriteHeader(200)
+	if _, err := rb.Write(p); err == nil || !rb.tooLarge || len(rb.body) != 0 {
+		t.Fatalf("a 100 MB declared reply was taken: %v, %d bytes", err, len(rb.body))
+	}
+
+	// A declared length within the cap is held in one buffer of its size.
+	rb = replyBuffer{}
+	rb.Header().Set("Content-Length", strconv.Itoa(1<<20))
+	rb.WriteHeader(200)
+	for range (1 << 20) / len(p) {
+		if _, err := rb.Write(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(rb.body) != 1<<20 || cap(rb.body) > 4<<20 {
+		t.Fatalf("1 MiB reply: %d bytes in a buffer of %d", len(rb.body), cap(rb.body))
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -243,6 +244,7 @@ func namedIn(connection []string, k string) bool {
 type replyBuffer struct {
 	header   http.Header
 	status   int
+	declared int64 // the reply's Content-Length, if it had one
 	body     []byte
 	tooLarge bool
 }
@@ -257,6 +259,9 @@ func (rb *replyBuffer) Header() http.Header {
 func (rb *replyBuffer) WriteHeader(code int) {
 	if code >= 200 && rb.status == 0 { // 1xx are informational: not passed on
 		rb.status = code
+		if n, err := strconv.ParseInt(rb.header.Get("Content-Length"), 10, 64); err == nil {
+			rb.declared = n
+		}
 	}
 }
 
@@ -264,12 +269,26 @@ func (rb *replyBuffer) Write(p []byte) (int, error) {
 	if rb.status == 0 {
 		rb.WriteHeader(http.StatusOK)
 	}
-	if len(rb.body)+len(p) > maxReplyBody {
+	need := len(rb.body) + len(p)
+	if need > maxReplyBody || rb.declared > maxReplyBody {
+		// A declared length over the cap is refused before its body
+		// is read.
 		rb.tooLarge = true
 		return 0, errReplyTooLarge
 	}
-	if rb.body == nil {
-		rb.body = getBuffer(len(p))
+	if need > cap(rb.body) {
+		// Grow by doubling up to the cap, from the declared length when
+		// there is one: at most one copy in use and one being made.
+		size := min(max(need, 2*cap(rb.body), int(rb.declared)), maxReplyBody)
+		var grown []byte
+		if size > maxReplyBody/2 {
+			grown = make([]byte, 0, size) // the pool's next class would overshoot the cap
+		} else {
+			grown = getBuffer(size)
+		}
+		grown = append(grown, rb.body...)
+		rb.release()
+		rb.body = grown
 	}
 	rb.body = append(rb.body, p...)
 	return len(p), nil

@@ -29,6 +29,9 @@ const (
 	defaultFirstTokenTimeout = 5 * time.Minute
 	defaultIdleTimeout       = 2 * time.Minute
 	defaultReadBodyTimeout   = 30 * time.Second
+	// defaultUpstreamIdle is how long an idle upstream connection is
+	// kept: below the 5 s after which llama.cpp and uvicorn close theirs.
+	defaultUpstreamIdle = 4 * time.Second
 	// defaultFailDuration is how long a failed upstream of a backend with
 	// several stays down, unless fail_duration says otherwise.
 	defaultFailDuration = 30 * time.Second
@@ -302,6 +305,7 @@ func (b *Backend) provision(ctx caddy.Context, repl *caddy.Replacer) error {
 	if b.ProxyRaw == nil {
 		return fmt.Errorf("no proxy configured")
 	}
+	idleSet := setsUpstreamIdle(b.ProxyRaw) // LoadModule drops the raw JSON
 	mod, err := ctx.LoadModule(b, "ProxyRaw")
 	if err != nil {
 		return fmt.Errorf("loading reverse proxy: %w", err)
@@ -313,6 +317,9 @@ func (b *Backend) provision(ctx caddy.Context, repl *caddy.Replacer) error {
 	b.proxy = proxy
 	if rp, ok := proxy.(*reverseproxy.Handler); ok {
 		b.cooldowns = newCooldowns(rp)
+		if !idleSet {
+			shortenIdleConns(rp)
+		}
 	}
 	switch b.BasePath {
 	case "":
@@ -325,6 +332,35 @@ func (b *Backend) provision(ctx caddy.Context, repl *caddy.Replacer) error {
 	b.apiKey = repl.ReplaceKnown(b.APIKey, "")
 	b.authorization = "Bearer " + b.apiKey
 	return nil
+}
+
+// setsUpstreamIdle reports whether a reverse_proxy config sets how long
+// idle upstream connections are kept (keep_alive's idle_timeout).
+func setsUpstreamIdle(proxyJSON json.RawMessage) bool {
+	var cfg struct {
+		Transport struct {
+			KeepAlive struct {
+				IdleTimeout json.RawMessage `json:"idle_timeout"`
+			} `json:"keep_alive"`
+		} `json:"transport"`
+	}
+	_ = json.Unmarshal(proxyJSON, &cfg)
+	return cfg.Transport.KeepAlive.IdleTimeout != nil
+}
+
+// shortenIdleConns closes the proxy's idle upstream connections after
+// defaultUpstreamIdle: Caddy's default (2m) outlives the backends' own
+// (5 s for llama.cpp and uvicorn), so a request would often go out on a
+// connection the backend is closing.
+func shortenIdleConns(rp *reverseproxy.Handler) {
+	ht, ok := rp.Transport.(*reverseproxy.HTTPTransport)
+	if !ok || ht.Transport == nil {
+		return
+	}
+	ht.Transport.IdleConnTimeout = defaultUpstreamIdle
+	if ht.KeepAlive != nil {
+		ht.KeepAlive.IdleConnTimeout = caddy.Duration(defaultUpstreamIdle)
+	}
 }
 
 // Interface guards

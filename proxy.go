@@ -11,6 +11,7 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"slices"
 	"strconv"
@@ -142,11 +143,19 @@ func (h *Handler) attempt(parent context.Context, x *exchange, rt route, body []
 	if x.req.Stream && h.KeepaliveInterval > 0 {
 		stopKeepalive = u.keepalive(ctx, time.Duration(h.KeepaliveInterval))
 	}
+	var conns atomic.Int32 // connections the attempt used: more than one is a retry
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(httptrace.GotConnInfo) { conns.Add(1) }})
 	up := x.upstreamRequest(ctx, b, http.MethodPost, "/chat/completions", body)
 	proxyStart := time.Now()
 	x.gw += proxyStart.Sub(begin)
 	proxyErr, aborted := serveProxy(b.proxy, u, up)
 	x.upstreamTime += time.Since(proxyStart)
+	if n := int(conns.Load()); n > 1 {
+		x.retries += n - 1 // the transport's or reverse_proxy's own retries
+		if c := h.logger.Check(zapcore.DebugLevel, "retried within the proxy"); c != nil {
+			c.Write(zap.String("request_id", x.id), zap.Int("connections", n))
+		}
+	}
 	if b.cooldowns != nil {
 		b.cooldowns.observe(x.repl, time.Now())
 	}
@@ -214,6 +223,11 @@ func (x *exchange) upstreamRequest(ctx context.Context, b *Backend, method, path
 		}
 	}
 	up.Header["X-Request-Id"] = []string{x.id}
+	// An empty idempotency key is not sent, but lets Go's transport send
+	// the request again, on a new connection, when a reused one fails
+	// before any reply: a backend closing an idle keep-alive connection
+	// just as the request goes out (GetBody below replays the body).
+	up.Header["X-Idempotency-Key"] = nil
 	if b.apiKey != "" {
 		up.Header["Authorization"] = []string{b.authorization}
 	}

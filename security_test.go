@@ -2,14 +2,21 @@ package chatgateway
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	fb "github.com/chatgateway/caddy-chat-gateway/internal/faultbackend"
 )
@@ -318,5 +325,108 @@ func TestSlowBodyTimesOutAndHoldsNoSlot(t *testing.T) {
 	}
 	if !resp.Close || !closed(conn, br) {
 		t.Fatal("the connection stays open after a body that timed out")
+	}
+}
+
+// A request sent on a kept-alive connection just as the backend closes
+// it fails before any reply; the gateway sends it again on a new one.
+func TestReusedConnectionClosedIsRetried(t *testing.T) {
+	// Deterministic: the second request on the first connection finds
+	// it closed, as when the backend's idle timeout and the request cross.
+	type served struct{}
+	var closedOne atomic.Bool
+	be := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if n := r.Context().Value(served{}).(*atomic.Int32).Add(1); n == 2 && closedOne.CompareAndSwap(false, true) {
+			conn, _, err := http.NewResponseController(w).Hijack()
+			if err == nil {
+				conn.Close()
+			}
+			return
+		}
+		if r.Header["X-Idempotency-Key"] != nil {
+			t.Errorf("the idempotency marker went out: %q", r.Header["X-Idempotency-Key"])
+		}
+		writeJSON(w, 200, `{"choices":[{"message":{"content":"fine"}}]}`)
+	}))
+	be.Config.ConnContext = func(ctx context.Context, _ net.Conn) context.Context {
+		return context.WithValue(ctx, served{}, new(atomic.Int32))
+	}
+	be.Start()
+	defer be.Close()
+	g := newGateway(t, "chat_gateway "+be.URL)
+	before := testutil.ToFloat64(gatewayMetrics.retries)
+	for i := range 3 {
+		if resp, body := g.post(t, hello, "X-Request-ID", fmt.Sprint("reuse-", i)); resp.StatusCode != 200 {
+			t.Fatalf("request %d: %d %s", i, resp.StatusCode, body)
+		}
+	}
+	if got := testutil.ToFloat64(gatewayMetrics.retries) - before; got != 1 {
+		t.Fatalf("%v retries counted, want 1 (the second request, sent again on a new connection)", got)
+	}
+	if l := g.waitLog(t, "handled request", "reuse-1"); l["retries"] != 1.0 {
+		t.Fatalf("access log of the retried request: retries %v", l["retries"])
+	}
+}
+
+// Under load, a backend that closes idle connections after a short
+// time and every few requests costs clients nothing.
+func TestBackendKeepAliveClosesAbsorbed(t *testing.T) {
+	be := fb.NewKeepAlive(fb.KeepAlive{IdleTimeout: 100 * time.Millisecond, MaxRequests: 7})
+	defer be.Close()
+	g := newGateway(t, "chat_gateway "+be.URL)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	failures := map[int]int{}
+	for c := range 16 {
+		wg.Go(func() {
+			for i := range 12 {
+				// Gaps around the backend's idle timeout.
+				time.Sleep(time.Duration(70+(c*7+i*13)%60) * time.Millisecond)
+				body := hello
+				if i%2 == 1 {
+					body = helloStream
+				}
+				req := g.request(body)
+				resp, err := http.DefaultClient.Do(req)
+				status := 0
+				if err == nil {
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					status = resp.StatusCode
+				}
+				if status != 200 {
+					mu.Lock()
+					failures[status]++
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if len(failures) > 0 {
+		t.Fatalf("failed requests by status: %v", failures)
+	}
+}
+
+func TestUpstreamIdleConnsShorterThanBackends(t *testing.T) {
+	for cfg, want := range map[string]time.Duration{
+		"chat_gateway http://127.0.0.1:9": defaultUpstreamIdle,
+		"chat_gateway {\n\tbackend http://127.0.0.1:9 {\n\t\ttransport http {\n\t\t\tkeepalive 30s\n\t\t}\n\t}\n}": 30 * time.Second,
+	} {
+		h, err := parse(t, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// reverse_proxy provisions only within a running http app.
+		newGateway(t, "chat_gateway")
+		ctx, cancel := caddy.NewContext(caddy.ActiveContext())
+		if err := h.Provision(ctx); err != nil {
+			t.Fatal(err)
+		}
+		rp := h.Backends[0].proxy.(*reverseproxy.Handler)
+		if got := rp.Transport.(*reverseproxy.HTTPTransport).Transport.IdleConnTimeout; got != want {
+			t.Errorf("%s: idle upstream connections kept %v, want %v", cfg, got, want)
+		}
+		cancel()
 	}
 }

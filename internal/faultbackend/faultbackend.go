@@ -9,6 +9,7 @@ package faultbackend
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -17,6 +18,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -86,9 +88,41 @@ type Server struct {
 
 // New starts a fault backend on 127.0.0.1 answering correctly until
 // told otherwise. Close it when done.
-func New() *Server {
+func New() *Server { return NewKeepAlive(KeepAlive{}) }
+
+// KeepAlive is how a backend ends keep-alive connections, as real ones
+// do: llama.cpp (cpp-httplib) and uvicorn (vLLM) close a connection idle
+// for 5 s, and cpp-httplib one that served a number of requests.
+type KeepAlive struct {
+	// IdleTimeout closes a connection idle this long, without notice:
+	// a request sent on it at that moment fails before any reply.
+	IdleTimeout time.Duration
+	// MaxRequests closes a connection after this many requests; the
+	// last reply says Connection: close.
+	MaxRequests int
+}
+
+// connRequests counts the requests served on one connection.
+type connRequests struct{}
+
+// NewKeepAlive is New with keep-alive connections ended as ka says.
+func NewKeepAlive(ka KeepAlive) *Server {
 	s := &Server{cancelled: make(chan struct{}, 1024)}
-	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
+	handler := http.HandlerFunc(s.serve)
+	if ka.MaxRequests > 0 {
+		handler = func(w http.ResponseWriter, r *http.Request) {
+			if n := r.Context().Value(connRequests{}).(*atomic.Int32).Add(1); int(n) >= ka.MaxRequests {
+				w.Header().Set("Connection", "close")
+			}
+			s.serve(w, r)
+		}
+	}
+	s.Server = httptest.NewUnstartedServer(handler)
+	s.Config.IdleTimeout = ka.IdleTimeout
+	s.Config.ConnContext = func(ctx context.Context, _ net.Conn) context.Context {
+		return context.WithValue(ctx, connRequests{}, new(atomic.Int32))
+	}
+	s.Start()
 	return s
 }
 

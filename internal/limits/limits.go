@@ -408,9 +408,10 @@ func statusOf(d Dimension, level float64, now time.Time) Status {
 // micros is t in microseconds since the Unix epoch.
 func micros(t time.Time) float64 { return float64(t.UnixMicro()) }
 
-// duration converts microseconds to a Duration, rounding up.
+// duration converts microseconds to a Duration, rounding up what float
+// rounding noise (under a nanosecond) leaves aside.
 func duration(us float64) time.Duration {
-	return time.Duration(math.Ceil(us)) * time.Microsecond
+	return time.Duration(math.Ceil(us-1e-3)) * time.Microsecond
 }
 
 // drain is a token bucket's level at now, given its level at ts: it

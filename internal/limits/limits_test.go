@@ -18,33 +18,33 @@ type storeCase struct {
 }
 
 // stores is the table every behaviour test runs over: both stores must
-// behave alike.
-func stores(t *testing.T) []storeCase {
-	var srv *redisServer
-	return []storeCase{
-		{"memory", func(t *testing.T) Store {
-			m := NewMemory()
-			t.Cleanup(func() { m.Close() })
-			return m
-		}},
-		{"redis", func(t *testing.T) Store {
-			if srv == nil {
-				srv = startRedis(t)
-			}
-			r, err := NewRedis(RedisOptions{Address: srv.addr, KeyPrefix: uniquePrefix(), Timeout: 2 * time.Second})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { r.Close() })
-			return r
-		}},
+// behave alike. The Redis one starts a redis-server of its own.
+var stores = []storeCase{
+	{"memory", func(t *testing.T) Store {
+		m := NewMemory()
+		t.Cleanup(func() { m.Close() })
+		return m
+	}},
+	{"redis", func(t *testing.T) Store {
+		return openRedis(t, startRedis(t).addr, uniquePrefix(), 2*time.Second)
+	}},
+}
+
+// openRedis opens a Redis store closed when t ends.
+func openRedis(t testing.TB, addr, prefix string, timeout time.Duration) *Redis {
+	t.Helper()
+	r, err := NewRedis(RedisOptions{Address: addr, KeyPrefix: prefix, Timeout: timeout})
+	if err != nil {
+		t.Fatal(err)
 	}
+	t.Cleanup(func() { r.Close() })
+	return r
 }
 
 // eachStore runs test against every store, with a Limiter on a fake
 // clock starting at start.
 func eachStore(t *testing.T, start time.Time, test func(t *testing.T, l *Limiter, clock *fakeClock)) {
-	for _, sc := range stores(t) {
+	for _, sc := range stores {
 		t.Run(sc.name, func(t *testing.T) {
 			clock := newFakeClock(start)
 			test(t, New(sc.open(t), clock, 0), clock)

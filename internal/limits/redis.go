@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
 )
 
 // DefaultRedisTimeout bounds every Redis call unless RedisOptions says
@@ -95,6 +96,10 @@ func NewRedis(o RedisOptions) (*Redis, error) {
 		WriteTimeout:          o.Timeout,
 		PoolTimeout:           o.Timeout,
 		ContextTimeoutEnabled: true,
+		// A new connection costs one HELLO (and SELECT for a DB) and
+		// nothing more: no CLIENT SETINFO, no maintenance notifications.
+		DisableIdentity:          true,
+		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
 		// A retried script may have run already: reserving twice is
 		// worse than failing once.
 		MaxRetries: -1,

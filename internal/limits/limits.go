@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -98,6 +99,9 @@ func QuotaOf(scope string, q Quota) Dimension {
 
 // validate reports a dimension no store can count.
 func (d Dimension) validate() error {
+	if d.Scope == "" {
+		return errors.New("limits: empty scope")
+	}
 	if d.Limit < 1 || d.Limit > maxAmount {
 		return fmt.Errorf("limits: %s limit %d out of range", d.Kind, d.Limit)
 	}
@@ -269,6 +273,9 @@ func (l *Limiter) Reserve(ctx context.Context, dims []Dimension, tokens int64) (
 	if tokens < 0 || tokens > maxAmount {
 		return Decision{}, fmt.Errorf("limits: %d tokens out of range", tokens)
 	}
+	if len(dims) == 0 {
+		return Decision{Reservation: &Reservation{tokens: tokens}}, nil
+	}
 	now := l.clock.Now()
 	p := plan{now: micros(now), steps: make([]step, len(dims))}
 	for i, d := range dims {
@@ -300,7 +307,7 @@ func (l *Limiter) Reserve(ctx context.Context, dims []Dimension, tokens int64) (
 	for i, d := range dims {
 		status[i] = statusOf(d, levels[i], now)
 	}
-	res := &Reservation{dims: dims, plan: p, tokens: tokens}
+	res := &Reservation{dims: slices.Clone(dims), plan: p, tokens: tokens}
 	return Decision{Reservation: res, Status: status}, nil
 }
 
@@ -347,8 +354,8 @@ func (l *Limiter) settle(ctx context.Context, r *Reservation, delta func(Dimensi
 		}
 		s := r.plan.steps[i]
 		s.amount = amount
-		if d.Kind == KindQuota {
-			_, end := d.Period.Bounds(now)
+		if d.Kind == KindQuota { // the key of the period reserved in lives on until its end
+			_, end := d.Period.Bounds(time.UnixMicro(int64(r.plan.now)))
 			s.span = math.Max(micros(end.Add(quotaGrace))-p.now, float64(time.Second/time.Microsecond))
 		}
 		p.steps = append(p.steps, s)
@@ -404,6 +411,14 @@ func statusOf(d Dimension, level float64, now time.Time) Status {
 	}
 	return st
 }
+
+// slack is how far over its limit a dimension lets a reservation go: a
+// millionth, so that float rounding never refuses a request at the end of
+// its RetryAfter. The Redis scripts use the same factor.
+const slack = 1.000001
+
+// fits reports whether amount more fits in a dimension at level.
+func fits(level, amount, limit float64) bool { return level+amount <= limit*slack }
 
 // micros is t in microseconds since the Unix epoch.
 func micros(t time.Time) float64 { return float64(t.UnixMicro()) }

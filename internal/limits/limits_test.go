@@ -374,3 +374,77 @@ func TestInvalidDimensions(t *testing.T) {
 		t.Error("negative tokens accepted")
 	}
 }
+
+// A reply reconciled after the period boundary charges the period it was
+// reserved in, not the new one.
+func TestQuotaReconcileAcrossBoundary(t *testing.T) {
+	start := time.Date(2026, 11, 29, 23, 59, 59, 0, time.UTC) // a Sunday
+	eachStore(t, start, func(t *testing.T, l *Limiter, clock *fakeClock) {
+		dims := []Dimension{QuotaOf("key:a", Quota{1000, Week})}
+		d := reserve(t, l, dims, 100)
+		clock.Advance(2 * time.Second) // into the next ISO week
+		if err := l.Reconcile(context.Background(), d.Reservation, 900); err != nil {
+			t.Fatal(err)
+		}
+		if st := reserve(t, l, dims, 1).Status[0]; st.Remaining != 999 || st.Reset != 7*24*time.Hour-time.Second {
+			t.Fatalf("new week: %+v, want 999 left, reset 7d less 1s", st)
+		}
+	})
+}
+
+func TestNoDimensions(t *testing.T) {
+	l := New(NewMemory(), nil, 0)
+	d, err := l.Reserve(context.Background(), nil, 10)
+	if err != nil || d.Reservation == nil || len(d.Status) != 0 {
+		t.Fatalf("Reserve(nil) = %+v, %v; want admitted", d, err)
+	}
+	if err := l.Reconcile(context.Background(), d.Reservation, 20); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// FuzzBucket drives one tokens bucket with arbitrary costs and pauses:
+// it never admits more than the capacity plus what refilled, and a
+// refused request passes once its RetryAfter has elapsed.
+func FuzzBucket(f *testing.F) {
+	f.Add(uint16(100), uint8(59), []byte{0, 10, 0, 255, 3, 128, 64, 64, 200, 1})
+	f.Add(uint16(9999), uint8(0), []byte{1, 60, 1, 60, 1, 60, 255, 255})
+	f.Fuzz(func(t *testing.T, limit uint16, windowSec uint8, ops []byte) {
+		rate := Rate{N: int64(limit) + 1, Window: (time.Duration(windowSec) + 1) * time.Second}
+		clock := newFakeClock(t0)
+		l := New(NewMemory(), clock, 0)
+		dims := []Dimension{TokensPer("s", rate)}
+		var admitted int64
+		check := func() {
+			// Capacity plus refill, with a µs of slack per call for rounding.
+			elapsed := clock.Now().Sub(t0)
+			bound := float64(rate.N)*slack + float64(rate.N)*(elapsed.Seconds()+1e-6*float64(len(ops)))/rate.Window.Seconds()
+			if float64(admitted) > bound {
+				t.Fatalf("admitted %d tokens in %s, bound %.3f", admitted, elapsed, bound)
+			}
+		}
+		for i := 0; i+1 < len(ops); i += 2 {
+			clock.Advance(time.Duration(ops[i]) * rate.Window / 64)
+			cost := int64(ops[i+1]) * rate.N / 255
+			d, err := l.Reserve(context.Background(), dims, cost)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d.Denial != nil {
+				den := d.Denial
+				if den.TooLarge || den.RetryAfter <= 0 || float64(den.Used+cost) <= float64(rate.N)-1 {
+					t.Fatalf("cost %d refused with %+v", cost, den)
+				}
+				clock.Advance(den.RetryAfter)
+				if d, err = l.Reserve(context.Background(), dims, cost); err != nil || d.Denial != nil {
+					t.Fatalf("cost %d refused after its retry-after %s: %+v, %v", cost, den.RetryAfter, d.Denial, err)
+				}
+			}
+			if st := d.Status[0]; st.Remaining < 0 || st.Remaining > rate.N || st.Reset > rate.Window+time.Microsecond {
+				t.Fatalf("status %+v", st)
+			}
+			admitted += cost
+			check()
+		}
+	})
+}

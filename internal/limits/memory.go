@@ -71,7 +71,7 @@ func (m *Memory) reserve(_ context.Context, p *plan) (int, []float64, error) {
 	levels := make([]float64, len(p.steps))
 	for i, s := range p.steps {
 		levels[i] = m.level(p, s)
-		if levels[i]+s.amount > s.limit {
+		if !fits(levels[i], s.amount, s.limit) {
 			return i, levels, nil
 		}
 	}

@@ -15,6 +15,8 @@ const scriptPrelude = `
 local now = tonumber(ARGV[1])
 local id = ARGV[2]
 local function fmt(x) return string.format('%.17g', x) end
+-- ms is a key lifetime in µs as PEXPIRE's milliseconds, at most about 460 days.
+local function ms(us) return fmt(math.min(math.ceil(us / 1000), 4e10)) end
 local function arg(i, j) return tonumber(ARGV[2 + (i - 1) * 4 + j]) end
 -- level returns the step's current level and, for buckets, the time of the stored level.
 local function level(i, kind, limit, span)
@@ -35,12 +37,12 @@ local function store(i, kind, limit, span, l, t)
   local key = KEYS[i]
   l = math.max(l, 0)
   if kind == 4 then
-    redis.call('SET', key, fmt(l), 'PX', math.ceil(span / 1000))
+    redis.call('SET', key, fmt(l), 'PX', ms(span))
   elseif l == 0 then
     redis.call('DEL', key)
   else
     redis.call('HSET', key, 'l', fmt(l), 't', fmt(math.max(t, now)))
-    redis.call('PEXPIRE', key, math.ceil(l * span / limit / 1000) + 1000)
+    redis.call('PEXPIRE', key, ms(l * span / limit + 1e6))
   end
   return l
 end
@@ -54,7 +56,7 @@ local levels, times = {}, {}
 for i = 1, n do
   local kind, limit, span, amount = arg(i, 1), arg(i, 2), arg(i, 3), arg(i, 4)
   levels[i], times[i] = level(i, kind, limit, span)
-  if levels[i] + amount > limit then
+  if levels[i] + amount > limit * 1.000001 then -- as fits in Go
     return {i - 1, fmt(levels[i])}
   end
 end
@@ -64,7 +66,7 @@ for i = 1, n do
   local l = levels[i] + amount
   if kind == 3 then
     redis.call('ZADD', KEYS[i], fmt(now + span), id)
-    redis.call('PEXPIRE', KEYS[i], math.ceil(span / 1000))
+    redis.call('PEXPIRE', KEYS[i], ms(span))
   else
     l = store(i, kind, limit, span, l, times[i])
   end

@@ -449,5 +449,6 @@ var idCounter atomic.Uint64
 
 // newID returns a reservation id unique across processes.
 func newID() string {
-	return idPrefix + strconv.FormatUint(idCounter.Add(1), 36)
+	var buf [48]byte
+	return string(strconv.AppendUint(append(buf[:0], idPrefix...), idCounter.Add(1), 36))
 }

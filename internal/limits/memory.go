@@ -5,6 +5,7 @@ import (
 	"hash/maphash"
 	"math"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -66,38 +67,40 @@ func (m *Memory) Destruct() error { return m.Close() }
 
 // reserve implements Store.
 func (m *Memory) reserve(_ context.Context, p *plan) (int, []float64, error) {
-	unlock := m.lock(p)
-	defer unlock()
+	var buf [16]int
+	shardOf, locked := m.lock(p, buf[:0])
+	defer m.unlock(locked)
 	levels := make([]float64, len(p.steps))
 	for i, s := range p.steps {
-		levels[i] = m.level(p, s)
+		levels[i] = m.level(shardOf[i], p, s)
 		if !fits(levels[i], s.amount, s.limit) {
 			return i, levels, nil
 		}
 	}
 	for i, s := range p.steps {
-		levels[i] = m.add(p, s, levels[i]+s.amount)
+		levels[i] = m.set(shardOf[i], p, s, levels[i]+s.amount)
 	}
 	return -1, levels, nil
 }
 
 // settle implements Store.
 func (m *Memory) settle(_ context.Context, p *plan) error {
-	unlock := m.lock(p)
-	defer unlock()
-	for _, s := range p.steps {
+	var buf [16]int
+	shardOf, locked := m.lock(p, buf[:0])
+	defer m.unlock(locked)
+	for i, s := range p.steps {
+		amount := s.amount
 		if s.kind == KindConcurrent {
-			m.add(p, s, m.level(p, s)-1)
-		} else {
-			m.add(p, s, m.level(p, s)+s.amount)
+			amount = -1
 		}
+		m.set(shardOf[i], p, s, m.level(shardOf[i], p, s)+amount)
 	}
 	return nil
 }
 
-// level is the current level of step s's cell (0 if it has none).
-func (m *Memory) level(p *plan, s step) float64 {
-	c := m.shard(s.key).cells[s.key]
+// level is the current level of step s's cell in shard sh (0 if none).
+func (m *Memory) level(sh int, p *plan, s step) float64 {
+	c := m.shards[sh].cells[s.key]
 	if c == nil {
 		return 0
 	}
@@ -107,14 +110,14 @@ func (m *Memory) level(p *plan, s step) float64 {
 	return c.level
 }
 
-// add sets step s's cell to level (at least 0) and returns it.
-func (m *Memory) add(p *plan, s step, level float64) float64 {
+// set sets step s's cell in shard sh to level (at least 0) and returns it.
+func (m *Memory) set(sh int, p *plan, s step, level float64) float64 {
 	level = max(level, 0)
-	sh := m.shard(s.key)
-	c := sh.cells[s.key]
+	cells := m.shards[sh].cells
+	c := cells[s.key]
 	if c == nil {
 		c = &cell{}
-		sh.cells[s.key] = c
+		cells[s.key] = c
 	}
 	c.level = level
 	c.ts = max(c.ts, p.now)
@@ -132,46 +135,45 @@ func (m *Memory) add(p *plan, s step, level float64) float64 {
 	return level
 }
 
-// shard is the shard holding key. Keys start with their "{scope}" tag,
-// so every dimension of a scope lands in one shard.
-func (m *Memory) shard(key string) *shard {
-	return &m.shards[m.shardIndex(key)]
-}
-
-// shardIndex hashes key's hash tag.
+// shardIndex is the shard of key: the hash of its "{scope}" tag, so
+// every dimension of a scope lands in one shard.
 func (m *Memory) shardIndex(key string) int {
 	tag := key
-	for i := 1; i < len(key); i++ {
-		if key[i] == '}' {
-			tag = key[:i]
-			break
-		}
+	if i := strings.IndexByte(key, '}'); i > 0 {
+		tag = key[:i]
 	}
 	return int(maphash.String(m.seed, tag) % memoryShards)
 }
 
 // lock locks the shards p touches, in index order so that concurrent
-// plans cannot deadlock, sweeps them if due, and returns their unlock.
-func (m *Memory) lock(p *plan) func() {
-	var buf [4]int
-	idx := buf[:0]
+// plans cannot deadlock, and sweeps them if due. It returns the shard of
+// each step and the shards locked, both appended to buf.
+func (m *Memory) lock(p *plan, buf []int) (shardOf, locked []int) {
 	for _, s := range p.steps {
-		if i := m.shardIndex(s.key); !slices.Contains(idx, i) {
-			idx = append(idx, i)
+		buf = append(buf, m.shardIndex(s.key))
+	}
+	shardOf = buf[:len(p.steps)]
+	for _, i := range shardOf {
+		if !slices.Contains(buf[len(p.steps):], i) {
+			buf = append(buf, i)
 		}
 	}
-	slices.Sort(idx)
-	for _, i := range idx {
+	locked = buf[len(p.steps):]
+	slices.Sort(locked)
+	for _, i := range locked {
 		sh := &m.shards[i]
 		sh.mu.Lock()
 		if p.now >= sh.nextSweep {
 			sh.sweep(p.now)
 		}
 	}
-	return func() {
-		for _, i := range idx {
-			m.shards[i].mu.Unlock()
-		}
+	return shardOf, locked
+}
+
+// unlock unlocks the shards lock locked.
+func (m *Memory) unlock(locked []int) {
+	for _, i := range locked {
+		m.shards[i].mu.Unlock()
 	}
 }
 

@@ -5,7 +5,9 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -40,12 +42,14 @@ type redisServer struct {
 	bin  string
 	dir  string
 	addr string
+	args []string // more redis-server options
 	cmd  *exec.Cmd
 }
 
-// startRedis starts a redis-server for t and stops it when t ends. It
-// fails when redis-server is missing and CI is set, and skips otherwise.
-func startRedis(t testing.TB) *redisServer {
+// startRedis starts a redis-server with the options args for t and stops
+// it when t ends. It fails when redis-server is missing and CI is set, and
+// skips otherwise.
+func startRedis(t testing.TB, args ...string) *redisServer {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -60,7 +64,7 @@ func startRedis(t testing.TB) *redisServer {
 	}
 	addr := l.Addr().String()
 	l.Close()
-	s := &redisServer{t: t, bin: bin, dir: t.TempDir(), addr: addr}
+	s := &redisServer{t: t, bin: bin, dir: t.TempDir(), addr: addr, args: args}
 	s.start()
 	t.Cleanup(s.stop)
 	return s
@@ -70,7 +74,8 @@ func startRedis(t testing.TB) *redisServer {
 func (s *redisServer) start() {
 	s.t.Helper()
 	_, port, _ := net.SplitHostPort(s.addr)
-	s.cmd = exec.Command(s.bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", s.dir)
+	args := append([]string{"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", s.dir}, s.args...)
+	s.cmd = exec.Command(s.bin, args...)
 	if err := s.cmd.Start(); err != nil {
 		s.t.Fatalf("starting redis-server: %v", err)
 	}
@@ -120,8 +125,9 @@ func ping(addr string) bool {
 	if _, err := c.Write([]byte("PING\r\n")); err != nil {
 		return false
 	}
+	// A server that wants a password answers -NOAUTH: it is up.
 	line, err := bufio.NewReader(c).ReadString('\n')
-	return err == nil && line == "+PONG\r\n"
+	return err == nil && (line == "+PONG\r\n" || strings.HasPrefix(line, "-NOAUTH"))
 }
 
 // prefixes numbers the key prefixes uniquePrefix hands out.
@@ -131,4 +137,40 @@ var prefixes atomic.Int64
 // not see each other's keys.
 func uniquePrefix() string {
 	return "t" + strconv.FormatInt(prefixes.Add(1), 10) + ":"
+}
+
+// outcomeTB records how startRedis ended a test, without ending ours.
+type outcomeTB struct {
+	testing.TB
+	failed, skipped bool
+}
+
+func (o *outcomeTB) Helper() {}
+
+func (o *outcomeTB) Fatalf(string, ...any) {
+	o.failed = true
+	runtime.Goexit()
+}
+
+func (o *outcomeTB) Skip(...any) {
+	o.skipped = true
+	runtime.Goexit()
+}
+
+// Without redis-server, the Redis tests fail under CI and skip elsewhere.
+func TestStartRedisWithoutServer(t *testing.T) {
+	t.Setenv("PATH", t.TempDir())
+	for _, ci := range []string{"1", ""} {
+		t.Setenv("CI", ci)
+		o := &outcomeTB{TB: t}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			startRedis(o)
+		}()
+		<-done
+		if o.failed != (ci != "") || o.skipped != (ci == "") {
+			t.Errorf("CI=%q: failed %v, skipped %v", ci, o.failed, o.skipped)
+		}
+	}
 }

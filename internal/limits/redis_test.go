@@ -272,3 +272,46 @@ func waitRecovery(t *testing.T, l *Limiter, dims []Dimension) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// ACL users and passwords work, and a wrong password's error does not
+// repeat it.
+func TestRedisAuth(t *testing.T) {
+	srv := startRedis(t, "--requirepass", "s3cret-pw", "--user", "gw", "on", ">gw-pw-123", "~*", "+@all")
+	dims := []Dimension{RequestsPer("key:a", mustRate(t, "10/1m"))}
+	for _, o := range []RedisOptions{
+		{Address: srv.addr, Password: "s3cret-pw"},
+		{Address: srv.addr, Username: "gw", Password: "gw-pw-123", DB: 3},
+	} {
+		r, err := NewRedis(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := reserve(t, New(r, nil, 0), dims, 0); d.Denial != nil {
+			t.Fatalf("refused: %+v", d.Denial)
+		}
+		r.Close()
+	}
+	for db, want := range map[int]int64{3: 1, 5: 0} {
+		c := redis.NewClient(&redis.Options{Addr: srv.addr, Password: "s3cret-pw", DB: db})
+		n, err := c.Exists(context.Background(), "{key:a}:requests").Result()
+		c.Close()
+		if err != nil || n != want {
+			t.Fatalf("db %d holds %d bucket keys, %v; want %d", db, n, err, want)
+		}
+	}
+	for _, o := range []RedisOptions{
+		{Address: srv.addr, Password: "wrong-pw-456"},
+		{Address: srv.addr, Username: "gw", Password: "wrong-pw-456"},
+		{Address: srv.addr},
+	} {
+		r, err := NewRedis(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = New(r, nil, 0).Reserve(context.Background(), dims, 0)
+		r.Close()
+		if err == nil || strings.Contains(err.Error(), "wrong-pw") || strings.Contains(err.Error(), "s3cret") {
+			t.Fatalf("bad credentials: error %v", err)
+		}
+	}
+}

@@ -145,7 +145,7 @@ type Store interface {
 	// reserve checks every step of p and, only if all pass, adds each
 	// step's amount. It returns -1 and the level of every step after the
 	// reservation, or the index of the first step that does not pass and
-	// its level (the other levels unspecified).
+	// the level of every step, unchanged.
 	reserve(ctx context.Context, p *plan) (denied int, levels []float64, err error)
 	// settle adds each step's amount (negative: a refund) and releases
 	// concurrency steps, without any check.
@@ -212,8 +212,9 @@ type Decision struct {
 	// Reservation is set when the request is admitted; pass it to
 	// Reconcile or Refund exactly once.
 	Reservation *Reservation
-	// Status is, when admitted, the state of every dimension after the
-	// reservation, in the order given to Reserve.
+	// Status is the state of every dimension, in the order given to
+	// Reserve: after the reservation when admitted, as it stays when
+	// refused. It is nil when the request is TooLarge.
 	Status []Status
 	// Denial is set when the request is refused.
 	Denial *Denial
@@ -300,12 +301,12 @@ func (l *Limiter) Reserve(ctx context.Context, dims []Dimension, tokens int64) (
 	if err != nil {
 		return Decision{}, err
 	}
-	if denied >= 0 {
-		return Decision{Denial: denial(dims[denied], p.steps[denied], levels[denied], now)}, nil
-	}
 	status := make([]Status, len(dims))
 	for i, d := range dims {
 		status[i] = statusOf(d, levels[i], now)
+	}
+	if denied >= 0 {
+		return Decision{Status: status, Denial: denial(dims[denied], p.steps[denied], levels[denied], now)}, nil
 	}
 	res := &Reservation{dims: slices.Clone(dims), plan: p, tokens: tokens}
 	return Decision{Reservation: res, Status: status}, nil

@@ -192,6 +192,9 @@ func TestTooLarge(t *testing.T) {
 		if d.Denial == nil || !d.Denial.TooLarge || d.Denial.RetryAfter != 0 || d.Denial.Requested != 1001 || d.Denial.Dimension.Kind != KindTokens {
 			t.Fatalf("decision %+v, want too large", d.Denial)
 		}
+		if d.Status != nil {
+			t.Fatalf("status %+v for a request no store saw", d.Status)
+		}
 		if st := reserve(t, l, dims, 1000).Status; st[0].Remaining != 9 || st[1].Remaining != 0 {
 			t.Fatalf("the too-large request took something: %+v", st)
 		}
@@ -320,6 +323,11 @@ func TestAllOrNone(t *testing.T) {
 		d := reserve(t, l, a, 200)
 		if d.Denial == nil || d.Denial.Dimension.Scope != "model:m" || d.Denial.Used != 900 {
 			t.Fatalf("a: %+v, want refused on the model", d.Denial)
+		}
+		// A refusal reports every dimension as it stays, for the 429's headers.
+		if st := d.Status; len(st) != 4 || st[0].Remaining != 10 || st[1].Remaining != 1 || st[2].Remaining != 5000 ||
+			st[3].Remaining != 100 || st[3].Reset != 54*time.Second {
+			t.Fatalf("status on refusal: %+v", st)
 		}
 		d = reserve(t, l, a, 100)
 		if d.Denial != nil {

@@ -71,11 +71,15 @@ func (m *Memory) reserve(_ context.Context, p *plan) (int, []float64, error) {
 	shardOf, locked := m.lock(p, buf[:0])
 	defer m.unlock(locked)
 	levels := make([]float64, len(p.steps))
+	denied := -1
 	for i, s := range p.steps {
 		levels[i] = m.level(shardOf[i], p, s)
-		if !fits(levels[i], s.amount, s.limit) {
-			return i, levels, nil
+		if denied < 0 && !fits(levels[i], s.amount, s.limit) {
+			denied = i
 		}
+	}
+	if denied >= 0 {
+		return denied, levels, nil
 	}
 	for i, s := range p.steps {
 		levels[i] = m.set(shardOf[i], p, s, levels[i]+s.amount)

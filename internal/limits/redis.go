@@ -124,19 +124,15 @@ func (r *Redis) reserve(ctx context.Context, p *plan) (int, []float64, error) {
 		return 0, nil, err
 	}
 	vals, ok := reply.([]any)
-	if !ok || len(vals) < 2 {
+	if !ok {
 		return 0, nil, fmt.Errorf("limits: redis reserve: unexpected reply %T", reply)
 	}
 	head, ok := vals[0].(int64)
-	if !ok || head < -1 || head >= int64(len(p.steps)) || (head == -1 && len(vals) != len(p.steps)+1) || (head >= 0 && len(vals) != 2) {
+	if !ok || head < -1 || head >= int64(len(p.steps)) || len(vals) != len(p.steps)+1 {
 		return 0, nil, errors.New("limits: redis reserve: malformed reply")
 	}
 	levels := make([]float64, len(p.steps))
-	for j, v := range vals[1:] {
-		i := j // accepted: the level of every step, in order
-		if head >= 0 {
-			i = int(head) // refused: the level of the refused step
-		}
+	for i, v := range vals[1:] {
 		str, _ := v.(string)
 		if levels[i], err = strconv.ParseFloat(str, 64); err != nil {
 			return 0, nil, errors.New("limits: redis reserve: malformed level")

@@ -48,27 +48,32 @@ local function store(i, kind, limit, span, l, t)
 end
 `
 
-// reserveScript returns {-1, level...} after reserving every step, or
-// {i, level} (i from 0) for the first step that does not fit.
+// reserveScript returns {-1, level...} with the levels after reserving
+// every step, or {i, level...} with the levels as they are when step i
+// (from 0) is the first that does not fit, and reserves nothing.
 const reserveScript = scriptPrelude + `
 local n = #KEYS
 local levels, times = {}, {}
+local denied = -1
 for i = 1, n do
   local kind, limit, span, amount = arg(i, 1), arg(i, 2), arg(i, 3), arg(i, 4)
   levels[i], times[i] = level(i, kind, limit, span)
-  if levels[i] + amount > limit * 1.000001 then -- as fits in Go
-    return {i - 1, fmt(levels[i])}
+  if denied == -1 and levels[i] + amount > limit * 1.000001 then -- as fits in Go
+    denied = i - 1
   end
 end
-local out = {-1}
+local out = {denied}
 for i = 1, n do
   local kind, limit, span, amount = arg(i, 1), arg(i, 2), arg(i, 3), arg(i, 4)
-  local l = levels[i] + amount
-  if kind == 3 then
-    redis.call('ZADD', KEYS[i], fmt(now + span), id)
-    redis.call('PEXPIRE', KEYS[i], ms(span))
-  else
-    l = store(i, kind, limit, span, l, times[i])
+  local l = levels[i]
+  if denied == -1 then
+    l = l + amount
+    if kind == 3 then
+      redis.call('ZADD', KEYS[i], fmt(now + span), id)
+      redis.call('PEXPIRE', KEYS[i], ms(span))
+    else
+      l = store(i, kind, limit, span, l, times[i])
+    end
   end
   out[i + 1] = fmt(l)
 end

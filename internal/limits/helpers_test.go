@@ -2,9 +2,18 @@ package limits
 
 import (
 	"bufio"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -42,7 +51,8 @@ type redisServer struct {
 	bin  string
 	dir  string
 	addr string
-	args []string // more redis-server options
+	args []string    // more redis-server options
+	tls  *tls.Config // set: the server listens with TLS only
 	cmd  *exec.Cmd
 }
 
@@ -50,6 +60,57 @@ type redisServer struct {
 // it when t ends. It fails when redis-server is missing and CI is set, and
 // skips otherwise.
 func startRedis(t testing.TB, args ...string) *redisServer {
+	t.Helper()
+	return launchRedis(t, nil, args)
+}
+
+// startRedisTLS starts a redis-server that speaks only TLS, with a fresh
+// self-signed certificate for 127.0.0.1, and returns a client config
+// trusting it.
+func startRedisTLS(t testing.TB) (*redisServer, *tls.Config) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "127.0.0.1"},
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	if err := os.WriteFile(certFile, certPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(certPEM)
+	conf := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	srv := launchRedis(t, conf, []string{"--tls-cert-file", certFile, "--tls-key-file", keyFile,
+		"--tls-ca-cert-file", certFile, "--tls-auth-clients", "no"})
+	return srv, conf
+}
+
+// launchRedis starts a redis-server, with TLS when tlsConf is set.
+func launchRedis(t testing.TB, tlsConf *tls.Config, args []string) *redisServer {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -64,7 +125,7 @@ func startRedis(t testing.TB, args ...string) *redisServer {
 	}
 	addr := l.Addr().String()
 	l.Close()
-	s := &redisServer{t: t, bin: bin, dir: t.TempDir(), addr: addr, args: args}
+	s := &redisServer{t: t, bin: bin, dir: t.TempDir(), addr: addr, args: args, tls: tlsConf}
 	s.start()
 	t.Cleanup(s.stop)
 	return s
@@ -74,13 +135,17 @@ func startRedis(t testing.TB, args ...string) *redisServer {
 func (s *redisServer) start() {
 	s.t.Helper()
 	_, port, _ := net.SplitHostPort(s.addr)
-	args := append([]string{"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", s.dir}, s.args...)
+	ports := []string{"--port", port}
+	if s.tls != nil {
+		ports = []string{"--port", "0", "--tls-port", port}
+	}
+	args := append(append(ports, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", s.dir), s.args...)
 	s.cmd = exec.Command(s.bin, args...)
 	if err := s.cmd.Start(); err != nil {
 		s.t.Fatalf("starting redis-server: %v", err)
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for !ping(s.addr) {
+	for !ping(s.addr, s.tls) {
 		if time.Now().After(deadline) {
 			s.t.Fatalf("redis-server on %s did not answer within 10s", s.addr)
 		}
@@ -114,9 +179,17 @@ func (s *redisServer) resume() {
 	}
 }
 
-// ping reports whether a Redis server answers PING at addr.
-func ping(addr string) bool {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
+// ping reports whether a Redis server answers PING at addr, over TLS
+// when tlsConf is set.
+func ping(addr string, tlsConf *tls.Config) bool {
+	d := &net.Dialer{Timeout: time.Second}
+	var c net.Conn
+	var err error
+	if tlsConf != nil {
+		c, err = tls.DialWithDialer(d, "tcp", addr, tlsConf)
+	} else {
+		c, err = d.Dial("tcp", addr)
+	}
 	if err != nil {
 		return false
 	}

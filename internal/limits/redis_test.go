@@ -315,3 +315,26 @@ func TestRedisAuth(t *testing.T) {
 		}
 	}
 }
+
+// With TLS set, the store speaks TLS; without it, it cannot talk to a
+// TLS-only server.
+func TestRedisTLS(t *testing.T) {
+	srv, conf := startRedisTLS(t)
+	dims := []Dimension{RequestsPer("key:a", mustRate(t, "1/1m"))}
+	r, err := NewRedis(RedisOptions{Address: srv.addr, TLS: conf, Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	l := New(r, nil, 0)
+	if d := reserve(t, l, dims, 0); d.Denial != nil {
+		t.Fatalf("refused: %+v", d.Denial)
+	}
+	if d := reserve(t, l, dims, 0); d.Denial == nil {
+		t.Fatal("second request admitted: the bucket was not kept")
+	}
+	plain := openRedis(t, srv.addr, "", 200*time.Millisecond)
+	if _, err := New(plain, nil, 0).Reserve(context.Background(), dims, 0); err == nil {
+		t.Fatal("plain connection to a TLS-only server succeeded")
+	}
+}

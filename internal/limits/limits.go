@@ -220,7 +220,7 @@ type Decision struct {
 	Denial *Denial
 }
 
-// Status is one dimension's state after an admission: what OpenAI's
+// Status is one dimension's state after a decision: what OpenAI's
 // x-ratelimit-limit-*, -remaining-* and -reset-* headers carry.
 type Status struct {
 	// Dimension is the limit, as given to Reserve.
@@ -314,8 +314,9 @@ func (l *Limiter) Reserve(ctx context.Context, dims []Dimension, tokens int64) (
 
 // Reconcile charges the request's real usage, actualTokens, in place of
 // its estimate: the difference is refunded or added (an overage can take
-// a bucket below zero: debt that delays later requests), and its
-// concurrency slots are released.
+// a bucket past its limit: debt that delays later requests), and its
+// concurrency slots are released. Call it after the reply, off the
+// client's path: with Redis it is one round trip.
 func (l *Limiter) Reconcile(ctx context.Context, r *Reservation, actualTokens int64) error {
 	if actualTokens < 0 || actualTokens > maxAmount {
 		return fmt.Errorf("limits: %d tokens out of range", actualTokens)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -76,10 +77,8 @@ func NewRedis(o RedisOptions) (*Redis, error) {
 	if o.Address == "" {
 		return nil, errors.New("limits: redis address missing")
 	}
-	for i := range len(o.KeyPrefix) {
-		if o.KeyPrefix[i] == '{' || o.KeyPrefix[i] == '}' {
-			return nil, errors.New("limits: redis key_prefix must not contain '{' or '}'")
-		}
+	if strings.ContainsAny(o.KeyPrefix, "{}") {
+		return nil, errors.New("limits: redis key_prefix must not contain '{' or '}'")
 	}
 	if o.Timeout <= 0 {
 		o.Timeout = DefaultRedisTimeout
@@ -124,11 +123,11 @@ func (r *Redis) reserve(ctx context.Context, p *plan) (int, []float64, error) {
 		return 0, nil, err
 	}
 	vals, ok := reply.([]any)
-	if !ok {
-		return 0, nil, fmt.Errorf("limits: redis reserve: unexpected reply %T", reply)
+	if !ok || len(vals) != len(p.steps)+1 {
+		return 0, nil, errors.New("limits: redis reserve: malformed reply")
 	}
 	head, ok := vals[0].(int64)
-	if !ok || head < -1 || head >= int64(len(p.steps)) || len(vals) != len(p.steps)+1 {
+	if !ok || head < -1 || head >= int64(len(p.steps)) {
 		return 0, nil, errors.New("limits: redis reserve: malformed reply")
 	}
 	levels := make([]float64, len(p.steps))

@@ -83,13 +83,13 @@ func BenchmarkMemoryReserveReconcileParallel(b *testing.B) {
 // Two round trips per op: the reservation and the reconciliation.
 func BenchmarkRedisReserveReconcile(b *testing.B) {
 	srv := startRedis(b)
-	benchReserveReconcile(b, New(openRedis(b, srv.addr, "bench:", time.Second), nil, 0))
+	benchReserveReconcile(b, New(openRedis(b, srv.addr, "bench:", 5*time.Second), nil, 0))
 }
 
 // One round trip per op: the reservation on the request path.
 func BenchmarkRedisReserve(b *testing.B) {
 	srv := startRedis(b)
-	l := New(openRedis(b, srv.addr, "bench:", time.Second), nil, 0)
+	l := New(openRedis(b, srv.addr, "bench:", 5*time.Second), nil, 0)
 	ctx := context.Background()
 	dims := benchDims("key:a")[:2]
 	defer reportCPU(b)()

@@ -456,3 +456,25 @@ func FuzzBucket(f *testing.F) {
 		}
 	})
 }
+
+// A clock behind the bucket's last update (another gateway's, slightly
+// skewed) refills nothing, and the time it lags is not refilled twice.
+func TestClockBehind(t *testing.T) {
+	eachStore(t, t0, func(t *testing.T, l *Limiter, clock *fakeClock) {
+		dims := []Dimension{RequestsPer("key:a", mustRate(t, "10/1m"))}
+		for range 10 {
+			reserve(t, l, dims, 0)
+		}
+		clock.Advance(-30 * time.Second)
+		if d := reserve(t, l, dims, 0); d.Denial == nil || d.Denial.Used != 10 {
+			t.Fatalf("behind: %+v, want refused at 10 used", d.Denial)
+		}
+		clock.Advance(30*time.Second + 6*time.Second) // one request refilled since t0
+		if d := reserve(t, l, dims, 0); d.Denial != nil {
+			t.Fatalf("refused after 6s: %+v", d.Denial)
+		}
+		if d := reserve(t, l, dims, 0); d.Denial == nil {
+			t.Fatal("two admitted after 6s")
+		}
+	})
+}

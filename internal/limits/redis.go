@@ -1,0 +1,167 @@
+package limits
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
+)
+
+// DefaultRedisTimeout bounds every Redis call unless RedisOptions says
+// otherwise.
+const DefaultRedisTimeout = 50 * time.Millisecond
+
+// RedisOptions configures a Redis store.
+type RedisOptions struct {
+	// Address is the server's host:port.
+	Address string
+	// Username is the ACL user; empty means the default user.
+	Username string
+	// Password authenticates the connection; empty means none.
+	Password string
+	// DB is the database number (default 0).
+	DB int
+	// TLS, when set, is used to connect with TLS.
+	TLS *tls.Config
+	// KeyPrefix starts every key (e.g. "chat_gateway:"). It must not
+	// contain '{': the hash tag that follows it must be the key's first.
+	KeyPrefix string
+	// Timeout bounds every call, connection included: no call waits
+	// longer. Default DefaultRedisTimeout.
+	Timeout time.Duration
+}
+
+// Redis is a Store in a Redis server, shared by every gateway instance
+// that uses it, so they enforce one limit together and a restart loses
+// nothing.
+//
+// A reservation is one EVALSHA round trip (EVAL once more after the
+// server's script cache is flushed) running a script that refills, checks
+// and reserves every dimension; a settlement is another. Times come from
+// the Limiter's clock, not Redis's TIME, so a fake clock drives it in
+// tests; gateways sharing a Redis need synchronised clocks (NTP), and a
+// clock behind a bucket's last update refills nothing rather than going
+// back. Every key expires once it holds nothing worth keeping (a full
+// bucket, a past quota period, an idle concurrency set), so idle
+// identities do not accumulate.
+//
+// Keys are "<prefix>{<scope>}:<kind>[:<period start>]": all keys of one
+// scope share a hash tag, hence a Redis Cluster slot. A request limited
+// both per identity and per model touches two scopes; this store talks to
+// one server (standalone, or a Sentinel-managed primary), where one
+// script over both scopes is atomic. A Cluster deployment would need the
+// two scopes reserved in two phases (the model's, then the identity's,
+// refunding the first when the second is refused), which this store does
+// not do.
+type Redis struct {
+	client  *redis.Client
+	prefix  string
+	timeout time.Duration
+}
+
+// The scripts, hashed once; Run sends EVALSHA and falls back to EVAL.
+var (
+	reserveLua = redis.NewScript(reserveScript)
+	settleLua  = redis.NewScript(settleScript)
+)
+
+// NewRedis returns a store using the Redis server at o.Address. It does
+// not connect until the first call.
+func NewRedis(o RedisOptions) (*Redis, error) {
+	if o.Address == "" {
+		return nil, errors.New("limits: redis address missing")
+	}
+	if strings.ContainsAny(o.KeyPrefix, "{}") {
+		return nil, errors.New("limits: redis key_prefix must not contain '{' or '}'")
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = DefaultRedisTimeout
+	}
+	client := redis.NewClient(&redis.Options{
+		Addr:                  o.Address,
+		Username:              o.Username,
+		Password:              o.Password,
+		DB:                    o.DB,
+		TLSConfig:             o.TLS,
+		DialTimeout:           o.Timeout,
+		DialerRetries:         1,
+		ReadTimeout:           o.Timeout,
+		WriteTimeout:          o.Timeout,
+		PoolTimeout:           o.Timeout,
+		ContextTimeoutEnabled: true,
+		// A new connection costs one HELLO (and SELECT for a DB) and
+		// nothing more: no CLIENT SETINFO, no maintenance notifications.
+		DisableIdentity:          true,
+		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
+		// A retried script may have run already: reserving twice is
+		// worse than failing once.
+		MaxRetries: -1,
+	})
+	return &Redis{client: client, prefix: o.KeyPrefix, timeout: o.Timeout}, nil
+}
+
+// Close closes the connections.
+func (r *Redis) Close() error { return r.client.Close() }
+
+// Destruct is Close, for caddy.UsagePool.
+func (r *Redis) Destruct() error { return r.Close() }
+
+// AddHook adds a go-redis hook to the client, e.g. to count or time
+// round trips.
+func (r *Redis) AddHook(h redis.Hook) { r.client.AddHook(h) }
+
+// reserve implements Store.
+func (r *Redis) reserve(ctx context.Context, p *plan) (int, []float64, error) {
+	reply, err := r.run(ctx, reserveLua, p)
+	if err != nil {
+		return 0, nil, err
+	}
+	vals, ok := reply.([]any)
+	if !ok || len(vals) != len(p.steps)+1 {
+		return 0, nil, errors.New("limits: redis reserve: malformed reply")
+	}
+	head, ok := vals[0].(int64)
+	if !ok || head < -1 || head >= int64(len(p.steps)) {
+		return 0, nil, errors.New("limits: redis reserve: malformed reply")
+	}
+	levels := make([]float64, len(p.steps))
+	for i, v := range vals[1:] {
+		str, _ := v.(string)
+		if levels[i], err = strconv.ParseFloat(str, 64); err != nil {
+			return 0, nil, errors.New("limits: redis reserve: malformed level")
+		}
+	}
+	return int(head), levels, nil
+}
+
+// settle implements Store.
+func (r *Redis) settle(ctx context.Context, p *plan) error {
+	_, err := r.run(ctx, settleLua, p)
+	return err
+}
+
+// run runs script over p's keys within the timeout.
+func (r *Redis) run(ctx context.Context, script *redis.Script, p *plan) (any, error) {
+	keys := make([]string, len(p.steps))
+	args := make([]any, 2, 2+4*len(p.steps))
+	args[0], args[1] = strconv.FormatFloat(p.now, 'f', -1, 64), p.id
+	for i, s := range p.steps {
+		keys[i] = r.prefix + s.key
+		args = append(args, int(s.kind), s.limit, s.span, s.amount)
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	reply, err := script.Run(ctx, r.client, keys, args...).Result()
+	if err != nil {
+		return nil, fmt.Errorf("limits: redis: %w", err)
+	}
+	return reply, nil
+}
+
+var _ Store = (*Redis)(nil)

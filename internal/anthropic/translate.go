@@ -92,6 +92,9 @@ func (r *Request) ChatBody() ([]byte, *openai.Error) {
 		}
 		msgs = append(msgs, out...)
 	}
+	if len(msgs) == 0 {
+		return nil, invalid("messages", "empty_array", "must hold content a chat backend can read, not only thinking blocks")
+	}
 	var buf bytes.Buffer
 	buf.WriteString(`{"model":`)
 	buf.Write(appendString(nil, r.Model))

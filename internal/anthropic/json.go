@@ -131,14 +131,21 @@ func isNull(v []byte) bool { return len(v) == 0 || string(v) == "null" }
 func isString(v []byte) bool { return len(v) > 2 && v[0] == '"' }
 
 // appendUnquoted appends the text of the valid JSON string v. A lone
-// UTF-16 surrogate becomes U+FFFD, as with encoding/json.
+// UTF-16 surrogate or an invalid UTF-8 byte becomes U+FFFD, as with
+// encoding/json.
 func appendUnquoted(dst, v []byte) []byte {
 	v = v[1 : len(v)-1]
 	for i := 0; i < len(v); {
 		c := v[i]
+		if c >= utf8.RuneSelf {
+			r, size := utf8.DecodeRune(v[i:])
+			dst = utf8.AppendRune(dst, r) // an invalid byte: U+FFFD
+			i += size
+			continue
+		}
 		if c != '\\' {
 			j := i + 1
-			for j < len(v) && v[j] != '\\' {
+			for j < len(v) && v[j] != '\\' && v[j] < utf8.RuneSelf {
 				j++
 			}
 			dst = append(dst, v[i:j]...)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"strconv"
+	"unicode/utf8"
 
 	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
 )
@@ -192,7 +193,11 @@ func (s *Stream) text(dst, v []byte) []byte {
 	dst = append(dst, `{"type":"content_block_delta","index":`...)
 	dst = strconv.AppendInt(dst, int64(s.blocks-1), 10)
 	dst = append(dst, `,"delta":{"type":"text_delta","text":`...)
-	dst = append(dst, v...) // a JSON string from a valid chunk
+	if utf8.Valid(v) {
+		dst = append(dst, v...) // a JSON string from a valid chunk
+	} else {
+		dst = appendString(dst, string(appendUnquoted(nil, v)))
+	}
 	return append(dst, "}}\n\n"...)
 }
 

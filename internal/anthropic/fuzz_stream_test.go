@@ -283,8 +283,23 @@ func FuzzStream(f *testing.F) {
 			t.Fatalf("stop_reason %q, want %q", res.stopReason, want)
 		}
 		msg := sdkAccumulate(t, out)
-		if len(msg.Content) != len(rec.tools)+map[bool]int{true: 1}[rec.text != ""] {
+		var text string
+		var tools []tool
+		for _, b := range msg.Content {
+			switch b.Type {
+			case "text":
+				text += b.Text
+			case "tool_use":
+				tools = append(tools, tool{ID: b.ID, Name: b.Name, Input: string(b.Input)})
+			}
+		}
+		if text != rec.text || len(tools) != len(res.tools) {
 			t.Fatalf("SDK accumulated %s", msg.RawJSON())
+		}
+		for i, tc := range tools {
+			if tc.ID != res.tools[i].ID || !jsonEqual([]byte(tc.Input), []byte(res.tools[i].Input)) {
+				t.Fatalf("SDK accumulated %s", msg.RawJSON())
+			}
 		}
 	})
 }

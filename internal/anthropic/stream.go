@@ -1,6 +1,7 @@
 package anthropic
 
 import (
+	"bytes"
 	"encoding/json"
 	"net/http"
 	"strconv"
@@ -9,37 +10,44 @@ import (
 	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
 )
 
-// DefaultMaxToolBytes bounds the tool call arguments a Stream holds
+// DefaultMaxToolBytes bounds the tool call arguments a Stream keeps
 // unless told otherwise.
 const DefaultMaxToolBytes = 8 << 20
 
 // Stream translates a streamed chat completion into Anthropic's event
-// sequence. Feed it each chunk's data with Chunk, then call Finish once
-// the backend's stream has ended with a finish_reason (Finished), or end
-// the client's stream with AppendErrorEvent when it has not.
+// sequence. Feed it each chunk's data with Chunk, then call Finish once,
+// when the backend's stream has ended with a finish_reason (Finished);
+// when it has not, end the client's stream with AppendErrorEvent.
 //
 // The events are message_start (with the input tokens), then for each
 // content block content_block_start, its deltas and content_block_stop,
 // one block open at a time, indexes contiguous from 0; then
-// message_delta (stop_reason, usage) and message_stop. Text streams as
-// it comes, in one text block. Tool calls are held until the end: a
-// backend may split a call's arguments anywhere, repeat its index, or
-// interleave calls with text and with each other, and only the whole
-// arguments can be checked to be a JSON object; each call then becomes
-// one tool_use block with its input in one input_json_delta.
+// message_delta (stop_reason, usage) and message_stop.
 //
-// Events are appended to the caller's buffer; text chunks cost no
-// allocation once the stream is warm.
+// Text and tool call arguments stream as they come, one block per tool
+// call however the backend cuts its arguments or repeats its index. A
+// backend may also interleave a call with text or with other calls: a
+// tool block is only closed once its arguments are a whole JSON object
+// (nothing can follow that and stay valid), so while it is incomplete,
+// text and other calls that arrive are held, and sent when it closes or
+// at the end. Arguments that end up other than a JSON object are an
+// error, never an empty input.
+//
+// Events are appended to the caller's buffer; a text or arguments chunk
+// costs no allocation once the stream is warm.
 type Stream struct {
 	ReplyOptions
-	// MaxToolBytes bounds the tool call arguments held until the end of
-	// the stream; 0 means DefaultMaxToolBytes.
+	// MaxToolBytes bounds the tool call arguments kept to be checked;
+	// 0 means DefaultMaxToolBytes.
 	MaxToolBytes int
 
 	started   bool
 	blocks    int  // content blocks started so far
 	textOpen  bool // the last block is text and still open
+	openTool  int  // the tool call whose block is open, or -1
 	tools     []streamTool
+	ids       toolIDs
+	heldText  []byte // text that came while a tool block was open
 	toolBytes int
 	finish    string
 	matched   string // the stop string the backend says it matched
@@ -53,10 +61,20 @@ type Stream struct {
 
 // streamTool is a tool call being received.
 type streamTool struct {
-	index    int // the backend's index
-	id, name string
-	args     []byte // decoded arguments so far
+	index     int    // the backend's index
+	backendID string // the backend's id, if it sent one
+	name      string
+	args      []byte // decoded arguments so far
+	state     toolState
 }
+
+type toolState uint8
+
+const (
+	toolPending toolState = iota // no block yet
+	toolOpen
+	toolClosed
+)
 
 // Finished reports whether the backend has sent a finish_reason.
 func (s *Stream) Finished() bool { return s.finish != "" }
@@ -81,6 +99,7 @@ func (s *Stream) Start(dst []byte) []byte {
 		return dst
 	}
 	s.started = true
+	s.openTool = -1
 	for _, seq := range s.StopSequences {
 		s.maxStop = max(s.maxStop, len(seq))
 	}
@@ -90,8 +109,9 @@ func (s *Stream) Start(dst []byte) []byte {
 
 // Chunk appends the events for one chunk's data (a chat.completion.chunk
 // object). Only the first choice is translated. It fails for data that
-// is not a JSON object and for tool calls past MaxToolBytes; the caller
-// then ends the stream with AppendErrorEvent.
+// is not a JSON object, for tool calls past MaxToolBytes and for
+// arguments that come after a call's arguments were a whole object; the
+// caller then ends the stream with AppendErrorEvent.
 func (s *Stream) Chunk(dst, data []byte) ([]byte, *openai.Error) {
 	top, ok := walk(data, '{')
 	if !ok || !json.Valid(data) {
@@ -150,7 +170,8 @@ func (s *Stream) choice(dst, c []byte) ([]byte, *openai.Error) {
 						if !ok {
 							break
 						}
-						if e := s.toolCall(pos, call); e != nil {
+						var e *openai.Error
+						if dst, e = s.toolCall(dst, pos, call); e != nil {
 							return dst, e
 						}
 					}
@@ -170,18 +191,10 @@ func (s *Stream) choice(dst, c []byte) ([]byte, *openai.Error) {
 }
 
 // text appends a text delta for the JSON string v, opening the text
-// block first if needed.
+// block first if needed; while an incomplete tool block is open, the
+// text is held instead.
 func (s *Stream) text(dst, v []byte) []byte {
 	s.content = true
-	if !s.textOpen {
-		s.textOpen = true
-		dst = appendEventHead(dst, "content_block_start")
-		dst = append(dst, `{"type":"content_block_start","index":`...)
-		dst = strconv.AppendInt(dst, int64(s.blocks), 10)
-		dst = append(dst, `,"content_block":{"type":"text","text":""}}`...)
-		dst = append(dst, "\n\n"...)
-		s.blocks++
-	}
 	s.outBytes += len(v) - 2
 	if s.maxStop > 0 {
 		s.tail = appendUnquoted(s.tail, v)
@@ -189,23 +202,89 @@ func (s *Stream) text(dst, v []byte) []byte {
 			s.tail = s.tail[:copy(s.tail, s.tail[len(s.tail)-s.maxStop:])]
 		}
 	}
+	if s.openTool >= 0 {
+		if !complete(s.tools[s.openTool].args) {
+			s.heldText = appendUnquoted(s.heldText, v)
+			return dst
+		}
+		dst = s.closeBlock(dst)
+	}
+	dst = s.openText(dst)
+	dst = s.deltaHead(dst, "text_delta", "text")
+	return appendJSONString(dst, v)
+}
+
+// openText opens a text block, unless one is open, with the held text
+// as its first delta.
+func (s *Stream) openText(dst []byte) []byte {
+	if s.textOpen {
+		return dst
+	}
+	s.textOpen = true
+	dst = appendEventHead(dst, "content_block_start")
+	dst = append(dst, `{"type":"content_block_start","index":`...)
+	dst = strconv.AppendInt(dst, int64(s.blocks), 10)
+	dst = append(dst, `,"content_block":{"type":"text","text":""}}`...)
+	dst = append(dst, "\n\n"...)
+	s.blocks++
+	if len(s.heldText) > 0 {
+		dst = s.deltaHead(dst, "text_delta", "text")
+		dst = appendString(dst, string(s.heldText))
+		dst = append(dst, "}}\n\n"...)
+		s.heldText = s.heldText[:0]
+	}
+	return dst
+}
+
+// deltaHead starts a content_block_delta of the given type for the last
+// block, up to the value of its field.
+func (s *Stream) deltaHead(dst []byte, typ, field string) []byte {
 	dst = appendEventHead(dst, "content_block_delta")
 	dst = append(dst, `{"type":"content_block_delta","index":`...)
 	dst = strconv.AppendInt(dst, int64(s.blocks-1), 10)
-	dst = append(dst, `,"delta":{"type":"text_delta","text":`...)
+	dst = append(dst, `,"delta":{"type":"`...)
+	dst = append(dst, typ...)
+	dst = append(dst, `","`...)
+	dst = append(dst, field...)
+	return append(dst, `":`...)
+}
+
+// appendJSONString appends the JSON string v from a valid chunk, and
+// ends the delta: as it is, or re-encoded if it holds invalid UTF-8.
+func appendJSONString(dst, v []byte) []byte {
 	if utf8.Valid(v) {
-		dst = append(dst, v...) // a JSON string from a valid chunk
+		dst = append(dst, v...)
 	} else {
 		dst = appendString(dst, string(appendUnquoted(nil, v)))
 	}
 	return append(dst, "}}\n\n"...)
 }
 
-// toolCall adds a piece of a tool call, the element at position pos of
+// closeBlock appends content_block_stop for the open block, if any.
+// A tool block that received no arguments gets "{}" first, its input.
+func (s *Stream) closeBlock(dst []byte) []byte {
+	switch {
+	case s.textOpen:
+		s.textOpen = false
+	case s.openTool >= 0:
+		if len(bytes.TrimSpace(s.tools[s.openTool].args)) == 0 {
+			dst = s.deltaHead(dst, "input_json_delta", "partial_json")
+			dst = append(dst, `"{}"}}`+"\n\n"...)
+		}
+		s.tools[s.openTool].state = toolClosed
+		s.openTool = -1
+	default:
+		return dst
+	}
+	return appendBlockStop(dst, s.blocks-1)
+}
+
+// toolCall takes a piece of a tool call, the element at position pos of
 // a delta's tool_calls. A piece belongs to the last call with its index
 // unless it brings an id other than that call's: some backends give
-// every call index 0.
-func (s *Stream) toolCall(pos int, call []byte) *openai.Error {
+// every call index 0. The piece's arguments stream at once if the call's
+// block is open or can be opened.
+func (s *Stream) toolCall(dst []byte, pos int, call []byte) ([]byte, *openai.Error) {
 	s.content = true
 	idx := pos
 	var id, name, args []byte
@@ -226,33 +305,63 @@ func (s *Stream) toolCall(pos int, call []byte) *openai.Error {
 				switch {
 				case keyIs(fk, "name") && isString(fv):
 					name = fv
-				case keyIs(fk, "arguments") && isString(fv):
-					args = fv
-				case keyIs(fk, "arguments") && len(fv) > 0 && fv[0] == '{':
-					args = fv // an object rather than a string, as some servers send
+				case keyIs(fk, "arguments") && (isString(fv) || len(fv) > 0 && fv[0] == '{'):
+					args = fv // a string, or an object as some servers send
 				}
 			}
 		}
 	}
-	t := s.lastTool(idx)
-	if t == nil || id != nil && t.id != "" && t.id != string(appendUnquoted(nil, id)) {
+	n := s.lastTool(idx)
+	if n < 0 || id != nil && s.tools[n].backendID != "" && !sameString(id, s.tools[n].backendID) {
 		s.tools = append(s.tools, streamTool{index: idx})
-		t = &s.tools[len(s.tools)-1]
+		n = len(s.tools) - 1
 	}
-	if id != nil && t.id == "" {
-		t.id = string(appendUnquoted(nil, id))
+	t := &s.tools[n]
+	if id != nil && t.backendID == "" {
+		t.backendID = string(appendUnquoted(nil, id))
 	}
 	if name != nil && t.name == "" {
 		t.name = string(appendUnquoted(nil, name))
 	}
-	if args == nil {
-		return nil
+	if len(args) > 2 || len(args) > 0 && args[0] == '{' {
+		if e := s.addArgs(t, args); e != nil {
+			return dst, e
+		}
+		if t.state == toolOpen {
+			dst = s.deltaHead(dst, "input_json_delta", "partial_json")
+			if args[0] == '"' {
+				return appendJSONString(dst, args), nil
+			}
+			dst = appendString(dst, string(args))
+			return append(dst, "}}\n\n"...), nil
+		}
 	}
+	if t.state != toolPending || t.name == "" {
+		return dst, nil
+	}
+	// Open the call's block if the open block can be closed.
+	if s.openTool >= 0 && !complete(s.tools[s.openTool].args) {
+		return dst, nil
+	}
+	dst = s.closeBlock(dst)
+	if len(s.heldText) > 0 {
+		dst = s.closeBlock(s.openText(dst))
+	}
+	return s.openToolBlock(dst, n), nil
+}
+
+// addArgs adds a piece of arguments, the raw JSON value v, to t. Pieces
+// that come once t's block has closed must be blank: its arguments were
+// a whole object.
+func (s *Stream) addArgs(t *streamTool, v []byte) *openai.Error {
 	n := len(t.args)
-	if args[0] == '"' {
-		t.args = appendUnquoted(t.args, args)
+	if v[0] == '"' {
+		t.args = appendUnquoted(t.args, v)
 	} else {
-		t.args = append(t.args, args...)
+		t.args = append(t.args, v...)
+	}
+	if t.state == toolClosed && len(bytes.TrimSpace(t.args[n:])) > 0 {
+		return errInvalidReply("The backend sent tool call arguments that are not a JSON object.")
 	}
 	s.toolBytes += len(t.args) - n
 	s.outBytes += len(t.args) - n
@@ -267,38 +376,79 @@ func (s *Stream) toolCall(pos int, call []byte) *openai.Error {
 	return nil
 }
 
-// lastTool is the last tool call with the backend index idx, or nil.
-func (s *Stream) lastTool(idx int) *streamTool {
-	for i := len(s.tools) - 1; i >= 0; i-- {
-		if s.tools[i].index == idx {
-			return &s.tools[i]
-		}
+// openToolBlock opens the block of tool call n, with the arguments it
+// has so far as its first delta.
+func (s *Stream) openToolBlock(dst []byte, n int) []byte {
+	t := &s.tools[n]
+	t.state = toolOpen
+	s.openTool = n
+	dst = appendEventHead(dst, "content_block_start")
+	dst = append(dst, `{"type":"content_block_start","index":`...)
+	dst = strconv.AppendInt(dst, int64(s.blocks), 10)
+	dst = append(dst, `,"content_block":`...)
+	dst = (&Block{Type: "tool_use", ID: s.ids.use(t.backendID), Name: t.name}).appendJSON(dst, []byte("{}"))
+	dst = append(dst, "}\n\n"...)
+	s.blocks++
+	if len(t.args) > 0 {
+		dst = s.deltaHead(dst, "input_json_delta", "partial_json")
+		dst = appendString(dst, string(t.args))
+		dst = append(dst, "}}\n\n"...)
 	}
-	return nil
+	return dst
 }
 
-// Finish appends the end of the stream: the text block's stop, a
-// tool_use block per tool call, message_delta and message_stop. It fails,
-// appending nothing, when a tool call has no name or arguments that are
-// not a JSON object; the caller then ends the stream with
-// AppendErrorEvent.
+// complete reports whether args is a whole JSON object: nothing but
+// blanks can follow it.
+func complete(args []byte) bool {
+	a := bytes.TrimSpace(args)
+	return len(a) > 1 && a[0] == '{' && a[len(a)-1] == '}' && json.Valid(a)
+}
+
+// sameString reports whether the raw JSON string v reads as s.
+func sameString(v []byte, s string) bool {
+	if !hasByte(v, '\\') {
+		return string(v[1:len(v)-1]) == s
+	}
+	return string(appendUnquoted(nil, v)) == s
+}
+
+// lastTool is the position of the last tool call with the backend index
+// idx, or -1.
+func (s *Stream) lastTool(idx int) int {
+	for i := len(s.tools) - 1; i >= 0; i-- {
+		if s.tools[i].index == idx {
+			return i
+		}
+	}
+	return -1
+}
+
+// Finish appends the end of the stream: the open block's stop, the text
+// held and the tool calls not yet sent, message_delta and message_stop.
+// It fails, appending nothing, when a tool call has no name or
+// arguments that are not a JSON object; the caller then ends the stream
+// with AppendErrorEvent.
 func (s *Stream) Finish(dst []byte) ([]byte, *openai.Error) {
-	blocks := make([]Block, 0, len(s.tools))
-	var ids toolIDs
-	for _, t := range s.tools {
+	var pending []Block
+	for i := range s.tools {
+		t := &s.tools[i]
+		if t.state == toolClosed {
+			continue
+		}
 		input, e := toolInput(t.name, t.args)
 		if e != nil {
 			return dst, e
 		}
-		blocks = append(blocks, Block{Type: "tool_use", ID: ids.use(t.id), Name: t.name, Input: input})
+		if t.state == toolPending {
+			pending = append(pending, Block{Type: "tool_use", ID: s.ids.use(t.backendID), Name: t.name, Input: input})
+		}
 	}
-	dst = s.Start(dst)
-	if s.textOpen {
-		dst = appendBlockStop(dst, s.blocks-1)
-		s.textOpen = false
+	dst = s.closeBlock(s.Start(dst))
+	if len(s.heldText) > 0 {
+		dst = s.closeBlock(s.openText(dst))
 	}
-	for i := range blocks {
-		dst = appendBlockEvents(dst, s.blocks, &blocks[i])
+	for i := range pending {
+		dst = appendBlockEvents(dst, s.blocks, &pending[i])
 		s.blocks++
 	}
 	reason, seq := stopReason(s.finish, len(s.tools) > 0, s.matched, string(s.tail), s.StopSequences)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
@@ -243,5 +244,62 @@ func TestStreamGolden(t *testing.T) {
 				t.Error(err)
 			}
 		})
+	}
+}
+
+func TestStreamInterleaved(t *testing.T) {
+	chunks := [][]byte{
+		[]byte(`{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"a","function":{"name":"fa","arguments":"{\"x\":"}}]}}]}`),
+		[]byte(`{"choices":[{"delta":{"content":"held "}}]}`),
+		[]byte(`{"choices":[{"delta":{"tool_calls":[{"index":1,"id":"b","function":{"name":"fb","arguments":"{\"y\""}}]}}]}`),
+		[]byte(`{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"1}"}},{"index":1,"function":{"arguments":":2"}}]}}]}`),
+		[]byte(`{"choices":[{"delta":{"content":"text"}}]}`),
+		[]byte(`{"choices":[{"delta":{"tool_calls":[{"index":1,"function":{"arguments":"}"}},{"index":0,"function":{"arguments":" "}}]}}]}`),
+		[]byte(`{"choices":[{"delta":{"tool_calls":[{"index":2,"id":"c","function":{"name":"fc"}}]}}],"usage":{"prompt_tokens":3,"completion_tokens":4}}`),
+		[]byte(`{"choices":[{"delta":{},"finish_reason":"tool_calls"}]}`),
+	}
+	s := &Stream{ReplyOptions: ReplyOptions{ID: "r", Model: "m"}}
+	out := translate(s, chunks)
+	res, err := checkStream(parseEvents(t, out))
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	want := []tool{{"a", "fa", `{"x":1}`}, {"b", "fb", `{"y":2}`}, {"c", "fc", `{}`}}
+	if res.text != "held text" || len(res.tools) != 3 || res.stopReason != StopToolUse || res.usage != [2]int64{3, 4} {
+		t.Fatalf("%+v\n%s", res, out)
+	}
+	for i, w := range want {
+		if g := res.tools[i]; g.ID != w.ID || g.Name != w.Name || !jsonEqual([]byte(g.Input), []byte(w.Input)) {
+			t.Errorf("tool %d: %+v, want %+v", i, g, w)
+		}
+	}
+	// The blocks: a (live); the text held while a was incomplete, once a
+	// is whole; b (its arguments so far, then live); the text held while
+	// b was incomplete; c.
+	var starts []string
+	for _, ev := range parseEvents(t, out) {
+		if ev.name == "content_block_start" {
+			var d struct {
+				ContentBlock struct{ Type, ID string } `json:"content_block"`
+			}
+			_ = json.Unmarshal(ev.data, &d)
+			starts = append(starts, d.ContentBlock.Type+":"+d.ContentBlock.ID)
+		}
+	}
+	if got := strings.Join(starts, " "); got != "tool_use:a text: tool_use:b text: tool_use:c" {
+		t.Errorf("blocks %s", got)
+	}
+
+	// Arguments after a call's arguments were a whole object: an error.
+	s = &Stream{ReplyOptions: ReplyOptions{ID: "r", Model: "m"}}
+	out, e := s.Chunk(nil, []byte(`{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"a","function":{"name":"fa","arguments":"{}"}}]}}]}`))
+	if e == nil {
+		out, e = s.Chunk(out, []byte(`{"choices":[{"delta":{"content":"then text"}}]}`))
+	}
+	if e == nil {
+		_, e = s.Chunk(out, []byte(`{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":",\"more\":1}"}}]}}]}`))
+	}
+	if e == nil || e.Status != 502 {
+		t.Fatalf("arguments after a whole object: %v", e)
 	}
 }

@@ -45,7 +45,9 @@ type Block struct {
 
 // Usage is the token accounting of a reply.
 type Usage struct {
-	InputTokens  int64
+	// InputTokens is the backend's prompt_tokens.
+	InputTokens int64
+	// OutputTokens is the backend's completion_tokens.
 	OutputTokens int64
 	// Estimated is true when the backend reported nothing and the
 	// figures are the gateway's estimates.

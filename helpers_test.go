@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -18,11 +19,22 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddytest"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 	dto "github.com/prometheus/client_model/go"
 )
 
+// adminPort is the in-process Caddy's admin port: 2999, as caddytest
+// uses, unless CHAT_GATEWAY_TEST_ADMIN_PORT says otherwise (for test runs
+// side by side on one machine, which would otherwise load each other's
+// configs).
+var adminPort = 2999
+
 func TestMain(m *testing.M) {
+	if p, err := strconv.Atoi(os.Getenv("CHAT_GATEWAY_TEST_ADMIN_PORT")); err == nil {
+		adminPort = p
+		caddytest.Default.AdminPort = p
+	}
 	// Caddy writes its config and data under $HOME unless told otherwise.
 	dir, err := os.MkdirTemp("", "chat-gateway-test")
 	if err != nil {
@@ -59,7 +71,7 @@ func loadGateway(t testing.TB, port int, grace, config string) *gateway {
 	t.Helper()
 	logFile := filepath.Join(t.TempDir(), "caddy.log")
 	caddyfileText := fmt.Sprintf(`{
-	admin localhost:2999
+	admin localhost:%d
 	http_port %d
 	skip_install_trust
 	persist_config off
@@ -80,7 +92,7 @@ http://127.0.0.1:%d {
 		respond "next" 404
 	}
 }
-`, port, grace, logFile, port, logFile, config)
+`, adminPort, port, grace, logFile, port, logFile, config)
 	adapter := caddyconfig.GetAdapter("caddyfile")
 	cfg, _, err := adapter.Adapt([]byte(caddyfileText), map[string]any{"filename": "Caddyfile"})
 	if err != nil {

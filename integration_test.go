@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -30,7 +31,7 @@ func TestCaddyfiles(t *testing.T) {
 		writeJSON(w, 200, `{"choices":[{"message":{"content":"from openai"}}]}`)
 	})
 	t.Setenv("OPENAI_API_KEY", "sk-test-key")
-	t.Setenv("ADMIN_PORT", "2999")
+	t.Setenv("ADMIN_PORT", strconv.Itoa(adminPort))
 
 	tests := []struct {
 		file, path, model, want string
@@ -71,7 +72,7 @@ func TestCaddyfiles(t *testing.T) {
 				"https://api.openai.com", openaiBackend.URL,
 			).Replace(string(raw))
 			if !strings.HasPrefix(strings.TrimSpace(stripComments(cfg)), "{") {
-				cfg = "{\n\tadmin localhost:2999\n\tpersist_config off\n\tgrace_period 1ns\n}\n" + cfg
+				cfg = fmt.Sprintf("{\n\tadmin localhost:%d\n\tpersist_config off\n\tgrace_period 1ns\n}\n", adminPort) + cfg
 			}
 			tester := caddytest.NewTester(t)
 			tester.InitServer(cfg, "caddyfile")

@@ -469,7 +469,7 @@ func TestReloadUnderTraffic(t *testing.T) {
 	configs := make([][]byte, 2)
 	for i := range configs {
 		text := fmt.Sprintf(`{
-	admin localhost:2999
+	admin localhost:%d
 	http_port %d
 	persist_config off
 	grace_period 5s
@@ -483,7 +483,7 @@ http://127.0.0.1:%d {
 		}
 		timeout %ds
 	}
-}`, port, port, be.URL, 60+i)
+}`, adminPort, port, port, be.URL, 60+i)
 		cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(text), nil)
 		if err != nil {
 			t.Fatal(err)

@@ -21,47 +21,6 @@ import (
 	fb "github.com/chatgateway/caddy-chat-gateway/internal/faultbackend"
 )
 
-// upgradeBackend accepts every protocol upgrade it is offered (or, with
-// always, answers 101 to every request) and records what arrives on a
-// socket it took over.
-type upgradeBackend struct {
-	*backend
-	mu       sync.Mutex
-	upgrades int
-	tunneled strings.Builder
-}
-
-func newUpgradeBackend(t *testing.T, always bool) *upgradeBackend {
-	ub := &upgradeBackend{}
-	ub.backend = newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Upgrade") == "" && !always {
-			if r.URL.Path == "/v1/models" {
-				writeJSON(w, 200, `{"object":"list","data":[{"id":"m","object":"model"}]}`)
-				return
-			}
-			writeJSON(w, 200, `{"choices":[{"message":{"content":"plain"}}]}`)
-			return
-		}
-		conn, rw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			t.Errorf("hijack: %v", err)
-			return
-		}
-		defer conn.Close()
-		ub.mu.Lock()
-		ub.upgrades++
-		ub.mu.Unlock()
-		_, _ = rw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nraw backend bytes")
-		_ = rw.Flush()
-		_ = conn.SetReadDeadline(time.Now().Add(2 * time.Second))
-		b, _ := io.ReadAll(rw)
-		ub.mu.Lock()
-		ub.tunneled.Write(b)
-		ub.mu.Unlock()
-	})
-	return ub
-}
-
 // rawExchange sends one raw HTTP/1.1 request, reads the response head,
 // then writes more on the same socket, as a client would into a tunnel.
 func rawExchange(t *testing.T, addr, request, after string) (status string, rest string) {
@@ -88,33 +47,26 @@ func rawExchange(t *testing.T, addr, request, after string) (status string, rest
 
 func TestUpgradeNeverTunnels(t *testing.T) {
 	const smuggled = "GET /admin/secret HTTP/1.1\r\nHost: backend\r\n\r\n"
-	for _, always := range []bool{false, true} {
-		t.Run(fmt.Sprintf("backend answers 101 always=%v", always), func(t *testing.T) {
-			be := newUpgradeBackend(t, always)
+	for mode, want := range map[fb.Mode]string{fb.Normal: "HTTP/1.1 200 OK", fb.SwitchProtocols: "HTTP/1.1 502 Bad Gateway"} {
+		t.Run("backend mode "+string(mode), func(t *testing.T) {
+			be := fb.New()
+			defer be.Close()
 			g := newGateway(t, "chat_gateway "+be.URL)
 			addr := strings.TrimPrefix(g.URL, "http://")
 			req := fmt.Sprintf("POST /v1/chat/completions HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
-				"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", addr, len(hello), hello)
+				"X-Fault: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", addr, fb.Header(fb.Fault{Mode: mode}), len(hello), hello)
 			status, rest := rawExchange(t, addr, req, smuggled)
-			want := "HTTP/1.1 200 OK"
-			if always {
-				want = "HTTP/1.1 502 Bad Gateway"
-			}
 			if status != want {
 				t.Fatalf("status %q, want %q (body %q)", status, want, rest)
 			}
 			if strings.Contains(rest, "raw backend bytes") {
 				t.Fatalf("the backend's raw bytes reached the client: %q", rest)
 			}
-			be.mu.Lock()
-			defer be.mu.Unlock()
-			if strings.Contains(be.tunneled.String(), "/admin/secret") {
-				t.Fatalf("the client's next request went through a tunnel: %q", be.tunneled.String())
+			be.Close() // waits for the taken-over socket's handler to finish recording
+			if tunneled := string(be.Tunneled()); strings.Contains(tunneled, "/admin/secret") {
+				t.Fatalf("the client's next request went through a tunnel: %q", tunneled)
 			}
-			if !always && be.upgrades != 0 {
-				t.Fatalf("the backend was offered an upgrade %d times", be.upgrades)
-			}
-			for _, r := range be.requests {
+			for _, r := range be.Requests() {
 				if r.Path == "/admin/secret" {
 					t.Fatal("the client's next request reached the backend")
 				}
@@ -128,17 +80,18 @@ func TestUpgradeNeverTunnels(t *testing.T) {
 	}
 
 	t.Run("models", func(t *testing.T) {
-		be := newUpgradeBackend(t, false)
+		be := fb.New()
+		defer be.Close()
 		g := newGateway(t, "chat_gateway "+be.URL)
 		req, _ := http.NewRequest(http.MethodGet, g.URL+"/v1/models", nil)
 		req.Header.Set("Connection", "Upgrade")
 		req.Header.Set("Upgrade", "websocket")
 		resp, body := do(t, req)
-		if resp.StatusCode != 200 || !strings.Contains(body, `"m"`) {
+		if resp.StatusCode != 200 || !strings.Contains(body, "fault-model") {
 			t.Fatalf("%d %s", resp.StatusCode, body)
 		}
-		if got := be.last(t); got.Header.Get("Upgrade") != "" || be.upgrades != 0 {
-			t.Fatalf("the models request offered an upgrade: %v", got.Header)
+		if got := be.Requests(); len(got) != 1 || got[0].Header.Get("Upgrade") != "" || got[0].Header.Get("Connection") != "" {
+			t.Fatalf("the models request offered an upgrade: %+v", got)
 		}
 	})
 }
@@ -163,6 +116,16 @@ func TestHopByHopNotForwarded(t *testing.T) {
 
 func TestUpstreamKeyRedactedEverywhere(t *testing.T) {
 	const key = "sk-upstream-secret-key-42"
+	t.Run("faultbackend quote_key", func(t *testing.T) {
+		be := fb.New()
+		defer be.Close()
+		g := newGateway(t, fmt.Sprintf("chat_gateway %s {\n\tapi_key %s\n}", be.URL, key))
+		resp, got := g.post(t, hello, "X-Fault", fb.Header(fb.Fault{Mode: fb.QuoteKey}))
+		if resp.StatusCode != 401 || strings.Contains(got, key) || !strings.Contains(got, "[redacted]") ||
+			resp.Header.Get("X-Ratelimit-Limit-Requests") != "Bearer [redacted]" {
+			t.Fatalf("%d %v %s", resp.StatusCode, resp.Header, got)
+		}
+	})
 	leaky := `{"error":{"message":"bad key ` + key + `","type":"` + key + `","param":"` + key + `","code":"Bearer ` + key + `"}}`
 	be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Ratelimit-Remaining-Requests", key)
@@ -428,5 +391,16 @@ func TestUpstreamIdleConnsShorterThanBackends(t *testing.T) {
 			t.Errorf("%s: idle upstream connections kept %v, want %v", cfg, got, want)
 		}
 		cancel()
+	}
+}
+
+func TestDeclaredHugeReplyRefusedUnread(t *testing.T) {
+	be := fb.New()
+	defer be.Close()
+	g := newGateway(t, "chat_gateway "+be.URL)
+	fault := fb.Header(fb.Fault{Mode: fb.HugeBody, Size: 100 << 20, DeclareLength: true})
+	resp, body := g.post(t, hello, "X-Fault", fault)
+	if resp.StatusCode != 502 || apiError(t, body)["code"] != "upstream_reply_too_large" {
+		t.Fatalf("%d %s, want 502 upstream_reply_too_large", resp.StatusCode, body)
 	}
 }

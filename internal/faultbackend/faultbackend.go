@@ -42,6 +42,12 @@ const (
 	ErrorEvent  Mode = "error_event"  // stream: Tokens chunks, then an "event: error" frame
 	UsageChunk  Mode = "usage_chunk"  // stream: a usage-only chunk (choices: []) before [DONE]
 	HugeEvent   Mode = "huge_event"   // stream: one content event of Size bytes
+	// SwitchProtocols answers 101 Switching Protocols to any request and
+	// keeps the socket, recording what arrives on it (Tunneled).
+	SwitchProtocols Mode = "switch_protocols"
+	// QuoteKey answers 401 with an error, and a rate-limit header, that
+	// quote the Authorization header received in every field.
+	QuoteKey Mode = "quote_key"
 )
 
 // Fault describes how to answer one request.
@@ -61,6 +67,8 @@ type Fault struct {
 	Tokens int `json:"tokens,omitempty"`
 	// Size is the size of HugeBody and HugeEvent content (default 4 MiB).
 	Size int `json:"size,omitempty"`
+	// DeclareLength sends HugeBody with its Content-Length.
+	DeclareLength bool `json:"declare_length,omitempty"`
 }
 
 // Request is what the backend received.
@@ -84,6 +92,15 @@ type Server struct {
 	fault     Fault
 	requests  []*Request
 	cancelled chan struct{} // receives once per cancelled request
+	tunneled  []byte        // what arrived on sockets taken over by SwitchProtocols
+}
+
+// Tunneled returns what clients sent on the sockets SwitchProtocols took
+// over: anything here went past the gateway.
+func (s *Server) Tunneled() []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return bytes.Clone(s.tunneled)
 }
 
 // New starts a fault backend on 127.0.0.1 answering correctly until
@@ -203,6 +220,10 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	if !sleep(r, f.HeaderDelay) {
 		return
 	}
+	if f.Mode == SwitchProtocols {
+		s.switchProtocols(w)
+		return
+	}
 	if r.Method == http.MethodGet {
 		writeJSON(w, 200, `{"object":"list","data":[{"id":"fault-model","object":"model","created":0,"owned_by":"faultbackend"}]}`)
 		return
@@ -244,14 +265,41 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	case f.Mode == InvalidJSON:
 		writeJSON(w, 200, `{"choices":[{"message":{"content":"cut`)
 		return
+	case f.Mode == QuoteKey:
+		key := r.Header.Get("Authorization")
+		w.Header().Set("X-Ratelimit-Limit-Requests", key)
+		q, _ := json.Marshal(key)
+		writeJSON(w, http.StatusUnauthorized, fmt.Sprintf(`{"error":{"message":"bad key %s","type":%s,"param":%s,"code":%s}}`, strings.Trim(string(q), `"`), q, q, q))
+		return
 	case f.Mode == HugeBody:
-		writeJSON(w, 200, `{"choices":[{"message":{"role":"assistant","content":"`+strings.Repeat("x", f.Size)+`"},"finish_reason":"stop"}]}`)
+		reply := `{"choices":[{"message":{"role":"assistant","content":"` + strings.Repeat("x", f.Size) + `"},"finish_reason":"stop"}]}`
+		if f.DeclareLength {
+			w.Header().Set("Content-Length", fmt.Sprint(len(reply)))
+		}
+		writeJSON(w, 200, reply)
 		return
 	case !req.Stream:
 		writeJSON(w, 200, completion(req.Model, f.Tokens))
 		return
 	}
 	gone = !s.stream(w, r, f, req.Model, req.StreamOptions.IncludeUsage || f.Mode == UsageChunk)
+}
+
+// switchProtocols takes the socket over with a 101 and records what the
+// client sends on it, for up to two seconds.
+func (s *Server) switchProtocols(w http.ResponseWriter) {
+	conn, rw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	_, _ = rw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nraw backend bytes")
+	_ = rw.Flush()
+	_ = conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+	got, _ := io.ReadAll(rw)
+	s.mu.Lock()
+	s.tunneled = append(s.tunneled, got...)
+	s.mu.Unlock()
 }
 
 // stream writes an event stream with the fault's misbehaviour. It

@@ -43,6 +43,13 @@ func Completion(content string) []byte {
 // validated and split in one pass; only choices and messages are
 // walked again, to be edited.
 func NormalizeCompletion(dst, body []byte, m Meta) ([]byte, Reply, error) {
+	return normalizeReply(dst, body, m, "chat.completion", appendChoice)
+}
+
+// normalizeReply normalizes a reply with choices, as NormalizeCompletion
+// describes, stamping it with object kind and writing each choice with
+// choice, which adds what it learns to rep.
+func normalizeReply(dst, body []byte, m Meta, kind string, choice func(dst []byte, pos int, c []byte, rep *Reply) []byte) ([]byte, Reply, error) {
 	var rep Reply
 	var topBuf [12]span
 	var choiceBuf [4][]byte
@@ -70,7 +77,7 @@ func NormalizeCompletion(dst, body []byte, m Meta) ([]byte, Reply, error) {
 	var o object
 	o.open(dst)
 	o.str("id", m.ID)
-	o.str("object", "chat.completion")
+	o.str("object", kind)
 	writeCreatedModel(&o, created, model, m)
 	o.key("choices")
 	o.buf = append(o.buf, '[')
@@ -78,7 +85,7 @@ func NormalizeCompletion(dst, body []byte, m Meta) ([]byte, Reply, error) {
 		if i > 0 {
 			o.buf = append(o.buf, ',')
 		}
-		o.buf = appendChoice(o.buf, i, c, &rep)
+		o.buf = choice(o.buf, i, c, &rep)
 	}
 	o.buf = append(o.buf, ']')
 

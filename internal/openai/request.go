@@ -24,7 +24,8 @@ type ChatRequest struct {
 	// the prompt token estimate.
 	ContentBytes int
 
-	lastUser []byte // the last user message's raw content
+	lastUser  []byte // the last user message's raw content
+	maxOutput int64  // the output budget, 0 if none
 }
 
 // roles a message may have.
@@ -152,10 +153,23 @@ func (p *requestParser) once(key []byte) {
 }
 
 // common handles the top-level members every endpoint shares (model,
-// stream, stream_options) and validates any other.
+// stream, stream_options, the output budget) and validates any other.
 func (p *requestParser) common(key []byte, at int) (int, error) {
 	b := p.body
 	switch {
+	case keyIs(key, "max_tokens"), keyIs(key, "max_completion_tokens"), keyIs(key, "max_output_tokens"):
+		end, err := scanValue(b, at, 1)
+		if err != nil || isNull(b[at:end]) {
+			return end, err
+		}
+		// The smallest budget given is the one that binds.
+		if n, ok := parseCount(b[at:end]); !ok {
+			name := string(key[1 : len(key)-1])
+			p.fail(Invalid(name, "invalid_type", "'"+name+"' must be a non-negative integer."))
+		} else if p.req.maxOutput == 0 || n < p.req.maxOutput {
+			p.req.maxOutput = n
+		}
+		return end, err
 	case keyIs(key, "model"):
 		end, err := scanValue(b, at, 1)
 		if err == nil && !isNull(b[at:end]) {

@@ -170,11 +170,15 @@ func (s *Stream) choice(dst []byte, pos int, c []byte) []byte {
 }
 
 // Finished reports whether every choice seen has had a finish_reason.
-func (s *Stream) Finished() bool {
-	if len(s.finished) == 0 {
+func (s *Stream) Finished() bool { return allFinished(s.finished) }
+
+// allFinished reports whether finished, by choice index, is all true
+// and not empty.
+func allFinished(finished []bool) bool {
+	if len(finished) == 0 {
 		return false
 	}
-	for _, f := range s.finished {
+	for _, f := range finished {
 		if !f {
 			return false
 		}
@@ -310,12 +314,16 @@ func (s *Stream) FromCompletion(reply []byte, emit func(chunk []byte) error) err
 
 // Unfinished returns the indexes of the choices that have had no
 // finish_reason, or choice 0 if the stream had no choice at all.
-func (s *Stream) Unfinished() []int {
-	if len(s.finished) == 0 {
+func (s *Stream) Unfinished() []int { return unfinished(s.finished) }
+
+// unfinished returns the indexes that are false in finished, or 0 if it
+// is empty.
+func unfinished(finished []bool) []int {
+	if len(finished) == 0 {
 		return []int{0}
 	}
 	var idx []int
-	for i, f := range s.finished {
+	for i, f := range finished {
 		if !f {
 			idx = append(idx, i)
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	sdk "github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/packages/ssestream"
@@ -313,7 +314,7 @@ func FuzzRequests(f *testing.F) {
 			if e.Status != 400 || !json.Valid(e.JSON()) {
 				t.Fatalf("bad error %+v", e)
 			}
-			if e.Code == "invalid_json" && json.Valid(body) {
+			if e.Code == "invalid_json" && json.Valid(body) && utf8.Valid(body) {
 				t.Fatalf("%q: invalid_json (%s), but it is valid", body, e.Message)
 			}
 			return

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 
 	sdk "github.com/openai/openai-go/v3"
@@ -182,6 +183,33 @@ func TestChatEndpoint(t *testing.T) {
 	c, err := client.Chat.Completions.New(t.Context(), params)
 	if err != nil || c.Choices[0].Message.Content != "Echo: hello world" || c.ID != "req-1" {
 		t.Fatalf("%+v %v", c, err)
+	}
+
+	// A backend: a stream ended by [DONE] without a finish_reason, a JSON
+	// answer to a stream, a stream cut short.
+	replies := map[string]backendReply{
+		"stream": {events: [][2]string{{"", `{"choices":[{"index":0,"delta":{"role":"assistant"}}]}`},
+			{"", `{"choices":[{"index":0,"delta":{"content":"Hi"}}],"model":"llama"}`},
+			{"", `{"choices":[],"usage":{"prompt_tokens":2,"completion_tokens":1,"total_tokens":3}}`}, {"", "[DONE]"}}},
+		"json": {json: `{"choices":[{"message":{"content":"Whole"}}],"usage":{"prompt_tokens":2,"completion_tokens":1}}`},
+		"cut":  {events: [][2]string{{"", `{"choices":[{"index":0,"delta":{"content":"Hi"}}]}`}}},
+	}
+	for name, want := range map[string]string{"stream": "Hi", "json": "Whole", "cut": ""} {
+		client := sdkClient(serveEndpoint(t, ChatCompletions, func(*Request) backendReply { return replies[name] }))
+		stream := client.Chat.Completions.NewStreaming(t.Context(), params)
+		acc := sdk.ChatCompletionAccumulator{}
+		for stream.Next() {
+			acc.AddChunk(stream.Current())
+		}
+		if name == "cut" {
+			if err := stream.Err(); err == nil || !strings.Contains(err.Error(), "before it was complete") {
+				t.Fatalf("cut: %v", err)
+			}
+			continue
+		}
+		if err := stream.Err(); err != nil || acc.Choices[0].Message.Content != want || acc.Choices[0].FinishReason != "stop" || acc.Usage.TotalTokens != 3 {
+			t.Fatalf("%s: %v %+v", name, err, acc.ChatCompletion)
+		}
 	}
 
 	st := ChatCompletions.NewStream(Meta{ID: "r"})

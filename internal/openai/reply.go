@@ -5,9 +5,9 @@ import (
 	"strconv"
 )
 
-// ErrInvalidReply is returned for a backend reply that is not a JSON
-// object with a choices array.
-var ErrInvalidReply = errors.New("backend reply is not a chat completion")
+// ErrInvalidReply is returned for a backend reply or chunk that is not
+// a JSON object with a choices array.
+var ErrInvalidReply = errors.New("backend reply is not a completion")
 
 // Meta is what the gateway stamps on every reply and chunk.
 type Meta struct {
@@ -17,14 +17,17 @@ type Meta struct {
 	Model string
 	// Created fills a reply that has no created time (Unix seconds).
 	Created int64
-	// PromptBytes is ChatRequest.ContentBytes, for the usage estimate.
+	// PromptBytes is Request.PromptBytes, for the usage estimate.
 	PromptBytes int
 }
 
 // Reply is what normalization learnt of a reply.
 type Reply struct {
+	// FinishReason is the first choice's finish_reason; for a Response,
+	// its status.
 	FinishReason string
-	Usage        Usage
+	// Usage is the backend's usage, or an estimate (Usage.Estimated).
+	Usage Usage
 	// CompletionBytes is the size of the choices' content.
 	CompletionBytes int
 }

@@ -38,7 +38,7 @@ func (responsesEndpoint) Parse(body []byte) (*Request, *Error) {
 				size += len(input) - 2
 			case '[':
 				size += len(input)
-				elements(input, func(n int, item []byte) {
+				elements(input, func(_ int, item []byte) {
 					if item[0] != '{' {
 						p.fail(Invalid("input", "invalid_type", "'input' must be a string or an array of input items: each item must be an object."))
 					}

@@ -54,6 +54,8 @@ func (completionsEndpoint) Normalize(dst, body []byte, m Meta) ([]byte, Reply, e
 
 func (completionsEndpoint) NewStream(m Meta) EventStream { return &textStream{Meta: m} }
 
+func (completionsEndpoint) AsksStreamUsage() bool { return true }
+
 func (completionsEndpoint) Echo(dst []byte, req *Request, m Meta) ([]byte, Reply) {
 	reply := appendString([]byte(`{"choices":[{"text":`), echoPrefix+firstPrompt(req.echo))
 	out, rep, err := normalizeReply(dst, append(reply, "}]}"...), m, "text_completion", appendTextChoice)

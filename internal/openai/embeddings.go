@@ -319,6 +319,8 @@ func echoVector(vec *[echoDimensions]float32, input []byte) {
 // NewStream returns nil: embeddings do not stream.
 func (embeddingsEndpoint) NewStream(Meta) EventStream { return nil }
 
+func (embeddingsEndpoint) AsksStreamUsage() bool { return false }
+
 // EchoStream fails: embeddings do not stream, and Parse never asks to.
 func (embeddingsEndpoint) EchoStream(*Request, Meta, Emit) (Reply, error) {
 	return Reply{}, errNoStream

@@ -25,6 +25,10 @@ type Endpoint interface {
 	// NewStream returns the normalizer of one streamed reply; nil for an
 	// endpoint that does not stream (embeddings).
 	NewStream(m Meta) EventStream
+	// AsksStreamUsage reports whether a streamed request should ask the
+	// backend for usage with stream_options.include_usage (chat and
+	// completions); a Response stream carries its usage anyway.
+	AsksStreamUsage() bool
 	// Echo appends echo mode's reply to req to dst.
 	Echo(dst []byte, req *Request, m Meta) ([]byte, Reply)
 	// EchoStream emits echo mode's reply to req as a complete stream,
@@ -140,6 +144,8 @@ func (chatEndpoint) Normalize(dst, body []byte, m Meta) ([]byte, Reply, error) {
 }
 
 func (chatEndpoint) NewStream(m Meta) EventStream { return &chatStream{st: Stream{Meta: m}} }
+
+func (chatEndpoint) AsksStreamUsage() bool { return true }
 
 func (chatEndpoint) Echo(dst []byte, req *Request, m Meta) ([]byte, Reply) {
 	out, rep, err := NormalizeCompletion(dst, Completion(echoPrefix+req.chat.Prompt()), m)

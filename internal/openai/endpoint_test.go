@@ -130,6 +130,8 @@ func TestEndpointFor(t *testing.T) {
 		"/embeddings": "embeddings", "/v1/responses": "responses"} {
 		if ep := EndpointFor(path); ep == nil || ep.Name() != name {
 			t.Errorf("%s: %v", path, ep)
+		} else if ep.AsksStreamUsage() != (name == "chat_completions" || name == "completions") {
+			t.Errorf("%s asks for stream usage: %v", name, ep.AsksStreamUsage())
 		}
 	}
 	if EndpointFor("/v1/models") != nil || EndpointFor("/v1/responses/x") != nil {

@@ -161,6 +161,8 @@ func outputTextBytes(output []byte) int {
 
 func (responsesEndpoint) NewStream(m Meta) EventStream { return &responseStream{Meta: m} }
 
+func (responsesEndpoint) AsksStreamUsage() bool { return false }
+
 // responseStream relays the events of one streamed Response.
 type responseStream struct {
 	Meta

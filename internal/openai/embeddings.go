@@ -129,7 +129,7 @@ func (embeddingsEndpoint) Normalize(dst, body []byte, m Meta) ([]byte, Reply, er
 	usageOK := hasPrompt && hasTotal
 	var fixedUsage []byte
 	if !usageOK {
-		if rep.Usage.Estimated || !members(usage, func([]byte, []byte) {}) {
+		if rep.Usage.Estimated || usage[0] != '{' {
 			fixedUsage = strconv.AppendInt(append(fixedUsage, `{"prompt_tokens":`...), prompt, 10)
 			fixedUsage = strconv.AppendInt(append(fixedUsage, `,"total_tokens":`...), total, 10)
 			fixedUsage = append(fixedUsage, '}')
@@ -315,6 +315,9 @@ func echoVector(vec *[echoDimensions]float32, input []byte) {
 		vec[i] = float32(x[i] / norm)
 	}
 }
+
+// errNoStream is EchoStream's answer for an endpoint without streams.
+var errNoStream = errors.New("the endpoint does not stream")
 
 // NewStream returns nil: embeddings do not stream.
 func (embeddingsEndpoint) NewStream(Meta) EventStream { return nil }

@@ -2,7 +2,6 @@ package openai
 
 import (
 	"bytes"
-	"errors"
 	"strings"
 
 	"github.com/chatgateway/caddy-chat-gateway/internal/sse"
@@ -259,9 +258,6 @@ func (c *chunkEvents) end(emit Emit, err error) error {
 func (c *chunkEvents) Fail(e *Error, emit Emit) error {
 	return emit(sse.AppendEvent(nil, "", e.JSON()))
 }
-
-// errNoStream is EchoStream's answer for an endpoint without streams.
-var errNoStream = errors.New("the endpoint does not stream")
 
 // request returns the Request the parser read, with the prompt size and
 // the raw value echo mode repeats.

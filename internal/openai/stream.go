@@ -40,9 +40,9 @@ func (s *Stream) Chunk(dst, data []byte) ([]byte, error) {
 }
 
 // normalizeChunk normalizes a chunk with choices, as Stream.Chunk
-// describes, stamping it with object kind and m and writing each choice with
-// choice. It keeps the chunk's usage in usage, its created time and
-// model in m.
+// describes, stamping it with object kind and m and writing each
+// choice with choice. It keeps the chunk's usage in usage, its created
+// time and model in m.
 func normalizeChunk(dst, data []byte, m *Meta, usage *Usage, hasUsage *bool, kind string, choice func(dst []byte, pos int, c []byte) []byte) ([]byte, error) {
 	var topBuf [12]span
 	var choiceBuf [4][]byte

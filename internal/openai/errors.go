@@ -1,6 +1,8 @@
-// Package openai holds the OpenAI chat-completions protocol as the
-// gateway needs it: request validation, the error envelope, and the
-// normalization of replies and stream chunks. It has no Caddy imports.
+// Package openai holds the OpenAI API as the gateway needs it: one
+// Endpoint description per route (chat completions, completions,
+// embeddings, responses) with its request validation, the normalization
+// of its replies and stream events, and its echo replies; the error
+// envelope; usage. It has no Caddy imports.
 package openai
 
 import (

@@ -5,9 +5,9 @@ import (
 	"strconv"
 )
 
-// ErrInvalidReply is returned for a backend reply that is not a JSON
-// object with a choices array.
-var ErrInvalidReply = errors.New("backend reply is not a chat completion")
+// ErrInvalidReply is returned for a backend reply or chunk that is not
+// a JSON object with a choices array.
+var ErrInvalidReply = errors.New("backend reply is not a completion")
 
 // Meta is what the gateway stamps on every reply and chunk.
 type Meta struct {
@@ -17,14 +17,17 @@ type Meta struct {
 	Model string
 	// Created fills a reply that has no created time (Unix seconds).
 	Created int64
-	// PromptBytes is ChatRequest.ContentBytes, for the usage estimate.
+	// PromptBytes is Request.PromptBytes, for the usage estimate.
 	PromptBytes int
 }
 
 // Reply is what normalization learnt of a reply.
 type Reply struct {
+	// FinishReason is the first choice's finish_reason; for a Response,
+	// its status.
 	FinishReason string
-	Usage        Usage
+	// Usage is the backend's usage, or an estimate (Usage.Estimated).
+	Usage Usage
 	// CompletionBytes is the size of the choices' content.
 	CompletionBytes int
 }
@@ -43,6 +46,13 @@ func Completion(content string) []byte {
 // validated and split in one pass; only choices and messages are
 // walked again, to be edited.
 func NormalizeCompletion(dst, body []byte, m Meta) ([]byte, Reply, error) {
+	return normalizeReply(dst, body, m, "chat.completion", appendChoice)
+}
+
+// normalizeReply normalizes a reply with choices, as NormalizeCompletion
+// describes, stamping it with object kind and writing each choice with
+// choice, which adds what it learns to rep.
+func normalizeReply(dst, body []byte, m Meta, kind string, choice func(dst []byte, pos int, c []byte, rep *Reply) []byte) ([]byte, Reply, error) {
 	var rep Reply
 	var topBuf [12]span
 	var choiceBuf [4][]byte
@@ -70,7 +80,7 @@ func NormalizeCompletion(dst, body []byte, m Meta) ([]byte, Reply, error) {
 	var o object
 	o.open(dst)
 	o.str("id", m.ID)
-	o.str("object", "chat.completion")
+	o.str("object", kind)
 	writeCreatedModel(&o, created, model, m)
 	o.key("choices")
 	o.buf = append(o.buf, '[')
@@ -78,7 +88,7 @@ func NormalizeCompletion(dst, body []byte, m Meta) ([]byte, Reply, error) {
 		if i > 0 {
 			o.buf = append(o.buf, ',')
 		}
-		o.buf = appendChoice(o.buf, i, c, &rep)
+		o.buf = choice(o.buf, i, c, &rep)
 	}
 	o.buf = append(o.buf, ']')
 

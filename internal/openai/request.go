@@ -24,7 +24,8 @@ type ChatRequest struct {
 	// the prompt token estimate.
 	ContentBytes int
 
-	lastUser []byte // the last user message's raw content
+	lastUser  []byte // the last user message's raw content
+	maxOutput int64  // the output budget, 0 if none
 }
 
 // roles a message may have.
@@ -33,31 +34,9 @@ var roles = map[string]bool{"system": true, "developer": true, "user": true, "as
 // ParseChatRequest validates body as a chat-completions request and
 // returns what the gateway needs of it, in one pass over the body.
 func ParseChatRequest(body []byte) (*ChatRequest, *Error) {
-	if len(body) == 0 {
-		return nil, Invalid("", "invalid_json", "The request body is empty; send a JSON object.")
-	}
-	if !utf8.Valid(body) {
-		return nil, Invalid("", "invalid_json", "The request body is not valid UTF-8.")
-	}
 	p := requestParser{body: body, req: &ChatRequest{}, lastUser: -1}
-	i := skipSpace(body, 0)
-	var err error
-	if i < len(body) && body[i] == '{' {
-		i, err = scanObject(body, i, 1, p.member)
-	} else {
-		i, err = scanValue(body, i, 0)
-		if err == nil && skipSpace(body, i) == len(body) {
-			return nil, Invalid("", "invalid_type", "The request body must be a JSON object, not "+kindOf(body[skipSpace(body, 0)])+".")
-		}
-	}
-	if err == nil && skipSpace(body, i) != len(body) {
-		err = errAt("invalid character after the top-level value", skipSpace(body, i))
-	}
-	if err != nil {
-		return nil, Invalid("", "invalid_json", "The request body is not valid JSON: "+err.Error()+".")
-	}
-	if p.err != nil {
-		return nil, p.err
+	if e := p.parse(p.member); e != nil {
+		return nil, e
 	}
 	if !p.hasMessages {
 		return nil, Invalid("messages", "missing_required_parameter", "Missing required parameter: 'messages'.")
@@ -67,6 +46,36 @@ func ParseChatRequest(body []byte) (*ChatRequest, *Error) {
 	}
 	p.req.lastUser = p.lastUserContent
 	return p.req, nil
+}
+
+// parse validates p.body as one JSON object, calling member for each
+// top-level member. A syntax error wins over the first problem with the
+// request's meaning, which member reports with p.fail.
+func (p *requestParser) parse(member func(key []byte, at int) (int, error)) *Error {
+	body := p.body
+	if len(body) == 0 {
+		return Invalid("", "invalid_json", "The request body is empty; send a JSON object.")
+	}
+	if !utf8.Valid(body) {
+		return Invalid("", "invalid_json", "The request body is not valid UTF-8.")
+	}
+	i := skipSpace(body, 0)
+	var err error
+	if i < len(body) && body[i] == '{' {
+		i, err = scanObject(body, i, 1, member)
+	} else {
+		i, err = scanValue(body, i, 0)
+		if err == nil && skipSpace(body, i) == len(body) {
+			return Invalid("", "invalid_type", "The request body must be a JSON object, not "+kindOf(body[skipSpace(body, 0)])+".")
+		}
+	}
+	if err == nil && skipSpace(body, i) != len(body) {
+		err = errAt("invalid character after the top-level value", skipSpace(body, i))
+	}
+	if err != nil {
+		return Invalid("", "invalid_json", "The request body is not valid JSON: "+err.Error()+".")
+	}
+	return p.err
 }
 
 // requestParser collects what ParseChatRequest needs while the scanner
@@ -116,14 +125,12 @@ func (p *requestParser) seen(key []byte) bool {
 	return false
 }
 
-// member handles one top-level member whose value starts at b[at].
+// member handles one top-level member of a chat request whose value
+// starts at b[at].
 func (p *requestParser) member(key []byte, at int) (int, error) {
 	b := p.body
-	if name := keyName(key); p.seen(name) {
-		p.fail(duplicate(string(name)))
-	}
-	switch {
-	case keyIs(key, "messages"):
+	p.once(key)
+	if keyIs(key, "messages") {
 		if b[at] == '[' {
 			p.hasMessages = true
 			return scanArray(b, at, 2, p.message)
@@ -131,6 +138,36 @@ func (p *requestParser) member(key []byte, at int) (int, error) {
 		end, err := scanValue(b, at, 1)
 		if err == nil && !isNull(b[at:end]) {
 			p.fail(Invalid("messages", "invalid_type", "'messages' must be an array of message objects."))
+		}
+		return end, err
+	}
+	return p.common(key, at)
+}
+
+// once fails the request if key, compared by its decoded name, came
+// before.
+func (p *requestParser) once(key []byte) {
+	if name := keyName(key); p.seen(name) {
+		p.fail(duplicate(string(name)))
+	}
+}
+
+// common handles the top-level members every endpoint shares (model,
+// stream, stream_options, the output budget) and validates any other.
+func (p *requestParser) common(key []byte, at int) (int, error) {
+	b := p.body
+	switch {
+	case keyIs(key, "max_tokens"), keyIs(key, "max_completion_tokens"), keyIs(key, "max_output_tokens"):
+		end, err := scanValue(b, at, 1)
+		if err != nil || isNull(b[at:end]) {
+			return end, err
+		}
+		// The smallest budget given is the one that binds.
+		if n, ok := parseCount(b[at:end]); !ok {
+			name := string(key[1 : len(key)-1])
+			p.fail(Invalid(name, "invalid_type", "'"+name+"' must be a non-negative integer."))
+		} else if p.req.maxOutput == 0 || n < p.req.maxOutput {
+			p.req.maxOutput = n
 		}
 		return end, err
 	case keyIs(key, "model"):

@@ -36,6 +36,14 @@ func (s *Stream) grow(i int) {
 // carries only usage (choices empty) yields nothing, so dst comes back
 // unchanged. It fails for data that is not a JSON object.
 func (s *Stream) Chunk(dst, data []byte) ([]byte, error) {
+	return normalizeChunk(dst, data, &s.Meta, &s.usage, &s.hasUsage, "chat.completion.chunk", s.choice)
+}
+
+// normalizeChunk normalizes a chunk with choices, as Stream.Chunk
+// describes, stamping it with object kind and m and writing each
+// choice with choice. It keeps the chunk's usage in usage, its created
+// time and model in m.
+func normalizeChunk(dst, data []byte, m *Meta, usage *Usage, hasUsage *bool, kind string, choice func(dst []byte, pos int, c []byte) []byte) ([]byte, error) {
 	var topBuf [12]span
 	var choiceBuf [4][]byte
 	top, list, ok := collectChunk(data, topBuf[:0], choiceBuf[:0])
@@ -43,16 +51,16 @@ func (s *Stream) Chunk(dst, data []byte) ([]byte, error) {
 		return dst, ErrInvalidReply
 	}
 	var created, model []byte
-	for _, m := range top {
+	for _, f := range top {
 		switch {
-		case keyIs(m.key, "usage"):
-			if u, ok := readUsage(m.val); ok {
-				s.usage, s.hasUsage = u, true
+		case keyIs(f.key, "usage"):
+			if u, ok := readUsage(f.val); ok {
+				*usage, *hasUsage = u, true
 			}
-		case keyIs(m.key, "created"):
-			created = m.val
-		case keyIs(m.key, "model"):
-			model = m.val
+		case keyIs(f.key, "created"):
+			created = f.val
+		case keyIs(f.key, "model"):
+			model = f.val
 		}
 	}
 	if len(list) == 0 {
@@ -60,23 +68,23 @@ func (s *Stream) Chunk(dst, data []byte) ([]byte, error) {
 	}
 	// Chunks the gateway adds later (finish, usage) match the backend's.
 	if len(created) > 0 && created[0] >= '0' && created[0] <= '9' {
-		s.Created, _ = parseCount(created)
+		m.Created, _ = parseCount(created)
 	}
-	if len(model) > 2 && model[0] == '"' && string(model[1:len(model)-1]) != s.Model {
-		s.Model = unquote(model)
+	if len(model) > 2 && model[0] == '"' && string(model[1:len(model)-1]) != m.Model {
+		m.Model = unquote(model)
 	}
 	var o object
 	o.open(dst)
-	o.str("id", s.ID)
-	o.str("object", "chat.completion.chunk")
-	writeCreatedModel(&o, created, model, s.Meta)
+	o.str("id", m.ID)
+	o.str("object", kind)
+	writeCreatedModel(&o, created, model, *m)
 	o.key("choices")
 	o.buf = append(o.buf, '[')
 	for i, c := range list {
 		if i > 0 {
 			o.buf = append(o.buf, ',')
 		}
-		o.buf = s.choice(o.buf, i, c)
+		o.buf = choice(o.buf, i, c)
 	}
 	o.buf = append(o.buf, ']')
 	o.others(top)
@@ -162,11 +170,15 @@ func (s *Stream) choice(dst []byte, pos int, c []byte) []byte {
 }
 
 // Finished reports whether every choice seen has had a finish_reason.
-func (s *Stream) Finished() bool {
-	if len(s.finished) == 0 {
+func (s *Stream) Finished() bool { return allFinished(s.finished) }
+
+// allFinished reports whether finished, by choice index, is all true
+// and not empty.
+func allFinished(finished []bool) bool {
+	if len(finished) == 0 {
 		return false
 	}
-	for _, f := range s.finished {
+	for _, f := range finished {
 		if !f {
 			return false
 		}
@@ -302,12 +314,16 @@ func (s *Stream) FromCompletion(reply []byte, emit func(chunk []byte) error) err
 
 // Unfinished returns the indexes of the choices that have had no
 // finish_reason, or choice 0 if the stream had no choice at all.
-func (s *Stream) Unfinished() []int {
-	if len(s.finished) == 0 {
+func (s *Stream) Unfinished() []int { return unfinished(s.finished) }
+
+// unfinished returns the indexes that are false in finished, or 0 if it
+// is empty.
+func unfinished(finished []bool) []int {
+	if len(finished) == 0 {
 		return []int{0}
 	}
 	var idx []int
-	for i, f := range s.finished {
+	for i, f := range finished {
 		if !f {
 			idx = append(idx, i)
 		}

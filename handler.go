@@ -188,8 +188,8 @@ func (h *Handler) route(model string) (route, bool) {
 	if rt, ok := h.routes[model]; ok {
 		return rt, true
 	}
-	if h.fallback != nil {
-		return route{backend: h.fallback}, true
+	if h.catchAll != nil {
+		return route{backend: h.catchAll}, true
 	}
 	return route{}, false
 }

@@ -125,8 +125,9 @@ type Handler struct {
 
 	// routes maps a model name (or alias) to where it is served.
 	routes map[string]route
-	// fallback serves models no backend lists; nil if there is none.
-	fallback *Backend
+	// catchAll is the backend without models: it serves every model no
+	// other backend lists; nil if there is none.
+	catchAll *Backend
 	// slots holds a token per chat request served, if MaxConcurrent is set.
 	slots  chan struct{}
 	logger *zap.Logger
@@ -174,10 +175,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("backend %d: %w", i, err)
 		}
 		if len(b.Models) == 0 {
-			if h.fallback != nil {
+			if h.catchAll != nil {
 				return fmt.Errorf("backend %d: only one backend may leave out models, it serves the models no other lists", i)
 			}
-			h.fallback = b
+			h.catchAll = b
 		}
 		for _, m := range b.Models {
 			if _, dup := h.routes[m]; dup {

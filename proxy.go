@@ -106,7 +106,7 @@ func (h *Handler) attempt(parent context.Context, x *exchange, rt route, body []
 	begin := time.Now()
 	b := rt.backend
 	if rt.model != "" {
-		body = openai.SetMember(body, "model", mustJSON(rt.model))
+		body = openai.SetMember(body, "model", jsonString(rt.model))
 	}
 	if x.req.Stream && h.IncludeUsageUpstream && !x.req.IncludeUsage {
 		opts := openai.Member(body, "stream_options")
@@ -136,7 +136,7 @@ func (h *Handler) attempt(parent context.Context, x *exchange, rt route, body []
 	up := x.upstreamRequest(ctx, b, http.MethodPost, "/chat/completions", body)
 	proxyStart := time.Now()
 	x.gw += proxyStart.Sub(begin)
-	proxyErr, aborted := serveProxy(b.proxy, u, up)
+	aborted, proxyErr := serveProxy(b.proxy, u, up)
 	x.upstreamTime += time.Since(proxyStart)
 	if b.cooldowns != nil {
 		b.cooldowns.observe(x.repl, time.Now())
@@ -179,7 +179,7 @@ func (u *upstreamWriter) keepalive(ctx context.Context, interval time.Duration) 
 // serveProxy runs the reverse proxy. The proxy aborts a response whose
 // body fails after its headers went out with panic(http.ErrAbortHandler);
 // here that is a normal end of an attempt, reported as aborted.
-func serveProxy(p caddyhttp.MiddlewareHandler, w http.ResponseWriter, r *http.Request) (err error, aborted bool) {
+func serveProxy(p caddyhttp.MiddlewareHandler, w http.ResponseWriter, r *http.Request) (aborted bool, err error) {
 	defer func() {
 		if v := recover(); v != nil {
 			if v != http.ErrAbortHandler { //nolint:errorlint // sentinel panic value
@@ -188,7 +188,7 @@ func serveProxy(p caddyhttp.MiddlewareHandler, w http.ResponseWriter, r *http.Re
 			aborted = true
 		}
 	}()
-	return p.ServeHTTP(w, r, caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })), false
+	return false, p.ServeHTTP(w, r, caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil }))
 }
 
 // upstreamRequest builds the request to the backend: the client's
@@ -375,7 +375,7 @@ func (u *upstreamWriter) onEvent(ev sse.Event) error {
 	}
 	var err error
 	begin := time.Now()
-	u.chunk, err = u.st.Chunk(u.chunk[:0], data)
+	u.chunk, err = u.st.AppendChunk(u.chunk[:0], data)
 	u.x.gw += time.Since(begin)
 	if err != nil {
 		u.failStream(&openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "invalid_upstream_response",
@@ -486,7 +486,7 @@ func (u *upstreamWriter) settle(ctx context.Context, proxyErr error, aborted boo
 func (u *upstreamWriter) reply() *openai.Error {
 	x := u.x
 	begin := time.Now()
-	out, rep, err := openai.NormalizeCompletion(getBuffer(len(u.body)+512), u.body, u.st.Meta)
+	out, rep, err := openai.AppendNormalizedCompletion(getBuffer(len(u.body)+512), u.body, u.st.Meta)
 	x.gw += time.Since(begin)
 	defer putBuffer(out)
 	if err != nil {
@@ -634,7 +634,8 @@ func isEventStream(contentType string) bool {
 	return mt == "text/event-stream"
 }
 
-func mustJSON(s string) []byte {
+// jsonString returns s as a JSON string.
+func jsonString(s string) []byte {
 	b, _ := json.Marshal(s)
 	return b
 }

@@ -36,13 +36,13 @@ func Completion(content string) []byte {
 	return append(b, "}}]}"...)
 }
 
-// NormalizeCompletion appends to dst the backend's non-streaming reply
+// AppendNormalizedCompletion appends to dst the backend's non-streaming reply
 // body, normalized: id, object, created, model and usage set or filled,
 // every choice with its index, a message role and a finish_reason.
 // Everything else the backend sent is copied unchanged. The body is
 // validated and split in one pass; only choices and messages are
 // walked again, to be edited.
-func NormalizeCompletion(dst, body []byte, m Meta) ([]byte, Reply, error) {
+func AppendNormalizedCompletion(dst, body []byte, m Meta) ([]byte, Reply, error) {
 	var rep Reply
 	var topBuf [12]span
 	var choiceBuf [4][]byte
@@ -98,7 +98,7 @@ func NormalizeCompletion(dst, body []byte, m Meta) ([]byte, Reply, error) {
 // learns (the first choice's finish reason, content size) to rep.
 func appendChoice(dst []byte, pos int, c []byte, rep *Reply) []byte {
 	var fieldBuf [6]span
-	fields := collect(c, fieldBuf[:0])
+	fields := appendMembers(fieldBuf[:0], c)
 	var o object
 	o.open(dst)
 	hasIndex, hasMessage, hasFinish := false, false, false
@@ -146,7 +146,7 @@ func appendMessage(dst, msg []byte, rep *Reply) []byte {
 		return append(dst, `{"role":"assistant","content":null}`...)
 	}
 	var fieldBuf [6]span
-	fields := collect(msg, fieldBuf[:0])
+	fields := appendMembers(fieldBuf[:0], msg)
 	hasRole := false
 	for _, f := range fields {
 		hasRole = hasRole || keyIs(f.key, "role") && !isNull(f.val)

@@ -116,18 +116,28 @@ func requestID(r *http.Request) string {
 	return uuid.NewString()
 }
 
-// validRequestID accepts 1 to 128 bytes of printable ASCII without
-// spaces, so an id can be reflected in headers, JSON and logs as is.
+// validRequestID accepts 1 to 128 bytes of [A-Za-z0-9._:/+=@-], so an
+// id can be reflected in headers, JSON, placeholders and logs (even
+// logs viewed as HTML) as is.
 func validRequestID(s string) bool {
 	if len(s) == 0 || len(s) > 128 {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
-		if s[i] <= ' ' || s[i] > '~' {
+		if !requestIDChar(s[i]) {
 			return false
 		}
 	}
 	return true
+}
+
+// requestIDChar reports whether c may appear in a client's request id.
+func requestIDChar(c byte) bool {
+	switch {
+	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		return true
+	}
+	return strings.IndexByte("._:/+=@-", c) >= 0
 }
 
 // serveChat handles POST /v1/chat/completions.

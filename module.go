@@ -49,8 +49,8 @@ const (
 // text of the last user message, streamed or not.
 //
 // Every response carries an X-Request-ID header: the client's
-// X-Request-ID (or Request-Id) when it is a printable token of at most
-// 128 bytes, else a new UUID. It is also the reply's "id", the
+// X-Request-ID (or Request-Id) when it is 1 to 128 bytes of
+// [A-Za-z0-9._:/+=@-], else a new UUID. It is also the reply's "id", the
 // X-Request-ID sent upstream, and the placeholder
 // {http.chat_gateway.request_id}.
 //

@@ -76,6 +76,39 @@ func TestFailover(t *testing.T) {
 	if busy.count() > 2 {
 		t.Errorf("the 503 replica got %d requests: it should be marked down after its first", busy.count())
 	}
+	if _, raw := g.logs(t); strings.Contains(raw, "UNLIMITED BUFFERING") {
+		t.Error("Caddy warns of unlimited request buffering: retry_on must set a bounded request_buffers")
+	}
+}
+
+// TestRetryResendsLargestBody: with retry_on, a body of max_request_body
+// bytes, grown by an alias's longer model name, is sent again whole after
+// a 503: the request buffer is bounded but holds the largest body.
+func TestRetryResendsLargestBody(t *testing.T) {
+	flaky := replica(t, "flaky", func(n int64, w http.ResponseWriter, r *http.Request) bool {
+		return n == 1 && unavailable(n, w, r)
+	})
+	long := strings.Repeat("m", 200)
+	g := newGateway(t, fmt.Sprintf(`chat_gateway {
+		backend %s {
+			alias a %s
+			retry_on 503
+		}
+		max_request_body 2KiB
+	}`, flaky.URL, long))
+	head := `{"model":"a","messages":[{"role":"user","content":"`
+	body := head + strings.Repeat("x", 2048-len(head)-len(`"}]}`)) + `"}]}`
+	resp, got := g.post(t, body)
+	if resp.StatusCode != 200 || !strings.Contains(got, "from flaky") {
+		t.Fatalf("%d %s, want 200 from the second attempt", resp.StatusCode, got)
+	}
+	want := strings.Replace(body, `"model":"a"`, `"model":"`+long+`"`, 1)
+	if flaky.count() != 2 || flaky.last(t).Body != want {
+		t.Fatalf("%d requests, last body %d bytes; want 2 requests, the second with the whole %d-byte body", flaky.count(), len(flaky.last(t).Body), len(want))
+	}
+	if _, raw := g.logs(t); strings.Contains(raw, "UNLIMITED BUFFERING") {
+		t.Error("Caddy warns of unlimited request buffering")
+	}
 }
 
 // TestRetryAfterKeepsUpstreamDown: a replica that answers 429 with

@@ -143,3 +143,25 @@ func FuzzCaddyfile(f *testing.F) {
 		_ = h.UnmarshalCaddyfile(caddyfile.NewDispenser(tokens)) // must not panic
 	})
 }
+
+// TestProvisionErrorsNameBackends: a config error names the backends by
+// their URLs, not by their position.
+func TestProvisionErrorsNameBackends(t *testing.T) {
+	newGateway(t, "chat_gateway") // reverse_proxy provisions within a running config
+	for input, want := range map[string]string{
+		"chat_gateway {\n backend http://a:1 {\n models x\n }\n backend https://b {\n models x\n }\n}": `backend https://b:443/v1: model "x" is served by backend http://a:1/v1 already`,
+		"chat_gateway {\n backend http://a:1/api http://c:3/api\n backend http://b:2\n}":               `backend http://b:2/v1: only one backend may leave out models, it serves the models no other lists, and backend http://a:1/api http://c:3/api does already`,
+		"chat_gateway {\n backend http://a:1 {\n models x\n fallback y\n }\n}":                         `backend http://a:1/v1: no backend serves fallback model "y"`,
+	} {
+		h, err := parse(t, input)
+		if err != nil {
+			t.Fatalf("%q: %v", input, err)
+		}
+		ctx, cancel := caddy.NewContext(caddy.ActiveContext())
+		err = h.Provision(ctx)
+		cancel()
+		if err == nil || err.Error() != want {
+			t.Errorf("%q: error %v, want %q", input, err, want)
+		}
+	}
+}

@@ -170,39 +170,43 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.routes = make(map[string]route)
 	repl := caddy.NewReplacer()
-	for i, b := range h.Backends {
+	names := make(map[*Backend]string, len(h.Backends))
+	for _, b := range h.Backends {
+		names[b] = b.name()
+	}
+	for _, b := range h.Backends {
 		if err := b.provision(ctx, repl); err != nil {
-			return fmt.Errorf("backend %d: %w", i, err)
+			return fmt.Errorf("%s: %w", names[b], err)
 		}
 		if len(b.Models) == 0 {
 			if h.catchAll != nil {
-				return fmt.Errorf("backend %d: only one backend may leave out models, it serves the models no other lists", i)
+				return fmt.Errorf("%s: only one backend may leave out models, it serves the models no other lists, and %s does already", names[b], names[h.catchAll])
 			}
 			h.catchAll = b
 		}
 		for _, m := range b.Models {
-			if _, dup := h.routes[m]; dup {
-				return fmt.Errorf("backend %d: model %q is served by an earlier backend", i, m)
+			if earlier, dup := h.routes[m]; dup {
+				return fmt.Errorf("%s: model %q is served by %s already", names[b], m, names[earlier.backend])
 			}
 			h.routes[m] = route{backend: b}
 		}
 		for alias, target := range b.Aliases {
-			if _, dup := h.routes[alias]; dup {
-				return fmt.Errorf("backend %d: alias %q names a model served by an earlier backend", i, alias)
+			if earlier, dup := h.routes[alias]; dup {
+				return fmt.Errorf("%s: alias %q names a model served by %s already", names[b], alias, names[earlier.backend])
 			}
 			h.routes[alias] = route{backend: b, model: target}
 		}
 	}
-	for i, b := range h.Backends {
+	for _, b := range h.Backends {
 		if b.Fallback == "" {
 			continue
 		}
 		rt, ok := h.route(b.Fallback)
 		if !ok {
-			return fmt.Errorf("backend %d: no backend serves fallback model %q", i, b.Fallback)
+			return fmt.Errorf("%s: no backend serves fallback model %q", names[b], b.Fallback)
 		}
 		if rt.backend == b {
-			return fmt.Errorf("backend %d: fallback model %q is served by the same backend", i, b.Fallback)
+			return fmt.Errorf("%s: fallback model %q is served by the same backend", names[b], b.Fallback)
 		}
 		if rt.model == "" {
 			rt.model = b.Fallback
@@ -287,6 +291,40 @@ func (b *Backend) streamRetries() int {
 		return len(rp.Upstreams) - 1
 	}
 	return 1
+}
+
+// name names the backend in config errors by its URLs, as the Caddyfile
+// gives them: "backend http://127.0.0.1:8081/v1 http://127.0.0.1:8082/v1".
+func (b *Backend) name() string {
+	var rp struct {
+		Upstreams []struct {
+			Dial string `json:"dial"`
+		} `json:"upstreams"`
+		Transport struct {
+			TLS json.RawMessage `json:"tls"`
+		} `json:"transport"`
+		Dynamic json.RawMessage `json:"dynamic_upstreams"`
+	}
+	_ = json.Unmarshal(b.ProxyRaw, &rp) // a bad proxy is reported by provision
+	scheme := "http://"
+	if rp.Transport.TLS != nil {
+		scheme = "https://"
+	}
+	base := "/v1"
+	if b.BasePath != "" {
+		base = "/" + strings.Trim(b.BasePath, "/")
+	}
+	var urls []string
+	for _, u := range rp.Upstreams {
+		urls = append(urls, scheme+u.Dial+strings.TrimSuffix(base, "/"))
+	}
+	if rp.Dynamic != nil {
+		urls = append(urls, "(dynamic upstreams)")
+	}
+	if len(urls) == 0 {
+		return "backend without upstreams"
+	}
+	return "backend " + strings.Join(urls, " ")
 }
 
 func (b *Backend) provision(ctx caddy.Context, repl *caddy.Replacer) error {

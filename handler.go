@@ -89,6 +89,9 @@ type exchange struct {
 	// upstreamErr is the proxy's own error, for the log only: it may
 	// name the backend address.
 	upstreamErr error
+	// backendError is what a backend's 5xx reply said, redacted and
+	// truncated, for the log only.
+	backendError string
 }
 
 func (h *Handler) newExchange(w http.ResponseWriter, r *http.Request) *exchange {
@@ -325,6 +328,9 @@ func (x *exchange) finish() {
 			zap.Int("status", x.status), zap.String("code", x.code), zap.Duration("duration", time.Since(x.start))}
 		if x.upstreamErr != nil {
 			fields = append(fields, zap.Error(x.upstreamErr))
+		}
+		if x.backendError != "" {
+			fields = append(fields, zap.String("backend_error", x.backendError))
 		}
 		c.Write(fields...)
 	}

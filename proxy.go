@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
@@ -478,7 +479,30 @@ func (u *upstreamWriter) settle(ctx context.Context, proxyErr error, aborted boo
 	}
 	passHeaders(x.w.Header(), u.header)
 	x.fromUpstream = true
+	if u.status >= 500 {
+		x.backendError = x.h.redactUpstreamKeys(backendErrorText(u.body))
+	}
 	return x.upstreamErrorDefaults(upstreamStatusError(u.status, u.body), u.status)
+}
+
+// maxBackendErrorLog bounds the backend's error text in the module log.
+const maxBackendErrorLog = 512
+
+// backendErrorText is what a backend's failed reply says, for the log:
+// its OpenAI error message, else its body, cut to maxBackendErrorLog
+// bytes of valid UTF-8.
+func backendErrorText(body []byte) string {
+	text := strings.TrimSpace(string(body))
+	if e, ok := openai.ParseError(body); ok && e.Message != "" {
+		text = e.Message
+	}
+	if len(text) > maxBackendErrorLog {
+		text = text[:maxBackendErrorLog]
+		for !utf8.ValidString(text) {
+			text = text[:len(text)-1]
+		}
+	}
+	return strings.ToValidUTF8(text, "")
 }
 
 // reply answers from a buffered 2xx reply: normalized JSON, or the same
@@ -600,12 +624,19 @@ func (x *exchange) upstreamErrorDefaults(e *openai.Error, status int) *openai.Er
 			}
 		}
 	}
-	for _, b := range x.h.Backends {
+	e.Message = x.h.redactUpstreamKeys(e.Message)
+	return e
+}
+
+// redactUpstreamKeys replaces every backend's api_key in s (a backend's
+// error may quote it) with "[redacted]".
+func (h *Handler) redactUpstreamKeys(s string) string {
+	for _, b := range h.Backends {
 		if len(b.apiKey) >= 8 {
-			e.Message = strings.ReplaceAll(e.Message, b.apiKey, "[redacted]")
+			s = strings.ReplaceAll(s, b.apiKey, "[redacted]")
 		}
 	}
-	return e
+	return s
 }
 
 // passHeaders copies the backend's response headers a client may rely

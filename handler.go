@@ -35,7 +35,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	switch r.URL.Path {
 	case "/v1/chat/completions":
 		allow = http.MethodPost
-	case "/v1/models", "/healthz":
+	case "/v1/models", "/healthz", "/readyz":
 		allow = "GET, HEAD"
 	default:
 		return next.ServeHTTP(w, r)
@@ -51,6 +51,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			Message: "Method " + r.Method + " is not allowed on " + r.URL.Path + "; use " + allow + "."})
 	case r.URL.Path == "/healthz":
 		x.writeJSON(http.StatusOK, []byte(`{"status":"ok"}`))
+	case r.URL.Path == "/readyz":
+		h.serveReady(x)
 	case r.URL.Path == "/v1/models":
 		h.serveModels(x)
 	default:

@@ -40,7 +40,9 @@ const (
 //
 //	POST /v1/chat/completions
 //	GET  /v1/models
-//	GET  /healthz
+//	GET  /healthz  liveness: 200 {"status":"ok"}
+//	GET  /readyz   readiness: 200 {"status":"ready"}, or 503 when a
+//	               backend has no healthy upstream left
 //
 // and passes every other request to the next handler, so it can share a
 // site with file_server or reverse_proxy, or live under handle_path.

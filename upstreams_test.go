@@ -470,3 +470,43 @@ func TestProxyErrorCodes(t *testing.T) {
 		}
 	}
 }
+
+// TestReadyz: /readyz is 200 while every backend has a healthy upstream
+// and in echo mode, 503 in OpenAI's error shape once a backend's
+// upstreams are all marked down.
+func TestReadyz(t *testing.T) {
+	ready := func(g *gateway) (int, string) {
+		resp, body := do(t, mustRequest("GET", g.URL+"/readyz"))
+		if resp.Header.Get("X-Request-ID") == "" || resp.Header.Get("Content-Type") != "application/json" {
+			t.Fatalf("readyz headers %v, want X-Request-ID and JSON", resp.Header)
+		}
+		return resp.StatusCode, body
+	}
+	if status, body := ready(newGateway(t, "chat_gateway")); status != 200 || body != `{"status":"ready"}` {
+		t.Fatalf("echo mode: %d %s, want 200 {\"status\":\"ready\"}", status, body)
+	}
+
+	healthy := replica(t, "healthy", nil)
+	g := newGateway(t, fmt.Sprintf(`chat_gateway {
+		backend %s {
+			models up
+		}
+		backend %s %s {
+			models down
+		}
+	}`, healthy.URL, refusing(t), refusing(t)))
+	if status, body := ready(g); status != 200 || body != `{"status":"ready"}` {
+		t.Fatalf("before any failure: %d %s, want 200 ready", status, body)
+	}
+	// Both replicas refuse: each is marked down for fail_duration.
+	if resp, body := g.post(t, `{"model":"down","messages":[{"role":"user","content":"x"}]}`); resp.StatusCode != 502 {
+		t.Fatalf("request to the dead replicas: %d %s, want 502", resp.StatusCode, body)
+	}
+	status, body := ready(g)
+	if e := apiError(t, body); status != 503 || e["code"] != "no_healthy_upstream" || e["type"] != "upstream_error" || strings.Contains(body, "127.0.0.1") {
+		t.Fatalf("with a backend down: %d %s, want 503 no_healthy_upstream naming no address", status, body)
+	}
+	if resp, _ := do(t, mustRequest("POST", g.URL+"/readyz")); resp.StatusCode != 405 {
+		t.Fatalf("POST /readyz: %d, want 405", resp.StatusCode)
+	}
+}

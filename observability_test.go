@@ -22,6 +22,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
 )
 
 func histogramCount(t *testing.T, h prometheus.Observer) uint64 {
@@ -346,4 +348,21 @@ func TestBackendErrorLogged(t *testing.T) {
 	if _, raw := g.logs(t); strings.Contains(raw, key) {
 		t.Fatal("the upstream key reached the logs")
 	}
+}
+
+// FuzzBackendErrorText: whatever a backend sends, the logged text is at
+// most 512 bytes of valid UTF-8, and a short OpenAI message is kept whole.
+func FuzzBackendErrorText(f *testing.F) {
+	f.Add([]byte(`{"error":{"message":"CUDA out of memory","type":"server_error"}}`))
+	f.Add([]byte(`{"error":"plain text"}`))
+	f.Add([]byte("<html>\xff\xfe" + strings.Repeat("é", 300) + "</html>"))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		text := backendErrorText(body)
+		if len(text) > maxBackendErrorLog || !utf8.ValidString(text) {
+			t.Fatalf("%q -> %q (%d bytes), want at most %d bytes of UTF-8", body, text, len(text), maxBackendErrorLog)
+		}
+		if e, ok := openai.ParseError(body); ok && e.Message != "" && len(e.Message) <= maxBackendErrorLog && utf8.ValidString(e.Message) && text != e.Message {
+			t.Fatalf("%q -> %q, want the message %q", body, text, e.Message)
+		}
+	})
 }

@@ -59,22 +59,25 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
 	dirTok := d.Token()
+	var proxies []*parsedProxy // of h.Backends, in order
+	singleURLForm := false
 	if urls := d.RemainingArgs(); len(urls) > 0 {
-		b, err := newBackend(d, dirTok, urls, nil, nil)
+		b, p, err := newBackend(d, dirTok, urls, nil, nil)
 		if err != nil {
 			return err
 		}
-		h.Backends = append(h.Backends, b)
+		h.Backends, proxies = append(h.Backends, b), append(proxies, p)
+		singleURLForm = true
 	}
 	var sharedKey string
 	for d.NextBlock(0) {
 		switch d.Val() {
 		case "backend":
-			b, err := parseBackend(d)
+			b, p, err := parseBackend(d)
 			if err != nil {
 				return err
 			}
-			h.Backends = append(h.Backends, b)
+			h.Backends, proxies = append(h.Backends, b), append(proxies, p)
 		case "api_key":
 			if !d.NextArg() {
 				return d.ArgErr()
@@ -103,8 +106,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			n, err := strconv.Atoi(d.Val())
-			if err != nil || n < 1 {
-				return d.Errf("invalid max_concurrent '%s': want a positive number", d.Val())
+			if err != nil || n < 0 {
+				return d.Errf("invalid max_concurrent '%s': want a number, 0 for no cap", d.Val())
 			}
 			h.MaxConcurrent = n
 			if d.NextArg() {
@@ -149,20 +152,64 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.KeepaliveInterval = caddy.Duration(dur)
 			}
 		default:
+			if singleURLForm && isProxySubdirective(d.Val()) {
+				return d.Errf("unrecognized chat_gateway option '%s': it is a reverse_proxy subdirective; put it in a 'backend <urls...> { ... }' block instead of giving the URLs on the chat_gateway line", d.Val())
+			}
 			return d.Errf("unrecognized chat_gateway option '%s'", d.Val())
 		}
 	}
-	for _, b := range h.Backends {
+	bodyLimit := h.MaxRequestBody
+	if bodyLimit == 0 {
+		bodyLimit = defaultMaxRequestBody
+	}
+	room := bodyEditRoom(h.Backends)
+	for i, b := range h.Backends {
 		if b.APIKey == "" {
 			b.APIKey = sharedKey
 		}
+		p := proxies[i]
+		proxyDefaults(p.rp, p.retryCodes, bodyLimit+room)
+		b.ProxyRaw = caddyconfig.JSONModuleObject(p.rp, "handler", "reverse_proxy", nil)
 	}
 	return nil
 }
 
+// parsedProxy is a backend's reverse_proxy as its Caddyfile lines give
+// it, before the gateway's defaults, which depend on the whole block.
+type parsedProxy struct {
+	rp         *reverseproxy.Handler
+	retryCodes []int // the statuses of retry_on
+}
+
+// isProxySubdirective reports whether name is a subdirective of
+// reverse_proxy, by asking reverse_proxy's own Caddyfile parser.
+func isProxySubdirective(name string) bool {
+	tokens, err := caddyfile.Tokenize([]byte("reverse_proxy 127.0.0.1:1 {\n"+name+"\n}"), "")
+	if err != nil || len(tokens) != 5 {
+		return false
+	}
+	var rp reverseproxy.Handler
+	err = rp.UnmarshalCaddyfile(caddyfile.NewDispenser(tokens))
+	return err == nil || !strings.Contains(err.Error(), "unrecognized subdirective")
+}
+
+// bodyEditRoom is how much the gateway's own edits can add to a request
+// body on its way upstream: a model name from the config in place of the
+// client's, and stream_options.include_usage.
+func bodyEditRoom(backends []*Backend) int64 {
+	longest := 0
+	for _, b := range backends {
+		longest = max(longest, len(b.Fallback))
+		for _, target := range b.Aliases {
+			longest = max(longest, len(target))
+		}
+	}
+	return int64(2*longest) + 256 // a name JSON-escaped, plus the members' keys
+}
+
 // parseBackend reads a backend block. Its own options are taken out;
 // every other line goes to reverse_proxy's Caddyfile parser.
-func parseBackend(d *caddyfile.Dispenser) (*Backend, error) {
+func parseBackend(d *caddyfile.Dispenser) (*Backend, *parsedProxy, error) {
 	seg := caddyfile.NewDispenser(d.NextSegment())
 	seg.Next()
 	head := seg.Token()
@@ -175,12 +222,12 @@ func parseBackend(d *caddyfile.Dispenser) (*Backend, error) {
 		case "models":
 			b.Models = append(b.Models, seg.RemainingArgs()...)
 			if len(b.Models) == 0 {
-				return nil, seg.ArgErr()
+				return nil, nil, seg.ArgErr()
 			}
 		case "alias":
 			args := seg.RemainingArgs()
 			if len(args) != 2 {
-				return nil, seg.Errf("alias takes a name and the model it stands for")
+				return nil, nil, seg.Errf("alias takes a name and the model it stands for")
 			}
 			if b.Aliases == nil {
 				b.Aliases = make(map[string]string)
@@ -190,7 +237,7 @@ func parseBackend(d *caddyfile.Dispenser) (*Backend, error) {
 			opt := seg.Val()
 			args := seg.RemainingArgs()
 			if len(args) != 1 {
-				return nil, seg.ArgErr()
+				return nil, nil, seg.ArgErr()
 			}
 			switch opt {
 			case "api_key":
@@ -203,7 +250,7 @@ func parseBackend(d *caddyfile.Dispenser) (*Backend, error) {
 		case "retry_on":
 			args := seg.RemainingArgs()
 			if len(args) == 0 {
-				return nil, seg.ArgErr()
+				return nil, nil, seg.ArgErr()
 			}
 			for _, cond := range args {
 				codes, ok := retryConditions[cond]
@@ -211,7 +258,7 @@ func parseBackend(d *caddyfile.Dispenser) (*Backend, error) {
 					codes, ok = []int{n}, true
 				}
 				if !ok {
-					return nil, seg.Errf("invalid retry_on condition '%s': want 429, 5xx, a 5xx status or stream", cond)
+					return nil, nil, seg.Errf("invalid retry_on condition '%s': want 429, 5xx, a 5xx status or stream", cond)
 				}
 				if codes == nil {
 					b.RetryStream = true
@@ -219,29 +266,30 @@ func parseBackend(d *caddyfile.Dispenser) (*Backend, error) {
 				retryCodes = append(retryCodes, codes...)
 			}
 		case "handle_response", "replace_status", "copy_response", "copy_response_headers":
-			return nil, seg.Errf("'%s' is not supported in a chat_gateway backend: the gateway handles responses itself", seg.Val())
+			return nil, nil, seg.Errf("'%s' is not supported in a chat_gateway backend: the gateway handles responses itself", seg.Val())
 		default:
 			proxyLines = append(proxyLines, seg.NextSegment()...)
 		}
 	}
-	nb, err := newBackend(d, head, urls, proxyLines, retryCodes)
+	nb, p, err := newBackend(d, head, urls, proxyLines, retryCodes)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	nb.Models, nb.Aliases, nb.APIKey, nb.Fallback, nb.RetryStream = b.Models, b.Aliases, b.APIKey, b.Fallback, b.RetryStream
 	if b.BasePath != "" {
 		nb.BasePath = b.BasePath
 	}
-	return nb, nil
+	return nb, p, nil
 }
 
 // retryConditions are the retry_on words; nil codes stand for "stream".
 var retryConditions = map[string][]int{"429": {429}, "5xx": {500, 502, 503, 504}, "stream": nil}
 
 // newBackend builds a backend from its base URLs and the reverse_proxy
-// lines of its block, parsed by reverse_proxy's own Caddyfile code, then
-// given the gateway's defaults and the retries on retryCodes.
-func newBackend(d *caddyfile.Dispenser, head caddyfile.Token, urls []string, proxyLines []caddyfile.Token, retryCodes []int) (*Backend, error) {
+// lines of its block, parsed by reverse_proxy's own Caddyfile code. The
+// proxy gets the gateway's defaults, and the retries on retryCodes, once
+// the whole chat_gateway block is read.
+func newBackend(d *caddyfile.Dispenser, head caddyfile.Token, urls []string, proxyLines []caddyfile.Token, retryCodes []int) (*Backend, *parsedProxy, error) {
 	tok := func(text string) caddyfile.Token {
 		t := head
 		t.Text = text
@@ -253,14 +301,19 @@ func newBackend(d *caddyfile.Dispenser, head caddyfile.Token, urls []string, pro
 	for i, raw := range urls {
 		u, err := url.Parse(repl.ReplaceKnown(raw, ""))
 		if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
-			return nil, d.Errf("invalid backend URL '%s': want http(s)://host[:port][/base/path]", raw)
+			return nil, nil, d.Errf("invalid backend URL '%s': want http(s)://host[:port][/base/path]", raw)
 		}
 		path := strings.TrimSuffix(u.Path, "/")
+		for _, endpoint := range []string{"/chat/completions", "/models"} {
+			if base, ok := strings.CutSuffix(path, endpoint); ok {
+				return nil, nil, d.Errf("backend URL '%s' is an endpoint, not a base URL: give the base URL as OpenAI SDKs take it, such as '%s'", raw, u.Scheme+"://"+u.Host+base)
+			}
+		}
 		if path == "" {
 			path = "/v1"
 		}
 		if i > 0 && path != b.BasePath {
-			return nil, d.Errf("backend URLs of one backend must share one path: '%s' has %s, not %s", raw, path, b.BasePath)
+			return nil, nil, d.Errf("backend URLs of one backend must share one path: '%s' has %s, not %s", raw, path, b.BasePath)
 		}
 		b.BasePath = path
 		tokens = append(tokens, tok(u.Scheme+"://"+u.Host))
@@ -273,16 +326,14 @@ func newBackend(d *caddyfile.Dispenser, head caddyfile.Token, urls []string, pro
 		end.Line++
 		tokens = append(tokens, end)
 	}
-	var rp reverseproxy.Handler
+	rp := new(reverseproxy.Handler)
 	if err := rp.UnmarshalCaddyfile(caddyfile.NewDispenser(tokens)); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if len(rp.Upstreams) == 0 && rp.DynamicUpstreamsRaw == nil {
-		return nil, d.Errf("backend needs at least one URL (or 'dynamic')")
+		return nil, nil, d.Errf("backend needs at least one URL (or 'dynamic')")
 	}
-	proxyDefaults(&rp, retryCodes)
-	b.ProxyRaw = caddyconfig.JSONModuleObject(rp, "handler", "reverse_proxy", nil)
-	return b, nil
+	return b, &parsedProxy{rp: rp, retryCodes: retryCodes}, nil
 }
 
 // proxyDefaults gives a backend's reverse_proxy what a gateway needs.
@@ -290,9 +341,9 @@ func newBackend(d *caddyfile.Dispenser, head caddyfile.Token, urls []string, pro
 // the failed upstream is marked down for a while (unless lb_retries,
 // lb_try_duration or fail_duration say otherwise). With retry_on
 // statuses, those replies are retried too (a single upstream once), the
-// body is buffered so it can be sent again, and, with several
-// upstreams, the upstream that sent one is marked down.
-func proxyDefaults(rp *reverseproxy.Handler, retryCodes []int) {
+// body is buffered so it can be sent again, up to bufferLimit bytes, and,
+// with several upstreams, the upstream that sent one is marked down.
+func proxyDefaults(rp *reverseproxy.Handler, retryCodes []int, bufferLimit int64) {
 	several := len(rp.Upstreams) > 1 || rp.DynamicUpstreamsRaw != nil
 	if !several && len(retryCodes) == 0 {
 		return
@@ -325,7 +376,11 @@ func proxyDefaults(rp *reverseproxy.Handler, retryCodes []int) {
 		expr := "{http.reverse_proxy.status_code} in [" + strings.Join(codes, ", ") + "]"
 		lb.RetryMatchRaw = append(lb.RetryMatchRaw, caddy.ModuleMap{"expression": caddyconfig.JSON(expr, nil)})
 		if rp.RequestBuffers == 0 {
-			rp.RequestBuffers = -1 // the body is already in memory, bounded by max_request_body
+			// The gateway holds the body already, at most max_request_body
+			// and its own edits: a bound, where -1 would be unlimited (and
+			// Caddy warns of it). A body that fills the buffer is not sent
+			// again, so the bound is one more than the largest body.
+			rp.RequestBuffers = bufferLimit + 1
 		}
 	}
 }

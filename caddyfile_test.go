@@ -32,13 +32,14 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		first_token_timeout 3m
 		idle_timeout 45s
 		include_usage_upstream
+		max_concurrent 0
 	}`)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !h.Echo || h.EchoDelay != caddy.Duration(20*time.Millisecond) || h.MaxRequestBody != 2<<20 || h.Timeout != caddy.Duration(90*time.Second) ||
-		h.FirstTokenTimeout != caddy.Duration(3*time.Minute) || h.IdleTimeout != caddy.Duration(45*time.Second) || !h.IncludeUsageUpstream {
-		t.Fatalf("%+v", h)
+		h.FirstTokenTimeout != caddy.Duration(3*time.Minute) || h.IdleTimeout != caddy.Duration(45*time.Second) || !h.IncludeUsageUpstream || h.MaxConcurrent != 0 {
+		t.Fatalf("%+v, want every option of the block set", h)
 	}
 
 	h, err = parse(t, `chat_gateway http://127.0.0.1:8081/v1 http://127.0.0.1:8082 {
@@ -95,6 +96,11 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		"chat_gateway {\n backend http://a:1 {\n lb_policy nope\n }\n}":  "nope",
 		"chat_gateway {\n backend http://a:1 {\n handle_response\n }\n}": "not supported",
 		"chat_gateway {\n backend http://a:1 {\n api_key a b\n }\n}":     "wrong argument count",
+		`chat_gateway http://a:1/v1/chat/completions`:                    "backend URL 'http://a:1/v1/chat/completions' is an endpoint, not a base URL: give the base URL as OpenAI SDKs take it, such as 'http://a:1/v1'",
+		"chat_gateway {\n backend https://a/openai/v1/models/\n}":        "such as 'https://a/openai/v1'",
+		"chat_gateway http://a:1 {\n lb_policy first\n}":                 "unrecognized chat_gateway option 'lb_policy': it is a reverse_proxy subdirective; put it in a 'backend <urls...> { ... }' block",
+		"chat_gateway http://a:1 {\n transport http {\n }\n}":            "it is a reverse_proxy subdirective",
+		`chat_gateway { max_concurrent -1 }`:                             "invalid max_concurrent '-1': want a number, 0 for no cap",
 	} {
 		_, err := parse(t, input)
 		if err == nil || !strings.Contains(err.Error(), want) {
@@ -136,4 +142,26 @@ func FuzzCaddyfile(f *testing.F) {
 		var h Handler
 		_ = h.UnmarshalCaddyfile(caddyfile.NewDispenser(tokens)) // must not panic
 	})
+}
+
+// TestProvisionErrorsNameBackends: a config error names the backends by
+// their URLs, not by their position.
+func TestProvisionErrorsNameBackends(t *testing.T) {
+	newGateway(t, "chat_gateway") // reverse_proxy provisions within a running config
+	for input, want := range map[string]string{
+		"chat_gateway {\n backend http://a:1 {\n models x\n }\n backend https://b {\n models x\n }\n}": `backend https://b:443/v1: model "x" is served by backend http://a:1/v1 already`,
+		"chat_gateway {\n backend http://a:1/api http://c:3/api\n backend http://b:2\n}":               `backend http://b:2/v1: only one backend may leave out models, it serves the models no other lists, and backend http://a:1/api http://c:3/api does already`,
+		"chat_gateway {\n backend http://a:1 {\n models x\n fallback y\n }\n}":                         `backend http://a:1/v1: no backend serves fallback model "y"`,
+	} {
+		h, err := parse(t, input)
+		if err != nil {
+			t.Fatalf("%q: %v", input, err)
+		}
+		ctx, cancel := caddy.NewContext(caddy.ActiveContext())
+		err = h.Provision(ctx)
+		cancel()
+		if err == nil || err.Error() != want {
+			t.Errorf("%q: error %v, want %q", input, err, want)
+		}
+	}
 }

@@ -18,7 +18,7 @@ func (h *Handler) echo(x *exchange) {
 	text := "Echo: " + x.req.Prompt()
 	meta := x.meta(echoModel)
 	if !x.req.Stream {
-		out, rep, err := openai.NormalizeCompletion(nil, openai.Completion(text), meta)
+		out, rep, err := openai.AppendNormalizedCompletion(nil, openai.Completion(text), meta)
 		if err != nil {
 			panic(err) // the gateway's own reply is always valid
 		}
@@ -37,7 +37,7 @@ func (h *Handler) echo(x *exchange) {
 		}
 		return true
 	}
-	if !write(st.Delta(nil, 0, "assistant", "", "")) {
+	if !write(st.AppendDelta(nil, 0, "assistant", "", "")) {
 		return
 	}
 	var delay *time.Timer
@@ -55,12 +55,12 @@ func (h *Handler) echo(x *exchange) {
 				return
 			}
 		}
-		if !write(st.Delta(nil, 0, "", word, "")) {
+		if !write(st.AppendDelta(nil, 0, "", word, "")) {
 			return
 		}
 		x.markFirstToken()
 	}
-	if !write(st.Delta(nil, 0, "", "", "stop")) {
+	if !write(st.AppendDelta(nil, 0, "", "", "stop")) {
 		return
 	}
 	if out.finishStream(st, x.req.IncludeUsage) != nil {

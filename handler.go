@@ -35,7 +35,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	switch r.URL.Path {
 	case "/v1/chat/completions":
 		allow = http.MethodPost
-	case "/v1/models", "/healthz":
+	case "/v1/models", "/healthz", "/readyz":
 		allow = "GET, HEAD"
 	default:
 		return next.ServeHTTP(w, r)
@@ -59,6 +59,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			Message: "Method " + r.Method + " is not allowed on " + r.URL.Path + "; use " + allow + "."})
 	case r.URL.Path == "/healthz":
 		x.writeJSON(http.StatusOK, []byte(`{"status":"ok"}`))
+	case r.URL.Path == "/readyz":
+		h.serveReady(x)
 	case r.URL.Path == "/v1/models":
 		h.serveModels(x)
 	default:
@@ -98,6 +100,9 @@ type exchange struct {
 	// upstreamErr is the proxy's own error, for the log only: it may
 	// name the backend address.
 	upstreamErr error
+	// backendError is what a backend's 5xx reply said, redacted and
+	// truncated, for the log only.
+	backendError string
 }
 
 func (h *Handler) newExchange(w http.ResponseWriter, r *http.Request) *exchange {
@@ -125,18 +130,28 @@ func requestID(r *http.Request) string {
 	return uuid.NewString()
 }
 
-// validRequestID accepts 1 to 128 bytes of printable ASCII without
-// spaces, so an id can be reflected in headers, JSON and logs as is.
+// validRequestID accepts 1 to 128 bytes of [A-Za-z0-9._:/+=@-], so an
+// id can be reflected in headers, JSON, placeholders and logs (even
+// logs viewed as HTML) as is.
 func validRequestID(s string) bool {
 	if len(s) == 0 || len(s) > 128 {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
-		if s[i] <= ' ' || s[i] > '~' {
+		if !requestIDChar(s[i]) {
 			return false
 		}
 	}
 	return true
+}
+
+// requestIDChar reports whether c may appear in a client's request id.
+func requestIDChar(c byte) bool {
+	switch {
+	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		return true
+	}
+	return strings.IndexByte("._:/+=@-", c) >= 0
 }
 
 // serveChat handles POST /v1/chat/completions.
@@ -200,8 +215,8 @@ func (h *Handler) route(model string) (route, bool) {
 	if rt, ok := h.routes[model]; ok {
 		return rt, true
 	}
-	if h.fallback != nil {
-		return route{backend: h.fallback}, true
+	if h.catchAll != nil {
+		return route{backend: h.catchAll}, true
 	}
 	return route{}, false
 }
@@ -333,6 +348,9 @@ func (x *exchange) finish() {
 			zap.Int("status", x.status), zap.String("code", x.code), zap.Duration("duration", time.Since(x.start))}
 		if x.upstreamErr != nil {
 			fields = append(fields, zap.Error(x.upstreamErr))
+		}
+		if x.backendError != "" {
+			fields = append(fields, zap.String("backend_error", x.backendError))
 		}
 		c.Write(fields...)
 	}

@@ -62,11 +62,18 @@ func TestRequestID(t *testing.T) {
 	}{
 		{"given", []string{"X-Request-ID", "abc-123"}, "abc-123"},
 		{"alternative header", []string{"Request-Id", "alt.456"}, "alt.456"},
+		{"every allowed character", []string{"X-Request-ID", "AZaz09._:/+=@-"}, "AZaz09._:/+=@-"},
+		{"128 bytes", []string{"X-Request-ID", strings.Repeat("b", 128)}, strings.Repeat("b", 128)},
 		{"x-request-id wins", []string{"X-Request-ID", "first", "Request-Id", "second"}, "first"},
 		{"invalid falls back to Request-Id", []string{"X-Request-ID", "has space", "Request-Id", "ok"}, "ok"},
 		{"space", []string{"X-Request-ID", "has space"}, ""},
 		{"too long", []string{"X-Request-ID", strings.Repeat("a", 129)}, ""},
 		{"non-ascii", []string{"X-Request-ID", "é"}, ""},
+		{"html", []string{"X-Request-ID", "<script>alert(1)</script>"}, ""},
+		{"quotes", []string{"X-Request-ID", `a"b'c`}, ""},
+		{"ampersand", []string{"X-Request-ID", "a&b"}, ""},
+		{"braces", []string{"X-Request-ID", "{env.HOME}"}, ""},
+		{"percent", []string{"X-Request-ID", "a%0d"}, ""},
 		{"missing", nil, ""},
 	}
 	for _, tt := range tests {

@@ -345,8 +345,6 @@ func upstreamBody(r *http.Request) string {
 
 type bodyKey struct{}
 
-func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }
-
 // inFlight reads the in-flight requests gauge.
 func inFlight() float64 {
 	var m dto.Metric

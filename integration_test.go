@@ -86,6 +86,18 @@ func TestCaddyfiles(t *testing.T) {
 			if !strings.Contains(string(got), tt.want) || !strings.Contains(string(got), `"id":"it-1"`) {
 				t.Fatalf("reply %s, want %q", got, tt.want)
 			}
+
+			// Any other API path: OpenAI's 404 for unknown URLs, in JSON,
+			// not the empty 200 Caddy gives when no handler answers.
+			unknown := strings.TrimSuffix(tt.path, "/chat/completions") + "/embeddings"
+			req, _ = http.NewRequest("POST", fmt.Sprintf("http://127.0.0.1:%d%s", port, unknown), strings.NewReader(body))
+			resp = tester.AssertResponseCode(req, 404)
+			got, _ = io.ReadAll(resp.Body)
+			resp.Body.Close()
+			e := apiError(t, string(got))
+			if resp.Header.Get("Content-Type") != "application/json" || e["code"] != "unknown_url" || e["type"] != "invalid_request_error" || e["message"] == "" {
+				t.Fatalf("%s: %s %s, want OpenAI's unknown_url error in JSON", unknown, resp.Header.Get("Content-Type"), got)
+			}
 		})
 	}
 }

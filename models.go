@@ -40,8 +40,8 @@ func (h *Handler) serveModels(x *exchange) {
 				add(a)
 			}
 		}
-		if h.fallback != nil {
-			body, e := h.fallback.reportedModels(x, time.Duration(h.FirstTokenTimeout))
+		if h.catchAll != nil {
+			body, e := h.catchAll.reportedModels(x, time.Duration(h.FirstTokenTimeout))
 			if e != nil && len(list) == 0 {
 				x.fail(e)
 				return
@@ -99,7 +99,7 @@ func (x *exchange) fetchModels(b *Backend, timeout time.Duration) ([]byte, *open
 	ctx, cancel := context.WithTimeout(x.r.Context(), timeout)
 	defer cancel()
 	var rb replyBuffer
-	err, aborted := serveProxy(b.proxy, &rb, x.upstreamRequest(ctx, b, http.MethodGet, "/models", nil))
+	aborted, err := serveProxy(b.proxy, &rb, x.upstreamRequest(ctx, b, http.MethodGet, "/models", nil))
 	switch {
 	case err != nil || rb.status == 0:
 		x.upstreamErr = err

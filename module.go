@@ -44,7 +44,9 @@ const (
 //
 //	POST /v1/chat/completions
 //	GET  /v1/models
-//	GET  /healthz
+//	GET  /healthz  liveness: 200 {"status":"ok"}
+//	GET  /readyz   readiness: 200 {"status":"ready"}, or 503 when a
+//	               backend has no healthy upstream left
 //
 // and passes every other request to the next handler, so it can share a
 // site with file_server or reverse_proxy, or live under handle_path.
@@ -53,8 +55,8 @@ const (
 // text of the last user message, streamed or not.
 //
 // Every response carries an X-Request-ID header: the client's
-// X-Request-ID (or Request-Id) when it is a printable token of at most
-// 128 bytes, else a new UUID. It is also the reply's "id", the
+// X-Request-ID (or Request-Id) when it is 1 to 128 bytes of
+// [A-Za-z0-9._:/+=@-], else a new UUID. It is also the reply's "id", the
 // X-Request-ID sent upstream, and the placeholder
 // {http.chat_gateway.request_id}.
 //
@@ -135,8 +137,9 @@ type Handler struct {
 
 	// routes maps a model name (or alias) to where it is served.
 	routes map[string]route
-	// fallback serves models no backend lists; nil if there is none.
-	fallback *Backend
+	// catchAll is the backend without models: it serves every model no
+	// other backend lists; nil if there is none.
+	catchAll *Backend
 	// slots holds a token per chat request served, if MaxConcurrent is set.
 	slots  chan struct{}
 	logger *zap.Logger
@@ -182,39 +185,43 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.routes = make(map[string]route)
 	repl := caddy.NewReplacer()
-	for i, b := range h.Backends {
+	names := make(map[*Backend]string, len(h.Backends))
+	for _, b := range h.Backends {
+		names[b] = b.name()
+	}
+	for _, b := range h.Backends {
 		if err := b.provision(ctx, repl); err != nil {
-			return fmt.Errorf("backend %d: %w", i, err)
+			return fmt.Errorf("%s: %w", names[b], err)
 		}
 		if len(b.Models) == 0 {
-			if h.fallback != nil {
-				return fmt.Errorf("backend %d: only one backend may leave out models, it serves the models no other lists", i)
+			if h.catchAll != nil {
+				return fmt.Errorf("%s: only one backend may leave out models, it serves the models no other lists, and %s does already", names[b], names[h.catchAll])
 			}
-			h.fallback = b
+			h.catchAll = b
 		}
 		for _, m := range b.Models {
-			if _, dup := h.routes[m]; dup {
-				return fmt.Errorf("backend %d: model %q is served by an earlier backend", i, m)
+			if earlier, dup := h.routes[m]; dup {
+				return fmt.Errorf("%s: model %q is served by %s already", names[b], m, names[earlier.backend])
 			}
 			h.routes[m] = route{backend: b}
 		}
 		for alias, target := range b.Aliases {
-			if _, dup := h.routes[alias]; dup {
-				return fmt.Errorf("backend %d: alias %q names a model served by an earlier backend", i, alias)
+			if earlier, dup := h.routes[alias]; dup {
+				return fmt.Errorf("%s: alias %q names a model served by %s already", names[b], alias, names[earlier.backend])
 			}
 			h.routes[alias] = route{backend: b, model: target}
 		}
 	}
-	for i, b := range h.Backends {
+	for _, b := range h.Backends {
 		if b.Fallback == "" {
 			continue
 		}
 		rt, ok := h.route(b.Fallback)
 		if !ok {
-			return fmt.Errorf("backend %d: no backend serves fallback model %q", i, b.Fallback)
+			return fmt.Errorf("%s: no backend serves fallback model %q", names[b], b.Fallback)
 		}
 		if rt.backend == b {
-			return fmt.Errorf("backend %d: fallback model %q is served by the same backend", i, b.Fallback)
+			return fmt.Errorf("%s: fallback model %q is served by the same backend", names[b], b.Fallback)
 		}
 		if rt.model == "" {
 			rt.model = b.Fallback
@@ -299,6 +306,40 @@ func (b *Backend) streamRetries() int {
 		return len(rp.Upstreams) - 1
 	}
 	return 1
+}
+
+// name names the backend in config errors by its URLs, as the Caddyfile
+// gives them: "backend http://127.0.0.1:8081/v1 http://127.0.0.1:8082/v1".
+func (b *Backend) name() string {
+	var rp struct {
+		Upstreams []struct {
+			Dial string `json:"dial"`
+		} `json:"upstreams"`
+		Transport struct {
+			TLS json.RawMessage `json:"tls"`
+		} `json:"transport"`
+		Dynamic json.RawMessage `json:"dynamic_upstreams"`
+	}
+	_ = json.Unmarshal(b.ProxyRaw, &rp) // a bad proxy is reported by provision
+	scheme := "http://"
+	if rp.Transport.TLS != nil {
+		scheme = "https://"
+	}
+	base := "/v1"
+	if b.BasePath != "" {
+		base = "/" + strings.Trim(b.BasePath, "/")
+	}
+	var urls []string
+	for _, u := range rp.Upstreams {
+		urls = append(urls, scheme+u.Dial+strings.TrimSuffix(base, "/"))
+	}
+	if rp.Dynamic != nil {
+		urls = append(urls, "(dynamic upstreams)")
+	}
+	if len(urls) == 0 {
+		return "backend without upstreams"
+	}
+	return "backend " + strings.Join(urls, " ")
 }
 
 func (b *Backend) provision(ctx caddy.Context, repl *caddy.Replacer) error {

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -21,6 +22,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
 )
 
 func histogramCount(t *testing.T, h prometheus.Observer) uint64 {
@@ -309,4 +312,57 @@ func TestModuleLog(t *testing.T) {
 			t.Fatalf("a log line holds the key or the prompt: %s", text)
 		}
 	}
+}
+
+// TestBackendErrorLogged: the module log line of a request a backend
+// failed with a 5xx carries what the backend said, its key redacted,
+// cut to 512 bytes of valid UTF-8; the client sees none of it.
+func TestBackendErrorLogged(t *testing.T) {
+	const key = "sk-upstream-secret-0123456789"
+	long := "CUDA out of memory; key " + key + "; " + strings.Repeat("é", 600)
+	be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(upstreamBody(r), "html") {
+			w.Header().Set("Content-Type", "text/html")
+			w.WriteHeader(503)
+			fmt.Fprint(w, "<html><body>upstream overloaded</body></html>\n")
+			return
+		}
+		b, _ := json.Marshal(map[string]any{"error": map[string]any{"message": long, "type": "server_error"}})
+		writeJSON(w, 500, string(b))
+	})
+	g := newGateway(t, "chat_gateway "+be.URL+" {\n api_key "+key+"\n}")
+	for _, tt := range []struct{ id, content, want string }{
+		{"be-json", "json", "CUDA out of memory; key [redacted]; éé"},
+		{"be-html", "html", "<html><body>upstream overloaded</body></html>"},
+	} {
+		resp, got := g.post(t, `{"model":"m","messages":[{"role":"user","content":"`+tt.content+`"}]}`, "X-Request-ID", tt.id)
+		if resp.StatusCode != 502 || strings.Contains(got, "CUDA") || strings.Contains(got, "overloaded") {
+			t.Fatalf("%s: %d %s, want 502 without the backend's text", tt.id, resp.StatusCode, got)
+		}
+		l := g.waitLog(t, "request failed", tt.id)
+		text, _ := l["backend_error"].(string)
+		if !strings.HasPrefix(text, tt.want) || len(text) > 512 || !utf8.ValidString(text) || strings.Contains(text, key) {
+			t.Errorf("%s: backend_error %q (%d bytes), want it to start with %q, at most 512 bytes of UTF-8, no key", tt.id, text, len(text), tt.want)
+		}
+	}
+	if _, raw := g.logs(t); strings.Contains(raw, key) {
+		t.Fatal("the upstream key reached the logs")
+	}
+}
+
+// FuzzBackendErrorText: whatever a backend sends, the logged text is at
+// most 512 bytes of valid UTF-8, and a short OpenAI message is kept whole.
+func FuzzBackendErrorText(f *testing.F) {
+	f.Add([]byte(`{"error":{"message":"CUDA out of memory","type":"server_error"}}`))
+	f.Add([]byte(`{"error":"plain text"}`))
+	f.Add([]byte("<html>\xff\xfe" + strings.Repeat("é", 300) + "</html>"))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		text := backendErrorText(body)
+		if len(text) > maxBackendErrorLog || !utf8.ValidString(text) {
+			t.Fatalf("%q -> %q (%d bytes), want at most %d bytes of UTF-8", body, text, len(text), maxBackendErrorLog)
+		}
+		if e, ok := openai.ParseError(body); ok && e.Message != "" && len(e.Message) <= maxBackendErrorLog && utf8.ValidString(e.Message) && text != e.Message {
+			t.Fatalf("%q -> %q, want the message %q", body, text, e.Message)
+		}
+	})
 }

@@ -18,6 +18,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
@@ -122,7 +123,7 @@ func (h *Handler) attempt(parent context.Context, x *exchange, rt route, body []
 	begin := time.Now()
 	b := rt.backend
 	if rt.model != "" {
-		body = openai.SetMember(body, "model", mustJSON(rt.model))
+		body = openai.SetMember(body, "model", jsonString(rt.model))
 	}
 	if x.req.Stream && h.IncludeUsageUpstream && !x.req.IncludeUsage {
 		opts := openai.Member(body, "stream_options")
@@ -148,7 +149,7 @@ func (h *Handler) attempt(parent context.Context, x *exchange, rt route, body []
 	up := x.upstreamRequest(ctx, b, http.MethodPost, "/chat/completions", body)
 	proxyStart := time.Now()
 	x.gw += proxyStart.Sub(begin)
-	proxyErr, aborted := serveProxy(b.proxy, u, up)
+	aborted, proxyErr := serveProxy(b.proxy, u, up)
 	x.upstreamTime += time.Since(proxyStart)
 	if n := int(conns.Load()); n > 1 {
 		x.retries += n - 1 // the transport's or reverse_proxy's own retries
@@ -197,7 +198,7 @@ func (u *upstreamWriter) keepalive(ctx context.Context, interval time.Duration) 
 // serveProxy runs the reverse proxy. The proxy aborts a response whose
 // body fails after its headers went out with panic(http.ErrAbortHandler);
 // here that is a normal end of an attempt, reported as aborted.
-func serveProxy(p caddyhttp.MiddlewareHandler, w http.ResponseWriter, r *http.Request) (err error, aborted bool) {
+func serveProxy(p caddyhttp.MiddlewareHandler, w http.ResponseWriter, r *http.Request) (aborted bool, err error) {
 	defer func() {
 		if v := recover(); v != nil {
 			if v != http.ErrAbortHandler { //nolint:errorlint // sentinel panic value
@@ -206,7 +207,7 @@ func serveProxy(p caddyhttp.MiddlewareHandler, w http.ResponseWriter, r *http.Re
 			aborted = true
 		}
 	}()
-	return p.ServeHTTP(w, r, caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })), false
+	return false, p.ServeHTTP(w, r, caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil }))
 }
 
 // upstreamRequest builds the request to the backend: the client's
@@ -475,7 +476,7 @@ func (u *upstreamWriter) onEvent(ev sse.Event) error {
 	}
 	var err error
 	begin := time.Now()
-	u.chunk, err = u.st.Chunk(u.chunk[:0], data)
+	u.chunk, err = u.st.AppendChunk(u.chunk[:0], data)
 	u.x.gw += time.Since(begin)
 	if err != nil {
 		u.failStream(&openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "invalid_upstream_response",
@@ -578,7 +579,30 @@ func (u *upstreamWriter) settle(ctx context.Context, proxyErr error, aborted boo
 	}
 	x.h.passHeaders(x.w.Header(), u.header)
 	x.fromUpstream = true
+	if u.status >= 500 {
+		x.backendError = x.h.redactUpstreamKeys(backendErrorText(u.body))
+	}
 	return x.upstreamErrorDefaults(upstreamStatusError(u.status, u.body), u.status)
+}
+
+// maxBackendErrorLog bounds the backend's error text in the module log.
+const maxBackendErrorLog = 512
+
+// backendErrorText is what a backend's failed reply says, for the log:
+// its OpenAI error message, else its body, cut to maxBackendErrorLog
+// bytes of valid UTF-8.
+func backendErrorText(body []byte) string {
+	text := strings.TrimSpace(string(body))
+	if e, ok := openai.ParseError(body); ok && e.Message != "" {
+		text = e.Message
+	}
+	if len(text) > maxBackendErrorLog {
+		text = text[:maxBackendErrorLog]
+		for !utf8.ValidString(text) {
+			text = text[:len(text)-1]
+		}
+	}
+	return strings.ToValidUTF8(text, "")
 }
 
 // reply answers from a buffered 2xx reply: normalized JSON, or the same
@@ -586,7 +610,7 @@ func (u *upstreamWriter) settle(ctx context.Context, proxyErr error, aborted boo
 func (u *upstreamWriter) reply() *openai.Error {
 	x := u.x
 	begin := time.Now()
-	out, rep, err := openai.NormalizeCompletion(getBuffer(len(u.body)+512), u.body, u.st.Meta)
+	out, rep, err := openai.AppendNormalizedCompletion(getBuffer(len(u.body)+512), u.body, u.st.Meta)
 	x.gw += time.Since(begin)
 	defer putBuffer(out)
 	if err != nil {
@@ -700,13 +724,14 @@ func (x *exchange) upstreamErrorDefaults(e *openai.Error, status int) *openai.Er
 			}
 		}
 	}
-	e.Message, e.Type, e.Param, e.Code = x.h.redact(e.Message), x.h.redact(e.Type), x.h.redact(e.Param), x.h.redact(e.Code)
+	e.Message, e.Type, e.Param, e.Code = x.h.redactUpstreamKeys(e.Message), x.h.redactUpstreamKeys(e.Type), x.h.redactUpstreamKeys(e.Param), x.h.redactUpstreamKeys(e.Code)
 	return e
 }
 
-// redact takes the backends' API keys out of s, which came from a
-// backend: a backend may quote the credential it was sent anywhere.
-func (h *Handler) redact(s string) string {
+// redactUpstreamKeys replaces every backend's api_key in s, which came
+// from a backend (it may quote the credential it was sent anywhere),
+// with "[redacted]".
+func (h *Handler) redactUpstreamKeys(s string) string {
 	for _, b := range h.Backends {
 		if len(b.apiKey) >= 8 && strings.Contains(s, b.apiKey) {
 			s = strings.ReplaceAll(s, b.apiKey, "[redacted]")
@@ -721,7 +746,7 @@ func (h *Handler) passHeaders(dst, src http.Header) {
 	for k, v := range src {
 		if passed(k) {
 			for i, s := range v {
-				if r := h.redact(s); r != s {
+				if r := h.redactUpstreamKeys(s); r != s {
 					v = slices.Clone(v)
 					v[i] = r
 				}
@@ -747,7 +772,8 @@ func isEventStream(contentType string) bool {
 	return mt == "text/event-stream"
 }
 
-func mustJSON(s string) []byte {
+// jsonString returns s as a JSON string.
+func jsonString(s string) []byte {
 	b, _ := json.Marshal(s)
 	return b
 }

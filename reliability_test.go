@@ -39,10 +39,13 @@ func TestFailureBehaviour(t *testing.T) {
 	host := strings.TrimPrefix(be.URL, "http://")
 
 	type want struct {
-		status int    // of the reply; 200 with errEvent means an error event
-		code   string // error code, or "" for a clean reply
-		event  bool   // the error comes as a final event of a stream
+		status  int    // of the reply; 200 with event means an error event
+		code    string // error code, or "" for a clean reply
+		event   bool   // the error comes as a final event of a stream
+		content string // the content of a clean reply
 	}
+	const tokens = "tok0 tok1 tok2 " // the fault backend's reply, its default 3 tokens
+	ok := want{200, "", false, tokens}
 	tests := []struct {
 		name      string
 		fault     fb.Fault
@@ -50,28 +53,28 @@ func TestFailureBehaviour(t *testing.T) {
 		streamed  want // streaming request
 		cancelled bool // the backend sees its request cancelled
 	}{
-		{"healthy", fb.Fault{}, want{200, "", false}, want{200, "", false}, false},
-		{"never answers", fb.Fault{Mode: fb.NeverAnswer}, want{504, "first_token_timeout", false}, want{504, "first_token_timeout", false}, true},
-		{"slow headers", fb.Fault{HeaderDelay: 4 * time.Second}, want{504, "first_token_timeout", false}, want{504, "first_token_timeout", false}, true},
-		{"slow first token", fb.Fault{FirstTokenDelay: 4 * time.Second}, want{200, "", false}, want{504, "first_token_timeout", false}, true},
-		{"slow between tokens", fb.Fault{TokenDelay: 4 * time.Second}, want{200, "", false}, want{200, "idle_timeout", true}, true},
-		{"429 with retry-after", fb.Fault{Status: 429, RetryAfter: "7"}, want{429, "fault", false}, want{429, "fault", false}, false},
-		{"500 json", fb.Fault{Status: 500}, want{502, "upstream_error", false}, want{502, "upstream_error", false}, false},
-		{"503 no body", fb.Fault{Status: 503, Body: " "}, want{502, "upstream_error", false}, want{502, "upstream_error", false}, false},
-		{"404 json", fb.Fault{Status: 404}, want{404, "fault", false}, want{404, "fault", false}, false},
-		{"html error page", fb.Fault{Mode: fb.HTML}, want{502, "upstream_error", false}, want{502, "upstream_error", false}, false},
-		{"invalid json", fb.Fault{Mode: fb.InvalidJSON}, want{502, "invalid_upstream_response", false}, want{502, "invalid_upstream_response", false}, false},
-		{"huge body", fb.Fault{Mode: fb.HugeBody, Size: maxReplyBody + 1}, want{502, "upstream_reply_too_large", false}, want{502, "upstream_reply_too_large", false}, false},
-		{"stream cut", fb.Fault{Mode: fb.Cut}, want{200, "", false}, want{200, "stream_truncated", true}, false},
-		{"stream reset", fb.Fault{Mode: fb.Reset}, want{200, "", false}, want{200, "stream_truncated", true}, false},
-		{"stream stall", fb.Fault{Mode: fb.Stall}, want{200, "", false}, want{200, "idle_timeout", true}, true},
-		{"byte by byte", fb.Fault{Mode: fb.Split}, want{200, "", false}, want{200, "", false}, false},
-		{"crlf", fb.Fault{Mode: fb.CRLF}, want{200, "", false}, want{200, "", false}, false},
-		{"ping comments", fb.Fault{Mode: fb.Pings}, want{200, "", false}, want{200, "", false}, false},
-		{"error event", fb.Fault{Mode: fb.ErrorEvent}, want{200, "", false}, want{200, "model_crashed", true}, false},
-		{"usage-only chunk", fb.Fault{Mode: fb.UsageChunk}, want{200, "", false}, want{200, "", false}, false},
-		{"4 MiB event", fb.Fault{Mode: fb.HugeEvent, Size: 4 << 20}, want{200, "", false}, want{200, "", false}, false},
-		{"9 MiB event", fb.Fault{Mode: fb.HugeEvent, Size: 9 << 20}, want{200, "", false}, want{502, "event_too_large", false}, false},
+		{"healthy", fb.Fault{}, ok, ok, false},
+		{"never answers", fb.Fault{Mode: fb.NeverAnswer}, want{504, "first_token_timeout", false, ""}, want{504, "first_token_timeout", false, ""}, true},
+		{"slow headers", fb.Fault{HeaderDelay: 4 * time.Second}, want{504, "first_token_timeout", false, ""}, want{504, "first_token_timeout", false, ""}, true},
+		{"slow first token", fb.Fault{FirstTokenDelay: 4 * time.Second}, ok, want{504, "first_token_timeout", false, ""}, true},
+		{"slow between tokens", fb.Fault{TokenDelay: 4 * time.Second}, ok, want{200, "idle_timeout", true, ""}, true},
+		{"429 with retry-after", fb.Fault{Status: 429, RetryAfter: "7"}, want{429, "fault", false, ""}, want{429, "fault", false, ""}, false},
+		{"500 json", fb.Fault{Status: 500}, want{502, "upstream_error", false, ""}, want{502, "upstream_error", false, ""}, false},
+		{"503 no body", fb.Fault{Status: 503, Body: " "}, want{502, "upstream_error", false, ""}, want{502, "upstream_error", false, ""}, false},
+		{"404 json", fb.Fault{Status: 404}, want{404, "fault", false, ""}, want{404, "fault", false, ""}, false},
+		{"html error page", fb.Fault{Mode: fb.HTML}, want{502, "upstream_error", false, ""}, want{502, "upstream_error", false, ""}, false},
+		{"invalid json", fb.Fault{Mode: fb.InvalidJSON}, want{502, "invalid_upstream_response", false, ""}, want{502, "invalid_upstream_response", false, ""}, false},
+		{"huge body", fb.Fault{Mode: fb.HugeBody, Size: maxReplyBody + 1}, want{502, "upstream_reply_too_large", false, ""}, want{502, "upstream_reply_too_large", false, ""}, false},
+		{"stream cut", fb.Fault{Mode: fb.Cut}, ok, want{200, "stream_truncated", true, ""}, false},
+		{"stream reset", fb.Fault{Mode: fb.Reset}, ok, want{200, "stream_truncated", true, ""}, false},
+		{"stream stall", fb.Fault{Mode: fb.Stall}, ok, want{200, "idle_timeout", true, ""}, true},
+		{"byte by byte", fb.Fault{Mode: fb.Split}, ok, ok, false},
+		{"crlf", fb.Fault{Mode: fb.CRLF}, ok, ok, false},
+		{"ping comments", fb.Fault{Mode: fb.Pings}, ok, ok, false},
+		{"error event", fb.Fault{Mode: fb.ErrorEvent}, ok, want{200, "model_crashed", true, ""}, false},
+		{"usage-only chunk", fb.Fault{Mode: fb.UsageChunk}, ok, ok, false},
+		{"4 MiB event", fb.Fault{Mode: fb.HugeEvent, Size: 4 << 20}, ok, want{200, "", false, strings.Repeat("x", 4<<20) + tokens}, false},
+		{"9 MiB event", fb.Fault{Mode: fb.HugeEvent, Size: 9 << 20}, ok, want{502, "event_too_large", false, ""}, false},
 	}
 	for _, tt := range tests {
 		for _, stream := range []bool{false, true} {
@@ -88,11 +91,10 @@ func TestFailureBehaviour(t *testing.T) {
 				start := time.Now()
 				resp, got := g.post(t, body, "X-Fault", fb.Header(tt.fault), "X-Request-ID", "fault-1")
 				if time.Since(start) > 3500*time.Millisecond { // the timeouts are 1s; the faults last 4s
-
-					t.Fatalf("took %v", time.Since(start))
+					t.Fatalf("took %v, want under 3.5s", time.Since(start))
 				}
 				if resp.StatusCode != w.status || resp.Header.Get("X-Request-ID") != "fault-1" {
-					t.Fatalf("status %d, want %d: %.300s", resp.StatusCode, w.status, got)
+					t.Fatalf("status %d, X-Request-ID %q; want %d, fault-1: %.300s", resp.StatusCode, resp.Header.Get("X-Request-ID"), w.status, got)
 				}
 				for _, leak := range []string{faultKey, host, "my secret prompt"} {
 					if strings.Contains(got, leak) {
@@ -103,21 +105,28 @@ func TestFailureBehaviour(t *testing.T) {
 				case w.event:
 					chunks := parseStream(t, got, false)
 					if last := chunks[len(chunks)-1]; last.Error == nil || last.Error.Code != w.code {
-						t.Fatalf("last event %+v, want error %s", last, w.code)
+						t.Fatalf("last event %+v, want an error event with code %s", last, w.code)
 					}
 				case w.code != "":
 					if e := apiError(t, got); e["code"] != w.code {
-						t.Fatalf("error %v, want %s", e, w.code)
+						t.Fatalf("error %v, want code %s", e, w.code)
 					}
 				case stream:
-					checkChunks(t, parseStream(t, got, true), "fault-1", strings.Repeat("", 0)+contentOf(got), true)
+					checkChunks(t, parseStream(t, got, true), "fault-1", w.content, true)
 				default:
-					if !strings.Contains(got, `"finish_reason":"stop"`) {
-						t.Fatalf("reply %.300s", got)
+					var reply struct {
+						Choices []struct {
+							Message      struct{ Content string }
+							FinishReason string `json:"finish_reason"`
+						}
+					}
+					if err := json.Unmarshal([]byte(got), &reply); err != nil || len(reply.Choices) != 1 ||
+						reply.Choices[0].Message.Content != w.content || reply.Choices[0].FinishReason != "stop" {
+						t.Fatalf("reply %.300s, want one choice with content %q and finish_reason stop", got, w.content)
 					}
 				}
 				if tt.fault.RetryAfter != "" && resp.Header.Get("Retry-After") != tt.fault.RetryAfter {
-					t.Fatal("Retry-After lost")
+					t.Fatalf("Retry-After %q, want the backend's %q", resp.Header.Get("Retry-After"), tt.fault.RetryAfter)
 				}
 				if tt.cancelled && w.code != "" && !be.WaitCancelled(5*time.Second) {
 					t.Fatal("the backend's request was not cancelled")
@@ -132,28 +141,11 @@ func TestFailureBehaviour(t *testing.T) {
 	refused := newGateway(t, fmt.Sprintf("chat_gateway %s {\n api_key %s\n}", fb.RefusingURL(), faultKey))
 	resp, got := refused.post(t, hello, "X-Request-ID", "fault-2")
 	if e := apiError(t, got); resp.StatusCode != 502 || e["code"] != "upstream_unavailable" || strings.Contains(got, "127.0.0.1") {
-		t.Fatalf("refused: %d %s", resp.StatusCode, got)
+		t.Fatalf("refused connection: %d %s, want 502 upstream_unavailable naming no address", resp.StatusCode, got)
 	}
 	if _, raw := refused.logs(t); strings.Contains(raw, faultKey) {
 		t.Fatal("the key reached the logs")
 	}
-}
-
-// contentOf joins the content deltas of a stream body.
-func contentOf(body string) string {
-	var sb strings.Builder
-	for _, c := range events(body) {
-		if c == "[DONE]" {
-			continue
-		}
-		var ch chunk
-		if jsonUnmarshal(c, &ch) == nil {
-			for _, choice := range ch.Choices {
-				sb.WriteString(choice.Delta.Content)
-			}
-		}
-	}
-	return sb.String()
 }
 
 // TestMalformedRequests: bad input gets a fast 400 naming the parameter,
@@ -181,17 +173,17 @@ func TestMalformedRequests(t *testing.T) {
 		resp, got := g.post(t, body)
 		e := apiError(t, got)
 		if resp.StatusCode != 400 || e["type"] != "invalid_request_error" || e["message"] == "" {
-			t.Errorf("%s: %d %s", name, resp.StatusCode, got)
+			t.Errorf("%s: %d %s, want 400 invalid_request_error with a message", name, resp.StatusCode, got)
 		}
 		if name != "empty" && name != "truncated" && name != "5 MB nested array" && name != "invalid utf-8" && name != "scalar" && name != "array" && e["param"] == nil {
 			t.Errorf("%s: no param in %s", name, got)
 		}
 		if d := time.Since(start); d > 2*time.Second {
-			t.Errorf("%s: took %v", name, d)
+			t.Errorf("%s: took %v, want under 2s", name, d)
 		}
 	}
 	if be.Count() != 0 {
-		t.Fatalf("the backend got %d requests", be.Count())
+		t.Fatalf("the backend got %d requests, want none", be.Count())
 	}
 }
 
@@ -212,7 +204,7 @@ func TestLimits(t *testing.T) {
 		req.Header.Set("Content-Type", "application/json")
 		resp, got := do(t, req)
 		if resp.StatusCode != 413 || apiError(t, got)["code"] != "request_too_large" {
-			t.Fatalf("chunked=%v: %d %s", chunked, resp.StatusCode, got)
+			t.Fatalf("chunked=%v: %d %s, want 413 request_too_large", chunked, resp.StatusCode, got)
 		}
 	}
 
@@ -236,7 +228,7 @@ func TestLimits(t *testing.T) {
 	waitFor(t, func() bool { return be.Count() == 2 })
 	resp, got := g.post(t, hello)
 	if resp.StatusCode != 429 || resp.Header.Get("Retry-After") != "1" || apiError(t, got)["code"] != "too_many_concurrent_requests" {
-		t.Fatalf("over the cap: %d %v %s", resp.StatusCode, resp.Header, got)
+		t.Fatalf("over the cap: %d %v %s, want 429 too_many_concurrent_requests with Retry-After: 1", resp.StatusCode, resp.Header, got)
 	}
 	cancel()
 	held.Wait()
@@ -247,11 +239,13 @@ func TestLimits(t *testing.T) {
 	for i := range 40 {
 		req.Header.Set("X-Big-"+strconv.Itoa(i), strings.Repeat("h", 32<<10))
 	}
-	if resp, err := http.DefaultClient.Do(req); err == nil {
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
-			t.Fatalf("huge headers: %d", resp.StatusCode)
-		}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("huge headers: %v, want a 431 reply", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Fatalf("huge headers: %d, want 431", resp.StatusCode)
 	}
 }
 
@@ -301,7 +295,7 @@ func TestHostileHeaders(t *testing.T) {
 	status, _ := bufio.NewReader(conn).ReadString('\n')
 	conn.Close()
 	if !strings.Contains(status, "400") {
-		t.Errorf("raw control characters: %q", status)
+		t.Errorf("raw control characters: %q, want a 400 status line", status)
 	}
 
 	resp, _ := g.post(t, hello, "Connection", "X-Client-Hop", "X-Client-Hop", "secret", "Proxy-Authorization", "Basic eA==", "Te", "gzip", "Upgrade", "websocket")
@@ -350,7 +344,7 @@ func TestSlowReader(t *testing.T) {
 	start := time.Now()
 	resp, body := g.post(t, helloStream)
 	if resp.StatusCode != 200 || !strings.HasSuffix(body, "data: [DONE]\n\n") || time.Since(start) > 2*time.Second {
-		t.Fatalf("another stream beside the slow one: %d in %v", resp.StatusCode, time.Since(start))
+		t.Fatalf("another stream beside the slow one: %d in %v, want a whole 200 stream within 2s", resp.StatusCode, time.Since(start))
 	}
 	runtime.GC()
 	var after runtime.MemStats
@@ -579,7 +573,7 @@ http://127.0.0.1:%d {
 		}
 	}
 	if status, body, err := post(hello); status != 200 {
-		t.Fatalf("after a refused config: %d %v %s", status, err, body)
+		t.Fatalf("after a refused config: %d %v %s, want 200 from the running config", status, err, body)
 	}
 	// Each config has its own app goroutines (servers, admin, metrics),
 	// so compare counts: one config's worth, not a hundred. Upstream

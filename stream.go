@@ -156,13 +156,13 @@ func (s *sseWriter) fail(e *openai.Error) error {
 func (s *sseWriter) finishStream(st *openai.Stream, includeUsage bool) error {
 	if !st.Finished() {
 		for _, i := range st.Unfinished() {
-			if err := s.event(st.Delta(nil, i, "", "", "stop")); err != nil {
+			if err := s.event(st.AppendDelta(nil, i, "", "", "stop")); err != nil {
 				return err
 			}
 		}
 	}
 	if includeUsage {
-		if err := s.event(st.UsageChunk(nil)); err != nil {
+		if err := s.event(st.AppendUsageChunk(nil)); err != nil {
 			return err
 		}
 	}

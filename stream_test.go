@@ -91,7 +91,7 @@ func checkChunks(t *testing.T, chunks []chunk, id, content string, usage bool) {
 		}
 	}
 	if text.String() != content || !finish {
-		t.Fatalf("content %q (want %q), finish_reason seen: %v", text.String(), content, finish)
+		t.Fatalf("content %.300q (want %.300q), finish_reason seen: %v (want true)", text.String(), content, finish)
 	}
 	if want := map[bool]int{true: 1, false: 0}[usage]; usageChunks != want {
 		t.Fatalf("%d usage chunks, want %d", usageChunks, want)

@@ -76,6 +76,39 @@ func TestFailover(t *testing.T) {
 	if busy.count() > 2 {
 		t.Errorf("the 503 replica got %d requests: it should be marked down after its first", busy.count())
 	}
+	if _, raw := g.logs(t); strings.Contains(raw, "UNLIMITED BUFFERING") {
+		t.Error("Caddy warns of unlimited request buffering: retry_on must set a bounded request_buffers")
+	}
+}
+
+// TestRetryResendsLargestBody: with retry_on, a body of max_request_body
+// bytes, grown by an alias's longer model name, is sent again whole after
+// a 503: the request buffer is bounded but holds the largest body.
+func TestRetryResendsLargestBody(t *testing.T) {
+	flaky := replica(t, "flaky", func(n int64, w http.ResponseWriter, r *http.Request) bool {
+		return n == 1 && unavailable(n, w, r)
+	})
+	long := strings.Repeat("m", 200)
+	g := newGateway(t, fmt.Sprintf(`chat_gateway {
+		backend %s {
+			alias a %s
+			retry_on 503
+		}
+		max_request_body 2KiB
+	}`, flaky.URL, long))
+	head := `{"model":"a","messages":[{"role":"user","content":"`
+	body := head + strings.Repeat("x", 2048-len(head)-len(`"}]}`)) + `"}]}`
+	resp, got := g.post(t, body)
+	if resp.StatusCode != 200 || !strings.Contains(got, "from flaky") {
+		t.Fatalf("%d %s, want 200 from the second attempt", resp.StatusCode, got)
+	}
+	want := strings.Replace(body, `"model":"a"`, `"model":"`+long+`"`, 1)
+	if flaky.count() != 2 || flaky.last(t).Body != want {
+		t.Fatalf("%d requests, last body %d bytes; want 2 requests, the second with the whole %d-byte body", flaky.count(), len(flaky.last(t).Body), len(want))
+	}
+	if _, raw := g.logs(t); strings.Contains(raw, "UNLIMITED BUFFERING") {
+		t.Error("Caddy warns of unlimited request buffering")
+	}
 }
 
 // TestRetryAfterKeepsUpstreamDown: a replica that answers 429 with
@@ -435,5 +468,45 @@ func TestProxyErrorCodes(t *testing.T) {
 		if e.Status != tt.status || e.Code != tt.code || strings.Contains(e.Message, "10.0.0.1") {
 			t.Errorf("%v: got %d %s %q", tt.err, e.Status, e.Code, e.Message)
 		}
+	}
+}
+
+// TestReadyz: /readyz is 200 while every backend has a healthy upstream
+// and in echo mode, 503 in OpenAI's error shape once a backend's
+// upstreams are all marked down.
+func TestReadyz(t *testing.T) {
+	ready := func(g *gateway) (int, string) {
+		resp, body := do(t, mustRequest("GET", g.URL+"/readyz"))
+		if resp.Header.Get("X-Request-ID") == "" || resp.Header.Get("Content-Type") != "application/json" {
+			t.Fatalf("readyz headers %v, want X-Request-ID and JSON", resp.Header)
+		}
+		return resp.StatusCode, body
+	}
+	if status, body := ready(newGateway(t, "chat_gateway")); status != 200 || body != `{"status":"ready"}` {
+		t.Fatalf("echo mode: %d %s, want 200 {\"status\":\"ready\"}", status, body)
+	}
+
+	healthy := replica(t, "healthy", nil)
+	g := newGateway(t, fmt.Sprintf(`chat_gateway {
+		backend %s {
+			models up
+		}
+		backend %s %s {
+			models down
+		}
+	}`, healthy.URL, refusing(t), refusing(t)))
+	if status, body := ready(g); status != 200 || body != `{"status":"ready"}` {
+		t.Fatalf("before any failure: %d %s, want 200 ready", status, body)
+	}
+	// Both replicas refuse: each is marked down for fail_duration.
+	if resp, body := g.post(t, `{"model":"down","messages":[{"role":"user","content":"x"}]}`); resp.StatusCode != 502 {
+		t.Fatalf("request to the dead replicas: %d %s, want 502", resp.StatusCode, body)
+	}
+	status, body := ready(g)
+	if e := apiError(t, body); status != 503 || e["code"] != "no_healthy_upstream" || e["type"] != "upstream_error" || strings.Contains(body, "127.0.0.1") {
+		t.Fatalf("with a backend down: %d %s, want 503 no_healthy_upstream naming no address", status, body)
+	}
+	if resp, _ := do(t, mustRequest("POST", g.URL+"/readyz")); resp.StatusCode != 405 {
+		t.Fatalf("POST /readyz: %d, want 405", resp.StatusCode)
 	}
 }

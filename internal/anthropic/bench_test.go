@@ -19,7 +19,7 @@ func BenchmarkChatEvent(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		var err error
-		if chunk, err = s.Chunk(chunk[:0], benchChunk); err != nil {
+		if chunk, err = s.AppendChunk(chunk[:0], benchChunk); err != nil {
 			b.Fatal(err)
 		}
 		out = sse.AppendEvent(out[:0], "", chunk)

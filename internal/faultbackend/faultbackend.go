@@ -3,8 +3,8 @@
 // reset, stalled, malformed or oversized replies. It records what it
 // received and whether each request's context was cancelled.
 //
-// The fault of a request is the server's default (SetFault), or the JSON
-// Fault in the request's X-Fault header.
+// The fault of a request is the JSON Fault in its X-Fault header; a
+// request without one gets a correct reply.
 package faultbackend
 
 import (
@@ -89,7 +89,6 @@ type Server struct {
 	// the backend costs little under load.
 	Discard   bool
 	mu        sync.Mutex
-	fault     Fault
 	requests  []*Request
 	cancelled chan struct{} // receives once per cancelled request
 	tunneled  []byte        // what arrived on sockets taken over by SwitchProtocols
@@ -143,13 +142,6 @@ func NewKeepAlive(ka KeepAlive) *Server {
 	return s
 }
 
-// SetFault sets the fault of requests without an X-Fault header.
-func (s *Server) SetFault(f Fault) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.fault = f
-}
-
 // Requests returns copies of what the backend received so far.
 func (s *Server) Requests() []Request {
 	s.mu.Lock()
@@ -197,8 +189,8 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		rec.Header, rec.Body = r.Header.Clone(), body
 		s.requests = append(s.requests, rec)
 	}
-	f := s.fault
 	s.mu.Unlock()
+	var f Fault
 	if h := r.Header.Get("X-Fault"); h != "" {
 		if err := json.Unmarshal([]byte(h), &f); err != nil {
 			http.Error(w, "bad X-Fault: "+err.Error(), http.StatusBadRequest)

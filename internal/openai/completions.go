@@ -104,7 +104,7 @@ func firstPrompt(prompt []byte) string {
 // rep.
 func appendTextChoice(dst []byte, pos int, c []byte, rep *Reply) []byte {
 	var fieldBuf [6]span
-	fields := collect(c, fieldBuf[:0])
+	fields := appendMembers(fieldBuf[:0], c)
 	var o object
 	o.open(dst)
 	hasIndex, hasText, hasFinish := false, false, false
@@ -173,7 +173,7 @@ func (s *textStream) chunk(dst, data []byte) ([]byte, error) {
 // choice appends one normalized chunk choice: with its index and text.
 func (s *textStream) choice(dst []byte, pos int, c []byte) []byte {
 	var fieldBuf [6]span
-	fields := collect(c, fieldBuf[:0])
+	fields := appendMembers(fieldBuf[:0], c)
 	var index, text, finish []byte
 	for _, f := range fields {
 		switch {

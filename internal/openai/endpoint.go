@@ -124,7 +124,7 @@ func EndpointFor(path string) Endpoint {
 const echoPrefix = "Echo: "
 
 // chatEndpoint is chat completions, over ParseChatRequest,
-// NormalizeCompletion and Stream.
+// AppendNormalizedCompletion and Stream.
 type chatEndpoint struct{}
 
 func (chatEndpoint) Name() string { return "chat_completions" }
@@ -139,7 +139,7 @@ func (chatEndpoint) Parse(body []byte) (*Request, *Error) {
 }
 
 func (chatEndpoint) Normalize(dst, body []byte, m Meta) ([]byte, Reply, error) {
-	return NormalizeCompletion(dst, body, m)
+	return AppendNormalizedCompletion(dst, body, m)
 }
 
 func (chatEndpoint) NewStream(m Meta) EventStream { return &chatStream{st: Stream{Meta: m}} }
@@ -147,7 +147,7 @@ func (chatEndpoint) NewStream(m Meta) EventStream { return &chatStream{st: Strea
 func (chatEndpoint) AsksStreamUsage() bool { return true }
 
 func (chatEndpoint) Echo(dst []byte, req *Request, m Meta) ([]byte, Reply) {
-	out, rep, err := NormalizeCompletion(dst, Completion(echoPrefix+req.chat.Prompt()), m)
+	out, rep, err := AppendNormalizedCompletion(dst, Completion(echoPrefix+req.chat.Prompt()), m)
 	if err != nil {
 		panic(err) // the gateway's own reply is always valid
 	}
@@ -156,12 +156,12 @@ func (chatEndpoint) Echo(dst []byte, req *Request, m Meta) ([]byte, Reply) {
 
 func (chatEndpoint) EchoStream(req *Request, m Meta, emit Emit) (Reply, error) {
 	s := &chatStream{st: Stream{Meta: m}}
-	err := s.emitChunk(emit, s.st.Delta(nil, 0, "assistant", "", ""))
+	err := s.emitChunk(emit, s.st.AppendDelta(nil, 0, "assistant", "", ""))
 	for _, word := range strings.SplitAfter(echoPrefix+req.chat.Prompt(), " ") {
 		if err != nil {
 			break
 		}
-		err = s.emitChunk(emit, s.st.Delta(nil, 0, "", word, ""))
+		err = s.emitChunk(emit, s.st.AppendDelta(nil, 0, "", word, ""))
 	}
 	if err == nil {
 		err = s.Finish(req.IncludeUsage, emit)
@@ -176,7 +176,7 @@ type chatStream struct {
 }
 
 func (s *chatStream) Event(dst, name, data []byte) ([]byte, error) {
-	return s.event(dst, name, data, s.st.Chunk)
+	return s.event(dst, name, data, s.st.AppendChunk)
 }
 
 func (s *chatStream) Content() bool  { return s.st.Content }
@@ -186,13 +186,13 @@ func (s *chatStream) Finish(includeUsage bool, emit Emit) error {
 	var err error
 	if !s.st.Finished() {
 		for _, i := range s.st.Unfinished() {
-			if err = s.emitChunk(emit, s.st.Delta(nil, i, "", "", "stop")); err != nil {
+			if err = s.emitChunk(emit, s.st.AppendDelta(nil, i, "", "", "stop")); err != nil {
 				return err
 			}
 		}
 	}
 	if includeUsage {
-		err = s.emitChunk(emit, s.st.UsageChunk(nil))
+		err = s.emitChunk(emit, s.st.AppendUsageChunk(nil))
 	}
 	return s.end(emit, err)
 }

@@ -85,8 +85,8 @@ func members(v []byte, fn func(key, val []byte)) bool {
 // span is an object member found by members.
 type span struct{ key, val []byte }
 
-// collect appends the members of the object v to dst.
-func collect(v []byte, dst []span) []span {
+// appendMembers appends the members of the object v to dst.
+func appendMembers(dst []span, v []byte) []span {
 	members(v, func(k, val []byte) { dst = append(dst, span{k, val}) })
 	return dst
 }

@@ -97,13 +97,13 @@ func decode(t *testing.T, b []byte) map[string]any {
 	return m
 }
 
-func TestNormalizeCompletion(t *testing.T) {
+func TestAppendNormalizedCompletion(t *testing.T) {
 	m := Meta{ID: "req-1", Model: "asked", Created: 99, PromptBytes: 40}
 	// llama.cpp style: no usage details beyond counts, extra fields.
 	in := `{"id":"chatcmpl-x","object":"chat.completion","created":5,"model":"llama","system_fingerprint":"fp",
 		"choices":[{"index":0,"message":{"role":"assistant","content":"hi","tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]},"logprobs":null,"finish_reason":"tool_calls"}],
 		"usage":{"prompt_tokens":3,"completion_tokens":4}}`
-	out, rep, err := NormalizeCompletion(nil, []byte(in), m)
+	out, rep, err := AppendNormalizedCompletion(nil, []byte(in), m)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +120,7 @@ func TestNormalizeCompletion(t *testing.T) {
 	}
 
 	// A minimal server: no id, model, created, index, role, finish_reason or usage.
-	out, rep, err = NormalizeCompletion(nil, []byte(`{"choices":[{"message":{"content":"12345678"}}]}`), m)
+	out, rep, err = AppendNormalizedCompletion(nil, []byte(`{"choices":[{"message":{"content":"12345678"}}]}`), m)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +136,7 @@ func TestNormalizeCompletion(t *testing.T) {
 	}
 
 	for _, bad := range []string{``, `<html>`, `[]`, `{"choices":{}}`, `{"object":"list"}`, `{"choices":[`} {
-		if _, _, err := NormalizeCompletion(nil, []byte(bad), m); err == nil {
+		if _, _, err := AppendNormalizedCompletion(nil, []byte(bad), m); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
 	}
@@ -147,7 +147,7 @@ func TestStreamChunks(t *testing.T) {
 	var out []string
 	feed := func(data string) {
 		t.Helper()
-		b, err := s.Chunk(nil, []byte(data))
+		b, err := s.AppendChunk(nil, []byte(data))
 		if err != nil {
 			t.Fatalf("%s: %v", data, err)
 		}
@@ -173,18 +173,18 @@ func TestStreamChunks(t *testing.T) {
 	if !s.Finished() || s.FinishReason != "stop" || s.Usage() != (Usage{PromptTokens: 2, CompletionTokens: 2}) {
 		t.Fatalf("state: %+v", s)
 	}
-	u := decode(t, s.UsageChunk(nil))
+	u := decode(t, s.AppendUsageChunk(nil))
 	if len(u["choices"].([]any)) != 0 || u["usage"].(map[string]any)["total_tokens"] != 4.0 || u["id"] != "req-1" {
 		t.Fatalf("usage chunk: %v", u)
 	}
 
 	// OpenAI: a usage-only chunk is held back; tool_calls keep their index.
 	s = Stream{Meta: Meta{ID: "r"}}
-	b, _ := s.Chunk(nil, []byte(`{"choices":[{"index":0,"delta":{"role":"assistant","content":null,"tool_calls":[{"index":0,"id":"c","function":{"arguments":""}}]}}]}`))
+	b, _ := s.AppendChunk(nil, []byte(`{"choices":[{"index":0,"delta":{"role":"assistant","content":null,"tool_calls":[{"index":0,"id":"c","function":{"arguments":""}}]}}]}`))
 	if !strings.Contains(string(b), `"tool_calls":[{"index":0,"id":"c"`) || strings.Count(string(b), `"role"`) != 1 {
 		t.Fatalf("tool call chunk: %s", b)
 	}
-	b, _ = s.Chunk(b[:0], []byte(`{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}`))
+	b, _ = s.AppendChunk(b[:0], []byte(`{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}`))
 	if len(b) != 0 || s.Usage().Estimated {
 		t.Fatalf("usage-only chunk passed on: %q", b)
 	}
@@ -194,13 +194,13 @@ func TestStreamChunks(t *testing.T) {
 	if u := s.Unfinished(); len(u) != 1 || u[0] != 0 {
 		t.Fatalf("unfinished: %v", u)
 	}
-	fin := decode(t, s.Delta(nil, 0, "", "", "stop"))
+	fin := decode(t, s.AppendDelta(nil, 0, "", "", "stop"))
 	if fin["choices"].([]any)[0].(map[string]any)["finish_reason"] != "stop" || !s.Finished() {
 		t.Fatalf("finish chunk: %v", fin)
 	}
 
 	for _, bad := range []string{`data`, `[1]`, `"x"`, `{"choices":[`} {
-		if _, err := s.Chunk(nil, []byte(bad)); err == nil {
+		if _, err := s.AppendChunk(nil, []byte(bad)); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
 	}
@@ -209,9 +209,9 @@ func TestStreamChunks(t *testing.T) {
 func TestStreamEstimate(t *testing.T) {
 	s := Stream{Meta: Meta{ID: "r", Model: "echo", PromptBytes: 12}}
 	var b []byte
-	b = s.Delta(b, 0, "assistant", "", "")
-	b = s.Delta(b, 0, "", "12345678", "")
-	b = s.Delta(b, 0, "", "", "stop")
+	b = s.AppendDelta(b, 0, "assistant", "", "")
+	b = s.AppendDelta(b, 0, "", "12345678", "")
+	b = s.AppendDelta(b, 0, "", "", "stop")
 	if u := s.Usage(); !u.Estimated || u.PromptTokens != 3 || u.CompletionTokens != 2 {
 		t.Fatalf("%+v", u)
 	}
@@ -299,13 +299,13 @@ func FuzzNormalize(f *testing.F) {
 	f.Add([]byte(`{"\u0063hoices":[{"delta":{"tool_calls":[{"index":0}]}}], "x" : [ "]" , "}" ] }`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		s := Stream{Meta: Meta{ID: "r", Model: "m"}}
-		if out, err := s.Chunk(nil, data); err == nil && len(out) > 0 && !json.Valid(out) {
+		if out, err := s.AppendChunk(nil, data); err == nil && len(out) > 0 && !json.Valid(out) {
 			t.Fatalf("chunk %s gave invalid JSON %s", data, out)
 		}
-		if out, _, err := NormalizeCompletion(nil, data, Meta{ID: "r"}); err == nil && !json.Valid(out) {
+		if out, _, err := AppendNormalizedCompletion(nil, data, Meta{ID: "r"}); err == nil && !json.Valid(out) {
 			t.Fatalf("reply %s gave invalid JSON %s", data, out)
 		}
-		if out := s.UsageChunk(nil); !json.Valid(out) {
+		if out := s.AppendUsageChunk(nil); !json.Valid(out) {
 			t.Fatalf("usage chunk %s", out)
 		}
 	})
@@ -333,18 +333,18 @@ func BenchmarkStreamChunk(b *testing.B) {
 	b.SetBytes(int64(len(data)))
 	b.ReportAllocs()
 	for b.Loop() {
-		out, _ = s.Chunk(out[:0], data)
+		out, _ = s.AppendChunk(out[:0], data)
 	}
 }
 
-func BenchmarkNormalizeCompletion(b *testing.B) {
+func BenchmarkAppendNormalizedCompletion(b *testing.B) {
 	body := []byte(`{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Hello there, how can I help you today?"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":12,"total_tokens":21}}`)
 	m := Meta{ID: "0b6c2e9e-2d51-4a43-9b0a-4a6f3b9d9c11"}
 	var out []byte
 	b.SetBytes(int64(len(body)))
 	b.ReportAllocs()
 	for b.Loop() {
-		out, _, _ = NormalizeCompletion(out[:0], body, m)
+		out, _, _ = AppendNormalizedCompletion(out[:0], body, m)
 	}
 }
 
@@ -404,7 +404,15 @@ func TestStreamFromCompletion(t *testing.T) {
 	}
 }
 
-// FuzzValid checks the fast validator against json.Valid.
+// valid reports whether b is one JSON value with the gateway's scanner,
+// for comparison with json.Valid.
+func valid(b []byte) bool {
+	end, err := scanValue(b, skipSpace(b, 0), 0)
+	return err == nil && skipSpace(b, end) == len(b)
+}
+
+// FuzzValid checks the scanner the request and reply decoders share
+// against json.Valid.
 func FuzzValid(f *testing.F) {
 	for _, s := range []string{`{"a":[1,2.5e-3,"x\u00e9\n",true,false,null]}`, ` "s" `, `[`, `{"a":}`, `01`, `-`, `1.`, `"\x"`, "\"\x01\""} {
 		f.Add([]byte(s))

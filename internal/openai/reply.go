@@ -39,17 +39,17 @@ func Completion(content string) []byte {
 	return append(b, "}}]}"...)
 }
 
-// NormalizeCompletion appends to dst the backend's non-streaming reply
+// AppendNormalizedCompletion appends to dst the backend's non-streaming reply
 // body, normalized: id, object, created, model and usage set or filled,
 // every choice with its index, a message role and a finish_reason.
 // Everything else the backend sent is copied unchanged. The body is
 // validated and split in one pass; only choices and messages are
 // walked again, to be edited.
-func NormalizeCompletion(dst, body []byte, m Meta) ([]byte, Reply, error) {
+func AppendNormalizedCompletion(dst, body []byte, m Meta) ([]byte, Reply, error) {
 	return normalizeReply(dst, body, m, "chat.completion", appendChoice)
 }
 
-// normalizeReply normalizes a reply with choices, as NormalizeCompletion
+// normalizeReply normalizes a reply with choices, as AppendNormalizedCompletion
 // describes, stamping it with object kind and writing each choice with
 // choice, which adds what it learns to rep.
 func normalizeReply(dst, body []byte, m Meta, kind string, choice func(dst []byte, pos int, c []byte, rep *Reply) []byte) ([]byte, Reply, error) {
@@ -108,7 +108,7 @@ func normalizeReply(dst, body []byte, m Meta, kind string, choice func(dst []byt
 // learns (the first choice's finish reason, content size) to rep.
 func appendChoice(dst []byte, pos int, c []byte, rep *Reply) []byte {
 	var fieldBuf [6]span
-	fields := collect(c, fieldBuf[:0])
+	fields := appendMembers(fieldBuf[:0], c)
 	var o object
 	o.open(dst)
 	hasIndex, hasMessage, hasFinish := false, false, false
@@ -156,7 +156,7 @@ func appendMessage(dst, msg []byte, rep *Reply) []byte {
 		return append(dst, `{"role":"assistant","content":null}`...)
 	}
 	var fieldBuf [6]span
-	fields := collect(msg, fieldBuf[:0])
+	fields := appendMembers(fieldBuf[:0], msg)
 	hasRole := false
 	for _, f := range fields {
 		hasRole = hasRole || keyIs(f.key, "role") && !isNull(f.val)

@@ -18,8 +18,6 @@ type ChatRequest struct {
 	Stream bool
 	// IncludeUsage is stream_options.include_usage.
 	IncludeUsage bool
-	// HasStreamOptions says the request carries a stream_options object.
-	HasStreamOptions bool
 	// ContentBytes is the size of every message's content, the base of
 	// the prompt token estimate.
 	ContentBytes int
@@ -198,7 +196,6 @@ func (p *requestParser) common(key []byte, at int) (int, error) {
 			}
 			return end, err
 		}
-		p.req.HasStreamOptions = true
 		includeUsage := false
 		return scanObject(b, at, 2, func(k []byte, at int) (int, error) {
 			end, err := scanValue(b, at, 2)

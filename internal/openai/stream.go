@@ -31,15 +31,15 @@ func (s *Stream) grow(i int) {
 	}
 }
 
-// Chunk appends the normalized form of one chunk's data to dst. The
-// chunk's "usage" is taken out and kept for UsageChunk; a chunk that
+// AppendChunk appends the normalized form of one chunk's data to dst. The
+// chunk's "usage" is taken out and kept for AppendUsageChunk; a chunk that
 // carries only usage (choices empty) yields nothing, so dst comes back
 // unchanged. It fails for data that is not a JSON object.
-func (s *Stream) Chunk(dst, data []byte) ([]byte, error) {
-	return normalizeChunk(dst, data, &s.Meta, &s.usage, &s.hasUsage, "chat.completion.chunk", s.choice)
+func (s *Stream) AppendChunk(dst, data []byte) ([]byte, error) {
+	return normalizeChunk(dst, data, &s.Meta, &s.usage, &s.hasUsage, "chat.completion.chunk", s.appendChoice)
 }
 
-// normalizeChunk normalizes a chunk with choices, as Stream.Chunk
+// normalizeChunk normalizes a chunk with choices, as Stream.AppendChunk
 // describes, stamping it with object kind and m and writing each
 // choice with choice. It keeps the chunk's usage in usage, its created
 // time and model in m.
@@ -91,11 +91,11 @@ func normalizeChunk(dst, data []byte, m *Meta, usage *Usage, hasUsage *bool, kin
 	return o.close(), nil
 }
 
-// choice appends one normalized chunk choice: with its index, and with
+// appendChoice appends one normalized chunk choice: with its index, and with
 // role "assistant" on the first delta of the choice that bears content.
-func (s *Stream) choice(dst []byte, pos int, c []byte) []byte {
+func (s *Stream) appendChoice(dst []byte, pos int, c []byte) []byte {
 	var fieldBuf [6]span
-	fields := collect(c, fieldBuf[:0])
+	fields := appendMembers(fieldBuf[:0], c)
 	var index, delta, finish []byte
 	for _, m := range fields {
 		switch {
@@ -117,7 +117,7 @@ func (s *Stream) choice(dst []byte, pos int, c []byte) []byte {
 	}
 
 	var deltaBuf [6]span
-	deltaFields := collect(delta, deltaBuf[:0])
+	deltaFields := appendMembers(deltaBuf[:0], delta)
 	hasRole, bearsContent := false, false
 	for _, m := range deltaFields {
 		switch {
@@ -198,11 +198,11 @@ func (s *Stream) Usage() Usage {
 // SetUsage sets the usage the stream reports, as a backend's would.
 func (s *Stream) SetUsage(u Usage) { s.usage, s.hasUsage = u, true }
 
-// Delta appends a chunk with one choice whose delta holds role and
+// AppendDelta appends a chunk with one choice whose delta holds role and
 // content when not empty, and finish_reason when not empty. It is how
 // the gateway writes chunks of its own: echo replies and the finish of a
 // stream the backend left without one.
-func (s *Stream) Delta(dst []byte, index int, role, content, finish string) []byte {
+func (s *Stream) AppendDelta(dst []byte, index int, role, content, finish string) []byte {
 	s.grow(index)
 	if finish != "" {
 		s.finished[index] = true
@@ -210,7 +210,7 @@ func (s *Stream) Delta(dst []byte, index int, role, content, finish string) []by
 			s.FinishReason = finish
 		}
 	}
-	return s.chunk(dst, index, finish, func(d *object) {
+	return s.appendChunk(dst, index, finish, func(d *object) {
 		if role != "" {
 			d.str("role", role)
 			s.roleSent[index] = true
@@ -223,9 +223,9 @@ func (s *Stream) Delta(dst []byte, index int, role, content, finish string) []by
 	})
 }
 
-// chunk appends a chunk of the gateway's own with one choice, whose
+// appendChunk appends a chunk of the gateway's own with one choice, whose
 // delta members delta writes, and finish_reason finish (null if "").
-func (s *Stream) chunk(dst []byte, index int, finish string, delta func(d *object)) []byte {
+func (s *Stream) appendChunk(dst []byte, index int, finish string, delta func(d *object)) []byte {
 	var o object
 	s.head(&o, dst)
 	o.key("choices")
@@ -275,7 +275,7 @@ func (s *Stream) FromCompletion(reply []byte, emit func(chunk []byte) error) err
 		}
 		idx := parseIndex(Member(c, "index"), pos)
 		s.grow(idx)
-		out := s.chunk(nil, idx, "", func(d *object) {
+		out := s.appendChunk(nil, idx, "", func(d *object) {
 			members(Member(c, "message"), func(k, v []byte) {
 				if !keyIs(k, "tool_calls") || len(v) == 0 || v[0] != '[' {
 					d.member(k, v)
@@ -307,7 +307,7 @@ func (s *Stream) FromCompletion(reply []byte, emit func(chunk []byte) error) err
 		}
 		finish := "stop"
 		_ = json.Unmarshal(Member(c, "finish_reason"), &finish)
-		err = emit(s.Delta(nil, idx, "", "", finish))
+		err = emit(s.AppendDelta(nil, idx, "", "", finish))
 	})
 	return err
 }
@@ -331,8 +331,8 @@ func unfinished(finished []bool) []int {
 	return idx
 }
 
-// UsageChunk appends the final usage chunk: choices empty, usage set.
-func (s *Stream) UsageChunk(dst []byte) []byte {
+// AppendUsageChunk appends the final usage chunk: choices empty, usage set.
+func (s *Stream) AppendUsageChunk(dst []byte) []byte {
 	var o object
 	s.head(&o, dst)
 	o.raw("choices", []byte("[]"))

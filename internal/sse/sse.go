@@ -140,11 +140,6 @@ func (p *Parser) Pending() bool {
 	return len(p.line) > 0 || p.hasData || len(p.typ) > 0
 }
 
-// Reset clears all state, so the parser can read a new stream.
-func (p *Parser) Reset() {
-	*p = Parser{MaxLineSize: p.MaxLineSize, line: p.line[:0], data: p.data[:0], typ: p.typ[:0], id: p.id[:0]}
-}
-
 func (p *Parser) processLine(line []byte, fn func(Event) error) error {
 	if len(line) == 0 {
 		return p.dispatch(fn)

@@ -197,7 +197,7 @@ func TestErrors(t *testing.T) {
 		{503, TypeOverloaded}, {504, TypeTimeout}, {529, TypeOverloaded}, {0, TypeAPI},
 	}
 	for _, tt := range tests {
-		e := &openai.Error{Status: tt.status, Type: openai.TypeServer, Code: "c", Message: "Something \"broke\"."}
+		e := &openai.Error{Status: tt.status, Type: openai.TypeUpstream, Code: "c", Message: "Something \"broke\"."}
 		var got struct {
 			Type  string `json:"type"`
 			Error struct {

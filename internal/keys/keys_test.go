@@ -224,7 +224,7 @@ func TestParseFile(t *testing.T) {
 		t.Fatalf("%+v", entries)
 	}
 	for input, want := range map[string]string{
-		`{"keys":[{"key":"x","model":["a"]}]}`:   "unknown field",
+		`{"keys":[{"key":"x","model":["a"]}]}`:    "unknown field",
 		`{"keys":[{"key":"x","expires":"soon"}]}`: "soon",
 		`{"keys":[]} {}`:                          "data after",
 		`[]`:                                      "want {",

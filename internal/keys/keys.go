@@ -96,7 +96,7 @@ func Build(entries []Entry) (*Set, error) {
 		}
 		k := &Key{ID: e.ID, hash: sum, expires: e.Expires, disabled: e.Disabled}
 		if k.ID == "" {
-			k.ID = hex.EncodeToString(sum[:4])
+			k.ID = defaultID(sum)
 		}
 		if len(e.Models) > 0 {
 			if k.models, err = CompileModels(e.Models); err != nil {
@@ -107,6 +107,12 @@ func Build(entries []Entry) (*Set, error) {
 	}
 	return s, nil
 }
+
+// DefaultID is the id of a key configured without one: the first 8 hex
+// digits of its SHA-256.
+func DefaultID(key string) string { return defaultID(sha256.Sum256([]byte(key))) }
+
+func defaultID(sum [sha256.Size]byte) string { return hex.EncodeToString(sum[:4]) }
 
 // parseKey returns the SHA-256 an entry's key stands for.
 func parseKey(key string) ([sha256.Size]byte, error) {

@@ -70,20 +70,16 @@ func (h *Handler) provisionAuth(repl *caddy.Replacer) error {
 // an auth block the request must carry a valid key: its id becomes the
 // identity, else identify answers 401 and reports false. Without one,
 // the identity is whatever an earlier Caddy auth handler set in
-// {http.auth.user.id}, if any. Either way the x-api-key and api-key
-// headers are masked in the request Caddy's access log copies.
+// {http.auth.user.id}, if any.
 func (h *Handler) identify(x *exchange) bool {
-	hdr := x.r.Header
 	if h.keys == nil {
-		keys.MaskHeaders(hdr)
 		if id, _ := x.repl.GetString("http.auth.user.id"); id != "" {
 			x.keyID = id
 			x.repl.Set("http.chat_gateway.key_id", id)
 		}
 		return true
 	}
-	presented, ok := keys.Presented(hdr)
-	keys.MaskHeaders(hdr)
+	presented, ok := keys.Presented(x.r.Header)
 	if !ok {
 		x.unauthorized("You didn't provide an API key. Send it as Authorization: Bearer <key>, x-api-key: <key> or api-key: <key>.")
 		return false

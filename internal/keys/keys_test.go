@@ -174,12 +174,6 @@ func FuzzPresented(f *testing.F) {
 		if ok && !strings.Contains(auth, key) && !strings.Contains(xAPIKey, key) && !strings.Contains(apiKey, key) {
 			t.Fatalf("key %q is in no header", key)
 		}
-		MaskHeaders(h)
-		for _, name := range []string{"X-Api-Key", "Api-Key"} {
-			if v := h[name]; len(v) > 0 && v[0] != Redacted {
-				t.Fatalf("%s not masked: %q", name, v)
-			}
-		}
 	})
 }
 

@@ -36,19 +36,6 @@ func Presented(h http.Header) (string, bool) {
 	return "", false
 }
 
-// Redacted is what a masked key header holds, as in Caddy's logs.
-const Redacted = "REDACTED"
-
-// MaskHeaders replaces the values of x-api-key and api-key in h, which
-// Caddy's access log would copy (it redacts Authorization itself).
-func MaskHeaders(h http.Header) {
-	for _, name := range [...]string{headerXAPIKey, headerAPIKey} {
-		if v := h[name]; len(v) > 0 {
-			h[name] = []string{Redacted}
-		}
-	}
-}
-
 // Hint shows a presented key as OpenAI's error messages do: its first
 // and last 4 characters around stars, or stars alone for a key too short
 // to show 8 characters of safely.

@@ -9,12 +9,15 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/caddyauth"
@@ -541,5 +544,168 @@ func TestAuthReload(t *testing.T) {
 	rest, _ := io.ReadAll(resp.Body)
 	if all := string(first) + string(rest); !strings.Contains(all, "key") || !strings.HasSuffix(all, "data: [DONE]\n\n") {
 		t.Fatalf("the open stream did not finish: %s", all)
+	}
+}
+
+// TestAuthKeysNeverLeak: keys used in requests, good and bad, in each
+// header form, appear in no reply, no log line (debug level, the access
+// log filtered as the README says), no metric and no backend request.
+func TestAuthKeysNeverLeak(t *testing.T) {
+	be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(upstreamBody(r), `"stream":true`) {
+			llamaStream(w, r)
+			return
+		}
+		writeJSON(w, 200, `{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":3,"completion_tokens":1}}`)
+	})
+	t.Setenv("CG_LEAK_KEY", aliceKey)
+	port := freePort(t)
+	logFile := t.TempDir() + "/caddy.log"
+	text := fmt.Sprintf(`{
+	admin localhost:2999
+	http_port %d
+	persist_config off
+	grace_period 1ns
+	log {
+		output file %s
+		format json
+		level DEBUG
+	}
+}
+http://127.0.0.1:%d {
+	log {
+		output file %s
+		format filter {
+			wrap json
+			request>headers>X-Api-Key delete
+			request>headers>Api-Key delete
+		}
+	}
+	metrics /metrics
+	chat_gateway %s {
+		auth {
+			key {env.CG_LEAK_KEY} {
+				id leak-a
+				models m
+			}
+			key %s {
+				id leak-b
+			}
+		}
+		metrics_per_key
+	}
+}`, port, logFile, port, logFile, be.URL, keys.Hash(bobKey))
+	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(text), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := caddy.Load(cfg, true); err != nil {
+		t.Fatal(err)
+	}
+	waitListeners(t, port)
+	http.DefaultClient.CloseIdleConnections()
+	g := &gateway{URL: fmt.Sprintf("http://127.0.0.1:%d", port), logFile: logFile}
+
+	var seen strings.Builder
+	send := func(method, path, body, header, value string, want int) {
+		req, _ := http.NewRequest(method, g.URL+path, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set(header, value)
+		resp, got := do(t, req)
+		if resp.StatusCode != want {
+			t.Fatalf("%s %s %s: %d %s", method, path, header, resp.StatusCode, got)
+		}
+		fmt.Fprintln(&seen, resp.Header, got)
+	}
+	forms := map[string]string{"Authorization": "Bearer ", "X-Api-Key": "", "Api-Key": ""}
+	for header, prefix := range forms {
+		for _, key := range []string{aliceKey, bobKey} {
+			send("POST", "/v1/chat/completions", hello, header, prefix+key, 200)
+			send("POST", "/v1/chat/completions", helloStream, header, prefix+key, 200)
+			send("GET", "/v1/models", "", header, prefix+key, 200)
+		}
+		send("POST", "/v1/chat/completions", `{"model":"denied","messages":[{"role":"user","content":"x"}]}`, header, prefix+aliceKey, 404)
+		send("POST", "/v1/chat/completions", hello, header, prefix+wrongKey, 401)
+		send("GET", "/v1/models", "", header, prefix+wrongKey, 401)
+	}
+	_, metrics := do(t, mustRequest("GET", g.URL+"/metrics"))
+	if !strings.Contains(metrics, `key="leak-a"`) || !strings.Contains(metrics, `key="leak-b"`) {
+		t.Fatalf("no key label in the metrics")
+	}
+	var logs string
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		_, logs = g.logs(t)
+		if strings.Count(logs, `"key_id":"leak-b"`) >= 9 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if !strings.Contains(logs, `"key_id":"leak-a"`) || !strings.Contains(logs, `"user_id":"leak-b"`) || !strings.Contains(logs, `"level":"debug"`) {
+		t.Fatalf("the logs lack the key ids or debug lines:\n%s", logs)
+	}
+	be.mu.Lock()
+	upstream := fmt.Sprint(be.requests)
+	be.mu.Unlock()
+	for _, key := range []string{aliceKey, bobKey, wrongKey} {
+		for where, text := range map[string]string{"a reply": seen.String(), "the logs": logs, "the metrics": metrics, "a backend request": upstream} {
+			if strings.Contains(text, key) {
+				t.Errorf("%s holds key %s...", where, key[:10])
+			}
+		}
+	}
+}
+
+// TestCommands runs the built caddy's chat-gateway subcommands, and
+// uses the key and block new-key prints.
+func TestCommands(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds cmd/caddy")
+	}
+	bin := t.TempDir() + "/caddy"
+	if out, err := exec.Command("go", "build", "-o", bin, "./cmd/caddy").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	run := func(stdin string, args ...string) (string, error) {
+		cmd := exec.Command(bin, args...)
+		cmd.Stdin = strings.NewReader(stdin)
+		var stdout, stderr strings.Builder
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		if err != nil {
+			err = fmt.Errorf("%w: %s", err, stderr.String())
+		}
+		return stdout.String(), err
+	}
+
+	out, err := run("", "chat-gateway", "new-key", "--id", "team-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, block, ok := strings.Cut(out, "\n\n")
+	if !ok || !regexp.MustCompile(`^sk-cg-[0-9A-Za-z]{43}$`).MatchString(key) {
+		t.Fatalf("new-key printed %q", out)
+	}
+	if want := "key " + keys.Hash(key) + " {\n\tid team-a\n}\n"; block != want {
+		t.Fatalf("block %q, want %q", block, want)
+	}
+	out, err = run("", "chat-gateway", "new-key")
+	if k, block, _ := strings.Cut(out, "\n\n"); err != nil || !strings.Contains(block, "\tid "+keys.DefaultID(k)+"\n") || k == key {
+		t.Fatalf("new-key without --id: %q %v", out, err)
+	}
+	if _, err := run("", "chat-gateway", "new-key", "--id", "two words"); err == nil {
+		t.Fatal("an id with a space was taken")
+	}
+
+	for stdin, want := range map[string]string{key + "\n": keys.Hash(key), key + "\r\n": keys.Hash(key), key: keys.Hash(key), "a b \n": keys.Hash("a b ")} {
+		if out, err := run(stdin, "chat-gateway", "hash-key"); err != nil || out != want+"\n" {
+			t.Errorf("hash-key of %q: %q %v", stdin, out, err)
+		}
+	}
+	if _, err := run("\n", "chat-gateway", "hash-key"); err == nil {
+		t.Error("hash-key took an empty key")
+	}
+
+	g := newGateway(t, "chat_gateway {\n auth {\n "+strings.ReplaceAll(block, "\n", "\n ")+"}\n }")
+	if resp, body := g.post(t, hello, "Authorization", "Bearer "+key); resp.StatusCode != 200 {
+		t.Fatalf("the new key: %d %s", resp.StatusCode, body)
 	}
 }

@@ -258,3 +258,38 @@ func FuzzParseFile(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkBuild10000 builds a set of 10,000 keys, half plain, half
+// hashed, as a config load does.
+func BenchmarkBuild10000(b *testing.B) {
+	entries := make([]Entry, 10000)
+	for i := range entries {
+		entries[i].Key = fmt.Sprintf("sk-cg-bench-%08d-0123456789", i)
+		if i%2 == 0 {
+			entries[i].Key = Hash(entries[i].Key)
+		}
+	}
+	for b.Loop() {
+		if _, err := Build(entries); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkLookup looks a key up among 10,000.
+func BenchmarkLookup(b *testing.B) {
+	entries := make([]Entry, 10000)
+	for i := range entries {
+		entries[i].Key = Hash(fmt.Sprintf("sk-cg-bench-%08d-0123456789", i))
+	}
+	s, err := Build(entries)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, ok := s.Lookup("sk-cg-bench-00005000-0123456789"); !ok {
+			b.Fatal("not found")
+		}
+	}
+}

@@ -23,6 +23,9 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/caddyauth"
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/chatgateway/caddy-chat-gateway/internal/keys"
 )
@@ -483,11 +486,12 @@ func TestAuthComposition(t *testing.T) {
 		t.Fatalf("basic_auth did not answer: %d %v", resp.StatusCode, resp.Header)
 	}
 
-	g = newGateway(t, basic+fmt.Sprintf("\n\t\tchat_gateway {\n auth {\n key %s {\n id team-k\n }\n }\n }", keys.Hash(aliceKey)))
+	// The key id placeholder, in a deferred response header.
+	g = newGateway(t, "header >X-Key-Id {http.chat_gateway.key_id}\n\t\t"+basic+fmt.Sprintf("\n\t\tchat_gateway {\n auth {\n key %s {\n id team-k\n }\n }\n }", keys.Hash(aliceKey)))
 	req = g.request(hello, "X-Request-ID", "compose-2", "X-Api-Key", aliceKey)
 	req.SetBasicAuth("carol", "pw")
-	if resp, body := do(t, req); resp.StatusCode != 200 {
-		t.Fatalf("%d %s", resp.StatusCode, body)
+	if resp, body := do(t, req); resp.StatusCode != 200 || resp.Header.Get("X-Key-Id") != "team-k" {
+		t.Fatalf("%d %v %s", resp.StatusCode, resp.Header, body)
 	}
 	if l := g.accessLog(t, "compose-2"); l["user_id"] != "team-k" || l["key_id"] != "team-k" {
 		t.Fatalf("access log %v", l)
@@ -707,5 +711,23 @@ func TestCommands(t *testing.T) {
 	g := newGateway(t, "chat_gateway {\n auth {\n "+strings.ReplaceAll(block, "\n", "\n ")+"}\n }")
 	if resp, body := g.post(t, hello, "Authorization", "Bearer "+key); resp.StatusCode != 200 {
 		t.Fatalf("the new key: %d %s", resp.StatusCode, body)
+	}
+}
+
+// TestAuthModuleLog: the module's log lines name the caller's key id,
+// never its key.
+func TestAuthModuleLog(t *testing.T) {
+	h := provisioned(t, fmt.Sprintf("chat_gateway %s {\n auth {\n key %s {\n id alice\n }\n }\n}", refusing(t), keys.Hash(aliceKey)))
+	core, logs := observer.New(zapcore.DebugLevel)
+	h.logger = zap.New(core)
+	if w, _ := serve(t, h, keyed("POST", "/v1/chat/completions", hello, "x-api-key", aliceKey)); w.Code != 502 {
+		t.Fatalf("%d %s", w.Code, w.Body)
+	}
+	entries := logs.AllUntimed()
+	if len(entries) != 1 || entries[0].ContextMap()["key_id"] != "alice" {
+		t.Fatalf("%+v", entries)
+	}
+	if text := fmt.Sprint(entries[0].Message, entries[0].ContextMap()); strings.Contains(text, aliceKey) {
+		t.Fatalf("the log holds the key: %s", text)
 	}
 }

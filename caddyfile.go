@@ -67,8 +67,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 // Backend URLs are base URLs as OpenAI SDKs take them, such as
 // http://127.0.0.1:8080/v1; a URL with no path gets /v1. URLs on the
 // directive line form one backend. The top-level api_key applies to
-// every backend that has none of its own. A key is "sha256:<64 hex>" or
-// the key itself; see Auth.
+// every backend that has none of its own. A client key in auth is
+// "sha256:<64 hex>" or the key itself; see Auth.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
 	dirTok := d.Token()

@@ -4,6 +4,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -12,6 +13,8 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/dustin/go-humanize"
+
+	"github.com/chatgateway/caddy-chat-gateway/internal/keys"
 )
 
 func init() {
@@ -50,12 +53,23 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    keepalive_interval <duration>
 //	    include_usage_upstream
 //	    log_sizes
+//	    auth {
+//	        key <key> {
+//	            id <name>
+//	            models <patterns...>
+//	            expires <RFC 3339 time>
+//	            disabled
+//	        }
+//	        keys_file <path>
+//	    }
+//	    metrics_per_key [<max>]
 //	}
 //
 // Backend URLs are base URLs as OpenAI SDKs take them, such as
 // http://127.0.0.1:8080/v1; a URL with no path gets /v1. URLs on the
 // directive line form one backend. The top-level api_key applies to
-// every backend that has none of its own.
+// every backend that has none of its own. A client key in auth is
+// "sha256:<64 hex>" or the key itself; see Auth.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
 	dirTok := d.Token()
@@ -85,6 +99,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			sharedKey = d.Val()
 			if d.NextArg() {
 				return d.ArgErr()
+			}
+		case "auth", "metrics_per_key":
+			if err := h.unmarshalKeyOption(d); err != nil {
+				return err
 			}
 		case "echo":
 			if d.NextArg() {
@@ -383,4 +401,82 @@ func proxyDefaults(rp *reverseproxy.Handler, retryCodes []int, bufferLimit int64
 			rp.RequestBuffers = bufferLimit + 1
 		}
 	}
+}
+
+// unmarshalKeyOption reads the auth block or metrics_per_key [<max>].
+func (h *Handler) unmarshalKeyOption(d *caddyfile.Dispenser) error {
+	if d.Val() == "metrics_per_key" {
+		h.MetricsPerKey = defaultMetricsPerKey
+		if d.NextArg() {
+			n, err := strconv.Atoi(d.Val())
+			if err != nil || n < 1 {
+				return d.Errf("invalid metrics_per_key '%s': want a positive number", d.Val())
+			}
+			h.MetricsPerKey = n
+		}
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+		return nil
+	}
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	if h.Auth == nil {
+		h.Auth = new(Auth)
+	}
+	return parseAuth(d, h.Auth)
+}
+
+// parseAuth reads the block of an auth option into a.
+func parseAuth(d *caddyfile.Dispenser, a *Auth) error {
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "key":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			e := keys.Entry{Key: d.Val()}
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			for inner := d.Nesting(); d.NextBlock(inner); {
+				opt := d.Val()
+				args := d.RemainingArgs()
+				switch {
+				case opt == "id" && len(args) == 1:
+					e.ID = args[0]
+				case opt == "models" && len(args) > 0:
+					e.Models = append(e.Models, args...)
+				case opt == "expires" && len(args) == 1:
+					t, err := time.Parse(time.RFC3339, args[0])
+					if err != nil {
+						return d.Errf("invalid expires '%s': want an RFC 3339 time such as 2026-12-31T23:59:59Z", args[0])
+					}
+					e.Expires = t
+				case opt == "disabled" && len(args) == 0:
+					e.Disabled = true
+				case opt == "id" || opt == "models" || opt == "expires" || opt == "disabled":
+					return d.ArgErr()
+				default:
+					return d.Errf("unrecognized key option '%s'", opt)
+				}
+			}
+			a.Keys = append(a.Keys, e)
+		case "keys_file":
+			if a.KeysFile != "" {
+				return d.Err("only one keys_file may be given")
+			}
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			a.KeysFile = d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		default:
+			return d.Errf("unrecognized auth option '%s'", d.Val())
+		}
+	}
+	return nil
 }

@@ -134,6 +134,7 @@ func TestCaddyfileAdapt(t *testing.T) {
 func FuzzCaddyfile(f *testing.F) {
 	f.Add("chat_gateway http://a:1/v1 {\n backend http://b:2 {\n models x\n lb_policy first\n }\n timeout 1s\n}")
 	f.Add("chat_gateway {\n echo\n max_request_body 1KiB\n}")
+	f.Add("chat_gateway {\n auth {\n key sha256:ab {\n id a\n models x* y\n expires 2027-01-01T00:00:00Z\n disabled\n }\n keys_file k.json\n }\n metrics_per_key 3\n}")
 	f.Fuzz(func(t *testing.T, input string) {
 		tokens, err := caddyfile.Tokenize([]byte(input), "Caddyfile")
 		if err != nil {

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/chatgateway/caddy-chat-gateway/internal/keys"
 	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
 )
 
@@ -50,6 +51,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		// the connection must close) from a plain chunked one: it closes
 		// both. SDKs send Content-Length.
 		w.Header().Set("Connection", "close")
+	}
+	if r.URL.Path != "/healthz" && r.URL.Path != "/readyz" && !h.identify(x) {
+		return nil
 	}
 	switch {
 	case r.Method != http.MethodPost && allow == http.MethodPost,
@@ -90,6 +94,8 @@ type exchange struct {
 	body         body       // the request body's buffer
 	retries      int        // further attempts after the first
 	chat         bool       // a chat request, counted in the metrics
+	key          *keys.Key  // the client's key, with an auth block
+	keyID        string     // the caller's identity, if known
 
 	ttft         time.Duration // to the first content sent, 0 if none
 	gw           time.Duration // time in the gateway's own work, for overhead_seconds
@@ -197,17 +203,27 @@ func (h *Handler) serveChat(x *exchange) {
 	x.req = req
 	x.model = req.Model
 	x.repl.Set("http.chat_gateway.model", req.Model)
+	if !x.allowed(req.Model) {
+		x.fail(modelNotFound(req.Model))
+		return
+	}
 	if h.echoMode() {
 		h.echo(x)
 		return
 	}
 	rt, ok := h.route(req.Model)
 	if !ok {
-		x.fail(&openai.Error{Status: http.StatusNotFound, Type: openai.TypeInvalidRequest, Param: "model", Code: "model_not_found",
-			Message: "The model '" + req.Model + "' does not exist or is not served by this gateway."})
+		x.fail(modelNotFound(req.Model))
 		return
 	}
 	h.forward(x, rt, body)
+}
+
+// modelNotFound is the reply to a model no backend serves, and to one
+// the client's key may not use: the same, so it does not tell which.
+func modelNotFound(model string) *openai.Error {
+	return &openai.Error{Status: http.StatusNotFound, Type: openai.TypeInvalidRequest, Param: "model", Code: "model_not_found",
+		Message: "The model '" + model + "' does not exist or is not served by this gateway."}
 }
 
 // route finds the backend for a model.
@@ -322,7 +338,7 @@ func (x *exchange) finish() {
 	if extra == nil && !failed {
 		return
 	}
-	summary := logSummary{outcome: x.outcome}
+	summary := logSummary{outcome: x.outcome, keyID: x.keyID}
 	if x.req != nil {
 		summary.decoded = true
 		summary.model, summary.stream, summary.finishReason = x.model, x.req.Stream, x.finishReason
@@ -361,6 +377,7 @@ func (x *exchange) finish() {
 // each ExtraLogFields.Add costs a map reset.
 type logSummary struct {
 	outcome                       string
+	keyID                         string
 	decoded                       bool // the chat request was decoded
 	model, finishReason, upstream string
 	stream                        bool
@@ -373,6 +390,9 @@ type logSummary struct {
 
 func (s logSummary) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	enc.AddString("outcome", s.outcome)
+	if s.keyID != "" {
+		enc.AddString("key_id", s.keyID)
+	}
 	if !s.decoded {
 		return nil
 	}

@@ -31,6 +31,9 @@ func TestCaddyfiles(t *testing.T) {
 		writeJSON(w, 200, `{"choices":[{"message":{"content":"from openai"}}]}`)
 	})
 	t.Setenv("OPENAI_API_KEY", "sk-test-key")
+	// The client key of examples that require one; the others ignore it.
+	const gatewayKey = "sk-cg-integration-0123456789abcdef"
+	t.Setenv("GATEWAY_KEY", gatewayKey)
 	t.Setenv("ADMIN_PORT", strconv.Itoa(adminPort))
 
 	tests := []struct {
@@ -80,11 +83,16 @@ func TestCaddyfiles(t *testing.T) {
 			req, _ := http.NewRequest("POST", fmt.Sprintf("http://127.0.0.1:%d%s", port, tt.path), strings.NewReader(body))
 			req.Header.Set("Content-Type", "application/json")
 			req.Header.Set("X-Request-ID", "it-1")
+			req.Header.Set("Authorization", "Bearer "+gatewayKey)
 			resp := tester.AssertResponseCode(req, 200)
 			got, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
 			if !strings.Contains(string(got), tt.want) || !strings.Contains(string(got), `"id":"it-1"`) {
 				t.Fatalf("reply %s, want %q", got, tt.want)
+			}
+			if strings.Contains(string(raw), "auth {") {
+				req, _ := http.NewRequest("POST", fmt.Sprintf("http://127.0.0.1:%d%s", port, tt.path), strings.NewReader(body))
+				tester.AssertResponseCode(req, 401).Body.Close()
 			}
 
 			// Any other API path: OpenAI's 404 for unknown URLs, in JSON,

@@ -34,7 +34,7 @@ func registerMetrics(registry *prometheus.Registry) error {
 	m := &gatewayMetrics
 	m.once.Do(func() {
 		m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "requests_total",
-			Help: "Chat completion requests by model, stream and outcome."}, []string{"model", "stream", "outcome"})
+			Help: "Chat completion requests by model, stream, outcome and key (with metrics_per_key)."}, []string{"model", "stream", "outcome", "key"})
 		m.inFlight = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "in_flight_requests",
 			Help: "Chat completion requests being served."})
 		m.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "request_duration_seconds",
@@ -46,7 +46,7 @@ func registerMetrics(registry *prometheus.Registry) error {
 			Help:    "Time per completion token after the first, on streams.",
 			Buckets: []float64{.001, .0025, .005, .01, .02, .03, .05, .075, .1, .15, .2, .3, .5, 1}}, []string{"model"})
 		m.tokens = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "tokens_total",
-			Help: "Tokens by model and type (prompt, completion), as the backend reported them or as estimated."}, []string{"model", "type"})
+			Help: "Tokens by model, type (prompt, completion) and key (with metrics_per_key), as the backend reported them or as estimated."}, []string{"model", "type", "key"})
 		m.upstreamErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "upstream_errors_total",
 			Help: "Failures of backends, by reason."}, []string{"reason"})
 		m.retries = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "retries_total",
@@ -71,37 +71,37 @@ var upstreamReasons = map[string]bool{
 	"first_token_timeout": true, "idle_timeout": true, "timeout": true, "dial_timeout": true, "upstream_timeout": true,
 }
 
-// series are the children of the collectors for one model and stream
-// flag, looked up once instead of hashing labels on every request.
+// series are the children of the collectors for one model, stream flag
+// and key, looked up once instead of hashing labels on every request.
 type series struct {
 	requests                  sync.Map // outcome -> prometheus.Counter
 	duration, ttft, perToken  prometheus.Observer
 	promptTokens, complTokens prometheus.Counter
 }
 
-var seriesCache sync.Map // model + "\x00" + stream -> *series
+var seriesCache sync.Map // model + "\x00" + stream + "\x00" + key -> *series
 
-func seriesFor(model, stream string) *series {
-	key := model + "\x00" + stream
-	if s, ok := seriesCache.Load(key); ok {
+func seriesFor(model, stream, key string) *series {
+	cacheKey := model + "\x00" + stream + "\x00" + key
+	if s, ok := seriesCache.Load(cacheKey); ok {
 		return s.(*series)
 	}
 	m := &gatewayMetrics
-	s, _ := seriesCache.LoadOrStore(key, &series{
+	s, _ := seriesCache.LoadOrStore(cacheKey, &series{
 		duration:     m.duration.WithLabelValues(model, stream),
 		ttft:         m.ttft.WithLabelValues(model),
 		perToken:     m.perToken.WithLabelValues(model),
-		promptTokens: m.tokens.WithLabelValues(model, "prompt"),
-		complTokens:  m.tokens.WithLabelValues(model, "completion"),
+		promptTokens: m.tokens.WithLabelValues(model, "prompt", key),
+		complTokens:  m.tokens.WithLabelValues(model, "completion", key),
 	})
 	return s.(*series)
 }
 
-func (s *series) request(model, stream, outcome string) prometheus.Counter {
+func (s *series) request(model, stream, key, outcome string) prometheus.Counter {
 	if c, ok := s.requests.Load(outcome); ok {
 		return c.(prometheus.Counter)
 	}
-	c, _ := s.requests.LoadOrStore(outcome, gatewayMetrics.requests.WithLabelValues(model, stream, outcome))
+	c, _ := s.requests.LoadOrStore(outcome, gatewayMetrics.requests.WithLabelValues(model, stream, outcome, key))
 	return c.(prometheus.Counter)
 }
 
@@ -111,8 +111,9 @@ func (x *exchange) record() {
 	m.inFlight.Dec()
 	model := x.h.metricModel(x.model)
 	stream := strconv.FormatBool(x.req != nil && x.req.Stream)
-	s := seriesFor(model, stream)
-	s.request(model, stream, x.outcome).Inc()
+	key := x.h.metricKey(x.keyID)
+	s := seriesFor(model, stream, key)
+	s.request(model, stream, key, x.outcome).Inc()
 	total := time.Since(x.start)
 	s.duration.Observe(total.Seconds())
 	if x.retries > 0 {

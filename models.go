@@ -21,7 +21,8 @@ type modelEntry struct {
 
 // serveModels lists the models the gateway serves: the echo model in
 // echo mode; else every model and alias the backends list, plus what the
-// backend that lists none reports of itself.
+// backend that lists none reports of itself; of them, those the client's
+// key may use.
 func (h *Handler) serveModels(x *exchange) {
 	var list []modelEntry
 	add := func(id string) {
@@ -58,6 +59,7 @@ func (h *Handler) serveModels(x *exchange) {
 			}
 		}
 	}
+	list = slices.DeleteFunc(list, func(m modelEntry) bool { return !x.allowed(m.ID) })
 	if list == nil {
 		list = []modelEntry{}
 	}

@@ -16,6 +16,8 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
+
+	"github.com/chatgateway/caddy-chat-gateway/internal/keys"
 )
 
 func init() {
@@ -63,6 +65,7 @@ const (
 // The placeholders it sets, for header, log_append or handle_errors:
 //
 //	{http.chat_gateway.request_id}         the request id
+//	{http.chat_gateway.key_id}             the caller's key id (or {http.auth.user.id} without auth)
 //	{http.chat_gateway.model}              the model the client asked for
 //	{http.chat_gateway.upstream}           the upstream that answered (host:port)
 //	{http.chat_gateway.prompt_tokens}      prompt tokens, reported or estimated
@@ -70,7 +73,11 @@ const (
 //	{http.chat_gateway.ttft}               time to the first token, in seconds
 //	{http.chat_gateway.outcome}            ok, client_error, upstream_error, timeout, client_cancelled, truncated or rejected
 //
-// request_id and model are set before the reply starts; the others once
+// With an auth block, every path but /healthz needs a client key; the
+// key's id is also set as {http.auth.user.id}, Caddy's access log
+// user_id.
+//
+// request_id, key_id and model are set before the reply starts; the others once
 // they are known: before the headers of a non-streamed reply, at the end
 // of a stream.
 type Handler struct {
@@ -135,13 +142,27 @@ type Handler struct {
 	// never logged. Default: off.
 	LogSizes bool `json:"log_sizes,omitempty"`
 
+	// Auth, when set, makes every request but /healthz carry a client
+	// key. Without it the gateway is open to anyone who can reach it,
+	// and takes as identity what an earlier Caddy auth handler set in
+	// {http.auth.user.id}.
+	Auth *Auth `json:"auth,omitempty"`
+
+	// MetricsPerKey adds the caller's identity (key id) as the label
+	// "key" of requests_total and tokens_total, for at most this many
+	// distinct identities in the process; the others are counted as
+	// "other". Default: 0, no key label values.
+	MetricsPerKey int `json:"metrics_per_key,omitempty"`
+
 	// routes maps a model name (or alias) to where it is served.
 	routes map[string]route
 	// catchAll is the backend without models: it serves every model no
 	// other backend lists; nil if there is none.
 	catchAll *Backend
 	// slots holds a token per chat request served, if MaxConcurrent is set.
-	slots  chan struct{}
+	slots chan struct{}
+	// keys are the accepted client keys; nil without an auth block.
+	keys   *keys.Set
 	logger *zap.Logger
 }
 
@@ -185,6 +206,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.routes = make(map[string]route)
 	repl := caddy.NewReplacer()
+	if err := h.provisionAuth(repl); err != nil {
+		return err
+	}
 	names := make(map[*Backend]string, len(h.Backends))
 	for _, b := range h.Backends {
 		names[b] = b.name()
@@ -238,6 +262,9 @@ func (h *Handler) Validate() error {
 	}
 	if h.MaxConcurrent < 0 {
 		return fmt.Errorf("max_concurrent must not be negative")
+	}
+	if h.MetricsPerKey < 0 {
+		return fmt.Errorf("metrics_per_key must not be negative")
 	}
 	for name, d := range map[string]caddy.Duration{"timeout": h.Timeout, "first_token_timeout": h.FirstTokenTimeout, "idle_timeout": h.IdleTimeout, "read_body_timeout": h.ReadBodyTimeout, "echo_delay": h.EchoDelay, "keepalive_interval": h.KeepaliveInterval} {
 		if d < 0 {

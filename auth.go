@@ -1,0 +1,151 @@
+package chatgateway
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/chatgateway/caddy-chat-gateway/internal/keys"
+	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
+)
+
+// Auth is the client keys the gateway accepts. With it, every request
+// but GET /healthz must carry one of them, as "Authorization: Bearer
+// <key>", "x-api-key: <key>" or "api-key: <key>"; others get OpenAI's
+// 401 invalid_api_key before their body is read.
+type Auth struct {
+	// Keys are the accepted keys.
+	Keys []keys.Entry `json:"keys,omitempty"`
+
+	// KeysFile is a JSON file of more keys, read when the config loads:
+	// {"keys":[{"key":"sha256:...","id":"...","models":[...],
+	// "expires":"<RFC 3339>","disabled":false}]}, fields as in Keys.
+	// Placeholders such as {env.KEYS_FILE} are resolved.
+	KeysFile string `json:"keys_file,omitempty"`
+}
+
+// defaultMetricsPerKey is the cap on key label values when
+// metrics_per_key is given without a number.
+const defaultMetricsPerKey = 100
+
+// provisionAuth builds the key set: plain keys and keys_file resolved
+// with repl, the file read, every key hashed.
+func (h *Handler) provisionAuth(repl *caddy.Replacer) error {
+	if h.Auth == nil {
+		return nil
+	}
+	entries := make([]keys.Entry, 0, len(h.Auth.Keys))
+	for _, e := range h.Auth.Keys {
+		e.Key = repl.ReplaceKnown(e.Key, "")
+		entries = append(entries, e)
+	}
+	if h.Auth.KeysFile != "" {
+		path := repl.ReplaceKnown(h.Auth.KeysFile, "")
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return fmt.Errorf("reading keys_file: %w", err)
+		}
+		more, err := keys.ParseFile(data)
+		if err != nil {
+			return fmt.Errorf("keys_file %s: %w", path, err)
+		}
+		entries = append(entries, more...)
+	}
+	set, err := keys.Build(entries)
+	if err != nil {
+		return fmt.Errorf("auth: %w", err)
+	}
+	if set.Len() == 0 {
+		h.logger.Warn("auth has no keys: every request but /healthz is refused")
+	}
+	h.keys = set
+	return nil
+}
+
+// identify finds who is calling, before the request body is read. With
+// an auth block the request must carry a valid key: its id becomes the
+// identity, else identify answers 401 and reports false. Without one,
+// the identity is whatever an earlier Caddy auth handler set in
+// {http.auth.user.id}, if any.
+func (h *Handler) identify(x *exchange) bool {
+	if h.keys == nil {
+		if id, _ := x.repl.GetString("http.auth.user.id"); id != "" {
+			x.keyID = id
+			x.repl.Set("http.chat_gateway.key_id", id)
+		}
+		return true
+	}
+	presented, ok := keys.Presented(x.r.Header)
+	if !ok {
+		x.unauthorized("You didn't provide an API key. Send it as Authorization: Bearer <key>, x-api-key: <key> or api-key: <key>.")
+		return false
+	}
+	k, found := h.keys.Lookup(presented)
+	if !found || !k.Valid(time.Now()) {
+		x.unauthorized("Incorrect API key provided: " + keys.Hint(presented) + ".")
+		return false
+	}
+	x.key, x.keyID = k, k.ID
+	x.repl.Set("http.auth.user.id", k.ID)
+	x.repl.Set("http.chat_gateway.key_id", k.ID)
+	return true
+}
+
+// unauthorized answers 401 invalid_api_key. The connection is closed
+// after it, so the server does not read a body nobody wants first.
+func (x *exchange) unauthorized(msg string) {
+	hdr := x.w.Header()
+	hdr.Set("WWW-Authenticate", "Bearer")
+	if x.r.ProtoMajor == 1 {
+		hdr.Set("Connection", "close")
+	}
+	x.fail(&openai.Error{Status: http.StatusUnauthorized, Type: openai.TypeInvalidRequest, Code: "invalid_api_key", Message: msg})
+}
+
+// allowed reports whether the caller may use model: any model without
+// a key, else what its allow-list says. An echo request naming no model
+// asks for the echo model.
+func (x *exchange) allowed(model string) bool {
+	if x.key == nil {
+		return true
+	}
+	if model == "" && x.h.echoMode() {
+		model = echoModel
+	}
+	return x.key.Allowed(model)
+}
+
+// keyLabels are the values the key metric label has taken in this
+// process (the collectors are process-wide, so is the cap).
+var keyLabels struct {
+	sync.Mutex
+	seen sync.Map // id -> struct{}
+	n    int
+}
+
+// metricKey is the key label for an identity: empty unless
+// metrics_per_key is set; the identity itself for the first
+// MetricsPerKey identities the process counts, "other" beyond.
+func (h *Handler) metricKey(id string) string {
+	if h.MetricsPerKey <= 0 || id == "" {
+		return ""
+	}
+	if _, ok := keyLabels.seen.Load(id); ok {
+		return id
+	}
+	keyLabels.Lock()
+	defer keyLabels.Unlock()
+	if _, ok := keyLabels.seen.Load(id); ok {
+		return id
+	}
+	if keyLabels.n >= h.MetricsPerKey {
+		return "other"
+	}
+	keyLabels.seen.Store(id, struct{}{})
+	keyLabels.n++
+	return id
+}

@@ -8,8 +8,11 @@ package chatgateway
 import (
 	"encoding/json"
 	"fmt"
+	"reflect"
+	"slices"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -374,7 +377,7 @@ func (b *Backend) provision(ctx caddy.Context, repl *caddy.Replacer) error {
 		return fmt.Errorf("no proxy configured")
 	}
 	idleSet := setsUpstreamIdle(b.ProxyRaw) // LoadModule drops the raw JSON
-	mod, err := ctx.LoadModule(b, "ProxyRaw")
+	mod, err := clipLineage(ctx).LoadModule(b, "ProxyRaw")
 	if err != nil {
 		return fmt.Errorf("loading reverse proxy: %w", err)
 	}
@@ -400,6 +403,22 @@ func (b *Backend) provision(ctx caddy.Context, repl *caddy.Replacer) error {
 	b.apiKey = repl.ReplaceKnown(b.APIKey, "")
 	b.authorization = "Bearer " + b.apiKey
 	return nil
+}
+
+// clipLineage returns ctx with no spare capacity behind its module
+// lineage, so that loading a module appends to a new array. Without it,
+// each backend's reverse_proxy is provisioned with a lineage sharing one
+// slot: the active health checker of one (a goroutine started in its
+// Provision, which reads its lineage when it emits an event) races with
+// the loading of the next, and sees the next proxy as its module. Caddy
+// gives no way to copy a Context's lineage, hence the reflection.
+func clipLineage(ctx caddy.Context) caddy.Context {
+	f := reflect.ValueOf(&ctx).Elem().FieldByName("ancestry")
+	if f.IsValid() && f.Type() == reflect.TypeFor[[]caddy.Module]() {
+		lineage := (*[]caddy.Module)(unsafe.Pointer(f.UnsafeAddr()))
+		*lineage = slices.Clip(*lineage)
+	}
+	return ctx
 }
 
 // setsUpstreamIdle reports whether a reverse_proxy config sets how long

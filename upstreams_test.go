@@ -510,3 +510,25 @@ func TestReadyz(t *testing.T) {
 		t.Fatalf("POST /readyz: %d, want 405", resp.StatusCode)
 	}
 }
+
+// Several backends with active health checks are provisioned one after
+// another; each proxy's health checker starts during its Provision.
+// Under -race this failed while the backends' proxies shared one slot of
+// the module lineage (see clipLineage).
+func TestProvisionBackendsWithActiveHealthChecks(t *testing.T) {
+	be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) { writeJSON(w, 200, `{}`) })
+	var cfg strings.Builder
+	cfg.WriteString("chat_gateway {\n")
+	for _, m := range []string{"a", "b", "c", "d"} {
+		fmt.Fprintf(&cfg, "\tbackend %s %s {\n\t\tmodels %s\n\t\thealth_uri /health\n\t\thealth_interval 2ms\n\t\thealth_passes 1\n\t\thealth_fails 1\n\t}\n",
+			be.URL, strings.Replace(be.URL, "127.0.0.1", "localhost", 1), m)
+	}
+	cfg.WriteString("}")
+	for range 3 {
+		newGateway(t, cfg.String())
+	}
+	g := newGateway(t, cfg.String())
+	if resp, body := g.post(t, `{"model":"c","messages":[{"role":"user","content":"x"}]}`); resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+}

@@ -3,7 +3,10 @@
 //
 //	go run ./bench              # every figure, about 10 minutes on 2 cores
 //	go run ./bench -peers       # and Portkey's gateway (Node) side by side
+//	go run ./bench -peer 'name=<command with {port} and {upstream}>'
 //	go run ./bench -quick       # fewer and shorter rounds, for a smoke test
+//
+// bench/README.md says what each figure measures and how peers run.
 //
 // It builds ./cmd/caddy, starts a mock OpenAI backend (this program, in
 // another process) and Caddy processes on 127.0.0.1: plain

@@ -2,9 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"os"
-	"os/exec"
-	"slices"
 	"testing"
 	"time"
 
@@ -47,40 +44,4 @@ func FuzzFaultFromModel(f *testing.F) {
 			t.Fatalf("faultFromModel(%q) = %q with false", body, got)
 		}
 	})
-}
-
-func TestPeerFlags(t *testing.T) {
-	var p peerFlags
-	if err := p.Set("other=/usr/bin/gw --listen 127.0.0.1:{port} --upstream {upstream}/v1"); err != nil {
-		t.Fatal(err)
-	}
-	if len(p) != 1 || p[0].name != "other" || p[0].command != "/usr/bin/gw --listen 127.0.0.1:{port} --upstream {upstream}/v1" {
-		t.Fatalf("parsed %+v", p)
-	}
-	for _, bad := range []string{"noequals", "=cmd {port}", "name=cmd without a port"} {
-		if err := p.Set(bad); err == nil {
-			t.Errorf("Set(%q) accepted", bad)
-		}
-	}
-	if len(p) != 1 {
-		t.Fatalf("a rejected flag was kept: %+v", p)
-	}
-}
-
-func TestProcessTree(t *testing.T) {
-	child := exec.Command("sleep", "30")
-	if err := child.Start(); err != nil {
-		t.Skip("no sleep command:", err)
-	}
-	defer func() { child.Process.Kill(); child.Wait() }()
-	tree := processTree(os.Getpid())
-	if tree[0] != os.Getpid() || !slices.Contains(tree, child.Process.Pid) {
-		t.Fatalf("processTree(%d) = %v, want it and its child %d", os.Getpid(), tree, child.Process.Pid)
-	}
-	if slices.Contains(processTree(child.Process.Pid), os.Getpid()) {
-		t.Fatal("a child's tree holds its parent")
-	}
-	if rssKiB(os.Getpid()) <= rssKiB(child.Process.Pid) {
-		t.Fatal("the tree's RSS is not above its child's alone")
-	}
 }

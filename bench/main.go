@@ -38,7 +38,7 @@ import (
 
 func main() {
 	mock := flag.Bool("mock", false, "run as the mock backend (used by the harness itself)")
-	out := flag.String("out", "bench/results", "directory for results.json, results.md and the chart")
+	out := flag.String("out", "bench/results", "directory for results.json, results.md and the charts")
 	quick := flag.Bool("quick", false, "fewer, shorter rounds: a smoke test, not figures to publish")
 	rounds := flag.Int("rounds", 5, "rounds per configuration and figure")
 	withPortkey := flag.Bool("peers", false, "also measure Portkey's gateway (installed with npm into a temp folder, run with Node)")
@@ -77,7 +77,6 @@ type target struct {
 	admin  string      // Caddy's admin endpoint, for go_goroutines
 	header http.Header // sent with every request: a peer's routing, a client key
 	status int         // the status it answers when working as measured; 0 means 200
-	cmd    *exec.Cmd
 	pid    int
 }
 
@@ -176,7 +175,7 @@ func (h *harness) startMock(ctx context.Context) (*target, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mock: %w", err)
 	}
-	return &target{name: "mock", url: strings.TrimSpace(url), cmd: cmd, pid: cmd.Process.Pid}, nil
+	return &target{name: "mock", url: strings.TrimSpace(url), pid: cmd.Process.Pid}, nil
 }
 
 // startCaddy starts Caddy with site as the handler of its one site.
@@ -229,7 +228,7 @@ func (h *harness) start(dir string, t *target, cmd *exec.Cmd, port int) error {
 		return fmt.Errorf("starting %s: %w", t.name, err)
 	}
 	exited := h.track(cmd).exited
-	t.cmd, t.pid = cmd, cmd.Process.Pid
+	t.pid = cmd.Process.Pid
 	for deadline := time.Now().Add(time.Minute); ; {
 		if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
 			c.Close()

@@ -197,7 +197,7 @@ func (r *Results) checkTargets() {
 	if m := r.get("memory_per_stream"); m != nil && len(m.Rows) > 0 {
 		row := m.Rows[len(m.Rows)-1]
 		g, p := m.median(row, "chat_gateway"), m.median(row, "reverse_proxy")
-		add("Memory per idle stream, chat_gateway / reverse_proxy", g/p, "≤ 1.5", g/p <= 1.5, row)
+		add("Memory per idle stream, chat_gateway / reverse_proxy", g/p, "≤ 1.1", g/p <= 1.1, row)
 		add("Memory per idle stream, chat_gateway (KiB)", g, "< 64", g < 64, row)
 	}
 	t := r.get("throughput")

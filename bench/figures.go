@@ -21,7 +21,7 @@ func (h *harness) cpuBySize(ctx context.Context) error {
 	f := h.results.figure("cpu_per_request", "CPU per request by message size (8 concurrent, non-streaming)", "µs")
 	for r := range h.rounds {
 		for _, s := range sizes {
-			body := chatBody(s.bytes, false)
+			body := chatBody(s.bytes, false, "")
 			for _, t := range h.caddies {
 				res := closedLoop(ctx, t, 8, h.round, body, "")
 				f.add(s.label, t.name, micros(res.cpuPerRequest()))
@@ -39,7 +39,7 @@ func (h *harness) concurrency(ctx context.Context) error {
 	rps := h.results.figure("throughput", "Throughput by concurrency (100 B, non-streaming)", "req/s")
 	p50 := h.results.figure("latency_p50", "Latency p50 by concurrency (100 B, non-streaming)", "ms")
 	p99 := h.results.figure("latency_p99", "Latency p99 by concurrency (100 B, non-streaming)", "ms")
-	body := chatBody(100, false)
+	body := chatBody(100, false, "")
 	for r := range h.rounds {
 		for _, w := range []int{1, 8, 32, 128} {
 			row := fmt.Sprintf("%d clients", w)
@@ -62,7 +62,7 @@ func (h *harness) fixedRate(ctx context.Context) error {
 	const rate = 200
 	p50 := h.results.figure("fixed_rate_p50", fmt.Sprintf("Latency p50 at %d req/s (100 B)", rate), "ms")
 	p99 := h.results.figure("fixed_rate_p99", fmt.Sprintf("Latency p99 at %d req/s (100 B)", rate), "ms")
-	body := chatBody(100, false)
+	body := chatBody(100, false, "")
 	targets := append([]*target{h.mock}, h.caddies...)
 	for r := range h.rounds {
 		for _, t := range targets {
@@ -78,36 +78,43 @@ func (h *harness) fixedRate(ctx context.Context) error {
 // pooledP99 is the row of the time to first token over every round.
 const pooledP99 = "p99, all rounds"
 
-// streaming: CPU per streamed chunk, and the time to first token and
-// between chunks, against the mock streamed directly.
+// streamEvents is the number of events of a reply of n content
+// events: the role, the contents, the finish and [DONE].
+func streamEvents(n int) int { return n + 3 }
+
+// streaming: CPU per streamed event in replies of 20 and 100 events
+// sent in a burst, and the time to first token and between events,
+// against the mock streamed directly.
 func (h *harness) streaming(ctx context.Context) error {
-	cpu := h.results.figure("cpu_per_chunk", "CPU per streamed chunk (100-chunk streams, 8 concurrent)", "µs")
-	ttft := h.results.figure("ttft", fmt.Sprintf("Time to first token (%d streams a round, one at a time, targets in turn, 4 chunks 20 ms apart)", h.timed), "ms")
-	gap := h.results.figure("chunk_gap", fmt.Sprintf("Time between chunks (%d streams a round, one at a time, targets in turn, 4 chunks 20 ms apart)", h.timed), "ms")
-	const chunks = 100
-	fast := fb.Header(fb.Fault{Tokens: chunks})
+	cpu := h.results.figure("cpu_per_event", "CPU per streamed event (replies sent in a burst, 8 concurrent)", "µs")
+	ttft := h.results.figure("ttft", fmt.Sprintf("Time to first token (%d streams a round, one at a time, targets in turn, 4 events 20 ms apart)", h.timed), "ms")
+	gap := h.results.figure("chunk_gap", fmt.Sprintf("Time between events (%d streams a round, one at a time, targets in turn, 4 events 20 ms apart)", h.timed), "ms")
 	slow := fb.Header(fb.Fault{Tokens: 4, TokenDelay: 20 * time.Millisecond})
-	body := chatBody(100, true)
+	slowBody := chatBody(100, true, slow)
 	c := client(1)
 	defer c.CloseIdleConnections()
 	targets := []*target{h.mock, h.caddies[0], h.caddies[1]}
 	pooled := make([][]time.Duration, len(targets)) // every round's times to first token
 	for r := range h.rounds {
-		for _, t := range h.caddies[:2] { // echo streams its own words
-			res := closedLoop(ctx, t, 8, h.round, body, fast)
-			cpu.add("per chunk", t.name, micros(res.cpuPerRequest())/(chunks+3)) // role, content, finish, [DONE]
+		for _, n := range []int{20, 100} {
+			fast := fb.Header(fb.Fault{Tokens: n})
+			body := chatBody(100, true, fast)
+			for _, t := range h.caddies[:2] { // echo streams its own words
+				res := closedLoop(ctx, t, 8, h.round, body, fast)
+				cpu.add(fmt.Sprintf("%d-event replies", streamEvents(n)), t.name, micros(res.cpuPerRequest())/float64(streamEvents(n)))
+			}
 		}
 		// The timed streams go to the three targets in turn, one stream
 		// each, so a pause of the machine falls on all three alike.
 		firsts, gaps := make([][]time.Duration, len(targets)), make([][]time.Duration, len(targets))
 		for _, t := range targets {
-			if _, _, err := streamTiming(ctx, c, t, body, slow); err != nil { // warm the connections
+			if _, _, err := streamTiming(ctx, c, t, slowBody, slow); err != nil { // warm the connections
 				return err
 			}
 		}
 		for range h.timed {
 			for i, t := range targets {
-				f, g, err := streamTiming(ctx, c, t, body, slow)
+				f, g, err := streamTiming(ctx, c, t, slowBody, slow)
 				if err != nil {
 					return err
 				}
@@ -129,6 +136,115 @@ func (h *harness) streaming(ctx context.Context) error {
 		ttft.add(pooledP99, t.name, millis(percentile(pooled[i], .99)))
 	}
 	return ctx.Err()
+}
+
+// Paced streams: as many streams as a busy server holds, each an event
+// every 20 ms, as a model generates tokens.
+const (
+	pacedCount    = 256
+	pacedInterval = 20 * time.Millisecond
+	pacedTokens   = 50 // a second a stream, then the next
+)
+
+// pacedStreamsRow is the row of the paced streams figure.
+var pacedStreamsRow = fmt.Sprintf("%d streams, an event every %s", pacedCount, pacedInterval)
+
+// pacedStreams: CPU per event of streams paced as real backends send
+// them, one event per read, through reverse_proxy, chat_gateway and the
+// peers.
+func (h *harness) pacedStreams(ctx context.Context) error {
+	cpu := h.results.figure("paced_cpu_per_event", "CPU per event of paced streams", "µs")
+	rate := h.results.figure("paced_events", "Events received per second, paced streams", "events/s")
+	targets := append([]*target{h.caddies[0], h.caddies[1]}, h.peers...)
+	for r := range h.rounds {
+		for _, t := range targets {
+			res := pacedStreams(ctx, t, pacedCount, pacedTokens, pacedInterval, time.Second, h.paced)
+			if res.events == 0 {
+				h.results.fail("paced_cpu_per_event", t.name, fmt.Sprintf("no event arrived (%d streams broken)", res.broken))
+				continue
+			}
+			cpu.add(pacedStreamsRow, t.name, micros(res.cpu)/float64(res.events))
+			rate.add(pacedStreamsRow, t.name, float64(res.events)/res.elapsed.Seconds())
+		}
+		log.Printf("paced streams: round %d/%d", r+1, h.rounds)
+	}
+	return ctx.Err()
+}
+
+// refusalCost: CPU per request of echo behind a key and limits (200),
+// of a bad key (401) and of a request over its limit (429), against
+// plain echo (200), where this build has keys and limits.
+func (h *harness) refusalCost(ctx context.Context) error {
+	if len(h.refusals) == 0 {
+		return nil
+	}
+	f := h.results.figure("cpu_by_status", "CPU per request of refusals against a 200 echo (100 B, 8 concurrent)", "µs")
+	body := chatBody(100, false, "")
+	targets := append([]*target{h.caddies[2]}, h.refusals...)
+	for r := range h.rounds {
+		for _, t := range targets {
+			res := closedLoop(ctx, t, 8, h.round, body, "")
+			f.add("per request", t.name, micros(res.cpuPerRequest()))
+		}
+		log.Printf("refusals: round %d/%d", r+1, h.rounds)
+	}
+	return ctx.Err()
+}
+
+// Rows of the peer comparison.
+const (
+	peerCPURequest = "CPU per request (µs; 100 B, 8 clients)"
+	peerCPUEvent   = "CPU per streamed event (µs; 103-event replies, 8 clients)"
+	peerThroughput = "Throughput (req/s; 100 B, 32 clients)"
+	peerRSS        = "RSS after the round (MiB)"
+)
+
+var (
+	peerAddedP50 = fmt.Sprintf("Added latency p50 (ms; %d req/s, over the mock)", peerRate)
+	peerAddedP99 = fmt.Sprintf("Added latency p99 (ms; %d req/s, over the mock)", peerRate)
+)
+
+// peerRate is the fixed rate of the peer comparison's latency: one
+// every gateway sustains on a loaded 2-core machine, so the figure is
+// the latency a gateway adds, not a queue.
+const peerRate = 100
+
+// peerComparison: the figures users compare gateways by, for
+// reverse_proxy, chat_gateway and each peer, alternating in each round.
+func (h *harness) peerComparison(ctx context.Context) error {
+	if len(h.peers) == 0 {
+		return nil
+	}
+	f := h.results.figure("peers", "chat_gateway and other gateways, same mock and load", "")
+	small := chatBody(100, false, "")
+	const events = 100
+	fast := fb.Header(fb.Fault{Tokens: events})
+	stream := chatBody(100, true, fast)
+	targets := append([]*target{h.caddies[0], h.caddies[1]}, h.peers...)
+	for r := range h.rounds {
+		mock := percentiles(openLoop(ctx, h.mock, time.Second/peerRate, 2*h.round, small))
+		for _, t := range targets {
+			res := closedLoop(ctx, t, 8, h.round, small, "")
+			f.add(peerCPURequest, t.name, micros(res.cpuPerRequest()))
+			if res := closedLoop(ctx, t, 8, h.round, stream, fast); res.requests > 0 {
+				f.add(peerCPUEvent, t.name, micros(res.cpuPerRequest())/float64(streamEvents(events)))
+			} else {
+				h.results.fail("peers", t.name, fmt.Sprintf("every stream failed (%d errors)", res.errors))
+			}
+			f.add(peerThroughput, t.name, closedLoop(ctx, t, 32, h.round, small, "").rps())
+			lat := percentiles(openLoop(ctx, t, time.Second/peerRate, 2*h.round, small))
+			f.add(peerAddedP50, t.name, lat[0]-mock[0])
+			f.add(peerAddedP99, t.name, lat[1]-mock[1])
+			f.add(peerRSS, t.name, float64(rssKiB(t.pid))/1024)
+		}
+		log.Printf("peers: round %d/%d", r+1, h.rounds)
+	}
+	return ctx.Err()
+}
+
+// percentiles are the p50 and p99 of latencies, in ms.
+func percentiles(lat []time.Duration) [2]float64 {
+	return [2]float64{millis(percentile(lat, .5)), millis(percentile(lat, .99))}
 }
 
 // memory: resident memory and goroutines of Caddy holding n open, idle

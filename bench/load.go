@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log"
@@ -19,10 +20,40 @@ import (
 	fb "github.com/chatgateway/caddy-chat-gateway/internal/faultbackend"
 )
 
-// chatBody is a chat request whose messages hold about size bytes.
-func chatBody(size int, stream bool) []byte {
+// chatBody is a chat request whose messages hold about size bytes. Its
+// model names the fault too (see faultFromModel), for gateways that do
+// not forward the X-Fault header.
+func chatBody(size int, stream bool, fault string) []byte {
 	content := strings.Repeat("lorem ipsum dolor sit amet ", size/27+1)[:max(size-60, 1)]
-	return fmt.Appendf(nil, `{"model":"m","stream":%v,"messages":[{"role":"system","content":"be brief"},{"role":"user","content":%q}]}`, stream, content)
+	model := "m"
+	if fault != "" {
+		model = modelFaultPrefix + fault
+	}
+	m, _ := json.Marshal(model)
+	return fmt.Appendf(nil, `{"model":%s,"stream":%v,"messages":[{"role":"system","content":"be brief"},{"role":"user","content":%q}]}`, m, stream, content)
+}
+
+// request makes a chat request to t: its own headers (a peer's config,
+// a client key), then the fault for the mock.
+func (t *target) request(ctx context.Context, body []byte, fault string) *http.Request {
+	req, _ := http.NewRequestWithContext(ctx, "POST", t.url+"/v1/chat/completions", bytes.NewReader(body))
+	for k, v := range t.header {
+		req.Header[k] = v
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if fault != "" {
+		req.Header.Set("X-Fault", fault)
+	}
+	return req
+}
+
+// wantStatus is the status t answers when it works as measured: 200, or
+// the refusal a refusing target is there to measure.
+func (t *target) wantStatus() int {
+	if t.status != 0 {
+		return t.status
+	}
+	return http.StatusOK
 }
 
 // client makes a load generator's HTTP client: one keep-alive connection
@@ -34,34 +65,73 @@ func client(conns int) *http.Client {
 	}}
 }
 
-// cpuTicks reads utime+stime of a process, in clock ticks (1/100 s).
-func cpuTicks(pid int) int64 {
+// processTree is pid and its descendants, so that a gateway started
+// through a wrapper (npx, a shell) or running workers is measured whole.
+func processTree(pid int) []int {
+	parent := map[int]int{}
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if f := statFields(p); len(f) > 1 {
+			parent[p], _ = strconv.Atoi(f[1])
+		}
+	}
+	tree := []int{pid}
+	for i := 0; i < len(tree); i++ {
+		for p, pp := range parent {
+			if pp == tree[i] {
+				tree = append(tree, p)
+			}
+		}
+	}
+	return tree
+}
+
+// statFields are the fields of /proc/pid/stat after the command name
+// (which is in parentheses): state, ppid...
+func statFields(pid int) []string {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0
+		return nil
 	}
-	// Fields after the command name, which is in parentheses.
-	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return ut + st
+	return strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+}
+
+// cpuTicks reads utime+stime of a process and its descendants, in
+// clock ticks (1/100 s).
+func cpuTicks(pid int) int64 {
+	var sum int64
+	for _, p := range processTree(pid) {
+		if f := statFields(p); len(f) > 12 {
+			ut, _ := strconv.ParseInt(f[11], 10, 64)
+			st, _ := strconv.ParseInt(f[12], 10, 64)
+			sum += ut + st
+		}
+	}
+	return sum
 }
 
 const tick = 10 * time.Millisecond // USER_HZ is 100 on Linux
 
-// rssKiB reads a process's resident set size.
+// rssKiB reads the resident set size of a process and its descendants.
 func rssKiB(pid int) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
-			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			return n
+	var sum int64
+	for _, p := range processTree(pid) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p))
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+				n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+				sum += n
+			}
 		}
 	}
-	return 0
+	return sum
 }
 
 // goroutines reads a Caddy process's goroutine count from its admin
@@ -115,19 +185,14 @@ func closedLoop(ctx context.Context, t *target, workers int, d time.Duration, bo
 	c := client(workers)
 	defer c.CloseIdleConnections()
 	send := func() (time.Duration, bool) {
-		req, _ := http.NewRequestWithContext(ctx, "POST", t.url+"/v1/chat/completions", bytes.NewReader(body))
-		req.Header.Set("Content-Type", "application/json")
-		if fault != "" {
-			req.Header.Set("X-Fault", fault)
-		}
 		start := time.Now()
-		resp, err := c.Do(req)
+		resp, err := c.Do(t.request(ctx, body, fault))
 		if err != nil {
 			return 0, false
 		}
 		_, err = io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
-		return time.Since(start), err == nil && resp.StatusCode == 200
+		return time.Since(start), err == nil && resp.StatusCode == t.wantStatus()
 	}
 	for range workers { // open the connections before measuring
 		send()
@@ -185,10 +250,8 @@ func openLoop(ctx context.Context, t *target, interval, d time.Duration, body []
 	defer tk.Stop()
 	for end := time.Now().Add(d); time.Now().Before(end); <-tk.C {
 		wg.Go(func() {
-			req, _ := http.NewRequestWithContext(ctx, "POST", t.url+"/v1/chat/completions", bytes.NewReader(body))
-			req.Header.Set("Content-Type", "application/json")
 			start := time.Now()
-			resp, err := c.Do(req)
+			resp, err := c.Do(t.request(ctx, body, ""))
 			if err != nil {
 				return
 			}
@@ -206,11 +269,8 @@ func openLoop(ctx context.Context, t *target, interval, d time.Duration, body []
 // streamTiming streams one reply and returns the time to its first
 // content event and the gaps between content events.
 func streamTiming(ctx context.Context, c *http.Client, t *target, body []byte, fault string) (time.Duration, []time.Duration, error) {
-	req, _ := http.NewRequestWithContext(ctx, "POST", t.url+"/v1/chat/completions", bytes.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("X-Fault", fault)
 	start := time.Now()
-	resp, err := c.Do(req)
+	resp, err := c.Do(t.request(ctx, body, fault))
 	if err != nil {
 		return 0, nil, err
 	}
@@ -249,18 +309,15 @@ func holdStreams(ctx context.Context, t *target, n int) (func(), error) {
 	tr := &http.Transport{DisableCompression: true, Protocols: new(http.Protocols)}
 	tr.Protocols.SetUnencryptedHTTP2(true)
 	c := &http.Client{Transport: tr}
-	body := chatBody(100, true)
 	fault := fb.Header(fb.Fault{Tokens: 600, TokenDelay: time.Second})
+	body := chatBody(100, true, fault)
 	var ready, failed atomic.Int64
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 200) // open connections at a bounded pace
 	for range n {
 		sem <- struct{}{}
 		wg.Go(func() {
-			req, _ := http.NewRequestWithContext(ctx, "POST", t.url+"/v1/chat/completions", bytes.NewReader(body))
-			req.Header.Set("Content-Type", "application/json")
-			req.Header.Set("X-Fault", fault)
-			resp, err := c.Do(req)
+			resp, err := c.Do(t.request(ctx, body, fault))
 			if err != nil {
 				<-sem
 				failed.Add(1)
@@ -302,4 +359,75 @@ func holdStreams(ctx context.Context, t *target, n int) (func(), error) {
 		return nil, fmt.Errorf("%s: %d of %d streams opened (%d failed)", t.name, ready.Load(), n, f)
 	}
 	return closeAll, nil
+}
+
+// paced is the outcome of a round of paced streams.
+type paced struct {
+	events  int64 // events received in the measured window
+	elapsed time.Duration
+	cpu     time.Duration // of the target process over the window
+	broken  int64         // streams that failed or ended early
+}
+
+// pacedStreams keeps n streams open on t, each an event every interval
+// from the mock, as real backends send tokens: a stream ends after
+// tokens events and its worker opens the next at once. After warmup it
+// counts the events clients receive and the target's CPU for d.
+func pacedStreams(ctx context.Context, t *target, n, tokens int, interval, warmup, d time.Duration) paced {
+	ctx, cancel := context.WithCancel(ctx)
+	c := client(n)
+	defer c.CloseIdleConnections()
+	fault := fb.Header(fb.Fault{Tokens: tokens, TokenDelay: interval})
+	body := chatBody(100, true, fault)
+	var events, broken atomic.Int64
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				resp, err := c.Do(t.request(ctx, body, fault))
+				if err != nil {
+					if ctx.Err() == nil {
+						broken.Add(1)
+					}
+					select { // a target that refuses must not make this spin
+					case <-ctx.Done():
+					case <-time.After(interval):
+					}
+					continue
+				}
+				br := bufio.NewReader(resp.Body)
+				done := false
+				for {
+					line, err := br.ReadSlice('\n')
+					if err != nil {
+						break
+					}
+					if bytes.HasPrefix(line, []byte("data:")) {
+						events.Add(1)
+						done = done || bytes.HasPrefix(line, []byte("data: [DONE]"))
+					}
+				}
+				resp.Body.Close()
+				if !done && ctx.Err() == nil {
+					broken.Add(1)
+				}
+			}
+		})
+	}
+	select {
+	case <-time.After(warmup):
+	case <-ctx.Done():
+	}
+	ev0, br0, cpu0, start := events.Load(), broken.Load(), cpuTicks(t.pid), time.Now()
+	select {
+	case <-time.After(d):
+	case <-ctx.Done():
+	}
+	res := paced{events: events.Load() - ev0, broken: broken.Load() - br0, elapsed: time.Since(start), cpu: time.Duration(cpuTicks(t.pid)-cpu0) * tick}
+	cancel()
+	wg.Wait()
+	if res.broken > 0 {
+		log.Printf("  %s: %d paced streams broken", t.name, res.broken)
+	}
+	return res
 }

@@ -1,17 +1,21 @@
 // Command bench measures what chat_gateway costs compared with Caddy's
 // plain reverse_proxy, on this machine, in one run:
 //
-//	go run ./bench              # every figure, about 7 minutes on 2 cores
+//	go run ./bench              # every figure, about 10 minutes on 2 cores
+//	go run ./bench -peers       # and Portkey's gateway (Node) side by side
+//	go run ./bench -peer 'name=<command with {port} and {upstream}>'
 //	go run ./bench -quick       # fewer and shorter rounds, for a smoke test
 //
+// bench/README.md says what each figure measures and how peers run.
+//
 // It builds ./cmd/caddy, starts a mock OpenAI backend (this program, in
-// another process) and three Caddy processes on 127.0.0.1: plain
-// reverse_proxy to the mock, chat_gateway forwarding to the mock, and
-// chat_gateway in echo mode. It loads each in turn with a Go load
-// generator, reads the Caddy process's CPU time (utime+stime) and memory
-// from /proc, and writes results.json, results.md and
-// cpu-per-request.svg to -out. Every process it starts is stopped at
-// the end.
+// another process) and Caddy processes on 127.0.0.1: plain
+// reverse_proxy to the mock, chat_gateway forwarding to the mock,
+// chat_gateway in echo mode, and echo behind client keys and limits
+// where this build has them. It loads each in turn with a Go load
+// generator, reads each process's CPU time (utime+stime) and memory
+// from /proc, and writes results.json, results.md and the charts to
+// -out. Every process it starts is stopped at the end.
 package main
 
 import (
@@ -21,6 +25,7 @@ import (
 	"fmt"
 	"log"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -29,15 +34,17 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	fb "github.com/chatgateway/caddy-chat-gateway/internal/faultbackend"
 )
 
 func main() {
 	mock := flag.Bool("mock", false, "run as the mock backend (used by the harness itself)")
-	out := flag.String("out", "bench/results", "directory for results.json, results.md and the chart")
+	out := flag.String("out", "bench/results", "directory for results.json, results.md and the charts")
 	quick := flag.Bool("quick", false, "fewer, shorter rounds: a smoke test, not figures to publish")
 	rounds := flag.Int("rounds", 5, "rounds per configuration and figure")
+	withPortkey := flag.Bool("peers", false, "also measure Portkey's gateway (installed with npm into a temp folder, run with Node)")
+	portkeyVersion := flag.String("portkey-version", "1.15.2", "the @portkey-ai/gateway version -peers installs")
+	var peers peerFlags
+	flag.Var(&peers, "peer", "`name=command` of another gateway to measure: the command, run with sh, serves /v1/chat/completions on 127.0.0.1:{port} forwarding to {upstream} (repeatable)")
 	flag.Parse()
 	if *mock {
 		runMock()
@@ -46,9 +53,12 @@ func main() {
 	log.SetFlags(log.Ltime)
 	raiseFileLimit()
 
-	h := &harness{rounds: *rounds, round: 1500 * time.Millisecond, timed: 100, streams: []int{1000, 10000}}
+	h := &harness{rounds: *rounds, round: 1500 * time.Millisecond, timed: 100, streams: []int{1000, 10000}, paced: 3 * time.Second, peerSpecs: peers}
 	if *quick {
-		h.rounds, h.round, h.timed, h.streams = 2, 400*time.Millisecond, 20, []int{200}
+		h.rounds, h.round, h.timed, h.streams, h.paced = 2, 400*time.Millisecond, 20, []int{200}, time.Second
+	}
+	if *withPortkey {
+		h.portkey = *portkeyVersion
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -59,34 +69,32 @@ func main() {
 	h.stopAll()
 }
 
-// runMock serves the fault backend (behaving normally unless a request's
-// X-Fault header says otherwise) and prints its URL.
-func runMock() {
-	s := fb.New()
-	s.Discard = true
-	fmt.Println(s.URL)
-	select {}
-}
-
-// target is a server under load: the mock directly, or a Caddy process.
+// target is a server under load: the mock directly, a Caddy process or
+// a peer gateway.
 type target struct {
-	name  string
-	url   string
-	admin string // Caddy's admin endpoint, for go_goroutines
-	cmd   *exec.Cmd
-	pid   int
+	name   string
+	url    string
+	admin  string      // Caddy's admin endpoint, for go_goroutines
+	header http.Header // sent with every request: a peer's routing, a client key
+	status int         // the status it answers when working as measured; 0 means 200
+	pid    int
 }
 
 type harness struct {
-	caddyBin string
-	rounds   int
-	round    time.Duration
-	timed    int   // streams timed one by one per round, for time to first token
-	streams  []int // idle streams held, for memory
-	procs    []*exec.Cmd
-	mock     *target
-	caddies  []*target // proxy, gateway, echo
-	results  *Results
+	caddyBin  string
+	rounds    int
+	round     time.Duration
+	timed     int           // streams timed one by one per round, for time to first token
+	streams   []int         // idle streams held, for memory
+	paced     time.Duration // measured window of a round of paced streams
+	portkey   string        // the Portkey version to install, or "" for none
+	peerSpecs peerFlags
+	procs     []*proc
+	mock      *target
+	caddies   []*target // proxy, gateway, echo
+	refusals  []*target // echo behind keys and limits: 200, 401, 429
+	peers     []*target // other gateways
+	results   *Results
 }
 
 func (h *harness) run(ctx context.Context, out string) error {
@@ -131,8 +139,14 @@ func (h *harness) run(ctx context.Context, out string) error {
 		h.caddies = append(h.caddies, t)
 	}
 	h.results = newResults(h)
+	if err := h.startRefusals(ctx, dir); err != nil {
+		return err
+	}
+	if err := h.startPeers(ctx, dir); err != nil {
+		return err
+	}
 	start := time.Now()
-	for _, fig := range []func(context.Context) error{h.cpuBySize, h.concurrency, h.fixedRate, h.streaming, h.memory} {
+	for _, fig := range []func(context.Context) error{h.cpuBySize, h.concurrency, h.fixedRate, h.streaming, h.pacedStreams, h.refusalCost, h.peerComparison, h.memory} {
 		if err := fig(ctx); err != nil {
 			return err
 		}
@@ -156,16 +170,33 @@ func (h *harness) startMock(ctx context.Context) (*target, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	h.procs = append(h.procs, cmd)
 	url, err := bufio.NewReader(stdout).ReadString('\n')
+	h.track(cmd) // after the last read from its stdout: Wait closes the pipe
 	if err != nil {
 		return nil, fmt.Errorf("mock: %w", err)
 	}
-	return &target{name: "mock", url: strings.TrimSpace(url), cmd: cmd, pid: cmd.Process.Pid}, nil
+	return &target{name: "mock", url: strings.TrimSpace(url), pid: cmd.Process.Pid}, nil
 }
 
+// startCaddy starts Caddy with site as the handler of its one site.
 func (h *harness) startCaddy(ctx context.Context, bin, dir, name, site string) (*target, error) {
-	port, admin := freePort(), freePort()
+	file, port, admin, err := writeCaddyfile(dir, name, site)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.CommandContext(ctx, bin, "run", "--config", file, "--adapter", "caddyfile")
+	cmd.Env = append(os.Environ(), "XDG_CONFIG_HOME="+dir, "XDG_DATA_HOME="+dir)
+	t := &target{name: name, url: fmt.Sprintf("http://127.0.0.1:%d", port), admin: fmt.Sprintf("http://127.0.0.1:%d", admin)}
+	if err := h.start(dir, t, cmd, port); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// writeCaddyfile writes the Caddyfile of a Caddy serving site on a free
+// port of 127.0.0.1, with its admin endpoint on another.
+func writeCaddyfile(dir, name, site string) (file string, port, admin int, err error) {
+	port, admin = freePort(), freePort()
 	cfg := fmt.Sprintf(`{
 	admin 127.0.0.1:%d
 	persist_config off
@@ -180,49 +211,75 @@ http://127.0.0.1:%d {
 	%s
 }
 `, admin, port, site)
-	file := filepath.Join(dir, name+".Caddyfile")
-	if err := os.WriteFile(file, []byte(cfg), 0o600); err != nil {
-		return nil, err
-	}
-	cmd := exec.CommandContext(ctx, bin, "run", "--config", file, "--adapter", "caddyfile")
-	cmd.Env = append(os.Environ(), "XDG_CONFIG_HOME="+dir, "XDG_DATA_HOME="+dir)
-	logf, err := os.Create(filepath.Join(dir, name+".log"))
+	file = filepath.Join(dir, name+".Caddyfile")
+	return file, port, admin, os.WriteFile(file, []byte(cfg), 0o600)
+}
+
+// start runs cmd as t, its output in dir, and waits until it listens
+// on port of 127.0.0.1.
+func (h *harness) start(dir string, t *target, cmd *exec.Cmd, port int) error {
+	logf, err := os.Create(filepath.Join(dir, t.name+".log"))
 	if err != nil {
-		return nil, err
+		return err
 	}
+	defer logf.Close()
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
-		return nil, err
+		return fmt.Errorf("starting %s: %w", t.name, err)
 	}
-	h.procs = append(h.procs, cmd)
-	t := &target{name: name, url: fmt.Sprintf("http://127.0.0.1:%d", port), admin: fmt.Sprintf("http://127.0.0.1:%d", admin), cmd: cmd, pid: cmd.Process.Pid}
-	for deadline := time.Now().Add(30 * time.Second); ; {
+	exited := h.track(cmd).exited
+	t.pid = cmd.Process.Pid
+	for deadline := time.Now().Add(time.Minute); ; {
 		if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
 			c.Close()
 			break
 		}
+		select {
+		case <-exited:
+			return fmt.Errorf("%s exited before listening; its output:\n%s", t.name, tail(logf.Name()))
+		default:
+		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("%s did not start; see %s", name, logf.Name())
+			return fmt.Errorf("%s did not listen on 127.0.0.1:%d within a minute; its output:\n%s", t.name, port, tail(logf.Name()))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	log.Printf("started %s (pid %d) on %s", name, t.pid, t.url)
-	return t, nil
+	log.Printf("started %s (pid %d) on %s", t.name, t.pid, t.url)
+	return nil
 }
 
+// tail is the end of a log file, for an error message.
+func tail(file string) string {
+	b, _ := os.ReadFile(file)
+	return string(b[max(0, len(b)-2000):])
+}
+
+// proc is a process the harness started.
+type proc struct {
+	cmd    *exec.Cmd
+	exited chan struct{} // closed when it has exited
+}
+
+// track reaps cmd, started, when it exits, and has stopAll stop it.
+func (h *harness) track(cmd *exec.Cmd) *proc {
+	p := &proc{cmd: cmd, exited: make(chan struct{})}
+	go func() { cmd.Wait(); close(p.exited) }()
+	h.procs = append(h.procs, p)
+	return p
+}
+
+// stopAll interrupts every process the harness started and kills those
+// still running 5 s later.
 func (h *harness) stopAll() {
-	for _, c := range h.procs {
-		if c.Process != nil {
-			c.Process.Signal(os.Interrupt)
-		}
+	for _, p := range h.procs {
+		p.cmd.Process.Signal(os.Interrupt)
 	}
-	for _, c := range h.procs {
-		done := make(chan struct{})
-		go func() { c.Wait(); close(done) }()
+	for _, p := range h.procs {
 		select {
-		case <-done:
+		case <-p.exited:
 		case <-time.After(5 * time.Second):
-			c.Process.Kill()
+			p.cmd.Process.Kill()
+			<-p.exited
 		}
 	}
 	h.procs = nil

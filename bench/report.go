@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math"
 	"os"
 	"os/exec"
@@ -29,15 +30,25 @@ type Figure struct {
 	Rows    []string                   `json:"rows"`
 	Targets []string                   `json:"targets"`
 	Values  map[string]map[string]Stat `json:"values"` // row -> target
+	// Failed says why a target has no figure here, by target.
+	Failed map[string]string `json:"failed,omitempty"`
+}
+
+// Peer is another gateway measured in the run.
+type Peer struct {
+	Name    string `json:"name"`
+	Version string `json:"version,omitempty"`
+	Command string `json:"command"`           // {port} and {upstream} are the harness's
+	Headers string `json:"headers,omitempty"` // sent with each of its requests
 }
 
 // Target is one of the goals, checked against the run's figures.
 type Target struct {
-	Goal   string  `json:"goal"`
-	Value  float64 `json:"value"`
-	Limit  string  `json:"limit"`
-	Met    bool    `json:"met"`
-	Detail string  `json:"detail"`
+	Goal   string   `json:"goal"`
+	Value  *float64 `json:"value"` // null when not measured
+	Limit  string   `json:"limit"`
+	Met    bool     `json:"met"`
+	Detail string   `json:"detail"`
 }
 
 // Results is everything a run measured.
@@ -50,6 +61,29 @@ type Results struct {
 	Duration string            `json:"duration"`
 	Figures  []*Figure         `json:"figures"`
 	Targets  []Target          `json:"targets"`
+	Peers    []Peer            `json:"peers,omitempty"`
+	// Skipped says why a configuration was not measured, by name.
+	Skipped map[string]string `json:"skipped,omitempty"`
+}
+
+// skip records that the configuration name was not measured, and why.
+func (r *Results) skip(name, reason string) {
+	if r.Skipped == nil {
+		r.Skipped = map[string]string{}
+	}
+	r.Skipped[name] = reason
+}
+
+// fail records that target has no value in the figure name, and why.
+func (r *Results) fail(name, target, reason string) {
+	f := r.get(name)
+	if f.Failed == nil {
+		f.Failed = map[string]string{}
+	}
+	f.Failed[target] = reason
+	if !slices.Contains(f.Targets, target) {
+		f.Targets = append(f.Targets, target)
+	}
 }
 
 func newResults(h *harness) *Results {
@@ -127,24 +161,43 @@ func (r *Results) checkTargets() {
 		return f.median(row, "chat_gateway") / f.median(row, "reverse_proxy")
 	}
 	add := func(goal string, v float64, limit string, met bool, detail string) {
-		r.Targets = append(r.Targets, Target{Goal: goal, Value: round(v), Limit: limit, Met: met, Detail: detail})
+		t := Target{Goal: goal, Limit: limit, Met: met, Detail: detail}
+		if !math.IsNaN(v) && !math.IsInf(v, 0) {
+			t.Value = new(round(v))
+		}
+		r.Targets = append(r.Targets, t)
 	}
 	v := ratio("cpu_per_request", "100 B")
-	add("CPU per small request, chat_gateway / reverse_proxy", v, "≤ 1.25", v <= 1.25, "100 B, 8 concurrent")
+	add("CPU per small request, chat_gateway / reverse_proxy", v, "≤ 1.15", v <= 1.15, "100 B, 8 concurrent")
 	fr := r.get("fixed_rate_p50")
 	v = fr.median("latency", "chat_gateway") - fr.median("latency", "reverse_proxy")
 	add("Added p50 latency at a fixed rate over reverse_proxy (ms)", v, "< 0.2", v < 0.2, "200 req/s, 100 B")
 	v = ratio("cpu_per_request", "1 MiB")
 	add("CPU per 1 MiB request, chat_gateway / reverse_proxy", v, "≤ 2", v <= 2, "")
-	v = ratio("cpu_per_chunk", "per chunk")
-	add("CPU per streamed chunk, chat_gateway / reverse_proxy", v, "≤ 1.5", v <= 1.5, "100-chunk streams")
+	for _, n := range []int{20, 100} {
+		v = ratio("cpu_per_event", fmt.Sprintf("%d-event replies", streamEvents(n)))
+		add("CPU per streamed event, chat_gateway / reverse_proxy", v, "≤ 1.3", v <= 1.3, fmt.Sprintf("%d-event replies, in a burst", streamEvents(n)))
+	}
+	v = ratio("paced_cpu_per_event", pacedStreamsRow)
+	add("CPU per event of paced streams, chat_gateway / reverse_proxy", v, "≤ 1.15", v <= 1.15, pacedStreamsRow)
+	if f := r.get("cpu_by_status"); f != nil {
+		echo := f.median("per request", "echo")
+		for _, t := range f.Targets[1:] {
+			v = f.median("per request", t) / echo
+			if t == "echo key+limit 200" {
+				add("CPU per request with a key and memory limits, / echo without", v, "≤ 1.05", v <= 1.05, "100 B, 8 concurrent")
+				continue
+			}
+			add("CPU per request, "+t+" / echo 200", v, "< 1", v < 1, "100 B, 8 concurrent")
+		}
+	}
 	tt := r.get("ttft")
 	v = tt.median(pooledP99, "chat_gateway") - tt.median(pooledP99, "reverse_proxy")
 	add("Added time to first token p99 over reverse_proxy (ms)", v, "≤ 1", v <= 1, "streams of every round")
 	if m := r.get("memory_per_stream"); m != nil && len(m.Rows) > 0 {
 		row := m.Rows[len(m.Rows)-1]
 		g, p := m.median(row, "chat_gateway"), m.median(row, "reverse_proxy")
-		add("Memory per idle stream, chat_gateway / reverse_proxy", g/p, "≤ 1.5", g/p <= 1.5, row)
+		add("Memory per idle stream, chat_gateway / reverse_proxy", g/p, "≤ 1.1", g/p <= 1.1, row)
 		add("Memory per idle stream, chat_gateway (KiB)", g, "< 64", g < 64, row)
 	}
 	t := r.get("throughput")
@@ -170,7 +223,13 @@ func (r *Results) write(dir string) error {
 	if err := os.WriteFile(filepath.Join(dir, "results.md"), []byte(r.markdown()), 0o644); err != nil {
 		return err
 	}
-	return os.WriteFile(filepath.Join(dir, "cpu-per-request.svg"), []byte(r.chart()), 0o644)
+	if err := os.WriteFile(filepath.Join(dir, "cpu-per-request.svg"), []byte(r.chart()), 0o644); err != nil {
+		return err
+	}
+	if f := r.get("peers"); f != nil {
+		return os.WriteFile(filepath.Join(dir, "peers.svg"), []byte(r.peerChart(f)), 0o644)
+	}
+	return nil
 }
 
 func (r *Results) markdown() string {
@@ -178,13 +237,29 @@ func (r *Results) markdown() string {
 	fmt.Fprintf(&sb, "# chat_gateway benchmark\n\n`%s` on %s CPUs (%s), %s, Go %s, Caddy %s; %s.\n",
 		r.Command, r.Machine["cpus"], r.Machine["cpu"], r.Machine["kernel"], strings.TrimPrefix(r.Machine["go"], "go"), firstWord(r.Machine["caddy"]), r.Date)
 	fmt.Fprintf(&sb, "%d rounds of %s per cell, configurations alternating; each cell is the median (min–max). Run took %s.\n\n", r.Rounds, r.Round, r.Duration)
-	sb.WriteString("## Targets\n\n| goal | measured | target | met |\n|---|---|---|---|\n")
+	sb.WriteString("## Targets\n\n| goal | on | measured | target | met |\n|---|---|---|---|---|\n")
 	for _, t := range r.Targets {
 		met := "yes"
 		if !t.Met {
 			met = "**no**"
 		}
-		fmt.Fprintf(&sb, "| %s | %s | %s | %s |\n", t.Goal, fmtNum(t.Value), t.Limit, met)
+		value := math.NaN()
+		if t.Value != nil {
+			value = *t.Value
+		}
+		fmt.Fprintf(&sb, "| %s | %s | %s | %s | %s |\n", t.Goal, t.Detail, fmtNum(value), t.Limit, met)
+	}
+	if len(r.Peers) > 0 {
+		sb.WriteString("\n## Peers\n\n| gateway | version | command (`{port}`, `{upstream}`: the harness's) | request headers |\n|---|---|---|---|\n")
+		for _, p := range r.Peers {
+			fmt.Fprintf(&sb, "| %s | %s | `%s` | `%s` |\n", p.Name, p.Version, p.Command, p.Headers)
+		}
+	}
+	if len(r.Skipped) > 0 {
+		sb.WriteString("\n## Not measured\n\n")
+		for _, name := range slices.Sorted(maps.Keys(r.Skipped)) {
+			fmt.Fprintf(&sb, "- %s: %s\n", name, r.Skipped[name])
+		}
 	}
 	for _, f := range r.Figures {
 		fmt.Fprintf(&sb, "\n## %s", f.Title)
@@ -197,12 +272,19 @@ func (r *Results) markdown() string {
 			for _, t := range f.Targets {
 				s, ok := f.Values[row][t]
 				if !ok {
-					sb.WriteString(" | ")
+					if _, failed := f.Failed[t]; failed {
+						sb.WriteString(" | fails")
+					} else {
+						sb.WriteString(" | ")
+					}
 					continue
 				}
 				fmt.Fprintf(&sb, " | %s (%s–%s)", fmtNum(s.Median), fmtNum(s.Min), fmtNum(s.Max))
 			}
 			sb.WriteString(" |\n")
+		}
+		for _, t := range slices.Sorted(maps.Keys(f.Failed)) {
+			fmt.Fprintf(&sb, "\n%s fails: %s\n", t, f.Failed[t])
 		}
 	}
 	return sb.String()
@@ -268,6 +350,43 @@ func (r *Results) chart() string {
 		fmt.Fprintf(&sb, `<text x="%d" y="%d" fill="%s">%s</text>`+"\n", w-right+12, top+20+k*18, colors[k%len(colors)], t)
 	}
 	fmt.Fprintf(&sb, `<text x="%d" y="%d" fill="#555">%s CPUs, Go %s, %s</text>`+"\n", left, h-8, r.Machine["cpus"], strings.TrimPrefix(r.Machine["go"], "go"), firstWord(r.Machine["caddy"]))
+	sb.WriteString("</svg>\n")
+	return sb.String()
+}
+
+// peerChart draws the CPU per request and per streamed event of each
+// gateway in the peer comparison as horizontal bars, one panel each.
+func (r *Results) peerChart(f *Figure) string {
+	rows := []string{peerCPURequest, peerCPUEvent}
+	const w, left, right, bar, gap, panelGap, top = 720, 130, 90, 22, 6, 44, 40
+	panel := len(f.Targets)*(bar+gap) + panelGap
+	h := top + len(rows)*panel + 20
+	var sb strings.Builder
+	fmt.Fprintf(&sb, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">`+"\n", w, h)
+	fmt.Fprintf(&sb, `<rect width="%d" height="%d" fill="white"/>`+"\n", w, h)
+	fmt.Fprintf(&sb, `<text x="10" y="22" font-size="15">CPU time per request and per streamed event (median, µs; shorter is better)</text>`+"\n")
+	colors := []string{"#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"}
+	for i, row := range rows {
+		y0 := top + i*panel
+		hi := 0.0
+		for _, t := range f.Targets {
+			hi = math.Max(hi, f.median(row, t))
+		}
+		fmt.Fprintf(&sb, `<text x="10" y="%d" font-weight="bold">%s</text>`+"\n", y0+12, row)
+		for k, t := range f.Targets {
+			y := y0 + 20 + k*(bar+gap)
+			fmt.Fprintf(&sb, `<text x="%d" y="%d" text-anchor="end">%s</text>`+"\n", left-8, y+bar/2+4, t)
+			v, ok := f.Values[row][t]
+			if !ok || hi <= 0 {
+				fmt.Fprintf(&sb, `<text x="%d" y="%d" fill="#555">fails</text>`+"\n", left+4, y+bar/2+4)
+				continue
+			}
+			length := v.Median / hi * float64(w-left-right)
+			fmt.Fprintf(&sb, `<rect x="%d" y="%d" width="%.1f" height="%d" fill="%s"/>`+"\n", left, y, length, bar, colors[k%len(colors)])
+			fmt.Fprintf(&sb, `<text x="%.1f" y="%d">%s</text>`+"\n", float64(left)+length+6, y+bar/2+4, fmtNum(v.Median))
+		}
+	}
+	fmt.Fprintf(&sb, `<text x="10" y="%d" fill="#555">%s CPUs, Go %s, %s</text>`+"\n", h-6, r.Machine["cpus"], strings.TrimPrefix(r.Machine["go"], "go"), firstWord(r.Machine["caddy"]))
 	sb.WriteString("</svg>\n")
 	return sb.String()
 }

@@ -722,7 +722,9 @@ func TestEndpointsErrorsAfterFirstByte(t *testing.T) {
 		if err := json.Unmarshal([]byte(evs[0]), &first); err != nil || first.ID != "ep-cut-1" || first.Choices[0].Text != "Hel" {
 			t.Fatalf("first event %s: %v", evs[0], err)
 		}
-		var last struct{ Error *struct{ Code, Message string } }
+		var last struct {
+			Error *struct{ Code, Message string }
+		}
 		if err := json.Unmarshal([]byte(evs[len(evs)-1]), &last); err != nil || last.Error == nil || last.Error.Code != "stream_truncated" {
 			t.Fatalf("last event %s: %v", evs[len(evs)-1], err)
 		}
@@ -905,7 +907,9 @@ func TestEndpointsUsage(t *testing.T) {
 	g.postTo(t, "/v1/responses", `{"model":"resp","input":"x"}`, "X-Request-ID", "ep-use-2")
 	g.postTo(t, "/v1/responses", `{"model":"resp","input":"x","stream":true}`, "X-Request-ID", "ep-use-3")
 	resp, body := g.postTo(t, "/v1/embeddings", `{"model":"bare","input":"`+strings.Repeat("word ", 40)+`"}`, "X-Request-ID", "ep-use-4")
-	var bare struct{ Usage struct{ PromptTokens, TotalTokens int64 } }
+	var bare struct {
+		Usage struct{ PromptTokens, TotalTokens int64 }
+	}
 	if err := json.Unmarshal([]byte(body), &bare); err != nil || resp.StatusCode != 200 || bare.Usage.PromptTokens == 0 || bare.Usage.TotalTokens != bare.Usage.PromptTokens {
 		t.Fatalf("usage not filled in: %d %s", resp.StatusCode, body)
 	}

@@ -908,7 +908,10 @@ func TestEndpointsUsage(t *testing.T) {
 	g.postTo(t, "/v1/responses", `{"model":"resp","input":"x","stream":true}`, "X-Request-ID", "ep-use-3")
 	resp, body := g.postTo(t, "/v1/embeddings", `{"model":"bare","input":"`+strings.Repeat("word ", 40)+`"}`, "X-Request-ID", "ep-use-4")
 	var bare struct {
-		Usage struct{ PromptTokens, TotalTokens int64 }
+		Usage struct {
+			PromptTokens int64 `json:"prompt_tokens"`
+			TotalTokens  int64 `json:"total_tokens"`
+		} `json:"usage"`
 	}
 	if err := json.Unmarshal([]byte(body), &bare); err != nil || resp.StatusCode != 200 || bare.Usage.PromptTokens == 0 || bare.Usage.TotalTokens != bare.Usage.PromptTokens {
 		t.Fatalf("usage not filled in: %d %s", resp.StatusCode, body)

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 	"github.com/openai/openai-go/v3/packages/ssestream"
@@ -938,21 +939,27 @@ func TestEndpointsUsage(t *testing.T) {
 }
 
 // TestPreviousResponseID: a Responses request that continues a stored
-// response goes only to a backend marked `responses stateful`; where
-// the model has none, it is refused with a 400 naming
+// response goes to the backend that serves its model only if that one
+// is marked `responses stateful`; else it is refused with a 400 naming
 // previous_response_id, before any backend is contacted.
 func TestPreviousResponseID(t *testing.T) {
 	stateless := newFakeBackend(t, endpointsBackend(llamaCpp))
 	stateful := newFakeBackend(t, endpointsBackend(vLLM))
-	g := newGateway(t, fmt.Sprintf(`chat_gateway {
+	config := fmt.Sprintf(`chat_gateway {
 		backend %s {
-			models llama shared
+			models llama
 		}
 		backend %s {
-			models qwen shared
+			models qwen
+			alias gpt-4o qwen
 			responses stateful
 		}
-	}`, stateless.URL, stateful.URL))
+	}`, stateless.URL, stateful.URL)
+	adapted, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte("http://127.0.0.1 {\n"+config+"\n}"), nil)
+	if err != nil || !strings.Contains(string(adapted), `"responses":"stateful"`) {
+		t.Fatalf("adapted to %s: %v", adapted, err)
+	}
+	g := newGateway(t, config)
 	const chained = `{"model":"%s","input":"and then?","previous_response_id":"resp_backend1","store":true}`
 
 	resp, body := g.postTo(t, "/v1/responses", fmt.Sprintf(chained, "llama"), "X-Request-ID", "ep-prev-1")
@@ -964,18 +971,20 @@ func TestPreviousResponseID(t *testing.T) {
 		t.Fatalf("the stateless backend got %d requests", n)
 	}
 
-	for _, model := range []string{"qwen", "shared", "shared", "shared"} {
+	for _, model := range []string{"qwen", "gpt-4o"} {
 		before := stateful.count()
 		resp, body = g.postTo(t, "/v1/responses", fmt.Sprintf(chained, model))
 		if resp.StatusCode != 200 || stateful.count() != before+1 {
 			t.Fatalf("%s: %d %s, not served by the stateful backend", model, resp.StatusCode, body)
 		}
-		if got := stateful.last(t).Body; got != fmt.Sprintf(chained, model) {
+		if got := stateful.last(t).Body; got != fmt.Sprintf(chained, "qwen") {
 			t.Fatalf("not forwarded as sent: %s", got)
 		}
 	}
-	if n := stateless.count(); n != 0 {
-		t.Fatalf("the stateless backend got %d chained requests", n)
+	resp, body = g.postTo(t, "/v1/responses", strings.Replace(fmt.Sprintf(chained, "qwen"), `}`, `,"stream":true}`, 1))
+	if evs := responseEvents(t, body); resp.StatusCode != 200 || evs[len(evs)-1].Type != "response.completed" ||
+		!strings.Contains(stateful.last(t).Body, `"previous_response_id":"resp_backend1"`) {
+		t.Fatalf("streamed: %d %s", resp.StatusCode, body)
 	}
 
 	// Without previous_response_id any backend serves, store passed as sent.
@@ -986,7 +995,7 @@ func TestPreviousResponseID(t *testing.T) {
 
 	// The SDK sees the 400 as an API error naming the param.
 	client := sdkClient(g)
-	_, err := client.Responses.New(context.Background(), responses.ResponseNewParams{Model: "llama",
+	_, err = client.Responses.New(context.Background(), responses.ResponseNewParams{Model: "llama",
 		Input: responses.ResponseNewParamsInputUnion{OfString: openai.String("x")}, PreviousResponseID: openai.String("resp_backend1")})
 	var apiErr *openai.Error
 	if !errors.As(err, &apiErr) || apiErr.StatusCode != 400 || apiErr.Param != "previous_response_id" {

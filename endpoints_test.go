@@ -629,6 +629,22 @@ func TestEndpointsRequestErrors(t *testing.T) {
 	if n := be.count(); n != 0 {
 		t.Fatalf("the backend got %d requests", n)
 	}
+
+	// Other /v1 paths are the next handler's.
+	for _, path := range []string{"/v1/audio/speech", "/v1/rerank", "/v1/responses/resp_1", "/v1/embeddings/x"} {
+		if resp, body := g.postTo(t, path, embeddingsBody); resp.StatusCode != 404 || body != "next" {
+			t.Errorf("%s: %d %q", path, resp.StatusCode, body)
+		}
+	}
+
+	// The body limit is the same on every route.
+	small := newGateway(t, "chat_gateway {\n max_request_body 1KiB\n}")
+	big := strings.Repeat("x", 2000)
+	for path, body := range map[string]string{"/v1/completions": `{"prompt":"` + big + `"}`, "/v1/embeddings": `{"input":"` + big + `"}`, "/v1/responses": `{"input":"` + big + `"}`} {
+		if resp, b := small.postTo(t, path, body); resp.StatusCode != 413 || apiError(t, b)["code"] != "request_too_large" {
+			t.Errorf("%s: %d %s", path, resp.StatusCode, b)
+		}
+	}
 }
 
 // TestEndpointsModelRouting: each route goes to the backend that serves

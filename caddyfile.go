@@ -265,6 +265,11 @@ func parseBackend(d *caddyfile.Dispenser) (*Backend, *parsedProxy, error) {
 			default:
 				b.Fallback = args[0]
 			}
+		case "responses":
+			if !seg.NextArg() || seg.Val() != "stateful" || seg.NextArg() {
+				return nil, nil, seg.Errf("responses takes one argument, stateful: the backend keeps the Responses it created, for previous_response_id")
+			}
+			b.Responses = responsesStateful
 		case "retry_on":
 			args := seg.RemainingArgs()
 			if len(args) == 0 {
@@ -293,7 +298,7 @@ func parseBackend(d *caddyfile.Dispenser) (*Backend, *parsedProxy, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	nb.Models, nb.Aliases, nb.APIKey, nb.Fallback, nb.RetryStream = b.Models, b.Aliases, b.APIKey, b.Fallback, b.RetryStream
+	nb.Models, nb.Aliases, nb.APIKey, nb.Fallback, nb.RetryStream, nb.Responses = b.Models, b.Aliases, b.APIKey, b.Fallback, b.RetryStream, b.Responses
 	if b.BasePath != "" {
 		nb.BasePath = b.BasePath
 	}

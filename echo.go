@@ -2,7 +2,6 @@ package chatgateway
 
 import (
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
@@ -11,38 +10,24 @@ import (
 // echoModel is the model echo replies name when the client named none.
 const echoModel = "echo"
 
-// echo answers without a backend: "Echo: " and the prompt, as a reply or
-// as a stream of one chunk per word, through the same normalization as a
-// backend's reply.
+// echo answers without a backend, as the endpoint's echo mode says
+// ("Echo: " and the prompt for text; stand-in vectors for embeddings),
+// as a reply or as the endpoint's full stream of events, echo_delay
+// apart.
 func (h *Handler) echo(x *exchange) {
-	text := "Echo: " + x.req.Prompt()
 	meta := x.meta(echoModel)
 	if !x.req.Stream {
-		out, rep, err := openai.AppendNormalizedCompletion(nil, openai.Completion(text), meta)
-		if err != nil {
-			panic(err) // the gateway's own reply is always valid
-		}
-		x.usage, x.finishReason, x.completionBytes = rep.Usage, rep.FinishReason, rep.CompletionBytes
+		out, rep := x.ep.Echo(getBuffer(minPooled), x.req, meta)
+		defer putBuffer(out)
+		x.setResult(rep)
 		x.markFirstToken()
 		x.writeJSON(http.StatusOK, out)
 		return
 	}
-
-	st := &openai.Stream{Meta: meta}
-	out := x.out
-	write := func(chunk []byte) bool {
-		if err := out.event(chunk); err != nil {
-			x.outcome, x.status = outcomeClientCancelled, 499
-			return false
-		}
-		return true
-	}
-	if !write(st.AppendDelta(nil, 0, "assistant", "", "")) {
-		return
-	}
 	var delay *time.Timer
-	for i, word := range strings.SplitAfter(text, " ") {
-		if i > 0 && h.EchoDelay > 0 {
+	events := 0
+	emit := func(ev []byte) error {
+		if events > 0 && h.EchoDelay > 0 {
 			if delay == nil {
 				delay = time.NewTimer(time.Duration(h.EchoDelay))
 			} else {
@@ -51,22 +36,24 @@ func (h *Handler) echo(x *exchange) {
 			select {
 			case <-delay.C:
 			case <-x.r.Context().Done():
-				x.outcome, x.status = outcomeClientCancelled, 499
-				return
+				return x.r.Context().Err()
 			}
 		}
-		if !write(st.AppendDelta(nil, 0, "", word, "")) {
-			return
+		if events++; events == 2 { // the first after the stream's opening
+			x.markFirstToken()
 		}
-		x.markFirstToken()
+		return x.out.event(ev)
 	}
-	if !write(st.AppendDelta(nil, 0, "", "", "stop")) {
-		return
-	}
-	if out.finishStream(st, x.req.IncludeUsage) != nil {
+	rep, err := x.ep.EchoStream(x.req, meta, emit)
+	x.setResult(rep)
+	if err != nil {
 		x.outcome, x.status = outcomeClientCancelled, 499
 	}
-	x.usage, x.finishReason, x.completionBytes = st.Usage(), st.FinishReason, st.CompletionBytes
+}
+
+// setResult keeps what a reply or stream carried, for logs and metrics.
+func (x *exchange) setResult(rep openai.Reply) {
+	x.usage, x.finishReason, x.completionBytes = rep.Usage, rep.FinishReason, rep.CompletionBytes
 }
 
 // meta is what the gateway stamps on this request's reply.
@@ -75,5 +62,5 @@ func (x *exchange) meta(defaultModel string) openai.Meta {
 	if model == "" {
 		model = defaultModel
 	}
-	return openai.Meta{ID: x.id, Model: model, Created: x.start.Unix(), PromptBytes: x.req.ContentBytes}
+	return openai.Meta{ID: x.id, Model: model, Created: x.start.Unix(), PromptBytes: x.req.PromptBytes}
 }

@@ -32,12 +32,13 @@ const (
 
 // ServeHTTP routes the gateway's paths and passes others to next.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	var allow string
-	switch r.URL.Path {
-	case "/v1/chat/completions":
+	allow := "GET, HEAD"
+	ep := openai.EndpointFor(r.URL.Path)
+	switch {
+	case ep != nil && strings.HasPrefix(r.URL.Path, "/v1/"):
 		allow = http.MethodPost
-	case "/v1/models", "/healthz", "/readyz":
-		allow = "GET, HEAD"
+	case r.URL.Path == "/v1/models", r.URL.Path == "/healthz", r.URL.Path == "/readyz":
+	case strings.HasPrefix(r.URL.Path, "/v1/models/") && len(r.URL.Path) > len("/v1/models/"):
 	default:
 		return next.ServeHTTP(w, r)
 	}
@@ -67,8 +68,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		h.serveReady(x)
 	case r.URL.Path == "/v1/models":
 		h.serveModels(x)
+	case ep == nil:
+		h.serveModel(x, strings.TrimPrefix(r.URL.Path, "/v1/models/"))
 	default:
-		h.serveChat(x)
+		h.serveEndpoint(x, ep)
 	}
 	return nil
 }
@@ -81,7 +84,8 @@ type exchange struct {
 	id           string
 	repl         *caddy.Replacer
 	start        time.Time
-	req          *openai.ChatRequest
+	ep           openai.Endpoint // the API route, nil for the others
+	req          *openai.Request
 	model        string
 	outcome      string
 	status       int
@@ -93,7 +97,6 @@ type exchange struct {
 	published    bool       // the placeholders are final
 	body         body       // the request body's buffer
 	retries      int        // further attempts after the first
-	chat         bool       // a chat request, counted in the metrics
 	key          *keys.Key  // the client's key, with an auth block
 	keyID        string     // the caller's identity, if known
 
@@ -160,8 +163,9 @@ func requestIDChar(c byte) bool {
 	return strings.IndexByte("._:/+=@-", c) >= 0
 }
 
-// serveChat handles POST /v1/chat/completions.
-func (h *Handler) serveChat(x *exchange) {
+// serveEndpoint handles a POST to one of the API routes: chat
+// completions, completions, embeddings, responses.
+func (h *Handler) serveEndpoint(x *exchange, ep openai.Endpoint) {
 	r := x.r
 	if ct := r.Header.Get("Content-Type"); ct != "" && ct != "application/json" {
 		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
@@ -170,7 +174,7 @@ func (h *Handler) serveChat(x *exchange) {
 			return
 		}
 	}
-	x.chat = true
+	x.ep = ep
 	gatewayMetrics.inFlight.Inc()
 	defer x.body.release()
 	body, e := readBody(x.w, r, &x.body, h.MaxRequestBody, time.Duration(h.ReadBodyTimeout))
@@ -180,7 +184,7 @@ func (h *Handler) serveChat(x *exchange) {
 	}
 	x.bodyRead = true
 	begin := time.Now()
-	req, e := openai.ParseChatRequest(body)
+	req, e := ep.Parse(body)
 	x.gw += time.Since(begin)
 	if e != nil {
 		x.fail(e)
@@ -214,6 +218,11 @@ func (h *Handler) serveChat(x *exchange) {
 	rt, ok := h.route(req.Model)
 	if !ok {
 		x.fail(modelNotFound(req.Model))
+		return
+	}
+	if req.PreviousResponseID != "" && !rt.backend.keepsResponses() {
+		x.fail(openai.Invalid("previous_response_id", "unsupported_parameter",
+			"'previous_response_id' needs a backend that keeps responses ('responses stateful'); the one serving model '"+req.Model+"' does not."))
 		return
 	}
 	h.forward(x, rt, body)
@@ -327,7 +336,7 @@ func (x *exchange) publish() {
 func (x *exchange) finish() {
 	x.out.release()
 	x.publish()
-	if x.chat {
+	if x.ep != nil {
 		x.record()
 	}
 	failed := x.outcome != outcomeOK && x.outcome != outcomeClientError
@@ -346,7 +355,7 @@ func (x *exchange) finish() {
 		summary.upstream, _ = x.repl.GetString("http.chat_gateway.upstream")
 		if x.h.LogSizes {
 			summary.sizes = true
-			summary.promptBytes, summary.completionBytes = x.req.ContentBytes, x.completionBytes
+			summary.promptBytes, summary.completionBytes = x.req.PromptBytes, x.completionBytes
 		}
 	}
 	if extra != nil {

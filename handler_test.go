@@ -156,7 +156,7 @@ func TestRequestErrors(t *testing.T) {
 
 func TestOtherPathsGoToNext(t *testing.T) {
 	g := newGateway(t, `chat_gateway`)
-	for _, path := range []string{"/", "/v1/completions", "/v1/chat/completions/x", "/healthz/"} {
+	for _, path := range []string{"/", "/v1/audio/speech", "/completions", "/v1/chat/completions/x", "/v1/models/", "/healthz/"} {
 		resp, body := do(t, mustRequest("GET", g.URL+path))
 		if resp.StatusCode != 404 || body != "next" || resp.Header.Get("X-Request-ID") != "" {
 			t.Errorf("%s: %d %q", path, resp.StatusCode, body)

@@ -97,7 +97,7 @@ func TestCaddyfiles(t *testing.T) {
 
 			// Any other API path: OpenAI's 404 for unknown URLs, in JSON,
 			// not the empty 200 Caddy gives when no handler answers.
-			unknown := strings.TrimSuffix(tt.path, "/chat/completions") + "/embeddings"
+			unknown := strings.TrimSuffix(tt.path, "/chat/completions") + "/audio/speech"
 			req, _ = http.NewRequest("POST", fmt.Sprintf("http://127.0.0.1:%d%s", port, unknown), strings.NewReader(body))
 			resp = tester.AssertResponseCode(req, 404)
 			got, _ = io.ReadAll(resp.Body)

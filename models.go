@@ -19,11 +19,43 @@ type modelEntry struct {
 	OwnedBy string `json:"owned_by"`
 }
 
-// serveModels lists the models the gateway serves: the echo model in
+// serveModels answers GET /v1/models with the models the client may use.
+func (h *Handler) serveModels(x *exchange) {
+	list, e := h.modelList(x)
+	if e != nil {
+		x.fail(e)
+		return
+	}
+	out, _ := json.Marshal(struct {
+		Object string       `json:"object"`
+		Data   []modelEntry `json:"data"`
+	}{"list", list})
+	x.writeJSON(http.StatusOK, out)
+}
+
+// serveModel answers GET /v1/models/{id} with that model, or 404
+// model_not_found (as for a model the client's key may not use). An id
+// may hold slashes, as Hugging Face names do.
+func (h *Handler) serveModel(x *exchange, id string) {
+	list, e := h.modelList(x)
+	if e != nil {
+		x.fail(e)
+		return
+	}
+	i := slices.IndexFunc(list, func(m modelEntry) bool { return m.ID == id })
+	if i < 0 {
+		x.fail(modelNotFound(id))
+		return
+	}
+	out, _ := json.Marshal(list[i])
+	x.writeJSON(http.StatusOK, out)
+}
+
+// modelList returns the models the gateway serves: the echo model in
 // echo mode; else every model and alias the backends list, plus what the
 // backend that lists none reports of itself; of them, those the client's
 // key may use.
-func (h *Handler) serveModels(x *exchange) {
+func (h *Handler) modelList(x *exchange) ([]modelEntry, *openai.Error) {
 	var list []modelEntry
 	add := func(id string) {
 		if !slices.ContainsFunc(list, func(m modelEntry) bool { return m.ID == id }) {
@@ -44,8 +76,7 @@ func (h *Handler) serveModels(x *exchange) {
 		if h.catchAll != nil {
 			body, e := h.catchAll.reportedModels(x, time.Duration(h.FirstTokenTimeout))
 			if e != nil && len(list) == 0 {
-				x.fail(e)
-				return
+				return nil, e
 			}
 			var reported struct {
 				Data []modelEntry `json:"data"`
@@ -63,11 +94,7 @@ func (h *Handler) serveModels(x *exchange) {
 	if list == nil {
 		list = []modelEntry{}
 	}
-	out, _ := json.Marshal(struct {
-		Object string       `json:"object"`
-		Data   []modelEntry `json:"data"`
-	}{"list", list})
-	x.writeJSON(http.StatusOK, out)
+	return list, nil
 }
 
 // modelsTTL is how long a backend's own model list is reused.

@@ -269,6 +269,11 @@ func (h *Handler) Validate() error {
 	if h.MetricsPerKey < 0 {
 		return fmt.Errorf("metrics_per_key must not be negative")
 	}
+	for _, b := range h.Backends {
+		if b.Responses != "" && !b.keepsResponses() {
+			return fmt.Errorf("%s: responses must be %q or empty, not %q", b.name(), responsesStateful, b.Responses)
+		}
+	}
 	for name, d := range map[string]caddy.Duration{"timeout": h.Timeout, "first_token_timeout": h.FirstTokenTimeout, "idle_timeout": h.IdleTimeout, "read_body_timeout": h.ReadBodyTimeout, "echo_delay": h.EchoDelay, "keepalive_interval": h.KeepaliveInterval} {
 		if d < 0 {
 			return fmt.Errorf("%s must not be negative", name)
@@ -318,6 +323,12 @@ type Backend struct {
 	// request is routed and renamed as if the client had asked for it.
 	Fallback string `json:"fallback,omitempty"`
 
+	// Responses is "stateful" when the backend keeps the Responses it
+	// creates, so a /v1/responses request naming previous_response_id
+	// may go to it; such a request routed to another backend gets 400.
+	// Default: empty, the backend keeps no state the gateway relies on.
+	Responses string `json:"responses,omitempty"`
+
 	proxy         caddyhttp.MiddlewareHandler
 	cooldowns     *cooldowns // nil unless the proxy marks upstreams down on statuses
 	apiKey        string
@@ -325,6 +336,14 @@ type Backend struct {
 	fallback      *route
 	models        modelsCache
 }
+
+// responsesStateful is the value of Backend.Responses for a backend that
+// keeps the Responses it creates.
+const responsesStateful = "stateful"
+
+// keepsResponses reports whether the backend keeps the Responses it
+// creates (responses stateful).
+func (b *Backend) keepsResponses() bool { return b.Responses == responsesStateful }
 
 // streamRetries is how many times a stream failing before content is
 // retried on this backend.
@@ -376,7 +395,7 @@ func (b *Backend) provision(ctx caddy.Context, repl *caddy.Replacer) error {
 	if b.ProxyRaw == nil {
 		return fmt.Errorf("no proxy configured")
 	}
-	idleSet := setsUpstreamIdle(b.ProxyRaw) // LoadModule drops the raw JSON
+	b.ProxyRaw = withUpstreamIdle(b.ProxyRaw)
 	mod, err := clipLineage(ctx).LoadModule(b, "ProxyRaw")
 	if err != nil {
 		return fmt.Errorf("loading reverse proxy: %w", err)
@@ -388,9 +407,6 @@ func (b *Backend) provision(ctx caddy.Context, repl *caddy.Replacer) error {
 	b.proxy = proxy
 	if rp, ok := proxy.(*reverseproxy.Handler); ok {
 		b.cooldowns = newCooldowns(rp)
-		if !idleSet {
-			shortenIdleConns(rp)
-		}
 	}
 	switch b.BasePath {
 	case "":
@@ -421,33 +437,36 @@ func clipLineage(ctx caddy.Context) caddy.Context {
 	return ctx
 }
 
-// setsUpstreamIdle reports whether a reverse_proxy config sets how long
-// idle upstream connections are kept (keep_alive's idle_timeout).
-func setsUpstreamIdle(proxyJSON json.RawMessage) bool {
-	var cfg struct {
-		Transport struct {
-			KeepAlive struct {
-				IdleTimeout json.RawMessage `json:"idle_timeout"`
-			} `json:"keep_alive"`
-		} `json:"transport"`
+// withUpstreamIdle returns a reverse_proxy config whose HTTP transport
+// closes idle upstream connections after defaultUpstreamIdle, unless the
+// config sets keep_alive's idle_timeout: Caddy's default (2m) outlives the
+// backends' own (5 s for llama.cpp and uvicorn), so a request would often
+// go out on a connection the backend is closing. It is set in the config,
+// not on the provisioned transport, which health checks already use.
+func withUpstreamIdle(proxyJSON json.RawMessage) json.RawMessage {
+	var proxy map[string]json.RawMessage
+	if json.Unmarshal(proxyJSON, &proxy) != nil {
+		return proxyJSON
 	}
-	_ = json.Unmarshal(proxyJSON, &cfg)
-	return cfg.Transport.KeepAlive.IdleTimeout != nil
-}
-
-// shortenIdleConns closes the proxy's idle upstream connections after
-// defaultUpstreamIdle: Caddy's default (2m) outlives the backends' own
-// (5 s for llama.cpp and uvicorn), so a request would often go out on a
-// connection the backend is closing.
-func shortenIdleConns(rp *reverseproxy.Handler) {
-	ht, ok := rp.Transport.(*reverseproxy.HTTPTransport)
-	if !ok || ht.Transport == nil {
-		return
+	transport := map[string]json.RawMessage{"protocol": json.RawMessage(`"http"`)}
+	keepAlive := map[string]json.RawMessage{}
+	if raw, ok := proxy["transport"]; ok && (json.Unmarshal(raw, &transport) != nil || string(transport["protocol"]) != `"http"`) {
+		return proxyJSON
 	}
-	ht.Transport.IdleConnTimeout = defaultUpstreamIdle
-	if ht.KeepAlive != nil {
-		ht.KeepAlive.IdleConnTimeout = caddy.Duration(defaultUpstreamIdle)
+	if raw, ok := transport["keep_alive"]; ok && json.Unmarshal(raw, &keepAlive) != nil {
+		return proxyJSON
 	}
+	if _, ok := keepAlive["idle_timeout"]; ok {
+		return proxyJSON
+	}
+	keepAlive["idle_timeout"], _ = json.Marshal(caddy.Duration(defaultUpstreamIdle))
+	transport["keep_alive"], _ = json.Marshal(keepAlive)
+	proxy["transport"], _ = json.Marshal(transport)
+	out, err := json.Marshal(proxy)
+	if err != nil {
+		return proxyJSON
+	}
+	return out
 }
 
 // Interface guards

@@ -2,7 +2,6 @@ package chatgateway
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -57,7 +56,7 @@ var notForwarded = map[string]bool{
 // upstream reply, a 101 included, ever takes over the client's socket.
 var errNoUpgrade = errors.New("chat_gateway relays no protocol upgrade")
 
-// forward sends the chat request to its backend through the backend's
+// forward sends the request to its backend through the backend's
 // reverse proxy and relays the normalized reply. While nothing has gone
 // to the client, a failed attempt may be retried: a stream that failed
 // before its first content event, on the same backend when its retry_on
@@ -82,7 +81,8 @@ func (h *Handler) forward(x *exchange, rt route, body []byte) {
 			case u.stream && rt.backend.RetryStream && streamRetries < rt.backend.streamRetries():
 				streamRetries++
 				next, ok = rt, true
-			case rt.backend.fallback != nil && !tried[rt.backend.fallback.backend]:
+			case rt.backend.fallback != nil && !tried[rt.backend.fallback.backend] &&
+				(x.req.PreviousResponseID == "" || rt.backend.fallback.backend.keepsResponses()):
 				if tried == nil {
 					tried = make(map[*Backend]bool)
 				}
@@ -125,7 +125,7 @@ func (h *Handler) attempt(parent context.Context, x *exchange, rt route, body []
 	if rt.model != "" {
 		body = openai.SetMember(body, "model", jsonString(rt.model))
 	}
-	if x.req.Stream && h.IncludeUsageUpstream && !x.req.IncludeUsage {
+	if x.req.Stream && h.IncludeUsageUpstream && !x.req.IncludeUsage && x.ep.AsksStreamUsage() {
 		opts := openai.Member(body, "stream_options")
 		if len(opts) == 0 || opts[0] != '{' {
 			opts = []byte("{}")
@@ -135,8 +135,7 @@ func (h *Handler) attempt(parent context.Context, x *exchange, rt route, body []
 
 	ctx, cancel := context.WithCancelCause(parent)
 	defer cancel(nil)
-	u := &upstreamWriter{x: x, out: x.out, idle: time.Duration(h.IdleTimeout), began: begin}
-	u.st.Meta = x.meta("")
+	u := &upstreamWriter{x: x, out: x.out, idle: time.Duration(h.IdleTimeout), began: begin, meta: x.meta("")}
 	u.timer = time.AfterFunc(time.Duration(h.FirstTokenTimeout), func() { u.expired(cancel) })
 	defer u.stopTimer()
 
@@ -146,7 +145,7 @@ func (h *Handler) attempt(parent context.Context, x *exchange, rt route, body []
 	}
 	var conns atomic.Int32 // connections the attempt used: more than one is a retry
 	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(httptrace.GotConnInfo) { conns.Add(1) }})
-	up := x.upstreamRequest(ctx, b, http.MethodPost, "/chat/completions", body)
+	up := x.upstreamRequest(ctx, b, http.MethodPost, strings.TrimPrefix(x.r.URL.Path, "/v1"), body)
 	proxyStart := time.Now()
 	x.gw += proxyStart.Sub(begin)
 	aborted, proxyErr := serveProxy(b.proxy, u, up)
@@ -337,14 +336,12 @@ type upstreamWriter struct {
 	out    *sseWriter
 	stream bool // relaying an event stream
 
-	parser   sse.Parser
-	st       openai.Stream
-	chunk    []byte
-	held     []byte // chunks held before the first content, end to end
-	heldLens []int
-	ended    bool          // [DONE] or an error event: the rest is ignored
-	done     bool          // [DONE] seen
-	failed   *openai.Error // the error event sent
+	meta   openai.Meta
+	parser sse.Parser
+	st     openai.EventStream // the endpoint's normalizer of this stream
+	held   []byte             // framed events held before the first content
+	ended  bool               // an error ended the stream: the rest is ignored
+	failed *openai.Error      // the error event sent
 
 	// timer first bounds the wait for the first event, then backend
 	// silence: expired re-arms it while the backend is not silent.
@@ -411,6 +408,7 @@ func (u *upstreamWriter) WriteHeader(code int) {
 	// The client's headers wait for the first event, so a backend that
 	// fails before it still gets a proper status.
 	u.stream = true
+	u.events()
 	u.out.editHeader(func(h http.Header) { u.x.h.passHeaders(h, u.header) })
 }
 
@@ -450,7 +448,7 @@ func (u *upstreamWriter) endWrite() {
 	u.writing.Store(false)
 }
 
-// onEvent relays one upstream event.
+// onEvent relays one upstream event, normalized by the endpoint.
 func (u *upstreamWriter) onEvent(ev sse.Event) error {
 	if !u.firstEvent.Load() { // later events are timed by Write
 		u.firstEvent.Store(true)
@@ -459,62 +457,49 @@ func (u *upstreamWriter) onEvent(ev sse.Event) error {
 	if u.ended {
 		return nil
 	}
-	data := ev.Data
-	if string(bytes.TrimSpace(data)) == "[DONE]" {
-		u.done, u.ended = true, true
-		return nil
-	}
-	if string(ev.Type) == "error" || bytes.Contains(data, []byte(`"error"`)) {
-		if e, ok := openai.ParseError(data); ok || string(ev.Type) == "error" {
-			if !ok {
-				e = &openai.Error{}
-			}
-			u.x.fromUpstream = true
-			u.failStream(u.x.upstreamErrorDefaults(e, http.StatusBadGateway))
-			return nil
-		}
-	}
-	var err error
 	begin := time.Now()
-	u.chunk, err = u.st.AppendChunk(u.chunk[:0], data)
+	n := len(u.held)
+	var err error
+	u.held, err = u.st.Event(u.held, ev.Type, ev.Data)
 	u.x.gw += time.Since(begin)
+	if e, ok := errors.AsType[*openai.Error](err); ok {
+		u.held = u.held[:n]
+		u.x.fromUpstream = true
+		u.failStream(u.x.upstreamErrorDefaults(e, http.StatusBadGateway))
+		return nil
+	}
 	if err != nil {
+		u.held = u.held[:n]
 		u.failStream(&openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "invalid_upstream_response",
-			Message: "The backend sent a stream event that is not a chat completion chunk."})
+			Message: "The backend sent a stream event this route cannot read (" + u.x.r.URL.Path + ")."})
 		return nil
 	}
-	if len(u.chunk) == 0 {
-		return nil
-	}
-	if !u.out.started && !u.st.Content && len(u.held) < maxHeld {
+	if len(u.held) == n || !u.out.started && !u.st.Content() && len(u.held) < maxHeld {
 		// Until content flows, the attempt can still be retried: hold
 		// the role chunk and its like.
-		u.held = append(u.held, u.chunk...)
-		u.heldLens = append(u.heldLens, len(u.chunk))
 		return nil
 	}
-	u.flushHeld()
-	if u.st.Content {
+	if u.st.Content() {
 		u.x.markFirstToken()
 	}
 	if !u.out.started {
-		return u.out.event(u.chunk) // the first: headers and event go out at once
+		err = u.out.event(u.held) // the first: headers and events go out at once
+	} else {
+		u.out.queue(u.held)
 	}
-	u.out.queue(u.chunk)
-	return nil
+	u.held = u.held[:0]
+	return err
 }
 
-// maxHeld bounds the chunks held before the first content.
+// maxHeld bounds the events held before the first content.
 const maxHeld = 64 << 10
 
-// flushHeld queues the chunks held back before the first content.
-func (u *upstreamWriter) flushHeld() {
-	held := u.held
-	for _, n := range u.heldLens {
-		u.out.queue(held[:n])
-		held = held[n:]
+// events returns the endpoint's normalizer of this attempt's stream.
+func (u *upstreamWriter) events() openai.EventStream {
+	if u.st == nil {
+		u.st = u.x.ep.NewStream(u.meta)
 	}
-	u.held, u.heldLens = u.held[:0], u.heldLens[:0]
+	return u.st
 }
 
 // failStream ends the stream with e: an error event once the stream
@@ -522,7 +507,7 @@ func (u *upstreamWriter) flushHeld() {
 func (u *upstreamWriter) failStream(e *openai.Error) {
 	u.failed, u.ended = e, true
 	if u.out.started {
-		_ = u.out.fail(e)
+		_ = u.events().Fail(e, u.out.event)
 	}
 }
 
@@ -538,14 +523,14 @@ func (u *upstreamWriter) settle(ctx context.Context, proxyErr error, aborted boo
 		return &openai.Error{Status: 499, Type: openai.TypeInvalidRequest, Code: "client_closed_request", Message: "The client closed the request."}
 	}
 	if u.stream {
-		x.usage, x.finishReason, x.completionBytes = u.st.Usage(), u.st.FinishReason, u.st.CompletionBytes
+		x.setResult(u.st.Result())
 		if u.failed == nil {
 			switch {
 			case errors.Is(cause, errFirstTokenTimeout):
 				u.failStream(firstTokenTimeout())
 			case errors.Is(cause, errIdleTimeout):
 				u.failStream(timeoutError("idle_timeout", "The backend sent nothing for longer than idle_timeout; the stream was ended."))
-			case aborted || u.parser.Pending() || (!u.done && !u.st.Finished()):
+			case aborted || u.parser.Pending() || !u.st.Complete():
 				u.failStream(&openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "stream_truncated",
 					Message: "The backend ended the stream before it was complete."})
 			}
@@ -554,8 +539,10 @@ func (u *upstreamWriter) settle(ctx context.Context, proxyErr error, aborted boo
 			return u.failed
 		}
 		x.status = http.StatusOK
-		u.flushHeld()
-		if u.out.finishStream(&u.st, x.req.IncludeUsage) != nil {
+		if len(u.held) > 0 {
+			u.out.queue(u.held)
+		}
+		if u.st.Finish(x.req.IncludeUsage, u.out.event) != nil {
 			x.outcome, x.status = outcomeClientCancelled, 499
 		}
 		return nil
@@ -610,14 +597,24 @@ func backendErrorText(body []byte) string {
 func (u *upstreamWriter) reply() *openai.Error {
 	x := u.x
 	begin := time.Now()
-	out, rep, err := openai.AppendNormalizedCompletion(getBuffer(len(u.body)+512), u.body, u.st.Meta)
+	var out []byte
+	var rep openai.Reply
+	var err error
+	if x.ep == openai.Embeddings {
+		// Vectors are large: the reply is edited where it lies, and the
+		// buffer it ends in goes back to the pool with the reply's.
+		out, rep, err = x.ep.Normalize(nil, u.body, u.meta)
+		u.body = out
+	} else {
+		out, rep, err = x.ep.Normalize(getBuffer(len(u.body)+512), u.body, u.meta)
+		defer putBuffer(out)
+	}
 	x.gw += time.Since(begin)
-	defer putBuffer(out)
 	if err != nil {
 		return &openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "invalid_upstream_response",
-			Message: "The backend's reply is not a valid chat completion."}
+			Message: "The backend's reply is not valid for this route (" + x.r.URL.Path + ")."}
 	}
-	x.usage, x.finishReason, x.completionBytes = rep.Usage, rep.FinishReason, rep.CompletionBytes
+	x.setResult(rep)
 	x.markFirstToken()
 	x.h.passHeaders(x.w.Header(), u.header)
 	if !x.req.Stream {
@@ -626,8 +623,7 @@ func (u *upstreamWriter) reply() *openai.Error {
 	}
 	// The backend answered a streaming request with one JSON reply: send
 	// it as the stream it would have been.
-	st := &openai.Stream{Meta: u.st.Meta}
-	if st.FromCompletion(out, u.out.event) != nil || u.out.finishStream(st, x.req.IncludeUsage) != nil {
+	if u.events().FromReply(out, x.req.IncludeUsage, u.out.event) != nil {
 		x.outcome, x.status = outcomeClientCancelled, 499
 	}
 	return nil
@@ -646,7 +642,7 @@ func (u *upstreamWriter) fail(e *openai.Error) {
 	case e.Status == 499:
 		x.status = 499
 	case u.failed != e: // a stream's own failure went out as it happened
-		_ = u.out.fail(e)
+		_ = u.events().Fail(e, u.out.event)
 	}
 }
 

@@ -3,9 +3,6 @@ package chatgateway
 import (
 	"net/http"
 	"sync"
-
-	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
-	"github.com/chatgateway/caddy-chat-gateway/internal/sse"
 )
 
 // sseWriter writes a Server-Sent Events reply to the client, one
@@ -50,11 +47,12 @@ func (s *sseWriter) editHeader(edit func(http.Header)) {
 	}
 }
 
-// event writes one data event and flushes it, with any queued before.
-func (s *sseWriter) event(data []byte) error {
+// event writes one framed event and flushes it, with any queued before.
+// It is the endpoints' openai.Emit.
+func (s *sseWriter) event(ev []byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.write(sse.AppendEvent(s.buffer(), "", data))
+	return s.write(append(s.buffer(), ev...))
 }
 
 // release gives back a buffer still held (events queued but never sent);
@@ -89,11 +87,12 @@ func (s *sseWriter) putBack(b []byte) {
 	}
 }
 
-// queue adds an event to go out with the next send or event: events
-// that arrived from the backend together leave together, in one write.
-func (s *sseWriter) queue(data []byte) {
+// queue adds framed events to go out with the next send or event:
+// events that arrived from the backend together leave together, in one
+// write.
+func (s *sseWriter) queue(evs []byte) {
 	s.mu.Lock()
-	s.buf = sse.AppendEvent(s.buffer(), "", data)
+	s.buf = append(s.buffer(), evs...)
 	s.mu.Unlock()
 }
 
@@ -138,33 +137,4 @@ func (s *sseWriter) flush() error {
 		s.err = err
 	}
 	return s.err
-}
-
-// done ends the stream as OpenAI does.
-func (s *sseWriter) done() error { return s.event([]byte("[DONE]")) }
-
-// fail ends the stream with an error event: after the first byte there
-// is no status left to change.
-func (s *sseWriter) fail(e *openai.Error) error {
-	// OpenAI's error events carry the error object in a data event; the
-	// SDKs surface any data event with an "error" member as an error.
-	return s.event(e.JSON())
-}
-
-// finishStream ends a stream that completed: the finish chunk the
-// backend left out, the usage chunk if the client asked for it, [DONE].
-func (s *sseWriter) finishStream(st *openai.Stream, includeUsage bool) error {
-	if !st.Finished() {
-		for _, i := range st.Unfinished() {
-			if err := s.event(st.AppendDelta(nil, i, "", "", "stop")); err != nil {
-				return err
-			}
-		}
-	}
-	if includeUsage {
-		if err := s.event(st.AppendUsageChunk(nil)); err != nil {
-			return err
-		}
-	}
-	return s.done()
 }

@@ -133,7 +133,8 @@ const backendResponse = `{"id":"resp_backend1","object":"response","created_at":
 	`"usage":{"input_tokens":5,"input_tokens_details":{"cached_tokens":0},"output_tokens":2,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":7},"metadata":{}}`
 
 // endpointsBackend answers /v1/completions (streamed or not),
-// /v1/embeddings and /v1/responses (streamed or not) as d does.
+// /v1/embeddings and /v1/responses (streamed or not) as d does, and
+// /v1/chat/completions with one plain reply.
 func endpointsBackend(d dialect) func(w http.ResponseWriter, r *http.Request) {
 	return func(w http.ResponseWriter, r *http.Request) {
 		body := upstreamBody(r)
@@ -151,6 +152,8 @@ func endpointsBackend(d dialect) func(w http.ResponseWriter, r *http.Request) {
 			}
 			writeJSON(w, 200, `{"id":"cmpl-vllm","object":"text_completion","created":7,"model":"llama","choices":[{"index":0,"text":"Hello","logprobs":null,`+
 				`"finish_reason":"stop","stop_reason":null,"prompt_logprobs":null}],"usage":{"prompt_tokens":3,"total_tokens":5,"completion_tokens":2,"prompt_tokens_details":null},"kv_transfer_params":null}`)
+		case "/v1/chat/completions":
+			writeJSON(w, 200, `{"choices":[{"index":0,"message":{"role":"assistant","content":"Hello"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}`)
 		case "/v1/embeddings":
 			embeddingsReply(w, d, body)
 		case "/v1/responses":
@@ -875,20 +878,14 @@ func TestEndpointsDisconnectCancelsUpstream(t *testing.T) {
 	}
 }
 
-// requestsCount reads requests_total for one endpoint, model, stream
-// and outcome.
-func requestsCount(endpoint, model, stream, outcome string) float64 {
-	return testutil.ToFloat64(gatewayMetrics.requests.With(prometheus.Labels{"endpoint": endpoint, "model": model, "stream": stream, "outcome": outcome, "key": ""}))
-}
-
 // tokensCount reads tokens_total for one model and type.
 func tokensCount(model, typ string) float64 {
 	return testutil.ToFloat64(gatewayMetrics.tokens.WithLabelValues(model, typ, ""))
 }
 
 // TestEndpointsUsage: the usage of embeddings and responses, as the
-// backend reported it or estimated where it did not, reaches the access
-// log and the metrics, labelled with the endpoint.
+// backend reported it or estimated where it did not, reaches the reply,
+// the access log and tokens_total.
 func TestEndpointsUsage(t *testing.T) {
 	be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
 		body := upstreamBody(r)
@@ -904,20 +901,10 @@ func TestEndpointsUsage(t *testing.T) {
 			models emb resp bare
 		}
 	}`, be.URL))
-	m := &gatewayMetrics
-	type counts struct{ embOK, respOK, respStreamOK, embPrompt, respPrompt, respCompletion, barePrompt float64 }
+	type counts struct{ embPrompt, respPrompt, respCompletion, barePrompt float64 }
 	read := func() counts {
-		return counts{
-			requestsCount("embeddings", "emb", "false", "ok"),
-			requestsCount("responses", "resp", "false", "ok"),
-			requestsCount("responses", "resp", "true", "ok"),
-			tokensCount("emb", "prompt"),
-			tokensCount("resp", "prompt"),
-			tokensCount("resp", "completion"),
-			tokensCount("bare", "prompt"),
-		}
+		return counts{tokensCount("emb", "prompt"), tokensCount("resp", "prompt"), tokensCount("resp", "completion"), tokensCount("bare", "prompt")}
 	}
-	durationBefore := histogramCount(t, m.duration.With(prometheus.Labels{"endpoint": "embeddings", "model": "emb", "stream": "false"}))
 	before := read()
 
 	g.postTo(t, "/v1/embeddings", `{"model":"emb","input":["a","b"]}`, "X-Request-ID", "ep-use-1")
@@ -941,16 +928,50 @@ func TestEndpointsUsage(t *testing.T) {
 		}
 	}
 	after := read()
-	got := counts{after.embOK - before.embOK, after.respOK - before.respOK, after.respStreamOK - before.respStreamOK, after.embPrompt - before.embPrompt,
-		after.respPrompt - before.respPrompt, after.respCompletion - before.respCompletion, after.barePrompt - before.barePrompt}
-	if want := (counts{1, 1, 1, 4, 10, 4, float64(bare.Usage.PromptTokens)}); got != want {
-		t.Fatalf("metric deltas %+v, want %+v", got, want)
-	}
-	if n := histogramCount(t, m.duration.With(prometheus.Labels{"endpoint": "embeddings", "model": "emb", "stream": "false"})) - durationBefore; n != 1 {
-		t.Fatalf("duration observed %d times for embeddings, want 1", n)
+	got := counts{after.embPrompt - before.embPrompt, after.respPrompt - before.respPrompt, after.respCompletion - before.respCompletion, after.barePrompt - before.barePrompt}
+	if want := (counts{4, 10, 4, float64(bare.Usage.PromptTokens)}); got != want {
+		t.Fatalf("tokens_total deltas %+v, want %+v", got, want)
 	}
 	if _, raw := g.logs(t); strings.Contains(raw, "word word") {
 		t.Fatal("the input was logged")
+	}
+}
+
+// TestEndpointsMetricsLabel: requests_total and the duration histogram
+// count each route under its endpoint label.
+func TestEndpointsMetricsLabel(t *testing.T) {
+	be := newFakeBackend(t, endpointsBackend(vLLM))
+	g := newGateway(t, fmt.Sprintf("chat_gateway {\n backend %s {\n models labelled\n }\n}", be.URL))
+	routes := []struct{ endpoint, path, body string }{
+		{"chat_completions", "/v1/chat/completions", `{"model":"labelled","messages":[{"role":"user","content":"x"}]}`},
+		{"completions", "/v1/completions", `{"model":"labelled","prompt":"x"}`},
+		{"embeddings", "/v1/embeddings", `{"model":"labelled","input":"x"}`},
+		{"responses", "/v1/responses", `{"model":"labelled","input":"x"}`},
+	}
+	counters := make([]prometheus.Counter, len(routes))
+	histograms := make([]prometheus.Observer, len(routes))
+	for i, r := range routes {
+		var err error
+		counters[i], err = gatewayMetrics.requests.GetMetricWith(prometheus.Labels{"endpoint": r.endpoint, "model": "labelled", "stream": "false", "outcome": "ok", "key": ""})
+		if err != nil {
+			t.Fatalf("requests_total by endpoint: %v", err)
+		}
+		if histograms[i], err = gatewayMetrics.duration.GetMetricWith(prometheus.Labels{"endpoint": r.endpoint, "model": "labelled", "stream": "false"}); err != nil {
+			t.Fatalf("the duration histogram by endpoint: %v", err)
+		}
+	}
+	for i, r := range routes {
+		before, beforeDuration := testutil.ToFloat64(counters[i]), histogramCount(t, histograms[i])
+		if resp, body := g.postTo(t, r.path, r.body, "X-Request-ID", "ep-label-"+r.endpoint); resp.StatusCode != 200 {
+			t.Fatalf("%s: %d %s", r.path, resp.StatusCode, body)
+		}
+		g.waitLog(t, "handled request", "ep-label-"+r.endpoint) // recorded before the access log
+		if n := testutil.ToFloat64(counters[i]) - before; n != 1 {
+			t.Errorf("requests_total{endpoint=%q} gained %v, want 1", r.endpoint, n)
+		}
+		if n := histogramCount(t, histograms[i]) - beforeDuration; n != 1 {
+			t.Errorf("duration{endpoint=%q} observed %d times, want 1", r.endpoint, n)
+		}
 	}
 }
 

@@ -1040,6 +1040,69 @@ func TestPreviousResponseID(t *testing.T) {
 	}
 }
 
+// TestEndpointsFallback: a route whose backend is down falls back to
+// the model its backend names, each route alike; a request continuing a
+// stored response falls back only to a backend that keeps responses.
+func TestEndpointsFallback(t *testing.T) {
+	cloud := newFakeBackend(t, endpointsBackend(vLLM))
+	g := newGateway(t, fmt.Sprintf(`chat_gateway {
+		backend %s {
+			models local
+			fallback cloud
+			responses stateful
+		}
+		backend %s {
+			models cloud
+		}
+	}`, refusing(t), cloud.URL))
+	for _, tt := range []struct{ path, body string }{
+		{"/v1/completions", `{"model":"local","prompt":"x"}`},
+		{"/v1/completions", `{"model":"local","prompt":"x","stream":true}`},
+		{"/v1/embeddings", `{"model":"local","input":"x"}`},
+		{"/v1/responses", `{"model":"local","input":"x"}`},
+		{"/v1/responses", `{"model":"local","input":"x","stream":true}`},
+	} {
+		before := cloud.count()
+		resp, body := g.postTo(t, tt.path, tt.body)
+		if resp.StatusCode != 200 || cloud.count() != before+1 || !strings.Contains(cloud.last(t).Body, `"model":"cloud"`) {
+			t.Fatalf("%s %s: %d %s", tt.path, tt.body, resp.StatusCode, body)
+		}
+	}
+	before := cloud.count()
+	resp, body := g.postTo(t, "/v1/responses", `{"model":"local","input":"x","previous_response_id":"resp_1"}`)
+	if e := apiError(t, body); resp.StatusCode != 502 || e["code"] != "upstream_unavailable" || cloud.count() != before {
+		t.Fatalf("continued response: %d %s, cloud got %d", resp.StatusCode, body, cloud.count()-before)
+	}
+}
+
+// TestEndpointsJSONAnswerToStream: a backend that answers a streaming
+// request with one JSON reply still gives the client the route's
+// stream.
+func TestEndpointsJSONAnswerToStream(t *testing.T) {
+	be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/v1/completions":
+			writeJSON(w, 200, `{"id":"cmpl-1","object":"text_completion","created":7,"model":"llama","choices":[{"index":0,"text":"Hello","finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}`)
+		default:
+			writeJSON(w, 200, backendResponse)
+		}
+	})
+	g := newGateway(t, "chat_gateway "+be.URL)
+	client := sdkClient(g)
+	ctx := context.Background()
+	stream := client.Completions.NewStreaming(ctx, openai.CompletionNewParams{Model: "m", Prompt: openai.CompletionNewParamsPromptUnion{OfString: openai.String("x")},
+		StreamOptions: openai.ChatCompletionStreamOptionsParam{IncludeUsage: openai.Bool(true)}}, option.WithHeader("X-Request-ID", "ep-json-1"))
+	if text, finish, usage := readCompletionStream(t, stream, "ep-json-1"); text != "Hello" || finish != "stop" || usage.TotalTokens != 5 {
+		t.Fatalf("streamed %q, finish %q, usage %+v", text, finish, usage)
+	}
+	rstream := client.Responses.NewStreaming(ctx, responses.ResponseNewParams{Model: "m", Input: responses.ResponseNewParamsInputUnion{OfString: openai.String("x")}})
+	if text, completed := readResponseStream(t, rstream); text != "Hello" || completed.ID != "resp_backend1" || completed.Usage.TotalTokens != 7 {
+		t.Fatalf("streamed %q, completed %s", text, completed.RawJSON())
+	}
+	_, body := g.postTo(t, "/v1/responses", responsesStreamBody)
+	responseEvents(t, body) // named after their types
+}
+
 // TestModelByID: GET /v1/models/{model} answers the one model, ids with
 // a slash included, or a 404 model_not_found.
 func TestModelByID(t *testing.T) {

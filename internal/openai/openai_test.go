@@ -23,8 +23,25 @@ func TestParseChatRequest(t *testing.T) {
 		t.Fatalf("got %+v", req)
 	}
 	req, e = ParseChatRequest([]byte(`{"messages":[{"role":"user","content":"hi"}],"stream":null}`))
-	if e != nil || req.Stream || req.Model != "" || req.Prompt() != "hi" || req.ContentBytes != 4 {
+	if e != nil || req.Stream || req.Model != "" || req.Prompt() != "hi" || req.ContentBytes != 4 || req.MaxTokens != 0 {
 		t.Fatalf("got %+v, %v", req, e)
+	}
+}
+
+// max_completion_tokens wins over the older max_tokens, wherever each is.
+func TestParseChatRequestMaxTokens(t *testing.T) {
+	for body, want := range map[string]int64{
+		`{"max_tokens":500,"messages":[{"role":"user","content":"x"}]}`:                              500,
+		`{"max_completion_tokens":70,"max_tokens":500,"messages":[{"role":"user","content":"x"}]}`:   70,
+		`{"max_tokens":500,"max_completion_tokens":70,"messages":[{"role":"user","content":"x"}]}`:   70,
+		`{"max_tokens":500,"max_completion_tokens":null,"messages":[{"role":"user","content":"x"}]}`: 500,
+		`{"max_tokens":null,"messages":[{"role":"user","content":"x"}]}`:                             0,
+		`{"max_t\u006fkens":9,"messages":[{"role":"user","content":"x"}]}`:                          9,
+	} {
+		req, e := ParseChatRequest([]byte(body))
+		if e != nil || req.MaxTokens != want {
+			t.Errorf("%s: got %+v, %v; want %d", body, req, e, want)
+		}
 	}
 }
 
@@ -48,6 +65,10 @@ func TestParseChatRequestErrors(t *testing.T) {
 		{`{"messages":[{"role":"user","content":"x"}],"stream":"true"}`, "stream", "invalid_type"},
 		{`{"messages":[{"role":"user","content":"x"}],"model":7}`, "model", "invalid_type"},
 		{`{"messages":[{"role":"user","content":"x"}],"stream_options":true}`, "stream_options", "invalid_type"},
+		{`{"messages":[{"role":"user","content":"x"}],"max_tokens":"5"}`, "max_tokens", "invalid_type"},
+		{`{"messages":[{"role":"user","content":"x"}],"max_tokens":-1}`, "max_tokens", "invalid_type"},
+		{`{"messages":[{"role":"user","content":"x"}],"max_completion_tokens":1.5}`, "max_completion_tokens", "invalid_type"},
+		{`{"messages":[{"role":"user","content":"x"}],"max_tokens":1,"max_tokens":2}`, "max_tokens", "duplicate_key"},
 		{`{"messages":[{"role":"user","content":"x"}],"stream":true,"stream":false}`, "stream", "duplicate_key"},
 		// Escapes hide nothing: keys are compared as decoded (RFC 8259).
 		{`{"model":"a","mod\u0065l":"b","messages":[{"role":"user","content":"x"}]}`, "model", "duplicate_key"},
@@ -227,6 +248,7 @@ func FuzzChatRequest(f *testing.F) {
 	f.Add([]byte(`{"messages":[{"role":"user","content":"hi\u00e9\n"}],"stream_options":{"include_usage":true}}`))
 	f.Add([]byte(`{"messages":[{"role":"user","content":"x"}],"n":-1.5e+3,"t":[true,false,null,{}]}`))
 	f.Add([]byte(` [1, "2"] `))
+	f.Add([]byte(`{"messages":[{"role":"user","content":"x"}],"max_tokens":500,"max_completion_tokens":null}`))
 	f.Add([]byte(`{"model":"a","mod\u0065l":"b","messages":[{"role":"user","r\u006fle":"user","content":"x"}]}`))
 	f.Add([]byte(`{"str\u0065am":true,"stream_options":{"include_\u0075sage":true},"messages":[{"\u0072ole":"user","content":"x"}]}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
@@ -262,6 +284,20 @@ func FuzzChatRequest(f *testing.F) {
 		_ = json.Unmarshal(raw["stream"], &std.Stream)
 		if (std.Model != nil && *std.Model != req.Model) || (std.Stream != nil && *std.Stream != req.Stream) {
 			t.Fatalf("%q: read model %q stream %v, encoding/json reads %v %v", body, req.Model, req.Stream, std.Model, std.Stream)
+		}
+		var maxTokens, maxCompletion *uint64
+		if json.Unmarshal(raw["max_tokens"], &maxTokens) != nil && !isNull(raw["max_tokens"]) ||
+			json.Unmarshal(raw["max_completion_tokens"], &maxCompletion) != nil && !isNull(raw["max_completion_tokens"]) {
+			t.Fatalf("%q accepted, but a max tokens member is not a count", body)
+		}
+		want := int64(0)
+		if maxCompletion != nil {
+			want = int64(*maxCompletion)
+		} else if maxTokens != nil {
+			want = int64(*maxTokens)
+		}
+		if req.MaxTokens != want {
+			t.Fatalf("%q: read max tokens %d, encoding/json reads %d", body, req.MaxTokens, want)
 		}
 		_ = req.Prompt()
 	})

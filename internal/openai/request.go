@@ -23,6 +23,9 @@ type ChatRequest struct {
 	// ContentBytes is the size of every message's content, the base of
 	// the prompt token estimate.
 	ContentBytes int
+	// MaxTokens is max_completion_tokens, else max_tokens: the most
+	// completion tokens the client allows. 0 when it names neither.
+	MaxTokens int64
 
 	lastUser []byte // the last user message's raw content
 }
@@ -39,7 +42,7 @@ func ParseChatRequest(body []byte) (*ChatRequest, *Error) {
 	if !utf8.Valid(body) {
 		return nil, Invalid("", "invalid_json", "The request body is not valid UTF-8.")
 	}
-	p := requestParser{body: body, req: &ChatRequest{}, lastUser: -1}
+	p := requestParser{body: body, req: &ChatRequest{}, lastUser: -1, maxCompletion: -1}
 	i := skipSpace(body, 0)
 	var err error
 	if i < len(body) && body[i] == '{' {
@@ -66,6 +69,9 @@ func ParseChatRequest(body []byte) (*ChatRequest, *Error) {
 		return nil, Invalid("messages", "empty_array", "'messages' must hold at least one message.")
 	}
 	p.req.lastUser = p.lastUserContent
+	if p.maxCompletion >= 0 {
+		p.req.MaxTokens = p.maxCompletion
+	}
 	return p.req, nil
 }
 
@@ -82,6 +88,8 @@ type requestParser struct {
 	messages        int
 	lastUser        int
 	lastUserContent []byte
+	// maxCompletion is max_completion_tokens, -1 when absent or null.
+	maxCompletion int64
 }
 
 func (p *requestParser) fail(e *Error) {
@@ -180,6 +188,24 @@ func (p *requestParser) member(key []byte, at int) (int, error) {
 			}
 			return end, err
 		})
+	case keyIs(key, "max_completion_tokens"), keyIs(key, "max_tokens"):
+		end, err := scanValue(b, at, 1)
+		if err != nil || isNull(b[at:end]) {
+			return end, err
+		}
+		n, ok := parseCount(b[at:end])
+		completion := keyIs(key, "max_completion_tokens")
+		switch {
+		case !ok && completion:
+			p.fail(Invalid("max_completion_tokens", "invalid_type", "'max_completion_tokens' must be a non-negative integer."))
+		case !ok:
+			p.fail(Invalid("max_tokens", "invalid_type", "'max_tokens' must be a non-negative integer."))
+		case completion:
+			p.maxCompletion = n
+		default:
+			p.req.MaxTokens = n
+		}
+		return end, err
 	}
 	return scanValue(b, at, 1)
 }

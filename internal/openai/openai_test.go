@@ -36,7 +36,7 @@ func TestParseChatRequestMaxTokens(t *testing.T) {
 		`{"max_tokens":500,"max_completion_tokens":70,"messages":[{"role":"user","content":"x"}]}`:   70,
 		`{"max_tokens":500,"max_completion_tokens":null,"messages":[{"role":"user","content":"x"}]}`: 500,
 		`{"max_tokens":null,"messages":[{"role":"user","content":"x"}]}`:                             0,
-		`{"max_t\u006fkens":9,"messages":[{"role":"user","content":"x"}]}`:                          9,
+		`{"max_t\u006fkens":9,"messages":[{"role":"user","content":"x"}]}`:                           9,
 	} {
 		req, e := ParseChatRequest([]byte(body))
 		if e != nil || req.MaxTokens != want {

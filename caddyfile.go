@@ -50,6 +50,9 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    keepalive_interval <duration>
 //	    include_usage_upstream
 //	    log_sizes
+//	    limits {
+//	        # see parseLimits
+//	    }
 //	}
 //
 // Backend URLs are base URLs as OpenAI SDKs take them, such as
@@ -83,6 +86,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if d.NextArg() {
 				return d.ArgErr()
 			}
+		case "limits":
+			l, err := parseLimits(d)
+			if err != nil {
+				return err
+			}
+			h.Limits = l
 		case "echo":
 			if d.NextArg() {
 				return d.ArgErr()

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/chatgateway/caddy-chat-gateway/internal/limits"
 	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
 )
 
@@ -98,6 +99,8 @@ type exchange struct {
 	// upstreamErr is the proxy's own error, for the log only: it may
 	// name the backend address.
 	upstreamErr error
+	// reservation is what the limits reserved, settled by finish.
+	reservation *limits.Reservation
 }
 
 func (h *Handler) newExchange(w http.ResponseWriter, r *http.Request) *exchange {
@@ -182,6 +185,9 @@ func (h *Handler) serveChat(x *exchange) {
 	x.req = req
 	x.model = req.Model
 	x.repl.Set("http.chat_gateway.model", req.Model)
+	if h.Limits != nil && !h.Limits.admit(x) {
+		return
+	}
 	if h.echoMode() {
 		h.echo(x)
 		return
@@ -294,6 +300,9 @@ func (x *exchange) publish() {
 // finish records how the request ended, in the metrics, the access
 // log, the placeholders and the module log.
 func (x *exchange) finish() {
+	if x.reservation != nil {
+		x.h.Limits.settle(x)
+	}
 	x.out.release()
 	x.publish()
 	if x.chat {

@@ -133,6 +133,10 @@ type Handler struct {
 	// never logged. Default: off.
 	LogSizes bool `json:"log_sizes,omitempty"`
 
+	// Limits, when set, are rate limits, concurrency limits and token
+	// quotas per client identity and per model. Default: none.
+	Limits *Limits `json:"limits,omitempty"`
+
 	// routes maps a model name (or alias) to where it is served.
 	routes map[string]route
 	// fallback serves models no backend lists; nil if there is none.
@@ -205,6 +209,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			h.routes[alias] = route{backend: b, model: target}
 		}
 	}
+	if h.Limits != nil {
+		if err := h.Limits.provision(ctx, repl); err != nil {
+			return fmt.Errorf("limits: %w", err)
+		}
+	}
 	for i, b := range h.Backends {
 		if b.Fallback == "" {
 			continue
@@ -236,6 +245,14 @@ func (h *Handler) Validate() error {
 		if d < 0 {
 			return fmt.Errorf("%s must not be negative", name)
 		}
+	}
+	return nil
+}
+
+// Cleanup releases the limits' store once no config uses it.
+func (h *Handler) Cleanup() error {
+	if h.Limits != nil {
+		return h.Limits.cleanup()
 	}
 	return nil
 }
@@ -367,6 +384,7 @@ func shortenIdleConns(rp *reverseproxy.Handler) {
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
 	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 	_ caddyfile.Unmarshaler       = (*Handler)(nil)
 )

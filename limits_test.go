@@ -1,0 +1,246 @@
+package chatgateway
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
+)
+
+// chatWith is a chat request body with a prompt of about n tokens (4
+// bytes each) and the given extra members.
+func chatWith(promptTokens int, extra string) string {
+	return fmt.Sprintf(`{"model":"m","messages":[{"role":"user","content":%q}]%s}`, strings.Repeat("abcd", promptTokens), extra)
+}
+
+// rateHeaders returns the x-ratelimit-* headers of a reply for kind
+// (requests or tokens), checking that reset parses as a Go duration.
+func rateHeaders(t *testing.T, resp *http.Response, kind string) (limit, remaining int64, reset time.Duration) {
+	t.Helper()
+	var err error
+	if limit, err = strconv.ParseInt(resp.Header.Get("X-Ratelimit-Limit-"+kind), 10, 64); err != nil {
+		t.Fatalf("x-ratelimit-limit-%s: %v (headers %v)", kind, err, resp.Header)
+	}
+	if remaining, err = strconv.ParseInt(resp.Header.Get("X-Ratelimit-Remaining-"+kind), 10, 64); err != nil {
+		t.Fatalf("x-ratelimit-remaining-%s: %v", kind, err)
+	}
+	if reset, err = time.ParseDuration(resp.Header.Get("X-Ratelimit-Reset-" + kind)); err != nil {
+		t.Fatalf("x-ratelimit-reset-%s: %v", kind, err)
+	}
+	return limit, remaining, reset
+}
+
+// Headers on 200 (plain and stream) and on 429, in OpenAI's words.
+func TestLimitsHeaders(t *testing.T) {
+	g := newGateway(t, `chat_gateway {
+		limits {
+			requests 3/1m
+			tokens 100000/1m
+			per {http.request.header.X-Team}
+		}
+	}`)
+	resp, body := g.post(t, chatWith(10, ""), "X-Team", "blue")
+	if resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	if l, rem, reset := rateHeaders(t, resp, "Requests"); l != 3 || rem != 2 || reset <= 0 || reset > 20*time.Second {
+		t.Fatalf("requests headers %d %d %s", l, rem, reset)
+	}
+	// 11 prompt tokens (the estimate counts the content's quotes too) +
+	// 1024 default max_tokens reserved.
+	if l, rem, _ := rateHeaders(t, resp, "Tokens"); l != 100000 || rem != 100000-1035 {
+		t.Fatalf("tokens headers %d %d", l, rem)
+	}
+	resp, body = g.post(t, chatWith(10, `,"stream":true,"max_tokens":50`), "X-Team", "blue")
+	if resp.StatusCode != 200 || !strings.Contains(body, "[DONE]") {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	if _, rem, _ := rateHeaders(t, resp, "Requests"); rem != 1 {
+		t.Fatalf("stream: remaining requests %d", rem)
+	}
+	// Another identity has its own bucket.
+	if resp, _ := g.post(t, chatWith(10, ""), "X-Team", "red"); resp.Header.Get("X-Ratelimit-Remaining-Requests") != "2" {
+		t.Fatalf("red: %v", resp.Header)
+	}
+	g.post(t, chatWith(10, ""), "X-Team", "blue")
+	resp, body = g.post(t, chatWith(10, ""), "X-Team", "blue")
+	if resp.StatusCode != 429 {
+		t.Fatalf("4th request: %d %s", resp.StatusCode, body)
+	}
+	e := apiError(t, body)
+	msg, _ := e["message"].(string)
+	if e["type"] != "rate_limit_error" || e["code"] != "rate_limit_exceeded" ||
+		!strings.HasPrefix(msg, "Rate limit reached for blue on requests per 1m: Limit 3, Used 3, Requested 1. Please try again in ") {
+		t.Fatalf("429 body %s", body)
+	}
+	retry, err := strconv.Atoi(resp.Header.Get("Retry-After"))
+	ms, err2 := strconv.Atoi(resp.Header.Get("Retry-After-Ms"))
+	if err != nil || err2 != nil || retry < 1 || retry > 20 || ms > retry*1000 || ms <= (retry-1)*1000 {
+		t.Fatalf("Retry-After %q, retry-after-ms %q", resp.Header.Get("Retry-After"), resp.Header.Get("Retry-After-Ms"))
+	}
+	if _, rem, _ := rateHeaders(t, resp, "Requests"); rem != 0 {
+		t.Fatalf("429: remaining %d", rem)
+	}
+}
+
+// A prompt larger than the whole tokens limit can never pass: 429
+// without Retry-After. A large max_tokens is only capped.
+func TestLimitsTooLarge(t *testing.T) {
+	g := newGateway(t, `chat_gateway {
+		limits {
+			tokens 1000/1m
+			per {http.request.header.X-Team}
+		}
+	}`)
+	resp, body := g.post(t, chatWith(1200, ""), "X-Team", "a")
+	if resp.StatusCode != 429 || resp.Header.Get("Retry-After") != "" {
+		t.Fatalf("%d %v %s", resp.StatusCode, resp.Header, body)
+	}
+	if msg := apiError(t, body)["message"].(string); !strings.HasPrefix(msg, "Request too large for a on tokens per 1m: Limit 1000, Requested 1201.") {
+		t.Fatalf("message %q", msg)
+	}
+	resp, body = g.post(t, chatWith(10, `,"max_tokens":100000`), "X-Team", "b")
+	if resp.StatusCode != 200 {
+		t.Fatalf("large max_tokens: %d %s", resp.StatusCode, body)
+	}
+	if _, rem, _ := rateHeaders(t, resp, "Tokens"); rem != 0 {
+		t.Fatalf("capped reservation left %d", rem)
+	}
+}
+
+// Burst: 50 concurrent streams of ~100-token prompts and max_tokens 500
+// under tokens 10000/1m: at most 16 reach the backend, the rest get 429
+// without reaching it.
+func TestLimitsBurst(t *testing.T) {
+	release := make(chan struct{})
+	be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		startSSE(w)
+		sseEvent(w, `{"choices":[{"index":0,"delta":{"role":"assistant","content":"hi"}}]}`)
+		select {
+		case <-release:
+		case <-r.Context().Done():
+			return
+		}
+		sseEvent(w, `{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":100,"completion_tokens":1}}`)
+		sseEvent(w, `[DONE]`)
+	})
+	g := newGateway(t, `chat_gateway `+be.URL+` {
+		limits {
+			tokens 10000/1m
+			per {http.request.header.X-Team}
+		}
+	}`)
+	body := chatWith(100, `,"stream":true,"max_tokens":500`)
+	var admitted, refused atomic.Int32
+	var wg sync.WaitGroup
+	started := make(chan struct{}, 50)
+	for range 50 {
+		wg.Go(func() {
+			resp, err := http.DefaultClient.Do(g.request(body, "X-Team", "burst"))
+			if err != nil {
+				t.Error(err)
+				started <- struct{}{}
+				return
+			}
+			defer resp.Body.Close()
+			switch resp.StatusCode {
+			case 200:
+				admitted.Add(1)
+			case 429:
+				refused.Add(1)
+			default:
+				t.Errorf("status %d", resp.StatusCode)
+			}
+			started <- struct{}{}
+			buf := make([]byte, 4096)
+			for {
+				if _, err := resp.Body.Read(buf); err != nil {
+					return
+				}
+			}
+		})
+	}
+	for range 50 {
+		<-started
+	}
+	close(release)
+	wg.Wait()
+	// 10000 / (100 + 500) = 16.7; one minute of refill is far away.
+	if a, r := admitted.Load(), refused.Load(); a > 16 || a < 15 || a+r != 50 {
+		t.Fatalf("admitted %d, refused %d", a, r)
+	}
+	if n := be.count(); n != int(admitted.Load()) {
+		t.Fatalf("the backend got %d requests for %d admitted", n, admitted.Load())
+	}
+}
+
+// Edge: requests 100/1m, 100 requests at t and 100 more at t+0.2s: 100
+// admitted, then at most what refilled (1).
+func TestLimitsEdge(t *testing.T) {
+	g := newGateway(t, `chat_gateway {
+		limits {
+			requests 100/1m
+			per {http.request.header.X-Team}
+		}
+	}`)
+	send := func() int32 {
+		var ok atomic.Int32
+		var wg sync.WaitGroup
+		jobs := make(chan struct{})
+		for range 10 {
+			wg.Go(func() {
+				for range jobs {
+					resp, _ := g.post(t, chatWith(1, ""), "X-Team", "edge")
+					if resp.StatusCode == 200 {
+						ok.Add(1)
+					}
+				}
+			})
+		}
+		for range 100 {
+			jobs <- struct{}{}
+		}
+		close(jobs)
+		wg.Wait()
+		return ok.Load()
+	}
+	start := time.Now()
+	first := send()
+	time.Sleep(200 * time.Millisecond)
+	second := send()
+	elapsed := time.Since(start)
+	refill := int32(elapsed.Seconds()*100/60) + 1
+	if first < 100 || first+second > 100+refill {
+		t.Fatalf("admitted %d then %d in %s (refill allows %d)", first, second, elapsed, refill)
+	}
+}
+
+// The official SDK, retries on, gets through after one 429.
+func TestLimitsSDKRetry(t *testing.T) {
+	g := newGateway(t, `chat_gateway {
+		limits {
+			requests 1/2s
+		}
+	}`)
+	client := openai.NewClient(option.WithBaseURL(g.URL+"/v1"), option.WithAPIKey("k"), option.WithMaxRetries(2))
+	if _, err := client.Chat.Completions.New(context.Background(), sdkParams); err != nil {
+		t.Fatal(err)
+	}
+	var httpResp *http.Response
+	start := time.Now()
+	c, err := client.Chat.Completions.New(context.Background(), sdkParams, option.WithResponseInto(&httpResp))
+	if err != nil {
+		t.Fatalf("after a 429: %v", err)
+	}
+	if c.Choices[0].Message.Content != "Echo: hello world" || time.Since(start) < time.Second {
+		t.Fatalf("%+v after %s", c, time.Since(start))
+	}
+}

@@ -244,3 +244,145 @@ func TestLimitsSDKRetry(t *testing.T) {
 		t.Fatalf("%+v after %s", c, time.Since(start))
 	}
 }
+
+// Each kind of reply settles its reservation: a reply and a stream are
+// charged their usage, a failure before content is refunded, a client
+// that leaves mid-stream pays what was generated.
+func TestLimitsReconcile(t *testing.T) {
+	be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		switch r.Header.Get("X-Mode") {
+		case "reply":
+			writeJSON(w, 200, `{"choices":[{"message":{"content":"Hello"}}],"usage":{"prompt_tokens":30,"completion_tokens":20}}`)
+		case "stream":
+			startSSE(w)
+			sseEvent(w, `{"choices":[{"index":0,"delta":{"role":"assistant","content":"Hi"}}]}`)
+			sseEvent(w, `{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":30,"completion_tokens":20}}`)
+			sseEvent(w, `[DONE]`)
+		case "hang":
+			startSSE(w)
+			// 400 bytes of content: 100 tokens estimated.
+			sseEvent(w, `{"choices":[{"index":0,"delta":{"role":"assistant","content":"`+strings.Repeat("abcd", 100)+`"}}]}`)
+			<-r.Context().Done()
+		default:
+			writeJSON(w, 500, `{"error":{"message":"down"}}`)
+		}
+	})
+	g := newGateway(t, `chat_gateway `+be.URL+` {
+		limits {
+			tokens 100000/365d
+			per {http.request.header.X-Team}
+		}
+	}`)
+	const limit, reserve = 100000, 11 + 100 // prompt estimate + max_tokens
+	body := chatWith(10, `,"max_tokens":100`)
+	// probe fails at the backend (refunded) and returns the level the
+	// identity's bucket was at.
+	probe := func() int64 {
+		resp, _ := g.post(t, body, "X-Team", "rec", "X-Mode", "fail")
+		if resp.StatusCode != 502 {
+			t.Fatalf("probe: %d", resp.StatusCode)
+		}
+		_, rem, _ := rateHeaders(t, resp, "Tokens")
+		return limit - reserve - rem
+	}
+	if lvl := probe(); lvl != 0 {
+		t.Fatalf("fresh level %d", lvl)
+	}
+	if lvl := probe(); lvl != 0 {
+		t.Fatalf("a failure was charged: level %d", lvl)
+	}
+	if resp, b := g.post(t, body, "X-Team", "rec", "X-Mode", "reply"); resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, b)
+	}
+	if lvl := probe(); lvl != 50 {
+		t.Fatalf("after a reply of 50 tokens: level %d", lvl)
+	}
+	if resp, b := g.post(t, chatWith(10, `,"max_tokens":100,"stream":true`), "X-Team", "rec", "X-Mode", "stream"); resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, b)
+	}
+	if lvl := probe(); lvl != 100 {
+		t.Fatalf("after a stream of 50 tokens: level %d", lvl)
+	}
+	req := g.request(chatWith(10, `,"max_tokens":1000,"stream":true`), "X-Team", "rec", "X-Mode", "hang")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64)
+	if _, err := resp.Body.Read(buf); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("%d %v", resp.StatusCode, err)
+	}
+	resp.Body.Close()
+	be.waitCancelled(t)
+	// 11 prompt + 100 completion tokens estimated, of 1011 reserved.
+	deadline := time.Now().Add(5 * time.Second)
+	for lvl := probe(); lvl != 211; lvl = probe() {
+		if lvl != 100+1011 || time.Now().After(deadline) {
+			t.Fatalf("after a client left mid-stream: level %d", lvl)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// The backend's own rate-limit headers are renamed, never mixed with the
+// gateway's.
+func TestLimitsUpstreamHeaders(t *testing.T) {
+	be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Ratelimit-Remaining-Requests", "7")
+		writeJSON(w, 200, `{"choices":[{"message":{"content":"Hello"}}]}`)
+	})
+	g := newGateway(t, `chat_gateway `+be.URL+` {
+		limits {
+			requests 10/1m
+		}
+	}`)
+	resp, body := g.post(t, chatWith(1, ""))
+	if resp.StatusCode != 200 || resp.Header.Get("X-Upstream-Ratelimit-Remaining-Requests") != "7" || resp.Header.Get("X-Ratelimit-Remaining-Requests") != "9" {
+		t.Fatalf("%d %v %s", resp.StatusCode, resp.Header, body)
+	}
+}
+
+// concurrent bounds the requests in flight per identity.
+func TestLimitsConcurrent(t *testing.T) {
+	release := make(chan struct{})
+	arrived := make(chan struct{}, 4)
+	be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		arrived <- struct{}{}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		writeJSON(w, 200, `{"choices":[{"message":{"content":"Hello"}}]}`)
+	})
+	g := newGateway(t, `chat_gateway `+be.URL+` {
+		limits {
+			concurrent 2
+			per {http.request.header.X-Team}
+		}
+	}`)
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			if resp, body := g.post(t, chatWith(1, ""), "X-Team", "c"); resp.StatusCode != 200 {
+				t.Errorf("%d %s", resp.StatusCode, body)
+			}
+		})
+	}
+	<-arrived
+	<-arrived
+	resp, body := g.post(t, chatWith(1, ""), "X-Team", "c")
+	if e := apiError(t, body); resp.StatusCode != 429 || e["code"] != "too_many_concurrent_requests" || resp.Header.Get("Retry-After") != "1" {
+		t.Fatalf("third: %d %v %s", resp.StatusCode, resp.Header, body)
+	}
+	wg.Go(func() { // another identity has its own two slots
+		if resp, body := g.post(t, chatWith(1, ""), "X-Team", "other"); resp.StatusCode != 200 {
+			t.Errorf("another identity: %d %s", resp.StatusCode, body)
+		}
+	})
+	<-arrived
+	close(release)
+	wg.Wait()
+	if resp, body := g.post(t, chatWith(1, ""), "X-Team", "c"); resp.StatusCode != 200 {
+		t.Fatalf("after the first two: %d %s", resp.StatusCode, body)
+	}
+}

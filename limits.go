@@ -156,6 +156,7 @@ type Limits struct {
 	// answers 503. Either way it is logged and counted. Default: allow.
 	OnStoreError string `json:"on_store_error,omitempty"`
 
+	clock    limits.Clock // nil: time.Now; tests set a fake one
 	set      limits.Set
 	models   []modelSet
 	limiter  *limits.Limiter
@@ -231,7 +232,7 @@ func (l *Limits) provision(ctx caddy.Context, repl *caddy.Replacer) error {
 		return fmt.Errorf("opening the limits store: %w", err)
 	}
 	l.poolKey = key
-	l.limiter = limits.New(store.(limits.Store), nil, 0)
+	l.limiter = limits.New(store.(limits.Store), l.clock, 0)
 	return nil
 }
 

@@ -1,0 +1,278 @@
+package chatgateway
+
+import (
+	"bufio"
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/chatgateway/caddy-chat-gateway/internal/redistest"
+)
+
+// fakeClock is a limits.Clock that moves only when told.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+// limitedEcho is an echo-mode Handler with limits l, provisioned outside
+// a server, so tests can give it a fake clock.
+func limitedEcho(t *testing.T, l *Limits) *Handler {
+	t.Helper()
+	h := &Handler{Limits: l}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	if err := h.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = h.Cleanup() })
+	return h
+}
+
+// serveDirect sends body to h as the identity team.
+func serveDirect(t *testing.T, h *Handler, body, team string) *httptest.ResponseRecorder {
+	t.Helper()
+	req := httptest.NewRequest("POST", "/v1/chat/completions", strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Team", team)
+	w := httptest.NewRecorder()
+	req = caddyhttp.PrepareRequest(req, caddy.NewReplacer(), w, &caddyhttp.Server{})
+	if err := h.ServeHTTP(w, req, nil); err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
+// A day's quota runs out, then comes back at midnight UTC.
+func TestLimitsQuotaDay(t *testing.T) {
+	clock := &fakeClock{now: time.Date(2030, 1, 1, 23, 0, 0, 0, time.UTC)}
+	h := limitedEcho(t, &Limits{LimitSet: LimitSet{Quota: "1000/day"}, Per: "{http.request.header.X-Team}", clock: clock})
+	// About 300 prompt tokens, echoed back: 600 used, 302 reserved.
+	body := chatWith(299, `,"max_tokens":1`)
+	for i := range 2 {
+		if w := serveDirect(t, h, body, "quota"); w.Code != 200 {
+			t.Fatalf("request %d: %d %s", i, w.Code, w.Body)
+		}
+	}
+	w := serveDirect(t, h, body, "quota")
+	if w.Code != 429 || w.Header().Get("Retry-After") != "3600" {
+		t.Fatalf("over quota: %d %v %s", w.Code, w.Header(), w.Body)
+	}
+	if e := apiError(t, w.Body.String()); e["code"] != "insufficient_quota" || e["type"] != "insufficient_quota" ||
+		!strings.Contains(e["message"].(string), "on tokens per day: Limit 1000, Used ") {
+		t.Fatalf("%s", w.Body)
+	}
+	clock.advance(59 * time.Minute)
+	if w := serveDirect(t, h, body, "quota"); w.Code != 429 || w.Header().Get("Retry-After") != "60" {
+		t.Fatalf("a minute before midnight: %d %v", w.Code, w.Header())
+	}
+	clock.advance(time.Minute)
+	if w := serveDirect(t, h, body, "quota"); w.Code != 200 {
+		t.Fatalf("after midnight: %d %s", w.Code, w.Body)
+	}
+}
+
+// A lone request larger than the tokens limit passes, capped; what it
+// used beyond its reservation is debt the next request waits for.
+func TestLimitsLoneLargeRequest(t *testing.T) {
+	clock := &fakeClock{now: time.Date(2030, 1, 1, 12, 0, 0, 0, time.UTC)}
+	h := limitedEcho(t, &Limits{LimitSet: LimitSet{Tokens: "500/1m"}, Per: "{http.request.header.X-Team}", clock: clock})
+	// ~400 prompt tokens echoed back: ~800 used, 500 reserved (capped).
+	w := serveDirect(t, h, chatWith(399, `,"max_tokens":4000`), "lone")
+	if w.Code != 200 {
+		t.Fatalf("%d %s", w.Code, w.Body)
+	}
+	w = serveDirect(t, h, chatWith(1, `,"max_tokens":10`), "lone")
+	if w.Code != 429 {
+		t.Fatalf("next request: %d %s", w.Code, w.Body)
+	}
+	wait, err := strconv.Atoi(w.Header().Get("Retry-After"))
+	if err != nil || wait < 36 || wait > 40 { // ~300 tokens of debt + 12 at 500/min
+		t.Fatalf("Retry-After %q", w.Header().Get("Retry-After"))
+	}
+	clock.advance(time.Duration(wait) * time.Second)
+	if w := serveDirect(t, h, chatWith(1, `,"max_tokens":10`), "lone"); w.Code != 200 {
+		t.Fatalf("after Retry-After: %d %s", w.Code, w.Body)
+	}
+}
+
+// redisGateway loads a gateway with limits in Redis at addr.
+func redisGateway(t *testing.T, backend, addr, limitLines, storeLines string) *gateway {
+	t.Helper()
+	return newGateway(t, `chat_gateway `+backend+` {
+		limits {
+			`+limitLines+`
+			per {http.request.header.X-Team}
+			store redis `+addr+` {
+				`+storeLines+`
+			}
+		}
+	}`)
+}
+
+// A gateway restarted mid-window keeps its counts in Redis.
+func TestLimitsRedisRestart(t *testing.T) {
+	srv := redistest.Start(t)
+	load := func() *gateway { return redisGateway(t, "", srv.Addr, "requests 5/1h", "timeout 2s") }
+	g := load()
+	for range 3 {
+		if resp, body := g.post(t, chatWith(1, ""), "X-Team", "restart"); resp.StatusCode != 200 {
+			t.Fatalf("%d %s", resp.StatusCode, body)
+		}
+	}
+	if err := caddy.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	g = load()
+	resp, body := g.post(t, chatWith(1, ""), "X-Team", "restart")
+	if resp.StatusCode != 200 || resp.Header.Get("X-Ratelimit-Remaining-Requests") != "1" {
+		t.Fatalf("after restart: %d %v %s", resp.StatusCode, resp.Header, body)
+	}
+}
+
+// storeCalls counts the commands clients sent Redis: the scripts run,
+// and all of them, connection setup included (INFO excepted; the
+// commands the scripts run are not the clients').
+func storeCalls(t *testing.T, c *redis.Client) (evals, all int64) {
+	t.Helper()
+	info, err := c.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(strings.NewReader(info))
+	for sc.Scan() {
+		name, stats, ok := strings.Cut(strings.TrimSpace(sc.Text()), ":calls=")
+		if !ok {
+			continue
+		}
+		n, _ := strconv.ParseInt(strings.SplitN(stats, ",", 2)[0], 10, 64)
+		switch strings.TrimPrefix(name, "cmdstat_") {
+		case "evalsha", "eval":
+			evals += n
+			all += n
+		case "hello", "auth", "select", "ping", "client|setinfo", "client|setname":
+			all += n
+		}
+	}
+	return evals, all
+}
+
+// Exactly one Redis round trip (a script) happens before the backend is
+// contacted, and one more (the settlement) after the reply; connections
+// are set up once and reused.
+func TestLimitsRedisRoundTrips(t *testing.T) {
+	srv := redistest.Start(t)
+	raw := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { raw.Close() })
+	var atBackend []int64
+	var mu sync.Mutex
+	be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		evals, _ := storeCalls(t, raw)
+		mu.Lock()
+		atBackend = append(atBackend, evals)
+		mu.Unlock()
+		writeJSON(w, 200, `{"choices":[{"message":{"content":"Hello"}}],"usage":{"prompt_tokens":3,"completion_tokens":1}}`)
+	})
+	g := redisGateway(t, be.URL, srv.Addr, "requests 1000/1m\n tokens 100000/1m\n concurrent 10", "timeout 2s")
+	settled := func() int64 { // waits for the settlements to land
+		last, _ := storeCalls(t, raw)
+		for {
+			time.Sleep(50 * time.Millisecond)
+			evals, _ := storeCalls(t, raw)
+			if evals == last {
+				return evals
+			}
+			last = evals
+		}
+	}
+	g.post(t, chatWith(5, ""), "X-Team", "rt") // loads the scripts
+	before := settled()
+	for i := range 5 {
+		if resp, body := g.post(t, chatWith(5, ""), "X-Team", "rt"); resp.StatusCode != 200 {
+			t.Fatalf("%d %s", resp.StatusCode, body)
+		}
+		mu.Lock()
+		got := atBackend[len(atBackend)-1] - before
+		mu.Unlock()
+		if got != 1 {
+			t.Fatalf("request %d: %d Redis calls before the backend, want 1", i, got)
+		}
+		after := settled()
+		if after-before != 2 {
+			t.Fatalf("request %d: %d Redis calls in all, want 2", i, after-before)
+		}
+		before = after
+	}
+	evals, all := storeCalls(t, raw)
+	if all-evals > 6 { // HELLO per connection (and the test's PING)
+		t.Fatalf("%d scripts but %d Redis commands for 6 requests", evals, all)
+	}
+}
+
+// Redis gone: under allow, requests pass within the timeout; under
+// deny, 503; either way service resumes by itself when Redis is back.
+func TestLimitsRedisDown(t *testing.T) {
+	srv := redistest.Start(t)
+	for _, mode := range []string{"allow", "deny"} {
+		t.Run(mode, func(t *testing.T) {
+			g := redisGateway(t, "", srv.Addr, "requests 1000/1m\n on_store_error "+mode, "timeout 100ms")
+			if resp, _ := g.post(t, chatWith(1, ""), "X-Team", mode); resp.StatusCode != 200 || resp.Header.Get("X-Ratelimit-Limit-Requests") != "1000" {
+				t.Fatalf("with Redis: %d %v", resp.StatusCode, resp.Header)
+			}
+			srv.Pause() // accepts, never answers: the timeout must cut in
+			for range 3 {
+				start := time.Now()
+				resp, body := g.post(t, chatWith(1, ""), "X-Team", mode)
+				took := time.Since(start)
+				if took > 100*time.Millisecond+time.Second {
+					t.Fatalf("answered in %s with Redis paused", took)
+				}
+				switch {
+				case mode == "allow" && (resp.StatusCode != 200 || resp.Header.Get("X-Ratelimit-Limit-Requests") != ""):
+					t.Fatalf("allow: %d %v", resp.StatusCode, resp.Header)
+				case mode == "deny" && (resp.StatusCode != 503 || apiError(t, body)["code"] != "rate_limits_unavailable"):
+					t.Fatalf("deny: %d %s", resp.StatusCode, body)
+				}
+			}
+			srv.Resume()
+			srv.Kill() // refused connections
+			resp, _ := g.post(t, chatWith(1, ""), "X-Team", mode)
+			if want := map[string]int{"allow": 200, "deny": 503}[mode]; resp.StatusCode != want {
+				t.Fatalf("Redis killed: %d, want %d", resp.StatusCode, want)
+			}
+			srv.Restart()
+			deadline := time.Now().Add(5 * time.Second)
+			for {
+				resp, _ := g.post(t, chatWith(1, ""), "X-Team", mode)
+				if resp.StatusCode == 200 && resp.Header.Get("X-Ratelimit-Limit-Requests") == "1000" {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("no recovery within 5s of Redis restarting: %d %v", resp.StatusCode, resp.Header)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		})
+	}
+}

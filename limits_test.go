@@ -4,13 +4,16 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 )
@@ -384,5 +387,102 @@ func TestLimitsConcurrent(t *testing.T) {
 	wg.Wait()
 	if resp, body := g.post(t, chatWith(1, ""), "X-Team", "c"); resp.StatusCode != 200 {
 		t.Fatalf("after the first two: %d %s", resp.StatusCode, body)
+	}
+}
+
+func TestLimitsCaddyfileErrors(t *testing.T) {
+	for input, want := range map[string]string{
+		"chat_gateway {\n limits {\n requests 10\n }\n}":                            "invalid requests '10'",
+		"chat_gateway {\n limits {\n tokens 10/y\n }\n}":                            "invalid tokens '10/y'",
+		"chat_gateway {\n limits {\n quota 10/year\n }\n}":                          "invalid quota '10/year'",
+		"chat_gateway {\n limits {\n concurrent 0\n }\n}":                           "invalid concurrent '0'",
+		"chat_gateway {\n limits {\n default_max_tokens -1\n }\n}":                  "invalid default_max_tokens",
+		"chat_gateway {\n limits {\n on_store_error maybe\n }\n}":                   "invalid on_store_error 'maybe'",
+		"chat_gateway {\n limits {\n store disk\n }\n}":                             "unrecognized store 'disk'",
+		"chat_gateway {\n limits {\n store redis\n }\n}":                            "needs an address",
+		"chat_gateway {\n limits {\n store redis a:1 {\n db x\n }\n }\n}":           "invalid db 'x'",
+		"chat_gateway {\n limits {\n store redis a:1 {\n key_prefix a{b\n }\n }\n}": "must not contain",
+		"chat_gateway {\n limits {\n store redis a:1 {\n sentinel x\n }\n }\n}":     "unrecognized redis option 'sentinel'",
+		"chat_gateway {\n limits {\n model llama* {\n per x\n }\n }\n}":             "unrecognized model limit 'per'",
+		"chat_gateway {\n limits {\n model llama*\n }\n}":                           "no limits given",
+		"chat_gateway {\n limits {\n burst 5\n }\n}":                                "unrecognized limits option 'burst'",
+		"chat_gateway {\n limits {\n requests 5/1m 6/1m\n }\n}":                     "wrong argument count",
+	} {
+		_, err := parse(t, input)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: error %v, want %q", input, err, want)
+		}
+	}
+	h, err := parse(t, "chat_gateway {\n limits {\n store memory\n requests 5/1m\n }\n}")
+	if err != nil || h.Limits.Redis != nil || h.Limits.Requests != "5/1m" {
+		t.Fatalf("%+v %v", h.Limits, err)
+	}
+}
+
+// FuzzLimitsCaddyfile: whatever limits block the Caddyfile parser
+// accepts provisions, its rates and quotas included.
+func FuzzLimitsCaddyfile(f *testing.F) {
+	f.Add("requests 600/1m\ntokens 2000/30s\nconcurrent 3\nquota 100/week\nmodel l* {\ntokens 5/s\n}\nstore redis a:1 {\ntls\ndb 1\n}")
+	f.Add("per {http.auth.user.id}\ndefault_max_tokens 9\non_store_error deny\nstore memory")
+	f.Fuzz(func(t *testing.T, body string) {
+		tokens, err := caddyfile.Tokenize([]byte("chat_gateway {\nlimits {\n"+body+"\n}\n}"), "Caddyfile")
+		if err != nil {
+			return
+		}
+		var h Handler
+		if h.UnmarshalCaddyfile(caddyfile.NewDispenser(tokens)) != nil || h.Limits == nil {
+			return
+		}
+		if _, err := h.Limits.LimitSet.parse(); err != nil {
+			t.Fatalf("accepted %q, then: %v", body, err)
+		}
+		for _, m := range h.Limits.Models {
+			if _, err := m.LimitSet.parse(); err != nil || m.Pattern == "" {
+				t.Fatalf("accepted model %+v, then: %v", m, err)
+			}
+		}
+	})
+}
+
+// FuzzGlobMatch checks the model pattern matcher against regexp.
+func FuzzGlobMatch(f *testing.F) {
+	f.Add("llama*", "llama3")
+	f.Add("*/Llama-*-8B*", "meta-llama/Llama-3.1-8B-Instruct")
+	f.Add("a*a*a", "aaa")
+	f.Fuzz(func(t *testing.T, pattern, s string) {
+		parts := strings.Split(pattern, "*")
+		for i, p := range parts {
+			parts[i] = regexp.QuoteMeta(p)
+		}
+		re, err := regexp.Compile(`^(?s:` + strings.Join(parts, ".*") + `)$`)
+		if err != nil || !utf8.ValidString(s) || !utf8.ValidString(pattern) {
+			return
+		}
+		if got, want := globMatch(pattern, s), re.MatchString(s); got != want {
+			t.Fatalf("globMatch(%q, %q) = %v, regexp says %v", pattern, s, got, want)
+		}
+	})
+}
+
+// Model limits count per model across identities; other models pass.
+func TestLimitsModel(t *testing.T) {
+	h := limitedEcho(t, &Limits{Per: "{http.request.header.X-Team}", Models: []*ModelLimits{
+		{Pattern: "llama*", LimitSet: LimitSet{Requests: "1/1h"}},
+	}})
+	model := func(name string) string {
+		return `{"model":"` + name + `","messages":[{"role":"user","content":"hi"}]}`
+	}
+	if w := serveDirect(t, h, model("llama-model-test"), "a"); w.Code != 200 {
+		t.Fatalf("%d %s", w.Code, w.Body)
+	}
+	w := serveDirect(t, h, model("llama-model-test"), "b")
+	if w.Code != 429 || !strings.Contains(w.Body.String(), "Rate limit reached for model llama-model-test on requests per 1h") {
+		t.Fatalf("same model, another identity: %d %s", w.Code, w.Body)
+	}
+	if w := serveDirect(t, h, model("llama-model-test-2"), "b"); w.Code != 200 {
+		t.Fatalf("another matching model: %d %s", w.Code, w.Body)
+	}
+	if w := serveDirect(t, h, model("qwen"), "b"); w.Code != 200 || w.Header().Get("X-Ratelimit-Limit-Requests") != "" {
+		t.Fatalf("an unlimited model: %d %v", w.Code, w.Header())
 	}
 }

@@ -3,8 +3,12 @@ package chatgateway
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -12,6 +16,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddytest"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/redis/go-redis/v9"
 
@@ -274,5 +279,128 @@ func TestLimitsRedisDown(t *testing.T) {
 				time.Sleep(50 * time.Millisecond)
 			}
 		})
+	}
+}
+
+// The example loads and limits with its Redis.
+func TestTeamLimitsExample(t *testing.T) {
+	srv := redistest.Start(t)
+	be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, 200, `{"choices":[{"message":{"content":"from llama"}}],"usage":{"prompt_tokens":3,"completion_tokens":2}}`)
+	})
+	t.Setenv("REDIS_ADDR", srv.Addr)
+	raw, err := os.ReadFile("examples/team-limits.Caddyfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := freePort(t)
+	cfg := fmt.Sprintf("{\n\tadmin localhost:%d\n\tpersist_config off\n\tgrace_period 1ns\n}\n", adminPort) +
+		strings.NewReplacer(":8080", fmt.Sprintf(":%d", port), "http://127.0.0.1:8081", be.URL).Replace(string(raw))
+	caddytest.NewTester(t).InitServer(cfg, "caddyfile")
+	g := &gateway{URL: fmt.Sprintf("http://127.0.0.1:%d", port)}
+	resp, body := g.post(t, chatWith(2, ""), "X-Team", "example")
+	if resp.StatusCode != 200 || !strings.Contains(body, "from llama") || resp.Header.Get("X-Ratelimit-Remaining-Requests") != "599" {
+		t.Fatalf("%d %v %s", resp.StatusCode, resp.Header, body)
+	}
+	keys, err := redis.NewClient(&redis.Options{Addr: srv.Addr}).Keys(context.Background(), "chat_gateway:{id:example}:*").Result()
+	if err != nil || len(keys) == 0 {
+		t.Fatalf("no counters in Redis: %v %v", keys, err)
+	}
+}
+
+// Three gateway processes sharing one Redis enforce one limit: 300
+// requests round-robin admit what one instance would (100, plus the
+// refill while they run, ±1).
+func TestLimitsCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs three Caddy processes")
+	}
+	srv := redistest.Start(t)
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "caddy")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/caddy")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building cmd/caddy: %v\n%s", err, out)
+	}
+	var urls []string
+	for i := range 3 {
+		port, admin := freePort(t), freePort(t)
+		file := filepath.Join(dir, fmt.Sprintf("Caddyfile%d", i))
+		cfg := fmt.Sprintf(`{
+	admin localhost:%d
+	persist_config off
+	http_port %d
+}
+http://127.0.0.1:%d {
+	chat_gateway {
+		limits {
+			requests 100/1m
+			per {http.request.header.X-Team}
+			store redis %s {
+				timeout 1s
+			}
+		}
+	}
+}
+`, admin, port, port, srv.Addr)
+		if err := os.WriteFile(file, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(bin, "run", "--config", file, "--adapter", "caddyfile")
+		cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		})
+		urls = append(urls, fmt.Sprintf("http://127.0.0.1:%d", port))
+	}
+	for _, u := range urls { // wait for each to serve
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			resp, err := http.Get(u + "/healthz")
+			if err == nil {
+				resp.Body.Close()
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s did not start: %v", u, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	admitted := 0
+	start := time.Now()
+	var first, last time.Time
+	for i := range 300 {
+		g := &gateway{URL: urls[i%3]}
+		sent := time.Now()
+		resp, body := g.post(t, chatWith(1, ""), "X-Team", "cluster")
+		switch resp.StatusCode {
+		case 200:
+			if admitted == 0 {
+				first = sent
+			}
+			admitted++
+			last = sent
+		case 429:
+		default:
+			t.Fatalf("%d %s", resp.StatusCode, body)
+		}
+		// Spread the requests over ~6 s, as traffic would come.
+		if wait := time.Duration(i+1)*20*time.Millisecond - time.Since(start); wait > 0 {
+			time.Sleep(wait)
+		}
+	}
+	elapsed := last.Sub(first)
+	if elapsed > 10*time.Second {
+		t.Fatalf("the requests took %s", elapsed)
+	}
+	refill := elapsed.Seconds() * 100 / 60
+	t.Logf("admitted %d of 300 in %s across 3 instances; one instance admits %.1f", admitted, elapsed, 100+refill)
+	if want := 100 + refill; float64(admitted) < want-1 || float64(admitted) > want+1 {
+		t.Fatalf("admitted %d in %s across 3 instances, one instance admits %.1f", admitted, elapsed, want)
 	}
 }

@@ -404,3 +404,40 @@ http://127.0.0.1:%d {
 		t.Fatalf("admitted %d in %s across 3 instances, one instance admits %.1f", admitted, elapsed, want)
 	}
 }
+
+// BenchmarkLimits measures what the limits add to an echo request: in
+// memory, and in a Redis on loopback (one script before the reply, one
+// after it, off the request's path).
+func BenchmarkLimits(b *testing.B) {
+	set := LimitSet{Requests: "1000000000000/1m", Tokens: "1000000000000/1m", Concurrent: 1000}
+	srv := redistest.Start(b)
+	for _, tc := range []struct {
+		name   string
+		limits *Limits
+	}{
+		{"none", nil},
+		{"memory", &Limits{LimitSet: set}},
+		{"redis", &Limits{LimitSet: set, Redis: &RedisStore{Address: srv.Addr, Timeout: caddy.Duration(time.Second)}}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			h := &Handler{Limits: tc.limits}
+			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+			defer cancel()
+			if err := h.Provision(ctx); err != nil {
+				b.Fatal(err)
+			}
+			defer h.Cleanup()
+			body := chatBody(64)
+			b.ReportAllocs()
+			for b.Loop() {
+				req := httptest.NewRequest("POST", "/v1/chat/completions", strings.NewReader(body))
+				req.Header.Set("Content-Type", "application/json")
+				w := httptest.NewRecorder()
+				req = caddyhttp.PrepareRequest(req, caddy.NewReplacer(), w, &caddyhttp.Server{})
+				if err := h.ServeHTTP(w, req, nil); err != nil || w.Code != 200 {
+					b.Fatal(w.Code, err)
+				}
+			}
+		})
+	}
+}

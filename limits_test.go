@@ -176,6 +176,7 @@ func TestLimitsBurst(t *testing.T) {
 	}
 	close(release)
 	wg.Wait()
+	t.Logf("admitted %d, refused %d", admitted.Load(), refused.Load())
 	// 10000 / (100 + 500) = 16.7; one minute of refill is far away.
 	if a, r := admitted.Load(), refused.Load(); a > 16 || a < 15 || a+r != 50 {
 		t.Fatalf("admitted %d, refused %d", a, r)
@@ -221,6 +222,7 @@ func TestLimitsEdge(t *testing.T) {
 	second := send()
 	elapsed := time.Since(start)
 	refill := int32(elapsed.Seconds()*100/60) + 1
+	t.Logf("admitted %d, then %d, in %s", first, second, elapsed)
 	if first < 100 || first+second > 100+refill {
 		t.Fatalf("admitted %d then %d in %s (refill allows %d)", first, second, elapsed, refill)
 	}

@@ -51,7 +51,27 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    include_usage_upstream
 //	    log_sizes
 //	    limits {
-//	        # see parseLimits
+//	        requests <n>/<window>
+//	        tokens <n>/<window>
+//	        concurrent <n>
+//	        quota <n>/<day|week|month>
+//	        per <placeholder>
+//	        model <pattern> {
+//	            requests <n>/<window>
+//	            tokens <n>/<window>
+//	            concurrent <n>
+//	            quota <n>/<day|week|month>
+//	        }
+//	        default_max_tokens <n>
+//	        store memory | redis <host:port> {
+//	            username <user>
+//	            password <password>
+//	            db <n>
+//	            tls
+//	            key_prefix <prefix>
+//	            timeout <duration>
+//	        }
+//	        on_store_error allow | deny
 //	    }
 //	}
 //

@@ -357,9 +357,9 @@ func (l *Limits) admit(x *exchange) bool {
 	tokens := l.reserveTokens(dims, x.req)
 	begin := time.Now()
 	dec, err := l.limiter.Reserve(x.r.Context(), dims, tokens)
-	took := time.Since(begin)
-	x.gw += took
-	if !l.memory {
+	if took := time.Since(begin); l.memory {
+		x.gw += took
+	} else { // network I/O, not the gateway's own work
 		limitMetrics.storeDuration.WithLabelValues("reserve").Observe(took.Seconds())
 	}
 	switch {
@@ -574,32 +574,8 @@ func registerLimitMetrics(registry *prometheus.Registry) error {
 	return nil
 }
 
-// parseLimits reads a limits block (the "limits" token is the current
-// one):
-//
-//	limits {
-//	    requests <n>/<window>
-//	    tokens <n>/<window>
-//	    concurrent <n>
-//	    quota <n>/<day|week|month>
-//	    per <placeholder>
-//	    model <pattern> {
-//	        requests <n>/<window>
-//	        tokens <n>/<window>
-//	        concurrent <n>
-//	        quota <n>/<day|week|month>
-//	    }
-//	    default_max_tokens <n>
-//	    store memory | redis <address> {
-//	        username <user>
-//	        password <password>
-//	        db <n>
-//	        tls
-//	        key_prefix <prefix>
-//	        timeout <duration>
-//	    }
-//	    on_store_error allow | deny
-//	}
+// parseLimits reads a limits block, whose syntax UnmarshalCaddyfile
+// shows; the "limits" token is the current one.
 func parseLimits(d *caddyfile.Dispenser) (*Limits, error) {
 	l := new(Limits)
 	if d.NextArg() {

@@ -233,6 +233,7 @@ func TestLimitsSDKRetry(t *testing.T) {
 	g := newGateway(t, `chat_gateway {
 		limits {
 			requests 1/2s
+			per sdk-retry-test
 		}
 	}`)
 	client := openai.NewClient(option.WithBaseURL(g.URL+"/v1"), option.WithAPIKey("k"), option.WithMaxRetries(2))
@@ -339,6 +340,7 @@ func TestLimitsUpstreamHeaders(t *testing.T) {
 	g := newGateway(t, `chat_gateway `+be.URL+` {
 		limits {
 			requests 10/1m
+			per upstream-headers-test
 		}
 	}`)
 	resp, body := g.post(t, chatWith(1, ""))

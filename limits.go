@@ -407,6 +407,7 @@ func (l *Limits) storeFailed(x *exchange, op string, err error) bool {
 	x.w.Header().Set("Retry-After", "1")
 	x.fail(&openai.Error{Status: http.StatusServiceUnavailable, Type: openai.TypeServer, Code: "rate_limits_unavailable",
 		Message: "The gateway cannot check its rate limits right now; please try again shortly."})
+	x.outcome = outcomeRejected
 	return false
 }
 

@@ -490,3 +490,21 @@ func TestLimitsModel(t *testing.T) {
 		t.Fatalf("an unlimited model: %d %v", w.Code, w.Header())
 	}
 }
+
+// The memory store's counts survive a config reload.
+func TestLimitsMemoryReload(t *testing.T) {
+	cfg := `chat_gateway {
+		limits {
+			requests 5/1h
+			per memory-reload-test
+		}
+	}`
+	g := newGateway(t, cfg)
+	for range 2 {
+		g.post(t, chatWith(1, ""))
+	}
+	g = newGateway(t, cfg+"\n# reloaded")
+	if resp, body := g.post(t, chatWith(1, "")); resp.StatusCode != 200 || resp.Header.Get("X-Ratelimit-Remaining-Requests") != "2" {
+		t.Fatalf("after a reload: %d %v %s", resp.StatusCode, resp.Header, body)
+	}
+}

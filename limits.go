@@ -383,21 +383,23 @@ func (l *Limits) admit(x *exchange) bool {
 	return true
 }
 
-// storeFailed counts and logs a store error and applies
-// on_store_error. It reports whether the request may go on.
+// storeFailed counts and logs a store error and, for a request's
+// admission (x set), applies on_store_error. It reports whether the
+// request may go on.
 func (l *Limits) storeFailed(x *exchange, op string, err error) bool {
 	limitMetrics.storeErrors.WithLabelValues(op).Inc()
-	result := "allowed"
-	if l.deny {
-		result = "denied"
-	}
-	if op == "reserve" {
+	fields := []zap.Field{zap.String("op", op)}
+	if x != nil {
+		result := "allowed"
+		if l.deny {
+			result = "denied"
+		}
 		limitMetrics.decisions.WithLabelValues("store", result).Inc()
+		fields = append(fields, zap.String("request_id", x.id), zap.String("result", result))
 	}
 	now := time.Now().UnixNano()
 	if last := l.errLog.Load(); now-last >= int64(storeErrorLogEvery) && l.errLog.CompareAndSwap(last, now) {
-		l.logger.Warn("limits store failed", zap.String("op", op), zap.String("on_store_error", result),
-			zap.Int64("unlogged_errors", l.unlogged.Swap(0)), zap.Error(err))
+		l.logger.Warn("limits store failed", append(fields, zap.Int64("unlogged_errors", l.unlogged.Swap(0)), zap.Error(err))...)
 	} else {
 		l.unlogged.Add(1)
 	}

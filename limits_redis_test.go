@@ -260,6 +260,16 @@ func TestLimitsRedisDown(t *testing.T) {
 					t.Fatalf("deny: %d %s", resp.StatusCode, body)
 				}
 			}
+			lines, _ := g.logs(t)
+			logged := 0
+			for _, l := range lines {
+				if l["msg"] == "limits store failed" {
+					logged++
+				}
+			}
+			if logged != 1 {
+				t.Fatalf("3 store errors logged %d times, want once per burst", logged)
+			}
 			srv.Resume()
 			srv.Kill() // refused connections
 			resp, _ := g.post(t, chatWith(1, ""), "X-Team", mode)

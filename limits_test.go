@@ -142,6 +142,7 @@ func TestLimitsBurst(t *testing.T) {
 		}
 	}`)
 	body := chatWith(100, `,"stream":true,"max_tokens":500`)
+	begin := time.Now()
 	var admitted, refused atomic.Int32
 	var wg sync.WaitGroup
 	started := make(chan struct{}, 50)
@@ -183,6 +184,16 @@ func TestLimitsBurst(t *testing.T) {
 	}
 	if n := be.count(); n != int(admitted.Load()) {
 		t.Fatalf("the backend got %d requests for %d admitted", n, admitted.Load())
+	}
+	// Each admitted stream was charged its reported usage (101 tokens),
+	// less what refilled since (10000/min).
+	probe := `{"model":"m","messages":[{"role":"user","content":"ab"}],"max_tokens":1}` // 1 + 1 tokens
+	resp, _ := g.post(t, probe, "X-Team", "burst")
+	_, rem, _ := rateHeaders(t, resp, "Tokens")
+	charged := 10000 - 2 - rem
+	refilled := int64(time.Since(begin).Seconds()*10000/60) + 1
+	if want := int64(admitted.Load()) * 101; charged > want || charged < want-refilled {
+		t.Fatalf("charged %d tokens, want %d less at most %d refilled", charged, want, refilled)
 	}
 }
 

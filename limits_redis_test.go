@@ -71,16 +71,17 @@ func serveDirect(t *testing.T, h *Handler, body, team string) *httptest.Response
 
 // A day's quota runs out, then comes back at midnight UTC.
 func TestLimitsQuotaDay(t *testing.T) {
+	quota := team("quota")
 	clock := &fakeClock{now: time.Date(2030, 1, 1, 23, 0, 0, 0, time.UTC)}
 	h := limitedEcho(t, &Limits{LimitSet: LimitSet{Quota: "1000/day"}, Per: "{http.request.header.X-Team}", clock: clock})
 	// About 300 prompt tokens, echoed back: 600 used, 302 reserved.
 	body := chatWith(299, `,"max_tokens":1`)
 	for i := range 2 {
-		if w := serveDirect(t, h, body, "quota"); w.Code != 200 {
+		if w := serveDirect(t, h, body, quota); w.Code != 200 {
 			t.Fatalf("request %d: %d %s", i, w.Code, w.Body)
 		}
 	}
-	w := serveDirect(t, h, body, "quota")
+	w := serveDirect(t, h, body, quota)
 	if w.Code != 429 || w.Header().Get("Retry-After") != "3600" {
 		t.Fatalf("over quota: %d %v %s", w.Code, w.Header(), w.Body)
 	}
@@ -89,11 +90,11 @@ func TestLimitsQuotaDay(t *testing.T) {
 		t.Fatalf("%s", w.Body)
 	}
 	clock.advance(59 * time.Minute)
-	if w := serveDirect(t, h, body, "quota"); w.Code != 429 || w.Header().Get("Retry-After") != "60" {
+	if w := serveDirect(t, h, body, quota); w.Code != 429 || w.Header().Get("Retry-After") != "60" {
 		t.Fatalf("a minute before midnight: %d %v", w.Code, w.Header())
 	}
 	clock.advance(time.Minute)
-	if w := serveDirect(t, h, body, "quota"); w.Code != 200 {
+	if w := serveDirect(t, h, body, quota); w.Code != 200 {
 		t.Fatalf("after midnight: %d %s", w.Code, w.Body)
 	}
 }
@@ -101,14 +102,15 @@ func TestLimitsQuotaDay(t *testing.T) {
 // A lone request larger than the tokens limit passes, capped; what it
 // used beyond its reservation is debt the next request waits for.
 func TestLimitsLoneLargeRequest(t *testing.T) {
+	lone := team("lone")
 	clock := &fakeClock{now: time.Date(2030, 1, 1, 12, 0, 0, 0, time.UTC)}
 	h := limitedEcho(t, &Limits{LimitSet: LimitSet{Tokens: "500/1m"}, Per: "{http.request.header.X-Team}", clock: clock})
 	// ~400 prompt tokens echoed back: ~800 used, 500 reserved (capped).
-	w := serveDirect(t, h, chatWith(399, `,"max_tokens":4000`), "lone")
+	w := serveDirect(t, h, chatWith(399, `,"max_tokens":4000`), lone)
 	if w.Code != 200 {
 		t.Fatalf("%d %s", w.Code, w.Body)
 	}
-	w = serveDirect(t, h, chatWith(1, `,"max_tokens":10`), "lone")
+	w = serveDirect(t, h, chatWith(1, `,"max_tokens":10`), lone)
 	if w.Code != 429 {
 		t.Fatalf("next request: %d %s", w.Code, w.Body)
 	}
@@ -117,7 +119,7 @@ func TestLimitsLoneLargeRequest(t *testing.T) {
 		t.Fatalf("Retry-After %q", w.Header().Get("Retry-After"))
 	}
 	clock.advance(time.Duration(wait) * time.Second)
-	if w := serveDirect(t, h, chatWith(1, `,"max_tokens":10`), "lone"); w.Code != 200 {
+	if w := serveDirect(t, h, chatWith(1, `,"max_tokens":10`), lone); w.Code != 200 {
 		t.Fatalf("after Retry-After: %d %s", w.Code, w.Body)
 	}
 }

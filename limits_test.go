@@ -18,6 +18,14 @@ import (
 	"github.com/openai/openai-go/v3/option"
 )
 
+// teams numbers the identities team hands out.
+var teams atomic.Int64
+
+// team returns name made unique to this call: the memory store lives as
+// long as the process, so a test run again (-count) or another test
+// would otherwise find its counters.
+func team(name string) string { return name + "-" + strconv.FormatInt(teams.Add(1), 10) }
+
 // chatWith is a chat request body with a prompt of about n tokens (4
 // bytes each) and the given extra members.
 func chatWith(promptTokens int, extra string) string {
@@ -43,6 +51,8 @@ func rateHeaders(t *testing.T, resp *http.Response, kind string) (limit, remaini
 
 // Headers on 200 (plain and stream) and on 429, in OpenAI's words.
 func TestLimitsHeaders(t *testing.T) {
+	blue := team("blue")
+	red := team("red")
 	g := newGateway(t, `chat_gateway {
 		limits {
 			requests 3/1m
@@ -50,7 +60,7 @@ func TestLimitsHeaders(t *testing.T) {
 			per {http.request.header.X-Team}
 		}
 	}`)
-	resp, body := g.post(t, chatWith(10, ""), "X-Team", "blue")
+	resp, body := g.post(t, chatWith(10, ""), "X-Team", blue)
 	if resp.StatusCode != 200 {
 		t.Fatalf("%d %s", resp.StatusCode, body)
 	}
@@ -62,7 +72,7 @@ func TestLimitsHeaders(t *testing.T) {
 	if l, rem, _ := rateHeaders(t, resp, "Tokens"); l != 100000 || rem != 100000-1035 {
 		t.Fatalf("tokens headers %d %d", l, rem)
 	}
-	resp, body = g.post(t, chatWith(10, `,"stream":true,"max_tokens":50`), "X-Team", "blue")
+	resp, body = g.post(t, chatWith(10, `,"stream":true,"max_tokens":50`), "X-Team", blue)
 	if resp.StatusCode != 200 || !strings.Contains(body, "[DONE]") {
 		t.Fatalf("%d %s", resp.StatusCode, body)
 	}
@@ -70,18 +80,18 @@ func TestLimitsHeaders(t *testing.T) {
 		t.Fatalf("stream: remaining requests %d", rem)
 	}
 	// Another identity has its own bucket.
-	if resp, _ := g.post(t, chatWith(10, ""), "X-Team", "red"); resp.Header.Get("X-Ratelimit-Remaining-Requests") != "2" {
+	if resp, _ := g.post(t, chatWith(10, ""), "X-Team", red); resp.Header.Get("X-Ratelimit-Remaining-Requests") != "2" {
 		t.Fatalf("red: %v", resp.Header)
 	}
-	g.post(t, chatWith(10, ""), "X-Team", "blue")
-	resp, body = g.post(t, chatWith(10, ""), "X-Team", "blue")
+	g.post(t, chatWith(10, ""), "X-Team", blue)
+	resp, body = g.post(t, chatWith(10, ""), "X-Team", blue)
 	if resp.StatusCode != 429 {
 		t.Fatalf("4th request: %d %s", resp.StatusCode, body)
 	}
 	e := apiError(t, body)
 	msg, _ := e["message"].(string)
 	if e["type"] != "rate_limit_error" || e["code"] != "rate_limit_exceeded" ||
-		!strings.HasPrefix(msg, "Rate limit reached for blue on requests per 1m: Limit 3, Used 3, Requested 1. Please try again in ") {
+		!strings.HasPrefix(msg, "Rate limit reached for "+blue+" on requests per 1m: Limit 3, Used 3, Requested 1. Please try again in ") {
 		t.Fatalf("429 body %s", body)
 	}
 	retry, err := strconv.Atoi(resp.Header.Get("Retry-After"))
@@ -97,20 +107,22 @@ func TestLimitsHeaders(t *testing.T) {
 // A prompt larger than the whole tokens limit can never pass: 429
 // without Retry-After. A large max_tokens is only capped.
 func TestLimitsTooLarge(t *testing.T) {
+	a := team("a")
+	b := team("b")
 	g := newGateway(t, `chat_gateway {
 		limits {
 			tokens 1000/1m
 			per {http.request.header.X-Team}
 		}
 	}`)
-	resp, body := g.post(t, chatWith(1200, ""), "X-Team", "a")
+	resp, body := g.post(t, chatWith(1200, ""), "X-Team", a)
 	if resp.StatusCode != 429 || resp.Header.Get("Retry-After") != "" {
 		t.Fatalf("%d %v %s", resp.StatusCode, resp.Header, body)
 	}
-	if msg := apiError(t, body)["message"].(string); !strings.HasPrefix(msg, "Request too large for a on tokens per 1m: Limit 1000, Requested 1201.") {
+	if msg := apiError(t, body)["message"].(string); !strings.HasPrefix(msg, "Request too large for "+a+" on tokens per 1m: Limit 1000, Requested 1201.") {
 		t.Fatalf("message %q", msg)
 	}
-	resp, body = g.post(t, chatWith(10, `,"max_tokens":100000`), "X-Team", "b")
+	resp, body = g.post(t, chatWith(10, `,"max_tokens":100000`), "X-Team", b)
 	if resp.StatusCode != 200 {
 		t.Fatalf("large max_tokens: %d %s", resp.StatusCode, body)
 	}
@@ -123,6 +135,7 @@ func TestLimitsTooLarge(t *testing.T) {
 // under tokens 10000/1m: at most 16 reach the backend, the rest get 429
 // without reaching it.
 func TestLimitsBurst(t *testing.T) {
+	burst := team("burst")
 	release := make(chan struct{})
 	be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
 		startSSE(w)
@@ -148,7 +161,7 @@ func TestLimitsBurst(t *testing.T) {
 	started := make(chan struct{}, 50)
 	for range 50 {
 		wg.Go(func() {
-			resp, err := http.DefaultClient.Do(g.request(body, "X-Team", "burst"))
+			resp, err := http.DefaultClient.Do(g.request(body, "X-Team", burst))
 			if err != nil {
 				t.Error(err)
 				started <- struct{}{}
@@ -188,7 +201,7 @@ func TestLimitsBurst(t *testing.T) {
 	// Each admitted stream was charged its reported usage (101 tokens),
 	// less what refilled since (10000/min).
 	probe := `{"model":"m","messages":[{"role":"user","content":"ab"}],"max_tokens":1}` // 1 + 1 tokens
-	resp, _ := g.post(t, probe, "X-Team", "burst")
+	resp, _ := g.post(t, probe, "X-Team", burst)
 	_, rem, _ := rateHeaders(t, resp, "Tokens")
 	charged := 10000 - 2 - rem
 	refilled := int64(time.Since(begin).Seconds()*10000/60) + 1
@@ -200,6 +213,7 @@ func TestLimitsBurst(t *testing.T) {
 // Edge: requests 100/1m, 100 requests at t and 100 more at t+0.2s: 100
 // admitted, then at most what refilled (1).
 func TestLimitsEdge(t *testing.T) {
+	edge := team("edge")
 	g := newGateway(t, `chat_gateway {
 		limits {
 			requests 100/1m
@@ -213,7 +227,7 @@ func TestLimitsEdge(t *testing.T) {
 		for range 10 {
 			wg.Go(func() {
 				for range jobs {
-					resp, _ := g.post(t, chatWith(1, ""), "X-Team", "edge")
+					resp, _ := g.post(t, chatWith(1, ""), "X-Team", edge)
 					if resp.StatusCode == 200 {
 						ok.Add(1)
 					}
@@ -244,7 +258,7 @@ func TestLimitsSDKRetry(t *testing.T) {
 	g := newGateway(t, `chat_gateway {
 		limits {
 			requests 1/2s
-			per sdk-retry-test
+			per `+team("sdk-retry")+`
 		}
 	}`)
 	client := openai.NewClient(option.WithBaseURL(g.URL+"/v1"), option.WithAPIKey("k"), option.WithMaxRetries(2))
@@ -266,6 +280,7 @@ func TestLimitsSDKRetry(t *testing.T) {
 // charged their usage, a failure before content is refunded, a client
 // that leaves mid-stream pays what was generated.
 func TestLimitsReconcile(t *testing.T) {
+	rec := team("rec")
 	be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
 		switch r.Header.Get("X-Mode") {
 		case "reply":
@@ -295,7 +310,7 @@ func TestLimitsReconcile(t *testing.T) {
 	// probe fails at the backend (refunded) and returns the level the
 	// identity's bucket was at.
 	probe := func() int64 {
-		resp, _ := g.post(t, body, "X-Team", "rec", "X-Mode", "fail")
+		resp, _ := g.post(t, body, "X-Team", rec, "X-Mode", "fail")
 		if resp.StatusCode != 502 {
 			t.Fatalf("probe: %d", resp.StatusCode)
 		}
@@ -308,19 +323,19 @@ func TestLimitsReconcile(t *testing.T) {
 	if lvl := probe(); lvl != 0 {
 		t.Fatalf("a failure was charged: level %d", lvl)
 	}
-	if resp, b := g.post(t, body, "X-Team", "rec", "X-Mode", "reply"); resp.StatusCode != 200 {
+	if resp, b := g.post(t, body, "X-Team", rec, "X-Mode", "reply"); resp.StatusCode != 200 {
 		t.Fatalf("%d %s", resp.StatusCode, b)
 	}
 	if lvl := probe(); lvl != 50 {
 		t.Fatalf("after a reply of 50 tokens: level %d", lvl)
 	}
-	if resp, b := g.post(t, chatWith(10, `,"max_tokens":100,"stream":true`), "X-Team", "rec", "X-Mode", "stream"); resp.StatusCode != 200 {
+	if resp, b := g.post(t, chatWith(10, `,"max_tokens":100,"stream":true`), "X-Team", rec, "X-Mode", "stream"); resp.StatusCode != 200 {
 		t.Fatalf("%d %s", resp.StatusCode, b)
 	}
 	if lvl := probe(); lvl != 100 {
 		t.Fatalf("after a stream of 50 tokens: level %d", lvl)
 	}
-	req := g.request(chatWith(10, `,"max_tokens":1000,"stream":true`), "X-Team", "rec", "X-Mode", "hang")
+	req := g.request(chatWith(10, `,"max_tokens":1000,"stream":true`), "X-Team", rec, "X-Mode", "hang")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -351,7 +366,7 @@ func TestLimitsUpstreamHeaders(t *testing.T) {
 	g := newGateway(t, `chat_gateway `+be.URL+` {
 		limits {
 			requests 10/1m
-			per upstream-headers-test
+			per `+team("upstream-headers")+`
 		}
 	}`)
 	resp, body := g.post(t, chatWith(1, ""))
@@ -362,6 +377,8 @@ func TestLimitsUpstreamHeaders(t *testing.T) {
 
 // concurrent bounds the requests in flight per identity.
 func TestLimitsConcurrent(t *testing.T) {
+	c := team("c")
+	other := team("other")
 	release := make(chan struct{})
 	arrived := make(chan struct{}, 4)
 	be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
@@ -381,26 +398,26 @@ func TestLimitsConcurrent(t *testing.T) {
 	var wg sync.WaitGroup
 	for range 2 {
 		wg.Go(func() {
-			if resp, body := g.post(t, chatWith(1, ""), "X-Team", "c"); resp.StatusCode != 200 {
+			if resp, body := g.post(t, chatWith(1, ""), "X-Team", c); resp.StatusCode != 200 {
 				t.Errorf("%d %s", resp.StatusCode, body)
 			}
 		})
 	}
 	<-arrived
 	<-arrived
-	resp, body := g.post(t, chatWith(1, ""), "X-Team", "c")
+	resp, body := g.post(t, chatWith(1, ""), "X-Team", c)
 	if e := apiError(t, body); resp.StatusCode != 429 || e["code"] != "too_many_concurrent_requests" || resp.Header.Get("Retry-After") != "1" {
 		t.Fatalf("third: %d %v %s", resp.StatusCode, resp.Header, body)
 	}
 	wg.Go(func() { // another identity has its own two slots
-		if resp, body := g.post(t, chatWith(1, ""), "X-Team", "other"); resp.StatusCode != 200 {
+		if resp, body := g.post(t, chatWith(1, ""), "X-Team", other); resp.StatusCode != 200 {
 			t.Errorf("another identity: %d %s", resp.StatusCode, body)
 		}
 	})
 	<-arrived
 	close(release)
 	wg.Wait()
-	if resp, body := g.post(t, chatWith(1, ""), "X-Team", "c"); resp.StatusCode != 200 {
+	if resp, body := g.post(t, chatWith(1, ""), "X-Team", c); resp.StatusCode != 200 {
 		t.Fatalf("after the first two: %d %s", resp.StatusCode, body)
 	}
 }
@@ -481,23 +498,24 @@ func FuzzGlobMatch(f *testing.F) {
 
 // Model limits count per model across identities; other models pass.
 func TestLimitsModel(t *testing.T) {
+	llama, llama2 := team("llama-model"), team("llama-model")
 	h := limitedEcho(t, &Limits{Per: "{http.request.header.X-Team}", Models: []*ModelLimits{
 		{Pattern: "llama*", LimitSet: LimitSet{Requests: "1/1h"}},
 	}})
 	model := func(name string) string {
 		return `{"model":"` + name + `","messages":[{"role":"user","content":"hi"}]}`
 	}
-	if w := serveDirect(t, h, model("llama-model-test"), "a"); w.Code != 200 {
+	if w := serveDirect(t, h, model(llama), team("a")); w.Code != 200 {
 		t.Fatalf("%d %s", w.Code, w.Body)
 	}
-	w := serveDirect(t, h, model("llama-model-test"), "b")
-	if w.Code != 429 || !strings.Contains(w.Body.String(), "Rate limit reached for model llama-model-test on requests per 1h") {
+	w := serveDirect(t, h, model(llama), team("b"))
+	if w.Code != 429 || !strings.Contains(w.Body.String(), "Rate limit reached for model "+llama+" on requests per 1h") {
 		t.Fatalf("same model, another identity: %d %s", w.Code, w.Body)
 	}
-	if w := serveDirect(t, h, model("llama-model-test-2"), "b"); w.Code != 200 {
+	if w := serveDirect(t, h, model(llama2), team("b")); w.Code != 200 {
 		t.Fatalf("another matching model: %d %s", w.Code, w.Body)
 	}
-	if w := serveDirect(t, h, model("qwen"), "b"); w.Code != 200 || w.Header().Get("X-Ratelimit-Limit-Requests") != "" {
+	if w := serveDirect(t, h, model("qwen"), team("b")); w.Code != 200 || w.Header().Get("X-Ratelimit-Limit-Requests") != "" {
 		t.Fatalf("an unlimited model: %d %v", w.Code, w.Header())
 	}
 }
@@ -507,7 +525,7 @@ func TestLimitsMemoryReload(t *testing.T) {
 	cfg := `chat_gateway {
 		limits {
 			requests 5/1h
-			per memory-reload-test
+			per `+team("memory-reload")+`
 		}
 	}`
 	g := newGateway(t, cfg)

@@ -525,7 +525,7 @@ func TestLimitsMemoryReload(t *testing.T) {
 	cfg := `chat_gateway {
 		limits {
 			requests 5/1h
-			per `+team("memory-reload")+`
+			per ` + team("memory-reload") + `
 		}
 	}`
 	g := newGateway(t, cfg)

@@ -63,6 +63,29 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        keys_file <path>
 //	    }
 //	    metrics_per_key [<max>]
+//	    limits {
+//	        requests <n>/<window>
+//	        tokens <n>/<window>
+//	        concurrent <n>
+//	        quota <n>/<day|week|month>
+//	        per <placeholder>
+//	        model <pattern> {
+//	            requests <n>/<window>
+//	            tokens <n>/<window>
+//	            concurrent <n>
+//	            quota <n>/<day|week|month>
+//	        }
+//	        default_max_tokens <n>
+//	        store memory | redis <host:port> {
+//	            username <user>
+//	            password <password>
+//	            db <n>
+//	            tls
+//	            key_prefix <prefix>
+//	            timeout <duration>
+//	        }
+//	        on_store_error allow | deny
+//	    }
 //	}
 //
 // Backend URLs are base URLs as OpenAI SDKs take them, such as
@@ -104,6 +127,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := h.unmarshalKeyOption(d); err != nil {
 				return err
 			}
+		case "limits":
+			l, err := parseLimits(d)
+			if err != nil {
+				return err
+			}
+			h.Limits = l
 		case "echo":
 			if d.NextArg() {
 				return d.ArgErr()

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/chatgateway/caddy-chat-gateway/internal/keys"
+	"github.com/chatgateway/caddy-chat-gateway/internal/limits"
 	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
 )
 
@@ -112,6 +113,8 @@ type exchange struct {
 	// backendError is what a backend's 5xx reply said, redacted and
 	// truncated, for the log only.
 	backendError string
+	// reservation is what the limits reserved, settled by finish.
+	reservation *limits.Reservation
 }
 
 func (h *Handler) newExchange(w http.ResponseWriter, r *http.Request) *exchange {
@@ -209,6 +212,9 @@ func (h *Handler) serveEndpoint(x *exchange, ep openai.Endpoint) {
 	x.repl.Set("http.chat_gateway.model", req.Model)
 	if !x.allowed(req.Model) {
 		x.fail(modelNotFound(req.Model))
+		return
+	}
+	if h.Limits != nil && !h.Limits.admit(x) {
 		return
 	}
 	if h.echoMode() {
@@ -334,6 +340,9 @@ func (x *exchange) publish() {
 // finish records how the request ended, in the metrics, the access
 // log, the placeholders and the module log.
 func (x *exchange) finish() {
+	if x.reservation != nil {
+		x.h.Limits.settle(x)
+	}
 	x.out.release()
 	x.publish()
 	if x.ep != nil {

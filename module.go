@@ -157,6 +157,10 @@ type Handler struct {
 	// "other". Default: 0, no key label values.
 	MetricsPerKey int `json:"metrics_per_key,omitempty"`
 
+	// Limits, when set, are rate limits, concurrency limits and token
+	// quotas per client identity and per model. Default: none.
+	Limits *Limits `json:"limits,omitempty"`
+
 	// routes maps a model name (or alias) to where it is served.
 	routes map[string]route
 	// catchAll is the backend without models: it serves every model no
@@ -211,6 +215,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	repl := caddy.NewReplacer()
 	if err := h.provisionAuth(repl); err != nil {
 		return err
+	}
+	if h.Limits != nil {
+		if err := h.Limits.provision(ctx, repl); err != nil {
+			return fmt.Errorf("limits: %w", err)
+		}
 	}
 	names := make(map[*Backend]string, len(h.Backends))
 	for _, b := range h.Backends {
@@ -278,6 +287,14 @@ func (h *Handler) Validate() error {
 		if d < 0 {
 			return fmt.Errorf("%s must not be negative", name)
 		}
+	}
+	return nil
+}
+
+// Cleanup releases the limits' store once no config uses it.
+func (h *Handler) Cleanup() error {
+	if h.Limits != nil {
+		return h.Limits.cleanup()
 	}
 	return nil
 }
@@ -473,6 +490,7 @@ func withUpstreamIdle(proxyJSON json.RawMessage) json.RawMessage {
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
 	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 	_ caddyfile.Unmarshaler       = (*Handler)(nil)
 )

@@ -96,7 +96,7 @@ func (h *Handler) forward(x *exchange, rt route, body []byte) {
 			return
 		}
 		x.retries++
-		clearPassedHeaders(x.w.Header()) // the failed attempt's rate limits are not the next one's
+		h.clearPassedHeaders(x.w.Header()) // the failed attempt's rate limits are not the next one's
 		if c := h.logger.Check(zapcore.DebugLevel, "retrying"); c != nil {
 			c.Write(zap.String("request_id", x.id), zap.String("code", e.Code), zap.Int("status", e.Status), zap.Bool("fallback", next.backend != rt.backend))
 		}
@@ -519,11 +519,13 @@ func (u *upstreamWriter) settle(ctx context.Context, proxyErr error, aborted boo
 	x := u.x
 	x.upstreamErr = proxyErr
 	cause := context.Cause(ctx)
+	if u.stream { // what was generated, a client that left included
+		x.setResult(u.st.Result())
+	}
 	if x.r.Context().Err() != nil || u.out.err != nil {
 		return &openai.Error{Status: 499, Type: openai.TypeInvalidRequest, Code: "client_closed_request", Message: "The client closed the request."}
 	}
 	if u.stream {
-		x.setResult(u.st.Result())
 		if u.failed == nil {
 			switch {
 			case errors.Is(cause, errFirstTokenTimeout):
@@ -738,30 +740,46 @@ func (h *Handler) redactUpstreamKeys(s string) string {
 
 // passHeaders copies the backend's response headers a client may rely
 // on, rate-limit information, redacted. Everything else stays behind.
+// The backend's X-Ratelimit-* headers become X-Upstream-Ratelimit-* when
+// the gateway has limits of its own.
 func (h *Handler) passHeaders(dst, src http.Header) {
+	prefix := h.upstreamRateLimitPrefix()
 	for k, v := range src {
-		if passed(k) {
-			for i, s := range v {
-				if r := h.redactUpstreamKeys(s); r != s {
-					v = slices.Clone(v)
-					v[i] = r
-				}
-			}
-			dst[k] = v
+		name, ok := k, k == "Retry-After"
+		if rest, limit := strings.CutPrefix(k, "X-Ratelimit-"); limit {
+			name, ok = prefix+rest, true
 		}
+		if !ok {
+			continue
+		}
+		for i, s := range v {
+			if r := h.redactUpstreamKeys(s); r != s {
+				v = slices.Clone(v)
+				v[i] = r
+			}
+		}
+		dst[name] = v
 	}
 }
 
 // clearPassedHeaders removes what passHeaders copied.
-func clearPassedHeaders(h http.Header) {
-	for k := range h {
-		if passed(k) {
-			delete(h, k)
+func (h *Handler) clearPassedHeaders(hdr http.Header) {
+	prefix := h.upstreamRateLimitPrefix()
+	for k := range hdr {
+		if k == "Retry-After" || strings.HasPrefix(k, prefix) {
+			delete(hdr, k)
 		}
 	}
 }
 
-func passed(k string) bool { return k == "Retry-After" || strings.HasPrefix(k, "X-Ratelimit-") }
+// upstreamRateLimitPrefix starts the names under which the backend's
+// X-Ratelimit-* headers reach the client.
+func (h *Handler) upstreamRateLimitPrefix() string {
+	if h.Limits != nil {
+		return "X-Upstream-Ratelimit-"
+	}
+	return "X-Ratelimit-"
+}
 
 func isEventStream(contentType string) bool {
 	mt, _, _ := mime.ParseMediaType(contentType)

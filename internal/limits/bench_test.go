@@ -6,6 +6,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/chatgateway/caddy-chat-gateway/internal/redistest"
 )
 
 // benchDims is a typical keyed request: requests, tokens and concurrency
@@ -82,14 +84,14 @@ func BenchmarkMemoryReserveReconcileParallel(b *testing.B) {
 
 // Two round trips per op: the reservation and the reconciliation.
 func BenchmarkRedisReserveReconcile(b *testing.B) {
-	srv := startRedis(b)
-	benchReserveReconcile(b, New(openRedis(b, srv.addr, "bench:", 5*time.Second), nil, 0))
+	srv := redistest.Start(b)
+	benchReserveReconcile(b, New(openRedis(b, srv.Addr, "bench:", 5*time.Second), nil, 0))
 }
 
 // One round trip per op: the reservation on the request path.
 func BenchmarkRedisReserve(b *testing.B) {
-	srv := startRedis(b)
-	l := New(openRedis(b, srv.addr, "bench:", 5*time.Second), nil, 0)
+	srv := redistest.Start(b)
+	l := New(openRedis(b, srv.Addr, "bench:", 5*time.Second), nil, 0)
 	ctx := context.Background()
 	dims := benchDims("key:a")[:2]
 	defer reportCPU(b)()

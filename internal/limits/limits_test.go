@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/chatgateway/caddy-chat-gateway/internal/redistest"
 )
 
 // t0 is a Thursday afternoon, UTC.
@@ -26,7 +28,7 @@ var stores = []storeCase{
 		return m
 	}},
 	{"redis", func(t *testing.T) Store {
-		return openRedis(t, startRedis(t).addr, uniquePrefix(), 2*time.Second)
+		return openRedis(t, redistest.Start(t).Addr, uniquePrefix(), 2*time.Second)
 	}},
 }
 

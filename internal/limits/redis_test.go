@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/chatgateway/caddy-chat-gateway/internal/redistest"
 )
 
 // commandCounter is a go-redis hook that records the commands sent.
@@ -55,8 +57,8 @@ func rawClient(t *testing.T, addr string) *redis.Client {
 // Exactly one round trip per reservation and per settlement, none for a
 // request that can never pass.
 func TestRedisOneRoundTrip(t *testing.T) {
-	srv := startRedis(t)
-	store := openRedis(t, srv.addr, uniquePrefix(), 2*time.Second)
+	srv := redistest.Start(t)
+	store := openRedis(t, srv.Addr, uniquePrefix(), 2*time.Second)
 	counter := &commandCounter{}
 	store.AddHook(counter)
 	l := New(store, nil, 0)
@@ -109,7 +111,7 @@ func TestRedisOneRoundTrip(t *testing.T) {
 		t.Fatalf("a request that can never pass sent %v", got)
 	}
 	// After SCRIPT FLUSH (or a restart) the script is sent again.
-	if err := rawClient(t, srv.addr).ScriptFlush(ctx).Err(); err != nil {
+	if err := rawClient(t, srv.Addr).ScriptFlush(ctx).Err(); err != nil {
 		t.Fatal(err)
 	}
 	if d := reserve(t, l, dims, 10); d.Denial != nil {
@@ -123,11 +125,11 @@ func TestRedisOneRoundTrip(t *testing.T) {
 // Two stores (two gateways) on one server enforce one limit exactly, and
 // a new store (a restarted gateway) finds the counts where they were.
 func TestRedisSharedAndPersistent(t *testing.T) {
-	srv := startRedis(t)
+	srv := redistest.Start(t)
 	prefix := uniquePrefix()
 	clock := newFakeClock(t0)
-	a := New(openRedis(t, srv.addr, prefix, 2*time.Second), clock, 0)
-	b := New(openRedis(t, srv.addr, prefix, 2*time.Second), clock, 0)
+	a := New(openRedis(t, srv.Addr, prefix, 2*time.Second), clock, 0)
+	b := New(openRedis(t, srv.Addr, prefix, 2*time.Second), clock, 0)
 	dims := []Dimension{RequestsPer("key:a", mustRate(t, "100/1m")), TokensPer("key:a", mustRate(t, "10000/1m"))}
 	admitted := 0
 	var wg sync.WaitGroup
@@ -155,7 +157,7 @@ func TestRedisSharedAndPersistent(t *testing.T) {
 		t.Fatalf("two stores admitted %d, want 100", admitted)
 	}
 	clock.Advance(6 * time.Second) // 10 requests refill
-	restarted := New(openRedis(t, srv.addr, prefix, 2*time.Second), clock, 0)
+	restarted := New(openRedis(t, srv.Addr, prefix, 2*time.Second), clock, 0)
 	for i := range 10 {
 		d := reserve(t, restarted, dims, 10)
 		if d.Denial != nil {
@@ -172,16 +174,16 @@ func TestRedisSharedAndPersistent(t *testing.T) {
 
 // Keys are hash-tagged by scope, prefixed, and expire.
 func TestRedisKeys(t *testing.T) {
-	srv := startRedis(t)
+	srv := redistest.Start(t)
 	clock := newFakeClock(t0)
-	l := New(openRedis(t, srv.addr, "gw:", 2*time.Second), clock, 30*time.Minute)
+	l := New(openRedis(t, srv.Addr, "gw:", 2*time.Second), clock, 30*time.Minute)
 	ctx := context.Background()
 	dims := []Dimension{
 		RequestsPer("key:a", mustRate(t, "10/1m")), TokensPer("key:a", mustRate(t, "1000/1m")),
 		ConcurrentMax("key:a", 2), QuotaOf("key:a", Quota{5000, Day}), TokensPer("model:m", mustRate(t, "1000/1m")),
 	}
 	d := reserve(t, l, dims, 500)
-	raw := rawClient(t, srv.addr)
+	raw := rawClient(t, srv.Addr)
 	// The bucket expires when it would be full again, plus a second.
 	want := map[string]time.Duration{
 		"gw:{key:a}:requests":       6*time.Second + time.Second,
@@ -211,7 +213,7 @@ func TestRedisKeys(t *testing.T) {
 	if err != nil || len(keys) != 1 || keys[0] != "gw:{key:a}:quota:20261126" {
 		t.Fatalf("keys after a refund: %v, %v; want only the quota's", keys, err)
 	}
-	if _, err := NewRedis(RedisOptions{Address: srv.addr, KeyPrefix: "a{b}:"}); err == nil {
+	if _, err := NewRedis(RedisOptions{Address: srv.Addr, KeyPrefix: "a{b}:"}); err == nil {
 		t.Fatal("a key prefix with a hash tag accepted")
 	}
 }
@@ -219,11 +221,11 @@ func TestRedisKeys(t *testing.T) {
 // A server that stops answering, dies or comes back: errors within the
 // timeout, then service again within seconds.
 func TestRedisOutage(t *testing.T) {
-	srv := startRedis(t)
+	srv := redistest.Start(t)
 	const timeout = 100 * time.Millisecond
 	// Scheduling on a loaded machine, not Redis, takes the margin.
 	const margin = 400 * time.Millisecond
-	l := New(openRedis(t, srv.addr, uniquePrefix(), timeout), nil, 0)
+	l := New(openRedis(t, srv.Addr, uniquePrefix(), timeout), nil, 0)
 	dims := []Dimension{RequestsPer("key:a", mustRate(t, "1000000/1m")), ConcurrentMax("key:a", 1000)}
 	ctx := context.Background()
 	reserveTimed := func() (time.Duration, error) {
@@ -235,22 +237,22 @@ func TestRedisOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	srv.pause()
+	srv.Pause()
 	for range 3 {
 		if took, err := reserveTimed(); err == nil || took > timeout+margin {
 			t.Fatalf("paused server: %v after %s, want an error within %s", err, took, timeout)
 		}
 	}
-	srv.resume()
+	srv.Resume()
 	waitRecovery(t, l, dims)
 
-	srv.stop()
+	srv.Kill()
 	for range 3 {
 		if took, err := reserveTimed(); err == nil || took > timeout+margin {
 			t.Fatalf("dead server: %v after %s, want an error within %s", err, took, timeout)
 		}
 	}
-	srv.start()
+	srv.Restart()
 	waitRecovery(t, l, dims)
 }
 
@@ -276,11 +278,11 @@ func waitRecovery(t *testing.T, l *Limiter, dims []Dimension) {
 // ACL users and passwords work, and a wrong password's error does not
 // repeat it.
 func TestRedisAuth(t *testing.T) {
-	srv := startRedis(t, "--requirepass", "s3cret-pw", "--user", "gw", "on", ">gw-pw-123", "~*", "+@all")
+	srv := redistest.Start(t, "--requirepass", "s3cret-pw", "--user", "gw", "on", ">gw-pw-123", "~*", "+@all")
 	dims := []Dimension{RequestsPer("key:a", mustRate(t, "10/1m"))}
 	for _, o := range []RedisOptions{
-		{Address: srv.addr, Password: "s3cret-pw"},
-		{Address: srv.addr, Username: "gw", Password: "gw-pw-123", DB: 3},
+		{Address: srv.Addr, Password: "s3cret-pw"},
+		{Address: srv.Addr, Username: "gw", Password: "gw-pw-123", DB: 3},
 	} {
 		r, err := NewRedis(o)
 		if err != nil {
@@ -292,7 +294,7 @@ func TestRedisAuth(t *testing.T) {
 		r.Close()
 	}
 	for db, want := range map[int]int64{3: 1, 5: 0} {
-		c := redis.NewClient(&redis.Options{Addr: srv.addr, Password: "s3cret-pw", DB: db})
+		c := redis.NewClient(&redis.Options{Addr: srv.Addr, Password: "s3cret-pw", DB: db})
 		n, err := c.Exists(context.Background(), "{key:a}:requests").Result()
 		c.Close()
 		if err != nil || n != want {
@@ -300,9 +302,9 @@ func TestRedisAuth(t *testing.T) {
 		}
 	}
 	for _, o := range []RedisOptions{
-		{Address: srv.addr, Password: "wrong-pw-456"},
-		{Address: srv.addr, Username: "gw", Password: "wrong-pw-456"},
-		{Address: srv.addr},
+		{Address: srv.Addr, Password: "wrong-pw-456"},
+		{Address: srv.Addr, Username: "gw", Password: "wrong-pw-456"},
+		{Address: srv.Addr},
 	} {
 		r, err := NewRedis(o)
 		if err != nil {
@@ -319,9 +321,9 @@ func TestRedisAuth(t *testing.T) {
 // With TLS set, the store speaks TLS; without it, it cannot talk to a
 // TLS-only server.
 func TestRedisTLS(t *testing.T) {
-	srv, conf := startRedisTLS(t)
+	srv, conf := redistest.StartTLS(t)
 	dims := []Dimension{RequestsPer("key:a", mustRate(t, "1/1m"))}
-	r, err := NewRedis(RedisOptions{Address: srv.addr, TLS: conf, Timeout: 2 * time.Second})
+	r, err := NewRedis(RedisOptions{Address: srv.Addr, TLS: conf, Timeout: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -333,7 +335,7 @@ func TestRedisTLS(t *testing.T) {
 	if d := reserve(t, l, dims, 0); d.Denial == nil {
 		t.Fatal("second request admitted: the bucket was not kept")
 	}
-	plain := openRedis(t, srv.addr, "", 200*time.Millisecond)
+	plain := openRedis(t, srv.Addr, "", 200*time.Millisecond)
 	if _, err := New(plain, nil, 0).Reserve(context.Background(), dims, 0); err == nil {
 		t.Fatal("plain connection to a TLS-only server succeeded")
 	}

@@ -16,6 +16,7 @@ const (
 	TypeInvalidRequest = "invalid_request_error"
 	TypeAuthentication = "authentication_error"
 	TypeRateLimit      = "rate_limit_error"
+	TypeServer         = "server_error"
 	TypeUpstream       = "upstream_error"
 	TypeTimeout        = "timeout_error"
 )

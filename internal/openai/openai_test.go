@@ -48,6 +48,10 @@ func TestParseChatRequestErrors(t *testing.T) {
 		{`{"messages":[{"role":"user","content":"x"}],"stream":"true"}`, "stream", "invalid_type"},
 		{`{"messages":[{"role":"user","content":"x"}],"model":7}`, "model", "invalid_type"},
 		{`{"messages":[{"role":"user","content":"x"}],"stream_options":true}`, "stream_options", "invalid_type"},
+		{`{"messages":[{"role":"user","content":"x"}],"max_tokens":"5"}`, "max_tokens", "invalid_type"},
+		{`{"messages":[{"role":"user","content":"x"}],"max_tokens":-1}`, "max_tokens", "invalid_type"},
+		{`{"messages":[{"role":"user","content":"x"}],"max_completion_tokens":1.5}`, "max_completion_tokens", "invalid_type"},
+		{`{"messages":[{"role":"user","content":"x"}],"max_tokens":1,"max_tokens":2}`, "max_tokens", "duplicate_key"},
 		{`{"messages":[{"role":"user","content":"x"}],"stream":true,"stream":false}`, "stream", "duplicate_key"},
 		// Escapes hide nothing: keys are compared as decoded (RFC 8259).
 		{`{"model":"a","mod\u0065l":"b","messages":[{"role":"user","content":"x"}]}`, "model", "duplicate_key"},
@@ -227,6 +231,7 @@ func FuzzChatRequest(f *testing.F) {
 	f.Add([]byte(`{"messages":[{"role":"user","content":"hi\u00e9\n"}],"stream_options":{"include_usage":true}}`))
 	f.Add([]byte(`{"messages":[{"role":"user","content":"x"}],"n":-1.5e+3,"t":[true,false,null,{}]}`))
 	f.Add([]byte(` [1, "2"] `))
+	f.Add([]byte(`{"messages":[{"role":"user","content":"x"}],"max_tokens":500,"max_completion_tokens":null}`))
 	f.Add([]byte(`{"model":"a","mod\u0065l":"b","messages":[{"role":"user","r\u006fle":"user","content":"x"}]}`))
 	f.Add([]byte(`{"str\u0065am":true,"stream_options":{"include_\u0075sage":true},"messages":[{"\u0072ole":"user","content":"x"}]}`))
 	f.Fuzz(func(t *testing.T, body []byte) {

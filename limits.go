@@ -1,0 +1,780 @@
+package chatgateway
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/chatgateway/caddy-chat-gateway/internal/limits"
+	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
+)
+
+// Defaults of the limits block.
+const (
+	defaultLimitsPer        = "{http.auth.user.id}"
+	defaultMaxTokensReserve = 1024
+	// storeErrorLogEvery is how often store errors are logged: once per
+	// burst, with the number left unlogged since.
+	storeErrorLogEvery = 10 * time.Second
+	// maxReserve bounds a reservation where no tokens limit caps it (a
+	// quota alone): far above any context window.
+	maxReserve = 1 << 40
+)
+
+// LimitSet is a set of limits on one scope. Every field is optional; an
+// empty one means no such limit.
+type LimitSet struct {
+	// Requests limits requests per window, as "<n>/<window>" with a
+	// window of [k]s, m, h or d, e.g. "600/1m": a token bucket of n
+	// requests refilled continuously over the window.
+	Requests string `json:"requests,omitempty"`
+
+	// Tokens limits prompt plus completion tokens per window, as
+	// "<n>/<window>", e.g. "200000/1m".
+	Tokens string `json:"tokens,omitempty"`
+
+	// Concurrent limits the requests in flight at once.
+	Concurrent int64 `json:"concurrent,omitempty"`
+
+	// Quota limits tokens per UTC calendar period, as
+	// "<n>/<day|week|month>", e.g. "1000000/month". It starts afresh at
+	// each period boundary.
+	Quota string `json:"quota,omitempty"`
+}
+
+// parse returns the limits of s.
+func (s LimitSet) parse() (limits.Set, error) {
+	var set limits.Set
+	var err error
+	if s.Requests != "" {
+		if set.Requests, err = limits.ParseRate(s.Requests); err != nil {
+			return set, fmt.Errorf("requests: %w", err)
+		}
+	}
+	if s.Tokens != "" {
+		if set.Tokens, err = limits.ParseRate(s.Tokens); err != nil {
+			return set, fmt.Errorf("tokens: %w", err)
+		}
+	}
+	if s.Quota != "" {
+		if set.Quota, err = limits.ParseQuota(s.Quota); err != nil {
+			return set, fmt.Errorf("quota: %w", err)
+		}
+	}
+	if s.Concurrent < 0 {
+		return set, errors.New("concurrent must not be negative")
+	}
+	set.Concurrent = s.Concurrent
+	return set, nil
+}
+
+// ModelLimits are limits on the requests for the models a pattern
+// matches, counted per model across all callers: they protect a backend.
+type ModelLimits struct {
+	// Pattern is a model name, or a pattern in which * stands for any
+	// text (e.g. "llama*"), matched against the model the client asks
+	// for. The first pattern that matches applies.
+	Pattern string `json:"pattern"`
+
+	LimitSet
+}
+
+// RedisStore is a Redis server holding the limits' counters, shared by
+// every gateway instance that uses it.
+type RedisStore struct {
+	// Address is the server's host:port.
+	Address string `json:"address"`
+
+	// Username is the ACL user. Default: the default user.
+	Username string `json:"username,omitempty"`
+
+	// Password authenticates the connection; placeholders such as
+	// {env.REDIS_PASSWORD} are resolved when the config loads.
+	Password string `json:"password,omitempty"`
+
+	// DB is the database number. Default: 0.
+	DB int `json:"db,omitempty"`
+
+	// TLS connects with TLS, verifying the server's certificate.
+	TLS bool `json:"tls,omitempty"`
+
+	// KeyPrefix starts every key. Default: "chat_gateway:".
+	KeyPrefix string `json:"key_prefix,omitempty"`
+
+	// Timeout bounds every call to Redis, connecting included: no
+	// request waits longer for its admission. Default: 50ms.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+}
+
+// Limits are rate limits, concurrency limits and token quotas per
+// identity (the key id, else the client IP) and per model, checked and
+// reserved before a request reaches a backend and reconciled with its
+// real usage after. See the README's "Limits" section.
+type Limits struct {
+	// The limits of each identity.
+	LimitSet
+
+	// Per is the placeholder naming the identity the limits apply to.
+	// Where it is empty, the client IP is used. Its value appears in 429
+	// messages: never name a secret here. Default: {http.auth.user.id},
+	// the user id set by an authentication handler.
+	Per string `json:"per,omitempty"`
+
+	// Models are limits per model, across all callers.
+	Models []*ModelLimits `json:"models,omitempty"`
+
+	// DefaultMaxTokens is the completion budget reserved for a request
+	// that sets neither max_completion_tokens nor max_tokens. Default:
+	// 1024. A reservation is always capped at the tokens limit.
+	DefaultMaxTokens int64 `json:"default_max_tokens,omitempty"`
+
+	// Redis, when set, keeps the counters in Redis, shared by every
+	// gateway using it; else they are kept in this process's memory,
+	// surviving config reloads.
+	Redis *RedisStore `json:"redis,omitempty"`
+
+	// OnStoreError is what happens to a request when the store cannot
+	// answer within its timeout: "allow" lets it pass unlimited, "deny"
+	// answers 503. Either way it is logged and counted. Default: allow.
+	OnStoreError string `json:"on_store_error,omitempty"`
+
+	clock    limits.Clock // nil: time.Now; tests set a fake one
+	set      limits.Set
+	models   []modelSet
+	limiter  *limits.Limiter
+	memory   bool   // the store is in memory: settling costs no I/O
+	poolKey  string // the store's key in limitStores
+	deny     bool   // on_store_error deny
+	logger   *zap.Logger
+	pending  sync.WaitGroup // settlements running off the request's path
+	errLog   atomic.Int64   // when a store error was last logged, in ns
+	unlogged atomic.Int64   // store errors since
+}
+
+// modelSet is a parsed ModelLimits.
+type modelSet struct {
+	pattern string
+	set     limits.Set
+}
+
+// limitStores are the stores in use, shared across config reloads so
+// counters and connections survive them, keyed by the store's settings.
+var limitStores = caddy.NewUsagePool()
+
+// provision parses the limits and opens (or shares) their store.
+func (l *Limits) provision(ctx caddy.Context, repl *caddy.Replacer) error {
+	l.logger = ctx.Logger()
+	var err error
+	if l.set, err = l.LimitSet.parse(); err != nil {
+		return err
+	}
+	for i, m := range l.Models {
+		if m == nil || m.Pattern == "" {
+			return fmt.Errorf("model limits %d: pattern missing", i)
+		}
+		set, err := m.LimitSet.parse()
+		if err != nil {
+			return fmt.Errorf("model %s: %w", m.Pattern, err)
+		}
+		l.models = append(l.models, modelSet{pattern: m.Pattern, set: set})
+	}
+	if l.Per == "" {
+		l.Per = defaultLimitsPer
+	}
+	if l.DefaultMaxTokens == 0 {
+		l.DefaultMaxTokens = defaultMaxTokensReserve
+	}
+	switch l.OnStoreError {
+	case "", "allow":
+	case "deny":
+		l.deny = true
+	default:
+		return fmt.Errorf("on_store_error must be allow or deny, not %q", l.OnStoreError)
+	}
+	if err := registerLimitMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("registering limit metrics: %w", err)
+	}
+	key, open := "memory", func() (caddy.Destructor, error) { return limits.NewMemory(), nil }
+	if l.Redis == nil {
+		l.memory = true
+	} else {
+		opts, err := l.Redis.options(repl)
+		if err != nil {
+			return err
+		}
+		settings, _ := json.Marshal(struct {
+			limits.RedisOptions
+			TLS bool
+		}{opts, opts.TLS != nil})
+		key = "redis:" + string(settings)
+		open = func() (caddy.Destructor, error) { return limits.NewRedis(opts) }
+	}
+	store, _, err := limitStores.LoadOrNew(key, open)
+	if err != nil {
+		return fmt.Errorf("opening the limits store: %w", err)
+	}
+	l.poolKey = key
+	l.limiter = limits.New(store.(limits.Store), l.clock, 0)
+	return nil
+}
+
+// options returns the Redis client's options, placeholders resolved.
+func (s *RedisStore) options(repl *caddy.Replacer) (limits.RedisOptions, error) {
+	o := limits.RedisOptions{
+		Address:   repl.ReplaceKnown(s.Address, ""),
+		Username:  repl.ReplaceKnown(s.Username, ""),
+		Password:  repl.ReplaceKnown(s.Password, ""),
+		DB:        s.DB,
+		KeyPrefix: s.KeyPrefix,
+		Timeout:   time.Duration(s.Timeout),
+	}
+	if o.KeyPrefix == "" {
+		o.KeyPrefix = "chat_gateway:"
+	}
+	host, _, err := net.SplitHostPort(o.Address)
+	if err != nil {
+		return o, fmt.Errorf("redis address %q: want host:port", o.Address)
+	}
+	if s.TLS {
+		o.TLS = &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
+	}
+	return o, nil
+}
+
+// cleanup waits for the settlements under way and releases the store.
+func (l *Limits) cleanup() error {
+	l.pending.Wait()
+	if l.poolKey == "" {
+		return nil
+	}
+	_, err := limitStores.Delete(l.poolKey)
+	return err
+}
+
+// dimensions returns the limits of a request by identity for model:
+// the identity's limits, with override's in their place where it sets
+// any (a client key's own limits), and the first matching model's.
+func (l *Limits) dimensions(identity string, override limits.Set, model string) []limits.Dimension {
+	dims := l.set.Override(override).Dimensions(make([]limits.Dimension, 0, 8), "id:"+scopeName(identity))
+	for _, m := range l.models {
+		if globMatch(m.pattern, model) {
+			return m.set.Dimensions(dims, "model:"+scopeName(model))
+		}
+	}
+	return dims
+}
+
+// scopeName is s as a store key may hold it: as is when it is a short
+// printable token, else a hash, so that no client-chosen text breaks a
+// Redis hash tag or grows keys without bound.
+func scopeName(s string) string {
+	if len(s) <= 128 && !strings.ContainsFunc(s, func(r rune) bool { return r <= ' ' || r > '~' || r == '{' || r == '}' }) {
+		return s
+	}
+	sum := sha256.Sum256([]byte(s))
+	return "sha256-" + hex.EncodeToString(sum[:16])
+}
+
+// globMatch reports whether s matches pattern, in which * stands for any
+// run of characters (slashes included, as model names hold them).
+func globMatch(pattern, s string) bool {
+	first, rest, wild := strings.Cut(pattern, "*")
+	if !wild {
+		return pattern == s
+	}
+	if !strings.HasPrefix(s, first) {
+		return false
+	}
+	s = s[len(first):]
+	for {
+		part, more, wild := strings.Cut(rest, "*")
+		if !wild {
+			return strings.HasSuffix(s, part)
+		}
+		i := strings.Index(s, part)
+		if i < 0 {
+			return false
+		}
+		s, rest = s[i+len(part):], more
+	}
+}
+
+// identity names who a request is from: the value of per, else the
+// client IP.
+func (l *Limits) identity(r *http.Request, repl *caddy.Replacer) string {
+	if id := repl.ReplaceAll(l.Per, ""); id != "" {
+		return id
+	}
+	if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok && ip != "" {
+		return ip
+	}
+	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		return host
+	}
+	return r.RemoteAddr
+}
+
+// reserveTokens is what a request reserves: its prompt estimate plus the
+// completion budget it allows (else default_max_tokens), capped at the
+// tokens limits so a lone request can always pass, unless the prompt
+// alone exceeds them: that one can never pass.
+func (l *Limits) reserveTokens(dims []limits.Dimension, x *exchange) int64 {
+	prompt := openai.EstimateTokens(x.req.PromptBytes)
+	budget := x.req.MaxOutputTokens
+	switch {
+	case x.ep == openai.Embeddings:
+		budget = 0 // an embedding generates no tokens
+	case budget == 0:
+		budget = l.DefaultMaxTokens
+	}
+	capped := limits.CapTokens(dims, min(prompt+min(budget, maxReserve), maxReserve))
+	return max(capped, min(prompt, maxReserve))
+}
+
+// admit reserves the request's limits. It reports false when it has
+// answered the request instead: a 429, or a 503 when the store failed
+// and on_store_error is deny.
+func (l *Limits) admit(x *exchange) bool {
+	dims := l.dimensions(l.identity(x.r, x.repl), limits.Set{}, x.req.Model)
+	if len(dims) == 0 {
+		return true
+	}
+	tokens := l.reserveTokens(dims, x)
+	begin := time.Now()
+	dec, err := l.limiter.Reserve(x.r.Context(), dims, tokens)
+	if took := time.Since(begin); l.memory {
+		x.gw += took
+	} else { // network I/O, not the gateway's own work
+		limitMetrics.storeDuration.WithLabelValues("reserve").Observe(took.Seconds())
+	}
+	switch {
+	case err != nil && x.r.Context().Err() != nil:
+		x.fail(&openai.Error{Status: 499, Type: openai.TypeInvalidRequest, Code: "client_closed_request", Message: "The client closed the request."})
+		return false
+	case err != nil:
+		return l.storeFailed(x, "reserve", err)
+	case dec.Denial != nil:
+		limitMetrics.decision(dec.Denial.Dimension, "denied").Inc()
+		setRateLimitHeaders(x.w.Header(), dec.Status)
+		x.fail(denialError(x.w.Header(), dec.Denial))
+		x.outcome = outcomeRejected
+		return false
+	}
+	for _, d := range dims {
+		limitMetrics.decision(d, "allowed").Inc()
+	}
+	setRateLimitHeaders(x.w.Header(), dec.Status)
+	x.reservation = dec.Reservation
+	return true
+}
+
+// storeFailed counts and logs a store error and, for a request's
+// admission (x set), applies on_store_error. It reports whether the
+// request may go on.
+func (l *Limits) storeFailed(x *exchange, op string, err error) bool {
+	limitMetrics.storeErrors.WithLabelValues(op).Inc()
+	fields := []zap.Field{zap.String("op", op)}
+	if x != nil {
+		result := "allowed"
+		if l.deny {
+			result = "denied"
+		}
+		limitMetrics.decisions.WithLabelValues("store", result).Inc()
+		fields = append(fields, zap.String("request_id", x.id), zap.String("result", result))
+	}
+	now := time.Now().UnixNano()
+	if last := l.errLog.Load(); now-last >= int64(storeErrorLogEvery) && l.errLog.CompareAndSwap(last, now) {
+		l.logger.Warn("limits store failed", append(fields, zap.Int64("unlogged_errors", l.unlogged.Swap(0)), zap.Error(err))...)
+	} else {
+		l.unlogged.Add(1)
+	}
+	if x == nil || !l.deny {
+		return true
+	}
+	x.w.Header().Set("Retry-After", "1")
+	x.fail(&openai.Error{Status: http.StatusServiceUnavailable, Type: openai.TypeServer, Code: "rate_limits_unavailable",
+		Message: "The gateway cannot check its rate limits right now; please try again shortly."})
+	x.outcome = outcomeRejected
+	return false
+}
+
+// settle charges an admitted request what it used, once its reply is
+// over: nothing when it failed before any content reached the client,
+// else its usage (the backend's, or the estimate of what was generated).
+// With Redis it runs off the request's path.
+func (l *Limits) settle(x *exchange) {
+	res := x.reservation
+	x.reservation = nil
+	refund := x.outcome != outcomeOK && x.ttft == 0
+	used := x.usage.PromptTokens + x.usage.CompletionTokens
+	ctx := context.WithoutCancel(x.r.Context())
+	run := func() {
+		begin := time.Now()
+		var err error
+		if refund {
+			err = l.limiter.Refund(ctx, res)
+		} else {
+			err = l.limiter.Reconcile(ctx, res, min(used, maxReserve))
+			limitMetrics.estimateError.Observe(float64(res.Tokens() - used))
+		}
+		if !l.memory {
+			limitMetrics.storeDuration.WithLabelValues("settle").Observe(time.Since(begin).Seconds())
+		}
+		if err != nil {
+			l.storeFailed(nil, "settle", err)
+		}
+	}
+	if l.memory {
+		run()
+		return
+	}
+	l.pending.Go(run)
+}
+
+// setRateLimitHeaders sets OpenAI's x-ratelimit-* headers from the
+// statuses of a decision: for requests and for tokens, the dimension
+// with the least remaining.
+func setRateLimitHeaders(h http.Header, status []limits.Status) {
+	for _, kind := range [...]limits.Kind{limits.KindRequests, limits.KindTokens} {
+		best := -1
+		for i, st := range status {
+			if st.Dimension.Kind == kind && (best < 0 || st.Remaining < status[best].Remaining) {
+				best = i
+			}
+		}
+		if best < 0 {
+			continue
+		}
+		st := status[best]
+		h["X-Ratelimit-Limit-"+capitalized[kind]] = []string{strconv.FormatInt(st.Dimension.Limit, 10)}
+		h["X-Ratelimit-Remaining-"+capitalized[kind]] = []string{strconv.FormatInt(st.Remaining, 10)}
+		h["X-Ratelimit-Reset-"+capitalized[kind]] = []string{ceilMillis(st.Reset).String()}
+	}
+}
+
+// capitalized are the header name suffixes of the kinds with headers.
+var capitalized = map[limits.Kind]string{limits.KindRequests: "Requests", limits.KindTokens: "Tokens"}
+
+// ceilMillis rounds d up to a millisecond.
+func ceilMillis(d time.Duration) time.Duration {
+	return (d + time.Millisecond - 1).Truncate(time.Millisecond)
+}
+
+// denialError is the 429 for a refused request, in OpenAI's words; it
+// sets the Retry-After headers the request may retry after.
+func denialError(h http.Header, den *limits.Denial) *openai.Error {
+	d := den.Dimension
+	who := strings.TrimPrefix(d.Scope, "id:")
+	if m, ok := strings.CutPrefix(d.Scope, "model:"); ok {
+		who = "model " + m
+	}
+	if den.TooLarge {
+		return &openai.Error{Status: http.StatusTooManyRequests, Type: openai.TypeRateLimit, Code: "rate_limit_exceeded",
+			Message: fmt.Sprintf("Request too large for %s on %s: Limit %d, Requested %d. The input or output tokens must be reduced in order to run successfully.",
+				who, perWhat(d), d.Limit, den.Requested)}
+	}
+	wait := ceilMillis(den.RetryAfter)
+	h.Set("Retry-After", strconv.FormatInt(int64(math.Ceil(wait.Seconds())), 10))
+	h.Set("Retry-After-Ms", strconv.FormatInt(wait.Milliseconds(), 10))
+	switch d.Kind {
+	case limits.KindConcurrent:
+		return &openai.Error{Status: http.StatusTooManyRequests, Type: openai.TypeRateLimit, Code: "too_many_concurrent_requests",
+			Message: fmt.Sprintf("Too many concurrent requests for %s: Limit %d, In flight %d. Please try again in %s.", who, d.Limit, den.Used, wait)}
+	case limits.KindQuota:
+		return &openai.Error{Status: http.StatusTooManyRequests, Type: "insufficient_quota", Code: "insufficient_quota",
+			Message: fmt.Sprintf("You exceeded your current quota for %s on %s: Limit %d, Used %d, Requested %d. It resets in %s.",
+				who, perWhat(d), d.Limit, den.Used, den.Requested, wait)}
+	}
+	return &openai.Error{Status: http.StatusTooManyRequests, Type: openai.TypeRateLimit, Code: "rate_limit_exceeded",
+		Message: fmt.Sprintf("Rate limit reached for %s on %s: Limit %d, Used %d, Requested %d. Please try again in %s.",
+			who, perWhat(d), d.Limit, den.Used, den.Requested, wait)}
+}
+
+// perWhat names what a dimension counts over what: "tokens per 1m",
+// "requests per 10s", "tokens per day".
+func perWhat(d limits.Dimension) string {
+	if d.Kind == limits.KindQuota {
+		return "tokens per " + d.Period.String()
+	}
+	_, window, _ := strings.Cut(limits.Rate{N: d.Limit, Window: d.Window}.String(), "/")
+	return d.Kind.String() + " per " + window
+}
+
+// limitCollectors are the limits' Prometheus collectors.
+type limitCollectors struct {
+	once          sync.Once
+	decisions     *prometheus.CounterVec
+	byDimension   map[decisionKey]prometheus.Counter // decisions' children, looked up once
+	estimateError prometheus.Histogram
+	storeDuration *prometheus.HistogramVec
+	storeErrors   *prometheus.CounterVec
+}
+
+// limitMetrics are created once and registered into each config's
+// registry that has limits.
+var limitMetrics limitCollectors
+
+// decisionKey is a child of the decisions counter.
+type decisionKey struct {
+	model  bool
+	kind   limits.Kind
+	result string
+}
+
+// decision returns the decisions counter of dimension d and result.
+func (m *limitCollectors) decision(d limits.Dimension, result string) prometheus.Counter {
+	return m.byDimension[decisionKey{strings.HasPrefix(d.Scope, "model:"), d.Kind, result}]
+}
+
+func registerLimitMetrics(registry *prometheus.Registry) error {
+	const ns, sub = "caddy", "chat_gateway"
+	m := &limitMetrics
+	m.once.Do(func() {
+		m.decisions = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "ratelimit_decisions_total",
+			Help: "Limit decisions by dimension (requests, tokens, concurrent, quota; model_* for model limits; store for store failures) and result (allowed, denied)."},
+			[]string{"dimension", "result"})
+		m.byDimension = make(map[decisionKey]prometheus.Counter)
+		for _, model := range []bool{false, true} {
+			for _, kind := range []limits.Kind{limits.KindRequests, limits.KindTokens, limits.KindConcurrent, limits.KindQuota} {
+				for _, result := range []string{"allowed", "denied"} {
+					name := kind.String()
+					if model {
+						name = "model_" + name
+					}
+					m.byDimension[decisionKey{model, kind, result}] = m.decisions.WithLabelValues(name, result)
+				}
+			}
+		}
+		m.estimateError = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "ratelimit_reserved_minus_used_tokens",
+			Help:    "Tokens reserved at admission minus the tokens the request used: how far the estimate was off.",
+			Buckets: []float64{-4096, -1024, -256, -64, -16, 0, 16, 64, 256, 1024, 4096, 16384, 65536}})
+		m.storeDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "ratelimit_store_duration_seconds",
+			Help:    "Time of a call to the Redis limits store, by operation (reserve, settle).",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25}}, []string{"op"})
+		m.storeErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "ratelimit_store_errors_total",
+			Help: "Calls to the limits store that failed or timed out, by operation (reserve, settle)."}, []string{"op"})
+	})
+	for _, c := range []prometheus.Collector{m.decisions, m.estimateError, m.storeDuration, m.storeErrors} {
+		if err := registry.Register(c); err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
+			return err
+		}
+	}
+	return nil
+}
+
+// parseLimits reads a limits block, whose syntax UnmarshalCaddyfile
+// shows; the "limits" token is the current one.
+func parseLimits(d *caddyfile.Dispenser) (*Limits, error) {
+	l := new(Limits)
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		if ok, err := parseLimitLine(d, &l.LimitSet); ok || err != nil {
+			if err != nil {
+				return nil, err
+			}
+			continue
+		}
+		switch d.Val() {
+		case "per":
+			if !d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			l.Per = d.Val()
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+		case "default_max_tokens":
+			n, err := oneCount(d)
+			if err != nil {
+				return nil, err
+			}
+			l.DefaultMaxTokens = n
+		case "on_store_error":
+			if !d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			if v := d.Val(); v != "allow" && v != "deny" {
+				return nil, d.Errf("invalid on_store_error '%s': want allow or deny", v)
+			}
+			l.OnStoreError = d.Val()
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+		case "model":
+			m := &ModelLimits{}
+			if !d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			m.Pattern = d.Val()
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			for inner := d.Nesting(); d.NextBlock(inner); {
+				ok, err := parseLimitLine(d, &m.LimitSet)
+				if err != nil {
+					return nil, err
+				}
+				if !ok {
+					return nil, d.Errf("unrecognized model limit '%s': want requests, tokens, concurrent or quota", d.Val())
+				}
+			}
+			if m.LimitSet == (LimitSet{}) {
+				return nil, d.Errf("model %s: no limits given", m.Pattern)
+			}
+			l.Models = append(l.Models, m)
+		case "store":
+			store, err := parseLimitStore(d)
+			if err != nil {
+				return nil, err
+			}
+			l.Redis = store
+		default:
+			return nil, d.Errf("unrecognized limits option '%s'", d.Val())
+		}
+	}
+	return l, nil
+}
+
+// parseLimitLine reads a requests, tokens, concurrent or quota line into
+// set. It reports false, having consumed nothing, for any other line.
+func parseLimitLine(d *caddyfile.Dispenser, set *LimitSet) (bool, error) {
+	name := d.Val()
+	switch name {
+	case "requests", "tokens", "quota":
+		if !d.NextArg() {
+			return true, d.ArgErr()
+		}
+		v := d.Val()
+		var err error
+		if name == "quota" {
+			_, err = limits.ParseQuota(v)
+			set.Quota = v
+		} else {
+			_, err = limits.ParseRate(v)
+			if name == "requests" {
+				set.Requests = v
+			} else {
+				set.Tokens = v
+			}
+		}
+		if err != nil {
+			return true, d.Errf("invalid %s '%s': %v", name, v, err)
+		}
+		if d.NextArg() {
+			return true, d.ArgErr()
+		}
+	case "concurrent":
+		n, err := oneCount(d)
+		if err != nil {
+			return true, err
+		}
+		set.Concurrent = n
+	default:
+		return false, nil
+	}
+	return true, nil
+}
+
+// oneCount reads the single positive integer argument of a line.
+func oneCount(d *caddyfile.Dispenser) (int64, error) {
+	name := d.Val()
+	if !d.NextArg() {
+		return 0, d.ArgErr()
+	}
+	n, err := limits.ParseCount(d.Val())
+	if err != nil {
+		return 0, d.Errf("invalid %s '%s': want a positive integer", name, d.Val())
+	}
+	if d.NextArg() {
+		return 0, d.ArgErr()
+	}
+	return n, nil
+}
+
+// parseLimitStore reads "store memory" (nil) or "store redis <address>"
+// and its block.
+func parseLimitStore(d *caddyfile.Dispenser) (*RedisStore, error) {
+	if !d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	switch d.Val() {
+	case "memory":
+		if d.NextArg() || d.NextBlock(d.Nesting()) {
+			return nil, d.Errf("store memory takes no options")
+		}
+		return nil, nil
+	case "redis":
+	default:
+		return nil, d.Errf("unrecognized store '%s': want memory or redis", d.Val())
+	}
+	if !d.NextArg() {
+		return nil, d.Errf("store redis needs an address (host:port)")
+	}
+	s := &RedisStore{Address: d.Val()}
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if opt == "tls" {
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			s.TLS = true
+			continue
+		}
+		if !d.NextArg() {
+			return nil, d.ArgErr()
+		}
+		v := d.Val()
+		if d.NextArg() {
+			return nil, d.ArgErr()
+		}
+		switch opt {
+		case "username":
+			s.Username = v
+		case "password":
+			s.Password = v
+		case "key_prefix":
+			if strings.ContainsAny(v, "{}") {
+				return nil, d.Errf("invalid key_prefix '%s': it must not contain '{' or '}'", v)
+			}
+			s.KeyPrefix = v
+		case "db":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 {
+				return nil, d.Errf("invalid db '%s': want a database number", v)
+			}
+			s.DB = n
+		case "timeout":
+			dur, err := caddy.ParseDuration(v)
+			if err != nil || dur <= 0 {
+				return nil, d.Errf("invalid timeout '%s': want a duration such as 50ms", v)
+			}
+			s.Timeout = caddy.Duration(dur)
+		default:
+			return nil, d.Errf("unrecognized redis option '%s'", opt)
+		}
+	}
+	return s, nil
+}

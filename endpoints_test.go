@@ -1103,6 +1103,54 @@ func TestEndpointsJSONAnswerToStream(t *testing.T) {
 	responseEvents(t, body) // named after their types
 }
 
+// TestEndpointsLimits: the tokens an embeddings or a Responses reply
+// used, as the backend reported them, count against the tokens limit.
+func TestEndpointsLimits(t *testing.T) {
+	who := team("endpoints")
+	be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-Mode") == "fail" {
+			writeJSON(w, 500, `{"error":{"message":"down"}}`)
+			return
+		}
+		endpointsBackend(vLLM)(w, r)
+	})
+	g := newGateway(t, `chat_gateway `+be.URL+` {
+		limits {
+			tokens 100000/365d
+			per {http.request.header.X-Team}
+		}
+	}`)
+	// remaining is the tokens left after a request that fails at the
+	// backend, and so is refunded: the same reservation each time.
+	remaining := func() int64 {
+		resp, body := g.postTo(t, "/v1/embeddings", embeddingsBody, "X-Team", who, "X-Mode", "fail")
+		if resp.StatusCode != 502 {
+			t.Fatalf("probe: %d %s", resp.StatusCode, body)
+		}
+		_, rem, _ := rateHeaders(t, resp, "Tokens")
+		return rem
+	}
+	for _, tt := range []struct {
+		path, body string
+		used       int64
+	}{
+		{"/v1/embeddings", `{"model":"m","input":["a","b"]}`, 4},
+		{"/v1/responses", responsesBody, 7},
+		{"/v1/responses", responsesStreamBody, 7},
+		{"/v1/completions", completionsBody, 5},
+	} {
+		before := remaining()
+		id := fmt.Sprintf("ep-limit-%d", before)
+		if resp, body := g.postTo(t, tt.path, tt.body, "X-Team", who, "X-Request-ID", id); resp.StatusCode != 200 {
+			t.Fatalf("%s: %d %s", tt.path, resp.StatusCode, body)
+		}
+		g.waitLog(t, "handled request", id) // the request has ended: its usage is reconciled
+		if used := before - remaining(); used != tt.used {
+			t.Errorf("%s %s charged %d tokens, want %d", tt.path, tt.body, used, tt.used)
+		}
+	}
+}
+
 // TestModelByID: GET /v1/models/{model} answers the one model, ids with
 // a slash included, or a 404 model_not_found.
 func TestModelByID(t *testing.T) {

@@ -38,6 +38,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        base_path <path>
 //	        retry_on <429|5xx|status|stream...>
 //	        fallback <model>
+//	        responses stateful
 //	        # and any reverse_proxy subdirective: lb_policy, lb_retries,
 //	        # health_uri, fail_duration, transport http { ... }, ...
 //	    }

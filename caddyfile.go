@@ -38,6 +38,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        base_path <path>
 //	        retry_on <429|5xx|status|stream...>
 //	        fallback <model>
+//	        responses stateful
 //	        # and any reverse_proxy subdirective: lb_policy, lb_retries,
 //	        # health_uri, fail_duration, transport http { ... }, ...
 //	    }
@@ -59,6 +60,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	            models <patterns...>
 //	            expires <RFC 3339 time>
 //	            disabled
+//	            requests <n>/<window>
+//	            tokens <n>/<window>
+//	            concurrent <n>
+//	            quota <n>/<day|week|month>
 //	        }
 //	        keys_file <path>
 //	    }
@@ -470,11 +475,17 @@ func parseAuth(d *caddyfile.Dispenser, a *Auth) error {
 			if !d.NextArg() {
 				return d.ArgErr()
 			}
-			e := keys.Entry{Key: d.Val()}
+			e := ClientKey{Entry: keys.Entry{Key: d.Val()}}
 			if d.NextArg() {
 				return d.ArgErr()
 			}
 			for inner := d.Nesting(); d.NextBlock(inner); {
+				if handled, err := parseLimitLine(d, &e.LimitSet); handled {
+					if err != nil {
+						return err
+					}
+					continue
+				}
 				opt := d.Val()
 				args := d.RemainingArgs()
 				switch {

@@ -75,3 +75,23 @@ func TestReplyBufferBounded(t *testing.T) {
 		t.Fatalf("1 MiB reply: %d bytes in a buffer of %d", len(rb.body), cap(rb.body))
 	}
 }
+
+func TestReplyBufferLimit(t *testing.T) {
+	// An embeddings reply may be larger than a chat reply: its limit is
+	// its own, and it is still a limit.
+	rb := replyBuffer{limit: 48 << 20}
+	rb.Header().Set("Content-Length", strconv.Itoa(45<<20))
+	rb.WriteHeader(200)
+	p := make([]byte, 1<<20)
+	for range 45 {
+		if _, err := rb.Write(p); err != nil {
+			t.Fatalf("45 MiB under a 48 MiB limit: %v", err)
+		}
+	}
+	if cap(rb.body) != 45<<20 {
+		t.Fatalf("a reply of declared length held in %d bytes, want one buffer of its size", cap(rb.body))
+	}
+	if _, err := rb.Write(make([]byte, 4<<20)); err == nil || !rb.tooLarge {
+		t.Fatal("past its limit, the reply was taken")
+	}
+}

@@ -136,6 +136,9 @@ func (h *Handler) attempt(parent context.Context, x *exchange, rt route, body []
 	ctx, cancel := context.WithCancelCause(parent)
 	defer cancel(nil)
 	u := &upstreamWriter{x: x, out: x.out, idle: time.Duration(h.IdleTimeout), began: begin, meta: x.meta("")}
+	if x.ep == openai.Embeddings {
+		u.limit = maxEmbeddingsReply
+	}
 	u.timer = time.AfterFunc(time.Duration(h.FirstTokenTimeout), func() { u.expired(cancel) })
 	defer u.stopTimer()
 
@@ -254,10 +257,11 @@ func namedIn(connection []string, k string) bool {
 }
 
 // replyBuffer is a ResponseWriter for the reverse proxy that keeps the
-// backend's reply, up to maxReplyBody bytes, for the gateway to rewrite.
+// backend's reply, up to its limit, for the gateway to rewrite.
 type replyBuffer struct {
 	header   http.Header
 	status   int
+	limit    int   // the most it keeps; 0 for maxReplyBody
 	declared int64 // the reply's Content-Length, if it had one
 	body     []byte
 	tooLarge bool
@@ -283,8 +287,12 @@ func (rb *replyBuffer) Write(p []byte) (int, error) {
 	if rb.status == 0 {
 		rb.WriteHeader(http.StatusOK)
 	}
+	limit := rb.limit
+	if limit == 0 {
+		limit = maxReplyBody
+	}
 	need := len(rb.body) + len(p)
-	if need > maxReplyBody || rb.declared > maxReplyBody {
+	if need > limit || rb.declared > int64(limit) {
 		// A declared length over the cap is refused before its body
 		// is read.
 		rb.tooLarge = true
@@ -293,9 +301,9 @@ func (rb *replyBuffer) Write(p []byte) (int, error) {
 	if need > cap(rb.body) {
 		// Grow by doubling up to the cap, from the declared length when
 		// there is one: at most one copy in use and one being made.
-		size := min(max(need, 2*cap(rb.body), int(rb.declared)), maxReplyBody)
+		size := min(max(need, 2*cap(rb.body), int(rb.declared)), limit)
 		var grown []byte
-		if size > maxReplyBody/2 {
+		if size > limit/2 {
 			grown = make([]byte, 0, size) // the pool's next class would overshoot the cap
 		} else {
 			grown = getBuffer(size)

@@ -178,6 +178,12 @@ func (r *Results) checkTargets() {
 		v = ratio("cpu_per_event", fmt.Sprintf("%d-event replies", streamEvents(n)))
 		add("CPU per streamed event, chat_gateway / reverse_proxy", v, "≤ 1.3", v <= 1.3, fmt.Sprintf("%d-event replies, in a burst", streamEvents(n)))
 	}
+	v = ratio("embeddings_cpu", embeddingsRow)
+	add("CPU per embeddings reply, chat_gateway / reverse_proxy", v, "≤ 1.5", v <= 1.5, embeddingsRow)
+	v = r.get("embeddings_copies").median(embeddingsRow, "chat_gateway")
+	add("Copies of each embeddings reply in flight held beyond reverse_proxy", v, "≤ 1", v <= 1, "peak RSS growth difference / bytes in flight")
+	v = ratio("responses_cpu_per_event", responsesRow)
+	add("CPU per streamed Responses event, chat_gateway / reverse_proxy", v, "≤ 1.5", v <= 1.5, responsesRow)
 	v = ratio("paced_cpu_per_event", pacedStreamsRow)
 	add("CPU per event of paced streams, chat_gateway / reverse_proxy", v, "≤ 1.15", v <= 1.15, pacedStreamsRow)
 	if f := r.get("cpu_by_status"); f != nil {

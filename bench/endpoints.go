@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"log"
 	"net/http"
 	"os"
@@ -35,7 +37,7 @@ var (
 )
 
 // embeddingsReply is an embeddings list of vectors of dims floats (in
-// [-0.1, 0.1), 8 decimals, from a fixed pseudo-random sequence), with
+// [-0.1, 0.1), 7 decimals, from a fixed pseudo-random sequence), with
 // its usage, as OpenAI and vLLM answer.
 func embeddingsReply(vectors, dims int) []byte {
 	b := make([]byte, 0, vectors*(dims*12+64)+128)
@@ -51,7 +53,7 @@ func embeddingsReply(vectors, dims int) []byte {
 				b = append(b, ',')
 			}
 			x = x*6364136223846793005 + 1442695040888963407 // Knuth's MMIX LCG
-			b = strconv.AppendFloat(b, (float64(x>>11)/(1<<53)-0.5)/5, 'f', 8, 64)
+			b = strconv.AppendFloat(b, (float64(x>>11)/(1<<53)-0.5)/5, 'f', 7, 64)
 		}
 		b = append(b, "]}"...)
 	}
@@ -127,22 +129,18 @@ func endpointMock(reply []byte, events [][]byte, next http.Handler) http.Handler
 // reverse_proxy and chat_gateway.
 func (h *harness) endpoints(ctx context.Context) error {
 	cpu := h.results.figure("embeddings_cpu", "CPU per embeddings reply (about 40 MB of JSON)", "µs")
-	peak := h.results.figure("embeddings_rss", "Peak RSS growth during the embeddings round, over RSS before the first", "MiB")
-	copies := h.results.figure("embeddings_copies", "Copies of each embeddings reply in flight chat_gateway holds beyond reverse_proxy (peak RSS growth difference / bytes in flight)", "")
+	peak := h.results.figure("embeddings_rss", "Peak RSS during an embeddings round", "MiB")
+	copies := h.results.figure("embeddings_copies", "Copies of each embeddings reply in flight chat_gateway holds beyond reverse_proxy ((peak RSS difference) / (bytes of the replies in flight))", "")
 	events := h.results.figure("responses_cpu_per_event", "CPU per event of streamed Responses (sent in a burst)", "µs")
 	embed := embeddingsBody(embeddingVectors)
-	stream := []byte(fmt.Sprintf(`{"model":"m","stream":true,"input":"say %d words"}`, responsesDeltas))
-	targets := h.caddies[:2]
-	base := map[string]int64{}
-	for _, t := range targets {
-		base[t.name] = rssKiB(t.pid)
-	}
+	stream := fmt.Appendf(nil, `{"model":"m","stream":true,"input":"say %d words"}`, responsesDeltas)
 	size, err := h.embeddingsSize(ctx, embed)
 	if err != nil {
 		return err
 	}
+	targets := h.caddies[:2]
 	for r := range h.rounds {
-		growth := map[string]float64{}
+		peaks := map[string]float64{}
 		for _, t := range targets {
 			et := *t
 			et.path = "/v1/embeddings"
@@ -154,29 +152,48 @@ func (h *harness) endpoints(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			if res.requests == 0 {
-				h.results.fail("embeddings_cpu", t.name, fmt.Sprintf("no reply completed (%d errors)", res.errors))
-				continue
+			if res.requests > 0 {
+				cpu.add(embeddingsRow, t.name, micros(res.cpuPerRequest()))
+				peaks[t.name] = float64(hwm) / 1024
+				peak.add(embeddingsRow, t.name, peaks[t.name])
+			} else {
+				h.results.fail("embeddings_cpu", t.name, fmt.Sprintf("no reply completed in the round (%d errors; %s)", res.errors, answer(ctx, &et, embed)))
 			}
-			cpu.add(embeddingsRow, t.name, micros(res.cpuPerRequest()))
-			growth[t.name] = float64(hwm-base[t.name]) / 1024
-			peak.add(embeddingsRow, t.name, growth[t.name])
 
 			rt := *t
 			rt.path = "/v1/responses"
-			res = closedLoop(ctx, &rt, 8, h.round, stream, "")
-			if res.requests == 0 {
-				h.results.fail("responses_cpu_per_event", t.name, fmt.Sprintf("every stream failed (%d errors)", res.errors))
-				continue
+			if res := closedLoop(ctx, &rt, 8, h.round, stream, ""); res.requests > 0 {
+				events.add(responsesRow, t.name, micros(res.cpuPerRequest())/float64(responsesEvents(responsesDeltas)))
+			} else {
+				h.results.fail("responses_cpu_per_event", t.name, fmt.Sprintf("every stream failed (%d errors; %s)", res.errors, answer(ctx, &rt, stream)))
 			}
-			events.add(responsesRow, t.name, micros(res.cpuPerRequest())/float64(responsesEvents(responsesDeltas)))
 		}
-		if len(growth) == len(targets) {
-			copies.add(embeddingsRow, "chat_gateway", embeddingsCopies(growth["chat_gateway"], growth["reverse_proxy"], size))
+		if len(peaks) == len(targets) {
+			copies.add(embeddingsRow, "chat_gateway", embeddingsCopies(peaks["chat_gateway"], peaks["reverse_proxy"], size))
 		}
 		log.Printf("embeddings and responses: round %d/%d", r+1, h.rounds)
 	}
 	return ctx.Err()
+}
+
+// answer is the status and error code (or the first bytes) of t's reply
+// to body, to say why a target fails.
+func answer(ctx context.Context, t *target, body []byte) string {
+	resp, err := http.DefaultClient.Do(t.request(ctx, body, ""))
+	if err != nil {
+		return err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	var e struct {
+		Error struct {
+			Code string `json:"code"`
+		} `json:"error"`
+	}
+	if json.Unmarshal(b, &e) == nil && e.Error.Code != "" {
+		return fmt.Sprintf("it answers %d %s", resp.StatusCode, e.Error.Code)
+	}
+	return fmt.Sprintf("it answers %d %.80q", resp.StatusCode, b)
 }
 
 // embeddingsSize is the length of the mock's embeddings reply, asked of
@@ -220,7 +237,7 @@ func peakRSSKiB(pid int) (int64, error) {
 
 // embeddingsCopies is how many copies of each embeddings reply in
 // flight chat_gateway holds beyond what reverse_proxy holds: the
-// difference of their peak RSS growth over the bytes of the replies in
+// difference of their peak RSS (MiB) over the bytes of the replies in
 // flight.
 func embeddingsCopies(gatewayMiB, proxyMiB float64, replyBytes int) float64 {
 	return (gatewayMiB - proxyMiB) * (1 << 20) / float64(embeddingClients*replyBytes)

@@ -50,7 +50,8 @@ func TestEmbeddingsReply(t *testing.T) {
 			distinct[v] = true
 		}
 	}
-	if len(distinct) < embeddingVectors*embeddingDimensions/2 {
+	if len(distinct) < 1<<20 { // of 2,000,000 possible values
+
 		t.Errorf("%d distinct floats: the sequence repeats", len(distinct))
 	}
 	var body struct {
@@ -191,5 +192,39 @@ func TestEmbeddingsCopies(t *testing.T) {
 		if got := embeddingsCopies(c.gateway, c.proxy, reply); math.Abs(got-c.want) > 1e-9 {
 			t.Errorf("embeddingsCopies(%v, %v) = %v, want %v", c.gateway, c.proxy, got, c.want)
 		}
+	}
+}
+
+// TestTargetsUnmeasured: a goal whose figure lacks chat_gateway (it
+// failed) is not met and has no value, and measured goals are judged.
+func TestTargetsUnmeasured(t *testing.T) {
+	r := &Results{}
+	cpu := r.figure("embeddings_cpu", "", "µs")
+	cpu.add(embeddingsRow, "reverse_proxy", 100)
+	r.fail("embeddings_cpu", "chat_gateway", "no reply completed")
+	events := r.figure("responses_cpu_per_event", "", "µs")
+	events.add(responsesRow, "reverse_proxy", 4)
+	events.add(responsesRow, "chat_gateway", 5)
+	r.checkTargets()
+	found := 0
+	for _, g := range r.Targets {
+		switch g.Goal {
+		case "CPU per embeddings reply, chat_gateway / reverse_proxy", "Copies of each embeddings reply in flight chat_gateway holds beyond reverse_proxy":
+			found++
+			if g.Met || g.Value != nil {
+				t.Errorf("%s: met %v, value %v, with chat_gateway not measured", g.Goal, g.Met, g.Value)
+			}
+		case "CPU per streamed Responses event, chat_gateway / reverse_proxy":
+			found++
+			if !g.Met || g.Value == nil || *g.Value != 1.25 {
+				t.Errorf("%s: met %v, value %v, want 1.25 met", g.Goal, g.Met, g.Value)
+			}
+		}
+	}
+	if found != 3 {
+		t.Fatalf("%d of the 3 endpoint goals checked", found)
+	}
+	if !strings.Contains(r.markdown(), "chat_gateway fails: no reply completed") {
+		t.Error("markdown does not say chat_gateway fails")
 	}
 }

@@ -157,7 +157,10 @@ func (h *harness) endpoints(ctx context.Context) error {
 				peaks[t.name] = float64(hwm) / 1024
 				peak.add(embeddingsRow, t.name, peaks[t.name])
 			} else {
-				h.results.fail("embeddings_cpu", t.name, fmt.Sprintf("no reply completed in the round (%d errors; %s)", res.errors, answer(ctx, &et, embed)))
+				why := fmt.Sprintf("no reply completed in the round (%d failed; %s)", res.errors, answer(ctx, &et, embed))
+				for _, f := range []string{"embeddings_cpu", "embeddings_rss", "embeddings_copies"} {
+					h.results.fail(f, t.name, why)
+				}
 			}
 
 			rt := *t

@@ -33,10 +33,14 @@ func chatBody(size int, stream bool, fault string) []byte {
 	return fmt.Appendf(nil, `{"model":%s,"stream":%v,"messages":[{"role":"system","content":"be brief"},{"role":"user","content":%q}]}`, m, stream, content)
 }
 
-// request makes a chat request to t: its own headers (a peer's config,
-// a client key), then the fault for the mock.
+// request makes a request to t's path: its own headers (a peer's
+// config, a client key), then the fault for the mock.
 func (t *target) request(ctx context.Context, body []byte, fault string) *http.Request {
-	req, _ := http.NewRequestWithContext(ctx, "POST", t.url+"/v1/chat/completions", bytes.NewReader(body))
+	path := t.path
+	if path == "" {
+		path = "/v1/chat/completions"
+	}
+	req, _ := http.NewRequestWithContext(ctx, "POST", t.url+path, bytes.NewReader(body))
 	for k, v := range t.header {
 		req.Header[k] = v
 	}

@@ -77,6 +77,7 @@ type target struct {
 	admin  string      // Caddy's admin endpoint, for go_goroutines
 	header http.Header // sent with every request: a peer's routing, a client key
 	status int         // the status it answers when working as measured; 0 means 200
+	path   string      // where requests go; "" means /v1/chat/completions
 	pid    int
 }
 
@@ -146,7 +147,7 @@ func (h *harness) run(ctx context.Context, out string) error {
 		return err
 	}
 	start := time.Now()
-	for _, fig := range []func(context.Context) error{h.cpuBySize, h.concurrency, h.fixedRate, h.streaming, h.pacedStreams, h.refusalCost, h.peerComparison, h.memory} {
+	for _, fig := range []func(context.Context) error{h.cpuBySize, h.concurrency, h.fixedRate, h.streaming, h.pacedStreams, h.endpoints, h.refusalCost, h.peerComparison, h.memory} {
 		if err := fig(ctx); err != nil {
 			return err
 		}

@@ -19,7 +19,7 @@ import (
 func runMock() {
 	s := fb.New()
 	s.Discard = true
-	inner := s.Config.Handler
+	inner := endpointMock(embeddingsReply(embeddingVectors, embeddingDimensions), responsesStream(responsesDeltas), s.Config.Handler)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		log.Fatal(err)

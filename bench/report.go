@@ -147,11 +147,17 @@ func (f *Figure) add(row, target string, v float64) {
 	f.Values[row][target] = s
 }
 
+// median is the median of target in row; NaN when it was not measured,
+// so that a goal on it is not met.
 func (f *Figure) median(row, target string) float64 {
 	if f == nil {
 		return math.NaN()
 	}
-	return f.Values[row][target].Median
+	s, ok := f.Values[row][target]
+	if !ok {
+		return math.NaN()
+	}
+	return s.Median
 }
 
 // checkTargets compares the run's figures with the goals.
@@ -178,6 +184,12 @@ func (r *Results) checkTargets() {
 		v = ratio("cpu_per_event", fmt.Sprintf("%d-event replies", streamEvents(n)))
 		add("CPU per streamed event, chat_gateway / reverse_proxy", v, "≤ 1.3", v <= 1.3, fmt.Sprintf("%d-event replies, in a burst", streamEvents(n)))
 	}
+	v = ratio("embeddings_cpu", embeddingsRow)
+	add("CPU per embeddings reply, chat_gateway / reverse_proxy", v, "≤ 1.5", v <= 1.5, embeddingsRow)
+	v = r.get("embeddings_copies").median(embeddingsRow, "chat_gateway")
+	add("Copies of each embeddings reply in flight chat_gateway holds beyond reverse_proxy", v, "≤ 1", v <= 1, "peak RSS difference / bytes in flight")
+	v = ratio("responses_cpu_per_event", responsesRow)
+	add("CPU per streamed Responses event, chat_gateway / reverse_proxy", v, "≤ 1.5", v <= 1.5, responsesRow)
 	v = ratio("paced_cpu_per_event", pacedStreamsRow)
 	add("CPU per event of paced streams, chat_gateway / reverse_proxy", v, "≤ 1.15", v <= 1.15, pacedStreamsRow)
 	if f := r.get("cpu_by_status"); f != nil {
@@ -370,7 +382,9 @@ func (r *Results) peerChart(f *Figure) string {
 		y0 := top + i*panel
 		hi := 0.0
 		for _, t := range f.Targets {
-			hi = math.Max(hi, f.median(row, t))
+			if v := f.median(row, t); v > hi { // NaN: a gateway that fails
+				hi = v
+			}
 		}
 		fmt.Fprintf(&sb, `<text x="10" y="%d" font-weight="bold">%s</text>`+"\n", y0+12, row)
 		for k, t := range f.Targets {

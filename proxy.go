@@ -104,6 +104,16 @@ func (h *Handler) forward(x *exchange, rt route, body []byte) {
 	}
 }
 
+// backendEndpoint is an endpoint whose upstream request depends on the
+// backend: Messages go as they are to a backend that serves them, and
+// translated to chat completions to the others.
+type backendEndpoint interface {
+	// upstream returns the path (under the backend's base path) and the
+	// body of the request to b for model, given the client's body with
+	// the model alias edited.
+	upstream(b *Backend, model string, body []byte) (string, []byte, *openai.Error)
+}
+
 // retryable reports whether a failure is the backend's, so another try
 // (or another backend) may succeed: not the client's, not the deadline's.
 func retryable(e *openai.Error) bool {
@@ -122,8 +132,17 @@ func retryable(e *openai.Error) bool {
 func (h *Handler) attempt(parent context.Context, x *exchange, rt route, body []byte) (*upstreamWriter, *openai.Error) {
 	begin := time.Now()
 	b := rt.backend
+	model := x.req.Model
 	if rt.model != "" {
+		model = rt.model
 		body = openai.SetMember(body, "model", jsonString(rt.model))
+	}
+	path := strings.TrimPrefix(x.r.URL.Path, "/v1")
+	if be, ok := x.ep.(backendEndpoint); ok {
+		var e *openai.Error
+		if path, body, e = be.upstream(b, model, body); e != nil {
+			return &upstreamWriter{x: x, out: x.out}, e
+		}
 	}
 	if x.req.Stream && h.IncludeUsageUpstream && !x.req.IncludeUsage && x.ep.AsksStreamUsage() {
 		opts := openai.Member(body, "stream_options")
@@ -145,7 +164,7 @@ func (h *Handler) attempt(parent context.Context, x *exchange, rt route, body []
 	}
 	var conns atomic.Int32 // connections the attempt used: more than one is a retry
 	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(httptrace.GotConnInfo) { conns.Add(1) }})
-	up := x.upstreamRequest(ctx, b, http.MethodPost, strings.TrimPrefix(x.r.URL.Path, "/v1"), body)
+	up := x.upstreamRequest(ctx, b, http.MethodPost, path, body)
 	proxyStart := time.Now()
 	x.gw += proxyStart.Sub(begin)
 	aborted, proxyErr := serveProxy(b.proxy, u, up)
@@ -230,6 +249,9 @@ func (x *exchange) upstreamRequest(ctx context.Context, b *Backend, method, path
 	up.Header["X-Idempotency-Key"] = nil
 	if b.apiKey != "" {
 		up.Header["Authorization"] = []string{b.authorization}
+		if b.servesMessages() { // as the Anthropic API takes it
+			up.Header["X-Api-Key"] = []string{b.apiKey}
+		}
 	}
 	up.Body, up.ContentLength = http.NoBody, 0
 	if body != nil {

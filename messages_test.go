@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/anthropics/anthropic-sdk-go/v2"
 	"github.com/anthropics/anthropic-sdk-go/v2/option"
@@ -392,5 +393,31 @@ func TestMessagesErrors(t *testing.T) {
 	}
 	if _, err := client.Messages.New(context.Background(), toolParams("served")); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestMessagesRateLimited: a limit's 429 is a rate_limit_error with
+// Anthropic's rate-limit headers and retry-after, which the SDK reads.
+func TestMessagesRateLimited(t *testing.T) {
+	g := newGateway(t, "chat_gateway {\n echo\n limits {\n requests 1/1h\n tokens 100000/1h\n per {http.request.header.X-Team}\n }\n}")
+	client := anthropicClient(g, "k")
+	teamHeader := option.WithHeader("X-Team", team("messages"))
+	var httpResp *http.Response
+	if _, err := client.Messages.New(context.Background(), messageParams("m", "hi"), teamHeader, option.WithResponseInto(&httpResp)); err != nil {
+		t.Fatal(err)
+	}
+	if httpResp.Header.Get("Anthropic-Ratelimit-Requests-Limit") != "1" || httpResp.Header.Get("Anthropic-Ratelimit-Requests-Remaining") != "0" ||
+		httpResp.Header.Get("Anthropic-Ratelimit-Tokens-Limit") != "100000" {
+		t.Fatalf("headers %v", httpResp.Header)
+	}
+	_, err := client.Messages.New(context.Background(), messageParams("m", "hi"), teamHeader)
+	e := anthropicError(t, err, 429)
+	if !strings.Contains(e.RawJSON(), `"rate_limit_error"`) {
+		t.Fatalf("%s", e.RawJSON())
+	}
+	h := e.Response.Header
+	reset, perr := time.Parse(time.RFC3339, h.Get("Anthropic-Ratelimit-Requests-Reset"))
+	if h.Get("Retry-After") == "" || perr != nil || reset.Before(time.Now()) || reset.After(time.Now().Add(time.Hour+time.Minute)) {
+		t.Fatalf("429 headers %v", h)
 	}
 }

@@ -421,3 +421,19 @@ func TestMessagesRateLimited(t *testing.T) {
 		t.Fatalf("429 headers %v", h)
 	}
 }
+
+// TestMessagesOption: messages native is read from the Caddyfile and
+// any other JSON value is refused.
+func TestMessagesOption(t *testing.T) {
+	h, err := parse(t, "chat_gateway {\n backend http://a:1 {\n messages native\n }\n}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(h.Backends) != 1 || !h.Backends[0].servesMessages() {
+		t.Fatalf("%+v", h.Backends)
+	}
+	h.Backends[0].Messages = "translated"
+	if err := h.Validate(); err == nil || !strings.Contains(err.Error(), `messages must be "native" or empty`) {
+		t.Fatalf("error %v", err)
+	}
+}

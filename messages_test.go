@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -388,6 +389,12 @@ func TestMessagesErrors(t *testing.T) {
 		resp.Header.Get("Request-Id") == "" {
 		t.Fatalf("%d %v %s", resp.StatusCode, resp.Header, body)
 	}
+	// A block with no chat equivalent is refused before the backend.
+	resp, body = do(t, messagesRequest(g, `{"model":"served","max_tokens":9,"messages":[{"role":"user","content":[
+		{"type":"document","source":{"type":"url","url":"http://127.0.0.1:1/a.pdf"}}]}]}`, "X-Api-Key", aliceKey))
+	if resp.StatusCode != 400 || !strings.Contains(body, `"invalid_request_error"`) || !strings.Contains(body, "messages.0.content.0") {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
 	if be.count() != 0 {
 		t.Fatalf("the backend got %d requests", be.count())
 	}
@@ -435,5 +442,46 @@ func TestMessagesOption(t *testing.T) {
 	h.Backends[0].Messages = "translated"
 	if err := h.Validate(); err == nil || !strings.Contains(err.Error(), `messages must be "native" or empty`) {
 		t.Fatalf("error %v", err)
+	}
+}
+
+// TestMessagesStreamFromJSON: a backend that answers a streaming
+// request with one JSON reply is streamed to the client as the event
+// sequence, translated or native.
+func TestMessagesStreamFromJSON(t *testing.T) {
+	chat := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) { writeJSON(w, 200, chatToolReply) })
+	native := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) { writeJSON(w, 200, nativeReply) })
+	g := newGateway(t, fmt.Sprintf("chat_gateway {\n backend %s {\n models claude-test\n }\n backend %s {\n models native-model\n messages native\n }\n}",
+		chat.URL, native.URL))
+	client := anthropicClient(g, "k")
+	msg, err := accumulate(t, client, toolParams("claude-test"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkToolMessage(t, msg)
+	msg, err = accumulate(t, client, messageParams("native-model", "hi"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(msg.Content) != 1 || msg.Content[0].Text != "Native hello" || msg.Usage.OutputTokens != 3 || msg.StopReason != anthropic.StopReasonEndTurn {
+		t.Fatalf("%s", msg.RawJSON())
+	}
+}
+
+// TestMessagesNativeStreamError: a native backend's error event after
+// content reaches the client as Anthropic's error event, its type kept.
+func TestMessagesNativeStreamError(t *testing.T) {
+	be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		startSSE(w)
+		for _, ev := range nativeEvents[:4] {
+			_, _ = fmt.Fprintf(w, "event: %s\ndata: %s\n\n", ev[0], ev[1])
+		}
+		_, _ = io.WriteString(w, "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n")
+	})
+	g := newGateway(t, fmt.Sprintf("chat_gateway {\n backend %s {\n messages native\n }\n}", be.URL))
+	resp, body := do(t, messagesRequest(g, `{"model":"m","max_tokens":5,"stream":true,"messages":[{"role":"user","content":"hi"}]}`))
+	if resp.StatusCode != 200 || !strings.HasSuffix(body, "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n") ||
+		!strings.Contains(body, "event: content_block_delta\n") {
+		t.Fatalf("%d %q", resp.StatusCode, body)
 	}
 }

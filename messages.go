@@ -227,9 +227,17 @@ func parseMessage(body []byte) (*anthropic.Message, error) {
 // chatMessagesStream is the EventStream of a chat completion stream
 // translated into Messages events.
 type chatMessagesStream struct {
-	m    *messagesEndpoint
-	st   anthropic.Stream
-	done bool // [DONE] seen
+	m      *messagesEndpoint
+	st     anthropic.Stream
+	done   bool // [DONE] seen
+	pinged bool // keep-alives went out: message_start with them
+}
+
+// ping is the stream's keep-alive: message_start the first time, then
+// a ping event, as the Anthropic API sends them.
+func (s *chatMessagesStream) ping() []byte {
+	s.pinged = true
+	return anthropic.AppendPing(s.st.Start(nil))
 }
 
 func (s *chatMessagesStream) Event(dst, name, data []byte) ([]byte, error) {
@@ -269,7 +277,11 @@ func (s *chatMessagesStream) Fail(e *openai.Error, emit openai.Emit) error {
 }
 
 func (s *chatMessagesStream) FromReply(_ []byte, _ bool, emit openai.Emit) error {
-	return emitEach(anthropic.AppendEvents(nil, s.m.reply), emit)
+	evs := anthropic.AppendEvents(nil, s.m.reply)
+	if s.pinged { // message_start went out with the first keep-alive
+		evs = evs[bytes.Index(evs, []byte("\n\n"))+2:]
+	}
+	return emitEach(evs, emit)
 }
 
 func (s *chatMessagesStream) Result() openai.Reply {

@@ -1,6 +1,7 @@
 package chatgateway
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -483,5 +484,74 @@ func TestMessagesNativeStreamError(t *testing.T) {
 	if resp.StatusCode != 200 || !strings.HasSuffix(body, "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n") ||
 		!strings.Contains(body, "event: content_block_delta\n") {
 		t.Fatalf("%d %q", resp.StatusCode, body)
+	}
+}
+
+// TestMessagesPing: with keepalive_interval, a translated stream opens
+// with message_start and ping events while the backend is silent, then
+// goes on with the one message_start sent, whether the backend streams
+// or answers with JSON.
+func TestMessagesPing(t *testing.T) {
+	for _, jsonReply := range []bool{false, true} {
+		proceed := make(chan struct{})
+		be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+			select {
+			case <-proceed:
+			case <-r.Context().Done():
+				return
+			}
+			if jsonReply {
+				writeJSON(w, 200, chatToolReply)
+				return
+			}
+			startSSE(w)
+			for _, ev := range chatToolStream {
+				sseEvent(w, ev)
+			}
+		})
+		g := newGateway(t, fmt.Sprintf("chat_gateway {\n backend %s\n keepalive_interval 5ms\n}", be.URL))
+		resp, err := http.DefaultClient.Do(messagesRequest(g, `{"model":"m","max_tokens":5,"stream":true,"messages":[{"role":"user","content":"hi"}]}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rd := bufio.NewReader(resp.Body)
+		var names []string
+		for {
+			line, err := rd.ReadString('\n')
+			if err != nil {
+				t.Fatalf("after %v: %v", names, err)
+			}
+			if name, ok := strings.CutPrefix(strings.TrimSpace(line), "event: "); ok {
+				names = append(names, name)
+				if name == "ping" {
+					break
+				}
+			}
+		}
+		close(proceed)
+		rest, err := io.ReadAll(rd)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for line := range strings.SplitSeq(string(rest), "\n") {
+			if name, ok := strings.CutPrefix(line, "event: "); ok && name != "ping" {
+				names = append(names, name)
+			}
+		}
+		// Streamed, the text comes in two deltas and the tool's arguments
+		// in three; from JSON, each block in one.
+		want := "message_start ping content_block_start content_block_delta content_block_delta content_block_stop " +
+			"content_block_start content_block_delta content_block_delta content_block_delta content_block_stop message_delta message_stop"
+		if jsonReply {
+			want = "message_start ping content_block_start content_block_delta content_block_stop " +
+				"content_block_start content_block_delta content_block_stop message_delta message_stop"
+		}
+		if got := strings.Join(names, " "); got != want {
+			t.Fatalf("json=%v events %s", jsonReply, got)
+		}
+		if !strings.Contains(string(rest), `"input_tokens":12`) || !strings.Contains(string(rest), `"stop_reason":"tool_use"`) {
+			t.Fatalf("json=%v rest %s", jsonReply, rest)
+		}
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
@@ -160,6 +161,7 @@ func (h *Handler) attempt(parent context.Context, x *exchange, rt route, body []
 
 	stopKeepalive := func() {}
 	if x.req.Stream && h.KeepaliveInterval > 0 {
+		u.events() // made here: the keep-alives may use it
 		stopKeepalive = u.keepalive(ctx, time.Duration(h.KeepaliveInterval))
 	}
 	var conns atomic.Int32 // connections the attempt used: more than one is a retry
@@ -184,10 +186,10 @@ func (h *Handler) attempt(parent context.Context, x *exchange, rt route, body []
 	return u, u.settle(ctx, proxyErr, aborted)
 }
 
-// keepalive writes a ": keep-alive" comment every interval until the
-// backend's first event, so proxies in front do not close an idle
-// stream. The first comment starts the client's stream (status 200). It
-// returns a function that stops it and waits for it to end.
+// keepalive writes a keep-alive every interval until the backend's
+// first event, so proxies in front do not close an idle stream. The
+// first starts the client's stream (status 200). It returns a function
+// that stops it and waits for it to end.
 func (u *upstreamWriter) keepalive(ctx context.Context, interval time.Duration) (stop func()) {
 	done, exited := make(chan struct{}), make(chan struct{})
 	go func() {
@@ -201,7 +203,7 @@ func (u *upstreamWriter) keepalive(ctx context.Context, interval time.Duration) 
 			case <-ctx.Done():
 				return
 			case <-tick.C:
-				if u.firstEvent.Load() || u.out.comment("keep-alive") != nil {
+				if !u.ping() {
 					return
 				}
 			}
@@ -211,6 +213,27 @@ func (u *upstreamWriter) keepalive(ctx context.Context, interval time.Duration) 
 		close(done)
 		<-exited
 	}
+}
+
+// pinger is an EventStream with a keep-alive event of its own, sent
+// before the backend's first event (Messages: message_start, then ping).
+type pinger interface {
+	ping() []byte
+}
+
+// ping writes one keep-alive unless the backend's first event has come:
+// the stream's own event where it has one, else a ": keep-alive"
+// comment. It reports false once keep-alives are over.
+func (u *upstreamWriter) ping() bool {
+	u.firstMu.Lock() // the stream is not used by onEvent meanwhile
+	defer u.firstMu.Unlock()
+	if u.firstEvent.Load() {
+		return false
+	}
+	if p, ok := u.st.(pinger); ok {
+		return u.out.event(p.ping()) == nil
+	}
+	return u.out.comment("keep-alive") == nil
 }
 
 // serveProxy runs the reverse proxy. The proxy aborts a response whose
@@ -369,6 +392,7 @@ type upstreamWriter struct {
 	// silence: expired re-arms it while the backend is not silent.
 	timer      *time.Timer
 	firstEvent atomic.Bool
+	firstMu    sync.Mutex // held by a keep-alive, and by the first event's arrival
 	idle       time.Duration
 	began      time.Time
 	// writing is set while the proxy hands over what it read: time spent
@@ -473,7 +497,9 @@ func (u *upstreamWriter) endWrite() {
 // onEvent relays one upstream event, normalized by the endpoint.
 func (u *upstreamWriter) onEvent(ev sse.Event) error {
 	if !u.firstEvent.Load() { // later events are timed by Write
+		u.firstMu.Lock() // a keep-alive being written ends first
 		u.firstEvent.Store(true)
+		u.firstMu.Unlock()
 		u.timer.Reset(u.idle)
 	}
 	if u.ended {

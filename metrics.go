@@ -34,7 +34,7 @@ func registerMetrics(registry *prometheus.Registry) error {
 	m := &gatewayMetrics
 	m.once.Do(func() {
 		m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "requests_total",
-			Help: "API requests by endpoint, model, stream, outcome and key (with metrics_per_key)."}, []string{"endpoint", "model", "stream", "outcome", "key"})
+			Help: "Chat completion requests by model, stream, outcome and key (with metrics_per_key)."}, []string{"model", "stream", "outcome", "key"})
 		m.inFlight = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "in_flight_requests",
 			Help: "Chat completion requests being served."})
 		m.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "request_duration_seconds",
@@ -74,7 +74,7 @@ var upstreamReasons = map[string]bool{
 // series are the children of the collectors for one model, stream flag
 // and key, looked up once instead of hashing labels on every request.
 type series struct {
-	requests                  sync.Map // endpoint + "\x00" + outcome -> prometheus.Counter
+	requests                  sync.Map // outcome -> prometheus.Counter
 	duration, ttft, perToken  prometheus.Observer
 	promptTokens, complTokens prometheus.Counter
 }
@@ -97,12 +97,11 @@ func seriesFor(model, stream, key string) *series {
 	return s.(*series)
 }
 
-func (s *series) request(endpoint, model, stream, key, outcome string) prometheus.Counter {
-	cacheKey := endpoint + "\x00" + outcome
-	if c, ok := s.requests.Load(cacheKey); ok {
+func (s *series) request(model, stream, key, outcome string) prometheus.Counter {
+	if c, ok := s.requests.Load(outcome); ok {
 		return c.(prometheus.Counter)
 	}
-	c, _ := s.requests.LoadOrStore(cacheKey, gatewayMetrics.requests.WithLabelValues(endpoint, model, stream, outcome, key))
+	c, _ := s.requests.LoadOrStore(outcome, gatewayMetrics.requests.WithLabelValues(model, stream, outcome, key))
 	return c.(prometheus.Counter)
 }
 
@@ -114,7 +113,7 @@ func (x *exchange) record() {
 	stream := strconv.FormatBool(x.req != nil && x.req.Stream)
 	key := x.h.metricKey(x.keyID)
 	s := seriesFor(model, stream, key)
-	s.request(x.ep.Name(), model, stream, key, x.outcome).Inc()
+	s.request(model, stream, key, x.outcome).Inc()
 	total := time.Since(x.start)
 	s.duration.Observe(total.Seconds())
 	if x.retries > 0 {

@@ -63,11 +63,11 @@ func TestMetrics(t *testing.T) {
 	type counts struct{ ok, okStream, clientErr, upstreamErr, cancelled, promptTok, complTok, failReason float64 }
 	read := func() counts {
 		return counts{
-			testutil.ToFloat64(m.requests.WithLabelValues("chat_completions", "llama", "false", "ok", "")),
-			testutil.ToFloat64(m.requests.WithLabelValues("chat_completions", "llama", "true", "ok", "")),
-			testutil.ToFloat64(m.requests.WithLabelValues("chat_completions", "other", "false", "client_error", "")),
-			testutil.ToFloat64(m.requests.WithLabelValues("chat_completions", "dead", "false", "upstream_error", "")),
-			testutil.ToFloat64(m.requests.WithLabelValues("chat_completions", "llama", "false", "client_cancelled", "")),
+			testutil.ToFloat64(m.requests.WithLabelValues("llama", "false", "ok", "")),
+			testutil.ToFloat64(m.requests.WithLabelValues("llama", "true", "ok", "")),
+			testutil.ToFloat64(m.requests.WithLabelValues("other", "false", "client_error", "")),
+			testutil.ToFloat64(m.requests.WithLabelValues("dead", "false", "upstream_error", "")),
+			testutil.ToFloat64(m.requests.WithLabelValues("llama", "false", "client_cancelled", "")),
 			testutil.ToFloat64(m.tokens.WithLabelValues("llama", "prompt", "")),
 			testutil.ToFloat64(m.tokens.WithLabelValues("llama", "completion", "")),
 			testutil.ToFloat64(m.upstreamErrors.WithLabelValues("upstream_unavailable")),
@@ -122,7 +122,7 @@ func TestMetricsEndpointAcrossReloads(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("%d %s", resp.StatusCode, body)
 	}
-	for _, name := range []string{"caddy_chat_gateway_requests_total{endpoint=\"chat_completions\",key=\"\",model=\"echo\",outcome=\"ok\",stream=\"true\"}",
+	for _, name := range []string{"caddy_chat_gateway_requests_total{key=\"\",model=\"echo\",outcome=\"ok\",stream=\"true\"}",
 		"caddy_chat_gateway_time_to_first_token_seconds_bucket", "caddy_chat_gateway_overhead_seconds_count", "caddy_chat_gateway_tokens_total"} {
 		if !strings.Contains(body, name) {
 			t.Errorf("scrape lacks %s", name)

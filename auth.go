@@ -4,12 +4,14 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/chatgateway/caddy-chat-gateway/internal/keys"
+	"github.com/chatgateway/caddy-chat-gateway/internal/limits"
 	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
 )
 
@@ -19,13 +21,23 @@ import (
 // 401 invalid_api_key before their body is read.
 type Auth struct {
 	// Keys are the accepted keys.
-	Keys []keys.Entry `json:"keys,omitempty"`
+	Keys []ClientKey `json:"keys,omitempty"`
 
 	// KeysFile is a JSON file of more keys, read when the config loads:
 	// {"keys":[{"key":"sha256:...","id":"...","models":[...],
-	// "expires":"<RFC 3339>","disabled":false}]}, fields as in Keys.
-	// Placeholders such as {env.KEYS_FILE} are resolved.
+	// "expires":"<RFC 3339>","disabled":false,"requests":"60/1m"}]},
+	// fields as in Keys. Placeholders such as {env.KEYS_FILE} are
+	// resolved.
 	KeysFile string `json:"keys_file,omitempty"`
+}
+
+// ClientKey is one accepted key and, optionally, limits of its own that
+// replace the limits block's per-identity ones for this key (requests,
+// tokens, concurrent, quota); a limits block must exist for them to
+// apply.
+type ClientKey struct {
+	keys.Entry
+	LimitSet
 }
 
 // defaultMetricsPerKey is the cap on key label values when
@@ -38,22 +50,35 @@ func (h *Handler) provisionAuth(repl *caddy.Replacer) error {
 	if h.Auth == nil {
 		return nil
 	}
-	entries := make([]keys.Entry, 0, len(h.Auth.Keys))
-	for _, e := range h.Auth.Keys {
-		e.Key = repl.ReplaceKnown(e.Key, "")
-		entries = append(entries, e)
-	}
+	configured := h.Auth.Keys
 	if h.Auth.KeysFile != "" {
 		path := repl.ReplaceKnown(h.Auth.KeysFile, "")
 		data, err := os.ReadFile(path)
 		if err != nil {
 			return fmt.Errorf("reading keys_file: %w", err)
 		}
-		more, err := keys.ParseFile(data)
+		more, err := keys.ParseFile[ClientKey](data)
 		if err != nil {
 			return fmt.Errorf("keys_file %s: %w", path, err)
 		}
-		entries = append(entries, more...)
+		configured = append(slices.Clip(configured), more...)
+	}
+	entries := make([]keys.Entry, len(configured))
+	h.keyLimits = make([]limits.Set, len(configured))
+	for i, k := range configured {
+		entries[i] = k.Entry
+		entries[i].Key = repl.ReplaceKnown(k.Key, "")
+		if k.LimitSet == (LimitSet{}) {
+			continue
+		}
+		if h.Limits == nil {
+			return fmt.Errorf("auth: key %d sets limits of its own, but there is no limits block to apply them", i+1)
+		}
+		set, err := k.LimitSet.parse()
+		if err != nil {
+			return fmt.Errorf("auth: key %d: %w", i+1, err)
+		}
+		h.keyLimits[i] = set
 	}
 	set, err := keys.Build(entries)
 	if err != nil {

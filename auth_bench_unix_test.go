@@ -37,9 +37,9 @@ func cpuTime() time.Duration {
 // keyedEchoHandler is an echo-mode Handler with n keys, aliceKey among
 // them, provisioned outside a server.
 func keyedEchoHandler(b *testing.B, n int) *Handler {
-	h := &Handler{Auth: &Auth{Keys: []keys.Entry{{Key: keys.Hash(aliceKey), ID: "alice"}}}}
+	h := &Handler{Auth: &Auth{Keys: []ClientKey{{Entry: keys.Entry{Key: keys.Hash(aliceKey), ID: "alice"}}}}}
 	for i := 1; i < n; i++ {
-		h.Auth.Keys = append(h.Auth.Keys, keys.Entry{Key: keys.Hash(fmt.Sprintf("sk-cg-bench-%08d-0123456789", i))})
+		h.Auth.Keys = append(h.Auth.Keys, ClientKey{Entry: keys.Entry{Key: keys.Hash(fmt.Sprintf("sk-cg-bench-%08d-0123456789", i))}})
 	}
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	b.Cleanup(cancel)

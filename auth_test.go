@@ -358,9 +358,9 @@ func TestAuthCaddyfile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := &Auth{Keys: []keys.Entry{
-		{Key: "sha256:" + strings.Repeat("ab", 32), ID: "team-a", Models: []string{"gpt-4o*", "llama", "qwen"}, Expires: time.Date(2027, 1, 2, 3, 4, 5, 0, time.UTC), Disabled: true},
-		{Key: "{env.TEAM_KEY}"},
+	want := &Auth{Keys: []ClientKey{
+		{Entry: keys.Entry{Key: "sha256:" + strings.Repeat("ab", 32), ID: "team-a", Models: []string{"gpt-4o*", "llama", "qwen"}, Expires: time.Date(2027, 1, 2, 3, 4, 5, 0, time.UTC), Disabled: true}},
+		{Entry: keys.Entry{Key: "{env.TEAM_KEY}"}},
 	}, KeysFile: "/etc/keys.json"}
 	if fmt.Sprint(h.Auth) != fmt.Sprint(want) || h.MetricsPerKey != defaultMetricsPerKey {
 		t.Fatalf("%+v %d", h.Auth, h.MetricsPerKey)

@@ -61,6 +61,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	            models <patterns...>
 //	            expires <RFC 3339 time>
 //	            disabled
+//	            requests <n>/<window>
+//	            tokens <n>/<window>
+//	            concurrent <n>
+//	            quota <n>/<day|week|month>
 //	        }
 //	        keys_file <path>
 //	    }
@@ -478,11 +482,17 @@ func parseAuth(d *caddyfile.Dispenser, a *Auth) error {
 			if !d.NextArg() {
 				return d.ArgErr()
 			}
-			e := keys.Entry{Key: d.Val()}
+			e := ClientKey{Entry: keys.Entry{Key: d.Val()}}
 			if d.NextArg() {
 				return d.ArgErr()
 			}
 			for inner := d.Nesting(); d.NextBlock(inner); {
+				if handled, err := parseLimitLine(d, &e.LimitSet); handled {
+					if err != nil {
+						return err
+					}
+					continue
+				}
 				opt := d.Val()
 				args := d.RemainingArgs()
 				switch {

@@ -170,3 +170,18 @@ func TestProvisionErrorsNameBackends(t *testing.T) {
 		}
 	}
 }
+
+func TestResponsesOption(t *testing.T) {
+	h, err := parse(t, "chat_gateway {\n backend http://127.0.0.1:9 {\n responses stateful\n }\n}")
+	if err != nil || !h.Backends[0].keepsResponses() {
+		t.Fatalf("%v %+v", err, h)
+	}
+	for _, bad := range []string{"responses", "responses yes", "responses stateful more"} {
+		if _, err := parse(t, "chat_gateway {\n backend http://127.0.0.1:9 {\n "+bad+"\n }\n}"); err == nil || !strings.Contains(err.Error(), "responses takes one argument, stateful") {
+			t.Errorf("%q: %v", bad, err)
+		}
+	}
+	if err := (&Handler{Backends: []*Backend{{Responses: "yes", ProxyRaw: []byte(`{"upstreams":[{"dial":"127.0.0.1:9"}]}`)}}}).Validate(); err == nil {
+		t.Error("responses \"yes\" in JSON passed validation")
+	}
+}

@@ -392,7 +392,9 @@ func (x *exchange) finish() {
 		return
 	}
 	lvl := zapcore.WarnLevel
-	if x.outcome == outcomeClientCancelled {
+	if x.outcome == outcomeClientCancelled || x.outcome == outcomeRejected {
+		// Expected under load: counted in the metrics, not worth a
+		// warning each (a flood of 429s would fill the log).
 		lvl = zapcore.DebugLevel
 	}
 	if c := x.h.logger.Check(lvl, "request failed"); c != nil {

@@ -353,7 +353,11 @@ func (l *Limits) reserveTokens(dims []limits.Dimension, x *exchange) int64 {
 // answered the request instead: a 429, or a 503 when the store failed
 // and on_store_error is deny.
 func (l *Limits) admit(x *exchange) bool {
-	dims := l.dimensions(l.identity(x.r, x.repl), limits.Set{}, x.req.Model)
+	var own limits.Set // the client key's own limits, if it has any
+	if x.key != nil {
+		own = x.h.keyLimits[x.key.Index]
+	}
+	dims := l.dimensions(l.identity(x.r, x.repl), own, x.req.Model)
 	if len(dims) == 0 {
 		return true
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -13,9 +15,13 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
+	"go.uber.org/zap"
+
+	"github.com/chatgateway/caddy-chat-gateway/internal/keys"
 )
 
 // teams numbers the identities team hands out.
@@ -535,5 +541,62 @@ func TestLimitsMemoryReload(t *testing.T) {
 	g = newGateway(t, cfg+"\n# reloaded")
 	if resp, body := g.post(t, chatWith(1, "")); resp.StatusCode != 200 || resp.Header.Get("X-Ratelimit-Remaining-Requests") != "2" {
 		t.Fatalf("after a reload: %d %v %s", resp.StatusCode, resp.Header, body)
+	}
+}
+
+// A key's own limits replace the limits block's per-identity ones for
+// that key, from the Caddyfile and from a keys_file alike.
+func TestLimitsPerKey(t *testing.T) {
+	a, b, c := team("key-a"), team("key-b"), team("key-c")
+	const keyA, keyB, keyC = "sk-cg-perkey-aaaaaaaaaaaaaaaa", "sk-cg-perkey-bbbbbbbbbbbbbbbb", "sk-cg-perkey-cccccccccccccccc"
+	file := filepath.Join(t.TempDir(), "keys.json")
+	if err := os.WriteFile(file, []byte(`{"keys":[{"key":"`+keys.Hash(keyC)+`","id":"`+c+`","requests":"1/1h"}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	g := newGateway(t, fmt.Sprintf(`chat_gateway {
+		auth {
+			key %s {
+				id %s
+				requests 2/1h
+			}
+			key %s {
+				id %s
+			}
+			keys_file %s
+		}
+		limits {
+			requests 4/1h
+		}
+	}`, keyA, a, keyB, b, file))
+	admitted := func(key string, n int) (int, string) {
+		for i := range n {
+			resp, body := g.post(t, hello, "Authorization", "Bearer "+key)
+			if resp.StatusCode != 200 {
+				return i, body
+			}
+		}
+		return n, ""
+	}
+	for _, tt := range []struct {
+		key, id string
+		limit   int
+	}{{keyA, a, 2}, {keyB, b, 4}, {keyC, c, 1}} {
+		got, body := admitted(tt.key, tt.limit+1)
+		if got != tt.limit || !strings.Contains(body, fmt.Sprintf("Rate limit reached for %s on requests per 1h: Limit %d,", tt.id, tt.limit)) {
+			t.Errorf("%s: %d admitted, want %d; then %s", tt.id, got, tt.limit, body)
+		}
+	}
+
+	_, err := parse(t, "chat_gateway {\n auth {\n key "+keyA+" {\n requests 1/bogus\n }\n }\n}")
+	if err == nil || !strings.Contains(err.Error(), "invalid requests '1/bogus'") {
+		t.Fatalf("bad per-key rate: %v", err)
+	}
+	h, err := parse(t, "chat_gateway {\n auth {\n key "+keyA+" {\n requests 1/1m\n }\n }\n}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.logger = zap.NewNop()
+	if err := h.provisionAuth(caddy.NewReplacer()); err == nil || !strings.Contains(err.Error(), "no limits block") {
+		t.Fatalf("per-key limits without a limits block: %v", err)
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/anthropics/anthropic-sdk-go/v2"
 	"github.com/anthropics/anthropic-sdk-go/v2/option"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // anthropicClient is the official Anthropic Go SDK pointed at the
@@ -49,11 +50,17 @@ func accumulate(t *testing.T, client anthropic.Client, params anthropic.MessageN
 func TestMessagesEcho(t *testing.T) {
 	g := newGateway(t, "chat_gateway {\n echo\n}")
 	client := anthropicClient(g, "client-key")
+	served := gatewayMetrics.requests.WithLabelValues("other", "false", "ok", "", "messages")
+	before := testutil.ToFloat64(served)
 	var httpResp *http.Response
 	msg, err := client.Messages.New(context.Background(), messageParams("claude-echo", "hello world"),
 		option.WithHeader("X-Request-ID", "msg-echo-1"), option.WithResponseInto(&httpResp))
 	if err != nil {
 		t.Fatal(err)
+	}
+	g.waitLog(t, "handled request", "msg-echo-1")
+	if n := testutil.ToFloat64(served) - before; n != 1 {
+		t.Fatalf("requests_total{endpoint=\"messages\"} grew by %v", n)
 	}
 	if len(msg.Content) != 1 || msg.Content[0].Text != "Echo: hello world" || msg.StopReason != anthropic.StopReasonEndTurn ||
 		msg.Model != "claude-echo" || msg.Usage.OutputTokens == 0 || msg.Usage.InputTokens == 0 {

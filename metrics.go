@@ -34,17 +34,18 @@ func registerMetrics(registry *prometheus.Registry) error {
 	m := &gatewayMetrics
 	m.once.Do(func() {
 		m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "requests_total",
-			Help: "Chat completion requests by model, stream, outcome and key (with metrics_per_key)."}, []string{"model", "stream", "outcome", "key"})
+			Help: "API requests by model, stream, outcome, key (with metrics_per_key) and endpoint (chat_completions, completions, embeddings, responses, messages, messages_count_tokens)."},
+			[]string{"model", "stream", "outcome", "key", "endpoint"})
 		m.inFlight = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "in_flight_requests",
-			Help: "Chat completion requests being served."})
+			Help: "API requests being served."})
 		m.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "request_duration_seconds",
-			Help: "Time from receiving a chat request to the end of its reply.", Buckets: llmBuckets}, []string{"model", "stream"})
+			Help: "Time from receiving a request to the end of its reply.", Buckets: llmBuckets}, []string{"model", "stream", "endpoint"})
 		m.ttft = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "time_to_first_token_seconds",
-			Help: "Time from receiving a chat request to its first content reaching the client (the whole reply when not streamed).", Buckets: llmBuckets},
-			[]string{"model"})
+			Help: "Time from receiving a request to its first content reaching the client (the whole reply when not streamed).", Buckets: llmBuckets},
+			[]string{"model", "endpoint"})
 		m.perToken = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "time_per_output_token_seconds",
 			Help:    "Time per completion token after the first, on streams.",
-			Buckets: []float64{.001, .0025, .005, .01, .02, .03, .05, .075, .1, .15, .2, .3, .5, 1}}, []string{"model"})
+			Buckets: []float64{.001, .0025, .005, .01, .02, .03, .05, .075, .1, .15, .2, .3, .5, 1}}, []string{"model", "endpoint"})
 		m.tokens = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "tokens_total",
 			Help: "Tokens by model, type (prompt, completion) and key (with metrics_per_key), as the backend reported them or as estimated."}, []string{"model", "type", "key"})
 		m.upstreamErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "upstream_errors_total",
@@ -71,49 +72,51 @@ var upstreamReasons = map[string]bool{
 	"first_token_timeout": true, "idle_timeout": true, "timeout": true, "dial_timeout": true, "upstream_timeout": true,
 }
 
-// series are the children of the collectors for one model, stream flag
-// and key, looked up once instead of hashing labels on every request.
+// series are the children of the collectors for one model, stream flag,
+// key and endpoint, looked up once instead of hashing labels on every
+// request.
 type series struct {
 	requests                  sync.Map // outcome -> prometheus.Counter
 	duration, ttft, perToken  prometheus.Observer
 	promptTokens, complTokens prometheus.Counter
 }
 
-var seriesCache sync.Map // model + "\x00" + stream + "\x00" + key -> *series
+var seriesCache sync.Map // model, stream, key, endpoint joined by "\x00" -> *series
 
-func seriesFor(model, stream, key string) *series {
-	cacheKey := model + "\x00" + stream + "\x00" + key
+func seriesFor(model, stream, key, endpoint string) *series {
+	cacheKey := model + "\x00" + stream + "\x00" + key + "\x00" + endpoint
 	if s, ok := seriesCache.Load(cacheKey); ok {
 		return s.(*series)
 	}
 	m := &gatewayMetrics
 	s, _ := seriesCache.LoadOrStore(cacheKey, &series{
-		duration:     m.duration.WithLabelValues(model, stream),
-		ttft:         m.ttft.WithLabelValues(model),
-		perToken:     m.perToken.WithLabelValues(model),
+		duration:     m.duration.WithLabelValues(model, stream, endpoint),
+		ttft:         m.ttft.WithLabelValues(model, endpoint),
+		perToken:     m.perToken.WithLabelValues(model, endpoint),
 		promptTokens: m.tokens.WithLabelValues(model, "prompt", key),
 		complTokens:  m.tokens.WithLabelValues(model, "completion", key),
 	})
 	return s.(*series)
 }
 
-func (s *series) request(model, stream, key, outcome string) prometheus.Counter {
+func (s *series) request(model, stream, key, endpoint, outcome string) prometheus.Counter {
 	if c, ok := s.requests.Load(outcome); ok {
 		return c.(prometheus.Counter)
 	}
-	c, _ := s.requests.LoadOrStore(outcome, gatewayMetrics.requests.WithLabelValues(model, stream, outcome, key))
+	c, _ := s.requests.LoadOrStore(outcome, gatewayMetrics.requests.WithLabelValues(model, stream, outcome, key, endpoint))
 	return c.(prometheus.Counter)
 }
 
-// record adds a finished chat request to the metrics.
+// record adds a finished API request to the metrics.
 func (x *exchange) record() {
 	m := &gatewayMetrics
 	m.inFlight.Dec()
 	model := x.h.metricModel(x.model)
 	stream := strconv.FormatBool(x.req != nil && x.req.Stream)
 	key := x.h.metricKey(x.keyID)
-	s := seriesFor(model, stream, key)
-	s.request(model, stream, key, x.outcome).Inc()
+	endpoint := x.ep.Name()
+	s := seriesFor(model, stream, key, endpoint)
+	s.request(model, stream, key, endpoint, x.outcome).Inc()
 	total := time.Since(x.start)
 	s.duration.Observe(total.Seconds())
 	if x.retries > 0 {

@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/chatgateway/caddy-chat-gateway/internal/keys"
+	"github.com/chatgateway/caddy-chat-gateway/internal/limits"
 )
 
 func init() {
@@ -169,8 +170,10 @@ type Handler struct {
 	// slots holds a token per chat request served, if MaxConcurrent is set.
 	slots chan struct{}
 	// keys are the accepted client keys; nil without an auth block.
-	keys   *keys.Set
-	logger *zap.Logger
+	keys *keys.Set
+	// keyLimits are each key's own limits, by keys.Key.Index.
+	keyLimits []limits.Set
+	logger    *zap.Logger
 }
 
 // route is where a requested model goes, and under which name.

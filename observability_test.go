@@ -63,18 +63,18 @@ func TestMetrics(t *testing.T) {
 	type counts struct{ ok, okStream, clientErr, upstreamErr, cancelled, promptTok, complTok, failReason float64 }
 	read := func() counts {
 		return counts{
-			testutil.ToFloat64(m.requests.WithLabelValues("llama", "false", "ok", "")),
-			testutil.ToFloat64(m.requests.WithLabelValues("llama", "true", "ok", "")),
-			testutil.ToFloat64(m.requests.WithLabelValues("other", "false", "client_error", "")),
-			testutil.ToFloat64(m.requests.WithLabelValues("dead", "false", "upstream_error", "")),
-			testutil.ToFloat64(m.requests.WithLabelValues("llama", "false", "client_cancelled", "")),
+			testutil.ToFloat64(m.requests.WithLabelValues("llama", "false", "ok", "", "chat_completions")),
+			testutil.ToFloat64(m.requests.WithLabelValues("llama", "true", "ok", "", "chat_completions")),
+			testutil.ToFloat64(m.requests.WithLabelValues("other", "false", "client_error", "", "chat_completions")),
+			testutil.ToFloat64(m.requests.WithLabelValues("dead", "false", "upstream_error", "", "chat_completions")),
+			testutil.ToFloat64(m.requests.WithLabelValues("llama", "false", "client_cancelled", "", "chat_completions")),
 			testutil.ToFloat64(m.tokens.WithLabelValues("llama", "prompt", "")),
 			testutil.ToFloat64(m.tokens.WithLabelValues("llama", "completion", "")),
 			testutil.ToFloat64(m.upstreamErrors.WithLabelValues("upstream_unavailable")),
 		}
 	}
 	before := read()
-	ttftBefore := histogramCount(t, m.ttft.WithLabelValues("llama"))
+	ttftBefore := histogramCount(t, m.ttft.WithLabelValues("llama", "chat_completions"))
 	overheadBefore := histogramCount(t, m.overhead)
 
 	g.post(t, `{"model":"llama","messages":[{"role":"user","content":"x"}]}`)
@@ -98,7 +98,7 @@ func TestMetrics(t *testing.T) {
 	if got != want {
 		t.Fatalf("metric deltas %+v, want %+v", got, want)
 	}
-	if n := histogramCount(t, m.ttft.WithLabelValues("llama")) - ttftBefore; n != 2 {
+	if n := histogramCount(t, m.ttft.WithLabelValues("llama", "chat_completions")) - ttftBefore; n != 2 {
 		t.Errorf("ttft observed %d times, want 2", n)
 	}
 	if n := histogramCount(t, m.overhead) - overheadBefore; n != 5 {
@@ -122,7 +122,7 @@ func TestMetricsEndpointAcrossReloads(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("%d %s", resp.StatusCode, body)
 	}
-	for _, name := range []string{"caddy_chat_gateway_requests_total{key=\"\",model=\"echo\",outcome=\"ok\",stream=\"true\"}",
+	for _, name := range []string{"caddy_chat_gateway_requests_total{endpoint=\"chat_completions\",key=\"\",model=\"echo\",outcome=\"ok\",stream=\"true\"}",
 		"caddy_chat_gateway_time_to_first_token_seconds_bucket", "caddy_chat_gateway_overhead_seconds_count", "caddy_chat_gateway_tokens_total"} {
 		if !strings.Contains(body, name) {
 			t.Errorf("scrape lacks %s", name)

@@ -26,7 +26,7 @@ import (
 
 const faultKey = "sk-fault-backend-secret-key-0123456789"
 
-// TestFailureBehaviour is the README's "Failure behaviour" table: each
+// TestFailureBehaviour is the table of docs/failure-behaviour.md: each
 // backend fault, streamed and not, and what the client gets.
 func TestFailureBehaviour(t *testing.T) {
 	be := fb.New()

@@ -54,7 +54,10 @@ type Entry struct {
 // form of the key but its hash.
 type Key struct {
 	// ID is the key's identity.
-	ID       string
+	ID string
+	// Index is the position of the key's entry among those Build got,
+	// for the caller's own settings of the key.
+	Index    int
 	hash     [sha256.Size]byte
 	models   *Models // nil: every model
 	expires  time.Time
@@ -94,7 +97,7 @@ func Build(entries []Entry) (*Set, error) {
 		if _, dup := s.byHash[sum]; dup {
 			return nil, fmt.Errorf("%s: the same key is configured twice", name)
 		}
-		k := &Key{ID: e.ID, hash: sum, expires: e.Expires, disabled: e.Disabled}
+		k := &Key{ID: e.ID, Index: i, hash: sum, expires: e.Expires, disabled: e.Disabled}
 		if k.ID == "" {
 			k.ID = defaultID(sum)
 		}
@@ -151,11 +154,13 @@ func (s *Set) Lookup(presented string) (*Key, bool) {
 }
 
 // ParseFile reads a keys_file: {"keys":[{"key":"sha256:...","id":"...",
-// "models":[...],"expires":"<RFC 3339>","disabled":false}]}. Unknown
-// fields are errors, so a misspelt "models" does not open every model.
-func ParseFile(data []byte) ([]Entry, error) {
+// "models":[...],"expires":"<RFC 3339>","disabled":false}]}, each key an
+// E: an Entry, or a caller's type holding one with settings of its own.
+// Unknown fields are errors, so a misspelt "models" does not open every
+// model.
+func ParseFile[E any](data []byte) ([]E, error) {
 	var f struct {
-		Keys []Entry `json:"keys"`
+		Keys []E `json:"keys"`
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()

@@ -209,7 +209,7 @@ func TestNewAndHash(t *testing.T) {
 }
 
 func TestParseFile(t *testing.T) {
-	entries, err := ParseFile([]byte(`{"keys":[{"key":"` + Hash(plain) + `","id":"ci","models":["gpt-*"],"expires":"2030-01-02T03:04:05Z","disabled":true}]}`))
+	entries, err := ParseFile[Entry]([]byte(`{"keys":[{"key":"` + Hash(plain) + `","id":"ci","models":["gpt-*"],"expires":"2030-01-02T03:04:05Z","disabled":true}]}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,7 +223,7 @@ func TestParseFile(t *testing.T) {
 		`{"keys":[]} {}`:                          "data after",
 		`[]`:                                      "want {",
 	} {
-		if _, err := ParseFile([]byte(input)); err == nil || !strings.Contains(err.Error(), want) {
+		if _, err := ParseFile[Entry]([]byte(input)); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: error %v, want %q", input, err, want)
 		}
 	}
@@ -233,7 +233,7 @@ func FuzzParseFile(f *testing.F) {
 	f.Add([]byte(`{"keys":[{"key":"sha256:` + strings.Repeat("ab", 32) + `","id":"a","models":["*"],"expires":"2030-01-02T03:04:05Z"}]}`))
 	f.Add([]byte(`{"keys":[{"key":"` + plain + `"}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		entries, err := ParseFile(data)
+		entries, err := ParseFile[Entry](data)
 		if err != nil {
 			return
 		}
@@ -249,7 +249,7 @@ func FuzzParseFile(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		again, err := ParseFile(out)
+		again, err := ParseFile[Entry](out)
 		if err != nil || len(again) != len(entries) {
 			t.Fatalf("round trip: %v", err)
 		}

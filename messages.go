@@ -286,7 +286,8 @@ func (s *chatMessagesStream) FromReply(_ []byte, _ bool, emit openai.Emit) error
 
 func (s *chatMessagesStream) Result() openai.Reply {
 	u := s.st.Usage()
-	return openai.Reply{Usage: openai.Usage{PromptTokens: u.InputTokens, CompletionTokens: u.OutputTokens, Estimated: u.Estimated}}
+	return openai.Reply{FinishReason: s.st.StopReason(), CompletionBytes: s.st.OutputBytes(),
+		Usage: openai.Usage{PromptTokens: u.InputTokens, CompletionTokens: u.OutputTokens, Estimated: u.Estimated}}
 }
 
 // nativeMessagesStream is the EventStream of a native backend's

@@ -220,11 +220,15 @@ func TestMessagesTranslated(t *testing.T) {
 		t.Fatalf("client key forwarded: %v", up.Header)
 	}
 
-	streamed, err := accumulate(t, client, toolParams("claude-test"))
+	streamed, err := accumulate(t, client, toolParams("claude-test"), option.WithHeader("X-Request-ID", "msg-translated-stream"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	checkToolMessage(t, streamed)
+	if l := g.waitLog(t, "handled request", "msg-translated-stream"); l["finish_reason"] != "tool_use" || l["prompt_tokens"] != 12.0 ||
+		l["completion_tokens"] != 7.0 || l["outcome"] != "ok" {
+		t.Fatalf("access log %v", l)
+	}
 	if body := be.last(t).Body; !strings.Contains(body, `"include_usage":true`) {
 		t.Fatalf("stream asked without usage: %s", body)
 	}

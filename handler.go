@@ -241,7 +241,7 @@ func (h *Handler) serveEndpoint(x *exchange, ep openai.Endpoint) {
 		return
 	}
 	if m, ok := ep.(*messagesEndpoint); ok && m.count && !rt.backend.servesMessages() {
-		h.countTokens(x, m)
+		m.answerCount(x)
 		return
 	}
 	if req.PreviousResponseID != "" && !rt.backend.keepsResponses() {
@@ -270,10 +270,10 @@ func (h *Handler) route(model string) (route, bool) {
 	return route{}, false
 }
 
-// fail answers with an error in the route's shape, unless the response has started.
-// An answer given before the body was read closes the connection, so
-// the server neither reads the rest first nor takes it for the next
-// request.
+// fail answers with an error in the route's shape, unless the response
+// has started. An answer given before the body was read closes the
+// connection, so the server neither reads the rest first nor takes it
+// for the next request.
 func (x *exchange) fail(e *openai.Error) {
 	x.status, x.code, x.outcome = e.Status, e.Code, outcomeOf(e)
 	if e.Status == 499 {

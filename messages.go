@@ -157,9 +157,9 @@ func emitEach(evs []byte, emit openai.Emit) error {
 // Anthropic's shape.
 func (m *messagesEndpoint) errorJSON(e *openai.Error) []byte { return anthropic.ErrorJSON(e) }
 
-// countTokens answers count_tokens for a backend that does not serve
+// answerCount answers count_tokens for a backend that does not serve
 // Messages: the gateway's estimate, {"input_tokens":N}.
-func (h *Handler) countTokens(x *exchange, m *messagesEndpoint) {
+func (m *messagesEndpoint) answerCount(x *exchange) {
 	x.writeJSON(http.StatusOK, m.req.AppendCountTokens(nil))
 }
 

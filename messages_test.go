@@ -603,3 +603,46 @@ func FuzzNativeMessages(f *testing.F) {
 		}
 	})
 }
+
+// TestMessagesFallback: a translated backend that fails before the
+// first byte hands the request to its fallback, a native backend, which
+// gets the client's Messages body under the fallback's name.
+func TestMessagesFallback(t *testing.T) {
+	failing := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, 503, `{"error":{"message":"overloaded"}}`)
+	})
+	native := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) { writeJSON(w, 200, nativeReply) })
+	g := newGateway(t, fmt.Sprintf("chat_gateway {\n backend %s {\n models claude-test\n fallback native-model\n }\n backend %s {\n models native-model\n messages native\n }\n}",
+		failing.URL, native.URL))
+	client := anthropicClient(g, "k")
+	for _, stream := range []bool{false, true} {
+		var msg anthropic.Message
+		var err error
+		if stream {
+			msg, err = accumulate(t, client, messageParams("claude-test", "hi"))
+		} else {
+			var m *anthropic.Message
+			if m, err = client.Messages.New(context.Background(), messageParams("claude-test", "hi")); err == nil {
+				msg = *m
+			}
+		}
+		if err != nil {
+			t.Fatalf("stream=%v: %v", stream, err)
+		}
+		if len(msg.Content) != 1 || msg.Content[0].Text != "Native hello" {
+			t.Fatalf("stream=%v: %s", stream, msg.RawJSON())
+		}
+		if up := failing.last(t); up.Path != "/v1/chat/completions" {
+			t.Fatalf("first attempt to %s", up.Path)
+		}
+		up := native.last(t)
+		var sent struct {
+			Model    string          `json:"model"`
+			System   json.RawMessage `json:"system"`
+			Messages json.RawMessage `json:"messages"`
+		}
+		if err := json.Unmarshal([]byte(up.Body), &sent); err != nil || up.Path != "/v1/messages" || sent.Model != "native-model" || len(sent.System) == 0 {
+			t.Fatalf("fallback got %s %s", up.Path, up.Body)
+		}
+	}
+}

@@ -64,7 +64,7 @@ func BenchmarkIdentify(b *testing.B) {
 			w := httptest.NewRecorder()
 			req := keyed("POST", "/v1/chat/completions", hello, "bearer", aliceKey)
 			req = caddyhttp.PrepareRequest(req, caddy.NewReplacer(), w, &caddyhttp.Server{})
-			x := h.newExchange(w, req)
+			x := h.newExchange(w, req, nil)
 			b.ReportAllocs()
 			defer reportCPU(b)()
 			for b.Loop() {

@@ -39,6 +39,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        retry_on <429|5xx|status|stream...>
 //	        fallback <model>
 //	        responses stateful
+//	        messages native
 //	        # and any reverse_proxy subdirective: lb_policy, lb_retries,
 //	        # health_uri, fail_duration, transport http { ... }, ...
 //	    }
@@ -304,6 +305,11 @@ func parseBackend(d *caddyfile.Dispenser) (*Backend, *parsedProxy, error) {
 				return nil, nil, seg.Errf("responses takes one argument, stateful: the backend keeps the Responses it created, for previous_response_id")
 			}
 			b.Responses = responsesStateful
+		case "messages":
+			if !seg.NextArg() || seg.Val() != messagesNative || seg.NextArg() {
+				return nil, nil, seg.Errf("messages takes one argument, native: the backend serves the Anthropic Messages API (/v1/messages) itself")
+			}
+			b.Messages = messagesNative
 		case "retry_on":
 			args := seg.RemainingArgs()
 			if len(args) == 0 {
@@ -333,6 +339,7 @@ func parseBackend(d *caddyfile.Dispenser) (*Backend, *parsedProxy, error) {
 		return nil, nil, err
 	}
 	nb.Models, nb.Aliases, nb.APIKey, nb.Fallback, nb.RetryStream, nb.Responses = b.Models, b.Aliases, b.APIKey, b.Fallback, b.RetryStream, b.Responses
+	nb.Messages = b.Messages
 	if b.BasePath != "" {
 		nb.BasePath = b.BasePath
 	}

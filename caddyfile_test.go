@@ -84,23 +84,26 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 
 func TestUnmarshalCaddyfileErrors(t *testing.T) {
 	for input, want := range map[string]string{
-		`chat_gateway { bogus }`:                                         "unrecognized chat_gateway option 'bogus'",
-		`chat_gateway { timeout soon }`:                                  "invalid timeout 'soon'",
-		"chat_gateway {\n idle_timeout\n}":                               "wrong argument count",
-		`chat_gateway { max_request_body lots }`:                         "invalid max_request_body 'lots'",
-		`chat_gateway { echo now }`:                                      "wrong argument count",
-		`chat_gateway ftp://x`:                                           "invalid backend URL 'ftp://x'",
-		"chat_gateway {\n backend\n}":                                    "backend needs at least one URL",
-		`chat_gateway { backend http://a:1/v1 http://b:1/other }`:        "must share one path",
-		"chat_gateway {\n backend http://a:1 {\n alias x\n }\n}":         "alias takes a name",
-		"chat_gateway {\n backend http://a:1 {\n lb_policy nope\n }\n}":  "nope",
-		"chat_gateway {\n backend http://a:1 {\n handle_response\n }\n}": "not supported",
-		"chat_gateway {\n backend http://a:1 {\n api_key a b\n }\n}":     "wrong argument count",
-		`chat_gateway http://a:1/v1/chat/completions`:                    "backend URL 'http://a:1/v1/chat/completions' is an endpoint, not a base URL: give the base URL as OpenAI SDKs take it, such as 'http://a:1/v1'",
-		"chat_gateway {\n backend https://a/openai/v1/models/\n}":        "such as 'https://a/openai/v1'",
-		"chat_gateway http://a:1 {\n lb_policy first\n}":                 "unrecognized chat_gateway option 'lb_policy': it is a reverse_proxy subdirective; put it in a 'backend <urls...> { ... }' block",
-		"chat_gateway http://a:1 {\n transport http {\n }\n}":            "it is a reverse_proxy subdirective",
-		`chat_gateway { max_concurrent -1 }`:                             "invalid max_concurrent '-1': want a number, 0 for no cap",
+		`chat_gateway { bogus }`:                                             "unrecognized chat_gateway option 'bogus'",
+		`chat_gateway { timeout soon }`:                                      "invalid timeout 'soon'",
+		"chat_gateway {\n idle_timeout\n}":                                   "wrong argument count",
+		`chat_gateway { max_request_body lots }`:                             "invalid max_request_body 'lots'",
+		`chat_gateway { echo now }`:                                          "wrong argument count",
+		`chat_gateway ftp://x`:                                               "invalid backend URL 'ftp://x'",
+		"chat_gateway {\n backend\n}":                                        "backend needs at least one URL",
+		`chat_gateway { backend http://a:1/v1 http://b:1/other }`:            "must share one path",
+		"chat_gateway {\n backend http://a:1 {\n alias x\n }\n}":             "alias takes a name",
+		"chat_gateway {\n backend http://a:1 {\n lb_policy nope\n }\n}":      "nope",
+		"chat_gateway {\n backend http://a:1 {\n handle_response\n }\n}":     "not supported",
+		"chat_gateway {\n backend http://a:1 {\n api_key a b\n }\n}":         "wrong argument count",
+		`chat_gateway http://a:1/v1/chat/completions`:                        "backend URL 'http://a:1/v1/chat/completions' is an endpoint, not a base URL: give the base URL as OpenAI SDKs take it, such as 'http://a:1/v1'",
+		"chat_gateway {\n backend https://a/openai/v1/models/\n}":            "such as 'https://a/openai/v1'",
+		"chat_gateway http://a:1 {\n lb_policy first\n}":                     "unrecognized chat_gateway option 'lb_policy': it is a reverse_proxy subdirective; put it in a 'backend <urls...> { ... }' block",
+		"chat_gateway http://a:1 {\n transport http {\n }\n}":                "it is a reverse_proxy subdirective",
+		`chat_gateway { max_concurrent -1 }`:                                 "invalid max_concurrent '-1': want a number, 0 for no cap",
+		"chat_gateway {\n backend http://a:1 {\n messages\n }\n}":            "messages takes one argument, native",
+		"chat_gateway {\n backend http://a:1 {\n messages translated\n }\n}": "messages takes one argument, native",
+		"chat_gateway {\n backend http://a:1 {\n messages native x\n }\n}":   "messages takes one argument, native",
 	} {
 		_, err := parse(t, input)
 		if err == nil || !strings.Contains(err.Error(), want) {
@@ -134,6 +137,7 @@ func TestCaddyfileAdapt(t *testing.T) {
 func FuzzCaddyfile(f *testing.F) {
 	f.Add("chat_gateway http://a:1/v1 {\n backend http://b:2 {\n models x\n lb_policy first\n }\n timeout 1s\n}")
 	f.Add("chat_gateway {\n echo\n max_request_body 1KiB\n}")
+	f.Add("chat_gateway {\n backend http://b:2 {\n messages native\n responses stateful\n }\n}")
 	f.Add("chat_gateway {\n auth {\n key sha256:ab {\n id a\n models x* y\n expires 2027-01-01T00:00:00Z\n disabled\n }\n keys_file k.json\n }\n metrics_per_key 3\n}")
 	f.Fuzz(func(t *testing.T, input string) {
 		tokens, err := caddyfile.Tokenize([]byte(input), "Caddyfile")

@@ -34,7 +34,7 @@ const (
 // ServeHTTP routes the gateway's paths and passes others to next.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	allow := "GET, HEAD"
-	ep := openai.EndpointFor(r.URL.Path)
+	ep := endpointFor(r.URL.Path)
 	switch {
 	case ep != nil && strings.HasPrefix(r.URL.Path, "/v1/"):
 		allow = http.MethodPost
@@ -44,7 +44,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return next.ServeHTTP(w, r)
 	}
 
-	x := h.newExchange(w, r)
+	x := h.newExchange(w, r, ep)
 	defer x.finish()
 	if len(r.TransferEncoding) > 0 && r.ProtoMajor == 1 {
 		// Go's server drops a Content-Length sent beside
@@ -115,16 +115,30 @@ type exchange struct {
 	backendError string
 	// reservation is what the limits reserved, settled by finish.
 	reservation *limits.Reservation
+	// errorJSON renders the route's errors: OpenAI's shape unless the
+	// route's endpoint has its own (Messages: Anthropic's).
+	errorJSON func(*openai.Error) []byte
 }
 
-func (h *Handler) newExchange(w http.ResponseWriter, r *http.Request) *exchange {
-	x := &exchange{h: h, w: w, r: r, id: requestID(r), start: time.Now(), outcome: outcomeOK, out: newSSEWriter(w)}
+// errorShaper is an endpoint whose errors are not in OpenAI's shape.
+type errorShaper interface {
+	errorJSON(e *openai.Error) []byte
+}
+
+func (h *Handler) newExchange(w http.ResponseWriter, r *http.Request, ep openai.Endpoint) *exchange {
+	x := &exchange{h: h, w: w, r: r, id: requestID(r), start: time.Now(), outcome: outcomeOK, out: newSSEWriter(w),
+		errorJSON: (*openai.Error).JSON}
 	x.repl, _ = r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if x.repl == nil {
 		x.repl = caddy.NewReplacer()
 	}
 	x.repl.Set("http.chat_gateway.request_id", x.id)
 	w.Header().Set("X-Request-ID", x.id)
+	if es, ok := ep.(errorShaper); ok {
+		// The Anthropic API's errors, and its request id header.
+		x.errorJSON = es.errorJSON
+		w.Header().Set("Request-Id", x.id)
+	}
 	if extra := extraLogFields(r); extra != nil && accessLogged(r) {
 		extra.Add(zap.String("request_id", x.id))
 	}
@@ -167,7 +181,7 @@ func requestIDChar(c byte) bool {
 }
 
 // serveEndpoint handles a POST to one of the API routes: chat
-// completions, completions, embeddings, responses.
+// completions, completions, embeddings, responses, messages.
 func (h *Handler) serveEndpoint(x *exchange, ep openai.Endpoint) {
 	r := x.r
 	if ct := r.Header.Get("Content-Type"); ct != "" && ct != "application/json" {
@@ -226,6 +240,10 @@ func (h *Handler) serveEndpoint(x *exchange, ep openai.Endpoint) {
 		x.fail(modelNotFound(req.Model))
 		return
 	}
+	if m, ok := ep.(*messagesEndpoint); ok && m.count && !rt.backend.servesMessages() {
+		m.answerCount(x)
+		return
+	}
 	if req.PreviousResponseID != "" && !rt.backend.keepsResponses() {
 		x.fail(openai.Invalid("previous_response_id", "unsupported_parameter",
 			"'previous_response_id' needs a backend that keeps responses ('responses stateful'); the one serving model '"+req.Model+"' does not."))
@@ -252,10 +270,10 @@ func (h *Handler) route(model string) (route, bool) {
 	return route{}, false
 }
 
-// fail answers with an OpenAI error, unless the response has started.
-// An answer given before the body was read closes the connection, so
-// the server neither reads the rest first nor takes it for the next
-// request.
+// fail answers with an error in the route's shape, unless the response
+// has started. An answer given before the body was read closes the
+// connection, so the server neither reads the rest first nor takes it
+// for the next request.
 func (x *exchange) fail(e *openai.Error) {
 	x.status, x.code, x.outcome = e.Status, e.Code, outcomeOf(e)
 	if e.Status == 499 {
@@ -265,7 +283,7 @@ func (x *exchange) fail(e *openai.Error) {
 	if !x.bodyRead && x.r.ContentLength != 0 {
 		x.w.Header().Set("Connection", "close")
 	}
-	x.writeJSON(e.Status, e.JSON())
+	x.writeJSON(e.Status, x.errorJSON(e))
 }
 
 // outcomeOf classifies an error for logs and metrics.

@@ -377,7 +377,7 @@ func (l *Limits) admit(x *exchange) bool {
 		return l.storeFailed(x, "reserve", err)
 	case dec.Denial != nil:
 		limitMetrics.decision(dec.Denial.Dimension, "denied").Inc()
-		setRateLimitHeaders(x.w.Header(), dec.Status)
+		x.setRateLimitHeaders(dec.Status)
 		x.fail(denialError(x.w.Header(), dec.Denial))
 		x.outcome = outcomeRejected
 		return false
@@ -385,7 +385,7 @@ func (l *Limits) admit(x *exchange) bool {
 	for _, d := range dims {
 		limitMetrics.decision(d, "allowed").Inc()
 	}
-	setRateLimitHeaders(x.w.Header(), dec.Status)
+	x.setRateLimitHeaders(dec.Status)
 	x.reservation = dec.Reservation
 	return true
 }
@@ -455,8 +455,11 @@ func (l *Limits) settle(x *exchange) {
 
 // setRateLimitHeaders sets OpenAI's x-ratelimit-* headers from the
 // statuses of a decision: for requests and for tokens, the dimension
-// with the least remaining.
-func setRateLimitHeaders(h http.Header, status []limits.Status) {
+// with the least remaining. The Messages routes also get Anthropic's
+// anthropic-ratelimit-* headers, their reset as an RFC 3339 time.
+func (x *exchange) setRateLimitHeaders(status []limits.Status) {
+	h := x.w.Header()
+	_, messages := x.ep.(*messagesEndpoint)
 	for _, kind := range [...]limits.Kind{limits.KindRequests, limits.KindTokens} {
 		best := -1
 		for i, st := range status {
@@ -471,6 +474,13 @@ func setRateLimitHeaders(h http.Header, status []limits.Status) {
 		h["X-Ratelimit-Limit-"+capitalized[kind]] = []string{strconv.FormatInt(st.Dimension.Limit, 10)}
 		h["X-Ratelimit-Remaining-"+capitalized[kind]] = []string{strconv.FormatInt(st.Remaining, 10)}
 		h["X-Ratelimit-Reset-"+capitalized[kind]] = []string{ceilMillis(st.Reset).String()}
+		if messages {
+			prefix := "Anthropic-Ratelimit-" + capitalized[kind]
+			h[prefix+"-Limit"] = h["X-Ratelimit-Limit-"+capitalized[kind]]
+			h[prefix+"-Remaining"] = h["X-Ratelimit-Remaining-"+capitalized[kind]]
+			reset := x.start.Add(st.Reset + time.Second - 1).Truncate(time.Second) // RFC 3339 has whole seconds: round up
+			h[prefix+"-Reset"] = []string{reset.UTC().Format(time.RFC3339)}
+		}
 	}
 }
 

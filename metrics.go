@@ -34,7 +34,7 @@ func registerMetrics(registry *prometheus.Registry) error {
 	m := &gatewayMetrics
 	m.once.Do(func() {
 		m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "requests_total",
-			Help: "API requests by model, stream, outcome, key (with metrics_per_key) and endpoint (chat_completions, completions, embeddings, responses, messages)."},
+			Help: "API requests by model, stream, outcome, key (with metrics_per_key) and endpoint (chat_completions, completions, embeddings, responses, messages, messages_count_tokens)."},
 			[]string{"model", "stream", "outcome", "key", "endpoint"})
 		m.inFlight = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "in_flight_requests",
 			Help: "API requests being served."})

@@ -288,6 +288,9 @@ func (h *Handler) Validate() error {
 		if b.Responses != "" && !b.keepsResponses() {
 			return fmt.Errorf("%s: responses must be %q or empty, not %q", b.name(), responsesStateful, b.Responses)
 		}
+		if b.Messages != "" && !b.servesMessages() {
+			return fmt.Errorf("%s: messages must be %q or empty, not %q", b.name(), messagesNative, b.Messages)
+		}
 	}
 	for name, d := range map[string]caddy.Duration{"timeout": h.Timeout, "first_token_timeout": h.FirstTokenTimeout, "idle_timeout": h.IdleTimeout, "read_body_timeout": h.ReadBodyTimeout, "echo_delay": h.EchoDelay, "keepalive_interval": h.KeepaliveInterval} {
 		if d < 0 {
@@ -352,6 +355,13 @@ type Backend struct {
 	// Default: empty, the backend keeps no state the gateway relies on.
 	Responses string `json:"responses,omitempty"`
 
+	// Messages is "native" when the backend serves the Anthropic
+	// Messages API itself (<base>/messages and /messages/count_tokens):
+	// Messages requests then go to it as the client sent them, the model
+	// alias aside. Default: empty, the gateway translates Messages to
+	// and from chat completions for it.
+	Messages string `json:"messages,omitempty"`
+
 	proxy         caddyhttp.MiddlewareHandler
 	cooldowns     *cooldowns // nil unless the proxy marks upstreams down on statuses
 	apiKey        string
@@ -367,6 +377,14 @@ const responsesStateful = "stateful"
 // keepsResponses reports whether the backend keeps the Responses it
 // creates (responses stateful).
 func (b *Backend) keepsResponses() bool { return b.Responses == responsesStateful }
+
+// messagesNative is the value of Backend.Messages for a backend that
+// serves the Messages API itself.
+const messagesNative = "native"
+
+// servesMessages reports whether the backend serves the Messages API
+// itself (messages native).
+func (b *Backend) servesMessages() bool { return b.Messages == messagesNative }
 
 // streamRetries is how many times a stream failing before content is
 // retried on this backend.

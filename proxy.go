@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
@@ -104,6 +105,16 @@ func (h *Handler) forward(x *exchange, rt route, body []byte) {
 	}
 }
 
+// backendEndpoint is an endpoint whose upstream request depends on the
+// backend: Messages go as they are to a backend that serves them, and
+// translated to chat completions to the others.
+type backendEndpoint interface {
+	// upstream returns the path (under the backend's base path) and the
+	// body of the request to b for model, given the client's body with
+	// the model alias edited.
+	upstream(b *Backend, model string, body []byte) (string, []byte, *openai.Error)
+}
+
 // retryable reports whether a failure is the backend's, so another try
 // (or another backend) may succeed: not the client's, not the deadline's.
 func retryable(e *openai.Error) bool {
@@ -122,8 +133,17 @@ func retryable(e *openai.Error) bool {
 func (h *Handler) attempt(parent context.Context, x *exchange, rt route, body []byte) (*upstreamWriter, *openai.Error) {
 	begin := time.Now()
 	b := rt.backend
+	model := x.req.Model
 	if rt.model != "" {
+		model = rt.model
 		body = openai.SetMember(body, "model", jsonString(rt.model))
+	}
+	path := strings.TrimPrefix(x.r.URL.Path, "/v1")
+	if be, ok := x.ep.(backendEndpoint); ok {
+		var e *openai.Error
+		if path, body, e = be.upstream(b, model, body); e != nil {
+			return &upstreamWriter{x: x, out: x.out}, e
+		}
 	}
 	if x.req.Stream && h.IncludeUsageUpstream && !x.req.IncludeUsage && x.ep.AsksStreamUsage() {
 		opts := openai.Member(body, "stream_options")
@@ -144,11 +164,12 @@ func (h *Handler) attempt(parent context.Context, x *exchange, rt route, body []
 
 	stopKeepalive := func() {}
 	if x.req.Stream && h.KeepaliveInterval > 0 {
+		u.events() // made here: the keep-alives may use it
 		stopKeepalive = u.keepalive(ctx, time.Duration(h.KeepaliveInterval))
 	}
 	var conns atomic.Int32 // connections the attempt used: more than one is a retry
 	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(httptrace.GotConnInfo) { conns.Add(1) }})
-	up := x.upstreamRequest(ctx, b, http.MethodPost, strings.TrimPrefix(x.r.URL.Path, "/v1"), body)
+	up := x.upstreamRequest(ctx, b, http.MethodPost, path, body)
 	proxyStart := time.Now()
 	x.gw += proxyStart.Sub(begin)
 	aborted, proxyErr := serveProxy(b.proxy, u, up)
@@ -168,10 +189,10 @@ func (h *Handler) attempt(parent context.Context, x *exchange, rt route, body []
 	return u, u.settle(ctx, proxyErr, aborted)
 }
 
-// keepalive writes a ": keep-alive" comment every interval until the
-// backend's first event, so proxies in front do not close an idle
-// stream. The first comment starts the client's stream (status 200). It
-// returns a function that stops it and waits for it to end.
+// keepalive writes a keep-alive every interval until the backend's
+// first event, so proxies in front do not close an idle stream. The
+// first starts the client's stream (status 200). It returns a function
+// that stops it and waits for it to end.
 func (u *upstreamWriter) keepalive(ctx context.Context, interval time.Duration) (stop func()) {
 	done, exited := make(chan struct{}), make(chan struct{})
 	go func() {
@@ -185,7 +206,7 @@ func (u *upstreamWriter) keepalive(ctx context.Context, interval time.Duration) 
 			case <-ctx.Done():
 				return
 			case <-tick.C:
-				if u.firstEvent.Load() || u.out.comment("keep-alive") != nil {
+				if !u.ping() {
 					return
 				}
 			}
@@ -195,6 +216,27 @@ func (u *upstreamWriter) keepalive(ctx context.Context, interval time.Duration) 
 		close(done)
 		<-exited
 	}
+}
+
+// pinger is an EventStream with a keep-alive event of its own, sent
+// before the backend's first event (Messages: message_start, then ping).
+type pinger interface {
+	ping() []byte
+}
+
+// ping writes one keep-alive unless the backend's first event has come:
+// the stream's own event where it has one, else a ": keep-alive"
+// comment. It reports false once keep-alives are over.
+func (u *upstreamWriter) ping() bool {
+	u.firstMu.Lock() // the stream is not used by onEvent meanwhile
+	defer u.firstMu.Unlock()
+	if u.firstEvent.Load() {
+		return false
+	}
+	if p, ok := u.st.(pinger); ok {
+		return u.out.event(p.ping()) == nil
+	}
+	return u.out.comment("keep-alive") == nil
 }
 
 // serveProxy runs the reverse proxy. The proxy aborts a response whose
@@ -233,6 +275,9 @@ func (x *exchange) upstreamRequest(ctx context.Context, b *Backend, method, path
 	up.Header["X-Idempotency-Key"] = nil
 	if b.apiKey != "" {
 		up.Header["Authorization"] = []string{b.authorization}
+		if b.servesMessages() { // as the Anthropic API takes it
+			up.Header["X-Api-Key"] = []string{b.apiKey}
+		}
 	}
 	up.Body, up.ContentLength = http.NoBody, 0
 	if body != nil {
@@ -355,6 +400,7 @@ type upstreamWriter struct {
 	// silence: expired re-arms it while the backend is not silent.
 	timer      *time.Timer
 	firstEvent atomic.Bool
+	firstMu    sync.Mutex // held by a keep-alive, and by the first event's arrival
 	idle       time.Duration
 	began      time.Time
 	// writing is set while the proxy hands over what it read: time spent
@@ -459,7 +505,9 @@ func (u *upstreamWriter) endWrite() {
 // onEvent relays one upstream event, normalized by the endpoint.
 func (u *upstreamWriter) onEvent(ev sse.Event) error {
 	if !u.firstEvent.Load() { // later events are timed by Write
+		u.firstMu.Lock() // a keep-alive being written ends first
 		u.firstEvent.Store(true)
+		u.firstMu.Unlock()
 		u.timer.Reset(u.idle)
 	}
 	if u.ended {

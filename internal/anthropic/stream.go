@@ -79,6 +79,19 @@ const (
 // Finished reports whether the backend has sent a finish_reason.
 func (s *Stream) Finished() bool { return s.finish != "" }
 
+// StopReason is the stop_reason the stream ends with, from the
+// backend's finish_reason; empty before it came.
+func (s *Stream) StopReason() string {
+	if s.finish == "" {
+		return ""
+	}
+	reason, _ := stopReason(s.finish, len(s.tools) > 0, s.matched, string(s.tail), s.StopSequences)
+	return reason
+}
+
+// OutputBytes is the size of the text and tool arguments received.
+func (s *Stream) OutputBytes() int { return s.outBytes }
+
 // HasContent reports whether any text or tool call has arrived.
 func (s *Stream) HasContent() bool { return s.content }
 

@@ -243,6 +243,12 @@ func TestStreamGolden(t *testing.T) {
 			if _, err := checkStream(parseEvents(t, out)); err != nil {
 				t.Error(err)
 			}
+			if want := map[string]string{"text_only": StopEndTurn}[name]; want == "" && s.StopReason() != StopToolUse || want != "" && s.StopReason() != want {
+				t.Errorf("stop reason %q", s.StopReason())
+			}
+			if s.OutputBytes() == 0 {
+				t.Error("no output bytes counted")
+			}
 		})
 	}
 }

@@ -225,19 +225,29 @@ func (c *chunkEvents) event(dst, name, data []byte, normalize func(dst, data []b
 		c.done = true
 		return dst, nil
 	}
-	if string(name) == "error" || bytes.Contains(data, []byte(`"error"`)) {
-		if e, ok := ParseError(data); ok || string(name) == "error" {
-			if !ok {
-				e = &Error{}
-			}
-			return dst, e
-		}
+	if e, ok := InBandError(name, data); ok {
+		return dst, e
 	}
 	var err error
 	if c.chunk, err = normalize(c.chunk[:0], data); err != nil || len(c.chunk) == 0 {
 		return dst, err
 	}
 	return sse.AppendEvent(dst, "", c.chunk), nil
+}
+
+// InBandError reads a chat stream event that reports an error instead
+// of a chunk: one named "error" (its error, or an empty one when its
+// data says none) or one whose data is an error envelope. It reports
+// false for any other event.
+func InBandError(name, data []byte) (*Error, bool) {
+	if string(name) != "error" && !bytes.Contains(data, []byte(`"error"`)) {
+		return nil, false
+	}
+	e, ok := ParseError(data)
+	if !ok && string(name) == "error" {
+		e, ok = &Error{}, true
+	}
+	return e, ok
 }
 
 // emitChunk frames and emits one chunk of the gateway's own.

@@ -334,7 +334,10 @@ func TestReusedConnectionClosedIsRetried(t *testing.T) {
 // Under load, a backend that closes idle connections after a short
 // time and every few requests costs clients nothing.
 func TestBackendKeepAliveClosesAbsorbed(t *testing.T) {
-	be := fb.NewKeepAlive(fb.KeepAlive{IdleTimeout: 100 * time.Millisecond, MaxRequests: 7})
+	// 300ms: long enough that a connection the gateway just opened is
+	// used before the backend gives up on it, even on a loaded machine
+	// (only reused connections can be sent again).
+	be := fb.NewKeepAlive(fb.KeepAlive{IdleTimeout: 300 * time.Millisecond, MaxRequests: 7})
 	defer be.Close()
 	g := newGateway(t, "chat_gateway "+be.URL)
 	var wg sync.WaitGroup
@@ -344,7 +347,7 @@ func TestBackendKeepAliveClosesAbsorbed(t *testing.T) {
 		wg.Go(func() {
 			for i := range 12 {
 				// Gaps around the backend's idle timeout.
-				time.Sleep(time.Duration(70+(c*7+i*13)%60) * time.Millisecond)
+				time.Sleep(time.Duration(220+(c*7+i*13)%160) * time.Millisecond)
 				body := hello
 				if i%2 == 1 {
 					body = helloStream

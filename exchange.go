@@ -1,0 +1,331 @@
+package chatgateway
+
+// One request's state from its id to its end: the reply or error written,
+// placeholders, metrics and the log lines.
+
+import (
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/chatgateway/caddy-chat-gateway/internal/keys"
+	"github.com/chatgateway/caddy-chat-gateway/internal/limits"
+	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
+	"github.com/google/uuid"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// Outcomes of a request, in logs and the {http.chat_gateway.outcome}
+// placeholder.
+const (
+	outcomeOK              = "ok"
+	outcomeClientError     = "client_error"
+	outcomeUpstreamError   = "upstream_error"
+	outcomeTimeout         = "timeout"
+	outcomeClientCancelled = "client_cancelled"
+	outcomeTruncated       = "truncated"
+	outcomeRejected        = "rejected"
+)
+
+// exchange is one request's state: its id, what it asked, how it ended.
+type exchange struct {
+	h            *Handler
+	w            http.ResponseWriter
+	r            *http.Request
+	id           string
+	repl         *caddy.Replacer
+	start        time.Time
+	ep           openai.Endpoint // the API route, nil for the others
+	req          *openai.Request
+	model        string
+	outcome      string
+	status       int
+	code         string // the error code sent, if any
+	usage        openai.Usage
+	finishReason string
+	out          *sseWriter // the client's stream, if the reply is one
+	bodyRead     bool       // the request body was read to its end
+	published    bool       // the placeholders are final
+	body         body       // the request body's buffer
+	retries      int        // further attempts after the first
+	key          *keys.Key  // the client's key, with an auth block
+	keyID        string     // the caller's identity, if known
+
+	ttft         time.Duration // to the first content sent, 0 if none
+	gw           time.Duration // time in the gateway's own work, for overhead_seconds
+	upstreamTime time.Duration // time inside the reverse proxy
+	fromUpstream bool          // the error status is the backend's
+	// completionBytes is the size of the reply's content, for log_sizes.
+	completionBytes int
+	// upstreamErr is the proxy's own error, for the log only: it may
+	// name the backend address.
+	upstreamErr error
+	// backendError is what a backend's 5xx reply said, redacted and
+	// truncated, for the log only.
+	backendError string
+	// reservation is what the limits reserved, settled by finish.
+	reservation *limits.Reservation
+	// errorJSON renders the route's errors: OpenAI's shape unless the
+	// route's endpoint has its own (Messages: Anthropic's).
+	errorJSON func(*openai.Error) []byte
+}
+
+// errorShaper is an endpoint whose errors are not in OpenAI's shape.
+type errorShaper interface {
+	errorJSON(e *openai.Error) []byte
+}
+
+func (h *Handler) newExchange(w http.ResponseWriter, r *http.Request, ep openai.Endpoint) *exchange {
+	x := &exchange{h: h, w: w, r: r, id: requestID(r), start: time.Now(), outcome: outcomeOK, out: newSSEWriter(w),
+		errorJSON: (*openai.Error).JSON}
+	x.repl, _ = r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if x.repl == nil {
+		x.repl = caddy.NewReplacer()
+	}
+	x.repl.Set("http.chat_gateway.request_id", x.id)
+	w.Header().Set("X-Request-ID", x.id)
+	if es, ok := ep.(errorShaper); ok {
+		// The Anthropic API's errors, and its request id header.
+		x.errorJSON = es.errorJSON
+		w.Header().Set("Request-Id", x.id)
+	}
+	if extra := extraLogFields(r); extra != nil && accessLogged(r) {
+		extra.Add(zap.String("request_id", x.id))
+	}
+	return x
+}
+
+// requestID returns the client's X-Request-ID or Request-Id when it is
+// a sane token, else a new UUID.
+func requestID(r *http.Request) string {
+	for _, name := range [...]string{"X-Request-Id", "Request-Id"} {
+		if v := r.Header.Get(name); validRequestID(v) {
+			return v
+		}
+	}
+	return uuid.NewString()
+}
+
+// validRequestID accepts 1 to 128 bytes of [A-Za-z0-9._:/+=@-], so an
+// id can be reflected in headers, JSON, placeholders and logs (even
+// logs viewed as HTML) as is.
+func validRequestID(s string) bool {
+	if len(s) == 0 || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !requestIDChar(s[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// requestIDChar reports whether c may appear in a client's request id.
+func requestIDChar(c byte) bool {
+	switch {
+	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		return true
+	}
+	return strings.IndexByte("._:/+=@-", c) >= 0
+}
+
+// fail answers with an error in the route's shape, unless the response
+// has started. An answer given before the body was read closes the
+// connection, so the server neither reads the rest first nor takes it
+// for the next request.
+func (x *exchange) fail(e *openai.Error) {
+	x.status, x.code, x.outcome = e.Status, e.Code, outcomeOf(e)
+	if e.Status == 499 {
+		x.w.WriteHeader(499) // for the access log: nobody reads it
+		return
+	}
+	if !x.bodyRead && x.r.ContentLength != 0 {
+		x.w.Header().Set("Connection", "close")
+	}
+	x.writeJSON(e.Status, x.errorJSON(e))
+}
+
+// outcomeOf classifies an error for logs and metrics.
+func outcomeOf(e *openai.Error) string {
+	switch {
+	case e.Status == 499:
+		return outcomeClientCancelled
+	case e.Code == "stream_truncated":
+		return outcomeTruncated
+	case e.Type == openai.TypeTimeout:
+		return outcomeTimeout
+	case e.Status >= 500 || e.Type == openai.TypeUpstream:
+		return outcomeUpstreamError
+	}
+	return outcomeClientError
+}
+
+func (x *exchange) writeJSON(status int, body []byte) {
+	x.publish()
+	x.published = true
+	hdr := x.w.Header()
+	if x.upstreamTime > 0 && status == http.StatusOK {
+		timing := append([]byte("gateway;dur="), strconv.FormatFloat(x.overhead().Seconds()*1e3, 'f', 3, 64)...)
+		timing = append(append(timing, ", upstream;dur="...), strconv.FormatFloat(x.upstreamTime.Seconds()*1e3, 'f', 3, 64)...)
+		hdr["Server-Timing"] = []string{string(timing)}
+	}
+	hdr.Set("Content-Type", "application/json")
+	hdr.Set("Content-Length", itoa(len(body)))
+	x.w.WriteHeader(status)
+	if x.r.Method != http.MethodHead {
+		_, _ = x.w.Write(body)
+	}
+}
+
+// markFirstToken notes the time of the first content sent.
+func (x *exchange) markFirstToken() {
+	if x.ttft == 0 {
+		x.ttft = time.Since(x.start)
+	}
+}
+
+// overhead is the time the request spent in the gateway's own work:
+// decoding and validating the request, building the upstream request,
+// normalizing the reply or each chunk. Reading the request and writing
+// the reply (network I/O) and the backend are not in it. An echo reply is
+// all the gateway's work.
+func (x *exchange) overhead() time.Duration {
+	if x.upstreamTime == 0 && x.req != nil && x.h.echoMode() {
+		return time.Since(x.start)
+	}
+	return x.gw
+}
+
+// publish sets the placeholders from what is known so far; once a reply
+// has been written they do not change.
+func (x *exchange) publish() {
+	if x.published {
+		return
+	}
+	x.repl.Set("http.chat_gateway.outcome", x.outcome)
+	if x.req == nil {
+		return
+	}
+	if up, ok := x.repl.GetString("http.reverse_proxy.upstream.hostport"); ok {
+		x.repl.Set("http.chat_gateway.upstream", up)
+	}
+	x.repl.Set("http.chat_gateway.prompt_tokens", x.usage.PromptTokens)
+	x.repl.Set("http.chat_gateway.completion_tokens", x.usage.CompletionTokens)
+	x.repl.Set("http.chat_gateway.ttft", x.ttft.Seconds())
+}
+
+// finish records how the request ended, in the metrics, the access
+// log, the placeholders and the module log.
+func (x *exchange) finish() {
+	if x.reservation != nil {
+		x.h.Limits.settle(x)
+	}
+	x.out.release()
+	x.publish()
+	if x.ep != nil {
+		x.record()
+	}
+	failed := x.outcome != outcomeOK && x.outcome != outcomeClientError
+	extra := extraLogFields(x.r)
+	if extra != nil && !accessLogged(x.r) {
+		extra = nil
+	}
+	if extra == nil && !failed {
+		return
+	}
+	summary := logSummary{outcome: x.outcome, keyID: x.keyID}
+	if x.req != nil {
+		summary.decoded = true
+		summary.model, summary.stream, summary.finishReason = x.model, x.req.Stream, x.finishReason
+		summary.usage, summary.ttft, summary.retries = x.usage, x.ttft, x.retries
+		summary.upstream, _ = x.repl.GetString("http.chat_gateway.upstream")
+		if x.h.LogSizes {
+			summary.sizes = true
+			summary.promptBytes, summary.completionBytes = x.req.PromptBytes, x.completionBytes
+		}
+	}
+	if extra != nil {
+		extra.Add(zap.Inline(summary))
+	}
+	if !failed {
+		return
+	}
+	lvl := zapcore.WarnLevel
+	if x.outcome == outcomeClientCancelled || x.outcome == outcomeRejected {
+		// Expected under load: counted in the metrics, not worth a
+		// warning each (a flood of 429s would fill the log).
+		lvl = zapcore.DebugLevel
+	}
+	if c := x.h.logger.Check(lvl, "request failed"); c != nil {
+		fields := []zap.Field{zap.String("request_id", x.id), zap.Inline(summary),
+			zap.Int("status", x.status), zap.String("code", x.code), zap.Duration("duration", time.Since(x.start))}
+		if x.upstreamErr != nil {
+			fields = append(fields, zap.Error(x.upstreamErr))
+		}
+		if x.backendError != "" {
+			fields = append(fields, zap.String("backend_error", x.backendError))
+		}
+		c.Write(fields...)
+	}
+}
+
+// logSummary is what the access log and the module log say of how a
+// request ended, written as top-level fields by one inline field:
+// each ExtraLogFields.Add costs a map reset.
+type logSummary struct {
+	outcome                       string
+	keyID                         string
+	decoded                       bool // the chat request was decoded
+	model, finishReason, upstream string
+	stream                        bool
+	usage                         openai.Usage
+	ttft                          time.Duration
+	retries                       int
+	sizes                         bool // log_sizes
+	promptBytes, completionBytes  int
+}
+
+func (s logSummary) MarshalLogObject(enc zapcore.ObjectEncoder) error {
+	enc.AddString("outcome", s.outcome)
+	if s.keyID != "" {
+		enc.AddString("key_id", s.keyID)
+	}
+	if !s.decoded {
+		return nil
+	}
+	enc.AddString("model", s.model)
+	enc.AddBool("stream", s.stream)
+	enc.AddInt64("prompt_tokens", s.usage.PromptTokens)
+	enc.AddInt64("completion_tokens", s.usage.CompletionTokens)
+	enc.AddString("finish_reason", s.finishReason)
+	enc.AddDuration("ttft", s.ttft)
+	if s.upstream != "" {
+		enc.AddString("upstream", s.upstream)
+	}
+	if s.retries > 0 {
+		enc.AddInt("retries", s.retries)
+	}
+	if s.sizes {
+		enc.AddInt("prompt_bytes", s.promptBytes)
+		enc.AddInt("completion_bytes", s.completionBytes)
+	}
+	return nil
+}
+
+// accessLogged reports whether the server writes access logs, which the
+// gateway's log fields are only worth building for.
+func accessLogged(r *http.Request) bool {
+	srv, ok := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	return !ok || srv.Logs != nil
+}
+
+// extraLogFields returns the access log's extra fields of r, if any.
+func extraLogFields(r *http.Request) *caddyhttp.ExtraLogFields {
+	extra, _ := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields)
+	return extra
+}

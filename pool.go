@@ -1,0 +1,48 @@
+package chatgateway
+
+import "sync"
+
+// Request bodies, buffered replies and stream output are held in pooled
+// buffers: a large chat would otherwise cost an allocation of its size,
+// and the garbage collection of it, on every request.
+
+// minPooled is the smallest pooled buffer; each class is 4 times the last.
+const minPooled = 4 << 10
+
+var bodyPools [8]sync.Pool // 4 KiB ... 64 MiB
+
+// getBuffer returns an empty buffer that holds at least n bytes.
+func getBuffer(n int) []byte { return *getBox(n) }
+
+// putBuffer gives b back to the largest class it can serve.
+func putBuffer(b []byte) { putBox(&b) }
+
+// getBox is getBuffer for callers that keep the pool's *[]byte and give
+// it back with putBox, so a buffer that goes round and round (once per
+// stream event) costs no allocation.
+func getBox(n int) *[]byte {
+	for k, size := 0, minPooled; k < len(bodyPools); k, size = k+1, size*4 {
+		if size >= n {
+			if b, ok := bodyPools[k].Get().(*[]byte); ok {
+				*b = (*b)[:0]
+				return b
+			}
+			b := make([]byte, 0, size)
+			return &b
+		}
+	}
+	b := make([]byte, 0, n)
+	return &b
+}
+
+// putBox gives *b back to the largest class it can serve.
+func putBox(b *[]byte) {
+	k := -1
+	for size := minPooled; k+1 < len(bodyPools) && cap(*b) >= size; size *= 4 {
+		k++
+	}
+	if k >= 0 {
+		*b = (*b)[:0]
+		bodyPools[k].Put(b)
+	}
+}

@@ -1,0 +1,131 @@
+package chatgateway
+
+// The stream relay: each event the backend sends, normalized by the
+// endpoint, held while the attempt may still be retried, then written
+// to the client with the events that came in the same read; keep-alives
+// while the backend has not started.
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
+	"github.com/chatgateway/caddy-chat-gateway/internal/sse"
+)
+
+// keepalive writes a keep-alive every interval until the backend's
+// first event, so proxies in front do not close an idle stream. The
+// first starts the client's stream (status 200). It returns a function
+// that stops it and waits for it to end.
+func (u *upstreamWriter) keepalive(ctx context.Context, interval time.Duration) (stop func()) {
+	done, exited := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(exited)
+		tick := time.NewTicker(interval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				if !u.ping() {
+					return
+				}
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-exited
+	}
+}
+
+// pinger is an EventStream with a keep-alive event of its own, sent
+// before the backend's first event (Messages: message_start, then ping).
+type pinger interface {
+	ping() []byte
+}
+
+// ping writes one keep-alive unless the backend's first event has come:
+// the stream's own event where it has one, else a ": keep-alive"
+// comment. It reports false once keep-alives are over.
+func (u *upstreamWriter) ping() bool {
+	u.firstMu.Lock() // the stream is not used by onEvent meanwhile
+	defer u.firstMu.Unlock()
+	if u.firstEvent.Load() {
+		return false
+	}
+	if p, ok := u.st.(pinger); ok {
+		return u.out.event(p.ping()) == nil
+	}
+	return u.out.comment("keep-alive") == nil
+}
+
+// onEvent relays one upstream event, normalized by the endpoint.
+func (u *upstreamWriter) onEvent(ev sse.Event) error {
+	if !u.firstEvent.Load() { // later events are timed by Write
+		u.firstMu.Lock() // a keep-alive being written ends first
+		u.firstEvent.Store(true)
+		u.firstMu.Unlock()
+		u.timer.Reset(u.idle)
+	}
+	if u.ended {
+		return nil
+	}
+	begin := time.Now()
+	n := len(u.held)
+	var err error
+	u.held, err = u.st.Event(u.held, ev.Type, ev.Data)
+	u.x.gw += time.Since(begin)
+	if e, ok := errors.AsType[*openai.Error](err); ok {
+		u.held = u.held[:n]
+		u.x.fromUpstream = true
+		u.failStream(u.x.upstreamErrorDefaults(e, http.StatusBadGateway))
+		return nil
+	}
+	if err != nil {
+		u.held = u.held[:n]
+		u.failStream(&openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "invalid_upstream_response",
+			Message: "The backend sent a stream event this route cannot read (" + u.x.r.URL.Path + ")."})
+		return nil
+	}
+	if len(u.held) == n || !u.out.started && !u.st.Content() && len(u.held) < maxHeld {
+		// Until content flows, the attempt can still be retried: hold
+		// the role chunk and its like.
+		return nil
+	}
+	if u.st.Content() {
+		u.x.markFirstToken()
+	}
+	if !u.out.started {
+		err = u.out.event(u.held) // the first: headers and events go out at once
+	} else {
+		u.out.queue(u.held)
+	}
+	u.held = u.held[:0]
+	return err
+}
+
+// maxHeld bounds the events held before the first content.
+const maxHeld = 64 << 10
+
+// events returns the endpoint's normalizer of this attempt's stream.
+func (u *upstreamWriter) events() openai.EventStream {
+	if u.st == nil {
+		u.st = u.x.ep.NewStream(u.meta)
+	}
+	return u.st
+}
+
+// failStream ends the stream with e: an error event once the stream
+// has started, else an error reply when the proxy returns.
+func (u *upstreamWriter) failStream(e *openai.Error) {
+	u.failed, u.ended = e, true
+	if u.out.started {
+		_ = u.events().Fail(e, u.out.event)
+	}
+}

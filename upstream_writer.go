@@ -1,0 +1,308 @@
+package chatgateway
+
+// The writer reverse_proxy writes a backend's reply to: at WriteHeader it
+// decides between relaying an event stream (relay.go) and buffering a
+// reply (replybuffer.go) to normalize when the proxy returns.
+
+import (
+	"context"
+	"errors"
+	"mime"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
+	"github.com/chatgateway/caddy-chat-gateway/internal/sse"
+)
+
+// upstreamWriter is the ResponseWriter the reverse proxy writes the
+// backend's reply to. At WriteHeader it chooses: an event stream is
+// parsed and relayed event by event; anything else is buffered and
+// rewritten when the proxy returns.
+type upstreamWriter struct {
+	replyBuffer
+	x      *exchange
+	out    *sseWriter
+	stream bool // relaying an event stream
+
+	meta   openai.Meta
+	parser sse.Parser
+	st     openai.EventStream // the endpoint's normalizer of this stream
+	held   []byte             // framed events held before the first content
+	ended  bool               // an error ended the stream: the rest is ignored
+	failed *openai.Error      // the error event sent
+
+	// timer first bounds the wait for the first event, then backend
+	// silence: expired re-arms it while the backend is not silent.
+	timer      *time.Timer
+	firstEvent atomic.Bool
+	firstMu    sync.Mutex // held by a keep-alive, and by the first event's arrival
+	idle       time.Duration
+	began      time.Time
+	// writing is set while the proxy hands over what it read: time spent
+	// there, writing to a slow client included, is not backend silence.
+	writing  atomic.Bool
+	lastRead atomic.Int64 // when the last Write returned, in ns since began
+	stopped  atomic.Bool  // the attempt is over: the timer stays off
+}
+
+// expired runs when the timer fires: before the first event, that is
+// first_token_timeout; after it, idle_timeout only if the backend has
+// been silent for that long, since the end of the last Write.
+func (u *upstreamWriter) expired(cancel context.CancelCauseFunc) {
+	switch {
+	case u.stopped.Load():
+	case !u.firstEvent.Load():
+		cancel(errFirstTokenTimeout)
+	case u.writing.Load():
+		u.timer.Reset(u.idle)
+	default:
+		if silent := time.Since(u.began) - time.Duration(u.lastRead.Load()); silent < u.idle {
+			u.timer.Reset(u.idle - silent)
+			return
+		}
+		cancel(errIdleTimeout)
+	}
+}
+
+// stopTimer ends the attempt's deadlines.
+func (u *upstreamWriter) stopTimer() {
+	u.stopped.Store(true)
+	u.timer.Stop()
+}
+
+// Unwrap gives http.ResponseController the client's writer.
+func (u *upstreamWriter) Unwrap() http.ResponseWriter { return u.x.w }
+
+func (u *upstreamWriter) WriteHeader(code int) {
+	if code < 200 || u.status != 0 {
+		return
+	}
+	u.replyBuffer.WriteHeader(code)
+	if code/100 != 2 {
+		return
+	}
+	if !isEventStream(u.header.Get("Content-Type")) {
+		if !u.x.req.Stream {
+			// The headers of a non-streamed reply are its first sign of
+			// life; from here the request's own timeout applies.
+			u.timer.Stop()
+			return
+		}
+		// A JSON answer to a streaming request: streams have no total
+		// deadline, so its body is bounded by idle_timeout.
+		u.firstEvent.Store(true)
+		u.timer.Reset(u.idle)
+		return
+	}
+	// The client's headers wait for the first event, so a backend that
+	// fails before it still gets a proper status.
+	u.stream = true
+	u.events()
+	u.out.editHeader(func(h http.Header) { u.x.h.passHeaders(h, u.header) })
+}
+
+func (u *upstreamWriter) Write(p []byte) (int, error) {
+	if u.status == 0 {
+		u.WriteHeader(http.StatusOK)
+	}
+	u.writing.Store(true)
+	defer u.endWrite()
+	if !u.stream {
+		return u.replyBuffer.Write(p)
+	}
+	if u.ended {
+		return len(p), nil
+	}
+	if err := u.parser.Feed(p, u.onEvent); err != nil {
+		if errors.Is(err, sse.ErrLineTooLong) {
+			u.failStream(&openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "event_too_large",
+				Message: "The backend sent a stream line longer than the gateway accepts (8 MiB)."})
+		}
+		return 0, err
+	}
+	// The events of this read go out now, together: nothing waits for
+	// more input, and a burst costs one write, as with reverse_proxy.
+	if u.out.started {
+		if err := u.out.send(); err != nil {
+			return 0, err
+		}
+	}
+	return len(p), nil
+}
+
+// endWrite notes that the proxy goes back to reading the backend:
+// silence is counted from here, however long the write to the client took.
+func (u *upstreamWriter) endWrite() {
+	u.lastRead.Store(int64(time.Since(u.began)))
+	u.writing.Store(false)
+}
+
+// settle ends an attempt once the proxy returned. A stream that
+// completed is closed ([DONE]); a buffered 2xx reply is answered. It
+// returns the failure otherwise; a failure after the stream started has
+// been sent as an error event already.
+func (u *upstreamWriter) settle(ctx context.Context, proxyErr error, aborted bool) *openai.Error {
+	x := u.x
+	x.upstreamErr = proxyErr
+	cause := context.Cause(ctx)
+	if u.stream { // what was generated, a client that left included
+		x.setResult(u.st.Result())
+	}
+	if x.r.Context().Err() != nil || u.out.err != nil {
+		return &openai.Error{Status: 499, Type: openai.TypeInvalidRequest, Code: "client_closed_request", Message: "The client closed the request."}
+	}
+	if u.stream {
+		if u.failed == nil {
+			switch {
+			case errors.Is(cause, errFirstTokenTimeout):
+				u.failStream(firstTokenTimeout())
+			case errors.Is(cause, errIdleTimeout):
+				u.failStream(timeoutError("idle_timeout", "The backend sent nothing for longer than idle_timeout; the stream was ended."))
+			case aborted || u.parser.Pending() || !u.st.Complete():
+				u.failStream(&openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "stream_truncated",
+					Message: "The backend ended the stream before it was complete."})
+			}
+		}
+		if u.failed != nil {
+			return u.failed
+		}
+		x.status = http.StatusOK
+		if len(u.held) > 0 {
+			u.out.queue(u.held)
+		}
+		if u.st.Finish(x.req.IncludeUsage, u.out.event) != nil {
+			x.outcome, x.status = outcomeClientCancelled, 499
+		}
+		return nil
+	}
+
+	switch {
+	case errors.Is(cause, errFirstTokenTimeout):
+		return firstTokenTimeout()
+	case errors.Is(cause, errTimeout):
+		return timeoutError("timeout", "The backend did not answer within the request timeout.")
+	case u.tooLarge:
+		return &openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "upstream_reply_too_large",
+			Message: "The backend's reply is larger than the gateway accepts."}
+	case proxyErr != nil || u.status == 0:
+		return proxyError(proxyErr)
+	case aborted:
+		return &openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "upstream_reply_incomplete",
+			Message: "The backend's reply was cut short."}
+	case u.status/100 == 2:
+		return u.reply()
+	}
+	x.h.passHeaders(x.w.Header(), u.header)
+	x.fromUpstream = true
+	if u.status >= 500 {
+		x.backendError = x.h.redactUpstreamKeys(backendErrorText(u.body))
+	}
+	return x.upstreamErrorDefaults(upstreamStatusError(u.status, u.body), u.status)
+}
+
+// reply answers from a buffered 2xx reply: normalized JSON, or the same
+// as a stream when the client asked for one and the backend did not.
+func (u *upstreamWriter) reply() *openai.Error {
+	x := u.x
+	begin := time.Now()
+	var out []byte
+	var rep openai.Reply
+	var err error
+	if x.ep == openai.Embeddings {
+		// Vectors are large: the reply is edited where it lies, and the
+		// buffer it ends in goes back to the pool with the reply's.
+		out, rep, err = x.ep.Normalize(nil, u.body, u.meta)
+		u.body = out
+	} else {
+		out, rep, err = x.ep.Normalize(getBuffer(len(u.body)+512), u.body, u.meta)
+		defer putBuffer(out)
+	}
+	x.gw += time.Since(begin)
+	if err != nil {
+		return &openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "invalid_upstream_response",
+			Message: "The backend's reply is not valid for this route (" + x.r.URL.Path + ")."}
+	}
+	x.setResult(rep)
+	x.markFirstToken()
+	x.h.passHeaders(x.w.Header(), u.header)
+	if !x.req.Stream {
+		x.writeJSON(http.StatusOK, out)
+		return nil
+	}
+	// The backend answered a streaming request with one JSON reply: send
+	// it as the stream it would have been.
+	if u.events().FromReply(out, x.req.IncludeUsage, u.out.event) != nil {
+		x.outcome, x.status = outcomeClientCancelled, 499
+	}
+	return nil
+}
+
+// fail answers with e: an error reply while nothing has gone to the
+// client, else (keep-alive comments went out) a final error event.
+func (u *upstreamWriter) fail(e *openai.Error) {
+	x := u.x
+	if !u.out.started {
+		x.fail(e)
+		return
+	}
+	x.status, x.code, x.outcome = http.StatusOK, e.Code, outcomeOf(e)
+	switch {
+	case e.Status == 499:
+		x.status = 499
+	case u.failed != e: // a stream's own failure went out as it happened
+		_ = u.events().Fail(e, u.out.event)
+	}
+}
+
+// passHeaders copies the backend's response headers a client may rely
+// on, rate-limit information, redacted. Everything else stays behind.
+// The backend's X-Ratelimit-* headers become X-Upstream-Ratelimit-* when
+// the gateway has limits of its own.
+func (h *Handler) passHeaders(dst, src http.Header) {
+	prefix := h.upstreamRateLimitPrefix()
+	for k, v := range src {
+		name, ok := k, k == "Retry-After"
+		if rest, limit := strings.CutPrefix(k, "X-Ratelimit-"); limit {
+			name, ok = prefix+rest, true
+		}
+		if !ok {
+			continue
+		}
+		for i, s := range v {
+			if r := h.redactUpstreamKeys(s); r != s {
+				v = slices.Clone(v)
+				v[i] = r
+			}
+		}
+		dst[name] = v
+	}
+}
+
+// clearPassedHeaders removes what passHeaders copied.
+func (h *Handler) clearPassedHeaders(hdr http.Header) {
+	prefix := h.upstreamRateLimitPrefix()
+	for k := range hdr {
+		if k == "Retry-After" || strings.HasPrefix(k, prefix) {
+			delete(hdr, k)
+		}
+	}
+}
+
+// upstreamRateLimitPrefix starts the names under which the backend's
+// X-Ratelimit-* headers reach the client.
+func (h *Handler) upstreamRateLimitPrefix() string {
+	if h.Limits != nil {
+		return "X-Upstream-Ratelimit-"
+	}
+	return "X-Ratelimit-"
+}
+
+func isEventStream(contentType string) bool {
+	mt, _, _ := mime.ParseMediaType(contentType)
+	return mt == "text/event-stream"
+}

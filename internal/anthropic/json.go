@@ -1,63 +1,17 @@
 package anthropic
 
 import (
-	"encoding/json"
 	"strconv"
 	"unicode/utf16"
 	"unicode/utf8"
+
+	"github.com/chatgateway/caddy-chat-gateway/internal/jsonwalk"
 )
 
 // The helpers below walk JSON that encoding/json's Valid accepted: they
 // find member and element boundaries without decoding values, so the
 // stream translator can copy strings from a chunk into its events as
 // they are, with no allocation.
-
-func skipSpace(b []byte, i int) int {
-	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
-		i++
-	}
-	return i
-}
-
-// skipValue returns the index just past the value starting at b[i].
-func skipValue(b []byte, i int) int {
-	switch b[i] {
-	case '"':
-		for i++; i < len(b); i++ {
-			switch b[i] {
-			case '\\':
-				i++
-			case '"':
-				return i + 1
-			}
-		}
-		return i
-	case '{', '[':
-		depth := 0
-		for ; i < len(b); i++ {
-			switch b[i] {
-			case '"':
-				i = skipValue(b, i) - 1
-			case '{', '[':
-				depth++
-			case '}', ']':
-				depth--
-				if depth == 0 {
-					return i + 1
-				}
-			}
-		}
-		return i
-	default:
-		for ; i < len(b); i++ {
-			switch b[i] {
-			case ',', '}', ']', ' ', '\t', '\r', '\n':
-				return i
-			}
-		}
-		return i
-	}
-}
 
 // iter walks the members of an object or the elements of an array.
 type iter struct {
@@ -69,7 +23,7 @@ type iter struct {
 // walk starts an iter over v when v is a value of the kind open ('{' or
 // '['); it reports false otherwise.
 func walk(v []byte, open byte) (iter, bool) {
-	i := skipSpace(v, 0)
+	i := jsonwalk.SkipSpace(v, 0)
 	if i >= len(v) || v[i] != open {
 		return iter{}, false
 	}
@@ -80,39 +34,22 @@ func walk(v []byte, open byte) (iter, bool) {
 // (key nil); ok is false at the end.
 func (it *iter) next() (key, val []byte, ok bool) {
 	b := it.b
-	it.i = skipSpace(b, it.i)
+	it.i = jsonwalk.SkipSpace(b, it.i)
 	if it.i < len(b) && b[it.i] == ',' {
-		it.i = skipSpace(b, it.i+1)
+		it.i = jsonwalk.SkipSpace(b, it.i+1)
 	}
 	if it.i >= len(b) || b[it.i] == '}' || b[it.i] == ']' {
 		return nil, nil, false
 	}
 	if it.obj {
 		k := it.i
-		it.i = skipValue(b, it.i)
+		it.i = jsonwalk.SkipValue(b, it.i)
 		key = b[k:it.i]
-		it.i = skipSpace(b, skipSpace(b, it.i)+1) // past ':'
+		it.i = jsonwalk.SkipSpace(b, jsonwalk.SkipSpace(b, it.i)+1) // past ':'
 	}
 	s := it.i
-	it.i = skipValue(b, it.i)
+	it.i = jsonwalk.SkipValue(b, it.i)
 	return key, b[s:it.i], true
-}
-
-// keyIs reports whether the raw quoted key names name. Keys with escapes
-// are decoded; plain keys are compared in place.
-func keyIs(key []byte, name string) bool {
-	if len(key) < 2 {
-		return false
-	}
-	inner := key[1 : len(key)-1]
-	if string(inner) == name {
-		return true
-	}
-	if len(inner) <= len(name) || !hasByte(inner, '\\') {
-		return false
-	}
-	var s string
-	return json.Unmarshal(key, &s) == nil && s == name
 }
 
 func hasByte(b []byte, c byte) bool {
@@ -123,8 +60,6 @@ func hasByte(b []byte, c byte) bool {
 	}
 	return false
 }
-
-func isNull(v []byte) bool { return len(v) == 0 || string(v) == "null" }
 
 // isString reports whether v is a JSON string with at least one
 // character.

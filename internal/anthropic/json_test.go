@@ -3,6 +3,8 @@ package anthropic
 import (
 	"encoding/json"
 	"testing"
+
+	"github.com/chatgateway/caddy-chat-gateway/internal/jsonwalk"
 )
 
 // FuzzJSONStrings checks appendString against encoding/json (the same
@@ -47,7 +49,7 @@ func TestWalk(t *testing.T) {
 	for k, val, ok := it.next(); ok; k, val, ok = it.next() {
 		keys, vals = append(keys, string(k)), append(vals, string(val))
 	}
-	if len(keys) != 3 || vals[0] != `[1, {"b":"}"}, "x\"]"]` || !keyIs([]byte(keys[1]), "c") || vals[1] != "null" || vals[2] != "{}" {
+	if len(keys) != 3 || vals[0] != `[1, {"b":"}"}, "x\"]"]` || !jsonwalk.KeyIs([]byte(keys[1]), "c") || vals[1] != "null" || vals[2] != "{}" {
 		t.Fatalf("keys %q vals %q", keys, vals)
 	}
 	arr, _ := walk([]byte(vals[0]), '[')

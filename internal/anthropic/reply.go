@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/chatgateway/caddy-chat-gateway/internal/jsonwalk"
 	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
 )
 
@@ -225,7 +226,7 @@ func FromCompletion(body []byte, o ReplyOptions) (*Message, *openai.Error) {
 // messageText is a reply message's content: a string, text parts
 // concatenated, or "" for null. It reports false for anything else.
 func messageText(v json.RawMessage) (string, bool) {
-	if isNull(v) {
+	if jsonwalk.IsNull(v) {
 		return "", true
 	}
 	if v[0] == '"' {
@@ -256,7 +257,7 @@ func toolInput(name string, args []byte) (json.RawMessage, *openai.Error) {
 		return nil, errInvalidReply("The backend sent a tool call without a function name.")
 	}
 	args = bytes.TrimSpace(args)
-	if isNull(args) {
+	if jsonwalk.IsNull(args) {
 		return json.RawMessage("{}"), nil
 	}
 	if args[0] != '{' || !json.Valid(args) {

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/chatgateway/caddy-chat-gateway/internal/jsonwalk"
 	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
 )
 
@@ -88,13 +89,13 @@ func parse(body []byte, needMaxTokens bool) (*Request, *openai.Error) {
 	r := &Request{system: top.System, tools: top.Tools, toolChoice: top.ToolChoice, metadata: top.Metadata,
 		sampling: [3]json.RawMessage{top.Temperature, top.TopP, top.TopK}}
 
-	if isNull(top.Model) {
+	if jsonwalk.IsNull(top.Model) {
 		return nil, missing("model")
 	}
 	if json.Unmarshal(top.Model, &r.Model) != nil || r.Model == "" {
 		return nil, invalid("model", "invalid_type", "must be a non-empty string")
 	}
-	if isNull(top.Messages) {
+	if jsonwalk.IsNull(top.Messages) {
 		return nil, missing("messages")
 	}
 	if json.Unmarshal(top.Messages, &r.messages) != nil {
@@ -110,7 +111,7 @@ func parse(body []byte, needMaxTokens bool) (*Request, *openai.Error) {
 		r.PromptBytes += len(m.Content)
 	}
 	if needMaxTokens {
-		if isNull(top.MaxTokens) {
+		if jsonwalk.IsNull(top.MaxTokens) {
 			return nil, missing("max_tokens")
 		}
 		n, err := strconv.ParseInt(string(top.MaxTokens), 10, 64)
@@ -119,21 +120,21 @@ func parse(body []byte, needMaxTokens bool) (*Request, *openai.Error) {
 		}
 		r.MaxTokens = n
 	}
-	if !isNull(top.Stream) && json.Unmarshal(top.Stream, &r.Stream) != nil {
+	if !jsonwalk.IsNull(top.Stream) && json.Unmarshal(top.Stream, &r.Stream) != nil {
 		return nil, invalid("stream", "invalid_type", "must be a boolean")
 	}
-	if !isNull(top.System) && top.System[0] != '"' && top.System[0] != '[' {
+	if !jsonwalk.IsNull(top.System) && top.System[0] != '"' && top.System[0] != '[' {
 		return nil, invalid("system", "invalid_type", "must be a string or an array of text blocks")
 	}
-	if !isNull(top.StopSequences) && json.Unmarshal(top.StopSequences, &r.StopSequences) != nil {
+	if !jsonwalk.IsNull(top.StopSequences) && json.Unmarshal(top.StopSequences, &r.StopSequences) != nil {
 		return nil, invalid("stop_sequences", "invalid_type", "must be an array of strings")
 	}
 	for i, v := range r.sampling {
-		if !isNull(v) && (v[0] < '0' || v[0] > '9') && v[0] != '-' {
+		if !jsonwalk.IsNull(v) && (v[0] < '0' || v[0] > '9') && v[0] != '-' {
 			return nil, invalid(samplingParams[i], "invalid_type", "must be a number")
 		}
 	}
-	if !isNull(top.Tools) && top.Tools[0] != '[' {
+	if !jsonwalk.IsNull(top.Tools) && top.Tools[0] != '[' {
 		return nil, invalid("tools", "invalid_type", "must be an array of tools")
 	}
 	r.PromptBytes += len(top.System) + len(top.Tools)
@@ -147,7 +148,7 @@ func checkMessage(i int, m rawMessage) *openai.Error {
 	if m.Role != "user" && m.Role != "assistant" {
 		return invalid(param+".role", "invalid_value", "must be \"user\" or \"assistant\"")
 	}
-	if isNull(m.Content) {
+	if jsonwalk.IsNull(m.Content) {
 		return missing(param + ".content")
 	}
 	if m.Content[0] == '"' {
@@ -204,7 +205,7 @@ func (r *Request) Prompt() string {
 // contentText is the text of a content or system value that has been
 // validated: the string itself, or its text blocks joined by "\n".
 func contentText(v json.RawMessage) string {
-	if isNull(v) {
+	if jsonwalk.IsNull(v) {
 		return ""
 	}
 	if v[0] == '"' {

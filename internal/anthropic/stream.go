@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"unicode/utf8"
 
+	"github.com/chatgateway/caddy-chat-gateway/internal/jsonwalk"
 	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
 )
 
@@ -133,7 +134,7 @@ func (s *Stream) Chunk(dst, data []byte) ([]byte, *openai.Error) {
 	dst = s.Start(dst)
 	for k, v, ok := top.next(); ok; k, v, ok = top.next() {
 		switch {
-		case keyIs(k, "choices"):
+		case jsonwalk.KeyIs(k, "choices"):
 			choices, _ := walk(v, '[')
 			for _, c, ok := choices.next(); ok; _, c, ok = choices.next() {
 				if index(c) == 0 {
@@ -144,7 +145,7 @@ func (s *Stream) Chunk(dst, data []byte) ([]byte, *openai.Error) {
 					break
 				}
 			}
-		case keyIs(k, "usage"):
+		case jsonwalk.KeyIs(k, "usage"):
 			s.readUsage(v)
 		}
 	}
@@ -155,7 +156,7 @@ func (s *Stream) Chunk(dst, data []byte) ([]byte, *openai.Error) {
 func index(c []byte) int {
 	fields, _ := walk(c, '{')
 	for k, v, ok := fields.next(); ok; k, v, ok = fields.next() {
-		if keyIs(k, "index") {
+		if jsonwalk.KeyIs(k, "index") {
 			n, _ := parseCount(v)
 			return int(n)
 		}
@@ -168,15 +169,15 @@ func (s *Stream) choice(dst, c []byte) ([]byte, *openai.Error) {
 	fields, _ := walk(c, '{')
 	for k, v, ok := fields.next(); ok; k, v, ok = fields.next() {
 		switch {
-		case keyIs(k, "delta"):
+		case jsonwalk.KeyIs(k, "delta"):
 			delta, _ := walk(v, '{')
 			for dk, dv, ok := delta.next(); ok; dk, dv, ok = delta.next() {
 				switch {
-				case keyIs(dk, "content"), keyIs(dk, "refusal"):
+				case jsonwalk.KeyIs(dk, "content"), jsonwalk.KeyIs(dk, "refusal"):
 					if isString(dv) {
 						dst = s.text(dst, dv)
 					}
-				case keyIs(dk, "tool_calls"):
+				case jsonwalk.KeyIs(dk, "tool_calls"):
 					calls, _ := walk(dv, '[')
 					for pos := 0; ; pos++ {
 						_, call, ok := calls.next()
@@ -190,11 +191,11 @@ func (s *Stream) choice(dst, c []byte) ([]byte, *openai.Error) {
 					}
 				}
 			}
-		case keyIs(k, "finish_reason"):
+		case jsonwalk.KeyIs(k, "finish_reason"):
 			if isString(v) {
 				s.finish = string(appendUnquoted(nil, v))
 			}
-		case keyIs(k, "stop_reason"): // vLLM: the stop string matched
+		case jsonwalk.KeyIs(k, "stop_reason"): // vLLM: the stop string matched
 			if isString(v) {
 				s.matched = string(appendUnquoted(nil, v))
 			}
@@ -304,21 +305,21 @@ func (s *Stream) toolCall(dst []byte, pos int, call []byte) ([]byte, *openai.Err
 	fields, _ := walk(call, '{')
 	for k, v, ok := fields.next(); ok; k, v, ok = fields.next() {
 		switch {
-		case keyIs(k, "index"):
+		case jsonwalk.KeyIs(k, "index"):
 			if n, ok := parseCount(v); ok {
 				idx = int(n)
 			}
-		case keyIs(k, "id"):
+		case jsonwalk.KeyIs(k, "id"):
 			if isString(v) {
 				id = v
 			}
-		case keyIs(k, "function"):
+		case jsonwalk.KeyIs(k, "function"):
 			fn, _ := walk(v, '{')
 			for fk, fv, ok := fn.next(); ok; fk, fv, ok = fn.next() {
 				switch {
-				case keyIs(fk, "name") && isString(fv):
+				case jsonwalk.KeyIs(fk, "name") && isString(fv):
 					name = fv
-				case keyIs(fk, "arguments") && (isString(fv) || len(fv) > 0 && fv[0] == '{'):
+				case jsonwalk.KeyIs(fk, "arguments") && (isString(fv) || len(fv) > 0 && fv[0] == '{'):
 					args = fv // a string, or an object as some servers send
 				}
 			}
@@ -475,9 +476,9 @@ func (s *Stream) readUsage(v []byte) {
 	fields, _ := walk(v, '{')
 	for k, v, ok := fields.next(); ok; k, v, ok = fields.next() {
 		switch {
-		case keyIs(k, "prompt_tokens"):
+		case jsonwalk.KeyIs(k, "prompt_tokens"):
 			in, hasIn = parseCount(v)
-		case keyIs(k, "completion_tokens"):
+		case jsonwalk.KeyIs(k, "completion_tokens"):
 			out, hasOut = parseCount(v)
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"strconv"
 
+	"github.com/chatgateway/caddy-chat-gateway/internal/jsonwalk"
 	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
 )
 
@@ -78,7 +79,7 @@ type chatFunction struct {
 // tool, a document by URL) is a 400 naming the parameter.
 func (r *Request) ChatBody() ([]byte, *openai.Error) {
 	var msgs []chatMessage
-	if !isNull(r.system) {
+	if !jsonwalk.IsNull(r.system) {
 		text, e := systemText(r.system)
 		if e != nil {
 			return nil, e
@@ -113,7 +114,7 @@ func (r *Request) ChatBody() ([]byte, *openai.Error) {
 		buf.Truncate(buf.Len() - 1)
 	}
 	for i, v := range r.sampling {
-		if !isNull(v) {
+		if !jsonwalk.IsNull(v) {
 			buf.WriteString(`,"` + samplingParams[i] + `":`)
 			buf.Write(v)
 		}
@@ -180,7 +181,7 @@ func translateMessage(param string, m rawMessage) ([]chatMessage, *openai.Error)
 				return nil, invalid(bp, "missing_required_parameter", "a tool_use block needs an id and a name")
 			}
 			args := "{}"
-			if !isNull(b.Input) {
+			if !jsonwalk.IsNull(b.Input) {
 				if b.Input[0] != '{' {
 					return nil, invalid(bp+".input", "invalid_type", "must be an object")
 				}
@@ -291,7 +292,7 @@ func documentName(b block) string {
 // content source): its text, from a string or text blocks joined by
 // "\n", and its images as content parts.
 func toolResult(param string, v json.RawMessage) (string, []chatPart, *openai.Error) {
-	if isNull(v) {
+	if jsonwalk.IsNull(v) {
 		return "", nil, nil
 	}
 	if v[0] == '"' {
@@ -322,7 +323,7 @@ func toolResult(param string, v json.RawMessage) (string, []chatPart, *openai.Er
 
 // user is metadata.user_id.
 func (r *Request) user() (string, *openai.Error) {
-	if isNull(r.metadata) {
+	if jsonwalk.IsNull(r.metadata) {
 		return "", nil
 	}
 	var md struct {
@@ -340,7 +341,7 @@ func (r *Request) user() (string, *openai.Error) {
 // appendTools appends tools (input_schema -> parameters), tool_choice
 // and parallel_tool_calls.
 func (r *Request) appendTools(buf *bytes.Buffer, enc *json.Encoder) *openai.Error {
-	if !isNull(r.tools) {
+	if !jsonwalk.IsNull(r.tools) {
 		var tools []struct {
 			Type        string          `json:"type"`
 			Name        string          `json:"name"`
@@ -367,7 +368,7 @@ func (r *Request) appendTools(buf *bytes.Buffer, enc *json.Encoder) *openai.Erro
 				return invalid(param+".type", "invalid_value", "server tool "+strconv.Quote(t.Type)+" has no chat-completions equivalent")
 			case t.Name == "":
 				return missing(param + ".name")
-			case isNull(t.InputSchema) || t.InputSchema[0] != '{':
+			case jsonwalk.IsNull(t.InputSchema) || t.InputSchema[0] != '{':
 				return missing(param + ".input_schema")
 			}
 			out = append(out, tool{Type: "function", Function: function{Name: t.Name, Description: t.Description, Parameters: t.InputSchema}})
@@ -378,7 +379,7 @@ func (r *Request) appendTools(buf *bytes.Buffer, enc *json.Encoder) *openai.Erro
 			buf.Truncate(buf.Len() - 1)
 		}
 	}
-	if isNull(r.toolChoice) {
+	if jsonwalk.IsNull(r.toolChoice) {
 		return nil
 	}
 	var tc struct {

@@ -2,6 +2,8 @@ package openai
 
 import (
 	"strings"
+
+	"github.com/chatgateway/caddy-chat-gateway/internal/jsonwalk"
 )
 
 // completionsEndpoint is the legacy /v1/completions: a prompt in, text
@@ -20,16 +22,16 @@ func (completionsEndpoint) Parse(body []byte) (*Request, *Error) {
 	e := p.parse(func(key []byte, at int) (int, error) {
 		p.once(key)
 		switch {
-		case keyIs(key, "prompt"):
+		case jsonwalk.KeyIs(key, "prompt"):
 			end, n, err := p.textsOrTokens("prompt", at, true)
 			if err == nil {
 				prompt, size = body[at:end], size+n
 			}
 			return end, err
-		case keyIs(key, "suffix"):
+		case jsonwalk.KeyIs(key, "suffix"):
 			end, err := scanValue(body, at, 1)
 			switch {
-			case err != nil, isNull(body[at:end]):
+			case err != nil, jsonwalk.IsNull(body[at:end]):
 			case body[at] == '"':
 				size += end - at - 2
 			default:
@@ -42,7 +44,7 @@ func (completionsEndpoint) Parse(body []byte) (*Request, *Error) {
 	if e != nil {
 		return nil, e
 	}
-	if isNull(prompt) {
+	if jsonwalk.IsNull(prompt) {
 		return nil, Invalid("prompt", "missing_required_parameter", "Missing required parameter: 'prompt'.")
 	}
 	return p.request(size, prompt), nil
@@ -109,21 +111,21 @@ func appendTextChoice(dst []byte, pos int, c []byte, rep *Reply) []byte {
 	o.open(dst)
 	hasIndex, hasText, hasFinish := false, false, false
 	for _, f := range fields {
-		hasIndex = hasIndex || keyIs(f.key, "index")
+		hasIndex = hasIndex || jsonwalk.KeyIs(f.key, "index")
 	}
 	if !hasIndex {
 		o.int("index", int64(pos))
 	}
 	for _, f := range fields {
 		switch {
-		case keyIs(f.key, "text"):
+		case jsonwalk.KeyIs(f.key, "text"):
 			if f.val[0] != '"' {
 				continue
 			}
 			hasText = true
 			rep.CompletionBytes += contentSize(f.val)
-		case keyIs(f.key, "finish_reason"):
-			if isNull(f.val) {
+		case jsonwalk.KeyIs(f.key, "finish_reason"):
+			if jsonwalk.IsNull(f.val) {
 				continue
 			}
 			hasFinish = true
@@ -177,16 +179,16 @@ func (s *textStream) choice(dst []byte, pos int, c []byte) []byte {
 	var index, text, finish []byte
 	for _, f := range fields {
 		switch {
-		case keyIs(f.key, "index"):
+		case jsonwalk.KeyIs(f.key, "index"):
 			index = f.val
-		case keyIs(f.key, "text"):
+		case jsonwalk.KeyIs(f.key, "text"):
 			text = f.val
-		case keyIs(f.key, "finish_reason"):
+		case jsonwalk.KeyIs(f.key, "finish_reason"):
 			finish = f.val
 		}
 	}
 	idx := parseIndex(index, pos)
-	s.finish(idx, stringValue(finish), !isNull(finish))
+	s.finish(idx, stringValue(finish), !jsonwalk.IsNull(finish))
 	hasText := len(text) > 0 && text[0] == '"'
 	if n := contentSize(text); hasText && n > 0 {
 		s.completionBytes += n
@@ -201,7 +203,7 @@ func (s *textStream) choice(dst []byte, pos int, c []byte) []byte {
 		o.int("index", int64(idx))
 	}
 	for _, f := range fields {
-		if !keyIs(f.key, "text") || hasText {
+		if !jsonwalk.KeyIs(f.key, "text") || hasText {
 			o.member(f.key, f.val)
 		}
 	}
@@ -288,13 +290,13 @@ func (s *textStream) FromReply(reply []byte, includeUsage bool, emit Emit) error
 	var choices []byte
 	members(reply, func(k, v []byte) {
 		switch {
-		case keyIs(k, "choices"):
+		case jsonwalk.KeyIs(k, "choices"):
 			choices = v
-		case keyIs(k, "model"):
+		case jsonwalk.KeyIs(k, "model"):
 			s.Model = stringValue(v)
-		case keyIs(k, "created"):
+		case jsonwalk.KeyIs(k, "created"):
 			s.Created, _ = parseCount(v)
-		case keyIs(k, "usage"):
+		case jsonwalk.KeyIs(k, "usage"):
 			s.usage, s.hasUsage = readUsage(v)
 		}
 	})

@@ -9,6 +9,8 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strconv"
+
+	"github.com/chatgateway/caddy-chat-gateway/internal/jsonwalk"
 )
 
 // embeddingsEndpoint is /v1/embeddings. Its replies can be tens of
@@ -28,13 +30,13 @@ func (embeddingsEndpoint) Parse(body []byte) (*Request, *Error) {
 	e := p.parse(func(key []byte, at int) (int, error) {
 		p.once(key)
 		switch {
-		case keyIs(key, "input"):
+		case jsonwalk.KeyIs(key, "input"):
 			end, n, err := p.textsOrTokens("input", at, false)
 			if err == nil {
 				input, size = body[at:end], n
 			}
 			return end, err
-		case keyIs(key, "encoding_format"):
+		case jsonwalk.KeyIs(key, "encoding_format"):
 			end, err := scanValue(body, at, 1)
 			switch v := string(body[at:end]); {
 			case err != nil, v == "null", v == `"float"`:
@@ -50,7 +52,7 @@ func (embeddingsEndpoint) Parse(body []byte) (*Request, *Error) {
 	if e != nil {
 		return nil, e
 	}
-	if isNull(input) {
+	if jsonwalk.IsNull(input) {
 		return nil, Invalid("input", "missing_required_parameter", "Missing required parameter: 'input'.")
 	}
 	req := p.request(size, input)
@@ -73,25 +75,25 @@ func (embeddingsEndpoint) Normalize(dst, body []byte, m Meta) ([]byte, Reply, er
 	var usage, model []byte
 	usageAt, modelAt := -1, -1
 	hasData := false
-	i := skipSpace(body, 0)
+	i := jsonwalk.SkipSpace(body, 0)
 	if i >= len(body) || body[i] != '{' {
 		return dst, rep, ErrInvalidEmbeddings
 	}
 	end, err := scanObject(body, i, 1, func(key []byte, at int) (int, error) {
-		if keyIs(key, "data") && body[at] == '[' {
+		if jsonwalk.KeyIs(key, "data") && body[at] == '[' {
 			hasData = true
 			return skipBulk(body, at)
 		}
 		end, err := scanValue(body, at, 1)
 		switch {
-		case keyIs(key, "usage"):
+		case jsonwalk.KeyIs(key, "usage"):
 			usage, usageAt = body[at:end], at
-		case keyIs(key, "model"):
+		case jsonwalk.KeyIs(key, "model"):
 			model, modelAt = body[at:end], at
 		}
 		return end, err
 	})
-	if err != nil || !hasData || skipSpace(body, end) != len(body) {
+	if err != nil || !hasData || jsonwalk.SkipSpace(body, end) != len(body) {
 		return dst, rep, ErrInvalidEmbeddings
 	}
 	closing := end - 1 // the object's '}'
@@ -102,9 +104,9 @@ func (embeddingsEndpoint) Normalize(dst, body []byte, m Meta) ([]byte, Reply, er
 		n, ok := parseCount(v)
 		switch {
 		case !ok:
-		case keyIs(k, "prompt_tokens"):
+		case jsonwalk.KeyIs(k, "prompt_tokens"):
 			prompt, hasPrompt = n, true
-		case keyIs(k, "total_tokens"):
+		case jsonwalk.KeyIs(k, "total_tokens"):
 			total, hasTotal = n, true
 		}
 	})

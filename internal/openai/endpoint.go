@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"strings"
 
+	"github.com/chatgateway/caddy-chat-gateway/internal/jsonwalk"
 	"github.com/chatgateway/caddy-chat-gateway/internal/sse"
 )
 
@@ -296,7 +297,7 @@ func (p *requestParser) textsOrTokens(param string, at int, allowEmpty bool) (in
 	case '[':
 	default:
 		end, err := scanValue(b, at, 1)
-		if err == nil && !isNull(b[at:end]) {
+		if err == nil && !jsonwalk.IsNull(b[at:end]) {
 			wrongType()
 		}
 		return end, 0, err

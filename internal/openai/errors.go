@@ -8,6 +8,8 @@ package openai
 import (
 	"encoding/json"
 	"net/http"
+
+	"github.com/chatgateway/caddy-chat-gateway/internal/jsonwalk"
 )
 
 // Error types, as OpenAI names them, plus the gateway's own for faults
@@ -64,7 +66,7 @@ func ParseError(body []byte) (*Error, bool) {
 	var env struct {
 		Error json.RawMessage `json:"error"`
 	}
-	if json.Unmarshal(body, &env) != nil || isNull(env.Error) {
+	if json.Unmarshal(body, &env) != nil || jsonwalk.IsNull(env.Error) {
 		return nil, false
 	}
 	var e struct {

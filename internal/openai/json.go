@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"strconv"
+
+	"github.com/chatgateway/caddy-chat-gateway/internal/jsonwalk"
 )
 
 // The helpers below walk JSON that has already been validated (by
@@ -11,72 +13,25 @@ import (
 // boundaries without decoding values, so a chunk can be edited where it
 // must and copied byte for byte everywhere else.
 
-func skipSpace(b []byte, i int) int {
-	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
-		i++
-	}
-	return i
-}
-
-// skipValue returns the index just past the value starting at b[i].
-func skipValue(b []byte, i int) int {
-	switch b[i] {
-	case '"':
-		for i++; i < len(b); i++ {
-			switch b[i] {
-			case '\\':
-				i++
-			case '"':
-				return i + 1
-			}
-		}
-		return i
-	case '{', '[':
-		depth := 0
-		for ; i < len(b); i++ {
-			switch b[i] {
-			case '"':
-				i = skipValue(b, i) - 1
-			case '{', '[':
-				depth++
-			case '}', ']':
-				depth--
-				if depth == 0 {
-					return i + 1
-				}
-			}
-		}
-		return i
-	default:
-		for ; i < len(b); i++ {
-			switch b[i] {
-			case ',', '}', ']', ' ', '\t', '\r', '\n':
-				return i
-			}
-		}
-		return i
-	}
-}
-
 // members calls fn for each member of the object v, with the raw key
 // (quotes included) and the raw value. It reports whether v is an object.
 func members(v []byte, fn func(key, val []byte)) bool {
-	i := skipSpace(v, 0)
+	i := jsonwalk.SkipSpace(v, 0)
 	if i >= len(v) || v[i] != '{' {
 		return false
 	}
-	for i = skipSpace(v, i+1); i < len(v) && v[i] != '}'; {
+	for i = jsonwalk.SkipSpace(v, i+1); i < len(v) && v[i] != '}'; {
 		k := i
-		i = skipValue(v, i)
+		i = jsonwalk.SkipValue(v, i)
 		key := v[k:i]
-		i = skipSpace(v, i) + 1 // ':'
-		i = skipSpace(v, i)
+		i = jsonwalk.SkipSpace(v, i) + 1 // ':'
+		i = jsonwalk.SkipSpace(v, i)
 		s := i
-		i = skipValue(v, i)
+		i = jsonwalk.SkipValue(v, i)
 		fn(key, v[s:i])
-		i = skipSpace(v, i)
+		i = jsonwalk.SkipSpace(v, i)
 		if i < len(v) && v[i] == ',' {
-			i = skipSpace(v, i+1)
+			i = jsonwalk.SkipSpace(v, i+1)
 		}
 	}
 	return true
@@ -94,43 +49,22 @@ func appendMembers(dst []span, v []byte) []span {
 // elements calls fn for each element of the array v. It reports whether
 // v is an array.
 func elements(v []byte, fn func(i int, el []byte)) bool {
-	i := skipSpace(v, 0)
+	i := jsonwalk.SkipSpace(v, 0)
 	if i >= len(v) || v[i] != '[' {
 		return false
 	}
 	n := 0
-	for i = skipSpace(v, i+1); i < len(v) && v[i] != ']'; n++ {
+	for i = jsonwalk.SkipSpace(v, i+1); i < len(v) && v[i] != ']'; n++ {
 		s := i
-		i = skipValue(v, i)
+		i = jsonwalk.SkipValue(v, i)
 		fn(n, v[s:i])
-		i = skipSpace(v, i)
+		i = jsonwalk.SkipSpace(v, i)
 		if i < len(v) && v[i] == ',' {
-			i = skipSpace(v, i+1)
+			i = jsonwalk.SkipSpace(v, i+1)
 		}
 	}
 	return true
 }
-
-// keyIs reports whether the raw key names name, which is not empty.
-// Keys with escapes are decoded; plain keys are compared in place.
-func keyIs(key []byte, name string) bool {
-	if len(key) < 2 {
-		return false
-	}
-	inner := key[1 : len(key)-1]
-	if string(inner) == name {
-		return true
-	}
-	// A key that spells name with escapes is longer than name and
-	// starts with its first byte or an escape.
-	if len(inner) <= len(name) || inner[0] != name[0] && inner[0] != '\\' || bytes.IndexByte(inner, '\\') < 0 {
-		return false
-	}
-	var s string
-	return json.Unmarshal(key, &s) == nil && s == name
-}
-
-func isNull(v []byte) bool { return len(v) == 0 || string(v) == "null" }
 
 // hasValue reports whether v holds something other than null, "" or [].
 func hasValue(v []byte) bool {
@@ -183,8 +117,8 @@ func (o *object) close() []byte { return append(o.buf, '}') }
 // gateway writes itself: id, object, created, model, choices, usage.
 func (o *object) others(top []span) {
 	for _, m := range top {
-		if !keyIs(m.key, "id") && !keyIs(m.key, "object") && !keyIs(m.key, "created") &&
-			!keyIs(m.key, "model") && !keyIs(m.key, "choices") && !keyIs(m.key, "usage") {
+		if !jsonwalk.KeyIs(m.key, "id") && !jsonwalk.KeyIs(m.key, "object") && !jsonwalk.KeyIs(m.key, "created") &&
+			!jsonwalk.KeyIs(m.key, "model") && !jsonwalk.KeyIs(m.key, "choices") && !jsonwalk.KeyIs(m.key, "usage") {
 			o.member(m.key, m.val)
 		}
 	}
@@ -207,7 +141,7 @@ func appendString(dst []byte, s string) []byte {
 func Member(obj []byte, key string) []byte {
 	var found []byte
 	members(obj, func(k, v []byte) {
-		if found == nil && keyIs(k, key) {
+		if found == nil && jsonwalk.KeyIs(k, key) {
 			found = v
 		}
 	})

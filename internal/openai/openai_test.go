@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/chatgateway/caddy-chat-gateway/internal/jsonwalk"
 )
 
 func TestParseChatRequest(t *testing.T) {
@@ -382,8 +384,8 @@ func TestKeyIs(t *testing.T) {
 		`"cho\nces"`:          false,
 		`""`:                  false,
 	} {
-		if got := keyIs([]byte(key), "choices"); got != want {
-			t.Errorf("keyIs(%s, choices) = %v", key, got)
+		if got := jsonwalk.KeyIs([]byte(key), "choices"); got != want {
+			t.Errorf("jsonwalk.KeyIs(%s, choices) = %v", key, got)
 		}
 	}
 }
@@ -412,8 +414,8 @@ func TestStreamFromCompletion(t *testing.T) {
 // valid reports whether b is one JSON value with the gateway's scanner,
 // for comparison with json.Valid.
 func valid(b []byte) bool {
-	end, err := scanValue(b, skipSpace(b, 0), 0)
-	return err == nil && skipSpace(b, end) == len(b)
+	end, err := scanValue(b, jsonwalk.SkipSpace(b, 0), 0)
+	return err == nil && jsonwalk.SkipSpace(b, end) == len(b)
 }
 
 // FuzzValid checks the scanner the request and reply decoders share

@@ -3,6 +3,8 @@ package openai
 import (
 	"errors"
 	"strconv"
+
+	"github.com/chatgateway/caddy-chat-gateway/internal/jsonwalk"
 )
 
 // ErrInvalidReply is returned for a backend reply or chunk that is not
@@ -63,13 +65,13 @@ func normalizeReply(dst, body []byte, m Meta, kind string, choice func(dst []byt
 	var choices, usage, model, created []byte
 	for _, f := range top {
 		switch {
-		case keyIs(f.key, "choices"):
+		case jsonwalk.KeyIs(f.key, "choices"):
 			choices = f.val
-		case keyIs(f.key, "usage"):
+		case jsonwalk.KeyIs(f.key, "usage"):
 			usage = f.val
-		case keyIs(f.key, "model"):
+		case jsonwalk.KeyIs(f.key, "model"):
 			model = f.val
-		case keyIs(f.key, "created"):
+		case jsonwalk.KeyIs(f.key, "created"):
 			created = f.val
 		}
 	}
@@ -113,19 +115,19 @@ func appendChoice(dst []byte, pos int, c []byte, rep *Reply) []byte {
 	o.open(dst)
 	hasIndex, hasMessage, hasFinish := false, false, false
 	for _, f := range fields {
-		hasIndex = hasIndex || keyIs(f.key, "index")
+		hasIndex = hasIndex || jsonwalk.KeyIs(f.key, "index")
 	}
 	if !hasIndex {
 		o.int("index", int64(pos))
 	}
 	for _, f := range fields {
 		switch {
-		case keyIs(f.key, "message"):
+		case jsonwalk.KeyIs(f.key, "message"):
 			hasMessage = true
 			o.key("message")
 			o.buf = appendMessage(o.buf, f.val, rep)
-		case keyIs(f.key, "finish_reason"):
-			if isNull(f.val) {
+		case jsonwalk.KeyIs(f.key, "finish_reason"):
+			if jsonwalk.IsNull(f.val) {
 				continue
 			}
 			hasFinish = true
@@ -159,7 +161,7 @@ func appendMessage(dst, msg []byte, rep *Reply) []byte {
 	fields := appendMembers(fieldBuf[:0], msg)
 	hasRole := false
 	for _, f := range fields {
-		hasRole = hasRole || keyIs(f.key, "role") && !isNull(f.val)
+		hasRole = hasRole || jsonwalk.KeyIs(f.key, "role") && !jsonwalk.IsNull(f.val)
 	}
 	var o object
 	o.open(dst)
@@ -167,10 +169,10 @@ func appendMessage(dst, msg []byte, rep *Reply) []byte {
 		o.str("role", "assistant")
 	}
 	for _, f := range fields {
-		if keyIs(f.key, "role") && isNull(f.val) {
+		if jsonwalk.KeyIs(f.key, "role") && jsonwalk.IsNull(f.val) {
 			continue
 		}
-		if keyIs(f.key, "content") || keyIs(f.key, "tool_calls") || keyIs(f.key, "refusal") {
+		if jsonwalk.KeyIs(f.key, "content") || jsonwalk.KeyIs(f.key, "tool_calls") || jsonwalk.KeyIs(f.key, "refusal") {
 			rep.CompletionBytes += contentSize(f.val)
 		}
 		o.member(f.key, f.val)

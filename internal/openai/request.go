@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/chatgateway/caddy-chat-gateway/internal/jsonwalk"
 )
 
 // ChatRequest is what the gateway needs of a chat-completions request.
@@ -57,18 +59,18 @@ func (p *requestParser) parse(member func(key []byte, at int) (int, error)) *Err
 	if !utf8.Valid(body) {
 		return Invalid("", "invalid_json", "The request body is not valid UTF-8.")
 	}
-	i := skipSpace(body, 0)
+	i := jsonwalk.SkipSpace(body, 0)
 	var err error
 	if i < len(body) && body[i] == '{' {
 		i, err = scanObject(body, i, 1, member)
 	} else {
 		i, err = scanValue(body, i, 0)
-		if err == nil && skipSpace(body, i) == len(body) {
-			return Invalid("", "invalid_type", "The request body must be a JSON object, not "+kindOf(body[skipSpace(body, 0)])+".")
+		if err == nil && jsonwalk.SkipSpace(body, i) == len(body) {
+			return Invalid("", "invalid_type", "The request body must be a JSON object, not "+kindOf(body[jsonwalk.SkipSpace(body, 0)])+".")
 		}
 	}
-	if err == nil && skipSpace(body, i) != len(body) {
-		err = errAt("invalid character after the top-level value", skipSpace(body, i))
+	if err == nil && jsonwalk.SkipSpace(body, i) != len(body) {
+		err = errAt("invalid character after the top-level value", jsonwalk.SkipSpace(body, i))
 	}
 	if err != nil {
 		return Invalid("", "invalid_json", "The request body is not valid JSON: "+err.Error()+".")
@@ -128,13 +130,13 @@ func (p *requestParser) seen(key []byte) bool {
 func (p *requestParser) member(key []byte, at int) (int, error) {
 	b := p.body
 	p.once(key)
-	if keyIs(key, "messages") {
+	if jsonwalk.KeyIs(key, "messages") {
 		if b[at] == '[' {
 			p.hasMessages = true
 			return scanArray(b, at, 2, p.message)
 		}
 		end, err := scanValue(b, at, 1)
-		if err == nil && !isNull(b[at:end]) {
+		if err == nil && !jsonwalk.IsNull(b[at:end]) {
 			p.fail(Invalid("messages", "invalid_type", "'messages' must be an array of message objects."))
 		}
 		return end, err
@@ -155,9 +157,9 @@ func (p *requestParser) once(key []byte) {
 func (p *requestParser) common(key []byte, at int) (int, error) {
 	b := p.body
 	switch {
-	case keyIs(key, "max_tokens"), keyIs(key, "max_completion_tokens"), keyIs(key, "max_output_tokens"):
+	case jsonwalk.KeyIs(key, "max_tokens"), jsonwalk.KeyIs(key, "max_completion_tokens"), jsonwalk.KeyIs(key, "max_output_tokens"):
 		end, err := scanValue(b, at, 1)
-		if err != nil || isNull(b[at:end]) {
+		if err != nil || jsonwalk.IsNull(b[at:end]) {
 			return end, err
 		}
 		// The smallest budget given is the one that binds.
@@ -168,9 +170,9 @@ func (p *requestParser) common(key []byte, at int) (int, error) {
 			p.req.maxOutput = n
 		}
 		return end, err
-	case keyIs(key, "model"):
+	case jsonwalk.KeyIs(key, "model"):
 		end, err := scanValue(b, at, 1)
-		if err == nil && !isNull(b[at:end]) {
+		if err == nil && !jsonwalk.IsNull(b[at:end]) {
 			if b[at] != '"' {
 				p.fail(Invalid("model", "invalid_type", "'model' must be a string."))
 			} else {
@@ -178,7 +180,7 @@ func (p *requestParser) common(key []byte, at int) (int, error) {
 			}
 		}
 		return end, err
-	case keyIs(key, "stream"):
+	case jsonwalk.KeyIs(key, "stream"):
 		end, err := scanValue(b, at, 1)
 		switch v := string(b[at:end]); {
 		case err != nil, v == "null", v == "false":
@@ -188,10 +190,10 @@ func (p *requestParser) common(key []byte, at int) (int, error) {
 			p.fail(Invalid("stream", "invalid_type", "'stream' must be a boolean."))
 		}
 		return end, err
-	case keyIs(key, "stream_options"):
+	case jsonwalk.KeyIs(key, "stream_options"):
 		if b[at] != '{' {
 			end, err := scanValue(b, at, 1)
-			if err == nil && !isNull(b[at:end]) {
+			if err == nil && !jsonwalk.IsNull(b[at:end]) {
 				p.fail(Invalid("stream_options", "invalid_type", "'stream_options' must be an object with a boolean 'include_usage'."))
 			}
 			return end, err
@@ -199,7 +201,7 @@ func (p *requestParser) common(key []byte, at int) (int, error) {
 		includeUsage := false
 		return scanObject(b, at, 2, func(k []byte, at int) (int, error) {
 			end, err := scanValue(b, at, 2)
-			if err == nil && keyIs(k, "include_usage") {
+			if err == nil && jsonwalk.KeyIs(k, "include_usage") {
 				if includeUsage {
 					p.fail(duplicate("stream_options.include_usage"))
 				}
@@ -231,7 +233,7 @@ func (p *requestParser) message(n, at int) (int, error) {
 	var role, content []byte
 	end, err := scanObject(b, at, 3, func(k []byte, at int) (int, error) {
 		switch {
-		case keyIs(k, "content") && b[at] == '[':
+		case jsonwalk.KeyIs(k, "content") && b[at] == '[':
 			if content != nil {
 				p.fail(duplicate(param + ".content"))
 			}
@@ -244,7 +246,7 @@ func (p *requestParser) message(n, at int) (int, error) {
 				hasType := false
 				end, err := scanObject(b, at, 5, func(k []byte, at int) (int, error) {
 					end, err := scanValue(b, at, 5)
-					hasType = hasType || (keyIs(k, "type") && b[at] == '"')
+					hasType = hasType || (jsonwalk.KeyIs(k, "type") && b[at] == '"')
 					return end, err
 				})
 				if err == nil && !hasType {
@@ -254,9 +256,9 @@ func (p *requestParser) message(n, at int) (int, error) {
 			})
 			content = b[start:end]
 			return end, err
-		case keyIs(k, "content"), keyIs(k, "role"):
+		case jsonwalk.KeyIs(k, "content"), jsonwalk.KeyIs(k, "role"):
 			end, err := scanValue(b, at, 3)
-			if keyIs(k, "role") {
+			if jsonwalk.KeyIs(k, "role") {
 				if role != nil {
 					p.fail(duplicate(param + ".role"))
 				}
@@ -288,7 +290,7 @@ func (p *requestParser) message(n, at int) (int, error) {
 		return end, nil
 	}
 	switch {
-	case isNull(content):
+	case jsonwalk.IsNull(content):
 		if r != "assistant" && r != "function" {
 			p.fail(Invalid(param+".content", "missing_required_parameter", "Missing required parameter: '"+param+".content'."))
 		}

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/chatgateway/caddy-chat-gateway/internal/jsonwalk"
 	"github.com/chatgateway/caddy-chat-gateway/internal/sse"
 )
 
@@ -27,7 +28,7 @@ func (responsesEndpoint) Parse(body []byte) (*Request, *Error) {
 	e := p.parse(func(key []byte, at int) (int, error) {
 		p.once(key)
 		switch {
-		case keyIs(key, "input"):
+		case jsonwalk.KeyIs(key, "input"):
 			end, err := scanValue(body, at, 1)
 			if err != nil {
 				return end, err
@@ -48,16 +49,16 @@ func (responsesEndpoint) Parse(body []byte) (*Request, *Error) {
 				p.fail(Invalid("input", "invalid_type", "'input' must be a string or an array of input items."))
 			}
 			return end, err
-		case keyIs(key, "instructions"):
+		case jsonwalk.KeyIs(key, "instructions"):
 			end, err := scanValue(body, at, 1)
 			if err == nil && body[at] == '"' {
 				size += end - at - 2
 			}
 			return end, err
-		case keyIs(key, "previous_response_id"):
+		case jsonwalk.KeyIs(key, "previous_response_id"):
 			end, err := scanValue(body, at, 1)
 			switch {
-			case err != nil, isNull(body[at:end]):
+			case err != nil, jsonwalk.IsNull(body[at:end]):
 			case body[at] == '"':
 				previous = body[at:end]
 			default:
@@ -94,11 +95,11 @@ func (responsesEndpoint) Normalize(dst, body []byte, m Meta) ([]byte, Reply, err
 	var usage, output []byte
 	for _, f := range fields {
 		switch {
-		case keyIs(f.key, "usage"):
+		case jsonwalk.KeyIs(f.key, "usage"):
 			usage = f.val
-		case keyIs(f.key, "output"):
+		case jsonwalk.KeyIs(f.key, "output"):
 			output = f.val
-		case keyIs(f.key, "status"):
+		case jsonwalk.KeyIs(f.key, "status"):
 			rep.FinishReason = stringValue(f.val)
 		}
 	}
@@ -112,7 +113,7 @@ func (responsesEndpoint) Normalize(dst, body []byte, m Meta) ([]byte, Reply, err
 // collectObject validates b as one JSON object and appends its members
 // to dst; it reports false for anything else.
 func collectObject(b []byte, dst []span) ([]span, bool) {
-	i := skipSpace(b, 0)
+	i := jsonwalk.SkipSpace(b, 0)
 	if i >= len(b) || b[i] != '{' {
 		return dst, false
 	}
@@ -123,7 +124,7 @@ func collectObject(b []byte, dst []span) ([]span, bool) {
 		}
 		return end, err
 	})
-	return dst, err == nil && skipSpace(b, end) == len(b)
+	return dst, err == nil && jsonwalk.SkipSpace(b, end) == len(b)
 }
 
 // readResponseUsage reads a Response's usage (input_tokens,
@@ -135,9 +136,9 @@ func readResponseUsage(v []byte) (Usage, bool) {
 		n, ok := parseCount(val)
 		switch {
 		case !ok:
-		case keyIs(k, "input_tokens"):
+		case jsonwalk.KeyIs(k, "input_tokens"):
 			u.PromptTokens, hasIn = n, true
-		case keyIs(k, "output_tokens"):
+		case jsonwalk.KeyIs(k, "output_tokens"):
 			u.CompletionTokens, hasOut = n, true
 		}
 	})
@@ -192,19 +193,19 @@ func (s *responseStream) Event(dst, name, data []byte) ([]byte, error) {
 	var typ, response, delta, code, message []byte
 	for _, f := range fields {
 		switch {
-		case keyIs(f.key, "type"):
+		case jsonwalk.KeyIs(f.key, "type"):
 			typ = f.val
-		case keyIs(f.key, "sequence_number"):
+		case jsonwalk.KeyIs(f.key, "sequence_number"):
 			if n, ok := parseCount(f.val); ok && n > s.seq {
 				s.seq = n
 			}
-		case keyIs(f.key, "response"):
+		case jsonwalk.KeyIs(f.key, "response"):
 			response = f.val
-		case keyIs(f.key, "delta"):
+		case jsonwalk.KeyIs(f.key, "delta"):
 			delta = f.val
-		case keyIs(f.key, "code"):
+		case jsonwalk.KeyIs(f.key, "code"):
 			code = f.val
-		case keyIs(f.key, "message"):
+		case jsonwalk.KeyIs(f.key, "message"):
 			message = f.val
 		}
 	}
@@ -299,9 +300,9 @@ func (s *responseStream) emitResponse(reply []byte, words bool, emit Emit) error
 	status := "completed"
 	members(reply, func(k, v []byte) {
 		switch {
-		case keyIs(k, "output"):
+		case jsonwalk.KeyIs(k, "output"):
 			output = v
-		case keyIs(k, "status"):
+		case jsonwalk.KeyIs(k, "status"):
 			if st := stringValue(v); st == "failed" || st == "incomplete" {
 				status = st
 			}

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"strconv"
+
+	"github.com/chatgateway/caddy-chat-gateway/internal/jsonwalk"
 )
 
 // The request decoder validates a body as JSON (RFC 8259) in one pass
@@ -158,7 +160,7 @@ func scanObject(b []byte, i, depth int, member func(key []byte, at int) (int, er
 	if depth > maxDepth {
 		return i, errDepth
 	}
-	i = skipSpace(b, i+1)
+	i = jsonwalk.SkipSpace(b, i+1)
 	if i < len(b) && b[i] == '}' {
 		return i + 1, nil
 	}
@@ -171,11 +173,11 @@ func scanObject(b []byte, i, depth int, member func(key []byte, at int) (int, er
 			return end, err
 		}
 		key := b[i:end]
-		i = skipSpace(b, end)
+		i = jsonwalk.SkipSpace(b, end)
 		if i >= len(b) || b[i] != ':' {
 			return i, errAt("expected ':'", i)
 		}
-		i = skipSpace(b, i+1)
+		i = jsonwalk.SkipSpace(b, i+1)
 		if i >= len(b) {
 			return i, errAt("unexpected end of input", i)
 		}
@@ -200,7 +202,7 @@ func scanArray(b []byte, i, depth int, elem func(n, at int) (int, error)) (int, 
 	if depth > maxDepth {
 		return i, errDepth
 	}
-	i = skipSpace(b, i+1)
+	i = jsonwalk.SkipSpace(b, i+1)
 	if i < len(b) && b[i] == ']' {
 		return i + 1, nil
 	}
@@ -227,10 +229,10 @@ func scanArray(b []byte, i, depth int, elem func(n, at int) (int, error)) (int, 
 // afterItem moves past what follows an object member or array element:
 // a comma (another item comes) or the closing byte (the index past it).
 func afterItem(b []byte, i int, closing byte) (int, bool, error) {
-	i = skipSpace(b, i)
+	i = jsonwalk.SkipSpace(b, i)
 	switch {
 	case i < len(b) && b[i] == ',':
-		return skipSpace(b, i+1), true, nil
+		return jsonwalk.SkipSpace(b, i+1), true, nil
 	case i < len(b) && b[i] == closing:
 		return i + 1, false, nil
 	}
@@ -241,14 +243,14 @@ func afterItem(b []byte, i int, closing byte) (int, bool, error) {
 // top and the elements of its "choices" array to choices, in a single
 // pass. It reports false for anything but an object.
 func collectChunk(b []byte, top []span, choices [][]byte) ([]span, [][]byte, bool) {
-	i := skipSpace(b, 0)
+	i := jsonwalk.SkipSpace(b, 0)
 	if i >= len(b) || b[i] != '{' {
 		return top, choices, false
 	}
 	end, err := scanObject(b, i, 1, func(key []byte, at int) (int, error) {
 		var end int
 		var err error
-		if b[at] == '[' && keyIs(key, "choices") {
+		if b[at] == '[' && jsonwalk.KeyIs(key, "choices") {
 			end, err = scanArray(b, at, 2, func(_, at int) (int, error) {
 				end, err := scanValue(b, at, 2)
 				if err == nil {
@@ -264,5 +266,5 @@ func collectChunk(b []byte, top []span, choices [][]byte) ([]span, [][]byte, boo
 		}
 		return end, err
 	})
-	return top, choices, err == nil && skipSpace(b, end) == len(b)
+	return top, choices, err == nil && jsonwalk.SkipSpace(b, end) == len(b)
 }

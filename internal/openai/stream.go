@@ -2,6 +2,8 @@ package openai
 
 import (
 	"encoding/json"
+
+	"github.com/chatgateway/caddy-chat-gateway/internal/jsonwalk"
 )
 
 // Stream normalizes the chunks of one streamed reply and keeps what the
@@ -53,13 +55,13 @@ func normalizeChunk(dst, data []byte, m *Meta, usage *Usage, hasUsage *bool, kin
 	var created, model []byte
 	for _, f := range top {
 		switch {
-		case keyIs(f.key, "usage"):
+		case jsonwalk.KeyIs(f.key, "usage"):
 			if u, ok := readUsage(f.val); ok {
 				*usage, *hasUsage = u, true
 			}
-		case keyIs(f.key, "created"):
+		case jsonwalk.KeyIs(f.key, "created"):
 			created = f.val
-		case keyIs(f.key, "model"):
+		case jsonwalk.KeyIs(f.key, "model"):
 			model = f.val
 		}
 	}
@@ -99,17 +101,17 @@ func (s *Stream) appendChoice(dst []byte, pos int, c []byte) []byte {
 	var index, delta, finish []byte
 	for _, m := range fields {
 		switch {
-		case keyIs(m.key, "index"):
+		case jsonwalk.KeyIs(m.key, "index"):
 			index = m.val
-		case keyIs(m.key, "delta"):
+		case jsonwalk.KeyIs(m.key, "delta"):
 			delta = m.val
-		case keyIs(m.key, "finish_reason"):
+		case jsonwalk.KeyIs(m.key, "finish_reason"):
 			finish = m.val
 		}
 	}
 	idx := parseIndex(index, pos)
 	s.grow(idx)
-	if !isNull(finish) {
+	if !jsonwalk.IsNull(finish) {
 		s.finished[idx] = true
 		if idx == 0 || s.FinishReason == "" {
 			s.FinishReason = stringValue(finish)
@@ -121,9 +123,9 @@ func (s *Stream) appendChoice(dst []byte, pos int, c []byte) []byte {
 	hasRole, bearsContent := false, false
 	for _, m := range deltaFields {
 		switch {
-		case keyIs(m.key, "role"):
-			hasRole = hasRole || !isNull(m.val)
-		case keyIs(m.key, "content"), keyIs(m.key, "tool_calls"), keyIs(m.key, "refusal"), keyIs(m.key, "function_call"), keyIs(m.key, "reasoning_content"):
+		case jsonwalk.KeyIs(m.key, "role"):
+			hasRole = hasRole || !jsonwalk.IsNull(m.val)
+		case jsonwalk.KeyIs(m.key, "content"), jsonwalk.KeyIs(m.key, "tool_calls"), jsonwalk.KeyIs(m.key, "refusal"), jsonwalk.KeyIs(m.key, "function_call"), jsonwalk.KeyIs(m.key, "reasoning_content"):
 			if hasValue(m.val) {
 				bearsContent = true
 				s.CompletionBytes += contentSize(m.val)
@@ -148,7 +150,7 @@ func (s *Stream) appendChoice(dst []byte, pos int, c []byte) []byte {
 		o.int("index", int64(idx))
 	}
 	for _, m := range fields {
-		if !injectRole || !keyIs(m.key, "delta") {
+		if !injectRole || !jsonwalk.KeyIs(m.key, "delta") {
 			o.member(m.key, m.val)
 			continue
 		}
@@ -157,7 +159,7 @@ func (s *Stream) appendChoice(dst []byte, pos int, c []byte) []byte {
 		d.open(o.buf)
 		d.str("role", "assistant")
 		for _, dm := range deltaFields {
-			if !keyIs(dm.key, "role") {
+			if !jsonwalk.KeyIs(dm.key, "role") {
 				d.member(dm.key, dm.val)
 			}
 		}
@@ -256,13 +258,13 @@ func (s *Stream) FromCompletion(reply []byte, emit func(chunk []byte) error) err
 	var choices []byte
 	members(reply, func(k, v []byte) {
 		switch {
-		case keyIs(k, "choices"):
+		case jsonwalk.KeyIs(k, "choices"):
 			choices = v
-		case keyIs(k, "model"):
+		case jsonwalk.KeyIs(k, "model"):
 			_ = json.Unmarshal(v, &s.Model)
-		case keyIs(k, "created"):
+		case jsonwalk.KeyIs(k, "created"):
 			s.Created, _ = parseCount(v)
-		case keyIs(k, "usage"):
+		case jsonwalk.KeyIs(k, "usage"):
 			if u, ok := readUsage(v); ok {
 				s.SetUsage(u)
 			}
@@ -277,7 +279,7 @@ func (s *Stream) FromCompletion(reply []byte, emit func(chunk []byte) error) err
 		s.grow(idx)
 		out := s.appendChunk(nil, idx, "", func(d *object) {
 			members(Member(c, "message"), func(k, v []byte) {
-				if !keyIs(k, "tool_calls") || len(v) == 0 || v[0] != '[' {
+				if !jsonwalk.KeyIs(k, "tool_calls") || len(v) == 0 || v[0] != '[' {
 					d.member(k, v)
 					return
 				}

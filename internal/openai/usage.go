@@ -2,6 +2,8 @@ package openai
 
 import (
 	"strconv"
+
+	"github.com/chatgateway/caddy-chat-gateway/internal/jsonwalk"
 )
 
 // Usage is the token accounting of one reply.
@@ -37,9 +39,9 @@ func readUsage(v []byte) (Usage, bool) {
 		n, ok := parseCount(val)
 		switch {
 		case !ok:
-		case keyIs(k, "prompt_tokens"):
+		case jsonwalk.KeyIs(k, "prompt_tokens"):
 			u.PromptTokens, hasPrompt = n, true
-		case keyIs(k, "completion_tokens"):
+		case jsonwalk.KeyIs(k, "completion_tokens"):
 			u.CompletionTokens, hasCompletion = n, true
 		}
 	})
@@ -62,7 +64,7 @@ func usageMember(o *object, raw []byte, u Usage) {
 		return
 	}
 	hasTotal := false
-	members(raw, func(k, _ []byte) { hasTotal = hasTotal || keyIs(k, "total_tokens") })
+	members(raw, func(k, _ []byte) { hasTotal = hasTotal || jsonwalk.KeyIs(k, "total_tokens") })
 	if hasTotal {
 		o.raw("usage", raw)
 		return

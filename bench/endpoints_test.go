@@ -7,9 +7,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"runtime"
 	"runtime/debug"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
@@ -159,8 +159,13 @@ func TestPeakRSS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Fresh anonymous pages, outside Go's heap: none can be resident
+	// already (a heap allocation may reuse pages the runtime kept).
 	const size = 64 << 20
-	b := make([]byte, size)
+	b, err := syscall.Mmap(-1, 0, size, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for i := 0; i < len(b); i += 4096 {
 		b[i] = 1
 	}
@@ -171,9 +176,9 @@ func TestPeakRSS(t *testing.T) {
 	if grown-before < size/1024*3/4 {
 		t.Fatalf("peak RSS %d KiB -> %d KiB after touching 64 MiB", before, grown)
 	}
-	runtime.KeepAlive(b)
-	b = nil
-	debug.FreeOSMemory()
+	if err := syscall.Munmap(b); err != nil {
+		t.Fatal(err)
+	}
 	if err := resetPeakRSS(pid); err != nil {
 		t.Fatal(err)
 	}

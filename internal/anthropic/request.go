@@ -145,8 +145,10 @@ func parse(body []byte, needMaxTokens bool) (*Request, *openai.Error) {
 // message i.
 func checkMessage(i int, m rawMessage) *openai.Error {
 	param := "messages." + strconv.Itoa(i)
-	if m.Role != "user" && m.Role != "assistant" {
-		return invalid(param+".role", "invalid_value", "must be \"user\" or \"assistant\"")
+	if m.Role != "user" && m.Role != "assistant" && m.Role != "system" {
+		// "system" in messages: instructions given mid-conversation, as
+		// Claude Code sends them.
+		return invalid(param+".role", "invalid_value", "must be \"user\", \"assistant\" or \"system\"")
 	}
 	if jsonwalk.IsNull(m.Content) {
 		return missing(param + ".content")

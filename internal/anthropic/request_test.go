@@ -2,6 +2,7 @@ package anthropic
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -54,7 +55,7 @@ func TestParseRequestErrors(t *testing.T) {
 		{`{"model":"m","max_tokens":1,"messages":{}}`, "messages", "invalid_type"},
 		{`{"model":"m","max_tokens":1,"messages":[]}`, "messages", "empty_array"},
 		{`{"model":"m","max_tokens":1,"messages":["hi"]}`, "messages", "invalid_type"},
-		{`{"model":"m","max_tokens":1,"messages":[{"role":"system","content":"x"}]}`, "messages.0.role", "invalid_value"},
+		{`{"model":"m","max_tokens":1,"messages":[{"role":"tool","content":"x"}]}`, "messages.0.role", "invalid_value"},
 		{`{"model":"m","max_tokens":1,"messages":[{"content":"x"}]}`, "messages.0.role", "invalid_value"},
 		{`{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"x"},{"role":"assistant"}]}`, "messages.1.content", "missing_required_parameter"},
 		{`{"model":"m","max_tokens":1,"messages":[{"role":"user","content":5}]}`, "messages.0.content", "invalid_type"},
@@ -201,6 +202,7 @@ func TestChatBodyErrors(t *testing.T) {
 		{`{"messages":[{"role":"user","content":[{"type":"tool_result","tool_use_id":"t","content":[{"type":"video"}]}]}]}`, "messages.0.content.0.content.0.type"},
 		{`{"messages":[{"role":"assistant","content":[{"type":"thinking","thinking":"x"}]}]}`, "messages"},
 		{`{"system":[{"type":"image"}],"messages":[` + user + `]}`, "system.0"},
+		{`{"messages":[` + user + `,{"role":"system","content":[{"type":"image","source":{"type":"url","url":"https://x/a.png"}}]}]}`, "messages.1.content.0"},
 		{`{"system":[1],"messages":[` + user + `]}`, "system"},
 		{`{"metadata":[],"messages":[` + user + `]}`, "metadata"},
 		{`{"tools":[{"type":"web_search_20250305","name":"web_search"}],"messages":[` + user + `]}`, "tools.0.type"},
@@ -269,4 +271,30 @@ func FuzzRequest(f *testing.F) {
 			t.Fatalf("translated %q into %s", body, out)
 		}
 	})
+}
+
+// Claude Code sends instructions mid-conversation as a message with role
+// "system": they become a chat system message in place.
+func TestChatBodySystemMessage(t *testing.T) {
+	r, e := ParseRequest([]byte(`{"model":"m","max_tokens":5,"system":"be brief","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]},{"role":"system","content":[{"type":"text","text":"now in French"}]}]}`))
+	if e != nil {
+		t.Fatal(e)
+	}
+	body, e := r.ChatBody()
+	if e != nil {
+		t.Fatal(e)
+	}
+	var chat struct {
+		Messages []struct {
+			Role    string `json:"role"`
+			Content any    `json:"content"`
+		} `json:"messages"`
+	}
+	if err := json.Unmarshal(body, &chat); err != nil {
+		t.Fatal(err)
+	}
+	got := fmt.Sprint(chat.Messages)
+	if want := "[{system be brief} {user hi} {system now in French}]"; got != want {
+		t.Fatalf("messages %s, want %s", got, want)
+	}
 }

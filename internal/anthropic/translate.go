@@ -80,7 +80,7 @@ type chatFunction struct {
 func (r *Request) ChatBody() ([]byte, *openai.Error) {
 	var msgs []chatMessage
 	if !jsonwalk.IsNull(r.system) {
-		text, e := systemText(r.system)
+		text, e := systemText("system", r.system)
 		if e != nil {
 			return nil, e
 		}
@@ -135,19 +135,20 @@ func (r *Request) ChatBody() ([]byte, *openai.Error) {
 	return buf.Bytes(), nil
 }
 
-// systemText is the text of system: the string, or its text blocks
-// joined by "\n".
-func systemText(v json.RawMessage) (string, *openai.Error) {
+// systemText is the text of system instructions (the system parameter,
+// or the content of a message with role "system", named param): the
+// string, or its text blocks joined by "\n".
+func systemText(param string, v json.RawMessage) (string, *openai.Error) {
 	if v[0] == '"' {
 		return contentText(v), nil
 	}
 	var blocks []block
 	if json.Unmarshal(v, &blocks) != nil {
-		return "", invalid("system", "invalid_type", "must be a string or an array of text blocks")
+		return "", invalid(param, "invalid_type", "must be a string or an array of text blocks")
 	}
 	for i, b := range blocks {
 		if b.Type != "text" || b.Text == nil {
-			return "", invalid("system."+strconv.Itoa(i), "invalid_value", "must be a text block")
+			return "", invalid(param+"."+strconv.Itoa(i), "invalid_value", "must be a text block")
 		}
 	}
 	return contentText(v), nil
@@ -157,6 +158,13 @@ func systemText(v json.RawMessage) (string, *openai.Error) {
 // or for a user message with tool results, a "tool" message per result
 // followed by a user message with the rest.
 func translateMessage(param string, m rawMessage) ([]chatMessage, *openai.Error) {
+	if m.Role == "system" {
+		text, e := systemText(param+".content", m.Content)
+		if e != nil {
+			return nil, e
+		}
+		return []chatMessage{{Role: "system", Content: text}}, nil
+	}
 	if m.Content[0] == '"' {
 		return []chatMessage{{Role: m.Role, Content: contentText(m.Content)}}, nil
 	}

@@ -61,6 +61,7 @@ func (h *Handler) forward(x *exchange, rt route, body []byte) {
 	}
 	var tried map[*Backend]bool // backends left for their fallback
 	streamRetries := 0
+	resent := false // sent again after a reused connection failed
 	for {
 		u, e := h.attempt(ctx, x, rt, body)
 		if e == nil {
@@ -69,7 +70,14 @@ func (h *Handler) forward(x *exchange, rt route, body []byte) {
 		next, ok := route{}, false
 		if !u.out.started && x.r.Context().Err() == nil && retryable(e) {
 			switch {
-			case u.stream && rt.backend.RetryStream && streamRetries < rt.backend.streamRetries():
+			case u.staleConn && !resent:
+				// The backend closed a kept-alive connection as the
+				// request went out, and the transport could not send it
+				// again itself (the body's write failed): once more, on
+				// the connection the pool gives next.
+				resent = true
+				next, ok = rt, true
+			case u.state != replyBuffered && rt.backend.RetryStream && streamRetries < rt.backend.streamRetries():
 				streamRetries++
 				next, ok = rt, true
 			case rt.backend.fallback != nil && !tried[rt.backend.fallback.backend] &&
@@ -158,12 +166,17 @@ func (h *Handler) attempt(parent context.Context, x *exchange, rt route, body []
 		stopKeepalive = u.keepalive(ctx, time.Duration(h.KeepaliveInterval))
 	}
 	var conns atomic.Int32 // connections the attempt used: more than one is a retry
-	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(httptrace.GotConnInfo) { conns.Add(1) }})
+	var reused atomic.Bool // the last of them had served a request before
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+		conns.Add(1)
+		reused.Store(info.Reused)
+	}})
 	up := x.upstreamRequest(ctx, b, http.MethodPost, path, body)
 	proxyStart := time.Now()
 	x.gw += proxyStart.Sub(begin)
 	aborted, proxyErr := serveProxy(b.proxy, u, up)
 	x.upstreamTime += time.Since(proxyStart)
+	u.staleConn = proxyErr != nil && u.status == 0 && reused.Load()
 	if n := int(conns.Load()); n > 1 {
 		x.retries += n - 1 // the transport's or reverse_proxy's own retries
 		if c := h.logger.Check(zapcore.DebugLevel, "retried within the proxy"); c != nil {

@@ -73,7 +73,7 @@ func (u *upstreamWriter) onEvent(ev sse.Event) error {
 		u.firstMu.Unlock()
 		u.timer.Reset(u.idle)
 	}
-	if u.ended {
+	if u.state == streamEnded {
 		return nil
 	}
 	begin := time.Now()
@@ -93,10 +93,16 @@ func (u *upstreamWriter) onEvent(ev sse.Event) error {
 			Message: "The backend sent a stream event this route cannot read (" + u.x.r.URL.Path + ")."})
 		return nil
 	}
-	if len(u.held) == n || !u.out.started && !u.st.Content() && len(u.held) < maxHeld {
-		// Until content flows, the attempt can still be retried: hold
-		// the role chunk and its like.
-		return nil
+	if len(u.held) == n {
+		return nil // nothing to send
+	}
+	if u.state == streamHolding {
+		if !u.out.started && !u.st.Content() && len(u.held) < maxHeld {
+			// Until content flows, the attempt can still be retried:
+			// hold the role chunk and its like.
+			return nil
+		}
+		u.state = streamRelaying
 	}
 	if u.st.Content() {
 		u.x.markFirstToken()
@@ -124,7 +130,7 @@ func (u *upstreamWriter) events() openai.EventStream {
 // failStream ends the stream with e: an error event once the stream
 // has started, else an error reply when the proxy returns.
 func (u *upstreamWriter) failStream(e *openai.Error) {
-	u.failed, u.ended = e, true
+	u.failed, u.state = e, streamEnded
 	if u.out.started {
 		_ = u.events().Fail(e, u.out.event)
 	}

@@ -19,22 +19,44 @@ import (
 	"github.com/chatgateway/caddy-chat-gateway/internal/sse"
 )
 
+// relayState is where an attempt's reply stands. It only moves forward:
+// buffered -> holding (WriteHeader of an event stream) -> relaying
+// (content, or the client's stream already open) -> ended (an error
+// event); holding may also go straight to ended.
+type relayState uint8
+
+const (
+	// replyBuffered: no event stream; a reply, if any, goes to the reply
+	// buffer, to be answered when the proxy returns.
+	replyBuffered relayState = iota
+	// streamHolding: an event stream whose events are held until content
+	// flows, while the attempt may still be retried.
+	streamHolding
+	// streamRelaying: events go to the client as they come.
+	streamRelaying
+	// streamEnded: an error ended the stream; what the backend sends
+	// after it is dropped.
+	streamEnded
+)
+
 // upstreamWriter is the ResponseWriter the reverse proxy writes the
 // backend's reply to. At WriteHeader it chooses: an event stream is
 // parsed and relayed event by event; anything else is buffered and
 // rewritten when the proxy returns.
 type upstreamWriter struct {
 	replyBuffer
-	x      *exchange
-	out    *sseWriter
-	stream bool // relaying an event stream
+	x     *exchange
+	out   *sseWriter
+	state relayState
 
 	meta   openai.Meta
 	parser sse.Parser
 	st     openai.EventStream // the endpoint's normalizer of this stream
 	held   []byte             // framed events held before the first content
-	ended  bool               // an error ended the stream: the rest is ignored
 	failed *openai.Error      // the error event sent
+	// staleConn is set when the attempt failed on a reused connection
+	// before any reply: the backend closed it as the request went out.
+	staleConn bool
 
 	// timer first bounds the wait for the first event, then backend
 	// silence: expired re-arms it while the backend is not silent.
@@ -101,7 +123,7 @@ func (u *upstreamWriter) WriteHeader(code int) {
 	}
 	// The client's headers wait for the first event, so a backend that
 	// fails before it still gets a proper status.
-	u.stream = true
+	u.state = streamHolding
 	u.events()
 	u.out.editHeader(func(h http.Header) { u.x.h.passHeaders(h, u.header) })
 }
@@ -112,10 +134,10 @@ func (u *upstreamWriter) Write(p []byte) (int, error) {
 	}
 	u.writing.Store(true)
 	defer u.endWrite()
-	if !u.stream {
+	switch u.state {
+	case replyBuffered:
 		return u.replyBuffer.Write(p)
-	}
-	if u.ended {
+	case streamEnded:
 		return len(p), nil
 	}
 	if err := u.parser.Feed(p, u.onEvent); err != nil {
@@ -150,13 +172,13 @@ func (u *upstreamWriter) settle(ctx context.Context, proxyErr error, aborted boo
 	x := u.x
 	x.upstreamErr = proxyErr
 	cause := context.Cause(ctx)
-	if u.stream { // what was generated, a client that left included
+	if u.state != replyBuffered { // what was generated, a client that left included
 		x.setResult(u.st.Result())
 	}
 	if x.r.Context().Err() != nil || u.out.err != nil {
 		return &openai.Error{Status: 499, Type: openai.TypeInvalidRequest, Code: "client_closed_request", Message: "The client closed the request."}
 	}
-	if u.stream {
+	if u.state != replyBuffered {
 		if u.failed == nil {
 			switch {
 			case errors.Is(cause, errFirstTokenTimeout):

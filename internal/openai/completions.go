@@ -101,30 +101,28 @@ func firstPrompt(prompt []byte) string {
 	return string(prompt)
 }
 
-// appendTextChoice appends the completion choice c, at position pos,
-// with its index, a text and a finish_reason; it adds what it learns to
-// rep.
-func appendTextChoice(dst []byte, pos int, c []byte, rep *Reply) []byte {
-	var fieldBuf [6]span
-	fields := appendMembers(fieldBuf[:0], c)
+// appendTextChoice appends the completion choice at position pos, whose
+// members are fields, with its index, a text and a finish_reason; it
+// adds what it learns to rep.
+func appendTextChoice(dst []byte, pos int, fields []span, rep *Reply) []byte {
 	var o object
 	o.open(dst)
 	hasIndex, hasText, hasFinish := false, false, false
 	for _, f := range fields {
-		hasIndex = hasIndex || jsonwalk.KeyIs(f.key, "index")
+		hasIndex = hasIndex || f.name == "index"
 	}
 	if !hasIndex {
 		o.int("index", int64(pos))
 	}
 	for _, f := range fields {
-		switch {
-		case jsonwalk.KeyIs(f.key, "text"):
+		switch f.name {
+		case "text":
 			if f.val[0] != '"' {
 				continue
 			}
 			hasText = true
 			rep.CompletionBytes += contentSize(f.val)
-		case jsonwalk.KeyIs(f.key, "finish_reason"):
+		case "finish_reason":
 			if jsonwalk.IsNull(f.val) {
 				continue
 			}
@@ -155,6 +153,7 @@ type textStream struct {
 	chunkEvents
 
 	finished        []bool // by choice index
+	parts           chunkParts
 	usage           Usage
 	hasUsage        bool
 	completionBytes int
@@ -169,21 +168,20 @@ func (s *textStream) Event(dst, name, data []byte) ([]byte, error) {
 // chunk appends the normalized form of one chunk's data to dst; a
 // usage-only chunk yields nothing (its usage is kept for Finish).
 func (s *textStream) chunk(dst, data []byte) ([]byte, error) {
-	return normalizeChunk(dst, data, &s.Meta, &s.usage, &s.hasUsage, "text_completion", s.choice)
+	return normalizeChunk(dst, data, &s.parts, &s.Meta, &s.usage, &s.hasUsage, "text_completion", s.choice)
 }
 
-// choice appends one normalized chunk choice: with its index and text.
-func (s *textStream) choice(dst []byte, pos int, c []byte) []byte {
-	var fieldBuf [6]span
-	fields := appendMembers(fieldBuf[:0], c)
+// choice appends one normalized chunk choice, c with its members fields:
+// with its index and text.
+func (s *textStream) choice(dst []byte, pos int, c []byte, fields []span) []byte {
 	var index, text, finish []byte
 	for _, f := range fields {
-		switch {
-		case jsonwalk.KeyIs(f.key, "index"):
+		switch f.name {
+		case "index":
 			index = f.val
-		case jsonwalk.KeyIs(f.key, "text"):
+		case "text":
 			text = f.val
-		case jsonwalk.KeyIs(f.key, "finish_reason"):
+		case "finish_reason":
 			finish = f.val
 		}
 	}
@@ -203,7 +201,7 @@ func (s *textStream) choice(dst []byte, pos int, c []byte) []byte {
 		o.int("index", int64(idx))
 	}
 	for _, f := range fields {
-		if !jsonwalk.KeyIs(f.key, "text") || hasText {
+		if f.name != "text" || hasText {
 			o.member(f.key, f.val)
 		}
 	}

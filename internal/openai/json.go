@@ -37,13 +37,72 @@ func members(v []byte, fn func(key, val []byte)) bool {
 	return true
 }
 
-// span is an object member found by members.
-type span struct{ key, val []byte }
+// span is an object member: its raw key and value, and the name the key
+// spells when it is one the gateway reads or writes (see fieldName).
+type span struct {
+	key, val []byte
+	name     string
+}
 
 // appendMembers appends the members of the object v to dst.
 func appendMembers(dst []span, v []byte) []span {
-	members(v, func(k, val []byte) { dst = append(dst, span{k, val}) })
+	members(v, func(k, val []byte) { dst = append(dst, span{k, val, fieldName(k)}) })
 	return dst
+}
+
+// fieldName returns the name the raw key spells, escapes read, when it
+// is one the chunk and reply normalizers look at, else "". Reading a key
+// once and comparing names after is what keeps those normalizers cheap:
+// a chunk's every key used to be compared with every name it might be.
+func fieldName(key []byte) string {
+	if len(key) < 2 {
+		return ""
+	}
+	inner := key[1 : len(key)-1]
+	if bytes.IndexByte(inner, '\\') >= 0 {
+		var s string
+		if json.Unmarshal(key, &s) != nil {
+			return ""
+		}
+		inner = []byte(s)
+	}
+	switch string(inner) {
+	case "id":
+		return "id"
+	case "object":
+		return "object"
+	case "created":
+		return "created"
+	case "model":
+		return "model"
+	case "choices":
+		return "choices"
+	case "usage":
+		return "usage"
+	case "index":
+		return "index"
+	case "delta":
+		return "delta"
+	case "message":
+		return "message"
+	case "text":
+		return "text"
+	case "finish_reason":
+		return "finish_reason"
+	case "role":
+		return "role"
+	case "content":
+		return "content"
+	case "tool_calls":
+		return "tool_calls"
+	case "refusal":
+		return "refusal"
+	case "function_call":
+		return "function_call"
+	case "reasoning_content":
+		return "reasoning_content"
+	}
+	return ""
 }
 
 // elements calls fn for each element of the array v. It reports whether
@@ -117,8 +176,9 @@ func (o *object) close() []byte { return append(o.buf, '}') }
 // gateway writes itself: id, object, created, model, choices, usage.
 func (o *object) others(top []span) {
 	for _, m := range top {
-		if !jsonwalk.KeyIs(m.key, "id") && !jsonwalk.KeyIs(m.key, "object") && !jsonwalk.KeyIs(m.key, "created") &&
-			!jsonwalk.KeyIs(m.key, "model") && !jsonwalk.KeyIs(m.key, "choices") && !jsonwalk.KeyIs(m.key, "usage") {
+		switch m.name {
+		case "id", "object", "created", "model", "choices", "usage":
+		default:
 			o.member(m.key, m.val)
 		}
 	}

@@ -390,6 +390,30 @@ func TestKeyIs(t *testing.T) {
 	}
 }
 
+func TestFieldName(t *testing.T) {
+	for key, want := range map[string]string{
+		`"usage"`:              "usage",
+		`"\u0075sage"`:         "usage", // a backend may escape any byte
+		`"fin\u0069sh_reason"`: "finish_reason",
+		`"usagex"`:             "",
+		`"Usage"`:              "",
+		`"us\nage"`:            "",
+		`""`:                   "",
+		`"\u0022"`:             "",
+	} {
+		if got := fieldName([]byte(key)); got != want {
+			t.Errorf("fieldName(%s) = %q, want %q", key, got, want)
+		}
+	}
+	// An escaped key is the member it spells: its usage is read and it
+	// is not copied as another member.
+	s := Stream{Meta: Meta{ID: "r"}}
+	out, err := s.AppendChunk(nil, []byte(`{"choices":[{"index":0,"delta":{"content":"a"}}],"\u0075sage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}`))
+	if err != nil || strings.Contains(string(out), "sage") || s.Usage() != (Usage{PromptTokens: 3, CompletionTokens: 4}) {
+		t.Errorf("escaped usage: %s %v %+v", out, err, s.Usage())
+	}
+}
+
 func TestStreamFromCompletion(t *testing.T) {
 	reply := `{"id":"r","object":"chat.completion","created":3,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}]},"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}`
 	s := Stream{Meta: Meta{ID: "r"}}

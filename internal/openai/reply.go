@@ -54,24 +54,22 @@ func AppendNormalizedCompletion(dst, body []byte, m Meta) ([]byte, Reply, error)
 // normalizeReply normalizes a reply with choices, as AppendNormalizedCompletion
 // describes, stamping it with object kind and writing each choice with
 // choice, which adds what it learns to rep.
-func normalizeReply(dst, body []byte, m Meta, kind string, choice func(dst []byte, pos int, c []byte, rep *Reply) []byte) ([]byte, Reply, error) {
+func normalizeReply(dst, body []byte, m Meta, kind string, choice func(dst []byte, pos int, fields []span, rep *Reply) []byte) ([]byte, Reply, error) {
 	var rep Reply
-	var topBuf [12]span
-	var choiceBuf [4][]byte
-	top, list, ok := collectChunk(body, topBuf[:0], choiceBuf[:0])
+	parts, ok := collectChunk(body, chunkParts{top: make([]span, 0, 12), choices: make([]choiceSpan, 0, 4), fields: make([]span, 0, 12)})
 	if !ok {
 		return dst, rep, ErrInvalidReply
 	}
 	var choices, usage, model, created []byte
-	for _, f := range top {
-		switch {
-		case jsonwalk.KeyIs(f.key, "choices"):
+	for _, f := range parts.top {
+		switch f.name {
+		case "choices":
 			choices = f.val
-		case jsonwalk.KeyIs(f.key, "usage"):
+		case "usage":
 			usage = f.val
-		case jsonwalk.KeyIs(f.key, "model"):
+		case "model":
 			model = f.val
-		case jsonwalk.KeyIs(f.key, "created"):
+		case "created":
 			created = f.val
 		}
 	}
@@ -86,11 +84,11 @@ func normalizeReply(dst, body []byte, m Meta, kind string, choice func(dst []byt
 	writeCreatedModel(&o, created, model, m)
 	o.key("choices")
 	o.buf = append(o.buf, '[')
-	for i, c := range list {
+	for i, c := range parts.choices {
 		if i > 0 {
 			o.buf = append(o.buf, ',')
 		}
-		o.buf = choice(o.buf, i, c, &rep)
+		o.buf = choice(o.buf, i, parts.fieldsOf(c), &rep)
 	}
 	o.buf = append(o.buf, ']')
 
@@ -101,32 +99,31 @@ func normalizeReply(dst, body []byte, m Meta, kind string, choice func(dst []byt
 	}
 	usageMember(&o, usage, rep.Usage)
 
-	o.others(top)
+	o.others(parts.top)
 	return o.close(), rep, nil
 }
 
-// appendChoice appends the reply's choice c, at position pos, with its
-// index, a message with a role and a finish_reason; it adds what it
-// learns (the first choice's finish reason, content size) to rep.
-func appendChoice(dst []byte, pos int, c []byte, rep *Reply) []byte {
-	var fieldBuf [6]span
-	fields := appendMembers(fieldBuf[:0], c)
+// appendChoice appends the reply's choice at position pos, whose members
+// are fields, with its index, a message with a role and a finish_reason;
+// it adds what it learns (the first choice's finish reason, content
+// size) to rep.
+func appendChoice(dst []byte, pos int, fields []span, rep *Reply) []byte {
 	var o object
 	o.open(dst)
 	hasIndex, hasMessage, hasFinish := false, false, false
 	for _, f := range fields {
-		hasIndex = hasIndex || jsonwalk.KeyIs(f.key, "index")
+		hasIndex = hasIndex || f.name == "index"
 	}
 	if !hasIndex {
 		o.int("index", int64(pos))
 	}
 	for _, f := range fields {
-		switch {
-		case jsonwalk.KeyIs(f.key, "message"):
+		switch f.name {
+		case "message":
 			hasMessage = true
 			o.key("message")
 			o.buf = appendMessage(o.buf, f.val, rep)
-		case jsonwalk.KeyIs(f.key, "finish_reason"):
+		case "finish_reason":
 			if jsonwalk.IsNull(f.val) {
 				continue
 			}
@@ -161,7 +158,7 @@ func appendMessage(dst, msg []byte, rep *Reply) []byte {
 	fields := appendMembers(fieldBuf[:0], msg)
 	hasRole := false
 	for _, f := range fields {
-		hasRole = hasRole || jsonwalk.KeyIs(f.key, "role") && !jsonwalk.IsNull(f.val)
+		hasRole = hasRole || f.name == "role" && !jsonwalk.IsNull(f.val)
 	}
 	var o object
 	o.open(dst)
@@ -169,10 +166,10 @@ func appendMessage(dst, msg []byte, rep *Reply) []byte {
 		o.str("role", "assistant")
 	}
 	for _, f := range fields {
-		if jsonwalk.KeyIs(f.key, "role") && jsonwalk.IsNull(f.val) {
+		if f.name == "role" && jsonwalk.IsNull(f.val) {
 			continue
 		}
-		if jsonwalk.KeyIs(f.key, "content") || jsonwalk.KeyIs(f.key, "tool_calls") || jsonwalk.KeyIs(f.key, "refusal") {
+		if f.name == "content" || f.name == "tool_calls" || f.name == "refusal" {
 			rep.CompletionBytes += contentSize(f.val)
 		}
 		o.member(f.key, f.val)

@@ -120,7 +120,7 @@ func collectObject(b []byte, dst []span) ([]span, bool) {
 	end, err := scanObject(b, i, 1, func(key []byte, at int) (int, error) {
 		end, err := scanValue(b, at, 1)
 		if err == nil {
-			dst = append(dst, span{key, b[at:end]})
+			dst = append(dst, span{key: key, val: b[at:end]})
 		}
 		return end, err
 	})

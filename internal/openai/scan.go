@@ -3,6 +3,7 @@ package openai
 import (
 	"encoding/binary"
 	"errors"
+	"math/bits"
 	"strconv"
 
 	"github.com/chatgateway/caddy-chat-gateway/internal/jsonwalk"
@@ -104,13 +105,15 @@ const (
 	highs = 0x8080808080808080
 )
 
-// plainWord reports whether none of the 8 bytes of v is a quote, a
-// backslash or a control character. Bytes from 0x80 up pass: the body's
-// UTF-8 is checked on its own.
-func plainWord(v uint64) bool {
+// specialBytes marks, with its high bit, each of the 8 bytes of v that is
+// a quote, a backslash or a control character. Bytes from 0x80 up are
+// not marked: the body's UTF-8 is checked on its own. A borrow can mark
+// a plain byte above a marked one, never below, so the lowest mark is
+// always true.
+func specialBytes(v uint64) uint64 {
 	quote := v ^ (ones * '"')
 	slash := v ^ (ones * '\\')
-	return ((quote-ones)&^quote|(slash-ones)&^slash|(v-ones*0x20)&^v)&highs == 0
+	return ((quote-ones)&^quote | (slash-ones)&^slash | (v-ones*0x20)&^v) & highs
 }
 
 // scanString validates the string starting at b[i] and returns the index
@@ -119,7 +122,12 @@ func scanString(b []byte, i int) (int, error) {
 	start := i
 	i++
 	for {
-		for i+8 <= len(b) && plainWord(binary.LittleEndian.Uint64(b[i:])) {
+		// Eight bytes at a time to the first that is not plain.
+		for i+8 <= len(b) {
+			if m := specialBytes(binary.LittleEndian.Uint64(b[i:])); m != 0 {
+				i += bits.TrailingZeros64(m) >> 3
+				break
+			}
 			i += 8
 		}
 		if i >= len(b) {
@@ -239,32 +247,70 @@ func afterItem(b []byte, i int, closing byte) (int, bool, error) {
 	return i, false, errAt("expected ',' or '"+string(closing)+"'", i)
 }
 
-// collectChunk validates b as one JSON object, appending its members to
-// top and the elements of its "choices" array to choices, in a single
-// pass. It reports false for anything but an object.
-func collectChunk(b []byte, top []span, choices [][]byte) ([]span, [][]byte, bool) {
+// chunkParts are the members of a chunk or reply and those of its
+// choices, as collectChunk finds them.
+type chunkParts struct {
+	top     []span
+	choices []choiceSpan
+	fields  []span // the choices' members, in order
+}
+
+// choiceSpan is one element of "choices": its bytes and, when it is an
+// object, its members, fields[start:end] of its chunkParts.
+type choiceSpan struct {
+	raw        []byte
+	start, end int
+}
+
+// fieldsOf returns the members of choice c.
+func (p *chunkParts) fieldsOf(c choiceSpan) []span { return p.fields[c.start:c.end] }
+
+// reuse returns p emptied, its arrays kept for the next chunk.
+func (p *chunkParts) reuse() chunkParts {
+	return chunkParts{top: p.top[:0], choices: p.choices[:0], fields: p.fields[:0]}
+}
+
+// collectChunk validates b as one JSON object, appending to p its
+// members, the elements of its "choices" array and their members, in a
+// single pass. It reports false for anything but an object.
+func collectChunk(b []byte, p chunkParts) (chunkParts, bool) {
 	i := jsonwalk.SkipSpace(b, 0)
 	if i >= len(b) || b[i] != '{' {
-		return top, choices, false
+		return p, false
 	}
-	end, err := scanObject(b, i, 1, func(key []byte, at int) (int, error) {
+	choice := func(_, at int) (int, error) {
+		start := len(p.fields)
 		var end int
 		var err error
-		if b[at] == '[' && jsonwalk.KeyIs(key, "choices") {
-			end, err = scanArray(b, at, 2, func(_, at int) (int, error) {
-				end, err := scanValue(b, at, 2)
+		if b[at] == '{' {
+			end, err = scanObject(b, at, 3, func(key []byte, at int) (int, error) {
+				end, err := scanValue(b, at, 3)
 				if err == nil {
-					choices = append(choices, b[at:end])
+					p.fields = append(p.fields, span{key, b[at:end], fieldName(key)})
 				}
 				return end, err
 			})
 		} else {
+			end, err = scanValue(b, at, 2)
+		}
+		if err == nil {
+			p.choices = append(p.choices, choiceSpan{b[at:end], start, len(p.fields)})
+		}
+		return end, err
+	}
+	end, err := scanObject(b, i, 1, func(key []byte, at int) (int, error) {
+		var end int
+		var err error
+		name := fieldName(key)
+		if name == "choices" && b[at] == '[' {
+			end, err = scanArray(b, at, 2, choice)
+		} else {
 			end, err = scanValue(b, at, 1)
 		}
 		if err == nil {
-			top = append(top, span{key, b[at:end]})
+			p.top = append(p.top, span{key, b[at:end], name})
 		}
 		return end, err
 	})
-	return top, choices, err == nil && jsonwalk.SkipSpace(b, end) == len(b)
+	return p, err == nil && jsonwalk.SkipSpace(b, end) == len(b)
 }

@@ -15,6 +15,7 @@ type Stream struct {
 
 	roleSent []bool // by choice index
 	finished []bool // by choice index
+	parts    chunkParts
 	usage    Usage
 	hasUsage bool
 	// CompletionBytes is the size of the content streamed so far.
@@ -38,34 +39,33 @@ func (s *Stream) grow(i int) {
 // carries only usage (choices empty) yields nothing, so dst comes back
 // unchanged. It fails for data that is not a JSON object.
 func (s *Stream) AppendChunk(dst, data []byte) ([]byte, error) {
-	return normalizeChunk(dst, data, &s.Meta, &s.usage, &s.hasUsage, "chat.completion.chunk", s.appendChoice)
+	return normalizeChunk(dst, data, &s.parts, &s.Meta, &s.usage, &s.hasUsage, "chat.completion.chunk", s.appendChoice)
 }
 
 // normalizeChunk normalizes a chunk with choices, as Stream.AppendChunk
 // describes, stamping it with object kind and m and writing each
 // choice with choice. It keeps the chunk's usage in usage, its created
-// time and model in m.
-func normalizeChunk(dst, data []byte, m *Meta, usage *Usage, hasUsage *bool, kind string, choice func(dst []byte, pos int, c []byte) []byte) ([]byte, error) {
-	var topBuf [12]span
-	var choiceBuf [4][]byte
-	top, list, ok := collectChunk(data, topBuf[:0], choiceBuf[:0])
+// time and model in m; parts are the stream's, reused chunk to chunk.
+func normalizeChunk(dst, data []byte, reused *chunkParts, m *Meta, usage *Usage, hasUsage *bool, kind string, choice func(dst []byte, pos int, c []byte, fields []span) []byte) ([]byte, error) {
+	parts, ok := collectChunk(data, reused.reuse())
+	*reused = parts
 	if !ok {
 		return dst, ErrInvalidReply
 	}
 	var created, model []byte
-	for _, f := range top {
-		switch {
-		case jsonwalk.KeyIs(f.key, "usage"):
+	for _, f := range parts.top {
+		switch f.name {
+		case "usage":
 			if u, ok := readUsage(f.val); ok {
 				*usage, *hasUsage = u, true
 			}
-		case jsonwalk.KeyIs(f.key, "created"):
+		case "created":
 			created = f.val
-		case jsonwalk.KeyIs(f.key, "model"):
+		case "model":
 			model = f.val
 		}
 	}
-	if len(list) == 0 {
+	if len(parts.choices) == 0 {
 		return dst, nil
 	}
 	// Chunks the gateway adds later (finish, usage) match the backend's.
@@ -82,30 +82,29 @@ func normalizeChunk(dst, data []byte, m *Meta, usage *Usage, hasUsage *bool, kin
 	writeCreatedModel(&o, created, model, *m)
 	o.key("choices")
 	o.buf = append(o.buf, '[')
-	for i, c := range list {
+	for i, c := range parts.choices {
 		if i > 0 {
 			o.buf = append(o.buf, ',')
 		}
-		o.buf = choice(o.buf, i, c)
+		o.buf = choice(o.buf, i, c.raw, parts.fieldsOf(c))
 	}
 	o.buf = append(o.buf, ']')
-	o.others(top)
+	o.others(parts.top)
 	return o.close(), nil
 }
 
-// appendChoice appends one normalized chunk choice: with its index, and with
-// role "assistant" on the first delta of the choice that bears content.
-func (s *Stream) appendChoice(dst []byte, pos int, c []byte) []byte {
-	var fieldBuf [6]span
-	fields := appendMembers(fieldBuf[:0], c)
+// appendChoice appends one normalized chunk choice, c with its members
+// fields: with its index, and with role "assistant" on the first delta
+// of the choice that bears content.
+func (s *Stream) appendChoice(dst []byte, pos int, c []byte, fields []span) []byte {
 	var index, delta, finish []byte
 	for _, m := range fields {
-		switch {
-		case jsonwalk.KeyIs(m.key, "index"):
+		switch m.name {
+		case "index":
 			index = m.val
-		case jsonwalk.KeyIs(m.key, "delta"):
+		case "delta":
 			delta = m.val
-		case jsonwalk.KeyIs(m.key, "finish_reason"):
+		case "finish_reason":
 			finish = m.val
 		}
 	}
@@ -122,10 +121,10 @@ func (s *Stream) appendChoice(dst []byte, pos int, c []byte) []byte {
 	deltaFields := appendMembers(deltaBuf[:0], delta)
 	hasRole, bearsContent := false, false
 	for _, m := range deltaFields {
-		switch {
-		case jsonwalk.KeyIs(m.key, "role"):
+		switch m.name {
+		case "role":
 			hasRole = hasRole || !jsonwalk.IsNull(m.val)
-		case jsonwalk.KeyIs(m.key, "content"), jsonwalk.KeyIs(m.key, "tool_calls"), jsonwalk.KeyIs(m.key, "refusal"), jsonwalk.KeyIs(m.key, "function_call"), jsonwalk.KeyIs(m.key, "reasoning_content"):
+		case "content", "tool_calls", "refusal", "function_call", "reasoning_content":
 			if hasValue(m.val) {
 				bearsContent = true
 				s.CompletionBytes += contentSize(m.val)
@@ -150,7 +149,7 @@ func (s *Stream) appendChoice(dst []byte, pos int, c []byte) []byte {
 		o.int("index", int64(idx))
 	}
 	for _, m := range fields {
-		if !injectRole || !jsonwalk.KeyIs(m.key, "delta") {
+		if !injectRole || m.name != "delta" {
 			o.member(m.key, m.val)
 			continue
 		}
@@ -159,7 +158,7 @@ func (s *Stream) appendChoice(dst []byte, pos int, c []byte) []byte {
 		d.open(o.buf)
 		d.str("role", "assistant")
 		for _, dm := range deltaFields {
-			if !jsonwalk.KeyIs(dm.key, "role") {
+			if dm.name != "role" {
 				d.member(dm.key, dm.val)
 			}
 		}

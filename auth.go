@@ -16,7 +16,7 @@ import (
 )
 
 // Auth is the client keys the gateway accepts. With it, every request
-// but GET /healthz must carry one of them, as "Authorization: Bearer
+// but GET /healthz and /readyz must carry one of them, as "Authorization: Bearer
 // <key>", "x-api-key: <key>" or "api-key: <key>"; others get OpenAI's
 // 401 invalid_api_key before their body is read.
 type Auth struct {
@@ -85,7 +85,7 @@ func (h *Handler) provisionAuth(repl *caddy.Replacer) error {
 		return fmt.Errorf("auth: %w", err)
 	}
 	if set.Len() == 0 {
-		h.logger.Warn("auth has no keys: every request but /healthz is refused")
+		h.logger.Warn("auth has no keys: every request but /healthz and /readyz is refused")
 	}
 	h.keys = set
 	return nil

@@ -74,7 +74,7 @@ const (
 //	{http.chat_gateway.ttft}               time to the first token, in seconds
 //	{http.chat_gateway.outcome}            ok, client_error, upstream_error, timeout, client_cancelled, truncated or rejected
 //
-// With an auth block, every path but /healthz needs a client key; the
+// With an auth block, every path but /healthz and /readyz needs a client key; the
 // key's id is also set as {http.auth.user.id}, Caddy's access log
 // user_id.
 //
@@ -143,7 +143,7 @@ type Handler struct {
 	// never logged. Default: off.
 	LogSizes bool `json:"log_sizes,omitempty"`
 
-	// Auth, when set, makes every request but /healthz carry a client
+	// Auth, when set, makes every request but /healthz and /readyz carry a client
 	// key. Without it the gateway is open to anyone who can reach it,
 	// and takes as identity what an earlier Caddy auth handler set in
 	// {http.auth.user.id}.

@@ -2,7 +2,6 @@ package chatgateway
 
 import (
 	"fmt"
-	"net/http"
 	"os"
 	"slices"
 	"sync"
@@ -128,7 +127,7 @@ func (x *exchange) unauthorized(msg string) {
 	if x.r.ProtoMajor == 1 {
 		hdr.Set("Connection", "close")
 	}
-	x.fail(&openai.Error{Status: http.StatusUnauthorized, Type: openai.TypeInvalidRequest, Code: "invalid_api_key", Message: msg})
+	x.fail(openai.InvalidAPIKey(msg))
 }
 
 // allowed reports whether the caller may use model: any model without

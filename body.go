@@ -64,12 +64,8 @@ func (r *bodyReader) Close() error { return nil }
 // timeout. A declared length over the limit is refused before any byte
 // is read (and before a 100 Continue goes out).
 func readBody(w http.ResponseWriter, r *http.Request, b *body, limit int64, timeout time.Duration) ([]byte, *openai.Error) {
-	tooLarge := func() *openai.Error {
-		return &openai.Error{Status: http.StatusRequestEntityTooLarge, Type: openai.TypeInvalidRequest, Code: "request_too_large",
-			Message: "The request body is larger than the gateway accepts (" + humanBytes(limit) + ")."}
-	}
 	if r.ContentLength > limit {
-		return nil, tooLarge()
+		return nil, openai.RequestTooLarge(humanBytes(limit))
 	}
 	if r.ContentLength != 0 && timeout > 0 {
 		// Not every writer has a connection (a recorder in tests): then
@@ -92,21 +88,19 @@ func readBody(w http.ResponseWriter, r *http.Request, b *body, limit int64, time
 		n, err := r.Body.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
 		if int64(len(buf)) > limit {
-			return nil, tooLarge()
+			return nil, openai.RequestTooLarge(humanBytes(limit))
 		}
 		if err == io.EOF {
 			return buf, nil
 		}
 		if err != nil {
 			if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-				return nil, tooLarge()
+				return nil, openai.RequestTooLarge(humanBytes(limit))
 			}
 			if errors.Is(err, os.ErrDeadlineExceeded) {
-				return nil, &openai.Error{Status: http.StatusRequestTimeout, Type: openai.TypeInvalidRequest, Code: "request_timeout",
-					Message: "The request body did not arrive within read_body_timeout."}
+				return nil, openai.RequestTimeout()
 			}
-			return nil, &openai.Error{Status: http.StatusBadRequest, Type: openai.TypeInvalidRequest, Code: "body_read_error",
-				Message: "The request body could not be read."}
+			return nil, openai.BodyReadError()
 		}
 	}
 }

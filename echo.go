@@ -47,7 +47,7 @@ func (h *Handler) echo(x *exchange) {
 	rep, err := x.ep.EchoStream(x.req, meta, emit)
 	x.setResult(rep)
 	if err != nil {
-		x.outcome, x.status = outcomeClientCancelled, 499
+		x.outcome, x.status = outcomeClientCancelled, openai.StatusClientClosedRequest
 	}
 }
 

@@ -2,52 +2,63 @@ package chatgateway
 
 import (
 	"os"
-	"path/filepath"
-	"regexp"
+	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/chatgateway/caddy-chat-gateway/internal/anthropic"
+	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
 )
 
-// errorCodes matches where the gateway's code names the error code of a
-// reply it sends: an Error's Code, Invalid's and timeoutError's code.
-var errorCodes = regexp.MustCompile(`Code:\s*"([a-z_]+)"|Invalid\([^\n]*?, "([a-z_]+)", "|timeoutError\("([a-z_]+)"`)
-
-// Every error code the gateway can send is in the README's Errors
-// section (or the Messages route's documentation), so a user who sees
-// one can look it up.
+// Every error the gateway can send is in the README's errors table, with
+// the status and type it is sent with, so a user who sees one can look
+// it up.
 func TestErrorCodesDocumented(t *testing.T) {
 	readme, err := os.ReadFile("README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	docs := string(readme)
-	if extra, err := os.ReadFile("docs/anthropic.md"); err == nil {
-		docs += string(extra)
+	_, section, ok := strings.Cut(string(readme), "\n## Errors\n")
+	if !ok {
+		t.Fatal("README has no Errors section")
 	}
-	found := 0
-	for _, dir := range []string{".", "internal/openai", "internal/anthropic", "internal/limits", "internal/keys"} {
-		files, err := filepath.Glob(filepath.Join(dir, "*.go"))
-		if err != nil {
-			t.Fatal(err)
+	section, _, _ = strings.Cut(section, "\n## ")
+	var rows [][]string // situation, status, type, code
+	for line := range strings.Lines(section) {
+		cells := strings.Split(strings.TrimSpace(line), "|")
+		if len(cells) != 6 || strings.HasPrefix(cells[1], "---") || strings.TrimSpace(cells[2]) == "status" {
+			continue
 		}
-		for _, file := range files {
-			if strings.HasSuffix(file, "_test.go") {
+		for i := range cells {
+			cells[i] = strings.TrimSpace(cells[i])
+		}
+		rows = append(rows, cells[1:5])
+	}
+	if len(rows) < 20 {
+		t.Fatalf("found %d rows in the README's errors table: it no longer reads as situation | status | type | code", len(rows))
+	}
+	for _, k := range openai.Catalogue() {
+		found := false
+		for _, row := range rows {
+			if !strings.Contains(row[3], "`"+k.Code+"`") {
 				continue
 			}
-			src, err := os.ReadFile(file)
-			if err != nil {
-				t.Fatal(err)
+			found = true
+			switch status := row[1]; {
+			case strings.HasPrefix(status, strconv.Itoa(k.Status)):
+			case status == "error event" && k.Class.BackendFault(): // a stream's failure after it started
+			default:
+				t.Errorf("%s: the README says status %q, the gateway sends %d", k.Code, status, k.Status)
 			}
-			for _, m := range errorCodes.FindAllStringSubmatch(string(src), -1) {
-				code := m[1] + m[2] + m[3]
-				found++
-				if !strings.Contains(docs, "`"+code+"`") {
-					t.Errorf("%s: error code %q is not in the README", file, code)
-				}
+			if k.Class == openai.ClassCancelled {
+				continue // never sent
+			}
+			if !strings.Contains(row[2], "`"+k.Type+"`") && !strings.Contains(row[2], "`"+anthropic.ErrorType(k.Status)+"`") {
+				t.Errorf("%s: the README says type %q, the gateway sends %s (%s on the Messages route)", k.Code, row[2], k.Type, anthropic.ErrorType(k.Status))
 			}
 		}
-	}
-	if found < 20 {
-		t.Fatalf("found %d error codes in the source: the pattern no longer matches how errors are built", found)
+		if !found {
+			t.Errorf("error code %q is not in the README's errors table", k.Code)
+		}
 	}
 }

@@ -67,6 +67,9 @@ type exchange struct {
 	// backendError is what a backend's 5xx reply said, redacted and
 	// truncated, for the log only.
 	backendError string
+	// upstreamReason is the gateway's code for a failure of the
+	// backend's, for upstream_errors_total.
+	upstreamReason string
 	// reservation is what the limits reserved, settled by finish.
 	reservation *limits.Reservation
 	// errorJSON renders the route's errors: OpenAI's shape unless the
@@ -139,9 +142,10 @@ func requestIDChar(c byte) bool {
 // connection, so the server neither reads the rest first nor takes it
 // for the next request.
 func (x *exchange) fail(e *openai.Error) {
-	x.status, x.code, x.outcome = e.Status, e.Code, outcomeOf(e)
-	if e.Status == 499 {
-		x.w.WriteHeader(499) // for the access log: nobody reads it
+	x.status = e.Status
+	x.noteError(e)
+	if e.Status == openai.StatusClientClosedRequest {
+		x.w.WriteHeader(e.Status) // for the access log: nobody reads it
 		return
 	}
 	if !x.bodyRead && x.r.ContentLength != 0 {
@@ -150,19 +154,28 @@ func (x *exchange) fail(e *openai.Error) {
 	x.writeJSON(e.Status, x.errorJSON(e))
 }
 
-// outcomeOf classifies an error for logs and metrics.
-func outcomeOf(e *openai.Error) string {
-	switch {
-	case e.Status == 499:
-		return outcomeClientCancelled
-	case e.Code == "stream_truncated":
-		return outcomeTruncated
-	case e.Type == openai.TypeTimeout:
-		return outcomeTimeout
-	case e.Status >= 500 || e.Type == openai.TypeUpstream:
-		return outcomeUpstreamError
+// noteError records e as how the request ended, for logs and metrics:
+// its code, the outcome its class says, and, for a failure of the
+// backend's the gateway found, the reason upstream_errors_total counts.
+func (x *exchange) noteError(e *openai.Error) {
+	x.code = e.Code
+	switch e.Class() {
+	case openai.ClassCancelled:
+		x.outcome = outcomeClientCancelled
+	case openai.ClassRejected:
+		x.outcome = outcomeRejected
+	case openai.ClassTruncated:
+		x.outcome = outcomeTruncated
+	case openai.ClassTimeout:
+		x.outcome = outcomeTimeout
+	case openai.ClassUpstream:
+		x.outcome = outcomeUpstreamError
+	default:
+		x.outcome = outcomeClientError
 	}
-	return outcomeClientError
+	if k, ok := e.Kind(); ok && k.Class.BackendFault() {
+		x.upstreamReason = k.Code
+	}
 }
 
 func (x *exchange) writeJSON(status int, body []byte) {

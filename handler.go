@@ -43,8 +43,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	case r.Method != http.MethodPost && allow == http.MethodPost,
 		r.Method != http.MethodGet && r.Method != http.MethodHead && allow != http.MethodPost:
 		w.Header().Set("Allow", allow)
-		x.fail(&openai.Error{Status: http.StatusMethodNotAllowed, Type: openai.TypeInvalidRequest, Code: "method_not_allowed",
-			Message: "Method " + r.Method + " is not allowed on " + r.URL.Path + "; use " + allow + "."})
+		x.fail(openai.MethodNotAllowed(r.Method, r.URL.Path, allow))
 	case r.URL.Path == "/healthz":
 		x.writeJSON(http.StatusOK, []byte(`{"status":"ok"}`))
 	case r.URL.Path == "/readyz":
@@ -65,8 +64,7 @@ func (h *Handler) serveEndpoint(x *exchange, ep openai.Endpoint) {
 	r := x.r
 	if ct := r.Header.Get("Content-Type"); ct != "" && ct != "application/json" {
 		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
-			x.fail(&openai.Error{Status: http.StatusUnsupportedMediaType, Type: openai.TypeInvalidRequest, Code: "unsupported_media_type",
-				Message: "Content-Type must be application/json."})
+			x.fail(openai.UnsupportedMediaType())
 			return
 		}
 	}
@@ -94,9 +92,7 @@ func (h *Handler) serveEndpoint(x *exchange, ep openai.Endpoint) {
 			defer func() { <-h.slots }()
 		default:
 			x.w.Header().Set("Retry-After", "1")
-			x.fail(&openai.Error{Status: http.StatusTooManyRequests, Type: openai.TypeRateLimit, Code: "too_many_concurrent_requests",
-				Message: "The gateway is serving as many requests as it is configured to; retry shortly."})
-			x.outcome = outcomeRejected
+			x.fail(openai.TooManyConcurrentRequests("The gateway is serving as many requests as it is configured to; retry shortly."))
 			return
 		}
 	}
@@ -104,7 +100,7 @@ func (h *Handler) serveEndpoint(x *exchange, ep openai.Endpoint) {
 	x.model = req.Model
 	x.repl.Set("http.chat_gateway.model", req.Model)
 	if !x.allowed(req.Model) {
-		x.fail(modelNotFound(req.Model))
+		x.fail(openai.ModelNotFound(req.Model))
 		return
 	}
 	if h.Limits != nil && !h.Limits.admit(x) {
@@ -116,7 +112,7 @@ func (h *Handler) serveEndpoint(x *exchange, ep openai.Endpoint) {
 	}
 	rt, ok := h.route(req.Model)
 	if !ok {
-		x.fail(modelNotFound(req.Model))
+		x.fail(openai.ModelNotFound(req.Model))
 		return
 	}
 	if m, ok := ep.(*messagesEndpoint); ok && m.count && !rt.backend.servesMessages() {
@@ -124,18 +120,11 @@ func (h *Handler) serveEndpoint(x *exchange, ep openai.Endpoint) {
 		return
 	}
 	if req.PreviousResponseID != "" && !rt.backend.keepsResponses() {
-		x.fail(openai.Invalid("previous_response_id", "unsupported_parameter",
+		x.fail(openai.UnsupportedParameter("previous_response_id",
 			"'previous_response_id' needs a backend that keeps responses ('responses stateful'); the one serving model '"+req.Model+"' does not."))
 		return
 	}
 	h.forward(x, rt, body)
-}
-
-// modelNotFound is the reply to a model no backend serves, and to one
-// the client's key may not use: the same, so it does not tell which.
-func modelNotFound(model string) *openai.Error {
-	return &openai.Error{Status: http.StatusNotFound, Type: openai.TypeInvalidRequest, Param: "model", Code: "model_not_found",
-		Message: "The model '" + model + "' does not exist or is not served by this gateway."}
 }
 
 // route finds the backend for a model.

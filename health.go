@@ -14,8 +14,7 @@ import (
 // echo mode), else 503 in OpenAI's error shape.
 func (h *Handler) serveReady(x *exchange) {
 	if !h.echoMode() && !h.ready() {
-		x.fail(&openai.Error{Status: http.StatusServiceUnavailable, Type: openai.TypeUpstream, Code: "no_healthy_upstream",
-			Message: "A backend has no healthy upstream left; the gateway is not ready."})
+		x.fail(openai.NoHealthyUpstream())
 		return
 	}
 	x.writeJSON(http.StatusOK, []byte(`{"status":"ready"}`))

@@ -371,7 +371,7 @@ func (l *Limits) admit(x *exchange) bool {
 	}
 	switch {
 	case err != nil && x.r.Context().Err() != nil:
-		x.fail(&openai.Error{Status: 499, Type: openai.TypeInvalidRequest, Code: "client_closed_request", Message: "The client closed the request."})
+		x.fail(openai.ClientClosedRequest())
 		return false
 	case err != nil:
 		return l.storeFailed(x, "reserve", err)
@@ -379,7 +379,6 @@ func (l *Limits) admit(x *exchange) bool {
 		limitMetrics.decision(dec.Denial.Dimension, "denied").Inc()
 		x.setRateLimitHeaders(dec.Status)
 		x.fail(denialError(x.w.Header(), dec.Denial))
-		x.outcome = outcomeRejected
 		return false
 	}
 	for _, d := range dims {
@@ -414,9 +413,7 @@ func (l *Limits) storeFailed(x *exchange, op string, err error) bool {
 		return true
 	}
 	x.w.Header().Set("Retry-After", "1")
-	x.fail(&openai.Error{Status: http.StatusServiceUnavailable, Type: openai.TypeServer, Code: "rate_limits_unavailable",
-		Message: "The gateway cannot check its rate limits right now; please try again shortly."})
-	x.outcome = outcomeRejected
+	x.fail(openai.RateLimitsUnavailable())
 	return false
 }
 
@@ -501,25 +498,21 @@ func denialError(h http.Header, den *limits.Denial) *openai.Error {
 		who = "model " + m
 	}
 	if den.TooLarge {
-		return &openai.Error{Status: http.StatusTooManyRequests, Type: openai.TypeRateLimit, Code: "rate_limit_exceeded",
-			Message: fmt.Sprintf("Request too large for %s on %s: Limit %d, Requested %d. The input or output tokens must be reduced in order to run successfully.",
-				who, perWhat(d), d.Limit, den.Requested)}
+		return openai.RateLimitExceeded(fmt.Sprintf("Request too large for %s on %s: Limit %d, Requested %d. The input or output tokens must be reduced in order to run successfully.",
+			who, perWhat(d), d.Limit, den.Requested))
 	}
 	wait := ceilMillis(den.RetryAfter)
 	h.Set("Retry-After", strconv.FormatInt(int64(math.Ceil(wait.Seconds())), 10))
 	h.Set("Retry-After-Ms", strconv.FormatInt(wait.Milliseconds(), 10))
 	switch d.Kind {
 	case limits.KindConcurrent:
-		return &openai.Error{Status: http.StatusTooManyRequests, Type: openai.TypeRateLimit, Code: "too_many_concurrent_requests",
-			Message: fmt.Sprintf("Too many concurrent requests for %s: Limit %d, In flight %d. Please try again in %s.", who, d.Limit, den.Used, wait)}
+		return openai.TooManyConcurrentRequests(fmt.Sprintf("Too many concurrent requests for %s: Limit %d, In flight %d. Please try again in %s.", who, d.Limit, den.Used, wait))
 	case limits.KindQuota:
-		return &openai.Error{Status: http.StatusTooManyRequests, Type: "insufficient_quota", Code: "insufficient_quota",
-			Message: fmt.Sprintf("You exceeded your current quota for %s on %s: Limit %d, Used %d, Requested %d. It resets in %s.",
-				who, perWhat(d), d.Limit, den.Used, den.Requested, wait)}
+		return openai.InsufficientQuota(fmt.Sprintf("You exceeded your current quota for %s on %s: Limit %d, Used %d, Requested %d. It resets in %s.",
+			who, perWhat(d), d.Limit, den.Used, den.Requested, wait))
 	}
-	return &openai.Error{Status: http.StatusTooManyRequests, Type: openai.TypeRateLimit, Code: "rate_limit_exceeded",
-		Message: fmt.Sprintf("Rate limit reached for %s on %s: Limit %d, Used %d, Requested %d. Please try again in %s.",
-			who, perWhat(d), d.Limit, den.Used, den.Requested, wait)}
+	return openai.RateLimitExceeded(fmt.Sprintf("Rate limit reached for %s on %s: Limit %d, Used %d, Requested %d. Please try again in %s.",
+		who, perWhat(d), d.Limit, den.Used, den.Requested, wait))
 }
 
 // perWhat names what a dimension counts over what: "tokens per 1m",

@@ -68,8 +68,7 @@ func (m *messagesEndpoint) upstream(b *Backend, model string, body []byte) (stri
 	case m.native:
 		return "/messages", body, nil
 	case m.count:
-		return "", nil, &openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "count_tokens_unsupported",
-			Message: "The backend serving this model does not count tokens."}
+		return "", nil, openai.CountTokensUnsupported()
 	}
 	m.req.Model = model
 	chat, e := m.req.ChatBody()

@@ -64,14 +64,6 @@ func registerMetrics(registry *prometheus.Registry) error {
 	return nil
 }
 
-// upstreamReasons are the reasons upstream_errors_total counts by; a
-// backend's own error codes are not used, as they are unbounded.
-var upstreamReasons = map[string]bool{
-	"upstream_unavailable": true, "no_upstream_available": true, "upstream_error": true, "invalid_upstream_response": true,
-	"upstream_reply_too_large": true, "upstream_reply_incomplete": true, "stream_truncated": true, "event_too_large": true,
-	"first_token_timeout": true, "idle_timeout": true, "timeout": true, "dial_timeout": true, "upstream_timeout": true,
-}
-
 // series are the children of the collectors for one model, stream flag,
 // key and endpoint, looked up once instead of hashing labels on every
 // request.
@@ -137,8 +129,8 @@ func (x *exchange) record() {
 		s.complTokens.Add(float64(x.usage.CompletionTokens))
 	}
 	switch {
-	case upstreamReasons[x.code]:
-		m.upstreamErrors.WithLabelValues(x.code).Inc()
+	case x.upstreamReason != "": // a backend's own codes are unbounded: not labels
+		m.upstreamErrors.WithLabelValues(x.upstreamReason).Inc()
 	case x.fromUpstream && x.status >= 400:
 		m.upstreamErrors.WithLabelValues("status_" + strconv.Itoa(x.status)).Inc()
 	}

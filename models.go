@@ -44,7 +44,7 @@ func (h *Handler) serveModel(x *exchange, id string) {
 	}
 	i := slices.IndexFunc(list, func(m modelEntry) bool { return m.ID == id })
 	if i < 0 {
-		x.fail(modelNotFound(id))
+		x.fail(openai.ModelNotFound(id))
 		return
 	}
 	out, _ := json.Marshal(list[i])
@@ -134,9 +134,9 @@ func (x *exchange) fetchModels(b *Backend, timeout time.Duration) ([]byte, *open
 		x.upstreamErr = err
 		return nil, proxyError(err)
 	case aborted || rb.tooLarge:
-		return nil, &openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "upstream_reply_incomplete", Message: "The backend's model list was cut short."}
+		return nil, openai.UpstreamReplyIncomplete("model list")
 	case rb.status/100 != 2:
-		return nil, x.upstreamErrorDefaults(upstreamStatusError(rb.status, rb.body), rb.status)
+		return nil, x.h.redactError(openai.BackendError(rb.status, rb.body))
 	}
 	return rb.body, nil
 }

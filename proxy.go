@@ -68,7 +68,7 @@ func (h *Handler) forward(x *exchange, rt route, body []byte) {
 			return
 		}
 		next, ok := route{}, false
-		if !u.out.started && x.r.Context().Err() == nil && retryable(e) {
+		if !u.out.started && x.r.Context().Err() == nil && e.Retryable() {
 			switch {
 			case u.staleConn && !resent:
 				// The backend closed a kept-alive connection as the
@@ -111,18 +111,6 @@ type backendEndpoint interface {
 	// body of the request to b for model, given the client's body with
 	// the model alias edited.
 	upstream(b *Backend, model string, body []byte) (string, []byte, *openai.Error)
-}
-
-// retryable reports whether a failure is the backend's, so another try
-// (or another backend) may succeed: not the client's, not the deadline's.
-func retryable(e *openai.Error) bool {
-	switch {
-	case e.Status == 499 || e.Code == "timeout":
-		return false
-	case e.Status == http.StatusTooManyRequests || e.Status >= 500:
-		return true
-	}
-	return false
 }
 
 // attempt makes one try of the request on rt's backend. It returns nil

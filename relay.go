@@ -84,13 +84,12 @@ func (u *upstreamWriter) onEvent(ev sse.Event) error {
 	if e, ok := errors.AsType[*openai.Error](err); ok {
 		u.held = u.held[:n]
 		u.x.fromUpstream = true
-		u.failStream(u.x.upstreamErrorDefaults(e, http.StatusBadGateway))
+		u.failStream(u.x.h.redactError(e.FillDefaults(http.StatusBadGateway)))
 		return nil
 	}
 	if err != nil {
 		u.held = u.held[:n]
-		u.failStream(&openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "invalid_upstream_response",
-			Message: "The backend sent a stream event this route cannot read (" + u.x.r.URL.Path + ")."})
+		u.failStream(openai.InvalidUpstreamResponse("The backend sent a stream event this route cannot read (" + u.x.r.URL.Path + ")."))
 		return nil
 	}
 	if len(u.held) == n {

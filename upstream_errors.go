@@ -5,7 +5,6 @@ package chatgateway
 
 import (
 	"errors"
-	"fmt"
 	"net/http"
 	"strings"
 	"unicode/utf8"
@@ -35,16 +34,6 @@ func backendErrorText(body []byte) string {
 	return strings.ToValidUTF8(text, "")
 }
 
-// firstTokenTimeout is the error of a backend that did not start
-// answering in time, streamed or not.
-func firstTokenTimeout() *openai.Error {
-	return timeoutError("first_token_timeout", "The backend did not start answering within first_token_timeout.")
-}
-
-func timeoutError(code, msg string) *openai.Error {
-	return &openai.Error{Status: http.StatusGatewayTimeout, Type: openai.TypeTimeout, Code: code, Message: msg}
-}
-
 // proxyError maps an error of the reverse proxy, which may name the
 // backend's address, to one that names nothing.
 func proxyError(err error) *openai.Error {
@@ -56,66 +45,28 @@ func proxyError(err error) *openai.Error {
 		// DialError hides its cause (and reverse_proxy reports it as a
 		// 502); a dial that ran out of time says so in its text.
 		if strings.Contains(de.Error(), "i/o timeout") {
-			return timeoutError("dial_timeout", "The backend could not be connected to within dial_timeout.")
+			return openai.DialTimeout()
 		}
 		status = http.StatusBadGateway
 	}
 	switch status {
 	case http.StatusGatewayTimeout:
-		return timeoutError("upstream_timeout", "The backend did not answer in time.")
+		return openai.UpstreamTimeout()
 	case http.StatusServiceUnavailable:
-		return &openai.Error{Status: http.StatusServiceUnavailable, Type: openai.TypeUpstream, Code: "no_upstream_available",
-			Message: "No backend is available to serve the request."}
+		return openai.NoUpstreamAvailable()
 	}
-	return &openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "upstream_unavailable",
-		Message: "The backend could not be reached."}
+	return openai.UpstreamUnavailable()
 }
 
-// upstreamStatusError reads a backend's non-2xx reply. A 4xx passes on
-// with its status and the backend's message; a 5xx becomes a 502.
-func upstreamStatusError(status int, body []byte) *openai.Error {
-	if status >= 500 {
-		return &openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "upstream_error",
-			Message: fmt.Sprintf("The backend failed to answer (status %d).", status)}
-	}
-	e, ok := openai.ParseError(body)
-	if !ok {
-		e = &openai.Error{Message: fmt.Sprintf("The backend refused the request (status %d).", status)}
-	}
-	e.Status = status
-	return e
-}
-
-// upstreamErrorDefaults fills what a backend's error left out and takes
-// the upstream key out of its message.
-func (x *exchange) upstreamErrorDefaults(e *openai.Error, status int) *openai.Error {
-	if e.Status == 0 {
-		e.Status = status
-	}
-	if e.Message == "" {
-		e.Message = "The backend reported an error."
-	}
-	if e.Type == "" {
-		switch e.Status {
-		case http.StatusUnauthorized, http.StatusForbidden:
-			e.Type = openai.TypeAuthentication
-		case http.StatusTooManyRequests:
-			e.Type = openai.TypeRateLimit
-		default:
-			if e.Status >= 500 {
-				e.Type = openai.TypeUpstream
-			} else {
-				e.Type = openai.TypeInvalidRequest
-			}
-		}
-	}
-	e.Message, e.Type, e.Param, e.Code = x.h.redactUpstreamKeys(e.Message), x.h.redactUpstreamKeys(e.Type), x.h.redactUpstreamKeys(e.Param), x.h.redactUpstreamKeys(e.Code)
+// redactError takes the upstream keys out of e, a backend's error (it
+// may quote the credential it was sent anywhere), and returns it.
+func (h *Handler) redactError(e *openai.Error) *openai.Error {
+	e.Message, e.Type, e.Param, e.Code = h.redactUpstreamKeys(e.Message), h.redactUpstreamKeys(e.Type), h.redactUpstreamKeys(e.Param), h.redactUpstreamKeys(e.Code)
 	return e
 }
 
 // redactUpstreamKeys replaces every backend's api_key in s, which came
-// from a backend (it may quote the credential it was sent anywhere),
-// with "[redacted]".
+// from a backend, with "[redacted]".
 func (h *Handler) redactUpstreamKeys(s string) string {
 	for _, b := range h.Backends {
 		if len(b.apiKey) >= 8 && strings.Contains(s, b.apiKey) {

@@ -142,8 +142,7 @@ func (u *upstreamWriter) Write(p []byte) (int, error) {
 	}
 	if err := u.parser.Feed(p, u.onEvent); err != nil {
 		if errors.Is(err, sse.ErrLineTooLong) {
-			u.failStream(&openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "event_too_large",
-				Message: "The backend sent a stream line longer than the gateway accepts (8 MiB)."})
+			u.failStream(openai.EventTooLarge())
 		}
 		return 0, err
 	}
@@ -176,18 +175,17 @@ func (u *upstreamWriter) settle(ctx context.Context, proxyErr error, aborted boo
 		x.setResult(u.st.Result())
 	}
 	if x.r.Context().Err() != nil || u.out.err != nil {
-		return &openai.Error{Status: 499, Type: openai.TypeInvalidRequest, Code: "client_closed_request", Message: "The client closed the request."}
+		return openai.ClientClosedRequest()
 	}
 	if u.state != replyBuffered {
 		if u.failed == nil {
 			switch {
 			case errors.Is(cause, errFirstTokenTimeout):
-				u.failStream(firstTokenTimeout())
+				u.failStream(openai.FirstTokenTimeout())
 			case errors.Is(cause, errIdleTimeout):
-				u.failStream(timeoutError("idle_timeout", "The backend sent nothing for longer than idle_timeout; the stream was ended."))
+				u.failStream(openai.IdleTimeout())
 			case aborted || u.parser.Pending() || !u.st.Complete():
-				u.failStream(&openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "stream_truncated",
-					Message: "The backend ended the stream before it was complete."})
+				u.failStream(openai.StreamTruncated())
 			}
 		}
 		if u.failed != nil {
@@ -198,24 +196,22 @@ func (u *upstreamWriter) settle(ctx context.Context, proxyErr error, aborted boo
 			u.out.queue(u.held)
 		}
 		if u.st.Finish(x.req.IncludeUsage, u.out.event) != nil {
-			x.outcome, x.status = outcomeClientCancelled, 499
+			x.outcome, x.status = outcomeClientCancelled, openai.StatusClientClosedRequest
 		}
 		return nil
 	}
 
 	switch {
 	case errors.Is(cause, errFirstTokenTimeout):
-		return firstTokenTimeout()
+		return openai.FirstTokenTimeout()
 	case errors.Is(cause, errTimeout):
-		return timeoutError("timeout", "The backend did not answer within the request timeout.")
+		return openai.Timeout()
 	case u.tooLarge:
-		return &openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "upstream_reply_too_large",
-			Message: "The backend's reply is larger than the gateway accepts."}
+		return openai.UpstreamReplyTooLarge()
 	case proxyErr != nil || u.status == 0:
 		return proxyError(proxyErr)
 	case aborted:
-		return &openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "upstream_reply_incomplete",
-			Message: "The backend's reply was cut short."}
+		return openai.UpstreamReplyIncomplete("reply")
 	case u.status/100 == 2:
 		return u.reply()
 	}
@@ -224,7 +220,7 @@ func (u *upstreamWriter) settle(ctx context.Context, proxyErr error, aborted boo
 	if u.status >= 500 {
 		x.backendError = x.h.redactUpstreamKeys(backendErrorText(u.body))
 	}
-	return x.upstreamErrorDefaults(upstreamStatusError(u.status, u.body), u.status)
+	return x.h.redactError(openai.BackendError(u.status, u.body))
 }
 
 // reply answers from a buffered 2xx reply: normalized JSON, or the same
@@ -246,8 +242,7 @@ func (u *upstreamWriter) reply() *openai.Error {
 	}
 	x.gw += time.Since(begin)
 	if err != nil {
-		return &openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "invalid_upstream_response",
-			Message: "The backend's reply is not valid for this route (" + x.r.URL.Path + ")."}
+		return openai.InvalidUpstreamResponse("The backend's reply is not valid for this route (" + x.r.URL.Path + ").")
 	}
 	x.setResult(rep)
 	x.markFirstToken()
@@ -259,7 +254,7 @@ func (u *upstreamWriter) reply() *openai.Error {
 	// The backend answered a streaming request with one JSON reply: send
 	// it as the stream it would have been.
 	if u.events().FromReply(out, x.req.IncludeUsage, u.out.event) != nil {
-		x.outcome, x.status = outcomeClientCancelled, 499
+		x.outcome, x.status = outcomeClientCancelled, openai.StatusClientClosedRequest
 	}
 	return nil
 }
@@ -272,10 +267,11 @@ func (u *upstreamWriter) fail(e *openai.Error) {
 		x.fail(e)
 		return
 	}
-	x.status, x.code, x.outcome = http.StatusOK, e.Code, outcomeOf(e)
+	x.status = http.StatusOK
+	x.noteError(e)
 	switch {
-	case e.Status == 499:
-		x.status = 499
+	case e.Status == openai.StatusClientClosedRequest:
+		x.status = e.Status
 	case u.failed != e: // a stream's own failure went out as it happened
 		_ = u.events().Fail(e, u.out.event)
 	}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/json"
-	"net/http"
 	"strconv"
 	"strings"
 
@@ -141,12 +140,6 @@ type ReplyOptions struct {
 	PromptBytes int
 }
 
-// errInvalidReply is the error for a backend reply that cannot be
-// translated.
-func errInvalidReply(msg string) *openai.Error {
-	return &openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "invalid_upstream_response", Message: msg}
-}
-
 // FromCompletion translates a backend's chat-completion reply (its first
 // choice) into a Messages reply: content and refusal text -> a text
 // block, each tool call -> a tool_use block (its arguments parsed into
@@ -176,13 +169,13 @@ func FromCompletion(body []byte, o ReplyOptions) (*Message, *openai.Error) {
 		} `json:"usage"`
 	}
 	if json.Unmarshal(body, &c) != nil || len(c.Choices) == 0 {
-		return nil, errInvalidReply("The backend's reply is not a chat completion.")
+		return nil, openai.InvalidUpstreamResponse("The backend's reply is not a chat completion.")
 	}
 	ch := c.Choices[0]
 	m := &Message{ID: o.ID, Model: o.Model}
 	text, ok := messageText(ch.Message.Content)
 	if !ok {
-		return nil, errInvalidReply("The backend's reply has a content that is neither text nor text parts.")
+		return nil, openai.InvalidUpstreamResponse("The backend's reply has a content that is neither text nor text parts.")
 	}
 	if ch.Message.Refusal != nil {
 		text += *ch.Message.Refusal
@@ -254,14 +247,14 @@ func messageText(v json.RawMessage) (string, bool) {
 // at all). Arguments that are not a JSON object are an error.
 func toolInput(name string, args []byte) (json.RawMessage, *openai.Error) {
 	if name == "" {
-		return nil, errInvalidReply("The backend sent a tool call without a function name.")
+		return nil, openai.InvalidUpstreamResponse("The backend sent a tool call without a function name.")
 	}
 	args = bytes.TrimSpace(args)
 	if jsonwalk.IsNull(args) {
 		return json.RawMessage("{}"), nil
 	}
 	if args[0] != '{' || !json.Valid(args) {
-		return nil, errInvalidReply("The backend sent tool call arguments that are not a JSON object.")
+		return nil, openai.InvalidUpstreamResponse("The backend sent tool call arguments that are not a JSON object.")
 	}
 	return json.RawMessage(args), nil
 }

@@ -61,10 +61,10 @@ func ParseCountTokens(body []byte) (*Request, *openai.Error) { return parse(body
 
 func parse(body []byte, needMaxTokens bool) (*Request, *openai.Error) {
 	if len(bytes.TrimSpace(body)) == 0 {
-		return nil, openai.Invalid("", "invalid_json", "The request body is empty; send a JSON object.")
+		return nil, openai.InvalidJSON("The request body is empty; send a JSON object.")
 	}
 	if !utf8.Valid(body) {
-		return nil, openai.Invalid("", "invalid_json", "The request body is not valid UTF-8.")
+		return nil, openai.InvalidJSON("The request body is not valid UTF-8.")
 	}
 	var top struct {
 		Model         json.RawMessage `json:"model"`
@@ -82,9 +82,9 @@ func parse(body []byte, needMaxTokens bool) (*Request, *openai.Error) {
 	}
 	if err := json.Unmarshal(body, &top); err != nil {
 		if _, ok := err.(*json.UnmarshalTypeError); ok {
-			return nil, openai.Invalid("", "invalid_type", "The request body must be a JSON object.")
+			return nil, openai.InvalidType("", "The request body must be a JSON object.")
 		}
-		return nil, openai.Invalid("", "invalid_json", "The request body is not valid JSON: "+err.Error()+".")
+		return nil, openai.InvalidJSON("The request body is not valid JSON: " + err.Error() + ".")
 	}
 	r := &Request{system: top.System, tools: top.Tools, toolChoice: top.ToolChoice, metadata: top.Metadata,
 		sampling: [3]json.RawMessage{top.Temperature, top.TopP, top.TopK}}
@@ -93,16 +93,16 @@ func parse(body []byte, needMaxTokens bool) (*Request, *openai.Error) {
 		return nil, missing("model")
 	}
 	if json.Unmarshal(top.Model, &r.Model) != nil || r.Model == "" {
-		return nil, invalid("model", "invalid_type", "must be a non-empty string")
+		return nil, invalid("model", openai.InvalidType, "must be a non-empty string")
 	}
 	if jsonwalk.IsNull(top.Messages) {
 		return nil, missing("messages")
 	}
 	if json.Unmarshal(top.Messages, &r.messages) != nil {
-		return nil, invalid("messages", "invalid_type", "must be an array of objects with a role and a content")
+		return nil, invalid("messages", openai.InvalidType, "must be an array of objects with a role and a content")
 	}
 	if len(r.messages) == 0 {
-		return nil, invalid("messages", "empty_array", "must hold at least one message")
+		return nil, invalid("messages", openai.EmptyArray, "must hold at least one message")
 	}
 	for i, m := range r.messages {
 		if e := checkMessage(i, m); e != nil {
@@ -116,26 +116,26 @@ func parse(body []byte, needMaxTokens bool) (*Request, *openai.Error) {
 		}
 		n, err := strconv.ParseInt(string(top.MaxTokens), 10, 64)
 		if err != nil || n < 1 {
-			return nil, invalid("max_tokens", "invalid_value", "must be an integer of at least 1")
+			return nil, invalid("max_tokens", openai.InvalidValue, "must be an integer of at least 1")
 		}
 		r.MaxTokens = n
 	}
 	if !jsonwalk.IsNull(top.Stream) && json.Unmarshal(top.Stream, &r.Stream) != nil {
-		return nil, invalid("stream", "invalid_type", "must be a boolean")
+		return nil, invalid("stream", openai.InvalidType, "must be a boolean")
 	}
 	if !jsonwalk.IsNull(top.System) && top.System[0] != '"' && top.System[0] != '[' {
-		return nil, invalid("system", "invalid_type", "must be a string or an array of text blocks")
+		return nil, invalid("system", openai.InvalidType, "must be a string or an array of text blocks")
 	}
 	if !jsonwalk.IsNull(top.StopSequences) && json.Unmarshal(top.StopSequences, &r.StopSequences) != nil {
-		return nil, invalid("stop_sequences", "invalid_type", "must be an array of strings")
+		return nil, invalid("stop_sequences", openai.InvalidType, "must be an array of strings")
 	}
 	for i, v := range r.sampling {
 		if !jsonwalk.IsNull(v) && (v[0] < '0' || v[0] > '9') && v[0] != '-' {
-			return nil, invalid(samplingParams[i], "invalid_type", "must be a number")
+			return nil, invalid(samplingParams[i], openai.InvalidType, "must be a number")
 		}
 	}
 	if !jsonwalk.IsNull(top.Tools) && top.Tools[0] != '[' {
-		return nil, invalid("tools", "invalid_type", "must be an array of tools")
+		return nil, invalid("tools", openai.InvalidType, "must be an array of tools")
 	}
 	r.PromptBytes += len(top.System) + len(top.Tools)
 	return r, nil
@@ -148,7 +148,7 @@ func checkMessage(i int, m rawMessage) *openai.Error {
 	if m.Role != "user" && m.Role != "assistant" && m.Role != "system" {
 		// "system" in messages: instructions given mid-conversation, as
 		// Claude Code sends them.
-		return invalid(param+".role", "invalid_value", "must be \"user\", \"assistant\" or \"system\"")
+		return invalid(param+".role", openai.InvalidValue, "must be \"user\", \"assistant\" or \"system\"")
 	}
 	if jsonwalk.IsNull(m.Content) {
 		return missing(param + ".content")
@@ -160,7 +160,7 @@ func checkMessage(i int, m rawMessage) *openai.Error {
 		Type *string `json:"type"`
 	}
 	if m.Content[0] != '[' || json.Unmarshal(m.Content, &blocks) != nil {
-		return invalid(param+".content", "invalid_type", "must be a string or an array of content blocks")
+		return invalid(param+".content", openai.InvalidType, "must be a string or an array of content blocks")
 	}
 	for j, b := range blocks {
 		if b.Type == nil {
@@ -172,12 +172,13 @@ func checkMessage(i int, m rawMessage) *openai.Error {
 
 // missing is the error for an absent required parameter.
 func missing(param string) *openai.Error {
-	return openai.Invalid(param, "missing_required_parameter", param+": Field required")
+	return openai.MissingRequiredParameter(param, param+": Field required")
 }
 
-// invalid is the error for a parameter that has the wrong type or value.
-func invalid(param, code, what string) *openai.Error {
-	return openai.Invalid(param, code, param+": "+what)
+// invalid is the error of kind (openai.InvalidType, openai.InvalidValue
+// ...) for param, which is what.
+func invalid(param string, kind func(param, msg string) *openai.Error, what string) *openai.Error {
+	return kind(param, param+": "+what)
 }
 
 // EstimateTokens is the gateway's estimate of the request's input

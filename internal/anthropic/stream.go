@@ -3,7 +3,6 @@ package anthropic
 import (
 	"bytes"
 	"encoding/json"
-	"net/http"
 	"strconv"
 	"unicode/utf8"
 
@@ -129,7 +128,7 @@ func (s *Stream) Start(dst []byte) []byte {
 func (s *Stream) Chunk(dst, data []byte) ([]byte, *openai.Error) {
 	top, ok := walk(data, '{')
 	if !ok || !json.Valid(data) {
-		return dst, errInvalidReply("The backend sent a stream event that is not a chat completion chunk.")
+		return dst, openai.InvalidUpstreamResponse("The backend sent a stream event that is not a chat completion chunk.")
 	}
 	dst = s.Start(dst)
 	for k, v, ok := top.next(); ok; k, v, ok = top.next() {
@@ -375,7 +374,7 @@ func (s *Stream) addArgs(t *streamTool, v []byte) *openai.Error {
 		t.args = append(t.args, v...)
 	}
 	if t.state == toolClosed && len(bytes.TrimSpace(t.args[n:])) > 0 {
-		return errInvalidReply("The backend sent tool call arguments that are not a JSON object.")
+		return openai.InvalidUpstreamResponse("The backend sent tool call arguments that are not a JSON object.")
 	}
 	s.toolBytes += len(t.args) - n
 	s.outBytes += len(t.args) - n
@@ -384,8 +383,7 @@ func (s *Stream) addArgs(t *streamTool, v []byte) *openai.Error {
 		limit = DefaultMaxToolBytes
 	}
 	if s.toolBytes > limit {
-		return &openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "tool_call_too_large",
-			Message: "The backend's tool call arguments exceed what the gateway holds (" + strconv.Itoa(limit) + " bytes)."}
+		return openai.ToolCallTooLarge(limit)
 	}
 	return nil
 }

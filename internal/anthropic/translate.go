@@ -94,7 +94,7 @@ func (r *Request) ChatBody() ([]byte, *openai.Error) {
 		msgs = append(msgs, out...)
 	}
 	if len(msgs) == 0 {
-		return nil, invalid("messages", "empty_array", "must hold content a chat backend can read, not only thinking blocks")
+		return nil, invalid("messages", openai.EmptyArray, "must hold content a chat backend can read, not only thinking blocks")
 	}
 	var buf bytes.Buffer
 	buf.WriteString(`{"model":`)
@@ -144,11 +144,11 @@ func systemText(param string, v json.RawMessage) (string, *openai.Error) {
 	}
 	var blocks []block
 	if json.Unmarshal(v, &blocks) != nil {
-		return "", invalid(param, "invalid_type", "must be a string or an array of text blocks")
+		return "", invalid(param, openai.InvalidType, "must be a string or an array of text blocks")
 	}
 	for i, b := range blocks {
 		if b.Type != "text" || b.Text == nil {
-			return "", invalid(param+"."+strconv.Itoa(i), "invalid_value", "must be a text block")
+			return "", invalid(param+"."+strconv.Itoa(i), openai.InvalidValue, "must be a text block")
 		}
 	}
 	return contentText(v), nil
@@ -170,7 +170,7 @@ func translateMessage(param string, m rawMessage) ([]chatMessage, *openai.Error)
 	}
 	var blocks []block
 	if err := json.Unmarshal(m.Content, &blocks); err != nil {
-		return nil, invalid(param+".content", "invalid_type", "must be a string or an array of content blocks: "+typeErrorField(err))
+		return nil, invalid(param+".content", openai.InvalidType, "must be a string or an array of content blocks: "+typeErrorField(err))
 	}
 	var out []chatMessage
 	var parts []chatPart
@@ -183,15 +183,15 @@ func translateMessage(param string, m rawMessage) ([]chatMessage, *openai.Error)
 			continue
 		case "tool_use":
 			if m.Role != "assistant" {
-				return nil, invalid(bp+".type", "invalid_value", "tool_use blocks belong in assistant messages")
+				return nil, invalid(bp+".type", openai.InvalidValue, "tool_use blocks belong in assistant messages")
 			}
 			if b.ID == "" || b.Name == "" {
-				return nil, invalid(bp, "missing_required_parameter", "a tool_use block needs an id and a name")
+				return nil, invalid(bp, openai.MissingRequiredParameter, "a tool_use block needs an id and a name")
 			}
 			args := "{}"
 			if !jsonwalk.IsNull(b.Input) {
 				if b.Input[0] != '{' {
-					return nil, invalid(bp+".input", "invalid_type", "must be an object")
+					return nil, invalid(bp+".input", openai.InvalidType, "must be an object")
 				}
 				args = string(b.Input)
 			}
@@ -199,7 +199,7 @@ func translateMessage(param string, m rawMessage) ([]chatMessage, *openai.Error)
 			continue
 		case "tool_result":
 			if m.Role != "user" {
-				return nil, invalid(bp+".type", "invalid_value", "tool_result blocks belong in user messages")
+				return nil, invalid(bp+".type", openai.InvalidValue, "tool_result blocks belong in user messages")
 			}
 			if b.ToolUseID == "" {
 				return nil, missing(bp + ".tool_use_id")
@@ -266,7 +266,7 @@ func contentPart(param string, b block) (chatPart, *openai.Error) {
 		case "url":
 			return chatPart{Type: "image_url", ImageURL: &chatURL{URL: b.Source.URL}}, nil
 		}
-		return chatPart{}, invalid(param+".source.type", "invalid_value", "an image source must be base64 or url")
+		return chatPart{}, invalid(param+".source.type", openai.InvalidValue, "an image source must be base64 or url")
 	case "document":
 		if b.Source == nil {
 			return chatPart{}, missing(param + ".source")
@@ -280,9 +280,9 @@ func contentPart(param string, b block) (chatPart, *openai.Error) {
 			text, _, e := toolResult(param+".source.content", b.Source.Content)
 			return chatPart{Type: "text", Text: text}, e
 		}
-		return chatPart{}, invalid(param+".source.type", "invalid_value", "a document source must be base64, text or content here: chat backends cannot fetch documents by URL")
+		return chatPart{}, invalid(param+".source.type", openai.InvalidValue, "a document source must be base64, text or content here: chat backends cannot fetch documents by URL")
 	}
-	return chatPart{}, invalid(param+".type", "invalid_value", "content block type "+strconv.Quote(b.Type)+" has no chat-completions equivalent")
+	return chatPart{}, invalid(param+".type", openai.InvalidValue, "content block type "+strconv.Quote(b.Type)+" has no chat-completions equivalent")
 }
 
 // dataURL is a base64 source as a data: URL.
@@ -308,7 +308,7 @@ func toolResult(param string, v json.RawMessage) (string, []chatPart, *openai.Er
 	}
 	var blocks []block
 	if v[0] != '[' || json.Unmarshal(v, &blocks) != nil {
-		return "", nil, invalid(param, "invalid_type", "must be a string or an array of text and image blocks")
+		return "", nil, invalid(param, openai.InvalidType, "must be a string or an array of text and image blocks")
 	}
 	var text []byte
 	var images []chatPart
@@ -338,7 +338,7 @@ func (r *Request) user() (string, *openai.Error) {
 		UserID *string `json:"user_id"`
 	}
 	if json.Unmarshal(r.metadata, &md) != nil {
-		return "", invalid("metadata", "invalid_type", "must be an object with a string user_id")
+		return "", invalid("metadata", openai.InvalidType, "must be an object with a string user_id")
 	}
 	if md.UserID == nil {
 		return "", nil
@@ -357,7 +357,7 @@ func (r *Request) appendTools(buf *bytes.Buffer, enc *json.Encoder) *openai.Erro
 			InputSchema json.RawMessage `json:"input_schema"`
 		}
 		if json.Unmarshal(r.tools, &tools) != nil {
-			return invalid("tools", "invalid_type", "must be an array of tools with a name and an input_schema")
+			return invalid("tools", openai.InvalidType, "must be an array of tools with a name and an input_schema")
 		}
 		type function struct {
 			Name        string          `json:"name"`
@@ -373,7 +373,7 @@ func (r *Request) appendTools(buf *bytes.Buffer, enc *json.Encoder) *openai.Erro
 			param := "tools." + strconv.Itoa(i)
 			switch {
 			case t.Type != "" && t.Type != "custom":
-				return invalid(param+".type", "invalid_value", "server tool "+strconv.Quote(t.Type)+" has no chat-completions equivalent")
+				return invalid(param+".type", openai.InvalidValue, "server tool "+strconv.Quote(t.Type)+" has no chat-completions equivalent")
 			case t.Name == "":
 				return missing(param + ".name")
 			case jsonwalk.IsNull(t.InputSchema) || t.InputSchema[0] != '{':
@@ -396,7 +396,7 @@ func (r *Request) appendTools(buf *bytes.Buffer, enc *json.Encoder) *openai.Erro
 		DisableParallelToolUse bool   `json:"disable_parallel_tool_use"`
 	}
 	if json.Unmarshal(r.toolChoice, &tc) != nil {
-		return invalid("tool_choice", "invalid_type", "must be an object with a type")
+		return invalid("tool_choice", openai.InvalidType, "must be an object with a type")
 	}
 	buf.WriteString(`,"tool_choice":`)
 	switch tc.Type {
@@ -412,7 +412,7 @@ func (r *Request) appendTools(buf *bytes.Buffer, enc *json.Encoder) *openai.Erro
 		buf.Write(appendString(nil, tc.Name))
 		buf.WriteString(`}}`)
 	default:
-		return invalid("tool_choice.type", "invalid_value", "must be auto, any, tool or none")
+		return invalid("tool_choice.type", openai.InvalidValue, "must be auto, any, tool or none")
 	}
 	if tc.DisableParallelToolUse {
 		buf.WriteString(`,"parallel_tool_calls":false`)

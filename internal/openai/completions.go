@@ -35,7 +35,7 @@ func (completionsEndpoint) Parse(body []byte) (*Request, *Error) {
 			case body[at] == '"':
 				size += end - at - 2
 			default:
-				p.fail(Invalid("suffix", "invalid_type", "'suffix' must be a string."))
+				p.fail(InvalidType("suffix", "'suffix' must be a string."))
 			}
 			return end, err
 		}
@@ -45,7 +45,7 @@ func (completionsEndpoint) Parse(body []byte) (*Request, *Error) {
 		return nil, e
 	}
 	if jsonwalk.IsNull(prompt) {
-		return nil, Invalid("prompt", "missing_required_parameter", "Missing required parameter: 'prompt'.")
+		return nil, MissingRequiredParameter("prompt", "Missing required parameter: 'prompt'.")
 	}
 	return p.request(size, prompt), nil
 }

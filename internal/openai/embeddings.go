@@ -43,7 +43,7 @@ func (embeddingsEndpoint) Parse(body []byte) (*Request, *Error) {
 			case v == `"base64"`:
 				b64 = true
 			default:
-				p.fail(Invalid("encoding_format", "invalid_value", "'encoding_format' must be float or base64."))
+				p.fail(InvalidValue("encoding_format", "'encoding_format' must be float or base64."))
 			}
 			return end, err
 		}
@@ -53,7 +53,7 @@ func (embeddingsEndpoint) Parse(body []byte) (*Request, *Error) {
 		return nil, e
 	}
 	if jsonwalk.IsNull(input) {
-		return nil, Invalid("input", "missing_required_parameter", "Missing required parameter: 'input'.")
+		return nil, MissingRequiredParameter("input", "Missing required parameter: 'input'.")
 	}
 	req := p.request(size, input)
 	req.Stream, req.IncludeUsage, req.base64 = false, false, b64 // embeddings do not stream

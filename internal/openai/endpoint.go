@@ -285,13 +285,13 @@ func (p *requestParser) request(promptBytes int, echo []byte) *Request {
 func (p *requestParser) textsOrTokens(param string, at int, allowEmpty bool) (int, int, error) {
 	b := p.body
 	wrongType := func() {
-		p.fail(Invalid(param, "invalid_type", "'"+param+"' must be a string, an array of strings, an array of token ids or an array of arrays of token ids."))
+		p.fail(InvalidType(param, "'"+param+"' must be a string, an array of strings, an array of token ids or an array of arrays of token ids."))
 	}
 	switch b[at] {
 	case '"':
 		end, err := scanString(b, at)
 		if err == nil && end-at == 2 && !allowEmpty {
-			p.fail(Invalid(param, "empty_string", "'"+param+"' must not be empty."))
+			p.fail(EmptyString(param, "'"+param+"' must not be empty."))
 		}
 		return end, end - at - 2, err
 	case '[':
@@ -339,7 +339,7 @@ func (p *requestParser) textsOrTokens(param string, at int, allowEmpty bool) (in
 		return scanValue(b, at, 2)
 	})
 	if err == nil && n == 0 {
-		p.fail(Invalid(param, "empty_array", "'"+param+"' must not be an empty array."))
+		p.fail(EmptyArray(param, "'"+param+"' must not be an empty array."))
 	}
 	return end, size, err
 }

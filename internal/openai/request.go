@@ -39,10 +39,10 @@ func ParseChatRequest(body []byte) (*ChatRequest, *Error) {
 		return nil, e
 	}
 	if !p.hasMessages {
-		return nil, Invalid("messages", "missing_required_parameter", "Missing required parameter: 'messages'.")
+		return nil, MissingRequiredParameter("messages", "Missing required parameter: 'messages'.")
 	}
 	if p.messages == 0 {
-		return nil, Invalid("messages", "empty_array", "'messages' must hold at least one message.")
+		return nil, EmptyArray("messages", "'messages' must hold at least one message.")
 	}
 	p.req.lastUser = p.lastUserContent
 	return p.req, nil
@@ -54,10 +54,10 @@ func ParseChatRequest(body []byte) (*ChatRequest, *Error) {
 func (p *requestParser) parse(member func(key []byte, at int) (int, error)) *Error {
 	body := p.body
 	if len(body) == 0 {
-		return Invalid("", "invalid_json", "The request body is empty; send a JSON object.")
+		return InvalidJSON("The request body is empty; send a JSON object.")
 	}
 	if !utf8.Valid(body) {
-		return Invalid("", "invalid_json", "The request body is not valid UTF-8.")
+		return InvalidJSON("The request body is not valid UTF-8.")
 	}
 	i := jsonwalk.SkipSpace(body, 0)
 	var err error
@@ -66,14 +66,14 @@ func (p *requestParser) parse(member func(key []byte, at int) (int, error)) *Err
 	} else {
 		i, err = scanValue(body, i, 0)
 		if err == nil && jsonwalk.SkipSpace(body, i) == len(body) {
-			return Invalid("", "invalid_type", "The request body must be a JSON object, not "+kindOf(body[jsonwalk.SkipSpace(body, 0)])+".")
+			return InvalidType("", "The request body must be a JSON object, not "+kindOf(body[jsonwalk.SkipSpace(body, 0)])+".")
 		}
 	}
 	if err == nil && jsonwalk.SkipSpace(body, i) != len(body) {
 		err = errAt("invalid character after the top-level value", jsonwalk.SkipSpace(body, i))
 	}
 	if err != nil {
-		return Invalid("", "invalid_json", "The request body is not valid JSON: "+err.Error()+".")
+		return InvalidJSON("The request body is not valid JSON: " + err.Error() + ".")
 	}
 	return p.err
 }
@@ -137,7 +137,7 @@ func (p *requestParser) member(key []byte, at int) (int, error) {
 		}
 		end, err := scanValue(b, at, 1)
 		if err == nil && !jsonwalk.IsNull(b[at:end]) {
-			p.fail(Invalid("messages", "invalid_type", "'messages' must be an array of message objects."))
+			p.fail(InvalidType("messages", "'messages' must be an array of message objects."))
 		}
 		return end, err
 	}
@@ -148,7 +148,7 @@ func (p *requestParser) member(key []byte, at int) (int, error) {
 // before.
 func (p *requestParser) once(key []byte) {
 	if name := keyName(key); p.seen(name) {
-		p.fail(duplicate(string(name)))
+		p.fail(DuplicateKey(string(name)))
 	}
 }
 
@@ -165,7 +165,7 @@ func (p *requestParser) common(key []byte, at int) (int, error) {
 		// The smallest budget given is the one that binds.
 		if n, ok := parseCount(b[at:end]); !ok {
 			name := string(key[1 : len(key)-1])
-			p.fail(Invalid(name, "invalid_type", "'"+name+"' must be a non-negative integer."))
+			p.fail(InvalidType(name, "'"+name+"' must be a non-negative integer."))
 		} else if p.req.maxOutput == 0 || n < p.req.maxOutput {
 			p.req.maxOutput = n
 		}
@@ -174,7 +174,7 @@ func (p *requestParser) common(key []byte, at int) (int, error) {
 		end, err := scanValue(b, at, 1)
 		if err == nil && !jsonwalk.IsNull(b[at:end]) {
 			if b[at] != '"' {
-				p.fail(Invalid("model", "invalid_type", "'model' must be a string."))
+				p.fail(InvalidType("model", "'model' must be a string."))
 			} else {
 				p.req.Model = unquote(b[at:end])
 			}
@@ -187,14 +187,14 @@ func (p *requestParser) common(key []byte, at int) (int, error) {
 		case v == "true":
 			p.req.Stream = true
 		default:
-			p.fail(Invalid("stream", "invalid_type", "'stream' must be a boolean."))
+			p.fail(InvalidType("stream", "'stream' must be a boolean."))
 		}
 		return end, err
 	case jsonwalk.KeyIs(key, "stream_options"):
 		if b[at] != '{' {
 			end, err := scanValue(b, at, 1)
 			if err == nil && !jsonwalk.IsNull(b[at:end]) {
-				p.fail(Invalid("stream_options", "invalid_type", "'stream_options' must be an object with a boolean 'include_usage'."))
+				p.fail(InvalidType("stream_options", "'stream_options' must be an object with a boolean 'include_usage'."))
 			}
 			return end, err
 		}
@@ -203,7 +203,7 @@ func (p *requestParser) common(key []byte, at int) (int, error) {
 			end, err := scanValue(b, at, 2)
 			if err == nil && jsonwalk.KeyIs(k, "include_usage") {
 				if includeUsage {
-					p.fail(duplicate("stream_options.include_usage"))
+					p.fail(DuplicateKey("stream_options.include_usage"))
 				}
 				includeUsage = true
 				switch string(b[at:end]) {
@@ -211,7 +211,7 @@ func (p *requestParser) common(key []byte, at int) (int, error) {
 					p.req.IncludeUsage = true
 				case "false", "null":
 				default:
-					p.fail(Invalid("stream_options", "invalid_type", "'stream_options' must be an object with a boolean 'include_usage'."))
+					p.fail(InvalidType("stream_options", "'stream_options' must be an object with a boolean 'include_usage'."))
 				}
 			}
 			return end, err
@@ -227,7 +227,7 @@ func (p *requestParser) message(n, at int) (int, error) {
 	param := messageParam(n)
 	if b[at] != '{' {
 		end, err := scanValue(b, at, 2)
-		p.fail(Invalid("messages", "invalid_type", "'messages' must be an array of message objects."))
+		p.fail(InvalidType("messages", "'messages' must be an array of message objects."))
 		return end, err
 	}
 	var role, content []byte
@@ -235,12 +235,12 @@ func (p *requestParser) message(n, at int) (int, error) {
 		switch {
 		case jsonwalk.KeyIs(k, "content") && b[at] == '[':
 			if content != nil {
-				p.fail(duplicate(param + ".content"))
+				p.fail(DuplicateKey(param + ".content"))
 			}
 			start := at
 			end, err := scanArray(b, at, 4, func(_, at int) (int, error) {
 				if b[at] != '{' {
-					p.fail(Invalid(param+".content", "invalid_type", "'"+param+".content' must be a string or an array of content parts: each part must be an object."))
+					p.fail(InvalidType(param+".content", "'"+param+".content' must be a string or an array of content parts: each part must be an object."))
 					return scanValue(b, at, 4)
 				}
 				hasType := false
@@ -250,7 +250,7 @@ func (p *requestParser) message(n, at int) (int, error) {
 					return end, err
 				})
 				if err == nil && !hasType {
-					p.fail(Invalid(param+".content", "invalid_type", "'"+param+".content' must be a string or an array of content parts: each part needs a 'type'."))
+					p.fail(InvalidType(param+".content", "'"+param+".content' must be a string or an array of content parts: each part needs a 'type'."))
 				}
 				return end, err
 			})
@@ -260,12 +260,12 @@ func (p *requestParser) message(n, at int) (int, error) {
 			end, err := scanValue(b, at, 3)
 			if jsonwalk.KeyIs(k, "role") {
 				if role != nil {
-					p.fail(duplicate(param + ".role"))
+					p.fail(DuplicateKey(param + ".role"))
 				}
 				role = b[at:end]
 			} else {
 				if content != nil {
-					p.fail(duplicate(param + ".content"))
+					p.fail(DuplicateKey(param + ".content"))
 				}
 				content = b[at:end]
 			}
@@ -278,24 +278,24 @@ func (p *requestParser) message(n, at int) (int, error) {
 	}
 	switch {
 	case role == nil:
-		p.fail(Invalid(param+".role", "missing_required_parameter", "Missing required parameter: '"+param+".role'."))
+		p.fail(MissingRequiredParameter(param+".role", "Missing required parameter: '"+param+".role'."))
 		return end, nil
 	case role[0] != '"':
-		p.fail(Invalid(param+".role", "invalid_type", "'"+param+".role' must be a string."))
+		p.fail(InvalidType(param+".role", "'"+param+".role' must be a string."))
 		return end, nil
 	}
 	r := unquote(role)
 	if !roles[r] {
-		p.fail(Invalid(param+".role", "invalid_value", "'"+param+".role' must be one of system, developer, user, assistant, tool or function."))
+		p.fail(InvalidValue(param+".role", "'"+param+".role' must be one of system, developer, user, assistant, tool or function."))
 		return end, nil
 	}
 	switch {
 	case jsonwalk.IsNull(content):
 		if r != "assistant" && r != "function" {
-			p.fail(Invalid(param+".content", "missing_required_parameter", "Missing required parameter: '"+param+".content'."))
+			p.fail(MissingRequiredParameter(param+".content", "Missing required parameter: '"+param+".content'."))
 		}
 	case content[0] != '"' && content[0] != '[':
-		p.fail(Invalid(param+".content", "invalid_type", "'"+param+".content' must be a string or an array of content parts."))
+		p.fail(InvalidType(param+".content", "'"+param+".content' must be a string or an array of content parts."))
 	}
 	p.req.ContentBytes += len(content)
 	if r == "user" {
@@ -312,11 +312,6 @@ func keyName(key []byte) []byte {
 		return inner
 	}
 	return []byte(unquote(key))
-}
-
-// duplicate is the error of a member named twice.
-func duplicate(param string) *Error {
-	return Invalid(param, "duplicate_key", "The request body names '"+param+"' more than once.")
 }
 
 // unquote decodes a JSON string that has been validated.

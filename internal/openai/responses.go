@@ -41,12 +41,12 @@ func (responsesEndpoint) Parse(body []byte) (*Request, *Error) {
 				size += len(input)
 				elements(input, func(_ int, item []byte) {
 					if item[0] != '{' {
-						p.fail(Invalid("input", "invalid_type", "'input' must be a string or an array of input items: each item must be an object."))
+						p.fail(InvalidType("input", "'input' must be a string or an array of input items: each item must be an object."))
 					}
 				})
 			case 'n':
 			default:
-				p.fail(Invalid("input", "invalid_type", "'input' must be a string or an array of input items."))
+				p.fail(InvalidType("input", "'input' must be a string or an array of input items."))
 			}
 			return end, err
 		case jsonwalk.KeyIs(key, "instructions"):
@@ -62,7 +62,7 @@ func (responsesEndpoint) Parse(body []byte) (*Request, *Error) {
 			case body[at] == '"':
 				previous = body[at:end]
 			default:
-				p.fail(Invalid("previous_response_id", "invalid_type", "'previous_response_id' must be a string."))
+				p.fail(InvalidType("previous_response_id", "'previous_response_id' must be a string."))
 			}
 			return end, err
 		}

@@ -171,9 +171,17 @@ func (h *harness) pacedStreams(ctx context.Context) error {
 	return ctx.Err()
 }
 
+// refusalP50 is the row of the refusal figure with the latency at
+// refusalRate, for the store's added latency.
+var refusalP50 = fmt.Sprintf("p50 latency (µs; %d req/s)", refusalRate)
+
+// refusalRate is the fixed rate of refusalP50.
+const refusalRate = 200
+
 // refusalCost: CPU per request of echo behind a key and limits (200),
 // of a bad key (401) and of a request over its limit (429), against
-// plain echo (200), where this build has keys and limits.
+// plain echo (200), where this build has keys and limits; and the
+// latency of echo with and without a key and limits at a fixed rate.
 func (h *harness) refusalCost(ctx context.Context) error {
 	if len(h.refusals) == 0 {
 		return nil
@@ -185,6 +193,9 @@ func (h *harness) refusalCost(ctx context.Context) error {
 		for _, t := range targets {
 			res := closedLoop(ctx, t, 8, h.round, body, "")
 			f.add("per request", t.name, micros(res.cpuPerRequest()))
+			if t.wantStatus() == http.StatusOK {
+				f.add(refusalP50, t.name, micros(percentile(openLoop(ctx, t, time.Second/refusalRate, h.round, body), .5)))
+			}
 		}
 		log.Printf("refusals: round %d/%d", r+1, h.rounds)
 	}

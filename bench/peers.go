@@ -8,36 +8,58 @@ import (
 	"encoding/json"
 	"fmt"
 	"log"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // benchKey is the client key of the keyed echo configurations; the
 // Caddyfile holds only its hash.
 const benchKey = "sk-bench-0123456789abcdefghijklmnopqrstuvwxyz"
 
+// Names of the configurations behind keys and limits.
+const (
+	keyLimitMemory = "echo key+limit 200"
+	keyLimitRedis  = "echo key+limit redis 200"
+)
+
 // startRefusals starts echo behind client keys and limits: one that
-// admits (a good key, limits never reached), one answering 401 (a bad
-// key) and one answering 429 (one request an hour). A configuration
-// this build of the gateway rejects (keys or limits not there yet) is
-// skipped, with the reason printed and recorded.
+// admits (a good key, limits never reached) with the memory store and,
+// where redis-server is installed, one with the Redis store; one
+// answering 401 (a bad key) and one answering 429 (one request an hour).
+// A configuration this build of the gateway rejects, or that lacks what
+// it needs, is skipped, with the reason printed and recorded.
 func (h *harness) startRefusals(ctx context.Context, dir string) error {
 	sum := sha256.Sum256([]byte(benchKey))
 	auth := "auth {\n\t\t\tkey sha256:" + hex.EncodeToString(sum[:]) + "\n\t\t}"
 	bearer := func(key string) http.Header { return http.Header{"Authorization": {"Bearer " + key}} }
-	for _, c := range []struct {
+	limits := "\n\t\tlimits {\n\t\t\trequests 1000000000/1h\n\t\t}"
+	type config struct {
 		name, block string
 		header      http.Header
 		status      int
-	}{
-		{"echo key+limit 200", auth + "\n\t\tlimits {\n\t\t\trequests 1000000000/1h\n\t\t}", bearer(benchKey), http.StatusOK},
+	}
+	configs := []config{
+		{keyLimitMemory, auth + limits, bearer(benchKey), http.StatusOK},
 		{"echo 401 bad key", auth, bearer("sk-bench-wrong-key-0123456789abcdefghijklmnopq"), http.StatusUnauthorized},
 		{"echo 429 over limit", "limits {\n\t\t\trequests 1/1h\n\t\t}", nil, http.StatusTooManyRequests},
-	} {
+	}
+	if addr, reason, err := h.startRedis(ctx); err != nil {
+		return err
+	} else if reason != "" {
+		log.Printf("skipping %q: %s", keyLimitRedis, reason)
+		h.results.skip(keyLimitRedis, reason)
+	} else {
+		redis := "\n\t\tlimits {\n\t\t\tstore redis " + addr + "\n\t\t\trequests 1000000000/1h\n\t\t}"
+		configs = slices.Insert(configs, 1, config{keyLimitRedis, auth + redis, bearer(benchKey), http.StatusOK})
+	}
+	for _, c := range configs {
 		site := "chat_gateway {\n\t\t" + c.block + "\n\t}"
 		name := strings.ReplaceAll(c.name, " ", "_")
 		file, _, _, err := writeCaddyfile(dir, name, site)
@@ -59,6 +81,30 @@ func (h *harness) startRefusals(ctx context.Context, dir string) error {
 		h.refusals = append(h.refusals, t)
 	}
 	return ctx.Err()
+}
+
+// startRedis starts redis-server on a free port of 127.0.0.1, without
+// persistence, and returns its address; or a reason to skip the Redis
+// configuration where redis-server is not installed.
+func (h *harness) startRedis(ctx context.Context) (addr, skip string, err error) {
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		return "", "redis-server is not installed (not in PATH)", nil
+	}
+	port := freePort()
+	addr = "127.0.0.1:" + strconv.Itoa(port)
+	cmd := exec.CommandContext(ctx, "redis-server", "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
+	if err := cmd.Start(); err != nil {
+		return "", "", fmt.Errorf("starting redis-server: %w", err)
+	}
+	h.track(cmd)
+	for range 100 {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return addr, "", nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return "", "", fmt.Errorf("redis-server did not listen on %s", addr)
 }
 
 // caddyError is Caddy's error in its output: the message of its last

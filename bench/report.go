@@ -196,8 +196,14 @@ func (r *Results) checkTargets() {
 		echo := f.median("per request", "echo")
 		for _, t := range f.Targets[1:] {
 			v = f.median("per request", t) / echo
-			if t == "echo key+limit 200" {
+			switch t {
+			case keyLimitMemory:
 				add("CPU per request with a key and memory limits, / echo without", v, "≤ 1.05", v <= 1.05, "100 B, 8 concurrent")
+				continue
+			case keyLimitRedis:
+				add("CPU per request with a key and Redis limits, / echo without", v, "published", !math.IsNaN(v), "100 B, 8 concurrent")
+				added := f.median(refusalP50, t) - f.median(refusalP50, "echo")
+				add("Added latency p50 of a key and Redis limits over echo (µs)", added, "published", !math.IsNaN(added), fmt.Sprintf("%d req/s", refusalRate))
 				continue
 			}
 			add("CPU per request, "+t+" / echo 200", v, "< 1", v < 1, "100 B, 8 concurrent")

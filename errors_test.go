@@ -2,6 +2,7 @@ package chatgateway
 
 import (
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -59,6 +60,25 @@ func TestErrorCodesDocumented(t *testing.T) {
 		}
 		if !found {
 			t.Errorf("error code %q is not in the README's errors table", k.Code)
+		}
+	}
+
+	// And the table names no code the gateway does not send: each is in
+	// the catalogue or answered by the shipped Caddyfile.
+	known := map[string]bool{}
+	for _, k := range openai.Catalogue() {
+		known[k.Code] = true
+	}
+	caddyfile, err := os.ReadFile("Caddyfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	params := regexp.MustCompile("\\(param `[^`]*`\\)|\\(with `param`\\)")
+	for _, row := range rows {
+		for _, m := range regexp.MustCompile("`([a-z_]+)`").FindAllStringSubmatch(params.ReplaceAllString(row[3], ""), -1) {
+			if code := m[1]; !known[code] && !strings.Contains(string(caddyfile), `"code":"`+code+`"`) {
+				t.Errorf("the README's errors table lists code %q, which the gateway never sends", code)
+			}
 		}
 	}
 }

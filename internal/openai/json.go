@@ -51,7 +51,8 @@ func appendMembers(dst []span, v []byte) []span {
 }
 
 // fieldName returns the name the raw key spells, escapes read, when it
-// is one the chunk and reply normalizers look at, else "". Reading a key
+// is one the chunk, reply and Responses event normalizers look at, else
+// "". Reading a key
 // once and comparing names after is what keeps those normalizers cheap:
 // a chunk's every key used to be compared with every name it might be.
 func fieldName(key []byte) string {
@@ -101,6 +102,18 @@ func fieldName(key []byte) string {
 		return "function_call"
 	case "reasoning_content":
 		return "reasoning_content"
+	case "type":
+		return "type"
+	case "sequence_number":
+		return "sequence_number"
+	case "response":
+		return "response"
+	case "code":
+		return "code"
+	case "output":
+		return "output"
+	case "status":
+		return "status"
 	}
 	return ""
 }

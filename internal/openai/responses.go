@@ -94,12 +94,12 @@ func (responsesEndpoint) Normalize(dst, body []byte, m Meta) ([]byte, Reply, err
 	}
 	var usage, output []byte
 	for _, f := range fields {
-		switch {
-		case jsonwalk.KeyIs(f.key, "usage"):
+		switch f.name {
+		case "usage":
 			usage = f.val
-		case jsonwalk.KeyIs(f.key, "output"):
+		case "output":
 			output = f.val
-		case jsonwalk.KeyIs(f.key, "status"):
+		case "status":
 			rep.FinishReason = stringValue(f.val)
 		}
 	}
@@ -120,7 +120,7 @@ func collectObject(b []byte, dst []span) ([]span, bool) {
 	end, err := scanObject(b, i, 1, func(key []byte, at int) (int, error) {
 		end, err := scanValue(b, at, 1)
 		if err == nil {
-			dst = append(dst, span{key: key, val: b[at:end]})
+			dst = append(dst, span{key, b[at:end], fieldName(key)})
 		}
 		return end, err
 	})
@@ -192,20 +192,20 @@ func (s *responseStream) Event(dst, name, data []byte) ([]byte, error) {
 	}
 	var typ, response, delta, code, message []byte
 	for _, f := range fields {
-		switch {
-		case jsonwalk.KeyIs(f.key, "type"):
+		switch f.name {
+		case "type":
 			typ = f.val
-		case jsonwalk.KeyIs(f.key, "sequence_number"):
+		case "sequence_number":
 			if n, ok := parseCount(f.val); ok && n > s.seq {
 				s.seq = n
 			}
-		case jsonwalk.KeyIs(f.key, "response"):
+		case "response":
 			response = f.val
-		case jsonwalk.KeyIs(f.key, "delta"):
+		case "delta":
 			delta = f.val
-		case jsonwalk.KeyIs(f.key, "code"):
+		case "code":
 			code = f.val
-		case jsonwalk.KeyIs(f.key, "message"):
+		case "message":
 			message = f.val
 		}
 	}

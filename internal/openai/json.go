@@ -52,9 +52,9 @@ func appendMembers(dst []span, v []byte) []span {
 
 // fieldName returns the name the raw key spells, escapes read, when it
 // is one the chunk, reply and Responses event normalizers look at, else
-// "". Reading a key
-// once and comparing names after is what keeps those normalizers cheap:
-// a chunk's every key used to be compared with every name it might be.
+// "". Reading a key once and comparing names after is what keeps those
+// normalizers cheap: a chunk's every key used to be compared with every
+// name it might be.
 func fieldName(key []byte) string {
 	if len(key) < 2 {
 		return ""

@@ -371,7 +371,7 @@ func (l *Limits) admit(x *exchange) bool {
 	}
 	switch {
 	case err != nil && x.r.Context().Err() != nil:
-		x.fail(&openai.Error{Status: 499, Type: openai.TypeInvalidRequest, Code: "client_closed_request", Message: "The client closed the request."})
+		x.fail(clientClosed())
 		return false
 	case err != nil:
 		return l.storeFailed(x, "reserve", err)

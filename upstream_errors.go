@@ -41,6 +41,26 @@ func firstTokenTimeout() *openai.Error {
 	return timeoutError("first_token_timeout", "The backend did not start answering within first_token_timeout.")
 }
 
+func clientClosed() *openai.Error {
+	return &openai.Error{Status: 499, Type: openai.TypeInvalidRequest, Code: "client_closed_request", Message: "The client closed the request."}
+}
+
+func replyTooLarge() *openai.Error {
+	return &openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "upstream_reply_too_large",
+		Message: "The backend's reply is larger than the gateway accepts."}
+}
+
+func replyIncomplete() *openai.Error {
+	return &openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "upstream_reply_incomplete",
+		Message: "The backend's reply was cut short."}
+}
+
+// invalidReply is the error for a 2xx reply the route cannot read.
+func invalidReply(x *exchange) *openai.Error {
+	return &openai.Error{Status: http.StatusBadGateway, Type: openai.TypeUpstream, Code: "invalid_upstream_response",
+		Message: "The backend's reply is not valid for this route (" + x.r.URL.Path + ")."}
+}
+
 func timeoutError(code, msg string) *openai.Error {
 	return &openai.Error{Status: http.StatusGatewayTimeout, Type: openai.TypeTimeout, Code: code, Message: msg}
 }

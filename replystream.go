@@ -1,0 +1,131 @@
+package chatgateway
+
+// A non-streamed reply normalized as it arrives (embeddings: tens of
+// megabytes of vectors): the endpoint's ReplyWriter passes it on to the
+// client chunk by chunk, and the gateway never holds it whole. The
+// client's headers go with the first bytes written, so a reply refused
+// in its first chunk still gets an error status (and may be retried); a
+// reply that fails after that aborts the client's connection.
+
+import (
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
+)
+
+// replyStream is the client's side of a reply normalized as it arrives.
+// The endpoint's ReplyWriter writes to it.
+type replyStream struct {
+	u       *upstreamWriter
+	rw      openai.ReplyWriter
+	read    int64 // bytes of the backend's reply, for the reply cap
+	wrote   bool  // headers and bytes went to the client: no status left to change
+	invalid bool  // the endpoint refused the reply
+	err     error // the first write error: the client is gone; or errReplyAbandoned
+	// writing is the time the last feed spent writing to the client:
+	// network I/O, not the gateway's own work.
+	writing time.Duration
+}
+
+// errReplyAbandoned stops the writes of a reply that failed: what the
+// normalizer still holds does not go out.
+var errReplyAbandoned = errors.New("reply abandoned")
+
+// streamReply starts relaying a 2xx reply through rs's normalizer.
+// From here idle_timeout bounds the backend's silence, as in a stream.
+func (u *upstreamWriter) streamReply(rs openai.ReplyStreamer) {
+	u.state = replyStreaming
+	u.js = &replyStream{u: u}
+	u.js.rw = rs.NewReplyWriter(u.js, u.meta)
+	u.firstEvent.Store(true)
+	u.timer.Reset(u.idle)
+}
+
+// feed passes one read of the backend's reply to the normalizer, within
+// the reply cap.
+func (s *replyStream) feed(p []byte) (int, error) {
+	u := s.u
+	s.read += int64(len(p))
+	if limit := int64(u.maxReply()); s.read > limit || u.declared > limit {
+		u.tooLarge = true
+		return 0, errReplyTooLarge
+	}
+	begin := time.Now()
+	s.writing = 0
+	n, err := s.rw.Write(p)
+	u.x.gw += time.Since(begin) - s.writing
+	if err != nil && s.err == nil {
+		s.invalid = true
+	}
+	return n, err
+}
+
+// Write sends normalized bytes to the client, its headers first: the
+// backend's rate-limit headers, no Content-Length (the length may
+// differ from the backend's), and Server-Timing announced as a trailer,
+// since its figures are known only at the end.
+func (s *replyStream) Write(p []byte) (int, error) {
+	if s.err != nil {
+		return 0, s.err
+	}
+	x := s.u.x
+	begin := time.Now()
+	if !s.wrote {
+		s.wrote = true
+		x.markFirstToken()
+		hdr := x.w.Header()
+		x.h.passHeaders(hdr, s.u.header)
+		hdr.Set("Content-Type", "application/json")
+		hdr.Del("Content-Length")
+		hdr.Set("Trailer", "Server-Timing")
+		x.w.WriteHeader(http.StatusOK)
+	}
+	n, err := x.w.Write(p)
+	s.writing += time.Since(begin)
+	if err != nil {
+		s.err = err
+	}
+	return n, err
+}
+
+// settle ends the reply once the proxy returned: its end written and
+// its usage noted, or the failure returned. A failure after bytes went
+// out cannot be told to the client: fail aborts its connection.
+func (s *replyStream) settle(cause, proxyErr error, aborted bool) *openai.Error {
+	u, x := s.u, s.u.x
+	var e *openai.Error
+	switch {
+	case x.r.Context().Err() != nil || s.err != nil:
+		e = clientClosed()
+	case errors.Is(cause, errTimeout):
+		e = timeoutError("timeout", "The backend did not answer within the request timeout.")
+	case errors.Is(cause, errIdleTimeout):
+		e = timeoutError("idle_timeout", "The backend sent nothing for longer than idle_timeout; the reply was cut short.")
+	case u.tooLarge:
+		e = replyTooLarge()
+	case s.invalid:
+		e = invalidReply(x)
+	case proxyErr != nil:
+		e = proxyError(proxyErr)
+	case aborted:
+		e = replyIncomplete()
+	}
+	if e != nil && s.err == nil {
+		s.err = errReplyAbandoned
+	}
+	rep, err := s.rw.Close()
+	x.setResult(rep) // what the backend counted, or the estimate: limits settle with it
+	switch {
+	case e != nil:
+		return e
+	case s.err != nil:
+		return clientClosed()
+	case err != nil: // the reply ended before its end
+		return invalidReply(x)
+	}
+	x.status = http.StatusOK
+	x.w.Header().Set("Server-Timing", x.serverTiming())
+	return nil
+}

@@ -1,7 +1,6 @@
 package openai
 
 import (
-	"bytes"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -363,17 +362,14 @@ func appendEmbeddingsUsage(dst, usage []byte, promptBytes int) ([]byte, Usage) {
 
 // bulkScan finds the end of an array or object, checking only that
 // brackets match and strings are valid. Between them, as across the
-// numbers of a vector, it jumps from one quote or bracket to the next
-// with bytes.IndexByte, which reads tens of bytes a cycle. It resumes
-// where the last chunk ended.
+// numbers of a vector, skip jumps to the next quote or bracket many
+// bytes at a time (bulk_amd64.s; bulk.go elsewhere). It resumes where the
+// last chunk ended.
 type bulkScan struct {
 	open  []byte // the closing brackets awaited, innermost last
 	inStr bool
 	str   stringScan
-	// next holds, for each byte of bulkBytes, the index of its next
-	// occurrence in the chunk being scanned (len for none); an index
-	// before the scan's position is stale.
-	next [len(bulkBytes)]int
+	next  bulkNext // skip's state in the chunk being scanned
 }
 
 // bulkBytes are the bytes bulkScan stops at.
@@ -385,9 +381,7 @@ func (s *bulkScan) reset() { s.open, s.inStr = s.open[:0], false }
 // the last chunk ended: it returns the index past the value and true,
 // or len(b) and false when the value goes on.
 func (s *bulkScan) scan(b []byte, i int) (int, bool, error) {
-	for k := range s.next {
-		s.next[k] = -1 // a new chunk: nothing known
-	}
+	s.next.reset() // a new chunk
 	for i < len(b) {
 		if s.inStr {
 			end, done, err := s.str.scan(b, i)
@@ -419,24 +413,6 @@ func (s *bulkScan) scan(b []byte, i int) (int, bool, error) {
 		i++
 	}
 	return len(b), false, nil
-}
-
-// skip returns the index of the first quote or bracket in b from i, or
-// len(b). Each byte's next occurrence is searched for once, when the
-// last one has been passed: every byte of b is read at most once per
-// byte of bulkBytes.
-func (s *bulkScan) skip(b []byte, i int) int {
-	first := len(b)
-	for k := range s.next {
-		if s.next[k] < i {
-			s.next[k] = len(b)
-			if j := bytes.IndexByte(b[i:], bulkBytes[k]); j >= 0 {
-				s.next[k] = i + j
-			}
-		}
-		first = min(first, s.next[k])
-	}
-	return first
 }
 
 // stringScan validates a string's bytes after its opening quote (no

@@ -2,6 +2,17 @@
 
 #include "textflag.h"
 
+// MATCH sets in R, a block OR-ed with 0x20, the bytes equal to '"', '{'
+// or '}' (X5, X6, X7) to 0xff, the others to 0. It uses X1 and X2.
+#define MATCH(R) \
+	MOVO R, X1 \
+	MOVO R, X2 \
+	PCMPEQB X5, R \
+	PCMPEQB X6, X1 \
+	PCMPEQB X7, X2 \
+	POR X1, R \
+	POR X2, R
+
 // func indexBulk(b []byte) int
 TEXT ·indexBulk(SB), NOSPLIT, $0-32
 	MOVQ b_base+0(FP), SI
@@ -37,34 +48,10 @@ loop64:
 	POR   X4, X8
 	POR   X4, X9
 	POR   X4, X10
-	MOVO  X0, X1
-	MOVO  X0, X2
-	PCMPEQB X5, X0
-	PCMPEQB X6, X1
-	PCMPEQB X7, X2
-	POR   X1, X0
-	POR   X2, X0
-	MOVO  X8, X1
-	MOVO  X8, X2
-	PCMPEQB X5, X8
-	PCMPEQB X6, X1
-	PCMPEQB X7, X2
-	POR   X1, X8
-	POR   X2, X8
-	MOVO  X9, X1
-	MOVO  X9, X2
-	PCMPEQB X5, X9
-	PCMPEQB X6, X1
-	PCMPEQB X7, X2
-	POR   X1, X9
-	POR   X2, X9
-	MOVO  X10, X1
-	MOVO  X10, X2
-	PCMPEQB X5, X10
-	PCMPEQB X6, X1
-	PCMPEQB X7, X2
-	POR   X1, X10
-	POR   X2, X10
+	MATCH(X0)
+	MATCH(X8)
+	MATCH(X9)
+	MATCH(X10)
 	POR   X8, X0
 	POR   X9, X0
 	POR   X10, X0
@@ -79,13 +66,7 @@ loop:
 	JEQ  none
 	MOVOU (SI), X0
 	POR   X4, X0 // '[' and ']' become '{' and '}'
-	MOVO  X0, X1
-	MOVO  X0, X2
-	PCMPEQB X5, X0
-	PCMPEQB X6, X1
-	PCMPEQB X7, X2
-	POR   X1, X0
-	POR   X2, X0
+	MATCH(X0)
 	PMOVMSKB X0, AX
 	TESTL AX, AX
 	JNZ   found

@@ -4,8 +4,9 @@ package chatgateway
 // megabytes of vectors): the endpoint's ReplyWriter passes it on to the
 // client chunk by chunk, and the gateway never holds it whole. The
 // client's headers go with the first bytes written, so a reply refused
-// in its first chunk still gets an error status (and may be retried); a
-// reply that fails after that aborts the client's connection.
+// before (a reply smaller than a batch, whole) still gets an error
+// status and may be retried; a reply that fails after that aborts the
+// client's connection.
 
 import (
 	"errors"
@@ -18,16 +19,24 @@ import (
 // replyStream is the client's side of a reply normalized as it arrives.
 // The endpoint's ReplyWriter writes to it.
 type replyStream struct {
-	u       *upstreamWriter
-	rw      openai.ReplyWriter
-	read    int64 // bytes of the backend's reply, for the reply cap
-	wrote   bool  // headers and bytes went to the client: no status left to change
+	u     *upstreamWriter
+	rw    openai.ReplyWriter
+	read  int64 // bytes of the backend's reply, for the reply cap
+	wrote bool  // headers and bytes went to the client: no status left to change
+	// batch holds normalized bytes until a batch is full: a chunked
+	// write costs the client's connection two syscalls (its chunk header
+	// and the start of the data are flushed first), so the reply goes in
+	// batches of replyBatch rather than per read of the backend.
+	batch   []byte
 	invalid bool  // the endpoint refused the reply
 	err     error // the first write error: the client is gone; or errReplyAbandoned
 	// writing is the time the last feed spent writing to the client:
 	// network I/O, not the gateway's own work.
 	writing time.Duration
 }
+
+// replyBatch is the size of the writes of a streamed reply to the client.
+const replyBatch = 256 << 10
 
 // errReplyAbandoned stops the writes of a reply that failed: what the
 // normalizer still holds does not go out.
@@ -62,14 +71,42 @@ func (s *replyStream) feed(p []byte) (int, error) {
 	return n, err
 }
 
-// Write sends normalized bytes to the client, its headers first: the
-// backend's rate-limit headers, no Content-Length (the length may
-// differ from the backend's), and Server-Timing announced as a trailer,
-// since its figures are known only at the end.
+// Write takes normalized bytes for the client, sent when a batch is
+// full.
 func (s *replyStream) Write(p []byte) (int, error) {
 	if s.err != nil {
 		return 0, s.err
 	}
+	if s.batch == nil {
+		s.batch = getBuffer(replyBatch)
+	}
+	if len(s.batch)+len(p) > cap(s.batch) {
+		if err := s.flush(); err != nil {
+			return 0, err
+		}
+	}
+	if len(p) >= cap(s.batch) {
+		return len(p), s.send(p)
+	}
+	s.batch = append(s.batch, p...)
+	return len(p), nil
+}
+
+// flush sends the batch.
+func (s *replyStream) flush() error {
+	if len(s.batch) == 0 {
+		return s.err
+	}
+	err := s.send(s.batch)
+	s.batch = s.batch[:0]
+	return err
+}
+
+// send writes b to the client, its headers first: the backend's
+// rate-limit headers, no Content-Length (the length may differ from the
+// backend's), and Server-Timing announced as a trailer, since its
+// figures are known only at the end.
+func (s *replyStream) send(b []byte) error {
 	x := s.u.x
 	begin := time.Now()
 	if !s.wrote {
@@ -82,12 +119,12 @@ func (s *replyStream) Write(p []byte) (int, error) {
 		hdr.Set("Trailer", "Server-Timing")
 		x.w.WriteHeader(http.StatusOK)
 	}
-	n, err := x.w.Write(p)
+	_, err := x.w.Write(b)
 	s.writing += time.Since(begin)
 	if err != nil {
 		s.err = err
 	}
-	return n, err
+	return err
 }
 
 // settle ends the reply once the proxy returned: its end written and
@@ -95,6 +132,12 @@ func (s *replyStream) Write(p []byte) (int, error) {
 // out cannot be told to the client: fail aborts its connection.
 func (s *replyStream) settle(cause, proxyErr error, aborted bool) *openai.Error {
 	u, x := s.u, s.u.x
+	defer func() {
+		if s.batch != nil {
+			putBuffer(s.batch)
+			s.batch = nil
+		}
+	}()
 	var e *openai.Error
 	switch {
 	case x.r.Context().Err() != nil || s.err != nil:
@@ -117,6 +160,12 @@ func (s *replyStream) settle(cause, proxyErr error, aborted bool) *openai.Error 
 	}
 	rep, err := s.rw.Close()
 	x.setResult(rep) // what the backend counted, or the estimate: limits settle with it
+	if e == nil && err == nil {
+		s.writing = 0
+		begin := time.Now()
+		_ = s.flush()
+		x.gw += time.Since(begin) - s.writing
+	}
 	switch {
 	case e != nil:
 		return e

@@ -95,7 +95,7 @@ func TestEmbeddingsStreamed(t *testing.T) {
 }
 
 // TestEmbeddingsStreamedFailures: a reply refused before anything was
-// written is an error reply; one that fails after its first bytes went
+// written (before its first batch) is an error reply; one that fails after its first bytes went
 // out aborts the client's connection, so the client sees a failure and
 // never a body that looks whole; both are logged as the backend's.
 func TestEmbeddingsStreamedFailures(t *testing.T) {
@@ -139,6 +139,10 @@ func TestEmbeddingsStreamedFailures(t *testing.T) {
 			http.NewResponseController(w).Flush()
 			<-r.Context().Done()
 		}, 0, "idle_timeout", "timeout"},
+		{"small reply cut short", func(w http.ResponseWriter, r *http.Request) {
+			startJSON(w, 100) // smaller than a batch: nothing went out yet
+			_, _ = w.Write([]byte(`{"data":[[0.5,0.25`))
+		}, 502, "upstream_reply_incomplete", "upstream_error"},
 		{"invalid at once", func(w http.ResponseWriter, r *http.Request) {
 			writeJSON(w, 200, `{"data":[1,2]}}`)
 		}, 502, "invalid_upstream_response", "upstream_error"},

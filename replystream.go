@@ -2,11 +2,10 @@ package chatgateway
 
 // A non-streamed reply normalized as it arrives (embeddings: tens of
 // megabytes of vectors): the endpoint's ReplyWriter passes it on to the
-// client chunk by chunk, and the gateway never holds it whole. The
-// client's headers go with the first bytes written, so a reply refused
-// before (a reply smaller than a batch, whole) still gets an error
-// status and may be retried; a reply that fails after that aborts the
-// client's connection.
+// client in batches, and the gateway never holds it whole. The client's
+// headers go with the first batch: a reply that fails before it (a reply
+// smaller than a batch, wherever it fails) gets an error status and may
+// be retried; one that fails after aborts the client's connection.
 
 import (
 	"errors"

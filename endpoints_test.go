@@ -826,6 +826,17 @@ func TestEndpointsDisconnectCancelsUpstream(t *testing.T) {
 			close(sent)
 			<-r.Context().Done()
 		}},
+		{"embeddings mid-reply", "/v1/embeddings", embeddingsBody, func(w http.ResponseWriter, r *http.Request, sent chan<- struct{}) {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, `{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.5`)
+			http.NewResponseController(w).Flush()
+			close(sent)
+			for r.Context().Err() == nil {
+				_, _ = io.WriteString(w, ",0.25")
+				http.NewResponseController(w).Flush()
+				time.Sleep(5 * time.Millisecond)
+			}
+		}},
 		{"completions mid-stream", "/v1/completions", completionsStreamBody, func(w http.ResponseWriter, r *http.Request, sent chan<- struct{}) {
 			startSSE(w)
 			sseEvent(w, `{"choices":[{"index":0,"text":"a","finish_reason":null}]}`)

@@ -68,7 +68,7 @@ func (h *Handler) forward(x *exchange, rt route, body []byte) {
 			return
 		}
 		next, ok := route{}, false
-		if !u.out.started && x.r.Context().Err() == nil && e.Retryable() {
+		if !u.started() && x.r.Context().Err() == nil && e.Retryable() {
 			switch {
 			case u.staleConn && !resent:
 				// The backend closed a kept-alive connection as the

@@ -38,10 +38,7 @@ func (rb *replyBuffer) Write(p []byte) (int, error) {
 	if rb.status == 0 {
 		rb.WriteHeader(http.StatusOK)
 	}
-	limit := rb.limit
-	if limit == 0 {
-		limit = maxReplyBody
-	}
+	limit := rb.maxReply()
 	need := len(rb.body) + len(p)
 	if need > limit || rb.declared > int64(limit) {
 		// A declared length over the cap is refused before its body
@@ -65,6 +62,14 @@ func (rb *replyBuffer) Write(p []byte) (int, error) {
 	}
 	rb.body = append(rb.body, p...)
 	return len(p), nil
+}
+
+// maxReply is the most the reply may hold.
+func (rb *replyBuffer) maxReply() int {
+	if rb.limit == 0 {
+		return maxReplyBody
+	}
+	return rb.limit
 }
 
 // release gives the body's buffer back to the pool.

@@ -34,6 +34,11 @@ func backendErrorText(body []byte) string {
 	return strings.ToValidUTF8(text, "")
 }
 
+// invalidReply is the error for a 2xx reply the route cannot read.
+func invalidReply(x *exchange) *openai.Error {
+	return openai.InvalidUpstreamResponse("The backend's reply is not valid for this route (" + x.r.URL.Path + ").")
+}
+
 // proxyError maps an error of the reverse proxy, which may name the
 // backend's address, to one that names nothing.
 func proxyError(err error) *openai.Error {

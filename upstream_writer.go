@@ -1,8 +1,9 @@
 package chatgateway
 
 // The writer reverse_proxy writes a backend's reply to: at WriteHeader it
-// decides between relaying an event stream (relay.go) and buffering a
-// reply (replybuffer.go) to normalize when the proxy returns.
+// decides between relaying an event stream (relay.go), normalizing a
+// large reply as it arrives (replystream.go) and buffering a reply
+// (replybuffer.go) to normalize when the proxy returns.
 
 import (
 	"context"
@@ -22,7 +23,9 @@ import (
 // relayState is where an attempt's reply stands. It only moves forward:
 // buffered -> holding (WriteHeader of an event stream) -> relaying
 // (content, or the client's stream already open) -> ended (an error
-// event); holding may also go straight to ended.
+// event); holding may also go straight to ended. A 2xx reply of an
+// endpoint that normalizes replies as they come goes from buffered to
+// streaming, and stays there.
 type relayState uint8
 
 const (
@@ -37,12 +40,16 @@ const (
 	// streamEnded: an error ended the stream; what the backend sends
 	// after it is dropped.
 	streamEnded
+	// replyStreaming: a 2xx reply normalized and written as it arrives
+	// (embeddings), by js.
+	replyStreaming
 )
 
 // upstreamWriter is the ResponseWriter the reverse proxy writes the
 // backend's reply to. At WriteHeader it chooses: an event stream is
-// parsed and relayed event by event; anything else is buffered and
-// rewritten when the proxy returns.
+// parsed and relayed event by event; a 2xx reply of an endpoint that is
+// an openai.ReplyStreamer is normalized as it arrives; anything else is
+// buffered and rewritten when the proxy returns.
 type upstreamWriter struct {
 	replyBuffer
 	x     *exchange
@@ -54,6 +61,7 @@ type upstreamWriter struct {
 	st     openai.EventStream // the endpoint's normalizer of this stream
 	held   []byte             // framed events held before the first content
 	failed *openai.Error      // the error event sent
+	js     *replyStream       // the reply normalized as it arrives (replyStreaming)
 	// staleConn is set when the attempt failed on a reused connection
 	// before any reply: the backend closed it as the request went out.
 	staleConn bool
@@ -108,6 +116,12 @@ func (u *upstreamWriter) WriteHeader(code int) {
 	if code/100 != 2 {
 		return
 	}
+	if rs, ok := u.x.ep.(openai.ReplyStreamer); ok {
+		// Such endpoints do not stream: whatever the content type, the
+		// reply is normalized (and refused if not JSON) as it comes.
+		u.streamReply(rs)
+		return
+	}
 	if !isEventStream(u.header.Get("Content-Type")) {
 		if !u.x.req.Stream {
 			// The headers of a non-streamed reply are its first sign of
@@ -137,6 +151,8 @@ func (u *upstreamWriter) Write(p []byte) (int, error) {
 	switch u.state {
 	case replyBuffered:
 		return u.replyBuffer.Write(p)
+	case replyStreaming:
+		return u.js.feed(p)
 	case streamEnded:
 		return len(p), nil
 	}
@@ -171,6 +187,9 @@ func (u *upstreamWriter) settle(ctx context.Context, proxyErr error, aborted boo
 	x := u.x
 	x.upstreamErr = proxyErr
 	cause := context.Cause(ctx)
+	if u.state == replyStreaming {
+		return u.js.settle(cause, proxyErr, aborted)
+	}
 	if u.state != replyBuffered { // what was generated, a client that left included
 		x.setResult(u.st.Result())
 	}
@@ -228,21 +247,11 @@ func (u *upstreamWriter) settle(ctx context.Context, proxyErr error, aborted boo
 func (u *upstreamWriter) reply() *openai.Error {
 	x := u.x
 	begin := time.Now()
-	var out []byte
-	var rep openai.Reply
-	var err error
-	if x.ep == openai.Embeddings {
-		// Vectors are large: the reply is edited where it lies, and the
-		// buffer it ends in goes back to the pool with the reply's.
-		out, rep, err = x.ep.Normalize(nil, u.body, u.meta)
-		u.body = out
-	} else {
-		out, rep, err = x.ep.Normalize(getBuffer(len(u.body)+512), u.body, u.meta)
-		defer putBuffer(out)
-	}
+	out, rep, err := x.ep.Normalize(getBuffer(len(u.body)+512), u.body, u.meta)
+	defer putBuffer(out)
 	x.gw += time.Since(begin)
 	if err != nil {
-		return openai.InvalidUpstreamResponse("The backend's reply is not valid for this route (" + x.r.URL.Path + ").")
+		return invalidReply(x)
 	}
 	x.setResult(rep)
 	x.markFirstToken()
@@ -259,10 +268,27 @@ func (u *upstreamWriter) reply() *openai.Error {
 	return nil
 }
 
+// started reports whether anything went to the client: from then on the
+// attempt is the only one, and its status is sent.
+func (u *upstreamWriter) started() bool {
+	return u.out.started || u.js != nil && u.js.wrote
+}
+
 // fail answers with e: an error reply while nothing has gone to the
-// client, else (keep-alive comments went out) a final error event.
+// client, else (keep-alive comments went out) a final error event. A
+// reply whose bytes went out has no way left to say it failed: the
+// client's connection is aborted, as reverse_proxy does, so the client
+// sees a failure rather than a body that may look whole.
 func (u *upstreamWriter) fail(e *openai.Error) {
 	x := u.x
+	if u.js != nil && u.js.wrote {
+		x.status = http.StatusOK
+		x.noteError(e)
+		if e.Status == openai.StatusClientClosedRequest {
+			x.status = e.Status
+		}
+		panic(http.ErrAbortHandler) // finish still runs: it is deferred
+	}
 	if !u.out.started {
 		x.fail(e)
 		return

@@ -31,6 +31,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -43,6 +44,7 @@ func main() {
 	rounds := flag.Int("rounds", 5, "rounds per configuration and figure")
 	withPortkey := flag.Bool("peers", false, "also measure Portkey's gateway (installed with npm into a temp folder, run with Node)")
 	portkeyVersion := flag.String("portkey-version", "1.15.2", "the @portkey-ai/gateway version -peers installs")
+	only := flag.String("only", "", "comma-separated `figures` to measure, of "+strings.Join(figureNames, ", ")+" (default all)")
 	var peers peerFlags
 	flag.Var(&peers, "peer", "`name=command` of another gateway to measure: the command, run with sh, serves /v1/chat/completions on 127.0.0.1:{port} forwarding to {upstream} (repeatable)")
 	flag.Parse()
@@ -54,6 +56,15 @@ func main() {
 	raiseFileLimit()
 
 	h := &harness{rounds: *rounds, round: 1500 * time.Millisecond, timed: 100, streams: []int{1000, 10000}, paced: 3 * time.Second, peerSpecs: peers}
+	if *only != "" {
+		h.only = map[string]bool{}
+		for name := range strings.SplitSeq(*only, ",") {
+			if !slices.Contains(figureNames, name) {
+				log.Fatalf("-only: no figure %q (figures: %s)", name, strings.Join(figureNames, ", "))
+			}
+			h.only[name] = true
+		}
+	}
 	if *quick {
 		h.rounds, h.round, h.timed, h.streams, h.paced = 2, 400*time.Millisecond, 20, []int{200}, time.Second
 	}
@@ -81,6 +92,9 @@ type target struct {
 	pid    int
 }
 
+// figureNames name the figures for -only, in the order they run.
+var figureNames = []string{"size", "concurrency", "rate", "streaming", "paced", "endpoints", "refusals", "peers", "memory"}
+
 type harness struct {
 	caddyBin  string
 	rounds    int
@@ -90,6 +104,7 @@ type harness struct {
 	paced     time.Duration // measured window of a round of paced streams
 	portkey   string        // the Portkey version to install, or "" for none
 	peerSpecs peerFlags
+	only      map[string]bool // the figures -only names; nil for all
 	procs     []*proc
 	mock      *target
 	caddies   []*target // proxy, gateway, echo
@@ -147,7 +162,10 @@ func (h *harness) run(ctx context.Context, out string) error {
 		return err
 	}
 	start := time.Now()
-	for _, fig := range []func(context.Context) error{h.cpuBySize, h.concurrency, h.fixedRate, h.streaming, h.pacedStreams, h.endpoints, h.refusalCost, h.peerComparison, h.memory} {
+	for i, fig := range []func(context.Context) error{h.cpuBySize, h.concurrency, h.fixedRate, h.streaming, h.pacedStreams, h.endpoints, h.refusalCost, h.peerComparison, h.memory} {
+		if h.only != nil && !h.only[figureNames[i]] {
+			continue
+		}
 		if err := fig(ctx); err != nil {
 			return err
 		}

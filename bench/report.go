@@ -241,8 +241,10 @@ func (r *Results) write(dir string) error {
 	if err := os.WriteFile(filepath.Join(dir, "results.md"), []byte(r.markdown()), 0o644); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(dir, "cpu-per-request.svg"), []byte(r.chart()), 0o644); err != nil {
-		return err
+	if r.get("cpu_per_request") != nil { // not with -only
+		if err := os.WriteFile(filepath.Join(dir, "cpu-per-request.svg"), []byte(r.chart()), 0o644); err != nil {
+			return err
+		}
 	}
 	if f := r.get("peers"); f != nil {
 		return os.WriteFile(filepath.Join(dir, "peers.svg"), []byte(r.peerChart(f)), 0o644)

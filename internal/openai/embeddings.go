@@ -7,7 +7,6 @@ import (
 	"errors"
 	"math"
 	"math/rand/v2"
-	"slices"
 	"strconv"
 
 	"github.com/chatgateway/caddy-chat-gateway/internal/jsonwalk"
@@ -65,174 +64,33 @@ func (embeddingsEndpoint) Parse(body []byte) (*Request, *Error) {
 var ErrInvalidEmbeddings = errors.New("backend reply is not an embeddings list")
 
 // Normalize fills in usage.prompt_tokens, usage.total_tokens and model
-// where the backend left them out, and keeps every other byte as sent.
-// The reply's members are validated, except the vectors in data, which
-// are only checked to be well nested: reading 40 MB of numbers would
-// cost more than forwarding them. With a nil dst, body is edited in
-// place (it grows only if the edit does not fit its capacity).
-func (embeddingsEndpoint) Normalize(dst, body []byte, m Meta) ([]byte, Reply, error) {
-	var rep Reply
-	var usage, model []byte
-	usageAt, modelAt := -1, -1
-	hasData := false
-	i := jsonwalk.SkipSpace(body, 0)
-	if i >= len(body) || body[i] != '{' {
-		return dst, rep, ErrInvalidEmbeddings
+// where the backend left them out, and keeps every other byte as sent:
+// the reply fed whole to the normalizer of NewReplyWriter. The reply's
+// members are validated, except the vectors in data, which are only
+// checked to be well nested: reading 40 MB of numbers would cost more
+// than forwarding them.
+func (ep embeddingsEndpoint) Normalize(dst, body []byte, m Meta) ([]byte, Reply, error) {
+	if dst == nil {
+		dst = make([]byte, 0, len(body)+128)
 	}
-	end, err := scanObject(body, i, 1, func(key []byte, at int) (int, error) {
-		if jsonwalk.KeyIs(key, "data") && body[at] == '[' {
-			hasData = true
-			return skipBulk(body, at)
-		}
-		end, err := scanValue(body, at, 1)
-		switch {
-		case jsonwalk.KeyIs(key, "usage"):
-			usage, usageAt = body[at:end], at
-		case jsonwalk.KeyIs(key, "model"):
-			model, modelAt = body[at:end], at
-		}
-		return end, err
-	})
-	if err != nil || !hasData || jsonwalk.SkipSpace(body, end) != len(body) {
-		return dst, rep, ErrInvalidEmbeddings
+	out := appendWriter(dst)
+	w := ep.NewReplyWriter(&out, m)
+	if _, err := w.Write(body); err != nil {
+		return dst, Reply{}, err
 	}
-	closing := end - 1 // the object's '}'
-
-	var prompt, total int64
-	hasPrompt, hasTotal := false, false
-	members(usage, func(k, v []byte) {
-		n, ok := parseCount(v)
-		switch {
-		case !ok:
-		case jsonwalk.KeyIs(k, "prompt_tokens"):
-			prompt, hasPrompt = n, true
-		case jsonwalk.KeyIs(k, "total_tokens"):
-			total, hasTotal = n, true
-		}
-	})
-	switch {
-	case hasPrompt && !hasTotal:
-		total = prompt
-	case hasTotal && !hasPrompt:
-		prompt = total
-	case !hasPrompt:
-		prompt = EstimateTokens(m.PromptBytes)
-		total = prompt
-		rep.Usage.Estimated = true
+	rep, err := w.Close()
+	if err != nil {
+		return dst, Reply{}, err
 	}
-	rep.Usage.PromptTokens = prompt
-
-	// The edits, from the last to the first, so offsets stay true.
-	var add []byte // members added before the closing brace
-	modelOK := len(model) > 2 && model[0] == '"'
-	if !modelOK && modelAt < 0 {
-		add = appendString(append(add, `,"model":`...), m.Model)
-	}
-	usageOK := hasPrompt && hasTotal
-	var fixedUsage []byte
-	if !usageOK {
-		if rep.Usage.Estimated || usage[0] != '{' {
-			fixedUsage = strconv.AppendInt(append(fixedUsage, `{"prompt_tokens":`...), prompt, 10)
-			fixedUsage = strconv.AppendInt(append(fixedUsage, `,"total_tokens":`...), total, 10)
-			fixedUsage = append(fixedUsage, '}')
-		} else {
-			var o object
-			o.open(nil)
-			members(usage, o.member)
-			if !hasPrompt {
-				o.int("prompt_tokens", prompt)
-			}
-			if !hasTotal {
-				o.int("total_tokens", total)
-			}
-			fixedUsage = o.close()
-		}
-		if usageAt < 0 {
-			add = append(append(add, `,"usage":`...), fixedUsage...)
-		}
-	}
-	if dst != nil {
-		shift := len(dst)
-		body = append(dst, body...)
-		closing += shift
-		if usageAt >= 0 {
-			usageAt += shift
-		}
-		if modelAt >= 0 {
-			modelAt += shift
-		}
-	}
-	if len(add) > 0 {
-		body = slices.Insert(body, closing, add...)
-	}
-	replaceModel := func() {
-		if !modelOK && modelAt >= 0 {
-			body = slices.Replace(body, modelAt, modelAt+len(model), appendString(nil, m.Model)...)
-		}
-	}
-	replaceUsage := func() {
-		if !usageOK && usageAt >= 0 {
-			body = slices.Replace(body, usageAt, usageAt+len(usage), fixedUsage...)
-		}
-	}
-	if usageAt > modelAt {
-		replaceUsage()
-		replaceModel()
-	} else {
-		replaceModel()
-		replaceUsage()
-	}
-	return body, rep, nil
+	return out, rep, nil
 }
 
-// skipBulk returns the index past the array at b[i], checking only that
-// brackets match and strings are valid: eight bytes at a time where
-// there are neither, as between the numbers of a vector.
-func skipBulk(b []byte, i int) (int, error) {
-	start := i
-	var stackBuf [16]byte
-	open := stackBuf[:0]
-	for i < len(b) {
-		for i+8 <= len(b) && bulkWord(binary.LittleEndian.Uint64(b[i:])) {
-			i += 8
-		}
-		if i >= len(b) {
-			break
-		}
-		switch c := b[i]; c {
-		case '"':
-			end, err := scanString(b, i)
-			if err != nil {
-				return end, err
-			}
-			i = end
-			continue
-		case '[', '{':
-			if len(open) >= maxDepth {
-				return i, errDepth
-			}
-			open = append(open, c+2) // ']' and '}' follow '[' and '{' by 2
-		case ']', '}':
-			if len(open) == 0 || open[len(open)-1] != c {
-				return i, errAt("mismatched "+string(c), i)
-			}
-			if open = open[:len(open)-1]; len(open) == 0 {
-				return i + 1, nil
-			}
-		}
-		i++
-	}
-	return i, errAt("unexpected end of input", start)
-}
+// appendWriter is an io.Writer that appends to itself.
+type appendWriter []byte
 
-// bulkWord reports whether none of the 8 bytes of v is a quote or a
-// bracket. OR-ing 0x20 folds '[' and ']' onto '{' and '}'.
-func bulkWord(v uint64) bool {
-	w := v | ones*0x20
-	quote := w ^ (ones * '"')
-	curly := w ^ (ones * '{')
-	close := w ^ (ones * '}')
-	return ((quote-ones)&^quote|(curly-ones)&^curly|(close-ones)&^close)&highs == 0
+func (a *appendWriter) Write(p []byte) (int, error) {
+	*a = append(*a, p...)
+	return len(p), nil
 }
 
 // echoDimensions is the size of echo mode's vectors.

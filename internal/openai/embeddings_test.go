@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
+	"strings"
 	"testing"
 
 	sdk "github.com/openai/openai-go/v3"
@@ -72,20 +74,14 @@ func TestEmbeddingsNormalize(t *testing.T) {
 			Usage{PromptTokens: 10, Estimated: true}},
 	}
 	for _, tt := range tests {
-		// In place, with and without room to grow; and appended to dst.
-		for _, room := range []int{0, 256} {
-			body := append(make([]byte, 0, len(tt.in)+room), tt.in...)
-			out, rep, err := Embeddings.Normalize(nil, body, m)
-			if err != nil || string(out) != tt.want || rep.Usage != tt.usage {
-				t.Errorf("%s (room %d):\n got %s %+v %v\nwant %s", tt.name, room, out, rep, err, tt.want)
-			}
-			if room > 0 && &out[0] != &body[0] {
-				t.Errorf("%s: copied although it fitted", tt.name)
+		for _, dst := range []string{"", "x"} {
+			out, rep, err := Embeddings.Normalize([]byte(dst), []byte(tt.in), m)
+			if err != nil || string(out) != dst+tt.want || rep.Usage != tt.usage {
+				t.Errorf("%s (dst %q):\n got %s %+v %v\nwant %s", tt.name, dst, out, rep, err, tt.want)
 			}
 		}
-		out, _, err := Embeddings.Normalize([]byte("x"), []byte(tt.in), m)
-		if err != nil || string(out) != "x"+tt.want {
-			t.Errorf("%s, appended: %s %v", tt.name, out, err)
+		if out, _, err := Embeddings.Normalize(nil, []byte(tt.in), m); err != nil || string(out) != tt.want {
+			t.Errorf("%s, nil dst: %s %v", tt.name, out, err)
 		}
 		var r sdk.CreateEmbeddingResponse
 		decodeInto(t, []byte(tt.want), &r)
@@ -151,20 +147,23 @@ func TestEmbeddingsSDK(t *testing.T) {
 	}
 }
 
-// FuzzEmbeddingsNormalize checks the in-place editor: for a valid reply
-// it gives valid JSON with usage counts and a model, the same in place
-// as appended, and every byte it does not own kept.
-func FuzzEmbeddingsNormalize(f *testing.F) {
-	f.Add([]byte(`{"data":[{"embedding":[0.1,-2e-3]}],"model":"e5","usage":{"prompt_tokens":3,"total_tokens":3}}`))
-	f.Add([]byte(`{"data":[{"embedding":"AACAPw=="}],"object":"list"}`))
-	f.Add([]byte("{ \"model\" : null, \"usage\": {\"prompt_tokens\": 4},\"data\": [ ] }"))
-	f.Add([]byte(`{"usage":{"total_tokens":6},"data":[[{"a":"]"}]],"model":""}`))
-	f.Fuzz(func(t *testing.T, body []byte) {
+// FuzzEmbeddingsReply feeds a reply to the streaming normalizer in
+// chunks split anywhere: it gives what Normalize gives for the reply in
+// one piece, fails where Normalize fails, and for a valid reply writes
+// valid JSON with usage counts and a model, data kept as sent.
+func FuzzEmbeddingsReply(f *testing.F) {
+	f.Add([]byte(`{"data":[{"embedding":[0.1,-2e-3]}],"model":"e5","usage":{"prompt_tokens":3,"total_tokens":3}}`), []byte{5, 1, 30})
+	f.Add([]byte(`{"data":[{"embedding":"AACAPw=="}],"object":"list"}`), []byte{1})
+	f.Add([]byte("{ \"model\" : null, \"usage\": {\"prompt_tokens\": 4},\"data\": [ ] }"), []byte{3, 7})
+	f.Add([]byte(`{"usage":{"total_tokens":6},"data":[[{"a":"]\u00e9\\"}]],"model":""}`), []byte{2, 9, 1})
+	f.Add([]byte(`{"data":[],"x":1,"y":true,"usage":7} `), []byte{4})
+	f.Fuzz(func(t *testing.T, body, splits []byte) {
 		m := Meta{ID: "r", Model: "m", PromptBytes: 8}
-		appended, rep, err := Embeddings.Normalize([]byte{}, body, m)
-		inPlace, rep2, err2 := Embeddings.Normalize(nil, bytes.Clone(body), m)
-		if (err == nil) != (err2 == nil) || err == nil && (!bytes.Equal(appended, inPlace) || rep != rep2) {
-			t.Fatalf("%s: appended %s (%v), in place %s (%v)", body, appended, err, inPlace, err2)
+		whole, rep, err := Embeddings.Normalize([]byte{}, body, m)
+		var out bytes.Buffer
+		chunked, rep2, err2 := feedChunks(&out, body, m, splits)
+		if (err == nil) != (err2 == nil) || err == nil && (!bytes.Equal(whole, chunked) || rep != rep2) {
+			t.Fatalf("%q in chunks %v: whole %s (%v), chunked %s (%v)", body, splits, whole, err, chunked, err2)
 		}
 		if err != nil {
 			if json.Valid(body) && bytes.HasPrefix(bytes.TrimSpace(body), []byte("{")) && bytes.HasPrefix(bytes.TrimSpace(Member(body, "data")), []byte("[")) {
@@ -183,19 +182,39 @@ func FuzzEmbeddingsNormalize(f *testing.F) {
 			PromptTokens *int64 `json:"prompt_tokens"`
 			TotalTokens  *int64 `json:"total_tokens"`
 		}
-		if !json.Valid(inPlace) || json.Unmarshal(inPlace, &r) != nil || json.Unmarshal(Member(inPlace, "usage"), &u) != nil ||
+		if !json.Valid(whole) || json.Unmarshal(whole, &r) != nil || json.Unmarshal(Member(whole, "usage"), &u) != nil ||
 			r.Model == nil || *r.Model == "" || u.PromptTokens == nil || u.TotalTokens == nil || *u.PromptTokens != rep.Usage.PromptTokens {
-			t.Fatalf("%s gave %s", body, inPlace)
+			t.Fatalf("%s gave %s", body, whole)
 		}
-		if !bytes.Equal(Member(inPlace, "data"), Member(body, "data")) {
-			t.Fatalf("data changed: %s gave %s", body, inPlace)
+		if !bytes.Equal(Member(whole, "data"), Member(body, "data")) {
+			t.Fatalf("data changed: %s gave %s", body, whole)
 		}
 	})
 }
 
+// feedChunks feeds body to the embeddings normalizer in chunks of the
+// sizes in splits (in turn, 0 standing for 1; the rest in one), and
+// returns what it wrote to out, the reply and the first error.
+func feedChunks(out *bytes.Buffer, body []byte, m Meta, splits []byte) ([]byte, Reply, error) {
+	w := Embeddings.(ReplyStreamer).NewReplyWriter(out, m)
+	for k := 0; len(body) > 0; k++ {
+		n := len(body)
+		if k < len(splits) {
+			n = min(n, max(int(splits[k]), 1))
+		}
+		if _, err := w.Write(body[:n]); err != nil {
+			rep, _ := w.Close()
+			return out.Bytes(), rep, err
+		}
+		body = body[n:]
+	}
+	rep, err := w.Close()
+	return out.Bytes(), rep, err
+}
+
 // embeddingsReply is a backend's reply of n vectors of dim floats, with
-// room to grow by room bytes.
-func embeddingsReply(n, dim int, usage bool, room int) []byte {
+// usage or not.
+func embeddingsReply(n, dim int, usage bool) []byte {
 	var b bytes.Buffer
 	b.WriteString(`{"object":"list","data":[`)
 	x := 0.0123456789
@@ -218,25 +237,118 @@ func embeddingsReply(n, dim int, usage bool, room int) []byte {
 		b.WriteString(`,"usage":{"prompt_tokens":1000,"total_tokens":1000}`)
 	}
 	b.WriteByte('}')
-	return append(make([]byte, 0, b.Len()+room), b.Bytes()...)
+	return b.Bytes()
 }
 
-// BenchmarkEmbeddingsNormalize normalizes 1,000 vectors of 4,096 floats
-// (about 45 MB of JSON) in place: with usage present, and with usage to
-// add (in the room the caller left). B/op shows no copy of the reply.
-func BenchmarkEmbeddingsNormalize(b *testing.B) {
+// BenchmarkEmbeddingsReply normalizes 1,000 vectors of 4,096 floats
+// (about 45 MB of JSON) fed in reverse_proxy's 32 KiB reads, written to
+// io.Discard: with usage present, and with usage to add. B/op shows no
+// copy of the reply.
+func BenchmarkEmbeddingsReply(b *testing.B) {
 	for _, usage := range []bool{true, false} {
-		body := embeddingsReply(1000, 4096, usage, 256)
+		body := embeddingsReply(1000, 4096, usage)
 		b.Run(fmt.Sprintf("usage=%v", usage), func(b *testing.B) {
 			b.SetBytes(int64(len(body)))
 			b.ReportAllocs()
 			for b.Loop() {
-				body[len(body)-1] = '}' // where the last run put its usage
-				out, _, err := Embeddings.Normalize(nil, body[:len(body):cap(body)], Meta{Model: "e5", PromptBytes: 4000})
-				if err != nil || &out[0] != &body[0] {
+				w := Embeddings.(ReplyStreamer).NewReplyWriter(io.Discard, Meta{Model: "e5", PromptBytes: 4000})
+				for p := body; len(p) > 0; {
+					n := min(len(p), 32<<10)
+					if _, err := w.Write(p[:n]); err != nil {
+						b.Fatal(err)
+					}
+					p = p[n:]
+				}
+				if _, err := w.Close(); err != nil {
 					b.Fatal(err)
 				}
 			}
 		})
+	}
+}
+
+// TestEmbeddingsReplyChunks feeds replies to the streaming normalizer
+// split at every byte, and one byte at a time: the output is
+// Normalize's, and a reply Normalize refuses is refused.
+func TestEmbeddingsReplyChunks(t *testing.T) {
+	m := Meta{Model: "asked", PromptBytes: 40}
+	replies := []string{
+		`{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1,-2e-3]}],"model":"e5","usage":{"prompt_tokens":3,"total_tokens":3}}`,
+		`{"data":[{"embedding":"AACAPw==","index":0,"object":"embedding"}],"object":"list"}`,
+		"{ \"model\" : null,\n \"usage\": {\"prompt_tokens\": 4, \"x\":1},\"data\": [ {\"embedding\": [ 1 ]} ] }\n",
+		`{"data":[],"usage":{"total_tokens":6},"model":""}`,
+		`{"data":[[1,2]],"model":"e5","usage":null}`,
+		`{"usage":{"prompt_tokens":2,"total_tokens":2,"d":{"a":[1,"}"]}},"data":[{"s":"\u00e9\"\\]{"}],"n":-1.5e3,"t":true,"f":false,"z":null} ` + "\t\r\n",
+		`{"data":[1],"usage":{"prompt_tokens":1},"usage":{"total_tokens":9}}`, // each fixed; the last counts
+		// Refused:
+		``, ` `, `[]`, `{}`, `{"object":"list"}`, `{"data":{}}`, `{"data":[1,2}`, `{"data":[1,2]`, `{"data":["x]}`,
+		`{"data":[],"model":}`, `{"data":[]} x`, `{"data":[[1,2]}]}`, `{"data":[],"n":1x}`, `{"data":[],"n":tru}`,
+		`{"data":[],"n":01}`, `{"data":[] "n":1}`, `{"data":[],}`, `{"data":["\x"]}`, `{"data":["\u12g4"]}`,
+		"{\"data\":[\"\x01\"]}", `{"data":[],"s":"\u12"}`, `{"da` + "\n" + `ta":[]}`, `{"data":[]}}`, `{"data"[]}`,
+	}
+	for _, in := range replies {
+		whole, rep, err := Embeddings.Normalize(nil, []byte(in), m)
+		for at := 0; at <= len(in); at++ {
+			for _, splits := range [][]byte{{byte(at)}, bytes.Repeat([]byte{1}, len(in))} {
+				var out bytes.Buffer
+				got, rep2, err2 := feedChunks(&out, []byte(in), m, splits)
+				if (err == nil) != (err2 == nil) || err == nil && (!bytes.Equal(got, whole) || rep != rep2) {
+					t.Fatalf("%q split %v:\n got %s %+v %v\nwant %s %+v %v", in, splits, got, rep2, err2, whole, rep, err)
+				}
+				if err2 != nil && !errors.Is(err2, ErrInvalidEmbeddings) {
+					t.Fatalf("%q: %v", in, err2)
+				}
+			}
+		}
+	}
+}
+
+// TestEmbeddingsReplyWrites: the output goes out as the input comes,
+// the data array as it arrives; a chunk found invalid writes nothing;
+// the end (brace, added usage and model) waits for Close.
+func TestEmbeddingsReplyWrites(t *testing.T) {
+	var out bytes.Buffer
+	w := Embeddings.(ReplyStreamer).NewReplyWriter(&out, Meta{Model: "m", PromptBytes: 8})
+	steps := []struct{ in, out string }{
+		{`{"object":"li`, `{"object":`}, // the value held until complete
+		{`st","data":[[0.5,`, `{"object":"list","data":[[0.5,`},
+		{`1]]`, `{"object":"list","data":[[0.5,1]]`},
+		{`}`, `{"object":"list","data":[[0.5,1]]`}, // the brace waits for the end
+		{" \n", `{"object":"list","data":[[0.5,1]]`},
+	}
+	for _, s := range steps {
+		if _, err := w.Write([]byte(s.in)); err != nil || out.String() != s.out {
+			t.Fatalf("after %q: %s %v", s.in, out.String(), err)
+		}
+	}
+	rep, err := w.Close()
+	if want := `{"object":"list","data":[[0.5,1]],"model":"m","usage":{"prompt_tokens":2,"total_tokens":2}}` + " \n"; err != nil || out.String() != want || rep.Usage != (Usage{PromptTokens: 2, Estimated: true}) {
+		t.Fatalf("closed: %s %+v %v", out.String(), rep, err)
+	}
+
+	out.Reset()
+	w = Embeddings.(ReplyStreamer).NewReplyWriter(&out, Meta{Model: "m"})
+	if _, err := w.Write([]byte(`{"data":[[1,2],`)); err != nil || out.String() != `{"data":[[1,2],` {
+		t.Fatal(out.String(), err)
+	}
+	if _, err := w.Write([]byte(`[3]],"usage":{"prompt_tokens":5},"x":}`)); !errors.Is(err, ErrInvalidEmbeddings) || out.String() != `{"data":[[1,2],` {
+		t.Fatalf("invalid chunk: wrote %s, %v", out.String(), err)
+	}
+	if rep, err := w.Close(); !errors.Is(err, ErrInvalidEmbeddings) || rep.Usage.PromptTokens != 5 || out.String() != `{"data":[[1,2],` {
+		t.Fatalf("closed after a failure: %s %+v %v", out.String(), rep, err)
+	}
+}
+
+// TestEmbeddingsReplyBounds: a huge vector passes; a huge member other
+// than data is refused rather than held.
+func TestEmbeddingsReplyBounds(t *testing.T) {
+	big := `"` + strings.Repeat("A", maxEmbeddingsMember) + `"`
+	if _, _, err := Embeddings.Normalize(nil, []byte(`{"data":[`+big+`]}`), Meta{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range []string{`{"data":[],"x":` + big + `}`, `{"data":[],` + big + `:1}`, `{"data":[]}` + strings.Repeat(" ", maxEmbeddingsMember)} {
+		if _, _, err := Embeddings.Normalize(nil, []byte(in), Meta{}); !errors.Is(err, errMemberTooLarge) {
+			t.Fatalf("%.30q: %v", in, err)
+		}
 	}
 }

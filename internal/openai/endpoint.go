@@ -2,6 +2,7 @@ package openai
 
 import (
 	"bytes"
+	"io"
 	"strings"
 
 	"github.com/chatgateway/caddy-chat-gateway/internal/jsonwalk"
@@ -18,9 +19,8 @@ type Endpoint interface {
 	// of it. The body itself is forwarded as the client sent it.
 	Parse(body []byte) (*Request, *Error)
 	// Normalize appends the normalized form of a backend's 2xx JSON
-	// reply to dst. Embeddings, given a nil dst, edit body in place
-	// instead and return it, so a large reply is never copied: body must
-	// not be used after.
+	// reply to dst. An endpoint whose replies can be large (embeddings)
+	// is also a ReplyStreamer: the gateway normalizes them as they come.
 	Normalize(dst, body []byte, m Meta) ([]byte, Reply, error)
 	// NewStream returns the normalizer of one streamed reply; nil for an
 	// endpoint that does not stream (embeddings).
@@ -35,6 +35,27 @@ type Endpoint interface {
 	// ended as a backend's stream is, and returns what it carried. It
 	// stops at the first error from emit.
 	EchoStream(req *Request, m Meta, emit Emit) (Reply, error)
+}
+
+// ReplyStreamer is an Endpoint whose 2xx replies are normalized as they
+// arrive, never held whole (embeddings: tens of megabytes of vectors).
+// Its Normalize gives the same bytes for a reply fed in one piece.
+type ReplyStreamer interface {
+	// NewReplyWriter returns the normalizer of one reply, writing the
+	// normalized reply to w as it goes.
+	NewReplyWriter(w io.Writer, m Meta) ReplyWriter
+}
+
+// ReplyWriter normalizes one reply fed in chunks of any size.
+type ReplyWriter interface {
+	// Write takes the next bytes of the reply and writes what it can of
+	// the normalized reply. It fails with the endpoint's invalid-reply
+	// error (nothing of p written), or with the writer's error.
+	Write(p []byte) (int, error)
+	// Close writes the end of the normalized reply and returns what the
+	// reply carried, estimated where unknown, also when it failed; an
+	// error for a reply that was invalid or ended incomplete.
+	Close() (Reply, error)
 }
 
 // EventStream normalizes the events of one streamed reply, one at a

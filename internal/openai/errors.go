@@ -303,10 +303,10 @@ func FirstTokenTimeout() *Error {
 	return kindFirstTokenTimeout.new("", "The backend did not start answering within first_token_timeout.")
 }
 
-// IdleTimeout is the error for a backend stream silent for longer than
-// idle_timeout.
+// IdleTimeout is the error for a backend stream, or a reply streamed
+// through, silent for longer than idle_timeout.
 func IdleTimeout() *Error {
-	return kindIdleTimeout.new("", "The backend sent nothing for longer than idle_timeout; the stream was ended.")
+	return kindIdleTimeout.new("", "The backend sent nothing for longer than idle_timeout; the reply was cut short.")
 }
 
 // DialTimeout is the error for a backend not connected to within

@@ -1,9 +1,7 @@
 package openai
 
 import (
-	"encoding/binary"
 	"errors"
-	"math/bits"
 	"strconv"
 
 	"github.com/chatgateway/caddy-chat-gateway/internal/jsonwalk"
@@ -119,44 +117,12 @@ func specialBytes(v uint64) uint64 {
 // scanString validates the string starting at b[i] and returns the index
 // just past its closing quote.
 func scanString(b []byte, i int) (int, error) {
-	start := i
-	i++
-	for {
-		// Eight bytes at a time to the first that is not plain.
-		for i+8 <= len(b) {
-			if m := specialBytes(binary.LittleEndian.Uint64(b[i:])); m != 0 {
-				i += bits.TrailingZeros64(m) >> 3
-				break
-			}
-			i += 8
-		}
-		if i >= len(b) {
-			return i, errAt("unterminated string", start)
-		}
-		switch c := b[i]; {
-		case c == '"':
-			return i + 1, nil
-		case c == '\\':
-			if i+1 >= len(b) {
-				return i, errAt("unterminated string", start)
-			}
-			switch b[i+1] {
-			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
-				i += 2
-			case 'u':
-				if i+6 > len(b) || !isHex(b[i+2]) || !isHex(b[i+3]) || !isHex(b[i+4]) || !isHex(b[i+5]) {
-					return i, errAt("invalid \\u escape", i)
-				}
-				i += 6
-			default:
-				return i, errAt("invalid escape", i)
-			}
-		case c < 0x20:
-			return i, errAt("control character in string", i)
-		default:
-			i++
-		}
+	var s stringScan
+	end, done, err := s.scan(b, i+1)
+	if err == nil && !done {
+		err = errAt("unterminated string", i)
 	}
+	return end, err
 }
 
 func isHex(c byte) bool { return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F' }

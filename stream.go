@@ -3,7 +3,6 @@ package chatgateway
 import (
 	"net/http"
 	"sync"
-	"sync/atomic"
 )
 
 // sseWriter writes a Server-Sent Events reply to the client, one
@@ -67,34 +66,21 @@ func (s *sseWriter) release() {
 // buffer returns the buffer to append to, pooled on first use: with a
 // fast backend one read holds many events, and a buffer grown from
 // nothing on every request was most of a stream's garbage. It holds
-// the stream's largest burst so far, so bursts do not regrow it, and a
-// new stream's first holds the latest stream's, so a new stream does not
-// grow it from the smallest class either.
+// the stream's largest burst so far, so bursts do not regrow it.
 func (s *sseWriter) buffer() []byte {
 	if s.box == nil {
-		s.box = getBox(max(minPooled, s.burst, int(recentBurst.Load())))
+		s.box = getBox(max(minPooled, s.burst))
 		s.buf = *s.box
 	}
 	return s.buf
 }
-
-// recentBurst is the largest burst of the stream that last grew its
-// buffer, up to maxBurstHint.
-var recentBurst atomic.Int64
-
-// maxBurstHint bounds recentBurst: one stream's huge event does not make
-// every stream after it take a huge buffer.
-const maxBurstHint = 256 << 10
 
 // putBack returns the pooled buffer, b being its latest extent.
 func (s *sseWriter) putBack(b []byte) {
 	if s.box != nil {
 		if b != nil {
 			*s.box = b
-			if len(b) > s.burst {
-				s.burst = len(b)
-				recentBurst.Store(int64(min(len(b), maxBurstHint)))
-			}
+			s.burst = max(s.burst, len(b))
 		}
 		putBox(s.box)
 		s.box, s.buf = nil, nil

@@ -209,7 +209,7 @@ func (s *responseStream) Event(dst, name, data []byte) ([]byte, error) {
 			message = f.val
 		}
 	}
-	if len(typ) < 2 || typ[0] != '"' {
+	if len(typ) <= len(`""`) || typ[0] != '"' { // an event has a type, and not ""
 		return dst, ErrInvalidResponse
 	}
 	kind := typ[1 : len(typ)-1] // event types are plain names

@@ -317,18 +317,7 @@ var errClosed = fmt.Errorf("%w: written after its end", ErrInvalidEmbeddings)
 // total_tokens filled in where missing: from each other, else estimated
 // from the prompt's size. A usage with both is kept as sent.
 func appendEmbeddingsUsage(dst, usage []byte, promptBytes int) ([]byte, Usage) {
-	var prompt, total int64
-	hasPrompt, hasTotal := false, false
-	members(usage, func(k, v []byte) {
-		n, ok := parseCount(v)
-		switch {
-		case !ok:
-		case jsonwalk.KeyIs(k, "prompt_tokens"):
-			prompt, hasPrompt = n, true
-		case jsonwalk.KeyIs(k, "total_tokens"):
-			total, hasTotal = n, true
-		}
-	})
+	prompt, total, hasPrompt, hasTotal := readCounts(usage, "prompt_tokens", "total_tokens")
 	var u Usage
 	switch {
 	case hasPrompt && hasTotal:

@@ -130,19 +130,8 @@ func collectObject(b []byte, dst []span) ([]span, bool) {
 // readResponseUsage reads a Response's usage (input_tokens,
 // output_tokens). It reports false when v has no usable counts.
 func readResponseUsage(v []byte) (Usage, bool) {
-	var u Usage
-	hasIn, hasOut := false, false
-	members(v, func(k, val []byte) {
-		n, ok := parseCount(val)
-		switch {
-		case !ok:
-		case jsonwalk.KeyIs(k, "input_tokens"):
-			u.PromptTokens, hasIn = n, true
-		case jsonwalk.KeyIs(k, "output_tokens"):
-			u.CompletionTokens, hasOut = n, true
-		}
-	})
-	return u, hasIn && hasOut
+	in, out, hasIn, hasOut := readCounts(v, "input_tokens", "output_tokens")
+	return Usage{PromptTokens: in, CompletionTokens: out}, hasIn && hasOut
 }
 
 // outputTextBytes is the size of a Response's output for the estimate:

@@ -30,22 +30,27 @@ func (u Usage) appendJSON(dst []byte) []byte {
 	return append(dst, '}')
 }
 
-// readUsage reads a backend's usage object. It reports false when v has
-// no usable prompt and completion counts.
-func readUsage(v []byte) (Usage, bool) {
-	var u Usage
-	hasPrompt, hasCompletion := false, false
+// readCounts reads the token counts named a and b from the usage object
+// v, each with whether v holds it as a count.
+func readCounts(v []byte, a, b string) (na, nb int64, hasA, hasB bool) {
 	members(v, func(k, val []byte) {
 		n, ok := parseCount(val)
 		switch {
 		case !ok:
-		case jsonwalk.KeyIs(k, "prompt_tokens"):
-			u.PromptTokens, hasPrompt = n, true
-		case jsonwalk.KeyIs(k, "completion_tokens"):
-			u.CompletionTokens, hasCompletion = n, true
+		case jsonwalk.KeyIs(k, a):
+			na, hasA = n, true
+		case jsonwalk.KeyIs(k, b):
+			nb, hasB = n, true
 		}
 	})
-	return u, hasPrompt && hasCompletion
+	return na, nb, hasA, hasB
+}
+
+// readUsage reads a backend's usage object. It reports false when v has
+// no usable prompt and completion counts.
+func readUsage(v []byte) (Usage, bool) {
+	prompt, completion, hasPrompt, hasCompletion := readCounts(v, "prompt_tokens", "completion_tokens")
+	return Usage{PromptTokens: prompt, CompletionTokens: completion}, hasPrompt && hasCompletion
 }
 
 // parseCount reads a non-negative integer: a token count, a timestamp.

@@ -174,16 +174,15 @@ func FuzzEmbeddingsReply(f *testing.F) {
 		if !json.Valid(body) {
 			return // only data is not fully checked; it passes as sent
 		}
-		var r struct {
-			Model *string
-			Usage struct{ PromptTokens, TotalTokens *int64 } `json:"usage"`
-		}
+		// model and usage are read by their exact keys, as clients read
+		// them: encoding/json would also take "Model" or "Usage" for them.
+		var model string
 		var u struct {
 			PromptTokens *int64 `json:"prompt_tokens"`
 			TotalTokens  *int64 `json:"total_tokens"`
 		}
-		if !json.Valid(whole) || json.Unmarshal(whole, &r) != nil || json.Unmarshal(Member(whole, "usage"), &u) != nil ||
-			r.Model == nil || *r.Model == "" || u.PromptTokens == nil || u.TotalTokens == nil || *u.PromptTokens != rep.Usage.PromptTokens {
+		if !json.Valid(whole) || json.Unmarshal(Member(whole, "model"), &model) != nil || json.Unmarshal(Member(whole, "usage"), &u) != nil ||
+			model == "" || u.PromptTokens == nil || u.TotalTokens == nil || *u.PromptTokens != rep.Usage.PromptTokens {
 			t.Fatalf("%s gave %s", body, whole)
 		}
 		if !bytes.Equal(Member(whole, "data"), Member(body, "data")) {

@@ -86,6 +86,20 @@ func (p *Parser) Feed(b []byte, fn func(Event) error) error {
 
 var bom = []byte("\xef\xbb\xbf")
 
+// lineEnd returns the index of the first CR or LF in b, or -1. Two
+// vectorized searches cost less than bytes.IndexAny's byte by byte one.
+func lineEnd(b []byte) int {
+	lf := bytes.IndexByte(b, '\n')
+	in := b
+	if lf >= 0 {
+		in = b[:lf]
+	}
+	if cr := bytes.IndexByte(in, '\r'); cr >= 0 {
+		return cr
+	}
+	return lf
+}
+
 func (p *Parser) feed(b []byte, fn func(Event) error) error {
 	for len(b) > 0 {
 		if p.afterCR {
@@ -95,7 +109,7 @@ func (p *Parser) feed(b []byte, fn func(Event) error) error {
 				continue
 			}
 		}
-		i := bytes.IndexAny(b, "\r\n")
+		i := lineEnd(b)
 		if i < 0 {
 			if err := p.grow(len(b)); err != nil {
 				return err

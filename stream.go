@@ -22,7 +22,7 @@ func newSSEWriter(w http.ResponseWriter) *sseWriter {
 	return &sseWriter{w: w}
 }
 
-// start sends the stream's headers at once, before any event.
+// start writes the stream's headers, which go out with its first event.
 func (s *sseWriter) start() {
 	if s.started {
 		return
@@ -34,7 +34,6 @@ func (s *sseWriter) start() {
 	hdr.Set("X-Accel-Buffering", "no")
 	hdr.Del("Content-Length")
 	s.w.WriteHeader(http.StatusOK)
-	s.flush()
 }
 
 // editHeader lets edit change the response headers if they have not

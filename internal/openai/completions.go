@@ -152,10 +152,9 @@ type textStream struct {
 	Meta
 	chunkEvents
 
+	chunkReader
+
 	finished        []bool // by choice index
-	parts           chunkParts
-	usage           Usage
-	hasUsage        bool
 	completionBytes int
 	finishReason    string
 	content         bool
@@ -168,12 +167,12 @@ func (s *textStream) Event(dst, name, data []byte) ([]byte, error) {
 // chunk appends the normalized form of one chunk's data to dst; a
 // usage-only chunk yields nothing (its usage is kept for Finish).
 func (s *textStream) chunk(dst, data []byte) ([]byte, error) {
-	return normalizeChunk(dst, data, &s.parts, &s.Meta, &s.usage, &s.hasUsage, "text_completion", s.choice)
+	return s.normalize(dst, data, &s.Meta, "text_completion", s)
 }
 
-// choice appends one normalized chunk choice, c with its members fields:
-// with its index and text.
-func (s *textStream) choice(dst []byte, pos int, c []byte, fields []span) []byte {
+// appendChoice appends one normalized chunk choice, c with its members
+// fields: with its index and text.
+func (s *textStream) appendChoice(dst []byte, pos int, c []byte, fields []span) []byte {
 	var index, text, finish []byte
 	for _, f := range fields {
 		switch f.name {
@@ -209,6 +208,32 @@ func (s *textStream) choice(dst []byte, pos int, c []byte, fields []span) []byte
 		o.str("text", "")
 	}
 	return o.close()
+}
+
+// texts returns the choice's text when the choice is copied as it came
+// whatever its text holds: it has its index and a string text, and no
+// finish_reason.
+func (s *textStream) texts(dst, fields []span) ([]span, bool) {
+	var index, text, finish []byte
+	for _, f := range fields {
+		switch f.name {
+		case "index":
+			index = f.val
+		case "text":
+			text = f.val
+		case "finish_reason":
+			finish = f.val
+		}
+	}
+	if parseIndex(index, -1) < 0 || len(text) == 0 || text[0] != '"' || !jsonwalk.IsNull(finish) {
+		return dst, false
+	}
+	return append(dst, span{val: text, name: "text"}), true
+}
+
+func (s *textStream) addText(n int) {
+	s.completionBytes += n
+	s.content = true
 }
 
 // finish records choice idx's state: finished when ended, with reason.

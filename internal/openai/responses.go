@@ -159,6 +159,8 @@ type responseStream struct {
 
 	seq         int64  // the highest sequence_number seen or sent
 	status      string // the terminal event's status
+	shape       shape  // the latest delta event, its values as holes
+	shapeKind   []byte // that event's type
 	usage       Usage
 	hasUsage    bool
 	outputBytes int
@@ -174,6 +176,14 @@ func (s *responseStream) Event(dst, name, data []byte) ([]byte, error) {
 	if s.status != "" || string(bytes.TrimSpace(data)) == "[DONE]" {
 		return dst, nil
 	}
+	var vals [maxHoles][]byte
+	if s.shape.match(data, &vals) {
+		for k, h := range s.shape.holes {
+			s.count(h.name, vals[k])
+		}
+		return appendResponseEvent(dst, name, s.shapeKind, data), nil
+	}
+	s.shape.clear()
 	var top [8]span
 	fields, ok := collectObject(data, top[:0])
 	if !ok {
@@ -185,9 +195,7 @@ func (s *responseStream) Event(dst, name, data []byte) ([]byte, error) {
 		case "type":
 			typ = f.val
 		case "sequence_number":
-			if n, ok := parseCount(f.val); ok && n > s.seq {
-				s.seq = n
-			}
+			s.count(f.name, f.val)
 		case "response":
 			response = f.val
 		case "delta":
@@ -215,15 +223,70 @@ func (s *responseStream) Event(dst, name, data []byte) ([]byte, error) {
 		s.content = true
 	default:
 		s.content = true
-		if len(delta) > 0 && delta[0] == '"' {
-			s.outputBytes += len(delta) - 2
+		s.count("delta", delta)
+		var holes [maxHoles]hole
+		if s.shape.take(data, responseHoles(holes[:0], data, fields)) {
+			s.shapeKind = append(s.shapeKind[:0], kind...)
 		}
 	}
+	return appendResponseEvent(dst, name, kind, data), nil
+}
+
+// count notes the member of a delta event the stream reads: its
+// sequence number, or the size of its text.
+func (s *responseStream) count(name string, v []byte) {
+	switch name {
+	case "sequence_number":
+		if n, ok := parseCount(v); ok && n > s.seq {
+			s.seq = n
+		}
+	case "delta":
+		if len(v) > 0 && v[0] == '"' {
+			s.outputBytes += len(v) - 2
+		}
+	}
+}
+
+// responseHoles appends to holes those of a delta event, whose members
+// are fields: its strings and unsigned integers but its type. It appends
+// none when the event has more than one delta, whose last one counts.
+func responseHoles(holes []hole, data []byte, fields []span) []hole {
+	deltas := 0
+	for _, f := range fields {
+		if f.name == "delta" {
+			deltas++
+		}
+		if f.name != "type" && (f.val[0] == '"' || isUint(f.val)) {
+			holes = append(holes, holeAt(data, f.val, f.name))
+		}
+	}
+	if deltas > 1 {
+		return holes[:0]
+	}
+	return holes
+}
+
+// isUint reports whether v is an unsigned integer in JSON's grammar.
+func isUint(v []byte) bool {
+	if len(v) == 0 || v[0] == '0' && len(v) > 1 {
+		return false
+	}
+	for _, c := range v {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// appendResponseEvent frames data as event name, or as its kind when
+// the backend sent no name.
+func appendResponseEvent(dst, name, kind, data []byte) []byte {
 	if len(name) == 0 {
 		name = kind
 	}
 	dst = append(append(append(dst, "event: "...), name...), '\n')
-	return sse.AppendEvent(dst, "", data), nil
+	return sse.AppendEvent(dst, "", data)
 }
 
 func (s *responseStream) Content() bool  { return s.content }

@@ -286,14 +286,22 @@ func FuzzResponses(f *testing.F) {
 	})
 }
 
-// BenchmarkResponsesEvent relays one text delta event.
+// BenchmarkResponsesEvent relays one text delta event, read in full and
+// by the shape of the delta before.
 func BenchmarkResponsesEvent(b *testing.B) {
 	name, data := []byte(vllmEvents[4][0]), []byte(vllmEvents[4][1])
-	st := Responses.NewStream(Meta{ID: "0b6c2e9e-2d51-4a43-9b0a-4a6f3b9d9c11"})
-	var out []byte
-	b.SetBytes(int64(len(data)))
-	b.ReportAllocs()
-	for b.Loop() {
-		out, _ = st.Event(out[:0], name, data)
+	for _, shaped := range []bool{false, true} {
+		b.Run(map[bool]string{false: "full", true: "shaped"}[shaped], func(b *testing.B) {
+			st := Responses.NewStream(Meta{ID: "0b6c2e9e-2d51-4a43-9b0a-4a6f3b9d9c11"})
+			var out []byte
+			b.SetBytes(int64(len(data)))
+			b.ReportAllocs()
+			for b.Loop() {
+				if !shaped {
+					shapeOf(st).clear()
+				}
+				out, _ = st.Event(out[:0], name, data)
+			}
+		})
 	}
 }

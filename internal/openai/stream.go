@@ -12,12 +12,10 @@ import (
 // otherwise; a Stream allocates nothing per chunk once warm.
 type Stream struct {
 	Meta
+	chunkReader
 
 	roleSent []bool // by choice index
 	finished []bool // by choice index
-	parts    chunkParts
-	usage    Usage
-	hasUsage bool
 	// CompletionBytes is the size of the content streamed so far.
 	CompletionBytes int
 	// FinishReason is the first choice's finish_reason, once seen.
@@ -39,16 +37,51 @@ func (s *Stream) grow(i int) {
 // carries only usage (choices empty) yields nothing, so dst comes back
 // unchanged. It fails for data that is not a JSON object.
 func (s *Stream) AppendChunk(dst, data []byte) ([]byte, error) {
-	return normalizeChunk(dst, data, &s.parts, &s.Meta, &s.usage, &s.hasUsage, "chat.completion.chunk", s.appendChoice)
+	return s.normalize(dst, data, &s.Meta, "chat.completion.chunk", s)
 }
 
-// normalizeChunk normalizes a chunk with choices, as Stream.AppendChunk
-// describes, stamping it with object kind and m and writing each
-// choice with choice. It keeps the chunk's usage in usage, its created
-// time and model in m; parts are the stream's, reused chunk to chunk.
-func normalizeChunk(dst, data []byte, reused *chunkParts, m *Meta, usage *Usage, hasUsage *bool, kind string, choice func(dst []byte, pos int, c []byte, fields []span) []byte) ([]byte, error) {
-	parts, ok := collectChunk(data, reused.reuse())
-	*reused = parts
+// chunkReader is what chat and completions streams keep to normalize
+// their chunks: the usage seen, the parts of the latest chunk, and its
+// shape.
+type chunkReader struct {
+	parts    chunkParts
+	shape    chunkShape
+	texts    []span // the texts of the latest chunk's choice
+	usage    Usage
+	hasUsage bool
+}
+
+// choiceWriter is what a chat or completions stream gives
+// chunkReader.normalize.
+type choiceWriter interface {
+	// appendChoice appends choice pos of a chunk, c with its members
+	// fields, normalized.
+	appendChoice(dst []byte, pos int, c []byte, fields []span) []byte
+	// texts appends to dst the members of a choice that hold its text:
+	// strings that may change chunk to chunk while the choice is still
+	// copied as it came and counts for nothing but its text. It reports
+	// false for a choice that is not so.
+	texts(dst, fields []span) ([]span, bool)
+	// addText counts n bytes of text streamed.
+	addText(n int)
+}
+
+// normalize appends the normalized form of a chunk with choices, as
+// Stream.AppendChunk describes, stamping it with object kind and m and
+// writing each choice with w. It keeps the chunk's usage, its created
+// time and model in m. A chunk with the latest chunk's shape is written
+// from that shape.
+func (r *chunkReader) normalize(dst, data []byte, m *Meta, kind string, w choiceWriter) ([]byte, error) {
+	var texts [maxHoles][]byte
+	if out, ok := r.shape.append(dst, data, &texts); ok {
+		if n := textBytes(texts[:len(r.shape.holes)]); n > 0 {
+			w.addText(n)
+		}
+		return out, nil
+	}
+	r.shape.clear() // what it wrote may depend on m, which may change
+	parts, ok := collectChunk(data, r.parts.reuse())
+	r.parts = parts
 	if !ok {
 		return dst, ErrInvalidReply
 	}
@@ -57,7 +90,7 @@ func normalizeChunk(dst, data []byte, reused *chunkParts, m *Meta, usage *Usage,
 		switch f.name {
 		case "usage":
 			if u, ok := readUsage(f.val); ok {
-				*usage, *hasUsage = u, true
+				r.usage, r.hasUsage = u, true
 			}
 		case "created":
 			created = f.val
@@ -82,15 +115,23 @@ func normalizeChunk(dst, data []byte, reused *chunkParts, m *Meta, usage *Usage,
 	writeCreatedModel(&o, created, model, *m)
 	o.key("choices")
 	o.buf = append(o.buf, '[')
+	at := len(o.buf) - len(dst)
 	for i, c := range parts.choices {
 		if i > 0 {
 			o.buf = append(o.buf, ',')
 		}
-		o.buf = choice(o.buf, i, c.raw, parts.fieldsOf(c))
+		o.buf = w.appendChoice(o.buf, i, c.raw, parts.fieldsOf(c))
 	}
 	o.buf = append(o.buf, ']')
 	o.others(parts.top)
-	return o.close(), nil
+	out := o.close()
+	if len(parts.choices) == 1 {
+		c := parts.choices[0]
+		if r.texts, ok = w.texts(r.texts[:0], parts.fieldsOf(c)); ok {
+			r.shape.take(data, out[len(dst):], c.raw, at, r.texts)
+		}
+	}
+	return out, nil
 }
 
 // appendChoice appends one normalized chunk choice, c with its members
@@ -168,6 +209,49 @@ func (s *Stream) appendChoice(dst []byte, pos int, c []byte, fields []span) []by
 		o.raw("delta", []byte("{}"))
 	}
 	return o.close()
+}
+
+// texts returns the string members of the choice's delta that hold
+// content, when the choice is copied as it came whatever they hold: it
+// has its index and a delta, its role went out, it has no finish_reason
+// and nothing else in it bears content.
+func (s *Stream) texts(dst, fields []span) ([]span, bool) {
+	var index, delta, finish []byte
+	for _, m := range fields {
+		switch m.name {
+		case "index":
+			index = m.val
+		case "delta":
+			delta = m.val
+		case "finish_reason":
+			finish = m.val
+		}
+	}
+	idx := parseIndex(index, -1)
+	if idx < 0 || delta == nil || !jsonwalk.IsNull(finish) || !s.roleSent[idx] {
+		return dst, false
+	}
+	var deltaBuf [6]span
+	for _, m := range appendMembers(deltaBuf[:0], delta) {
+		switch m.name {
+		case "content", "reasoning_content", "refusal":
+			if m.val[0] == '"' {
+				dst = append(dst, m)
+				continue
+			}
+			fallthrough
+		case "tool_calls", "function_call":
+			if hasValue(m.val) {
+				return dst, false
+			}
+		}
+	}
+	return dst, len(dst) > 0
+}
+
+func (s *Stream) addText(n int) {
+	s.CompletionBytes += n
+	s.Content = true
 }
 
 // Finished reports whether every choice seen has had a finish_reason.

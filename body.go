@@ -91,6 +91,13 @@ func readBody(w http.ResponseWriter, r *http.Request, b *body, limit int64, time
 			return nil, openai.RequestTooLarge(humanBytes(limit))
 		}
 		if err == io.EOF {
+			if len(buf) < minPooled/4 {
+				// A stream holds its body to its end: a small one is
+				// kept in a buffer of its size, not in a pooled one.
+				small := append([]byte(nil), buf...)
+				putBuffer(buf)
+				buf = small
+			}
 			return buf, nil
 		}
 		if err != nil {

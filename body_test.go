@@ -2,8 +2,12 @@ package chatgateway
 
 import (
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"strconv"
+	"strings"
 	"testing"
+	"time"
 )
 
 func TestBodyBuffers(t *testing.T) {
@@ -32,6 +36,23 @@ func TestBodyBuffers(t *testing.T) {
 	b.release()
 	if b.buf != nil {
 		t.Fatal("release kept the buffer")
+	}
+}
+
+// TestSmallBodyOwnBuffer: a stream holds its body to its end, so a small
+// body is kept in a buffer of its size; a large one stays in the pool's.
+func TestSmallBodyOwnBuffer(t *testing.T) {
+	for _, n := range []int{100, minPooled/4 - 1, minPooled / 4, 50 << 10} {
+		r := httptest.NewRequest(http.MethodPost, "/v1/chat/completions", strings.NewReader(strings.Repeat("a", n)))
+		var b body
+		got, e := readBody(httptest.NewRecorder(), r, &b, 1<<20, time.Second)
+		if e != nil || len(got) != n || &b.buf[0] != &got[0] {
+			t.Fatalf("%d bytes: read %d, %v", n, len(got), e)
+		}
+		if small := n < minPooled/4; small != (cap(got) < minPooled) {
+			t.Errorf("%d bytes: held in a buffer of %d", n, cap(got))
+		}
+		b.release()
 	}
 }
 

@@ -457,10 +457,10 @@ func (l *Limits) settle(x *exchange) {
 func (x *exchange) setRateLimitHeaders(status []limits.Status) {
 	h := x.w.Header()
 	_, messages := x.ep.(*messagesEndpoint)
-	for _, kind := range [...]limits.Kind{limits.KindRequests, limits.KindTokens} {
+	for _, names := range rateLimitHeaders {
 		best := -1
 		for i, st := range status {
-			if st.Dimension.Kind == kind && (best < 0 || st.Remaining < status[best].Remaining) {
+			if st.Dimension.Kind == names.kind && (best < 0 || st.Remaining < status[best].Remaining) {
 				best = i
 			}
 		}
@@ -468,21 +468,26 @@ func (x *exchange) setRateLimitHeaders(status []limits.Status) {
 			continue
 		}
 		st := status[best]
-		h["X-Ratelimit-Limit-"+capitalized[kind]] = []string{strconv.FormatInt(st.Dimension.Limit, 10)}
-		h["X-Ratelimit-Remaining-"+capitalized[kind]] = []string{strconv.FormatInt(st.Remaining, 10)}
-		h["X-Ratelimit-Reset-"+capitalized[kind]] = []string{ceilMillis(st.Reset).String()}
+		vals := []string{strconv.FormatInt(st.Dimension.Limit, 10), strconv.FormatInt(st.Remaining, 10), ceilMillis(st.Reset).String()}
+		h[names.limit], h[names.remaining], h[names.reset] = vals[0:1:1], vals[1:2:2], vals[2:3:3]
 		if messages {
-			prefix := "Anthropic-Ratelimit-" + capitalized[kind]
-			h[prefix+"-Limit"] = h["X-Ratelimit-Limit-"+capitalized[kind]]
-			h[prefix+"-Remaining"] = h["X-Ratelimit-Remaining-"+capitalized[kind]]
 			reset := x.start.Add(st.Reset + time.Second - 1).Truncate(time.Second) // RFC 3339 has whole seconds: round up
-			h[prefix+"-Reset"] = []string{reset.UTC().Format(time.RFC3339)}
+			h[names.anthropic+"-Limit"], h[names.anthropic+"-Remaining"] = vals[0:1:1], vals[1:2:2]
+			h[names.anthropic+"-Reset"] = []string{reset.UTC().Format(time.RFC3339)}
 		}
 	}
 }
 
-// capitalized are the header name suffixes of the kinds with headers.
-var capitalized = map[limits.Kind]string{limits.KindRequests: "Requests", limits.KindTokens: "Tokens"}
+// rateLimitHeaders are the names of the headers of the kinds of limit
+// that have them.
+var rateLimitHeaders = [...]struct {
+	kind                    limits.Kind
+	limit, remaining, reset string
+	anthropic               string // the prefix of the Messages route's
+}{
+	{limits.KindRequests, "X-Ratelimit-Limit-Requests", "X-Ratelimit-Remaining-Requests", "X-Ratelimit-Reset-Requests", "Anthropic-Ratelimit-Requests"},
+	{limits.KindTokens, "X-Ratelimit-Limit-Tokens", "X-Ratelimit-Remaining-Tokens", "X-Ratelimit-Reset-Tokens", "Anthropic-Ratelimit-Tokens"},
+}
 
 // ceilMillis rounds d up to a millisecond.
 func ceilMillis(d time.Duration) time.Duration {

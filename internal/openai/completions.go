@@ -192,6 +192,8 @@ func (s *textStream) appendChoice(dst []byte, pos int, c []byte, fields []span) 
 		s.content = true
 	}
 	if index != nil && hasText {
+		// Another chunk like it, its text aside, is copied as well.
+		s.texts, s.copied = append(s.texts[:0], span{val: text, name: "text"}), jsonwalk.IsNull(finish)
 		return append(dst, c...)
 	}
 	var o object
@@ -208,27 +210,6 @@ func (s *textStream) appendChoice(dst []byte, pos int, c []byte, fields []span) 
 		o.str("text", "")
 	}
 	return o.close()
-}
-
-// texts returns the choice's text when the choice is copied as it came
-// whatever its text holds: it has its index and a string text, and no
-// finish_reason.
-func (s *textStream) texts(dst, fields []span) ([]span, bool) {
-	var index, text, finish []byte
-	for _, f := range fields {
-		switch f.name {
-		case "index":
-			index = f.val
-		case "text":
-			text = f.val
-		case "finish_reason":
-			finish = f.val
-		}
-	}
-	if parseIndex(index, -1) < 0 || len(text) == 0 || text[0] != '"' || !jsonwalk.IsNull(finish) {
-		return dst, false
-	}
-	return append(dst, span{val: text, name: "text"}), true
 }
 
 func (s *textStream) addText(n int) {

@@ -21,10 +21,16 @@ type hole struct {
 	number     bool   // an unsigned integer; else a string
 }
 
+// maxMisses is how many events in a row may differ from their shape
+// before a stream takes no more shapes: a backend that varies more than
+// the holes (a random member in every chunk) costs no copies for them.
+const maxMisses = 4
+
 // shape is an event with its holes; the zero shape matches nothing.
 type shape struct {
-	event []byte
-	holes []hole // in order
+	event  []byte
+	holes  []hole // in order
+	misses int    // events in a row that did not match
 }
 
 // match reports whether data has the shape, and puts the values of its
@@ -33,6 +39,15 @@ func (s *shape) match(data []byte, vals *[maxHoles][]byte) bool {
 	if len(s.holes) == 0 {
 		return false
 	}
+	if !s.matches(data, vals) {
+		s.misses++
+		return false
+	}
+	s.misses = 0
+	return true
+}
+
+func (s *shape) matches(data []byte, vals *[maxHoles][]byte) bool {
 	at, i := 0, 0 // in the shape's event, in data
 	for k, h := range s.holes {
 		fixed := s.event[at:h.start]
@@ -82,7 +97,7 @@ func scanHole(b []byte, i int, number bool) (int, bool) {
 // values read from holes are the ones the full reading would use.
 func (s *shape) take(data []byte, holes []hole) bool {
 	s.holes = s.holes[:0]
-	if len(holes) == 0 || len(holes) > maxHoles {
+	if !s.wanted() || len(holes) == 0 || len(holes) > maxHoles {
 		return false
 	}
 	for k := 1; k < len(holes); k++ {
@@ -94,6 +109,9 @@ func (s *shape) take(data []byte, holes []hole) bool {
 	s.holes = append(s.holes, holes...)
 	return true
 }
+
+// wanted reports whether the stream still takes shapes.
+func (s *shape) wanted() bool { return s.misses < maxMisses }
 
 // clear makes the shape match nothing.
 func (s *shape) clear() { s.holes = s.holes[:0] }

@@ -2,6 +2,7 @@ package openai
 
 import (
 	"bytes"
+	"fmt"
 	"reflect"
 	"testing"
 )
@@ -53,6 +54,8 @@ func TestShapes(t *testing.T) {
 		// A control character in the text: refused.
 		{ChatCompletions, `{"choices":[{"index":0,"delta":{"role":"assistant","content":"a"}}]}`, 1,
 			"{\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"a\x01\"}}]}", false},
+		// No shape before the role went out: content would add it.
+		{ChatCompletions, `{"choices":[{"index":0,"delta":{"content":""}}]}`, 0, "", false},
 		// No shape: the choice is rewritten (no index), or ends the stream.
 		{ChatCompletions, `{"choices":[{"delta":{"role":"assistant","content":"a"}}]}`, 0, "", false},
 		{ChatCompletions, `{"choices":[{"index":0,"delta":{"role":"assistant","content":"a"},"finish_reason":"stop"}]}`, 0, "", false},
@@ -88,6 +91,23 @@ func TestShapes(t *testing.T) {
 		next, want := eventState(st, nil, []byte(tt.next)), eventState(full, nil, []byte(tt.next))
 		if !reflect.DeepEqual(next, want) {
 			t.Fatalf("%s: %+v, want %+v", tt.next, next, want)
+		}
+	}
+}
+
+// TestShapesGivenUp: a stream whose every chunk differs from the one
+// before outside its text takes no more shapes after maxMisses of them.
+func TestShapesGivenUp(t *testing.T) {
+	st := ChatCompletions.NewStream(Meta{ID: "r", Model: "m"})
+	full := ChatCompletions.NewStream(Meta{ID: "r", Model: "m"})
+	for i := range 2 * maxMisses {
+		chunk := fmt.Appendf(nil, `{"choices":[{"index":0,"delta":{"role":"assistant","content":"a"}}],"obfuscation":"%d"}`, i)
+		shapeOf(full).clear()
+		if a, b := eventState(st, nil, chunk), eventState(full, nil, chunk); !reflect.DeepEqual(a, b) {
+			t.Fatalf("%s: %+v, want %+v", chunk, a, b)
+		}
+		if taken := len(shapeOf(st).holes) > 0; taken != (i < maxMisses) {
+			t.Fatalf("chunk %d: shape taken %v", i, taken)
 		}
 	}
 }

@@ -46,7 +46,8 @@ func (s *Stream) AppendChunk(dst, data []byte) ([]byte, error) {
 type chunkReader struct {
 	parts    chunkParts
 	shape    chunkShape
-	texts    []span // the texts of the latest chunk's choice
+	texts    []span // the texts of the choice copied as it came, when copied is set
+	copied   bool
 	usage    Usage
 	hasUsage bool
 }
@@ -57,11 +58,6 @@ type choiceWriter interface {
 	// appendChoice appends choice pos of a chunk, c with its members
 	// fields, normalized.
 	appendChoice(dst []byte, pos int, c []byte, fields []span) []byte
-	// texts appends to dst the members of a choice that hold its text:
-	// strings that may change chunk to chunk while the choice is still
-	// copied as it came and counts for nothing but its text. It reports
-	// false for a choice that is not so.
-	texts(dst, fields []span) ([]span, bool)
 	// addText counts n bytes of text streamed.
 	addText(n int)
 }
@@ -116,6 +112,7 @@ func (r *chunkReader) normalize(dst, data []byte, m *Meta, kind string, w choice
 	o.key("choices")
 	o.buf = append(o.buf, '[')
 	at := len(o.buf) - len(dst)
+	r.copied = false
 	for i, c := range parts.choices {
 		if i > 0 {
 			o.buf = append(o.buf, ',')
@@ -125,11 +122,8 @@ func (r *chunkReader) normalize(dst, data []byte, m *Meta, kind string, w choice
 	o.buf = append(o.buf, ']')
 	o.others(parts.top)
 	out := o.close()
-	if len(parts.choices) == 1 {
-		c := parts.choices[0]
-		if r.texts, ok = w.texts(r.texts[:0], parts.fieldsOf(c)); ok {
-			r.shape.take(data, out[len(dst):], c.raw, at, r.texts)
-		}
+	if len(parts.choices) == 1 && r.copied && r.shape.wanted() {
+		r.shape.take(data, out[len(dst):], parts.choices[0].raw, at, r.texts)
 	}
 	return out, nil
 }
@@ -181,6 +175,7 @@ func (s *Stream) appendChoice(dst []byte, pos int, c []byte, fields []span) []by
 		s.Content = true
 	}
 	if index != nil && !injectRole && delta != nil {
+		s.noteTexts(idx, deltaFields, finish)
 		return append(dst, c...)
 	}
 
@@ -211,42 +206,31 @@ func (s *Stream) appendChoice(dst []byte, pos int, c []byte, fields []span) []by
 	return o.close()
 }
 
-// texts returns the string members of the choice's delta that hold
-// content, when the choice is copied as it came whatever they hold: it
-// has its index and a delta, its role went out, it has no finish_reason
-// and nothing else in it bears content.
-func (s *Stream) texts(dst, fields []span) ([]span, bool) {
-	var index, delta, finish []byte
+// noteTexts notes the content strings of choice idx, copied as it came,
+// whose delta has the members fields, when every chunk like it but for
+// them would be copied too and count for nothing but its text: its role
+// went out, it has no finish_reason, and nothing else in it bears
+// content.
+func (s *Stream) noteTexts(idx int, fields []span, finish []byte) {
+	s.texts, s.copied = s.texts[:0], false
+	if !s.roleSent[idx] || !jsonwalk.IsNull(finish) {
+		return
+	}
 	for _, m := range fields {
-		switch m.name {
-		case "index":
-			index = m.val
-		case "delta":
-			delta = m.val
-		case "finish_reason":
-			finish = m.val
-		}
-	}
-	idx := parseIndex(index, -1)
-	if idx < 0 || delta == nil || !jsonwalk.IsNull(finish) || !s.roleSent[idx] {
-		return dst, false
-	}
-	var deltaBuf [6]span
-	for _, m := range appendMembers(deltaBuf[:0], delta) {
 		switch m.name {
 		case "content", "reasoning_content", "refusal":
 			if m.val[0] == '"' {
-				dst = append(dst, m)
+				s.texts = append(s.texts, m)
 				continue
 			}
 			fallthrough
 		case "tool_calls", "function_call":
 			if hasValue(m.val) {
-				return dst, false
+				return
 			}
 		}
 	}
-	return dst, len(dst) > 0
+	s.copied = len(s.texts) > 0
 }
 
 func (s *Stream) addText(n int) {

@@ -4,6 +4,8 @@ package chatgateway
 // placeholders, metrics and the log lines.
 
 import (
+	"encoding/binary"
+	"math/rand/v2"
 	"net/http"
 	"strconv"
 	"strings"
@@ -110,7 +112,20 @@ func requestID(r *http.Request) string {
 			return v
 		}
 	}
-	return uuid.NewString()
+	return newRequestID()
+}
+
+// newRequestID returns a random (version 4) UUID, its bits from the
+// runtime's ChaCha8 generator: an id correlates a request, it guards
+// nothing, and uuid.NewString's read of the system's generator cost
+// 2 µs a request.
+func newRequestID() string {
+	var id uuid.UUID
+	binary.LittleEndian.PutUint64(id[:8], rand.Uint64())
+	binary.LittleEndian.PutUint64(id[8:], rand.Uint64())
+	id[6] = id[6]&0x0f | 0x40 // version 4
+	id[8] = id[8]&0x3f | 0x80 // RFC 9562 variant
+	return id.String()
 }
 
 // validRequestID accepts 1 to 128 bytes of [A-Za-z0-9._:/+=@-], so an
@@ -196,8 +211,9 @@ func (x *exchange) writeJSON(status int, body []byte) {
 // serverTiming is the Server-Timing of a reply: the gateway's own time
 // and the time inside the reverse proxy, in milliseconds.
 func (x *exchange) serverTiming() string {
-	timing := append([]byte("gateway;dur="), strconv.FormatFloat(x.overhead().Seconds()*1e3, 'f', 3, 64)...)
-	timing = append(append(timing, ", upstream;dur="...), strconv.FormatFloat(x.upstreamTime.Seconds()*1e3, 'f', 3, 64)...)
+	var buf [64]byte
+	timing := strconv.AppendFloat(append(buf[:0], "gateway;dur="...), x.overhead().Seconds()*1e3, 'f', 3, 64)
+	timing = strconv.AppendFloat(append(timing, ", upstream;dur="...), x.upstreamTime.Seconds()*1e3, 'f', 3, 64)
 	return string(timing)
 }
 

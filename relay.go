@@ -81,15 +81,14 @@ func (u *upstreamWriter) onEvent(ev sse.Event) error {
 	var err error
 	u.held, err = u.st.Event(u.held, ev.Type, ev.Data)
 	u.x.gw += time.Since(begin)
-	if e, ok := errors.AsType[*openai.Error](err); ok {
-		u.held = u.held[:n]
-		u.x.fromUpstream = true
-		u.failStream(u.x.h.redactError(e.FillDefaults(http.StatusBadGateway)))
-		return nil
-	}
 	if err != nil {
 		u.held = u.held[:n]
-		u.failStream(openai.InvalidUpstreamResponse("The backend sent a stream event this route cannot read (" + u.x.r.URL.Path + ")."))
+		if e, ok := errors.AsType[*openai.Error](err); ok {
+			u.x.fromUpstream = true
+			u.failStream(u.x.h.redactError(e.FillDefaults(http.StatusBadGateway)))
+		} else {
+			u.failStream(openai.InvalidUpstreamResponse("The backend sent a stream event this route cannot read (" + u.x.r.URL.Path + ")."))
+		}
 		return nil
 	}
 	if len(u.held) == n {

@@ -92,9 +92,9 @@ func scanHole(b []byte, i int, number bool) (int, bool) {
 }
 
 // take makes data, whose values at holes may change, the shape. Holes
-// must be in order and not overlap; values of data's other members that
-// the stream reads must not share a name with a hole, so that the
-// values read from holes are the ones the full reading would use.
+// must be in order and not overlap, and the caller's: what it reads from
+// the holes of an event that matches must be what reading the event in
+// full would give it (a member read twice, once in a hole, would not).
 func (s *shape) take(data []byte, holes []hole) bool {
 	s.holes = s.holes[:0]
 	if !s.wanted() || len(holes) == 0 || len(holes) > maxHoles {

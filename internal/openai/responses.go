@@ -225,7 +225,7 @@ func (s *responseStream) Event(dst, name, data []byte) ([]byte, error) {
 		s.content = true
 		s.count("delta", delta)
 		var holes [maxHoles]hole
-		if s.shape.wanted() && s.shape.take(data, responseHoles(holes[:0], data, fields)) {
+		if s.shape.take(data, responseHoles(holes[:0], data, fields)) {
 			s.shapeKind = append(s.shapeKind[:0], kind...)
 		}
 	}

@@ -97,7 +97,7 @@ func scanHole(b []byte, i int, number bool) (int, bool) {
 // full would give it (a member read twice, once in a hole, would not).
 func (s *shape) take(data []byte, holes []hole) bool {
 	s.holes = s.holes[:0]
-	if !s.wanted() || len(holes) == 0 || len(holes) > maxHoles {
+	if s.misses >= maxMisses || len(holes) == 0 || len(holes) > maxHoles {
 		return false
 	}
 	for k := 1; k < len(holes); k++ {
@@ -110,18 +110,17 @@ func (s *shape) take(data []byte, holes []hole) bool {
 	return true
 }
 
-// wanted reports whether the stream still takes shapes.
-func (s *shape) wanted() bool { return s.misses < maxMisses }
-
 // clear makes the shape match nothing.
 func (s *shape) clear() { s.holes = s.holes[:0] }
 
-// holeAt is the hole of value v, a member named name of data (v is a
-// subslice of data).
+// holeAt is the hole of value v, a member named name of data.
 func holeAt(data, v []byte, name string) hole {
-	start := cap(data) - cap(v)
+	start := offset(data, v)
 	return hole{start: start, end: start + len(v), name: name, number: v[0] != '"'}
 }
+
+// offset is where v, a subslice of data, starts in data.
+func offset(data, v []byte) int { return cap(data) - cap(v) }
 
 // chunkShape is the shape of a chat or completions chunk whose one
 // choice, holes and all, went to the normalized chunk as it came.
@@ -149,17 +148,12 @@ func (c *chunkShape) take(data, out, choice []byte, at int, texts []span) {
 	var buf [maxHoles]hole
 	holes := buf[:0]
 	for _, t := range texts {
-		if len(holes) == maxHoles {
-			c.clear()
-			return
-		}
 		holes = append(holes, holeAt(data, t.val, t.name))
 	}
-	if at+len(choice) > len(out) || string(out[at:at+len(choice)]) != string(choice) || !c.shape.take(data, holes) {
-		c.clear()
+	if !c.shape.take(data, holes) {
 		return
 	}
-	c.from = cap(data) - cap(choice)
+	c.from = offset(data, choice)
 	c.to = c.from + len(choice)
 	c.head = append(c.head[:0], out[:at]...)
 	c.tail = append(c.tail[:0], out[at+len(choice):]...)

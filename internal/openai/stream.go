@@ -122,7 +122,7 @@ func (r *chunkReader) normalize(dst, data []byte, m *Meta, kind string, w choice
 	o.buf = append(o.buf, ']')
 	o.others(parts.top)
 	out := o.close()
-	if len(parts.choices) == 1 && r.copied && r.shape.wanted() {
+	if len(parts.choices) == 1 && r.copied {
 		r.shape.take(data, out[len(dst):], parts.choices[0].raw, at, r.texts)
 	}
 	return out, nil

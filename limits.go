@@ -472,8 +472,8 @@ func (x *exchange) setRateLimitHeaders(status []limits.Status) {
 		h[names.limit], h[names.remaining], h[names.reset] = vals[0:1:1], vals[1:2:2], vals[2:3:3]
 		if messages {
 			reset := x.start.Add(st.Reset + time.Second - 1).Truncate(time.Second) // RFC 3339 has whole seconds: round up
-			h[names.anthropic+"-Limit"], h[names.anthropic+"-Remaining"] = vals[0:1:1], vals[1:2:2]
-			h[names.anthropic+"-Reset"] = []string{reset.UTC().Format(time.RFC3339)}
+			h[names.anthropicLimit], h[names.anthropicRemaining] = vals[0:1:1], vals[1:2:2]
+			h[names.anthropicReset] = []string{reset.UTC().Format(time.RFC3339)}
 		}
 	}
 }
@@ -481,12 +481,14 @@ func (x *exchange) setRateLimitHeaders(status []limits.Status) {
 // rateLimitHeaders are the names of the headers of the kinds of limit
 // that have them.
 var rateLimitHeaders = [...]struct {
-	kind                    limits.Kind
-	limit, remaining, reset string
-	anthropic               string // the prefix of the Messages route's
+	kind                                               limits.Kind
+	limit, remaining, reset                            string
+	anthropicLimit, anthropicRemaining, anthropicReset string // the Messages route's
 }{
-	{limits.KindRequests, "X-Ratelimit-Limit-Requests", "X-Ratelimit-Remaining-Requests", "X-Ratelimit-Reset-Requests", "Anthropic-Ratelimit-Requests"},
-	{limits.KindTokens, "X-Ratelimit-Limit-Tokens", "X-Ratelimit-Remaining-Tokens", "X-Ratelimit-Reset-Tokens", "Anthropic-Ratelimit-Tokens"},
+	{limits.KindRequests, "X-Ratelimit-Limit-Requests", "X-Ratelimit-Remaining-Requests", "X-Ratelimit-Reset-Requests",
+		"Anthropic-Ratelimit-Requests-Limit", "Anthropic-Ratelimit-Requests-Remaining", "Anthropic-Ratelimit-Requests-Reset"},
+	{limits.KindTokens, "X-Ratelimit-Limit-Tokens", "X-Ratelimit-Remaining-Tokens", "X-Ratelimit-Reset-Tokens",
+		"Anthropic-Ratelimit-Tokens-Limit", "Anthropic-Ratelimit-Tokens-Remaining", "Anthropic-Ratelimit-Tokens-Reset"},
 }
 
 // ceilMillis rounds d up to a millisecond.

@@ -150,6 +150,9 @@ func (b *Backend) provision(ctx caddy.Context, repl *caddy.Replacer) error {
 	b.proxy = proxy
 	if rp, ok := proxy.(*reverseproxy.Handler); ok {
 		b.cooldowns = newCooldowns(rp)
+		if rp.RequestBuffers == 0 {
+			rp.RequestBuffers = defaultRequestBuffers
+		}
 	}
 	switch b.BasePath {
 	case "":

@@ -11,6 +11,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddytest"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 )
 
 func parse(t *testing.T, input string) (*Handler, error) {
@@ -183,5 +184,20 @@ func TestResponsesOption(t *testing.T) {
 	}
 	if err := (&Handler{Backends: []*Backend{{Responses: "yes", ProxyRaw: []byte(`{"upstreams":[{"dial":"127.0.0.1:9"}]}`)}}}).Validate(); err == nil {
 		t.Error("responses \"yes\" in JSON passed validation")
+	}
+}
+
+// TestRequestBuffersDefault: a backend's proxy buffers small bodies
+// unless its config says otherwise, so Go's transport writes a small
+// request in one piece; a request_buffers of the config's own is kept.
+func TestRequestBuffersDefault(t *testing.T) {
+	for config, want := range map[string]int64{
+		"chat_gateway http://127.0.0.1:9":                                             defaultRequestBuffers,
+		"chat_gateway {\n backend http://127.0.0.1:9 {\n request_buffers 1MiB\n }\n}": 1 << 20,
+	} {
+		h := provisioned(t, config)
+		if got := h.Backends[0].proxy.(*reverseproxy.Handler).RequestBuffers; got != want {
+			t.Errorf("%q: request_buffers %d, want %d", config, got, want)
+		}
 	}
 }

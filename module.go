@@ -32,6 +32,11 @@ const (
 	// defaultUpstreamIdle is how long an idle upstream connection is
 	// kept: below the 5 s after which llama.cpp and uvicorn close theirs.
 	defaultUpstreamIdle = 4 * time.Second
+	// defaultRequestBuffers is a backend's request_buffers unless set:
+	// the proxy then hands a body of up to this size to Go's transport
+	// in memory, which writes it with the request's headers, where a
+	// body it has to read gets a write of its own after them.
+	defaultRequestBuffers = 4 << 10
 	// defaultFailDuration is how long a failed upstream of a backend with
 	// several stays down, unless fail_duration says otherwise.
 	defaultFailDuration = 30 * time.Second

@@ -41,6 +41,10 @@ var notForwarded = map[string]bool{
 	"Keep-Alive": true, "Proxy-Connection": true, "Proxy-Authorization": true, "Proxy-Authenticate": true, "Http2-Settings": true,
 	// The transport negotiates and decodes gzip itself.
 	"Accept-Encoding": true,
+	// The gateway reads the whole body before it sends any of it, so the
+	// request it sends is not incremental (and reverse_proxy refuses one
+	// that says it is with a 501 when it buffers bodies).
+	"Incremental": true,
 }
 
 // errNoUpgrade is what the gateway's writers answer a hijack with: no

@@ -114,6 +114,26 @@ func TestHopByHopNotForwarded(t *testing.T) {
 	}
 }
 
+// TestIncrementalRequestAnswered: a client that marks its request
+// "Incremental: ?1" is answered, with and without retry_on: the
+// gateway forwards a body it read whole, which reverse_proxy, buffering
+// it, would otherwise refuse with a 501.
+func TestIncrementalRequestAnswered(t *testing.T) {
+	be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, 200, `{"choices":[{"message":{"content":"x"}}]}`)
+	})
+	for _, cfg := range []string{"chat_gateway " + be.URL, "chat_gateway {\n\tbackend " + be.URL + " {\n\t\tretry_on 503\n\t}\n}"} {
+		g := newGateway(t, cfg)
+		resp, body := g.post(t, hello, "Incremental", "?1")
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: %d %s", cfg, resp.StatusCode, body)
+		}
+		if v := be.last(t).Header.Get("Incremental"); v != "" {
+			t.Errorf("%s: Incremental: %q forwarded upstream", cfg, v)
+		}
+	}
+}
+
 func TestUpstreamKeyRedactedEverywhere(t *testing.T) {
 	const key = "sk-upstream-secret-key-42"
 	t.Run("faultbackend quote_key", func(t *testing.T) {

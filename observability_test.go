@@ -1,12 +1,14 @@
 package chatgateway
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"reflect"
 	"regexp"
 	"strings"
 	"testing"
@@ -365,4 +367,47 @@ func FuzzBackendErrorText(f *testing.F) {
 			t.Fatalf("%q -> %q, want the message %q", body, text, e.Message)
 		}
 	})
+}
+
+// countingObject is a log field value that counts its encodings.
+type countingObject struct{ n *int }
+
+func (c countingObject) MarshalLogObject(enc zapcore.ObjectEncoder) error {
+	*c.n++
+	enc.AddString("method", "POST")
+	return nil
+}
+
+// TestLazyProxyFields: the fields reverse_proxy gives its logger With
+// are encoded only for an entry written at a level the log keeps, and
+// such an entry has them; a provisioned backend's proxy logs so.
+func TestLazyProxyFields(t *testing.T) {
+	var out bytes.Buffer
+	core := zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(&out), zapcore.InfoLevel)
+	logger := zap.New(core).WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core { return lazyCore{c} }))
+	encoded := 0
+	l := logger.With(zap.Object("request", countingObject{&encoded})).With(zap.String("upstream", "u"))
+	if c := l.Check(zapcore.DebugLevel, "upstream roundtrip"); c != nil || encoded != 0 {
+		t.Fatalf("a debug entry at info level: checked %v, fields encoded %d times", c != nil, encoded)
+	}
+	l.Info("handling response")
+	l.Info("response finalized")
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if encoded != 1 || len(lines) != 2 {
+		t.Fatalf("fields encoded %d times for %d entries, want once for 2", encoded, len(lines))
+	}
+	for _, line := range lines {
+		if !strings.Contains(line, `"request":{"method":"POST"},"upstream":"u"`) {
+			t.Fatalf("entry without the fields given With: %s", line)
+		}
+	}
+
+	be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, 200, `{"choices":[{"message":{"content":"x"}}]}`)
+	})
+	h := provisioned(t, "chat_gateway "+be.URL)
+	rp := reflect.ValueOf(h.Backends[0].proxy).Elem().FieldByName("logger")
+	if _, ok := (*zap.Logger)(rp.UnsafePointer()).Core().(lazyCore); !ok {
+		t.Fatal("the backend's reverse_proxy logger does not defer its fields: Caddy's Handler.logger moved?")
+	}
 }

@@ -57,17 +57,15 @@ var errNoUpgrade = errors.New("chat_gateway relays no protocol upgrade")
 // before its first content event, on the same backend when its retry_on
 // has "stream", and any backend failure on the backend's fallback.
 func (h *Handler) forward(x *exchange, rt route, body []byte) {
-	ctx := x.r.Context()
+	var deadline time.Time // the request's timeout: streams have none
 	if !x.req.Stream {
-		var stop context.CancelFunc
-		ctx, stop = context.WithTimeoutCause(ctx, time.Duration(h.Timeout), errTimeout)
-		defer stop()
+		deadline = time.Now().Add(time.Duration(h.Timeout))
 	}
 	var tried map[*Backend]bool // backends left for their fallback
 	streamRetries := 0
 	resent := false // sent again after a reused connection failed
 	for {
-		u, e := h.attempt(ctx, x, rt, body)
+		u, e := h.attempt(x, rt, body, deadline)
 		if e == nil {
 			return
 		}
@@ -117,10 +115,11 @@ type backendEndpoint interface {
 	upstream(b *Backend, model string, body []byte) (string, []byte, *openai.Error)
 }
 
-// attempt makes one try of the request on rt's backend. It returns nil
-// when a reply or a complete stream went to the client, else the error
-// to answer with, which has not been written unless u.out.started.
-func (h *Handler) attempt(parent context.Context, x *exchange, rt route, body []byte) (*upstreamWriter, *openai.Error) {
+// attempt makes one try of the request on rt's backend, by deadline if
+// it has one. It returns nil when a reply or a complete stream went to
+// the client, else the error to answer with, which has not been written
+// unless u.out.started.
+func (h *Handler) attempt(x *exchange, rt route, body []byte, deadline time.Time) (*upstreamWriter, *openai.Error) {
 	begin := time.Now()
 	b := rt.backend
 	model := x.req.Model
@@ -143,13 +142,13 @@ func (h *Handler) attempt(parent context.Context, x *exchange, rt route, body []
 		body = openai.SetMember(body, "stream_options", openai.SetMember(opts, "include_usage", []byte("true")))
 	}
 
-	ctx, cancel := context.WithCancelCause(parent)
+	ctx, cancel := context.WithCancelCause(x.r.Context())
 	defer cancel(nil)
-	u := &upstreamWriter{x: x, out: x.out, idle: time.Duration(h.IdleTimeout), began: begin, meta: x.meta("")}
+	u := &upstreamWriter{x: x, out: x.out, idle: time.Duration(h.IdleTimeout), began: begin, deadline: deadline, meta: x.meta("")}
 	if x.ep == openai.Embeddings {
 		u.limit = maxEmbeddingsReply
 	}
-	u.timer = time.AfterFunc(time.Duration(h.FirstTokenTimeout), func() { u.expired(cancel) })
+	u.timer = time.AfterFunc(u.within(time.Duration(h.FirstTokenTimeout)), func() { u.expired(cancel) })
 	defer u.stopTimer()
 
 	stopKeepalive := func() {}

@@ -428,6 +428,15 @@ func TestStreamTimeouts(t *testing.T) {
 			t.Fatalf("%d %s", resp.StatusCode, body)
 		}
 	})
+	t.Run("total timeout before the first token", func(t *testing.T) {
+		be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() })
+		g := newGateway(t, "chat_gateway "+be.URL+" {\n timeout 150ms\n first_token_timeout 1m\n}")
+		resp, body := g.post(t, hello)
+		if e := apiError(t, body); resp.StatusCode != 504 || e["code"] != "timeout" {
+			t.Fatalf("%d %s", resp.StatusCode, body)
+		}
+		be.waitCancelled(t)
+	})
 	t.Run("idle", func(t *testing.T) {
 		be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
 			startSSE(w)

@@ -92,11 +92,12 @@ func (h *Handler) newExchange(w http.ResponseWriter, r *http.Request, ep openai.
 		x.repl = caddy.NewReplacer()
 	}
 	x.repl.Set("http.chat_gateway.request_id", x.id)
-	w.Header().Set("X-Request-ID", x.id)
+	hdr := w.Header()
+	hdr["X-Request-Id"] = []string{x.id} // canonical: Set would allocate the name
 	if es, ok := ep.(errorShaper); ok {
 		// The Anthropic API's errors, and its request id header.
 		x.errorJSON = es.errorJSON
-		w.Header().Set("Request-Id", x.id)
+		hdr["Request-Id"] = []string{x.id}
 	}
 	if extra := extraLogFields(r); extra != nil && accessLogged(r) {
 		extra.Add(zap.String("request_id", x.id))

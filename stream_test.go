@@ -504,3 +504,14 @@ func TestStreamKeepalive(t *testing.T) {
 		t.Fatalf("%d %s", resp2.StatusCode, body)
 	}
 }
+
+func TestIsEventStream(t *testing.T) {
+	for ct, want := range map[string]bool{
+		"text/event-stream": true, "text/event-stream; charset=utf-8": true, "Text/Event-Stream ;charset=UTF-8": true,
+		"application/json": false, "": false, "text/event-streams": false, "text/plain; x=text/event-stream": false,
+	} {
+		if got := isEventStream(ct); got != want {
+			t.Errorf("isEventStream(%q) = %v", ct, got)
+		}
+	}
+}

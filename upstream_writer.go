@@ -8,7 +8,6 @@ package chatgateway
 import (
 	"context"
 	"errors"
-	"mime"
 	"net/http"
 	"slices"
 	"strings"
@@ -361,7 +360,10 @@ func (h *Handler) upstreamRateLimitPrefix() string {
 	return "X-Ratelimit-"
 }
 
+// isEventStream reports whether a Content-Type is text/event-stream,
+// whatever its parameters: the media type alone, as mime.ParseMediaType
+// reads it, without the map of parameters it allocates.
 func isEventStream(contentType string) bool {
-	mt, _, _ := mime.ParseMediaType(contentType)
-	return mt == "text/event-stream"
+	mt, _, _ := strings.Cut(contentType, ";")
+	return strings.EqualFold(strings.TrimSpace(mt), "text/event-stream")
 }

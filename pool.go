@@ -46,3 +46,36 @@ func putBox(b *[]byte) {
 		bodyPools[k].Put(b)
 	}
 }
+
+// eventBuffer is a stream's buffer of framed events, taken from the pool
+// when the first is appended and given back once they are sent: a
+// stream that waits for its backend holds none, and one that streams
+// allocates none. It remembers its largest extent, so bursts do not
+// regrow it.
+type eventBuffer struct {
+	buf   []byte  // the events; its array is *box's
+	box   *[]byte // the pooled buffer, while held
+	burst int     // the most held at once, to size the next buffer
+}
+
+// bytes returns the buffer to append to, pooled on first use.
+func (e *eventBuffer) bytes() []byte {
+	if e.box == nil {
+		e.box = getBox(max(minPooled, e.burst))
+		e.buf = *e.box
+	}
+	return e.buf
+}
+
+// giveBack returns the pooled buffer, b being its latest extent (nil
+// for the one bytes returned).
+func (e *eventBuffer) giveBack(b []byte) {
+	if e.box != nil {
+		if b != nil {
+			*e.box = b
+			e.burst = max(e.burst, len(b))
+		}
+		putBox(e.box)
+		e.box, e.buf = nil, nil
+	}
+}

@@ -77,12 +77,12 @@ func (u *upstreamWriter) onEvent(ev sse.Event) error {
 		return nil
 	}
 	begin := time.Now()
-	n := len(u.held)
-	var err error
-	u.held, err = u.st.Event(u.held, ev.Type, ev.Data)
+	held := u.held.bytes()
+	n := len(held)
+	held, err := u.st.Event(held, ev.Type, ev.Data)
 	u.x.gw += time.Since(begin)
 	if err != nil {
-		u.held = u.held[:n]
+		u.held.buf = held[:n]
 		if e, ok := errors.AsType[*openai.Error](err); ok {
 			u.x.fromUpstream = true
 			u.failStream(u.x.h.redactError(e.FillDefaults(http.StatusBadGateway)))
@@ -91,11 +91,15 @@ func (u *upstreamWriter) onEvent(ev sse.Event) error {
 		}
 		return nil
 	}
-	if len(u.held) == n {
+	u.held.buf = held
+	if len(held) == n {
+		if n == 0 {
+			u.held.giveBack(nil)
+		}
 		return nil // nothing to send
 	}
 	if u.state == streamHolding {
-		if !u.out.started && !u.st.Content() && len(u.held) < maxHeld {
+		if !u.out.started && !u.st.Content() && len(held) < maxHeld {
 			// Until content flows, the attempt can still be retried:
 			// hold the role chunk and its like.
 			return nil
@@ -106,11 +110,11 @@ func (u *upstreamWriter) onEvent(ev sse.Event) error {
 		u.x.markFirstToken()
 	}
 	if !u.out.started {
-		err = u.out.event(u.held) // the first: headers and events go out at once
+		err = u.out.event(held) // the first: headers and events go out at once
 	} else {
-		u.out.queue(u.held)
+		u.out.queue(held)
 	}
-	u.held = u.held[:0]
+	u.held.giveBack(held)
 	return err
 }
 

@@ -8,14 +8,12 @@ import (
 // sseWriter writes a Server-Sent Events reply to the client, one
 // flushed event at a time.
 type sseWriter struct {
-	mu      sync.Mutex // keep-alive comments come from another goroutine
-	w       http.ResponseWriter
-	rc      *http.ResponseController
-	buf     []byte  // events queued; its array is *box's
-	box     *[]byte // the pooled buffer, while held
-	burst   int     // the most written at once, to size the next buffer
-	started bool
-	err     error // the first write error: the client is gone
+	mu          sync.Mutex // keep-alive comments come from another goroutine
+	w           http.ResponseWriter
+	rc          *http.ResponseController
+	eventBuffer // events queued
+	started     bool
+	err         error // the first write error: the client is gone
 }
 
 func newSSEWriter(w http.ResponseWriter) *sseWriter {
@@ -51,7 +49,7 @@ func (s *sseWriter) editHeader(edit func(http.Header)) {
 func (s *sseWriter) event(ev []byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.write(append(s.buffer(), ev...))
+	return s.write(append(s.bytes(), ev...))
 }
 
 // release gives back a buffer still held (events queued but never sent);
@@ -59,31 +57,7 @@ func (s *sseWriter) event(ev []byte) error {
 func (s *sseWriter) release() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.putBack(nil)
-}
-
-// buffer returns the buffer to append to, pooled on first use: with a
-// fast backend one read holds many events, and a buffer grown from
-// nothing on every request was most of a stream's garbage. It holds
-// the stream's largest burst so far, so bursts do not regrow it.
-func (s *sseWriter) buffer() []byte {
-	if s.box == nil {
-		s.box = getBox(max(minPooled, s.burst))
-		s.buf = *s.box
-	}
-	return s.buf
-}
-
-// putBack returns the pooled buffer, b being its latest extent.
-func (s *sseWriter) putBack(b []byte) {
-	if s.box != nil {
-		if b != nil {
-			*s.box = b
-			s.burst = max(s.burst, len(b))
-		}
-		putBox(s.box)
-		s.box, s.buf = nil, nil
-	}
+	s.giveBack(nil)
 }
 
 // queue adds framed events to go out with the next send or event:
@@ -91,7 +65,7 @@ func (s *sseWriter) putBack(b []byte) {
 // write.
 func (s *sseWriter) queue(evs []byte) {
 	s.mu.Lock()
-	s.buf = append(s.buffer(), evs...)
+	s.buf = append(s.bytes(), evs...)
 	s.mu.Unlock()
 }
 
@@ -109,14 +83,14 @@ func (s *sseWriter) send() error {
 func (s *sseWriter) comment(text string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.write(append(append(append(s.buffer(), ": "...), text...), "\n\n"...))
+	return s.write(append(append(append(s.bytes(), ": "...), text...), "\n\n"...))
 }
 
 // write writes b (the buffer with what was queued) and flushes. The
 // buffer goes back to the pool until the next event, so an idle stream
 // holds none.
 func (s *sseWriter) write(b []byte) error {
-	defer s.putBack(b)
+	defer s.giveBack(b)
 	s.start()
 	if s.err != nil {
 		return s.err

@@ -58,7 +58,7 @@ type upstreamWriter struct {
 	meta   openai.Meta
 	parser sse.Parser
 	st     openai.EventStream // the endpoint's normalizer of this stream
-	held   []byte             // framed events held before the first content
+	held   eventBuffer        // framed events held before the first content, or being sent
 	failed *openai.Error      // the error event sent
 	js     *replyStream       // the reply normalized as it arrives (replyStreaming)
 	// staleConn is set when the attempt failed on a reused connection
@@ -225,8 +225,8 @@ func (u *upstreamWriter) settle(ctx context.Context, proxyErr error, aborted boo
 			return u.failed
 		}
 		x.status = http.StatusOK
-		if len(u.held) > 0 {
-			u.out.queue(u.held)
+		if len(u.held.buf) > 0 {
+			u.out.queue(u.held.buf)
 		}
 		if u.st.Finish(x.req.IncludeUsage, u.out.event) != nil {
 			x.outcome, x.status = outcomeClientCancelled, openai.StatusClientClosedRequest
@@ -280,6 +280,12 @@ func (u *upstreamWriter) reply() *openai.Error {
 		x.outcome, x.status = outcomeClientCancelled, openai.StatusClientClosedRequest
 	}
 	return nil
+}
+
+// release gives back the attempt's buffers.
+func (u *upstreamWriter) release() {
+	u.replyBuffer.release()
+	u.held.giveBack(nil)
 }
 
 // started reports whether anything went to the client: from then on the

@@ -3,7 +3,6 @@ package openai
 import (
 	"errors"
 	"strconv"
-	"sync"
 
 	"github.com/chatgateway/caddy-chat-gateway/internal/jsonwalk"
 )
@@ -52,27 +51,13 @@ func AppendNormalizedCompletion(dst, body []byte, m Meta) ([]byte, Reply, error)
 	return normalizeReply(dst, body, m, "chat.completion", appendChoice)
 }
 
-// replyParts keeps the parts of replies for the next reply: a reply is
-// read once, where a stream reuses its own from chunk to chunk.
-var replyParts = sync.Pool{New: func() any {
-	return &chunkParts{top: make([]span, 0, 12), choices: make([]choiceSpan, 0, 4), fields: make([]span, 0, 12)}
-}}
-
 // normalizeReply normalizes a reply with choices, as AppendNormalizedCompletion
 // describes, stamping it with object kind and writing each choice with
 // choice, which adds what it learns to rep.
 func normalizeReply(dst, body []byte, m Meta, kind string, choice func(dst []byte, pos int, fields []span, rep *Reply) []byte) ([]byte, Reply, error) {
 	var rep Reply
-	kept := replyParts.Get().(*chunkParts)
-	parts, ok := collectChunk(body, kept.reuse())
-	defer func() {
-		// Emptied, so that the pool holds on to no reply's bytes.
-		clear(parts.top)
-		clear(parts.choices)
-		clear(parts.fields)
-		*kept = parts
-		replyParts.Put(kept)
-	}()
+	parts, ok := collectPooled(body)
+	defer parts.release()
 	if !ok {
 		return dst, rep, ErrInvalidReply
 	}

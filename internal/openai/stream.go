@@ -41,10 +41,8 @@ func (s *Stream) AppendChunk(dst, data []byte) ([]byte, error) {
 }
 
 // chunkReader is what chat and completions streams keep to normalize
-// their chunks: the usage seen, the parts of the latest chunk, and its
-// shape.
+// their chunks: the usage seen, and the shape of the latest chunk.
 type chunkReader struct {
-	parts    chunkParts
 	shape    chunkShape
 	texts    []span // the texts of the choice copied as it came, when copied is set
 	copied   bool
@@ -76,8 +74,8 @@ func (r *chunkReader) normalize(dst, data []byte, m *Meta, kind string, w choice
 		return out, nil
 	}
 	r.shape.clear() // what it wrote may depend on m, which may change
-	parts, ok := collectChunk(data, r.parts.reuse())
-	r.parts = parts
+	parts, ok := collectPooled(data)
+	defer parts.release()
 	if !ok {
 		return dst, ErrInvalidReply
 	}

@@ -318,9 +318,14 @@ func globMatch(pattern, s string) bool {
 }
 
 // identity names who a request is from: the value of per, else the
-// client IP.
-func (l *Limits) identity(r *http.Request, repl *caddy.Replacer) string {
-	if id := repl.ReplaceAll(l.Per, ""); id != "" {
+// client IP. The default per is {http.auth.user.id}, which identify
+// copied to x.keyID: it is read from there, not parsed each time.
+func (l *Limits) identity(x *exchange) string {
+	if l.Per == defaultLimitsPer && x.keyID != "" {
+		return x.keyID
+	}
+	r := x.r
+	if id := x.repl.ReplaceAll(l.Per, ""); id != "" {
 		return id
 	}
 	if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok && ip != "" {
@@ -357,7 +362,7 @@ func (l *Limits) admit(x *exchange) bool {
 	if x.key != nil {
 		own = x.h.keyLimits[x.key.Index]
 	}
-	dims := l.dimensions(l.identity(x.r, x.repl), own, x.req.Model)
+	dims := l.dimensions(l.identity(x), own, x.req.Model)
 	if len(dims) == 0 {
 		return true
 	}

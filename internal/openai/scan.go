@@ -233,9 +233,8 @@ type choiceSpan struct {
 func (p *chunkParts) fieldsOf(c choiceSpan) []span { return p.fields[c.start:c.end] }
 
 // pooledParts keeps chunkParts for the next chunk or reply read in
-// full: each is read once, and parts grown from nothing for each cost a
-// stream about 1.4 KB of garbage, and kept with the stream, memory while
-// it waits.
+// full: parts grown from nothing cost each stream about 1.4 KB of
+// garbage, then that much memory for as long as the stream lasted.
 var pooledParts = sync.Pool{New: func() any {
 	return &chunkParts{top: make([]span, 0, 12), choices: make([]choiceSpan, 0, 4), fields: make([]span, 0, 12)}
 }}

@@ -178,12 +178,21 @@ func (b *Backend) provision(ctx caddy.Context, repl *caddy.Replacer) error {
 // the loading of the next, and sees the next proxy as its module. Caddy
 // gives no way to copy a Context's lineage, hence the reflection.
 func clipLineage(ctx caddy.Context) caddy.Context {
-	f := reflect.ValueOf(&ctx).Elem().FieldByName("ancestry")
-	if f.IsValid() && f.Type() == reflect.TypeFor[[]caddy.Module]() {
-		lineage := (*[]caddy.Module)(unsafe.Pointer(f.UnsafeAddr()))
+	if lineage := unexported[[]caddy.Module](reflect.ValueOf(&ctx).Elem(), "ancestry"); lineage != nil {
 		*lineage = slices.Clip(*lineage)
 	}
 	return ctx
+}
+
+// unexported returns a pointer to the unexported field name of the
+// addressable struct v, or nil if v has no such field of type T (another
+// Caddy release): what the gateway adjusts in Caddy's own types.
+func unexported[T any](v reflect.Value, name string) *T {
+	f := v.FieldByName(name)
+	if !f.IsValid() || f.Type() != reflect.TypeFor[T]() {
+		return nil
+	}
+	return (*T)(unsafe.Pointer(f.UnsafeAddr()))
 }
 
 // lazyFields makes the fields that rp's logger is given With encoded
@@ -193,12 +202,7 @@ func clipLineage(ctx caddy.Context) caddy.Context {
 // request's CPU, with nothing logged. The logger is unexported, hence
 // the reflection; without it (another Caddy), nothing changes.
 func lazyFields(rp *reverseproxy.Handler) {
-	f := reflect.ValueOf(rp).Elem().FieldByName("logger")
-	if !f.IsValid() || f.Type() != reflect.TypeFor[*zap.Logger]() {
-		return
-	}
-	logger := (**zap.Logger)(unsafe.Pointer(f.UnsafeAddr()))
-	if *logger != nil {
+	if logger := unexported[*zap.Logger](reflect.ValueOf(rp).Elem(), "logger"); logger != nil && *logger != nil {
 		*logger = (*logger).WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core { return lazyCore{c} }))
 	}
 }

@@ -406,8 +406,11 @@ func TestLazyProxyFields(t *testing.T) {
 		writeJSON(w, 200, `{"choices":[{"message":{"content":"x"}}]}`)
 	})
 	h := provisioned(t, "chat_gateway "+be.URL)
-	rp := reflect.ValueOf(h.Backends[0].proxy).Elem().FieldByName("logger")
-	if _, ok := (*zap.Logger)(rp.UnsafePointer()).Core().(lazyCore); !ok {
+	proxyLogger := unexported[*zap.Logger](reflect.ValueOf(h.Backends[0].proxy).Elem(), "logger")
+	if proxyLogger == nil {
+		t.Fatal("Caddy's reverseproxy.Handler has no logger field of type *zap.Logger: lazyFields does nothing")
+	}
+	if _, ok := (*proxyLogger).Core().(lazyCore); !ok {
 		t.Fatal("the backend's reverse_proxy logger does not defer its fields: Caddy's Handler.logger moved?")
 	}
 }

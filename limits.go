@@ -324,17 +324,16 @@ func (l *Limits) identity(x *exchange) string {
 	if l.Per == defaultLimitsPer && x.keyID != "" {
 		return x.keyID
 	}
-	r := x.r
 	if id := x.repl.ReplaceAll(l.Per, ""); id != "" {
 		return id
 	}
-	if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok && ip != "" {
+	if ip, ok := caddyhttp.GetVar(x.r.Context(), caddyhttp.ClientIPVarKey).(string); ok && ip != "" {
 		return ip
 	}
-	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+	if host, _, err := net.SplitHostPort(x.r.RemoteAddr); err == nil {
 		return host
 	}
-	return r.RemoteAddr
+	return x.r.RemoteAddr
 }
 
 // reserveTokens is what a request reserves: its prompt estimate plus the

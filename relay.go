@@ -71,7 +71,7 @@ func (u *upstreamWriter) onEvent(ev sse.Event) error {
 		u.firstMu.Lock() // a keep-alive being written ends first
 		u.firstEvent.Store(true)
 		u.firstMu.Unlock()
-		u.timer.Reset(u.within(u.idle))
+		u.arm(u.idle)
 	}
 	if u.state == streamEnded {
 		return nil

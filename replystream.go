@@ -48,7 +48,7 @@ func (u *upstreamWriter) streamReply(rs openai.ReplyStreamer) {
 	u.js = &replyStream{u: u}
 	u.js.rw = rs.NewReplyWriter(u.js, u.meta)
 	u.firstEvent.Store(true)
-	u.timer.Reset(u.within(u.idle))
+	u.arm(u.idle)
 }
 
 // feed passes one read of the backend's reply to the normalizer, within

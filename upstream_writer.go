@@ -93,10 +93,10 @@ func (u *upstreamWriter) expired(cancel context.CancelCauseFunc) {
 	case !u.firstEvent.Load():
 		cancel(errFirstTokenTimeout)
 	case u.writing.Load():
-		u.timer.Reset(u.within(u.idle))
+		u.arm(u.idle)
 	default:
 		if silent := time.Since(u.began) - time.Duration(u.lastRead.Load()); silent < u.idle {
-			u.timer.Reset(u.within(u.idle - silent))
+			u.arm(u.idle - silent)
 			return
 		}
 		cancel(errIdleTimeout)
@@ -112,6 +112,10 @@ func (u *upstreamWriter) within(d time.Duration) time.Duration {
 	}
 	return d
 }
+
+// arm sets the timer to fire in d, or at the deadline if that comes
+// first.
+func (u *upstreamWriter) arm(d time.Duration) { u.timer.Reset(u.within(d)) }
 
 // stopTimer ends the attempt's deadlines.
 func (u *upstreamWriter) stopTimer() {
@@ -140,13 +144,13 @@ func (u *upstreamWriter) WriteHeader(code int) {
 		if !u.x.req.Stream {
 			// The headers of a non-streamed reply are its first sign of
 			// life; from here the request's own timeout applies.
-			u.timer.Reset(time.Until(u.deadline))
+			u.arm(time.Until(u.deadline))
 			return
 		}
 		// A JSON answer to a streaming request: streams have no total
 		// deadline, so its body is bounded by idle_timeout.
 		u.firstEvent.Store(true)
-		u.timer.Reset(u.idle)
+		u.arm(u.idle)
 		return
 	}
 	// The client's headers wait for the first event, so a backend that

@@ -99,7 +99,6 @@ func (h *Handler) identify(x *exchange) bool {
 	if h.keys == nil {
 		if id, _ := x.repl.GetString("http.auth.user.id"); id != "" {
 			x.keyID = id
-			x.repl.Set("http.chat_gateway.key_id", id)
 		}
 		return true
 	}
@@ -115,7 +114,6 @@ func (h *Handler) identify(x *exchange) bool {
 	}
 	x.key, x.keyID = k, k.ID
 	x.repl.Set("http.auth.user.id", k.ID)
-	x.repl.Set("http.chat_gateway.key_id", k.ID)
 	return true
 }
 

@@ -49,13 +49,14 @@ type exchange struct {
 	code         string // the error code sent, if any
 	usage        openai.Usage
 	finishReason string
-	out          *sseWriter // the client's stream, if the reply is one
-	bodyRead     bool       // the request body was read to its end
-	published    bool       // the placeholders are final
-	body         body       // the request body's buffer
-	retries      int        // further attempts after the first
-	key          *keys.Key  // the client's key, with an auth block
-	keyID        string     // the caller's identity, if known
+	out          *sseWriter        // the client's stream, if the reply is one
+	bodyRead     bool              // the request body was read to its end
+	published    bool              // the placeholders are final
+	final        finalPlaceholders // their values, once published
+	body         body              // the request body's buffer
+	retries      int               // further attempts after the first
+	key          *keys.Key         // the client's key, with an auth block
+	keyID        string            // the caller's identity, if known
 
 	ttft         time.Duration // to the first content sent, 0 if none
 	gw           time.Duration // time in the gateway's own work, for overhead_seconds
@@ -91,7 +92,7 @@ func (h *Handler) newExchange(w http.ResponseWriter, r *http.Request, ep openai.
 	if x.repl == nil {
 		x.repl = caddy.NewReplacer()
 	}
-	x.repl.Set("http.chat_gateway.request_id", x.id)
+	x.repl.Map(x.placeholder)
 	hdr := w.Header()
 	hdr["X-Request-Id"] = []string{x.id} // canonical: Set would allocate the name
 	if es, ok := ep.(errorShaper); ok {
@@ -196,7 +197,6 @@ func (x *exchange) noteError(e *openai.Error) {
 
 func (x *exchange) writeJSON(status int, body []byte) {
 	x.publish()
-	x.published = true
 	hdr := x.w.Header()
 	if x.upstreamTime > 0 && status == http.StatusOK {
 		hdr["Server-Timing"] = []string{x.serverTiming()}
@@ -237,22 +237,57 @@ func (x *exchange) overhead() time.Duration {
 	return x.gw
 }
 
-// publish sets the placeholders from what is known so far; once a reply
-// has been written they do not change.
+// finalPlaceholders are the {http.chat_gateway.*} values known only
+// once the reply starts: they do not change after that.
+type finalPlaceholders struct {
+	outcome  string
+	upstream string // "" if no backend answered
+	usage    openai.Usage
+	ttft     time.Duration
+}
+
+// publish fixes the placeholders' final values from what is known so
+// far; once a reply has been written they do not change.
 func (x *exchange) publish() {
 	if x.published {
 		return
 	}
-	x.repl.Set("http.chat_gateway.outcome", x.outcome)
-	if x.req == nil {
-		return
+	x.published = true
+	x.final = finalPlaceholders{outcome: x.outcome, usage: x.usage, ttft: x.ttft}
+	if x.req != nil {
+		x.final.upstream, _ = x.repl.GetString("http.reverse_proxy.upstream.hostport")
 	}
-	if up, ok := x.repl.GetString("http.reverse_proxy.upstream.hostport"); ok {
-		x.repl.Set("http.chat_gateway.upstream", up)
+}
+
+// placeholder provides {http.chat_gateway.*} to the request's Replacer,
+// each value once it is known. A provider costs nothing until a
+// placeholder is read, where Replacer.Set would cost a map entry (and
+// an allocation) for each, on every request.
+func (x *exchange) placeholder(key string) (any, bool) {
+	name, ok := strings.CutPrefix(key, "http.chat_gateway.")
+	if !ok {
+		return nil, false
 	}
-	x.repl.Set("http.chat_gateway.prompt_tokens", x.usage.PromptTokens)
-	x.repl.Set("http.chat_gateway.completion_tokens", x.usage.CompletionTokens)
-	x.repl.Set("http.chat_gateway.ttft", x.ttft.Seconds())
+	final, decoded := x.published, x.req != nil
+	switch name {
+	case "request_id":
+		return x.id, true
+	case "key_id":
+		return x.keyID, x.keyID != ""
+	case "model":
+		return x.model, decoded
+	case "outcome":
+		return x.final.outcome, final
+	case "upstream":
+		return x.final.upstream, x.final.upstream != ""
+	case "prompt_tokens":
+		return x.final.usage.PromptTokens, final && decoded
+	case "completion_tokens":
+		return x.final.usage.CompletionTokens, final && decoded
+	case "ttft":
+		return x.final.ttft.Seconds(), final && decoded
+	}
+	return nil, false
 }
 
 // finish records how the request ended, in the metrics, the access
@@ -279,7 +314,7 @@ func (x *exchange) finish() {
 		summary.decoded = true
 		summary.model, summary.stream, summary.finishReason = x.model, x.req.Stream, x.finishReason
 		summary.usage, summary.ttft, summary.retries = x.usage, x.ttft, x.retries
-		summary.upstream, _ = x.repl.GetString("http.chat_gateway.upstream")
+		summary.upstream = x.final.upstream
 		if x.h.LogSizes {
 			summary.sizes = true
 			summary.promptBytes, summary.completionBytes = x.req.PromptBytes, x.completionBytes

@@ -98,7 +98,6 @@ func (h *Handler) serveEndpoint(x *exchange, ep openai.Endpoint) {
 	}
 	x.req = req
 	x.model = req.Model
-	x.repl.Set("http.chat_gateway.model", req.Model)
 	if !x.allowed(req.Model) {
 		x.fail(openai.ModelNotFound(req.Model))
 		return

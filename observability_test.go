@@ -171,6 +171,70 @@ func TestLogFieldsAndPlaceholders(t *testing.T) {
 	}
 }
 
+// TestPlaceholderValues: each {http.chat_gateway.*} placeholder is
+// known once its value is, and the final ones keep the values they had
+// when the reply started.
+func TestPlaceholderValues(t *testing.T) {
+	h := provisioned(t, "chat_gateway")
+	get := func(repl *caddy.Replacer, name string) any {
+		v, ok := repl.Get("http.chat_gateway." + name)
+		if !ok {
+			return "unknown"
+		}
+		return v
+	}
+	req := httptest.NewRequest("POST", "/v1/chat/completions", strings.NewReader(hello))
+	req.Header.Set("X-Request-Id", "ph-1")
+	w, repl := serve(t, h, req)
+	if w.Code != 200 {
+		t.Fatalf("%d %s", w.Code, w.Body)
+	}
+	var reply struct {
+		Usage struct {
+			PromptTokens     int64 `json:"prompt_tokens"`
+			CompletionTokens int64 `json:"completion_tokens"`
+		}
+	}
+	if err := json.Unmarshal(w.Body.Bytes(), &reply); err != nil || reply.Usage.CompletionTokens == 0 {
+		t.Fatalf("usage of %s: %v", w.Body, err)
+	}
+	want := map[string]any{"request_id": "ph-1", "model": "m", "outcome": "ok", "key_id": "unknown", "upstream": "unknown",
+		"prompt_tokens": reply.Usage.PromptTokens, "completion_tokens": reply.Usage.CompletionTokens}
+	for name, v := range want {
+		if got := get(repl, name); got != v {
+			t.Errorf("%s = %#v, want %#v", name, got, v)
+		}
+	}
+	if ttft, ok := get(repl, "ttft").(float64); !ok || ttft < 0 {
+		t.Errorf("ttft = %#v", get(repl, "ttft"))
+	}
+
+	_, repl = serve(t, h, httptest.NewRequest("POST", "/v1/chat/completions", strings.NewReader("{")))
+	for name, v := range map[string]any{"outcome": "client_error", "model": "unknown", "prompt_tokens": "unknown", "ttft": "unknown"} {
+		if got := get(repl, name); got != v {
+			t.Errorf("undecoded request: %s = %#v, want %#v", name, got, v)
+		}
+	}
+
+	repl = caddy.NewReplacer()
+	r := caddyhttp.PrepareRequest(httptest.NewRequest("POST", "/v1/chat/completions", nil), repl, httptest.NewRecorder(), &caddyhttp.Server{})
+	x := h.newExchange(httptest.NewRecorder(), r, openai.ChatCompletions)
+	if got := get(repl, "outcome"); got != "unknown" {
+		t.Errorf("outcome before the reply = %#v", got)
+	}
+	x.req, x.model = &openai.Request{}, "m"
+	x.usage.CompletionTokens = 3
+	x.publish()
+	x.outcome, x.usage.CompletionTokens = outcomeClientCancelled, 9
+	x.publish()
+	if got := get(repl, "outcome"); got != "ok" {
+		t.Errorf("outcome after a change that followed the reply = %#v", got)
+	}
+	if got := get(repl, "completion_tokens"); got != int64(3) {
+		t.Errorf("completion_tokens after a change that followed the reply = %#v", got)
+	}
+}
+
 // TestTraceContext: with Caddy's tracing directive, the backend request
 // carries the gateway's span of the client's trace.
 func TestTraceContext(t *testing.T) {

@@ -156,7 +156,7 @@ func TestAuthRejects(t *testing.T) {
 	incorrect := func(hint string) string {
 		return `{"error":{"message":"Incorrect API key provided: ` + hint + `.","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}`
 	}
-	missing := `{"error":{"message":"You didn't provide an API key. Send it as Authorization: Bearer \u003ckey\u003e, x-api-key: \u003ckey\u003e or api-key: \u003ckey\u003e.","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}`
+	missing := `{"error":{"message":"You didn't provide an API key. Send it as Authorization: Bearer <key>, x-api-key: <key> or api-key: <key>.","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}`
 	tests := []struct {
 		name, path, form, key, want string
 	}{

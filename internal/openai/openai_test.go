@@ -228,6 +228,48 @@ func TestStreamEstimate(t *testing.T) {
 
 // FuzzChatRequest checks the request decoder against encoding/json: it
 // accepts exactly the valid JSON, and reads the same values.
+// FuzzErrorJSON: the hand-written error JSON is valid and says what
+// encoding/json would: the same members, in the same order, with the
+// same values (invalid UTF-8 replaced alike).
+func FuzzErrorJSON(f *testing.F) {
+	f.Add("Rate limit reached for alice on requests per 1m: Limit 60, Used 60.", "requests", "model", "rate_limit_exceeded")
+	f.Add("quote \" back\\ slash <html> & \u2028 \x00 \xff é", "", "", "")
+	f.Fuzz(func(t *testing.T, message, typ, param, code string) {
+		got := (&Error{Message: message, Type: typ, Param: param, Code: code}).JSON()
+		opt := func(s string) *string {
+			if s == "" {
+				return nil
+			}
+			return &s
+		}
+		want, err := json.Marshal(map[string]any{"error": struct {
+			Message string  `json:"message"`
+			Type    string  `json:"type"`
+			Param   *string `json:"param"`
+			Code    *string `json:"code"`
+		}{message, typ, opt(param), opt(code)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !json.Valid(got) {
+			t.Fatalf("invalid JSON %q", got)
+		}
+		var g, w any
+		if err := json.Unmarshal(got, &g); err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal(want, &w); err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(g, w) {
+			t.Fatalf("got %s\nwant %s", got, want)
+		}
+		if !bytes.HasPrefix(got, []byte(`{"error":{"message":`)) {
+			t.Fatalf("members out of order: %s", got)
+		}
+	})
+}
+
 func FuzzChatRequest(f *testing.F) {
 	f.Add([]byte(`{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"x"}]}],"stream":true}`))
 	f.Add([]byte(`{"messages":[{"role":"user","content":"hi\u00e9\n"}],"stream_options":{"include_usage":true}}`))

@@ -226,11 +226,9 @@ func TestStreamEstimate(t *testing.T) {
 	}
 }
 
-// FuzzChatRequest checks the request decoder against encoding/json: it
-// accepts exactly the valid JSON, and reads the same values.
 // FuzzErrorJSON: the hand-written error JSON is valid and says what
-// encoding/json would: the same members, in the same order, with the
-// same values (invalid UTF-8 replaced alike).
+// encoding/json would: the same members with the same values (invalid
+// UTF-8 replaced alike), the message first.
 func FuzzErrorJSON(f *testing.F) {
 	f.Add("Rate limit reached for alice on requests per 1m: Limit 60, Used 60.", "requests", "model", "rate_limit_exceeded")
 	f.Add("quote \" back\\ slash <html> & \u2028 \x00 \xff é", "", "", "")
@@ -265,11 +263,13 @@ func FuzzErrorJSON(f *testing.F) {
 			t.Fatalf("got %s\nwant %s", got, want)
 		}
 		if !bytes.HasPrefix(got, []byte(`{"error":{"message":`)) {
-			t.Fatalf("members out of order: %s", got)
+			t.Fatalf("the message is not first: %s", got)
 		}
 	})
 }
 
+// FuzzChatRequest checks the request decoder against encoding/json: it
+// accepts exactly the valid JSON, and reads the same values.
 func FuzzChatRequest(f *testing.F) {
 	f.Add([]byte(`{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"x"}]}],"stream":true}`))
 	f.Add([]byte(`{"messages":[{"role":"user","content":"hi\u00e9\n"}],"stream_options":{"include_usage":true}}`))

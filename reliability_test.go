@@ -265,14 +265,17 @@ func waitFor(t *testing.T, ok func() bool) {
 }
 
 // TestHostileHeaders: request ids that cannot be reflected safely are
-// replaced; hop-by-hop headers do not cross the gateway either way.
+// replaced; hop-by-hop headers do not cross the gateway either way; the
+// backend's Date does.
 func TestHostileHeaders(t *testing.T) {
+	const backendDate = "Mon, 02 Jan 2006 15:04:05 GMT"
 	hop := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Connection", "X-Hop")
 		w.Header().Set("X-Hop", "1")
 		w.Header().Set("Keep-Alive", "timeout=5")
 		w.Header().Set("Set-Cookie", "backend=1")
 		w.Header().Set("X-Ratelimit-Remaining-Requests", "9")
+		w.Header().Set("Date", backendDate)
 		writeJSON(w, 200, `{"choices":[{"message":{"content":"x"}}]}`)
 	})
 	g := newGateway(t, "chat_gateway "+hop.URL+" {\n api_key "+faultKey+"\n}")
@@ -311,6 +314,9 @@ func TestHostileHeaders(t *testing.T) {
 	}
 	if resp.Header.Get("X-Ratelimit-Remaining-Requests") != "9" {
 		t.Error("rate-limit header lost")
+	}
+	if resp.Header.Get("Date") != backendDate {
+		t.Errorf("Date %q, want the backend's", resp.Header.Get("Date"))
 	}
 	up := hop.last(t).Header
 	for _, h := range []string{"X-Client-Hop", "Proxy-Authorization", "Te", "Upgrade"} {

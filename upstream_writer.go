@@ -336,7 +336,7 @@ func (u *upstreamWriter) fail(e *openai.Error) {
 func (h *Handler) passHeaders(dst, src http.Header) {
 	prefix := h.upstreamRateLimitPrefix()
 	for k, v := range src {
-		name, ok := k, k == "Retry-After" || k == "Date"
+		name, ok := k, passedVerbatim(k)
 		if rest, limit := strings.CutPrefix(k, "X-Ratelimit-"); limit {
 			name, ok = prefix+rest, true
 		}
@@ -353,11 +353,15 @@ func (h *Handler) passHeaders(dst, src http.Header) {
 	}
 }
 
+// passedVerbatim reports whether passHeaders copies the backend's header
+// k under its own name.
+func passedVerbatim(k string) bool { return k == "Retry-After" || k == "Date" }
+
 // clearPassedHeaders removes what passHeaders copied.
 func (h *Handler) clearPassedHeaders(hdr http.Header) {
 	prefix := h.upstreamRateLimitPrefix()
 	for k := range hdr {
-		if k == "Retry-After" || k == "Date" || strings.HasPrefix(k, prefix) {
+		if passedVerbatim(k) || strings.HasPrefix(k, prefix) {
 			delete(hdr, k)
 		}
 	}

@@ -156,9 +156,11 @@ type Limits struct {
 	// answers 503. Either way it is logged and counted. Default: allow.
 	OnStoreError string `json:"on_store_error,omitempty"`
 
-	clock    limits.Clock // nil: time.Now; tests set a fake one
+	clock    limits.Clock  // nil: time.Now; tests set a fake one
+	lease    time.Duration // 0: limits.DefaultLease; tests set a short one
 	set      limits.Set
 	models   []modelSet
+	store    limits.Store
 	limiter  *limits.Limiter
 	memory   bool   // the store is in memory: settling costs no I/O
 	poolKey  string // the store's key in limitStores
@@ -231,8 +233,8 @@ func (l *Limits) provision(ctx caddy.Context, repl *caddy.Replacer) error {
 	if err != nil {
 		return fmt.Errorf("opening the limits store: %w", err)
 	}
-	l.poolKey = key
-	l.limiter = limits.New(store.(limits.Store), l.clock, 0)
+	l.poolKey, l.store = key, store.(limits.Store)
+	l.limiter = limits.New(l.store, l.clock, l.lease)
 	return nil
 }
 

@@ -4,11 +4,13 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -451,5 +453,108 @@ func BenchmarkLimits(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestLimitsRedisPartition: under concurrent 1, a request that ends
+// while the gateway is cut off from Redis frees its slot once Redis
+// answers again (its settlement is sent again), not an hour later; and
+// a request that runs longer than the slot's lease keeps its slot, the
+// lease renewed as it runs.
+func TestLimitsRedisPartition(t *testing.T) {
+	srv := redistest.Start(t)
+	release := make(chan struct{})
+	be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		startSSE(w)
+		sseEvent(w, `{"choices":[{"index":0,"delta":{"content":"held"}}]}`)
+		select {
+		case <-release:
+		case <-r.Context().Done():
+			return
+		}
+		sseEvent(w, `{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}`)
+		sseEvent(w, "[DONE]")
+	})
+	g := redisGateway(t, be.URL, srv.Addr, "concurrent 1", "timeout 100ms")
+	held := `{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true}`
+	resp, err := http.DefaultClient.Do(g.request(held, "X-Team", "cut"))
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatal(resp, err)
+	}
+	defer resp.Body.Close()
+	if resp, body := g.post(t, chatWith(1, ""), "X-Team", "cut"); resp.StatusCode != 429 {
+		t.Fatalf("a second request under concurrent 1: %d %s", resp.StatusCode, body)
+	}
+
+	srv.Pause()
+	close(release)
+	if _, err := io.ReadAll(resp.Body); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !settleFailed(t, g) {
+		if time.Now().After(deadline) {
+			t.Fatal("the settlement did not fail with Redis paused")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(600 * time.Millisecond)
+	srv.Resume()
+	for {
+		resp, body := g.post(t, chatWith(1, ""), "X-Team", "cut")
+		if resp.StatusCode == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("30s after Redis came back: %d %s", resp.StatusCode, body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// settleFailed reports whether g logged a failed settlement.
+func settleFailed(t *testing.T, g *gateway) bool {
+	lines, _ := g.logs(t)
+	return slices.ContainsFunc(lines, func(l map[string]any) bool { return l["msg"] == "limits store failed" && l["op"] == "settle" })
+}
+
+// TestLimitsRedisLeaseRenewed: a request in flight renews its slot's
+// lease while it runs; the slot's score (when its lease ends) moves on.
+func TestLimitsRedisLeaseRenewed(t *testing.T) {
+	srv := redistest.Start(t)
+	prefix := "renew" + strconv.Itoa(freePort(t)) + ":"
+	h := limitedEcho(t, &Limits{LimitSet: LimitSet{Concurrent: 1}, Per: "{http.request.header.X-Team}", lease: 300 * time.Millisecond,
+		Redis: &RedisStore{Address: srv.Addr, KeyPrefix: prefix, Timeout: caddy.Duration(time.Second)}})
+	h.EchoDelay = caddy.Duration(50 * time.Millisecond)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		serveDirect(t, h, `{"messages":[{"role":"user","content":"`+strings.Repeat("word ", 40)+`"}],"stream":true}`, "renew")
+	}()
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer c.Close()
+	key := prefix + "{id:renew}:concurrent"
+	var scores []float64
+	for deadline := time.Now().Add(30 * time.Second); len(scores) < 3; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("lease ends seen: %v, want three, each later", scores)
+		}
+		z, err := c.ZRangeWithScores(context.Background(), key, 0, -1).Result()
+		if err != nil || len(z) != 1 {
+			continue
+		}
+		if len(scores) == 0 || z[0].Score > scores[len(scores)-1] {
+			scores = append(scores, z[0].Score)
+		}
+	}
+	<-done
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) { // settled off the request's path
+		n, err := c.ZCard(context.Background(), key).Result()
+		if err == nil && n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the request: %d slots held (%v)", n, err)
+		}
 	}
 }

@@ -148,8 +148,16 @@ type Store interface {
 	// the level of every step, unchanged.
 	reserve(ctx context.Context, p *plan) (denied int, levels []float64, err error)
 	// settle adds each step's amount (negative: a refund) and releases
-	// concurrency steps, without any check.
+	// concurrency steps, without any check. A store that can fail
+	// (Redis) retries a settlement it could not make, in order, until
+	// it can.
 	settle(ctx context.Context, p *plan) error
+	// renew extends the lease of p's concurrency steps that the store
+	// still holds to p's span from p's now.
+	renew(ctx context.Context, p *plan) error
+	// leases reports whether a concurrency slot expires unless renewed
+	// (a store the gateway may lose touch with: Redis).
+	leases() bool
 	// Close releases the store's resources.
 	Close() error
 }
@@ -188,14 +196,17 @@ type Limiter struct {
 	lease time.Duration
 }
 
-// DefaultLease is how long a request counts as in flight when its
-// reservation is never settled (a gateway that crashed): the Redis store
-// forgets it after that long.
-const DefaultLease = time.Hour
+// DefaultLease is how long a request holds a concurrency slot in Redis
+// without its lease being renewed: a reservation renews it every third
+// of the lease until it is settled, so a request that runs for hours
+// keeps its slot, while a slot whose gateway lost touch with Redis (a
+// partition, a crash) is freed within a lease.
+const DefaultLease = time.Minute
 
 // New returns a Limiter over store. A nil clock means time.Now. lease
 // bounds how long an unsettled request holds a concurrency slot in Redis
-// (0 means DefaultLease); Memory never loses a settlement, so it ignores it.
+// unless renewed (0 means DefaultLease); Memory never loses a
+// settlement, so it ignores it.
 func New(store Store, clock Clock, lease time.Duration) *Limiter {
 	if clock == nil {
 		clock = ClockFunc(time.Now)
@@ -257,6 +268,9 @@ type Reservation struct {
 	plan    plan
 	tokens  int64
 	settled atomic.Bool
+	// renewal renews the lease of the reservation's concurrency slots
+	// in a store that leases them, until it is settled.
+	renewal atomic.Pointer[time.Timer]
 }
 
 // Tokens returns the number of tokens reserved.
@@ -309,7 +323,47 @@ func (l *Limiter) Reserve(ctx context.Context, dims []Dimension, tokens int64) (
 		return Decision{Status: status, Denial: denial(dims[denied], p.steps[denied], levels[denied], now)}, nil
 	}
 	res := &Reservation{dims: slices.Clone(dims), plan: p, tokens: tokens}
+	if p.id != "" && l.store.leases() {
+		l.keepLeased(res)
+	}
 	return Decision{Reservation: res, Status: status}, nil
+}
+
+// keepLeased renews r's leases every third of the lease, off the
+// request's path, until r is settled. A renewal that fails is tried
+// again at the next: the slot lasts a lease past the last that worked.
+func (l *Limiter) keepLeased(r *Reservation) {
+	every := l.lease / 3
+	r.renewal.Store(time.AfterFunc(every, func() {
+		if r.settled.Load() {
+			return
+		}
+		_ = l.Renew(context.Background(), r)
+		if t := r.renewal.Load(); t != nil {
+			t.Reset(every)
+		}
+	}))
+}
+
+// Renew extends the lease of r's concurrency slots by the Limiter's
+// lease from now, unless r is settled. Reserve arranges it for stores
+// that lease slots; it is exported for tests of leases.
+func (l *Limiter) Renew(ctx context.Context, r *Reservation) error {
+	if r.settled.Load() {
+		return nil
+	}
+	p := plan{now: micros(l.clock.Now()), id: r.plan.id}
+	for i, d := range r.dims {
+		if d.Kind == KindConcurrent {
+			s := r.plan.steps[i]
+			s.span = float64(l.lease / time.Microsecond)
+			p.steps = append(p.steps, s)
+		}
+	}
+	if len(p.steps) == 0 {
+		return nil
+	}
+	return l.store.renew(ctx, &p)
 }
 
 // Reconcile charges the request's real usage, actualTokens, in place of
@@ -346,6 +400,9 @@ func (l *Limiter) Refund(ctx context.Context, r *Reservation) error {
 func (l *Limiter) settle(ctx context.Context, r *Reservation, delta func(Dimension) (float64, bool)) error {
 	if !r.settled.CompareAndSwap(false, true) {
 		return ErrSettled
+	}
+	if t := r.renewal.Load(); t != nil {
+		t.Stop()
 	}
 	now := l.clock.Now()
 	p := plan{now: micros(now), id: r.plan.id, steps: make([]step, 0, len(r.dims))}

@@ -102,6 +102,12 @@ func (m *Memory) settle(_ context.Context, p *plan) error {
 	return nil
 }
 
+// renew implements Store: a slot in memory lasts until it is settled.
+func (m *Memory) renew(context.Context, *plan) error { return nil }
+
+// leases implements Store: Memory never loses a settlement.
+func (m *Memory) leases() bool { return false }
+
 // level is the current level of step s's cell in shard sh (0 if none).
 func (m *Memory) level(sh int, p *plan, s step) float64 {
 	c := m.shards[sh].cells[s.key]

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -63,13 +64,45 @@ type Redis struct {
 	client  *redis.Client
 	prefix  string
 	timeout time.Duration
+	retry   retryQueue
 }
 
 // The scripts, hashed once; Run sends EVALSHA and falls back to EVAL.
 var (
 	reserveLua = redis.NewScript(reserveScript)
 	settleLua  = redis.NewScript(settleScript)
+	renewLua   = redis.NewScript(renewScript)
 )
+
+// Settlements the server did not take are kept and sent again, in
+// order, until it takes them: a refund, a charge or the release of a
+// concurrency slot lost to a network cut would otherwise count against
+// the client (a slot until its lease ends). The queue holds at most
+// maxPending settlements, each for at most maxRetryAge; the oldest go
+// first when it is full.
+const (
+	maxPending  = 10000
+	maxRetryAge = 10 * time.Minute
+	// retryBackoff and maxRetryBackoff space the attempts while the
+	// server does not answer.
+	retryBackoff    = 50 * time.Millisecond
+	maxRetryBackoff = 2 * time.Second
+)
+
+// retryQueue is a Redis store's settlements waiting to be sent again.
+type retryQueue struct {
+	mu      sync.Mutex
+	plans   []pendingPlan
+	running bool          // a goroutine is sending them
+	closed  chan struct{} // closed by Close: the goroutine stops
+	dropped int           // settlements given up, too old or too many
+}
+
+// pendingPlan is a settlement waiting, and since when.
+type pendingPlan struct {
+	p     *plan
+	since time.Time
+}
 
 // NewRedis returns a store using the Redis server at o.Address. It does
 // not connect until the first call.
@@ -103,11 +136,29 @@ func NewRedis(o RedisOptions) (*Redis, error) {
 		// worse than failing once.
 		MaxRetries: -1,
 	})
-	return &Redis{client: client, prefix: o.KeyPrefix, timeout: o.Timeout}, nil
+	return &Redis{client: client, prefix: o.KeyPrefix, timeout: o.Timeout, retry: retryQueue{closed: make(chan struct{})}}, nil
 }
 
-// Close closes the connections.
-func (r *Redis) Close() error { return r.client.Close() }
+// Close stops sending settlements again, drops those still waiting,
+// and closes the connections.
+func (r *Redis) Close() error {
+	r.retry.mu.Lock()
+	select {
+	case <-r.retry.closed:
+	default:
+		close(r.retry.closed)
+	}
+	r.retry.mu.Unlock()
+	return r.client.Close()
+}
+
+// Pending returns the settlements waiting to be sent again and how many
+// were given up (too old, or too many waiting).
+func (r *Redis) Pending() (waiting, dropped int) {
+	r.retry.mu.Lock()
+	defer r.retry.mu.Unlock()
+	return len(r.retry.plans), r.retry.dropped
+}
 
 // Destruct is Close, for caddy.UsagePool.
 func (r *Redis) Destruct() error { return r.Close() }
@@ -140,11 +191,86 @@ func (r *Redis) reserve(ctx context.Context, p *plan) (int, []float64, error) {
 	return int(head), levels, nil
 }
 
-// settle implements Store.
+// settle implements Store. A settlement behind others still waiting
+// waits behind them; one the server does not take joins them, and the
+// error is returned all the same, for the caller to count.
 func (r *Redis) settle(ctx context.Context, p *plan) error {
+	q := &r.retry
+	q.mu.Lock()
+	if len(q.plans) > 0 {
+		q.add(p)
+		q.mu.Unlock()
+		return nil
+	}
+	q.mu.Unlock()
 	_, err := r.run(ctx, settleLua, p)
+	if err != nil {
+		q.mu.Lock()
+		q.add(p)
+		if !q.running {
+			q.running = true
+			go r.resend()
+		}
+		q.mu.Unlock()
+	}
 	return err
 }
+
+// add queues p; q.mu is held.
+func (q *retryQueue) add(p *plan) {
+	if len(q.plans) >= maxPending {
+		q.plans = q.plans[1:]
+		q.dropped++
+	}
+	q.plans = append(q.plans, pendingPlan{p, time.Now()})
+}
+
+// resend sends the waiting settlements, oldest first, until none is
+// left or the store is closed, backing off while the server does not
+// answer.
+func (r *Redis) resend() {
+	q := &r.retry
+	wait := retryBackoff
+	for {
+		q.mu.Lock()
+		for len(q.plans) > 0 && time.Since(q.plans[0].since) > maxRetryAge {
+			q.plans = q.plans[1:]
+			q.dropped++
+		}
+		if len(q.plans) == 0 {
+			q.plans, q.running = nil, false
+			q.mu.Unlock()
+			return
+		}
+		next := q.plans[0].p
+		q.mu.Unlock()
+		if _, err := r.run(context.Background(), settleLua, next); err == nil {
+			q.mu.Lock()
+			if len(q.plans) > 0 && q.plans[0].p == next {
+				q.plans = q.plans[1:]
+			}
+			q.mu.Unlock()
+			wait = retryBackoff
+			continue
+		}
+		select {
+		case <-q.closed:
+			return
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, maxRetryBackoff)
+	}
+}
+
+// renew implements Store.
+func (r *Redis) renew(ctx context.Context, p *plan) error {
+	_, err := r.run(ctx, renewLua, p)
+	return err
+}
+
+// leases implements Store: a gateway may lose touch with Redis, and a
+// slot it cannot release must not last.
+func (r *Redis) leases() bool { return true }
 
 // run runs script over p's keys within the timeout.
 func (r *Redis) run(ctx context.Context, script *redis.Script, p *plan) (any, error) {

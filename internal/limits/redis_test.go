@@ -340,3 +340,94 @@ func TestRedisTLS(t *testing.T) {
 		t.Fatal("plain connection to a TLS-only server succeeded")
 	}
 }
+
+// A concurrency slot in Redis is leased: one whose request was never
+// settled (its gateway lost touch, or died) is free a lease later;
+// renewing it keeps it for as long as its request runs; a renewal that
+// comes after the release does not bring it back.
+func TestRedisLeases(t *testing.T) {
+	srv := redistest.Start(t)
+	clock := newFakeClock(time.Date(2030, 1, 1, 12, 0, 0, 0, time.UTC))
+	l := New(openRedis(t, srv.Addr, uniquePrefix(), time.Second), clock, 0)
+	dims := []Dimension{ConcurrentMax("key:lease", 1)}
+	ctx := context.Background()
+	admitted := func() *Reservation {
+		t.Helper()
+		d, err := l.Reserve(ctx, dims, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d.Reservation
+	}
+	if admitted() == nil { // never settled
+		t.Fatal("the first request was refused")
+	}
+	clock.Advance(DefaultLease - time.Second)
+	if admitted() != nil {
+		t.Fatal("a second request was admitted while the first one's lease runs")
+	}
+	clock.Advance(2 * time.Second)
+	held := admitted()
+	if held == nil {
+		t.Fatal("the lease of a request never settled did not end")
+	}
+	for range 3 { // three leases long, renewed twice a lease
+		clock.Advance(DefaultLease / 2)
+		if err := l.Renew(ctx, held); err != nil {
+			t.Fatal(err)
+		}
+		if admitted() != nil {
+			t.Fatal("a renewed slot was taken")
+		}
+	}
+	if err := l.Refund(ctx, held); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Renew(ctx, held); err != nil {
+		t.Fatal(err)
+	}
+	if again := admitted(); again == nil {
+		t.Fatal("a renewal after the release brought the slot back")
+	} else if err := l.Refund(ctx, again); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A settlement Redis does not take (the server paused, as in a network
+// cut) is sent again once it answers: the slot is free at once, not a
+// lease later, and later settlements follow it in order.
+func TestRedisSettlementRetried(t *testing.T) {
+	srv := redistest.Start(t)
+	store := openRedis(t, srv.Addr, uniquePrefix(), 50*time.Millisecond)
+	clock := newFakeClock(time.Date(2030, 1, 1, 12, 0, 0, 0, time.UTC))
+	l := New(store, clock, 0)
+	dims := []Dimension{ConcurrentMax("key:cut", 1), TokensPer("key:cut", mustRate(t, "1000/1h"))}
+	ctx := context.Background()
+	d, err := l.Reserve(ctx, dims, 600)
+	if err != nil || d.Reservation == nil {
+		t.Fatalf("%+v %v", d, err)
+	}
+	srv.Pause()
+	if err := l.Reconcile(ctx, d.Reservation, 100); err == nil {
+		t.Fatal("a paused server took the settlement")
+	}
+	if waiting, _ := store.Pending(); waiting != 1 {
+		t.Fatalf("%d settlements waiting, want 1", waiting)
+	}
+	srv.Resume()
+	deadline := time.Now().Add(30 * time.Second)
+	for waiting, _ := store.Pending(); waiting > 0; waiting, _ = store.Pending() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d settlements still waiting 30s after the server came back", waiting)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// The slot is free and the 500 tokens not used are back: 900 fit.
+	d, err = l.Reserve(ctx, dims, 900)
+	if err != nil || d.Reservation == nil {
+		t.Fatalf("after the settlement was sent again: %+v %v", d.Denial, err)
+	}
+	if _, dropped := store.Pending(); dropped != 0 {
+		t.Fatalf("%d settlements dropped", dropped)
+	}
+}

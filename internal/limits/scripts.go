@@ -80,6 +80,19 @@ end
 return out
 `
 
+// renewScript extends the lease of each step (all of kind 3) that is
+// still held, XX: a renewal that comes after the release does not bring
+// the slot back.
+const renewScript = scriptPrelude + `
+for i = 1, #KEYS do
+  local span = arg(i, 3)
+  if redis.call('ZADD', KEYS[i], 'XX', 'CH', fmt(now + span), id) == 1 then
+    redis.call('PEXPIRE', KEYS[i], ms(span))
+  end
+end
+return 0
+`
+
 // settleScript adds each step's amount, or releases its lease (kind 3).
 const settleScript = scriptPrelude + `
 for i = 1, #KEYS do

@@ -731,3 +731,99 @@ func TestAuthModuleLog(t *testing.T) {
 		t.Fatalf("the log holds the key: %s", text)
 	}
 }
+
+// TestKeysFileWatched: editing keys_file takes effect for new requests
+// within seconds, with no config reload (Caddy skips reloading an
+// unchanged Caddyfile): a removed key is refused, a disabled one too, a
+// key's models change, while a stream opened with a removed key runs to
+// its end; a broken file keeps the last good keys, and says so in the
+// log.
+func TestKeysFileWatched(t *testing.T) {
+	defer func(d time.Duration) { keysFileInterval = d }(keysFileInterval)
+	keysFileInterval = 20 * time.Millisecond
+	release := make(chan struct{})
+	be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		startSSE(w)
+		sseEvent(w, `{"choices":[{"index":0,"delta":{"content":"old "}}]}`)
+		if strings.Contains(upstreamBody(r), "hold") {
+			select {
+			case <-release:
+			case <-r.Context().Done():
+				return
+			}
+		}
+		sseEvent(w, `{"choices":[{"index":0,"delta":{"content":"key"},"finish_reason":"stop"}]}`)
+		sseEvent(w, "[DONE]")
+	})
+	file := t.TempDir() + "/keys.json"
+	write := func(content string) {
+		t.Helper()
+		// Written aside and renamed in, as editors and Kubernetes do.
+		if err := os.WriteFile(file+".new", []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(file+".new", file); err != nil {
+			t.Fatal(err)
+		}
+	}
+	entry := func(key, extra string) string {
+		return `{"key":"` + keys.Hash(key) + `"` + extra + `}`
+	}
+	write(`{"keys":[` + entry(aliceKey, `,"id":"alice"`) + `,` + entry(bobKey, `,"id":"bob"`) + `]}`)
+	g := newGateway(t, fmt.Sprintf("chat_gateway %s {\n auth {\n keys_file %s\n }\n }", be.URL, file))
+	// waitStatus polls until key gets status for model, or fails.
+	waitStatus := func(key, model string, status int) {
+		t.Helper()
+		body := `{"model":"` + model + `","messages":[{"role":"user","content":"hi"}],"stream":true}`
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			resp, got := g.post(t, body, "Authorization", "Bearer "+key)
+			if resp.StatusCode == status {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s on %s: still %d %s, want %d", key[:9], model, resp.StatusCode, got, status)
+			}
+		}
+	}
+	waitStatus(aliceKey, "m", 200)
+	held := `{"model":"m","messages":[{"role":"user","content":"hold"}],"stream":true}`
+	resp, err := http.DefaultClient.Do(g.request(held, "Authorization", "Bearer "+aliceKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	first := make([]byte, 64)
+	if _, err := io.ReadAtLeast(resp.Body, first, 10); err != nil || resp.StatusCode != 200 {
+		t.Fatal(resp.StatusCode, err)
+	}
+
+	write(`{"keys":[` + entry(bobKey, `,"id":"bob","models":["small"]`) + `]}`)
+	waitStatus(aliceKey, "m", 401)
+	waitStatus(bobKey, "m", 404)
+	waitStatus(bobKey, "small", 200)
+	close(release)
+	rest, _ := io.ReadAll(resp.Body)
+	if all := string(first) + string(rest); !strings.HasSuffix(all, "data: [DONE]\n\n") {
+		t.Fatalf("the stream opened with the removed key did not finish: %s", all)
+	}
+
+	write(`{"keys":[` + entry(bobKey, `,"id":"bob","modles":["m"]`) + `]}`) // a typo: refused
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		lines, _ := g.logs(t)
+		if slices.ContainsFunc(lines, func(l map[string]any) bool {
+			return l["msg"] == "keys_file not reloaded: the last good keys stay in use"
+		}) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no log line for the broken keys_file")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	waitStatus(bobKey, "small", 200)
+	waitStatus(bobKey, "m", 404)
+
+	write(`{"keys":[` + entry(bobKey, `,"id":"bob","disabled":true`) + `]}`)
+	waitStatus(bobKey, "small", 401)
+}

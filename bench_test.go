@@ -99,7 +99,7 @@ func BenchmarkRelay(b *testing.B) {
 			read := bytes.Repeat(event, perRead)
 			w := httptest.NewRecorder()
 			h := &Handler{IdleTimeout: caddy.Duration(time.Minute)}
-			x := &exchange{h: h, w: w, r: httptest.NewRequest("POST", "/", nil), id: "0b6c2e9e-2d51-4a43-9b0a-4a6f3b9d9c11", out: newSSEWriter(w),
+			x := &exchange{h: h, w: w, r: httptest.NewRequest("POST", "/", nil), id: "0b6c2e9e-2d51-4a43-9b0a-4a6f3b9d9c11", out: newSSEWriter(w, upstreamKeys{}),
 				ep: openai.ChatCompletions, req: &openai.Request{Stream: true}}
 			u := &upstreamWriter{x: x, out: x.out, idle: time.Minute, timer: time.NewTimer(time.Hour)}
 			u.Header().Set("Content-Type", "text/event-stream")

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
@@ -22,6 +23,8 @@ import (
 	"github.com/openai/openai-go/v3/responses"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/chatgateway/caddy-chat-gateway/internal/limits"
 )
 
 // The request bodies of the routes beside chat, as a client sends them.
@@ -1019,6 +1022,11 @@ func TestPreviousResponseID(t *testing.T) {
 		t.Fatalf("the stateless backend got %d requests", n)
 	}
 
+	// A stored response is its maker's (here the client's address: the
+	// gateway is open): it makes resp_backend1 first.
+	if resp, body := g.postTo(t, "/v1/responses", `{"model":"qwen","input":"x","store":true}`); resp.StatusCode != 200 || !strings.Contains(body, "resp_backend1") {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
 	for _, model := range []string{"qwen", "gpt-4o"} {
 		before := stateful.count()
 		resp, body = g.postTo(t, "/v1/responses", fmt.Sprintf(chained, model))
@@ -1078,6 +1086,16 @@ func TestEndpointsFallback(t *testing.T) {
 		if resp.StatusCode != 200 || cloud.count() != before+1 || !strings.Contains(cloud.last(t).Body, `"model":"cloud"`) {
 			t.Fatalf("%s %s: %d %s", tt.path, tt.body, resp.StatusCode, body)
 		}
+	}
+	// resp_1 is the client's (the gateway is open: its address), made
+	// before the local backend went down.
+	store, _, err := limitStores.LoadOrNew(memoryStoreKey, func() (caddy.Destructor, error) { return limits.NewMemory(), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _, _ = limitStores.Delete(memoryStoreKey) }()
+	if err := store.(limits.Owners).Claim(context.Background(), "resp_1", "ip:127.0.0.1", time.Hour); err != nil {
+		t.Fatal(err)
 	}
 	before := cloud.count()
 	resp, body := g.postTo(t, "/v1/responses", `{"model":"local","input":"x","previous_response_id":"resp_1"}`)

@@ -73,7 +73,7 @@ func TestErrorCodesDocumented(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	params := regexp.MustCompile("\\(param `[^`]*`\\)|\\(with `param`\\)")
+	params := regexp.MustCompile("\\(param `[^`]*`( or `[^`]*`)?\\)|\\(with `param`\\)")
 	for _, row := range rows {
 		for _, m := range regexp.MustCompile("`([a-z_]+)`").FindAllStringSubmatch(params.ReplaceAllString(row[3], ""), -1) {
 			if code := m[1]; !known[code] && !strings.Contains(string(caddyfile), `"code":"`+code+`"`) {

@@ -56,6 +56,7 @@ type exchange struct {
 	body         body              // the request body's buffer
 	retries      int               // further attempts after the first
 	key          *keys.Key         // the client's key, with an auth block
+	keyLimits    limits.Set        // its own limits, if it has any
 	keyID        string            // the caller's identity, if known
 
 	ttft         time.Duration // to the first content sent, 0 if none
@@ -75,6 +76,9 @@ type exchange struct {
 	upstreamReason string
 	// reservation is what the limits reserved, settled by finish.
 	reservation *limits.Reservation
+	// stateful is set while the attempt's backend keeps Responses: the
+	// id of the one it makes is claimed for the caller (claimed, once).
+	stateful, claimed bool
 	// errorJSON renders the route's errors: OpenAI's shape unless the
 	// route's endpoint has its own (Messages: Anthropic's).
 	errorJSON func(*openai.Error) []byte
@@ -86,7 +90,7 @@ type errorShaper interface {
 }
 
 func (h *Handler) newExchange(w http.ResponseWriter, r *http.Request, ep openai.Endpoint) *exchange {
-	x := &exchange{h: h, w: w, r: r, id: requestID(r), start: time.Now(), outcome: outcomeOK, out: newSSEWriter(w),
+	x := &exchange{h: h, w: w, r: r, id: requestID(r), start: time.Now(), outcome: outcomeOK, out: newSSEWriter(w, h.upstreamKeys),
 		errorJSON: (*openai.Error).JSON}
 	x.repl, _ = r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if x.repl == nil {
@@ -168,6 +172,9 @@ func (x *exchange) fail(e *openai.Error) {
 	if !x.bodyRead && x.r.ContentLength != 0 {
 		x.w.Header().Set("Connection", "close")
 	}
+	if e.Final() {
+		x.w.Header()["X-Should-Retry"] = []string{"false"}
+	}
 	x.writeJSON(e.Status, x.errorJSON(e))
 }
 
@@ -195,7 +202,10 @@ func (x *exchange) noteError(e *openai.Error) {
 	}
 }
 
+// writeJSON answers with body, which may come from a backend: the
+// upstream keys are taken out of it.
 func (x *exchange) writeJSON(status int, body []byte) {
+	body = x.h.upstreamKeys.redact(body)
 	x.publish()
 	hdr := x.w.Header()
 	if x.upstreamTime > 0 && status == http.StatusOK {

@@ -118,10 +118,15 @@ func (h *Handler) serveEndpoint(x *exchange, ep openai.Endpoint) {
 		m.answerCount(x)
 		return
 	}
-	if req.PreviousResponseID != "" && !rt.backend.keepsResponses() {
-		x.fail(openai.UnsupportedParameter("previous_response_id",
-			"'previous_response_id' needs a backend that keeps responses ('responses stateful'); the one serving model '"+req.Model+"' does not."))
-		return
+	if req.PreviousResponseID != "" {
+		if !rt.backend.keepsResponses() {
+			x.fail(openai.UnsupportedParameter("previous_response_id",
+				"'previous_response_id' needs a backend that keeps responses ('responses stateful'); the one serving model '"+req.Model+"' does not."))
+			return
+		}
+		if !x.checkPrevious(req.PreviousResponseID) {
+			return
+		}
 	}
 	h.forward(x, rt, body)
 }

@@ -1,6 +1,7 @@
 package chatgateway
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddytest"
 )
 
@@ -118,4 +120,72 @@ func stripComments(s string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// TestShippedCaddyfilesKeepKeysOutOfLogs: Caddy writes the request's
+// headers to the access log before any handler runs, and redacts only
+// Authorization and cookies; the Anthropic SDKs and Claude Code send
+// their key as x-api-key, Azure's SDK as api-key. So every shipped
+// Caddyfile whose gateway site logs deletes those two headers from the
+// log.
+func TestShippedCaddyfilesKeepKeysOutOfLogs(t *testing.T) {
+	files, _ := filepath.Glob("examples/*.Caddyfile")
+	files = append(files, "Caddyfile")
+	checked := 0
+	for _, file := range files {
+		raw, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		adapted, _, err := caddyconfig.GetAdapter("caddyfile").Adapt(raw, map[string]any{"filename": file})
+		if err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		var cfg struct {
+			Logging struct {
+				Logs map[string]struct {
+					Encoder struct {
+						Format string                       `json:"format"`
+						Fields map[string]map[string]string `json:"fields"`
+					} `json:"encoder"`
+				} `json:"logs"`
+			} `json:"logging"`
+			Apps struct {
+				HTTP struct {
+					Servers map[string]json.RawMessage `json:"servers"`
+				} `json:"http"`
+			} `json:"apps"`
+		}
+		if err := json.Unmarshal(adapted, &cfg); err != nil {
+			t.Fatal(err)
+		}
+		for name, srv := range cfg.Apps.HTTP.Servers {
+			var s struct {
+				Logs *struct {
+					LoggerNames map[string][]string `json:"logger_names"`
+					DefaultName string              `json:"default_logger_name"`
+				} `json:"logs"`
+			}
+			_ = json.Unmarshal(srv, &s)
+			if s.Logs == nil || !strings.Contains(string(srv), `"handler":"chat_gateway"`) {
+				continue
+			}
+			checked++
+			loggers := []string{s.Logs.DefaultName}
+			for _, names := range s.Logs.LoggerNames {
+				loggers = append(loggers, names...)
+			}
+			for _, logger := range loggers {
+				enc := cfg.Logging.Logs[logger].Encoder
+				for _, h := range []string{"X-Api-Key", "Api-Key"} {
+					if enc.Format != "filter" || enc.Fields["request>headers>"+h]["filter"] != "delete" {
+						t.Errorf("%s: server %s logs to %q without deleting request>headers>%s", file, name, logger, h)
+					}
+				}
+			}
+		}
+	}
+	if checked == 0 {
+		t.Fatal("no shipped Caddyfile logs a gateway site: the test checks nothing")
+	}
 }

@@ -19,7 +19,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
@@ -181,6 +180,9 @@ type modelSet struct {
 // counters and connections survive them, keyed by the store's settings.
 var limitStores = caddy.NewUsagePool()
 
+// memoryStoreKey is the in-memory store's key in limitStores.
+const memoryStoreKey = "memory"
+
 // provision parses the limits and opens (or shares) their store.
 func (l *Limits) provision(ctx caddy.Context, repl *caddy.Replacer) error {
 	l.logger = ctx.Logger()
@@ -214,7 +216,7 @@ func (l *Limits) provision(ctx caddy.Context, repl *caddy.Replacer) error {
 	if err := registerLimitMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering limit metrics: %w", err)
 	}
-	key, open := "memory", func() (caddy.Destructor, error) { return limits.NewMemory(), nil }
+	key, open := memoryStoreKey, func() (caddy.Destructor, error) { return limits.NewMemory(), nil }
 	if l.Redis == nil {
 		l.memory = true
 	} else {
@@ -329,29 +331,27 @@ func (l *Limits) identity(x *exchange) string {
 	if id := x.repl.ReplaceAll(l.Per, ""); id != "" {
 		return id
 	}
-	if ip, ok := caddyhttp.GetVar(x.r.Context(), caddyhttp.ClientIPVarKey).(string); ok && ip != "" {
-		return ip
-	}
-	if host, _, err := net.SplitHostPort(x.r.RemoteAddr); err == nil {
-		return host
-	}
-	return x.r.RemoteAddr
+	return clientIP(x.r)
 }
 
 // reserveTokens is what a request reserves: its prompt estimate plus the
-// completion budget it allows (else default_max_tokens), capped at the
-// tokens limits so a lone request can always pass, unless the prompt
-// alone exceeds them: that one can never pass.
+// largest completion budget a backend could honour (else
+// default_max_tokens), once for each output it asks for (n, best_of),
+// capped at the tokens limits so a lone request can always pass, unless
+// the prompt alone exceeds them: that one can never pass.
 func (l *Limits) reserveTokens(dims []limits.Dimension, x *exchange) int64 {
 	prompt := openai.EstimateTokens(x.req.PromptBytes)
-	budget := x.req.MaxOutputTokens
+	budget := min(x.req.MaxOutputTokens, maxReserve)
 	switch {
 	case x.ep == openai.Embeddings:
 		budget = 0 // an embedding generates no tokens
 	case budget == 0:
 		budget = l.DefaultMaxTokens
 	}
-	capped := limits.CapTokens(dims, min(prompt+min(budget, maxReserve), maxReserve))
+	if n := x.req.Outputs; n > 1 {
+		budget = min(budget, maxReserve/n) * n
+	}
+	capped := limits.CapTokens(dims, min(prompt+budget, maxReserve))
 	return max(capped, min(prompt, maxReserve))
 }
 
@@ -359,11 +359,7 @@ func (l *Limits) reserveTokens(dims []limits.Dimension, x *exchange) int64 {
 // answered the request instead: a 429, or a 503 when the store failed
 // and on_store_error is deny.
 func (l *Limits) admit(x *exchange) bool {
-	var own limits.Set // the client key's own limits, if it has any
-	if x.key != nil {
-		own = x.h.keyLimits[x.key.Index]
-	}
-	dims := l.dimensions(l.identity(x), own, x.req.Model)
+	dims := l.dimensions(l.identity(x), x.keyLimits, x.req.Model)
 	if len(dims) == 0 {
 		return true
 	}
@@ -511,7 +507,7 @@ func denialError(h http.Header, den *limits.Denial) *openai.Error {
 		who = "model " + m
 	}
 	if den.TooLarge {
-		return openai.RateLimitExceeded(fmt.Sprintf("Request too large for %s on %s: Limit %d, Requested %d. The input or output tokens must be reduced in order to run successfully.",
+		return openai.RequestOverLimit(fmt.Sprintf("Request too large for %s on %s: Limit %d, Requested %d. The input or output tokens must be reduced in order to run successfully.",
 			who, perWhat(d), d.Limit, den.Requested))
 	}
 	wait := ceilMillis(den.RetryAfter)

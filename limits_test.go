@@ -596,7 +596,31 @@ func TestLimitsPerKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.logger = zap.NewNop()
-	if err := h.provisionAuth(caddy.NewReplacer()); err == nil || !strings.Contains(err.Error(), "no limits block") {
+	if err := h.provisionAuth(caddy.Context{}, caddy.NewReplacer()); err == nil || !strings.Contains(err.Error(), "no limits block") {
 		t.Fatalf("per-key limits without a limits block: %v", err)
+	}
+}
+
+// The reservation covers the largest completion budget a backend could
+// honour: max_completion_tokens over a smaller max_tokens (OpenAI and
+// vLLM honour it), and the whole budget for each of n choices.
+func TestLimitsReserveLargestBudget(t *testing.T) {
+	clock := &fakeClock{now: time.Date(2030, 1, 1, 12, 0, 0, 0, time.UTC)}
+	h := limitedEcho(t, &Limits{LimitSet: LimitSet{Tokens: "100000/1m"}, Per: "{http.request.header.X-Team}", clock: clock})
+	tests := []struct {
+		extra    string
+		reserved int64 // 10 prompt tokens (40 bytes) and the budget
+	}{
+		{`,"max_tokens":1,"max_completion_tokens":2000`, 2010},
+		{`,"max_completion_tokens":2000,"max_tokens":1`, 2010},
+		{`,"max_tokens":300,"n":4`, 1210},
+		{`,"n":3`, 10 + 3*defaultMaxTokensReserve},
+	}
+	for _, tt := range tests {
+		w := serveDirect(t, h, chatWith(9, tt.extra), team("budget"))
+		remaining, err := strconv.ParseInt(w.Header().Get("X-Ratelimit-Remaining-Tokens"), 10, 64)
+		if w.Code != 200 || err != nil || 100000-remaining != tt.reserved {
+			t.Errorf("%s: %d, remaining %q, want %d reserved", tt.extra, w.Code, w.Header().Get("X-Ratelimit-Remaining-Tokens"), tt.reserved)
+		}
 	}
 }

@@ -646,3 +646,105 @@ func TestMessagesFallback(t *testing.T) {
 		}
 	}
 }
+
+// TestMessagesOneReading: the Messages routes read a request as the
+// OpenAI routes do. A key allowed pub-* cannot reach secret-native by
+// spelling model twice, in another case or escaped, nor reserve less
+// than the backend will generate: each is refused with 400, in
+// Anthropic's shape, before the backend or the limits see it.
+func TestMessagesOneReading(t *testing.T) {
+	be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) { writeJSON(w, 200, nativeReply) })
+	g := newGateway(t, fmt.Sprintf(`chat_gateway {
+		backend %s {
+			models pub-native secret-native
+			messages native
+		}
+		auth {
+			key sk-pub-key-0123456789 {
+				models pub-*
+			}
+		}
+	}`, be.URL))
+	const msgs = `"messages":[{"role":"user","content":"hi"}]`
+	for _, tt := range []struct{ path, body, param, code string }{
+		{"/v1/messages", `{"model":"secret-native","Model":"pub-native","max_tokens":10,` + msgs + `}`, "Model", "unknown_parameter"},
+		{"/v1/messages", `{"model":"pub-native","max_tokens":4000,"MAX_TOKENS":1,` + msgs + `}`, "MAX_TOKENS", "unknown_parameter"},
+		{"/v1/messages", `{"model":"secret-native","model":"pub-native","max_tokens":10,` + msgs + `}`, "model", "duplicate_key"},
+		{"/v1/messages", `{"model":"secret-native","mod\u0065l":"pub-native","max_tokens":10,` + msgs + `}`, "model", "duplicate_key"},
+		{"/v1/messages", `{"model":"pub-native","max_tokens":10,"stream":false,"stream":true,` + msgs + `}`, "stream", "duplicate_key"},
+		{"/v1/messages/count_tokens", `{"model":"secret-native","Model":"pub-native",` + msgs + `}`, "Model", "unknown_parameter"},
+		{"/v1/messages/count_tokens", `{"model":"secret-native","model":"pub-native",` + msgs + `}`, "model", "duplicate_key"},
+	} {
+		req := g.request(tt.body, "X-Api-Key", "sk-pub-key-0123456789")
+		req.URL.Path = tt.path
+		resp, body := do(t, req)
+		var env struct {
+			Type  string
+			Error struct{ Type, Message string }
+		}
+		if resp.StatusCode != 400 || json.Unmarshal([]byte(body), &env) != nil || env.Type != "error" ||
+			env.Error.Type != "invalid_request_error" || !strings.HasPrefix(env.Error.Message, tt.param+": ") {
+			t.Errorf("%s %s: %d %s, want 400 naming %s", tt.path, tt.body, resp.StatusCode, body, tt.param)
+		}
+		if resp.Header.Get("Request-Id") == "" || resp.Header.Get("X-Should-Retry") != "false" {
+			t.Errorf("%s: headers %v", tt.body, resp.Header)
+		}
+	}
+	if n := be.count(); n != 0 {
+		t.Fatalf("the backend got %d requests", n)
+	}
+	// The same key still reaches what it may use.
+	req := g.request(`{"model":"pub-native","max_tokens":10,`+msgs+`}`, "X-Api-Key", "sk-pub-key-0123456789")
+	req.URL.Path = "/v1/messages"
+	if resp, body := do(t, req); resp.StatusCode != 200 || be.count() != 1 {
+		t.Fatalf("allowed model: %d %s", resp.StatusCode, body)
+	}
+}
+
+// templateBackend answers chat completions as a backend whose chat
+// template takes one system message, first, and roles that alternate
+// (Llama 3, Mistral and Gemma templates in llama.cpp and vLLM): other
+// conversations get the 400 such servers send.
+func templateBackend(t *testing.T) *backend {
+	return newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		var chat struct {
+			Messages []struct{ Role string } `json:"messages"`
+		}
+		if err := json.Unmarshal([]byte(upstreamBody(r)), &chat); err != nil {
+			writeJSON(w, 400, `{"error":{"message":"invalid JSON","type":"invalid_request_error"}}`)
+			return
+		}
+		last := ""
+		for i, m := range chat.Messages {
+			switch {
+			case m.Role == "system" && i > 0:
+				writeJSON(w, 400, `{"error":{"message":"System message must be at the beginning.","type":"invalid_request_error"}}`)
+				return
+			case m.Role == last && m.Role != "tool":
+				writeJSON(w, 400, `{"error":{"message":"Conversation roles must alternate user/assistant/user/assistant/...","type":"invalid_request_error"}}`)
+				return
+			}
+			last = m.Role
+		}
+		writeJSON(w, 200, `{"id":"c","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6}}`)
+	})
+}
+
+// TestMessagesSystemMidConversation: Claude Code's system messages after
+// the user's turn reach a backend with a strict chat template as it
+// accepts them.
+func TestMessagesSystemMidConversation(t *testing.T) {
+	be := templateBackend(t)
+	g := newGateway(t, "chat_gateway "+be.URL)
+	for _, msgs := range []string{
+		`{"role":"user","content":"hi"},{"role":"system","content":"<system-reminder>mode changed</system-reminder>"}`,
+		`{"role":"system","content":"first"},{"role":"user","content":"hi"},{"role":"assistant","content":"yo"},{"role":"system","content":"later"},{"role":"user","content":"and?"}`,
+		`{"role":"user","content":"hi"},{"role":"assistant","content":[{"type":"tool_use","id":"t1","name":"f","input":{}}]},` +
+			`{"role":"user","content":[{"type":"tool_result","tool_use_id":"t1","content":"42"}]},{"role":"system","content":"after the tool"}`,
+	} {
+		resp, body := do(t, messagesRequest(g, `{"model":"m","max_tokens":10,"system":"be brief","messages":[`+msgs+`]}`))
+		if resp.StatusCode != 200 || !strings.Contains(body, `"text":"ok"`) {
+			t.Errorf("%s: %d %s (the backend got %s)", msgs, resp.StatusCode, body, be.last(t).Body)
+		}
+	}
+}

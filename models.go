@@ -136,7 +136,7 @@ func (x *exchange) fetchModels(b *Backend, timeout time.Duration) ([]byte, *open
 	case aborted || rb.tooLarge:
 		return nil, openai.UpstreamReplyIncomplete("model list")
 	case rb.status/100 != 2:
-		return nil, x.h.redactError(openai.BackendError(rb.status, rb.body))
+		return nil, x.h.upstreamKeys.redactError(openai.BackendError(rb.status, rb.body))
 	}
 	return rb.body, nil
 }

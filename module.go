@@ -7,6 +7,7 @@ package chatgateway
 
 import (
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -14,7 +15,6 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
-	"github.com/chatgateway/caddy-chat-gateway/internal/keys"
 	"github.com/chatgateway/caddy-chat-gateway/internal/limits"
 )
 
@@ -171,11 +171,19 @@ type Handler struct {
 	catchAll *Backend
 	// slots holds a token per chat request served, if MaxConcurrent is set.
 	slots chan struct{}
-	// keys are the accepted client keys; nil without an auth block.
-	keys *keys.Set
-	// keyLimits are each key's own limits, by keys.Key.Index.
-	keyLimits []limits.Set
-	logger    *zap.Logger
+	// keys are the accepted client keys and their own limits; nil
+	// without an auth block.
+	keys *atomic.Pointer[keyring]
+	// upstreamKeys are the backends' api_keys, taken out of everything
+	// a backend sends before it reaches a client or a log.
+	upstreamKeys upstreamKeys
+	// owners records who made each Response a stateful backend keeps;
+	// nil when no backend keeps them.
+	owners limits.Owners
+	// ownersPoolKey is owners' key in limitStores when the handler
+	// opened it itself (no limits block).
+	ownersPoolKey string
+	logger        *zap.Logger
 }
 
 // route is where a requested model goes, and under which name.
@@ -218,7 +226,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.routes = make(map[string]route)
 	repl := caddy.NewReplacer()
-	if err := h.provisionAuth(repl); err != nil {
+	if err := h.provisionAuth(ctx, repl); err != nil {
 		return err
 	}
 	if h.Limits != nil {
@@ -269,7 +277,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 		b.fallback = &rt
 	}
-	return nil
+	h.upstreamKeys = newUpstreamKeys(h.Backends)
+	return h.provisionOwners()
 }
 
 // Validate checks the configuration.
@@ -299,8 +308,14 @@ func (h *Handler) Validate() error {
 	return nil
 }
 
-// Cleanup releases the limits' store once no config uses it.
+// Cleanup releases the limits' store, and that of Response owners, once
+// no config uses them.
 func (h *Handler) Cleanup() error {
+	if h.ownersPoolKey != "" {
+		if _, err := limitStores.Delete(h.ownersPoolKey); err != nil {
+			return err
+		}
+	}
 	if h.Limits != nil {
 		return h.Limits.cleanup()
 	}

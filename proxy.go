@@ -142,6 +142,7 @@ func (h *Handler) attempt(x *exchange, rt route, body []byte, deadline time.Time
 		body = openai.SetMember(body, "stream_options", openai.SetMember(opts, "include_usage", []byte("true")))
 	}
 
+	x.stateful = h.owners != nil && b.keepsResponses() && x.ep == openai.Responses
 	ctx, cancel := context.WithCancelCause(x.r.Context())
 	defer cancel(nil)
 	u := &upstreamWriter{x: x, out: x.out, idle: time.Duration(h.IdleTimeout), began: begin, deadline: deadline, meta: x.meta("")}

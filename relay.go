@@ -85,13 +85,16 @@ func (u *upstreamWriter) onEvent(ev sse.Event) error {
 		u.held.buf = held[:n]
 		if e, ok := errors.AsType[*openai.Error](err); ok {
 			u.x.fromUpstream = true
-			u.failStream(u.x.h.redactError(e.FillDefaults(http.StatusBadGateway)))
+			u.failStream(u.x.h.upstreamKeys.redactError(e.FillDefaults(http.StatusBadGateway)))
 		} else {
 			u.failStream(openai.InvalidUpstreamResponse("The backend sent a stream event this route cannot read (" + u.x.r.URL.Path + ")."))
 		}
 		return nil
 	}
 	u.held.buf = held
+	if u.x.stateful && !u.x.claimed {
+		u.x.claim(u.st.Result().ResponseID) // before the event naming it goes out
+	}
 	if len(held) == n {
 		if n == 0 {
 			u.held.giveBack(nil)

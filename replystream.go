@@ -79,25 +79,29 @@ func (s *replyStream) Write(p []byte) (int, error) {
 	if s.batch == nil {
 		s.batch = getBuffer(replyBatch)
 	}
-	if len(s.batch)+len(p) > cap(s.batch) {
-		if err := s.flush(); err != nil {
+	if len(s.batch) > 0 && len(s.batch)+len(p) > cap(s.batch) {
+		if err := s.flush(false); err != nil {
 			return 0, err
 		}
-	}
-	if len(p) >= cap(s.batch) {
-		return len(p), s.send(p)
 	}
 	s.batch = append(s.batch, p...)
 	return len(p), nil
 }
 
-// flush sends the batch.
-func (s *replyStream) flush() error {
+// flush sends the batch, the upstream keys taken out. Until the last,
+// it keeps back what could be the start of a key the next bytes end.
+func (s *replyStream) flush(last bool) error {
 	if len(s.batch) == 0 {
 		return s.err
 	}
-	err := s.send(s.batch)
-	s.batch = s.batch[:0]
+	keys := s.u.x.h.upstreamKeys
+	out := keys.redact(s.batch)
+	keep := 0
+	if !last && keys.longest > 0 {
+		keep = min(len(out), keys.longest-1)
+	}
+	err := s.send(out[:len(out)-keep])
+	s.batch = append(s.batch[:0], out[len(out)-keep:]...)
 	return err
 }
 
@@ -162,7 +166,7 @@ func (s *replyStream) settle(cause, proxyErr error, aborted bool) *openai.Error 
 	if e == nil && err == nil {
 		s.writing = 0
 		begin := time.Now()
-		_ = s.flush()
+		_ = s.flush(true)
 		x.gw += time.Since(begin) - s.writing
 	}
 	switch {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"strconv"
 	"strings"
@@ -185,5 +186,32 @@ func TestEmbeddingsStreamedFailures(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A reply normalized as it arrives goes out in batches; an upstream key
+// the backend quoted is taken out even where it spans two batches.
+func TestReplyStreamRedactsAcrossBatches(t *testing.T) {
+	const key = "sk-upstream-secret-key-42"
+	text := strings.Repeat("x", 20) + key + strings.Repeat("y", 50) + key + `"}`
+	want := strings.ReplaceAll(text, key, "[redacted]")
+	for _, piece := range []int{1, 7, 16, 31, len(text)} {
+		w := httptest.NewRecorder()
+		h := &Handler{upstreamKeys: newUpstreamKeys([]*Backend{{apiKey: key}})}
+		x := &exchange{h: h, w: w, r: httptest.NewRequest("POST", "/v1/embeddings", nil), start: time.Now()}
+		s := &replyStream{u: &upstreamWriter{x: x}, batch: make([]byte, 0, 32)}
+		for rest := text; rest != ""; {
+			n := min(piece, len(rest))
+			if _, err := s.Write([]byte(rest[:n])); err != nil {
+				t.Fatal(err)
+			}
+			rest = rest[n:]
+		}
+		if err := s.flush(true); err != nil {
+			t.Fatal(err)
+		}
+		if got := w.Body.String(); got != want {
+			t.Errorf("pieces of %d: sent %q, want %q", piece, got, want)
+		}
 	}
 }

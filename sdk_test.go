@@ -5,8 +5,11 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 
+	"github.com/anthropics/anthropic-sdk-go/v2"
+	aoption "github.com/anthropics/anthropic-sdk-go/v2/option"
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 	"github.com/openai/openai-go/v3/packages/ssestream"
@@ -109,5 +112,94 @@ func TestSDKErrors(t *testing.T) {
 	var apiErr *openai.Error
 	if !errors.As(err, &apiErr) || apiErr.StatusCode != 400 || apiErr.Param != "messages" || apiErr.Type != "invalid_request_error" {
 		t.Fatalf("error %v", err)
+	}
+}
+
+// TestSDKsStopOnFinalErrors: an error no retry can fix carries
+// x-should-retry: false, and the official SDKs, which retry with
+// backoff otherwise (Claude Code retried a wrong key's 401 for three
+// minutes), give up after one attempt. A 429 over a rate limit is
+// still retried.
+func TestSDKsStopOnFinalErrors(t *testing.T) {
+	g := newGateway(t, `chat_gateway {
+		auth {
+			key sk-sdk-final-0123456789 {
+				models m claude*
+			}
+			key sk-sdk-spent-0123456789 {
+				quota 60/month
+			}
+		}
+		limits {
+			default_max_tokens 8
+		}
+	}`)
+	var attempts atomic.Int32
+	count := func(req *http.Request, next func(*http.Request) (*http.Response, error)) (*http.Response, error) {
+		attempts.Add(1)
+		return next(req)
+	}
+	chat := func(key, model string, retries int) error {
+		client := openai.NewClient(option.WithBaseURL(g.URL+"/v1"), option.WithAPIKey(key), option.WithMaxRetries(retries),
+			option.WithMiddleware(func(r *http.Request, n option.MiddlewareNext) (*http.Response, error) { return count(r, n) }))
+		params := sdkParams
+		params.Model = model
+		_, err := client.Chat.Completions.New(context.Background(), params)
+		return err
+	}
+	messages := func(key, model string, retries int) error {
+		client := anthropic.NewClient(aoption.WithBaseURL(g.URL), aoption.WithAPIKey(key), aoption.WithMaxRetries(retries),
+			aoption.WithMiddleware(func(r *http.Request, n aoption.MiddlewareNext) (*http.Response, error) { return count(r, n) }))
+		_, err := client.Messages.New(context.Background(), messageParams(model, "hi"))
+		return err
+	}
+	for _, tt := range []struct {
+		name   string
+		call   func(key, model string, retries int) error
+		key    string
+		model  string
+		status int
+	}{
+		{"chat, wrong key", chat, "sk-wrong-0123456789abc", "m", 401},
+		{"messages, wrong key", messages, "sk-wrong-0123456789abc", "claude-x", 401},
+		{"chat, model not allowed", chat, "sk-sdk-final-0123456789", "gpt-4o", 404},
+		{"messages, model not allowed", messages, "sk-sdk-final-0123456789", "gpt-4o", 404},
+		{"messages, larger than the whole quota", messages, "sk-sdk-spent-0123456789", "claude-x", 429},
+		{"chat, quota spent", chat, "sk-sdk-spent-0123456789", "m", 429},
+	} {
+		if strings.HasSuffix(tt.name, "quota spent") {
+			for i := 0; chat(tt.key, tt.model, 0) == nil; i++ {
+				if i == 20 {
+					t.Fatal("the quota is never spent")
+				}
+			}
+		}
+		attempts.Store(0)
+		err := tt.call(tt.key, tt.model, 2)
+		var oe *openai.Error
+		var ae *anthropic.Error
+		status := 0
+		switch {
+		case errors.As(err, &oe):
+			status = oe.StatusCode
+		case errors.As(err, &ae):
+			status = ae.StatusCode
+		}
+		if status != tt.status || attempts.Load() != 1 {
+			t.Errorf("%s: status %d after %d attempts (%v), want %d after 1", tt.name, status, attempts.Load(), err, tt.status)
+		}
+		if strings.HasSuffix(tt.name, "quota spent") && (oe == nil || oe.Code != "insufficient_quota") {
+			t.Errorf("%s: %v, want insufficient_quota", tt.name, err)
+		}
+	}
+	// A 429 that waiting may fix (here a backend's) is retried, as the
+	// SDKs do unless told otherwise.
+	be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, 429, `{"error":{"message":"slow down","type":"rate_limit_error","code":"rate_limit_exceeded"}}`)
+	})
+	g = newGateway(t, "chat_gateway "+be.URL)
+	attempts.Store(0)
+	if err := chat("any", "m", 1); err == nil || attempts.Load() != 2 || be.count() != 2 {
+		t.Errorf("a backend's 429: %v after %d attempts (%d at the backend), want it retried once", err, attempts.Load(), be.count())
 	}
 }

@@ -427,3 +427,46 @@ func TestDeclaredHugeReplyRefusedUnread(t *testing.T) {
 		t.Fatalf("%d %s, want 502 upstream_reply_too_large", resp.StatusCode, body)
 	}
 }
+
+// The upstream key a backend quotes in a 2xx reply (a Response that
+// failed, non-streamed and as its response.failed event) is taken out
+// too; and no log line, debug included, carries the key the gateway
+// sends a backend that serves Messages as X-Api-Key.
+func TestUpstreamKeyRedactedInRepliesAndLogs(t *testing.T) {
+	const key = "sk-upstream-secret-key-43"
+	failed := `{"id":"resp_1","object":"response","status":"failed","error":{"code":"server_error","message":"upstream rejected Bearer ` + key + `"},"output":[]}`
+	be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.URL.Path == "/v1/messages":
+			writeJSON(w, 200, nativeReply)
+		case strings.Contains(upstreamBody(r), `"stream":true`):
+			w.Header().Set("Content-Type", "text/event-stream")
+			_, _ = io.WriteString(w, "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_1\",\"status\":\"in_progress\"}}\n\n")
+			_, _ = io.WriteString(w, "event: response.failed\ndata: {\"type\":\"response.failed\",\"response\":"+failed+"}\n\n")
+		default:
+			writeJSON(w, 200, failed)
+		}
+	})
+	g := newGateway(t, fmt.Sprintf("chat_gateway {\n backend %s {\n api_key %s\n messages native\n }\n}", be.URL, key))
+	for _, body := range []string{`{"model":"m","input":"hi"}`, `{"model":"m","input":"hi","stream":true}`} {
+		req := g.request(body)
+		req.URL.Path = "/v1/responses"
+		resp, got := do(t, req)
+		if resp.StatusCode != 200 || strings.Contains(got, key) || !strings.Contains(got, "Bearer [redacted]") {
+			t.Errorf("%s: %d %s", body, resp.StatusCode, got)
+		}
+	}
+	if resp, got := do(t, messagesRequest(g, `{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}`)); resp.StatusCode != 200 {
+		t.Fatalf("messages: %d %s", resp.StatusCode, got)
+	}
+	if be.last(t).Header.Get("X-Api-Key") != key {
+		t.Fatalf("the native backend got X-Api-Key %q", be.last(t).Header.Get("X-Api-Key"))
+	}
+	_, logs := g.logs(t)
+	if !strings.Contains(logs, `"upstream roundtrip"`) {
+		t.Fatal("no debug line of reverse_proxy's in the log: the test checks nothing")
+	}
+	if strings.Contains(logs, key) {
+		t.Fatalf("the upstream key is in the log:\n%s", logs)
+	}
+}

@@ -13,11 +13,12 @@ type sseWriter struct {
 	rc          *http.ResponseController
 	eventBuffer // events queued
 	started     bool
-	err         error // the first write error: the client is gone
+	err         error        // the first write error: the client is gone
+	keys        upstreamKeys // taken out of every event
 }
 
-func newSSEWriter(w http.ResponseWriter) *sseWriter {
-	return &sseWriter{w: w}
+func newSSEWriter(w http.ResponseWriter, keys upstreamKeys) *sseWriter {
+	return &sseWriter{w: w, keys: keys}
 }
 
 // start writes the stream's headers, which go out with its first event.
@@ -86,16 +87,17 @@ func (s *sseWriter) comment(text string) error {
 	return s.write(append(append(append(s.bytes(), ": "...), text...), "\n\n"...))
 }
 
-// write writes b (the buffer with what was queued) and flushes. The
-// buffer goes back to the pool until the next event, so an idle stream
-// holds none.
+// write writes b (the buffer with what was queued, whole events, which
+// may come from a backend: the upstream keys are taken out) and
+// flushes. The buffer goes back to the pool until the next event, so an
+// idle stream holds none.
 func (s *sseWriter) write(b []byte) error {
 	defer s.giveBack(b)
 	s.start()
 	if s.err != nil {
 		return s.err
 	}
-	if _, err := s.w.Write(b); err != nil {
+	if _, err := s.w.Write(s.keys.redact(b)); err != nil {
 		s.err = err
 		return err
 	}

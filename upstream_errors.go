@@ -1,7 +1,6 @@
 package chatgateway
 
-// How backend and transport failures become the errors clients get, with
-// the upstream keys taken out of whatever a backend said.
+// How backend and transport failures become the errors clients get.
 
 import (
 	"errors"
@@ -61,22 +60,4 @@ func proxyError(err error) *openai.Error {
 		return openai.NoUpstreamAvailable()
 	}
 	return openai.UpstreamUnavailable()
-}
-
-// redactError takes the upstream keys out of e, a backend's error (it
-// may quote the credential it was sent anywhere), and returns it.
-func (h *Handler) redactError(e *openai.Error) *openai.Error {
-	e.Message, e.Type, e.Param, e.Code = h.redactUpstreamKeys(e.Message), h.redactUpstreamKeys(e.Type), h.redactUpstreamKeys(e.Param), h.redactUpstreamKeys(e.Code)
-	return e
-}
-
-// redactUpstreamKeys replaces every backend's api_key in s, which came
-// from a backend, with "[redacted]".
-func (h *Handler) redactUpstreamKeys(s string) string {
-	for _, b := range h.Backends {
-		if len(b.apiKey) >= 8 && strings.Contains(s, b.apiKey) {
-			s = strings.ReplaceAll(s, b.apiKey, "[redacted]")
-		}
-	}
-	return s
 }

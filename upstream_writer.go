@@ -9,7 +9,6 @@ import (
 	"context"
 	"errors"
 	"net/http"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -255,9 +254,9 @@ func (u *upstreamWriter) settle(ctx context.Context, proxyErr error, aborted boo
 	x.h.passHeaders(x.w.Header(), u.header)
 	x.fromUpstream = true
 	if u.status >= 500 {
-		x.backendError = x.h.redactUpstreamKeys(backendErrorText(u.body))
+		x.backendError = x.h.upstreamKeys.redactString(backendErrorText(u.body))
 	}
-	return x.h.redactError(openai.BackendError(u.status, u.body))
+	return x.h.upstreamKeys.redactError(openai.BackendError(u.status, u.body))
 }
 
 // reply answers from a buffered 2xx reply: normalized JSON, or the same
@@ -272,6 +271,7 @@ func (u *upstreamWriter) reply() *openai.Error {
 		return invalidReply(x)
 	}
 	x.setResult(rep)
+	x.claim(rep.ResponseID)
 	x.markFirstToken()
 	x.h.passHeaders(x.w.Header(), u.header)
 	if !x.req.Stream {
@@ -343,13 +343,7 @@ func (h *Handler) passHeaders(dst, src http.Header) {
 		if !ok {
 			continue
 		}
-		for i, s := range v {
-			if r := h.redactUpstreamKeys(s); r != s {
-				v = slices.Clone(v)
-				v[i] = r
-			}
-		}
-		dst[name] = v
+		dst[name] = h.upstreamKeys.redactHeader(v)
 	}
 }
 

@@ -1,11 +1,9 @@
 package anthropic
 
 import (
-	"bytes"
 	"encoding/json"
 	"strconv"
 	"strings"
-	"unicode/utf8"
 
 	"github.com/chatgateway/caddy-chat-gateway/internal/jsonwalk"
 	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
@@ -56,35 +54,52 @@ var samplingParams = [3]string{"temperature", "top_p", "top_k"}
 func ParseRequest(body []byte) (*Request, *openai.Error) { return parse(body, true) }
 
 // ParseCountTokens validates body as a POST /v1/messages/count_tokens
-// request: as ParseRequest, without max_tokens.
+// request: as ParseRequest, without max_tokens; its answer is never a
+// stream.
 func ParseCountTokens(body []byte) (*Request, *openai.Error) { return parse(body, false) }
 
-func parse(body []byte, needMaxTokens bool) (*Request, *openai.Error) {
-	if len(bytes.TrimSpace(body)) == 0 {
-		return nil, openai.InvalidJSON("The request body is empty; send a JSON object.")
-	}
-	if !utf8.Valid(body) {
-		return nil, openai.InvalidJSON("The request body is not valid UTF-8.")
-	}
+// topNames are the top-level members of a Messages request the gateway
+// reads.
+var topNames = []string{"model", "messages", "max_tokens", "stream", "system", "stop_sequences",
+	"temperature", "top_p", "top_k", "metadata", "tools", "tool_choice"}
+
+// parse reads a Messages request: one that creates a message when
+// create, else a count_tokens request.
+func parse(body []byte, create bool) (*Request, *openai.Error) {
 	var top struct {
-		Model         json.RawMessage `json:"model"`
-		Messages      json.RawMessage `json:"messages"`
-		MaxTokens     json.RawMessage `json:"max_tokens"`
-		Stream        json.RawMessage `json:"stream"`
-		System        json.RawMessage `json:"system"`
-		StopSequences json.RawMessage `json:"stop_sequences"`
-		Temperature   json.RawMessage `json:"temperature"`
-		TopP          json.RawMessage `json:"top_p"`
-		TopK          json.RawMessage `json:"top_k"`
-		Metadata      json.RawMessage `json:"metadata"`
-		Tools         json.RawMessage `json:"tools"`
-		ToolChoice    json.RawMessage `json:"tool_choice"`
+		Model, Messages, MaxTokens, Stream, System, StopSequences json.RawMessage
+		Temperature, TopP, TopK, Metadata, Tools, ToolChoice      json.RawMessage
 	}
-	if err := json.Unmarshal(body, &top); err != nil {
-		if _, ok := err.(*json.UnmarshalTypeError); ok {
-			return nil, openai.InvalidType("", "The request body must be a JSON object.")
+	fields := map[string]*json.RawMessage{"model": &top.Model, "messages": &top.Messages, "max_tokens": &top.MaxTokens,
+		"stream": &top.Stream, "system": &top.System, "stop_sequences": &top.StopSequences, "temperature": &top.Temperature,
+		"top_p": &top.TopP, "top_k": &top.TopK, "metadata": &top.Metadata, "tools": &top.Tools, "tool_choice": &top.ToolChoice}
+	rd := openai.NewRequestReader(body, topNames...)
+	rd.Dotted()
+	e := rd.Read(func(key []byte, at int) (int, error) {
+		var end int
+		var err error
+		if jsonwalk.KeyIs(key, "messages") && body[at] == '[' {
+			end, err = rd.Array(at, 2, func(n, at int) (int, error) {
+				if body[at] != '{' {
+					return rd.Value(at, 2)
+				}
+				return rd.Object(at, 3, func(k []byte, at int) (int, error) {
+					rd.Check(k, rd.Elem("messages", n), "role", "content")
+					return rd.Value(at, 3)
+				})
+			})
+		} else {
+			end, err = rd.Value(at, 1)
 		}
-		return nil, openai.InvalidJSON("The request body is not valid JSON: " + err.Error() + ".")
+		if err == nil {
+			if dst := fields[string(openai.KeyName(key))]; dst != nil {
+				*dst = body[at:end]
+			}
+		}
+		return end, err
+	})
+	if e != nil {
+		return nil, e
 	}
 	r := &Request{system: top.System, tools: top.Tools, toolChoice: top.ToolChoice, metadata: top.Metadata,
 		sampling: [3]json.RawMessage{top.Temperature, top.TopP, top.TopK}}
@@ -110,7 +125,7 @@ func parse(body []byte, needMaxTokens bool) (*Request, *openai.Error) {
 		}
 		r.PromptBytes += len(m.Content)
 	}
-	if needMaxTokens {
+	if create {
 		if jsonwalk.IsNull(top.MaxTokens) {
 			return nil, missing("max_tokens")
 		}
@@ -120,7 +135,8 @@ func parse(body []byte, needMaxTokens bool) (*Request, *openai.Error) {
 		}
 		r.MaxTokens = n
 	}
-	if !jsonwalk.IsNull(top.Stream) && json.Unmarshal(top.Stream, &r.Stream) != nil {
+	// count_tokens answers JSON whatever the request says.
+	if create && !jsonwalk.IsNull(top.Stream) && json.Unmarshal(top.Stream, &r.Stream) != nil {
 		return nil, invalid("stream", openai.InvalidType, "must be a boolean")
 	}
 	if !jsonwalk.IsNull(top.System) && top.System[0] != '"' && top.System[0] != '[' {

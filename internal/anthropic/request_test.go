@@ -71,6 +71,15 @@ func TestParseRequestErrors(t *testing.T) {
 		{`{"model":"m","max_tokens":1,"temperature":"hot",` + msgs + `}`, "temperature", "invalid_type"},
 		{`{"model":"m","max_tokens":1,"top_k":true,` + msgs + `}`, "top_k", "invalid_type"},
 		{`{"model":"m","max_tokens":1,"tools":{},` + msgs + `}`, "tools", "invalid_type"},
+		// One reading: a name twice (escapes decoded) or a read name in
+		// another case, which encoding/json would take for it, is refused.
+		{`{"model":"secret","Model":"pub","max_tokens":1,` + msgs + `}`, "Model", "unknown_parameter"},
+		{`{"model":"m","max_tokens":4000,"MAX_TOKENS":1,` + msgs + `}`, "MAX_TOKENS", "unknown_parameter"},
+		{`{"model":"a","model":"b","max_tokens":1,` + msgs + `}`, "model", "duplicate_key"},
+		{`{"model":"a","mod\u0065l":"b","max_tokens":1,` + msgs + `}`, "model", "duplicate_key"},
+		{`{"model":"m","max_tokens":1,"stream":false,"stream":true,` + msgs + `}`, "stream", "duplicate_key"},
+		{`{"model":"m","max_tokens":1,"messages":[{"role":"user","ROLE":"assistant","content":"x"}]}`, "messages.0.ROLE", "unknown_parameter"},
+		{`{"model":"m","max_tokens":1,"messages":[{"role":"user","content":[{"type":"text","text":"a","text":"b"}]}]}`, "messages.0.content.0.text", "duplicate_key"},
 	}
 	for _, tt := range tests {
 		_, e := ParseRequest([]byte(tt.body))
@@ -274,27 +283,42 @@ func FuzzRequest(f *testing.F) {
 }
 
 // Claude Code sends instructions mid-conversation as a message with role
-// "system": they become a chat system message in place.
+// "system"; chat templates take one system message, first. System
+// messages before the conversation join the leading one; a later one
+// joins the user message next to it, earlier messages untouched.
 func TestChatBodySystemMessage(t *testing.T) {
-	r, e := ParseRequest([]byte(`{"model":"m","max_tokens":5,"system":"be brief","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]},{"role":"system","content":[{"type":"text","text":"now in French"}]}]}`))
-	if e != nil {
-		t.Fatal(e)
+	const tool = `{"role":"assistant","content":[{"type":"tool_use","id":"t1","name":"f","input":{}}]},` +
+		`{"role":"user","content":[{"type":"tool_result","tool_use_id":"t1","content":"42"}]}`
+	tests := []struct{ messages, want string }{
+		{`{"role":"user","content":[{"type":"text","text":"hi"}]},{"role":"system","content":[{"type":"text","text":"now in French"}]}`,
+			"[{system be brief} {user hi\n\nnow in French}]"},
+		{`{"role":"system","content":"first"},{"role":"user","content":"hi"},{"role":"assistant","content":"yo"},{"role":"system","content":"later"},{"role":"user","content":"and?"}`,
+			"[{system be brief\n\nfirst} {user hi} {assistant yo} {user later\n\nand?}]"},
+		{`{"role":"user","content":"hi"},` + tool + `,{"role":"system","content":"after the tool"}`,
+			"[{system be brief} {user hi} {assistant <nil>} {tool 42} {user after the tool}]"},
+		{`{"role":"user","content":[{"type":"text","text":"see"},{"type":"image","source":{"type":"url","url":"https://x/a.png"}}]},{"role":"system","content":"reminder"}`,
+			"[{system be brief} {user [map[text:see type:text] map[image_url:map[url:https://x/a.png] type:image_url] map[text:reminder type:text]]}]"},
 	}
-	body, e := r.ChatBody()
-	if e != nil {
-		t.Fatal(e)
-	}
-	var chat struct {
-		Messages []struct {
-			Role    string `json:"role"`
-			Content any    `json:"content"`
-		} `json:"messages"`
-	}
-	if err := json.Unmarshal(body, &chat); err != nil {
-		t.Fatal(err)
-	}
-	got := fmt.Sprint(chat.Messages)
-	if want := "[{system be brief} {user hi} {system now in French}]"; got != want {
-		t.Fatalf("messages %s, want %s", got, want)
+	for _, tt := range tests {
+		r, e := ParseRequest([]byte(`{"model":"m","max_tokens":5,"system":"be brief","messages":[` + tt.messages + `]}`))
+		if e != nil {
+			t.Fatal(e)
+		}
+		body, e := r.ChatBody()
+		if e != nil {
+			t.Fatal(e)
+		}
+		var chat struct {
+			Messages []struct {
+				Role    string `json:"role"`
+				Content any    `json:"content"`
+			} `json:"messages"`
+		}
+		if err := json.Unmarshal(body, &chat); err != nil {
+			t.Fatal(err)
+		}
+		if got := fmt.Sprint(chat.Messages); got != tt.want {
+			t.Errorf("%s:\nmessages %q\nwant     %q", tt.messages, got, tt.want)
+		}
 	}
 }

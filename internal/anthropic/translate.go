@@ -3,7 +3,9 @@ package anthropic
 import (
 	"bytes"
 	"encoding/json"
+	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/chatgateway/caddy-chat-gateway/internal/jsonwalk"
 	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
@@ -78,20 +80,9 @@ type chatFunction struct {
 // A request that has no chat equivalent (an unknown block type, a server
 // tool, a document by URL) is a 400 naming the parameter.
 func (r *Request) ChatBody() ([]byte, *openai.Error) {
-	var msgs []chatMessage
-	if !jsonwalk.IsNull(r.system) {
-		text, e := systemText("system", r.system)
-		if e != nil {
-			return nil, e
-		}
-		msgs = append(msgs, chatMessage{Role: "system", Content: text})
-	}
-	for i, m := range r.messages {
-		out, e := translateMessage("messages."+strconv.Itoa(i), m)
-		if e != nil {
-			return nil, e
-		}
-		msgs = append(msgs, out...)
+	msgs, e := r.chatMessages()
+	if e != nil {
+		return nil, e
 	}
 	if len(msgs) == 0 {
 		return nil, invalid("messages", openai.EmptyArray, "must hold content a chat backend can read, not only thinking blocks")
@@ -135,6 +126,81 @@ func (r *Request) ChatBody() ([]byte, *openai.Error) {
 	return buf.Bytes(), nil
 }
 
+// chatMessages translates the system parameter and the messages. Chat
+// templates (Llama 3, Mistral, Gemma in llama.cpp and vLLM) take one
+// system message, first: the system parameter and the system messages
+// before the conversation starts become it, joined by a blank line; a
+// system message later in the conversation (Claude Code sends them
+// after the user's turn) joins the user message it follows or precedes
+// as text, which keeps the roles alternating and every earlier message,
+// so the backend's prompt cache, as it was.
+func (r *Request) chatMessages() ([]chatMessage, *openai.Error) {
+	var system []string
+	if !jsonwalk.IsNull(r.system) {
+		text, e := systemText("system", r.system)
+		if e != nil {
+			return nil, e
+		}
+		system = append(system, text)
+	}
+	var msgs []chatMessage
+	joinNext := false // the last message holds a later system message's text
+	for i, m := range r.messages {
+		param := "messages." + strconv.Itoa(i)
+		if m.Role == "system" {
+			text, e := systemText(param+".content", m.Content)
+			switch {
+			case e != nil:
+				return nil, e
+			case len(msgs) == 0:
+				system = append(system, text)
+			case msgs[len(msgs)-1].Role == "user":
+				msgs[len(msgs)-1].Content = joinContent(msgs[len(msgs)-1].Content, text)
+			default:
+				msgs = append(msgs, chatMessage{Role: "user", Content: text})
+				joinNext = true
+			}
+			continue
+		}
+		out, e := translateMessage(param, m)
+		if e != nil {
+			return nil, e
+		}
+		if joinNext && len(out) > 0 && out[0].Role == "user" {
+			msgs[len(msgs)-1].Content = joinContent(msgs[len(msgs)-1].Content, out[0].Content)
+			out = out[1:]
+		}
+		joinNext = joinNext && len(out) == 0
+		msgs = append(msgs, out...)
+	}
+	if len(system) > 0 {
+		msgs = slices.Insert(msgs, 0, chatMessage{Role: "system", Content: strings.Join(system, "\n\n")})
+	}
+	return msgs, nil
+}
+
+// joinContent is the content of a user message with more after it: text
+// joined by a blank line, else the parts of both.
+func joinContent(a, b any) any {
+	as, aText := a.(string)
+	bs, bText := b.(string)
+	if aText && bText {
+		return as + "\n\n" + bs
+	}
+	return append(asParts(a), asParts(b)...)
+}
+
+// asParts is a content as parts.
+func asParts(c any) []chatPart {
+	switch c := c.(type) {
+	case string:
+		return []chatPart{{Type: "text", Text: c}}
+	case []chatPart:
+		return c
+	}
+	return nil
+}
+
 // systemText is the text of system instructions (the system parameter,
 // or the content of a message with role "system", named param): the
 // string, or its text blocks joined by "\n".
@@ -158,13 +224,6 @@ func systemText(param string, v json.RawMessage) (string, *openai.Error) {
 // or for a user message with tool results, a "tool" message per result
 // followed by a user message with the rest.
 func translateMessage(param string, m rawMessage) ([]chatMessage, *openai.Error) {
-	if m.Role == "system" {
-		text, e := systemText(param+".content", m.Content)
-		if e != nil {
-			return nil, e
-		}
-		return []chatMessage{{Role: "system", Content: text}}, nil
-	}
 	if m.Content[0] == '"' {
 		return []chatMessage{{Role: m.Role, Content: contentText(m.Content)}}, nil
 	}

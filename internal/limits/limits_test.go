@@ -3,6 +3,7 @@ package limits
 import (
 	"context"
 	"errors"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -479,4 +480,58 @@ func TestClockBehind(t *testing.T) {
 			t.Fatal("two admitted after 6s")
 		}
 	})
+}
+
+// An id belongs to who claimed it, in every store, until its ttl ends:
+// nobody else owns it, nor does anybody own an id never claimed.
+func TestOwners(t *testing.T) {
+	srv := redistest.Start(t)
+	for name, store := range map[string]Owners{"memory": NewMemory(), "redis": openRedis(t, srv.Addr, uniquePrefix(), time.Second)} {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			if err := store.Claim(ctx, "resp_1", "key:alice", time.Hour); err != nil {
+				t.Fatal(err)
+			}
+			if err := store.Claim(ctx, "resp_short", "key:alice", 50*time.Millisecond); err != nil {
+				t.Fatal(err)
+			}
+			for _, tt := range []struct {
+				id, owner string
+				want      bool
+			}{
+				{"resp_1", "key:alice", true},
+				{"resp_1", "key:bob", false},
+				{"resp_1", "key:Alice", false},
+				{"resp_2", "key:alice", false},
+				{"", "key:alice", false},
+			} {
+				if got, err := store.Owns(ctx, tt.id, tt.owner); err != nil || got != tt.want {
+					t.Errorf("%s owns %s: %v %v, want %v", tt.owner, tt.id, got, err, tt.want)
+				}
+			}
+			time.Sleep(100 * time.Millisecond)
+			if got, err := store.Owns(ctx, "resp_short", "key:alice"); err != nil || got {
+				t.Errorf("an expired claim: %v %v", got, err)
+			}
+		})
+	}
+}
+
+// Memory keeps the latest MaxMemoryOwners claims, forgetting the oldest.
+func TestMemoryOwnersBounded(t *testing.T) {
+	m := NewMemory()
+	ctx := context.Background()
+	for i := range MaxMemoryOwners + 10 {
+		if err := m.Claim(ctx, "resp_"+strconv.Itoa(i), "o", time.Hour); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(m.owners.byID); n != MaxMemoryOwners {
+		t.Fatalf("%d records kept", n)
+	}
+	for i, want := range map[int]bool{0: false, 9: false, 10: true, MaxMemoryOwners + 9: true} {
+		if got, _ := m.Owns(ctx, "resp_"+strconv.Itoa(i), "o"); got != want {
+			t.Errorf("resp_%d: owned %v, want %v", i, got, want)
+		}
+	}
 }

@@ -25,6 +25,7 @@ const sweepEvery = float64(time.Minute / time.Microsecond)
 type Memory struct {
 	seed   maphash.Seed
 	shards [memoryShards]shard
+	owners memoryOwners
 }
 
 // shard is one locked part of a Memory.

@@ -16,11 +16,10 @@ func (completionsEndpoint) Name() string { return "completions" }
 // token ids or arrays of them) is required; suffix (fill in the middle)
 // must be a string and is forwarded as sent.
 func (completionsEndpoint) Parse(body []byte) (*Request, *Error) {
-	p := requestParser{body: body, req: &ChatRequest{}}
+	p := requestParser{RequestReader: NewRequestReader(body, completionsNames...), req: &ChatRequest{}}
 	var prompt []byte
 	size := 0
-	e := p.parse(func(key []byte, at int) (int, error) {
-		p.once(key)
+	e := p.Read(func(key []byte, at int) (int, error) {
 		switch {
 		case jsonwalk.KeyIs(key, "prompt"):
 			end, n, err := p.textsOrTokens("prompt", at, true)
@@ -29,13 +28,13 @@ func (completionsEndpoint) Parse(body []byte) (*Request, *Error) {
 			}
 			return end, err
 		case jsonwalk.KeyIs(key, "suffix"):
-			end, err := scanValue(body, at, 1)
+			end, err := p.Value(at, 1)
 			switch {
 			case err != nil, jsonwalk.IsNull(body[at:end]):
 			case body[at] == '"':
 				size += end - at - 2
 			default:
-				p.fail(InvalidType("suffix", "'suffix' must be a string."))
+				p.Fail(InvalidType("suffix", "'suffix' must be a string."))
 			}
 			return end, err
 		}

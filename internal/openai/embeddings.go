@@ -23,11 +23,10 @@ func (embeddingsEndpoint) Name() string { return "embeddings" }
 // token ids or arrays of them) is required and not empty;
 // encoding_format, when set, is float or base64.
 func (embeddingsEndpoint) Parse(body []byte) (*Request, *Error) {
-	p := requestParser{body: body, req: &ChatRequest{}}
+	p := requestParser{RequestReader: NewRequestReader(body, embeddingsNames...), req: &ChatRequest{}}
 	var input []byte
 	size, b64 := 0, false
-	e := p.parse(func(key []byte, at int) (int, error) {
-		p.once(key)
+	e := p.Read(func(key []byte, at int) (int, error) {
 		switch {
 		case jsonwalk.KeyIs(key, "input"):
 			end, n, err := p.textsOrTokens("input", at, false)
@@ -36,13 +35,13 @@ func (embeddingsEndpoint) Parse(body []byte) (*Request, *Error) {
 			}
 			return end, err
 		case jsonwalk.KeyIs(key, "encoding_format"):
-			end, err := scanValue(body, at, 1)
+			end, err := p.Value(at, 1)
 			switch v := string(body[at:end]); {
 			case err != nil, v == "null", v == `"float"`:
 			case v == `"base64"`:
 				b64 = true
 			default:
-				p.fail(InvalidValue("encoding_format", "'encoding_format' must be float or base64."))
+				p.Fail(InvalidValue("encoding_format", "'encoding_format' must be float or base64."))
 			}
 			return end, err
 		}
@@ -55,7 +54,8 @@ func (embeddingsEndpoint) Parse(body []byte) (*Request, *Error) {
 		return nil, MissingRequiredParameter("input", "Missing required parameter: 'input'.")
 	}
 	req := p.request(size, input)
-	req.Stream, req.IncludeUsage, req.base64 = false, false, b64 // embeddings do not stream
+	// Embeddings neither stream nor generate tokens.
+	req.Stream, req.IncludeUsage, req.MaxOutputTokens, req.Outputs, req.base64 = false, false, 0, 0, b64
 	return req, nil
 }
 

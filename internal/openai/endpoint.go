@@ -106,9 +106,13 @@ type Request struct {
 	// token estimate (Meta.PromptBytes); a token id counts four bytes,
 	// so a prompt of token ids is estimated at one token each.
 	PromptBytes int
-	// MaxOutputTokens is the output budget the client set (max_tokens,
-	// max_completion_tokens or max_output_tokens), 0 when it set none.
+	// MaxOutputTokens is the output budget the client set: the largest
+	// of max_tokens, max_completion_tokens and max_output_tokens, as a
+	// backend may honour any of them; 0 when it set none.
 	MaxOutputTokens int64
+	// Outputs is how many outputs the request asks for, each with the
+	// output budget: n, or best_of when larger; 0 when it set neither.
+	Outputs int64
 	// PreviousResponseID is a Responses request's previous_response_id:
 	// such a request needs the backend that holds that state.
 	PreviousResponseID string
@@ -157,7 +161,7 @@ func (chatEndpoint) Parse(body []byte) (*Request, *Error) {
 		return nil, e
 	}
 	return &Request{Model: c.Model, Stream: c.Stream, IncludeUsage: c.IncludeUsage, PromptBytes: c.ContentBytes,
-		MaxOutputTokens: c.maxOutput, chat: c}, nil
+		MaxOutputTokens: c.maxOutput, Outputs: c.outputs, chat: c}, nil
 }
 
 func (chatEndpoint) Normalize(dst, body []byte, m Meta) ([]byte, Reply, error) {
@@ -296,7 +300,7 @@ func (c *chunkEvents) Fail(e *Error, emit Emit) error {
 func (p *requestParser) request(promptBytes int, echo []byte) *Request {
 	c := p.req
 	return &Request{Model: c.Model, Stream: c.Stream, IncludeUsage: c.IncludeUsage, PromptBytes: promptBytes,
-		MaxOutputTokens: c.maxOutput, echo: echo}
+		MaxOutputTokens: c.maxOutput, Outputs: c.outputs, echo: echo}
 }
 
 // textsOrTokens validates the value at b[at] as a prompt or an input: a
@@ -306,18 +310,18 @@ func (p *requestParser) request(promptBytes int, echo []byte) *Request {
 func (p *requestParser) textsOrTokens(param string, at int, allowEmpty bool) (int, int, error) {
 	b := p.body
 	wrongType := func() {
-		p.fail(InvalidType(param, "'"+param+"' must be a string, an array of strings, an array of token ids or an array of arrays of token ids."))
+		p.Fail(InvalidType(param, "'"+param+"' must be a string, an array of strings, an array of token ids or an array of arrays of token ids."))
 	}
 	switch b[at] {
 	case '"':
 		end, err := scanString(b, at)
 		if err == nil && end-at == 2 && !allowEmpty {
-			p.fail(EmptyString(param, "'"+param+"' must not be empty."))
+			p.Fail(EmptyString(param, "'"+param+"' must not be empty."))
 		}
 		return end, end - at - 2, err
 	case '[':
 	default:
-		end, err := scanValue(b, at, 1)
+		end, err := p.Value(at, 1)
 		if err == nil && !jsonwalk.IsNull(b[at:end]) {
 			wrongType()
 		}
@@ -326,7 +330,7 @@ func (p *requestParser) textsOrTokens(param string, at int, allowEmpty bool) (in
 	size, n := 0, 0
 	var first byte // the kind of the first element: '"', '[' or '0'
 	token := func(at int, depth int) (int, error) {
-		end, err := scanValue(b, at, depth)
+		end, err := p.Value(at, depth)
 		if err == nil {
 			if _, ok := parseCount(b[at:end]); !ok {
 				wrongType()
@@ -335,7 +339,7 @@ func (p *requestParser) textsOrTokens(param string, at int, allowEmpty bool) (in
 		}
 		return end, err
 	}
-	end, err := scanArray(b, at, 2, func(_, at int) (int, error) {
+	end, err := p.Array(at, 2, func(_, at int) (int, error) {
 		n++
 		kind := b[at]
 		if kind == '-' || kind >= '0' && kind <= '9' {
@@ -352,15 +356,15 @@ func (p *requestParser) textsOrTokens(param string, at int, allowEmpty bool) (in
 			size += end - at - 2
 			return end, err
 		case '[':
-			return scanArray(b, at, 3, func(_, at int) (int, error) { return token(at, 3) })
+			return p.Array(at, 3, func(_, at int) (int, error) { return token(at, 3) })
 		case '0':
 			return token(at, 2)
 		}
 		wrongType()
-		return scanValue(b, at, 2)
+		return p.Value(at, 2)
 	})
 	if err == nil && n == 0 {
-		p.fail(EmptyArray(param, "'"+param+"' must not be an empty array."))
+		p.Fail(EmptyArray(param, "'"+param+"' must not be an empty array."))
 	}
 	return end, size, err
 }

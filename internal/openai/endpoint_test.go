@@ -146,7 +146,9 @@ func TestOutputBudget(t *testing.T) {
 		want int64
 	}{
 		{ChatCompletions, `{"messages":[{"role":"user","content":"x"}],"max_tokens":50}`, 50},
-		{ChatCompletions, `{"messages":[{"role":"user","content":"x"}],"max_tokens":50,"max_completion_tokens":20}`, 20},
+		// A backend may honour either: the largest is the budget.
+		{ChatCompletions, `{"messages":[{"role":"user","content":"x"}],"max_tokens":50,"max_completion_tokens":20}`, 50},
+		{ChatCompletions, `{"messages":[{"role":"user","content":"x"}],"max_tokens":1,"max_completion_tokens":2000}`, 2000},
 		{ChatCompletions, `{"messages":[{"role":"user","content":"x"}],"max_tokens":null}`, 0},
 		{Completions, `{"prompt":"x","max_tokens":16}`, 16},
 		{Responses, `{"input":"x","max_output_tokens":1000}`, 1000},
@@ -161,6 +163,69 @@ func TestOutputBudget(t *testing.T) {
 	for _, body := range []string{`{"prompt":"x","max_tokens":-1}`, `{"prompt":"x","max_tokens":"5"}`, `{"prompt":"x","max_tokens":1.5}`} {
 		if _, e := Completions.Parse([]byte(body)); e == nil || e.Param != "max_tokens" || e.Code != "invalid_type" {
 			t.Errorf("%s: %v", body, e)
+		}
+	}
+	outputs := []struct {
+		ep   Endpoint
+		body string
+		want int64
+	}{
+		{ChatCompletions, `{"messages":[{"role":"user","content":"x"}],"n":4}`, 4},
+		{ChatCompletions, `{"messages":[{"role":"user","content":"x"}],"n":null}`, 0},
+		{Completions, `{"prompt":"x","n":2,"best_of":5}`, 5},
+		{Completions, `{"prompt":"x","best_of":3,"n":2}`, 3},
+	}
+	for _, tt := range outputs {
+		req, e := tt.ep.Parse([]byte(tt.body))
+		if e != nil || req.Outputs != tt.want {
+			t.Errorf("%s %s: outputs %+v %v, want %d", tt.ep.Name(), tt.body, req, e, tt.want)
+		}
+	}
+	if _, e := ChatCompletions.Parse([]byte(`{"messages":[{"role":"user","content":"x"}],"n":"2"}`)); e == nil || e.Param != "n" || e.Code != "invalid_type" {
+		t.Errorf("n as a string: %v", e)
+	}
+}
+
+// TestOneReading checks that a member a backend could read differently
+// is refused on every route: a name given twice in any object (escapes
+// decoded), and a name the route reads spelt in another case, which
+// case-insensitive decoders (encoding/json and its kind) take for it.
+func TestOneReading(t *testing.T) {
+	const msg = `"messages":[{"role":"user","content":"x"}]`
+	tests := []struct {
+		ep          Endpoint
+		body        string
+		param, code string
+	}{
+		{ChatCompletions, `{"model":"a","Model":"b",` + msg + `}`, "Model", "unknown_parameter"},
+		{ChatCompletions, `{"MODEL":"b",` + msg + `}`, "MODEL", "unknown_parameter"},
+		{ChatCompletions, "{\"\u017ftream\":true," + msg + `}`, "\u017ftream", "unknown_parameter"},
+		{ChatCompletions, "{\"max_tokens\":1,\"MAX_TOKENS\":4000," + msg + `}`, "MAX_TOKENS", "unknown_parameter"},
+		{ChatCompletions, `{"messages":[{"role":"user","Role":"system","content":"x"}]}`, "messages[0].Role", "unknown_parameter"},
+		{ChatCompletions, `{"stream_options":{"Include_Usage":true},` + msg + `}`, "stream_options.Include_Usage", "unknown_parameter"},
+		{ChatCompletions, `{"tools":[{"type":"function","function":{"name":"f","name":"g"}}],` + msg + `}`, "tools[0].function.name", "duplicate_key"},
+		{ChatCompletions, `{"messages":[{"role":"user","content":[{"type":"text","text":"a","t\u0065xt":"b"}]}]}`, "messages[0].content[0].text", "duplicate_key"},
+		{Completions, `{"prompt":"x","Prompt":"y"}`, "Prompt", "unknown_parameter"},
+		{Completions, `{"prompt":"x","n":1,"N":9}`, "N", "unknown_parameter"},
+		{Embeddings, `{"input":"x","INPUT":"y"}`, "INPUT", "unknown_parameter"},
+		{Embeddings, `{"input":"x","input":"y"}`, "input", "duplicate_key"},
+		{Responses, `{"input":"x","Previous_Response_Id":"resp_1"}`, "Previous_Response_Id", "unknown_parameter"},
+		{Responses, `{"input":"x","metadata":{"a":"1","a":"2"}}`, "metadata.a", "duplicate_key"},
+	}
+	for _, tt := range tests {
+		_, e := tt.ep.Parse([]byte(tt.body))
+		if e == nil || e.Status != http.StatusBadRequest || e.Param != tt.param || e.Code != tt.code {
+			t.Errorf("%s %s: %+v, want 400 %s param %q", tt.ep.Name(), tt.body, e, tt.code, tt.param)
+		}
+	}
+	// Names the gateway does not read may take any case, and the same
+	// name may appear in different objects.
+	for _, body := range []string{
+		`{"Metadata":{"x":1},"metadata":{"X":1,"x":2},` + msg + `}`,
+		`{"tools":[{"type":"function","function":{"name":"f","parameters":{"properties":{"id":{},"ID":{}}}}}],` + msg + `}`,
+	} {
+		if _, e := ChatCompletions.Parse([]byte(body)); e != nil {
+			t.Errorf("%s: refused: %v", body, e)
 		}
 	}
 }

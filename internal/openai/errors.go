@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/chatgateway/caddy-chat-gateway/internal/jsonwalk"
 )
@@ -43,6 +44,9 @@ type Error struct {
 	Code    string // empty is sent as null
 
 	kind *Kind // nil for a backend's error
+	// overLimit marks a 429 for a request larger than a whole limit:
+	// waiting does not help it.
+	overLimit bool
 }
 
 // Error returns the message.
@@ -109,9 +113,11 @@ var (
 	kindEmptyArray               = kind(Kind{Code: "empty_array", Status: http.StatusBadRequest, Type: TypeInvalidRequest, Class: ClassClient})
 	kindEmptyString              = kind(Kind{Code: "empty_string", Status: http.StatusBadRequest, Type: TypeInvalidRequest, Class: ClassClient})
 	kindDuplicateKey             = kind(Kind{Code: "duplicate_key", Status: http.StatusBadRequest, Type: TypeInvalidRequest, Class: ClassClient})
+	kindUnknownParameter         = kind(Kind{Code: "unknown_parameter", Status: http.StatusBadRequest, Type: TypeInvalidRequest, Class: ClassClient})
 	kindUnsupportedParameter     = kind(Kind{Code: "unsupported_parameter", Status: http.StatusBadRequest, Type: TypeInvalidRequest, Class: ClassClient})
 	kindBodyReadError            = kind(Kind{Code: "body_read_error", Status: http.StatusBadRequest, Type: TypeInvalidRequest, Class: ClassClient})
 	kindInvalidAPIKey            = kind(Kind{Code: "invalid_api_key", Status: http.StatusUnauthorized, Type: TypeInvalidRequest, Class: ClassClient})
+	kindPreviousResponseNotFound = kind(Kind{Code: "previous_response_not_found", Status: http.StatusBadRequest, Type: TypeInvalidRequest, Class: ClassClient})
 	kindModelNotFound            = kind(Kind{Code: "model_not_found", Status: http.StatusNotFound, Type: TypeInvalidRequest, Class: ClassClient})
 	kindMethodNotAllowed         = kind(Kind{Code: "method_not_allowed", Status: http.StatusMethodNotAllowed, Type: TypeInvalidRequest, Class: ClassClient})
 	kindRequestTimeout           = kind(Kind{Code: "request_timeout", Status: http.StatusRequestTimeout, Type: TypeInvalidRequest, Class: ClassClient})
@@ -122,6 +128,7 @@ var (
 	kindRateLimitExceeded         = kind(Kind{Code: "rate_limit_exceeded", Status: http.StatusTooManyRequests, Type: TypeRateLimit, Class: ClassRejected})
 	kindInsufficientQuota         = kind(Kind{Code: "insufficient_quota", Status: http.StatusTooManyRequests, Type: TypeQuota, Class: ClassRejected})
 	kindRateLimitsUnavailable     = kind(Kind{Code: "rate_limits_unavailable", Status: http.StatusServiceUnavailable, Type: TypeServer, Class: ClassRejected})
+	kindOwnersUnavailable         = kind(Kind{Code: "owners_unavailable", Status: http.StatusServiceUnavailable, Type: TypeServer, Class: ClassRejected})
 
 	kindUpstreamError           = kind(Kind{Code: "upstream_error", Status: http.StatusBadGateway, Type: TypeUpstream, Class: ClassUpstream, Retryable: true})
 	kindUpstreamUnavailable     = kind(Kind{Code: "upstream_unavailable", Status: http.StatusBadGateway, Type: TypeUpstream, Class: ClassUpstream, Retryable: true})
@@ -177,6 +184,13 @@ func DuplicateKey(param string) *Error {
 	return kindDuplicateKey.new(param, "The request body names '"+param+"' more than once.")
 }
 
+// UnknownParameter is the error for a member named param that spells
+// known, a name the gateway reads, in another case: backends whose JSON
+// library ignores case would read it as known, the gateway does not.
+func UnknownParameter(param, known string) *Error {
+	return kindUnknownParameter.new(param, "Unknown parameter: '"+param+"'. Parameter names are case-sensitive: the gateway reads '"+known+"'.")
+}
+
 // UnsupportedParameter is the error for a parameter the backend serving
 // the request cannot honour.
 func UnsupportedParameter(param, msg string) *Error { return kindUnsupportedParameter.new(param, msg) }
@@ -193,6 +207,18 @@ func InvalidAPIKey(msg string) *Error { return kindInvalidAPIKey.new("", msg) }
 // the client's key may not use: the same, so it does not tell which.
 func ModelNotFound(model string) *Error {
 	return kindModelNotFound.new("model", "The model '"+model+"' does not exist or is not served by this gateway.")
+}
+
+// PreviousResponseNotFound is the error for a previous_response_id the
+// caller did not make through this gateway: one that never existed,
+// expired, or is another client's, alike. It is OpenAI's error for an
+// unknown previous response, status and all: clients such as Codex
+// start the conversation afresh on it.
+func PreviousResponseNotFound(id string) *Error {
+	if len(id) > 128 { // it is the client's own text: no need to send it all back
+		id = strings.ToValidUTF8(id[:128], "") + "..."
+	}
+	return kindPreviousResponseNotFound.new("previous_response_id", "Previous response with id '"+id+"' not found.")
 }
 
 // MethodNotAllowed is the error for a request with method on path,
@@ -226,6 +252,14 @@ func TooManyConcurrentRequests(msg string) *Error { return kindTooManyConcurrent
 // names the limit in OpenAI's words.
 func RateLimitExceeded(msg string) *Error { return kindRateLimitExceeded.new("", msg) }
 
+// RequestOverLimit is the 429 for a request that needs more than a whole
+// limit ("Request too large ..." in OpenAI's words): it can never pass.
+func RequestOverLimit(msg string) *Error {
+	e := kindRateLimitExceeded.new("", msg)
+	e.overLimit = true
+	return e
+}
+
 // InsufficientQuota is the 429 for a request over a spent quota.
 func InsufficientQuota(msg string) *Error { return kindInsufficientQuota.new("", msg) }
 
@@ -233,6 +267,12 @@ func InsufficientQuota(msg string) *Error { return kindInsufficientQuota.new("",
 // because the limits store failed (on_store_error deny).
 func RateLimitsUnavailable() *Error {
 	return kindRateLimitsUnavailable.new("", "The gateway cannot check its rate limits right now; please try again shortly.")
+}
+
+// OwnersUnavailable is the 503 for a request naming a previous response
+// whose owner the gateway cannot check: its store failed.
+func OwnersUnavailable() *Error {
+	return kindOwnersUnavailable.new("", "The gateway cannot check who made 'previous_response_id' right now; please try again shortly.")
 }
 
 // UpstreamError is the error for a backend's 5xx reply with status.
@@ -364,6 +404,24 @@ func (e *Error) Retryable() bool {
 		return e.kind.Retryable
 	}
 	return e.Status == http.StatusTooManyRequests || e.Status >= 500
+}
+
+// Final reports whether sending the same request again cannot succeed:
+// it is malformed, unauthorized, not found or not allowed (400, 401,
+// 403, 404, 405, 413, 415, 422), over a spent quota, or larger than a
+// whole limit. Such errors carry "x-should-retry: false", which the
+// OpenAI and Anthropic SDKs obey instead of retrying with backoff; they
+// retry the others (408, 409, 429, 5xx) as they would anyway.
+func (e *Error) Final() bool {
+	switch e.Status {
+	case http.StatusBadRequest, http.StatusUnauthorized, http.StatusForbidden, http.StatusNotFound,
+		http.StatusMethodNotAllowed, http.StatusRequestEntityTooLarge, http.StatusUnsupportedMediaType,
+		http.StatusUnprocessableEntity:
+		return true
+	case http.StatusTooManyRequests:
+		return e.overLimit || e.Code == TypeQuota || e.Type == TypeQuota
+	}
+	return false
 }
 
 // TypeForStatus is the type OpenAI sends with an error status, for a

@@ -57,7 +57,7 @@ func TestCatalogueConstructors(t *testing.T) {
 	made := []*Error{
 		InvalidJSON("The request body is empty."), InvalidType("p", "'p' must be a string."), InvalidValue("p", "'p' is wrong."),
 		MissingRequiredParameter("p", "Missing 'p'."), EmptyArray("p", "'p' is empty."), EmptyString("p", "'p' is empty."),
-		DuplicateKey("p"), UnsupportedParameter("p", "Not here."), BodyReadError(), InvalidAPIKey("No key."),
+		DuplicateKey("p"), UnknownParameter("Model", "model"), PreviousResponseNotFound("resp_1"), OwnersUnavailable(), UnsupportedParameter("p", "Not here."), BodyReadError(), InvalidAPIKey("No key."),
 		ModelNotFound("m"), MethodNotAllowed("GET", "/v1/chat/completions", "POST"), RequestTimeout(), RequestTooLarge("1MiB"),
 		UnsupportedMediaType(), TooManyConcurrentRequests("Busy."), RateLimitExceeded("Slow down."),
 		InsufficientQuota("Spent."), RateLimitsUnavailable(), UpstreamError(500), UpstreamUnavailable(),
@@ -126,6 +126,33 @@ func TestTypeForStatus(t *testing.T) {
 		404: TypeInvalidRequest, 429: TypeRateLimit, 500: TypeUpstream, 529: TypeUpstream} {
 		if got := TypeForStatus(status); got != want {
 			t.Errorf("TypeForStatus(%d) = %s, want %s", status, got, want)
+		}
+	}
+}
+
+// Final errors are those a retry of the same request cannot fix; the
+// SDKs are told not to retry them, and only them.
+func TestFinal(t *testing.T) {
+	final := []*Error{
+		InvalidJSON("Bad."), DuplicateKey("model"), UnknownParameter("Model", "model"), InvalidAPIKey("No key."),
+		ModelNotFound("m"), MethodNotAllowed("GET", "/v1/chat/completions", "POST"), RequestTooLarge("1MiB"),
+		UnsupportedMediaType(), InsufficientQuota("Spent."), RequestOverLimit("Request too large."),
+		BackendError(403, []byte(`{"error":{"message":"no"}}`)), BackendError(422, nil),
+		BackendError(429, []byte(`{"error":{"message":"quota","type":"insufficient_quota","code":"insufficient_quota"}}`)),
+	}
+	retry := []*Error{
+		RequestTimeout(), RateLimitExceeded("Slow down."), TooManyConcurrentRequests("Busy."), RateLimitsUnavailable(),
+		UpstreamError(500), UpstreamUnavailable(), NoUpstreamAvailable(), FirstTokenTimeout(), Timeout(),
+		BackendError(429, []byte(`{"error":{"message":"slow down","type":"rate_limit_error"}}`)), BackendError(409, nil),
+	}
+	for _, e := range final {
+		if !e.Final() {
+			t.Errorf("%d %s %q: a retry could fix it, says Final", e.Status, e.Code, e.Message)
+		}
+	}
+	for _, e := range retry {
+		if e.Final() {
+			t.Errorf("%d %s %q: Final, but a retry may succeed", e.Status, e.Code, e.Message)
 		}
 	}
 }

@@ -32,6 +32,9 @@ type Reply struct {
 	Usage Usage
 	// CompletionBytes is the size of the choices' content.
 	CompletionBytes int
+	// ResponseID is the id of the Response a backend made (Responses
+	// only; empty until its first event names it).
+	ResponseID string
 }
 
 // Completion returns a minimal completion with one assistant message:

@@ -25,7 +25,8 @@ type ChatRequest struct {
 	ContentBytes int
 
 	lastUser  []byte // the last user message's raw content
-	maxOutput int64  // the output budget, 0 if none
+	maxOutput int64  // the largest output budget given, 0 if none
+	outputs   int64  // n or best_of: outputs generated, each with the budget; 0 if not given
 }
 
 // roles a message may have.
@@ -34,8 +35,8 @@ var roles = map[string]bool{"system": true, "developer": true, "user": true, "as
 // ParseChatRequest validates body as a chat-completions request and
 // returns what the gateway needs of it, in one pass over the body.
 func ParseChatRequest(body []byte) (*ChatRequest, *Error) {
-	p := requestParser{body: body, req: &ChatRequest{}, lastUser: -1}
-	if e := p.parse(p.member); e != nil {
+	p := requestParser{RequestReader: NewRequestReader(body, chatNames...), req: &ChatRequest{}, lastUser: -1}
+	if e := p.Read(p.member); e != nil {
 		return nil, e
 	}
 	if !p.hasMessages {
@@ -48,23 +49,60 @@ func ParseChatRequest(body []byte) (*ChatRequest, *Error) {
 	return p.req, nil
 }
 
-// parse validates p.body as one JSON object, calling member for each
-// top-level member. A syntax error wins over the first problem with the
-// request's meaning, which member reports with p.fail.
-func (p *requestParser) parse(member func(key []byte, at int) (int, error)) *Error {
-	body := p.body
-	if len(body) == 0 {
+// RequestReader reads a request body the one way every route reads
+// one, so that the gateway and any backend, whatever its JSON library,
+// agree on what it asks: valid JSON (RFC 8259) in valid UTF-8, read in
+// one pass; member names compared exactly, as decoded ("mod\u0065l" is
+// model); a body that names anything twice in one object refused
+// (duplicate_key), as JSON leaves open which of the two counts; and a
+// member that spells a name the route reads in another case ("Model",
+// or "\u017Ftream" with a long s) refused (unknown_parameter), as
+// encoding/json and its kind match names regardless of case.
+//
+// The first problem with the request's meaning is kept and reading goes
+// on, so that a syntax error later still wins; Read returns the error.
+type RequestReader struct {
+	body  []byte
+	rd    reader
+	err   *Error
+	known []string // the top-level member names the route reads
+	// dotted names array elements in paths as messages.0.content
+	// (Anthropic's style), not messages[0].content (OpenAI's).
+	dotted bool
+}
+
+// NewRequestReader returns a reader of body for a route that reads the
+// top-level members known.
+func NewRequestReader(body []byte, known ...string) RequestReader {
+	return RequestReader{body: body, known: known}
+}
+
+// Dotted makes the reader name array elements in its errors' paths as
+// Anthropic does: messages.0.content.
+func (r *RequestReader) Dotted() { r.dotted = true }
+
+// Read validates the body as one JSON object, calling member for each
+// top-level member after checking its name, and returns the first
+// problem: a syntax error wins over any problem with the request's
+// meaning, which member reports with Fail.
+func (r *RequestReader) Read(member func(key []byte, at int) (int, error)) *Error {
+	body := r.body
+	if jsonwalk.SkipSpace(body, 0) == len(body) {
 		return InvalidJSON("The request body is empty; send a JSON object.")
 	}
 	if !utf8.Valid(body) {
 		return InvalidJSON("The request body is not valid UTF-8.")
 	}
+	r.rd = reader{b: body, dup: r}
 	i := jsonwalk.SkipSpace(body, 0)
 	var err error
 	if i < len(body) && body[i] == '{' {
-		i, err = scanObject(body, i, 1, member)
+		i, err = r.rd.object(i, 1, func(key []byte, at int) (int, error) {
+			r.Check(key, "", r.known...)
+			return member(key, at)
+		})
 	} else {
-		i, err = scanValue(body, i, 0)
+		i, err = r.rd.value(i, 0)
 		if err == nil && jsonwalk.SkipSpace(body, i) == len(body) {
 			return InvalidType("", "The request body must be a JSON object, not "+kindOf(body[jsonwalk.SkipSpace(body, 0)])+".")
 		}
@@ -75,149 +113,262 @@ func (p *requestParser) parse(member func(key []byte, at int) (int, error)) *Err
 	if err != nil {
 		return InvalidJSON("The request body is not valid JSON: " + err.Error() + ".")
 	}
-	return p.err
+	return r.err
 }
 
-// requestParser collects what ParseChatRequest needs while the scanner
-// validates. The first problem with the request's meaning is kept in err;
-// scanning goes on, so that a syntax error later still wins.
+// Value validates the value at offset at, depth levels deep, and returns
+// the offset past it.
+func (r *RequestReader) Value(at, depth int) (int, error) { return r.rd.value(at, depth) }
+
+// Object validates the object at offset at, depth levels deep (its own
+// level), calling member for each member; member returns the offset
+// past the value, having validated it.
+func (r *RequestReader) Object(at, depth int, member func(key []byte, at int) (int, error)) (int, error) {
+	return r.rd.object(at, depth, member)
+}
+
+// Array validates the array at offset at, depth levels deep (its own
+// level), calling elem for each element.
+func (r *RequestReader) Array(at, depth int, elem func(n, at int) (int, error)) (int, error) {
+	return r.rd.array(at, depth, elem)
+}
+
+// Fail keeps e as the request's problem, unless one came before.
+func (r *RequestReader) Fail(e *Error) {
+	if r.err == nil {
+		r.err = e
+	}
+}
+
+// Failed reports whether a problem has been kept.
+func (r *RequestReader) Failed() bool { return r.err != nil }
+
+// duplicate fails the request for the key at offset at, which repeats a
+// name of its object.
+func (r *RequestReader) duplicate(at int) {
+	if r.err == nil {
+		path := r.pathTo(at)
+		r.Fail(r.styled(DuplicateKey(path), "given more than once"))
+	}
+}
+
+// styled gives e, an error about its Param, the message what in
+// Anthropic's style ("messages.0.role: Field required") when the reader
+// is dotted.
+func (r *RequestReader) styled(e *Error, what string) *Error {
+	if r.dotted {
+		e.Message = e.Param + ": " + what
+	}
+	return e
+}
+
+// Check fails the request when key, a member of the object at path
+// (empty for the top level; "messages[2]" or "messages.2"), spells one
+// of the names known in another case.
+func (r *RequestReader) Check(key []byte, path string, known ...string) {
+	name := KeyName(key)
+	if r.err != nil || !foldable(name) {
+		return
+	}
+	for _, k := range known {
+		if string(name) != k && strings.EqualFold(string(name), k) {
+			param := string(name)
+			if path != "" {
+				param = path + "." + param
+			}
+			r.Fail(r.styled(UnknownParameter(param, k), "unknown parameter; names are case-sensitive, the gateway reads '"+k+"'"))
+			return
+		}
+	}
+}
+
+// foldable reports whether name could match another name when case is
+// ignored: a name of lower-case ASCII letters, digits and underscores,
+// as every name the gateway reads is, matches only itself.
+func foldable(name []byte) bool {
+	for _, c := range name {
+		if c >= 'A' && c <= 'Z' || c >= utf8.RuneSelf {
+			return true
+		}
+	}
+	return false
+}
+
+// Elem names element n of the array at path, in the reader's style.
+func (r *RequestReader) Elem(path string, n int) string {
+	if r.dotted {
+		return path + "." + strconv.Itoa(n)
+	}
+	return path + "[" + strconv.Itoa(n) + "]"
+}
+
+// pathTo names the member whose key starts at offset off, as in
+// messages[0].content, reading the body from its start: the body up to
+// off has been validated. It runs only for a request being refused.
+func (r *RequestReader) pathTo(off int) string {
+	b, path := r.body, ""
+	i := jsonwalk.SkipSpace(b, 0)
+	for i < off && i < len(b) {
+		open := b[i]
+		i = jsonwalk.SkipSpace(b, i+1)
+		found := false
+		for n := 0; i < len(b) && b[i] != '}' && b[i] != ']'; n++ {
+			var name string
+			if open == '{' {
+				k := i
+				i = jsonwalk.SkipValue(b, i)
+				name = string(KeyName(b[k:i]))
+				if k == off {
+					return join(path, name)
+				}
+				i = jsonwalk.SkipSpace(b, jsonwalk.SkipSpace(b, i)+1) // past ':'
+			}
+			end := jsonwalk.SkipValue(b, i)
+			if off < end {
+				if open == '{' {
+					path = join(path, name)
+				} else {
+					path = r.Elem(path, n)
+				}
+				found = true
+				break
+			}
+			i = jsonwalk.SkipSpace(b, end)
+			if i < len(b) && b[i] == ',' {
+				i = jsonwalk.SkipSpace(b, i+1)
+			}
+		}
+		if !found {
+			break
+		}
+	}
+	return path
+}
+
+// join names member name of the object at path.
+func join(path, name string) string {
+	if path == "" {
+		return name
+	}
+	return path + "." + name
+}
+
+// requestParser collects what ParseChatRequest needs while the reader
+// validates.
 type requestParser struct {
-	body            []byte
+	RequestReader
 	req             *ChatRequest
-	err             *Error
-	keys            [][]byte            // top-level key names, for duplicates
-	keySet          map[string]struct{} // the same, once there are many
 	hasMessages     bool
 	messages        int
 	lastUser        int
 	lastUserContent []byte
 }
 
-func (p *requestParser) fail(e *Error) {
-	if p.err == nil {
-		p.err = e
-	}
-}
-
-// seen records a top-level key name and reports whether it came before:
-// a short list while keys are few, a set once they are many, so a body
-// of a million keys costs no more than one of ten.
-func (p *requestParser) seen(key []byte) bool {
-	if p.keySet == nil {
-		for _, k := range p.keys {
-			if string(k) == string(key) {
-				return true
-			}
-		}
-		p.keys = append(p.keys, key)
-		if len(p.keys) > 16 {
-			p.keySet = make(map[string]struct{}, 64)
-			for _, k := range p.keys {
-				p.keySet[string(k)] = struct{}{}
-			}
-		}
-		return false
-	}
-	if _, ok := p.keySet[string(key)]; ok {
-		return true
-	}
-	p.keySet[string(key)] = struct{}{}
-	return false
-}
+// The top-level members the routes read: those common reads, and each
+// route's own.
+var (
+	commonNames      = []string{"model", "stream", "stream_options", "max_tokens", "max_completion_tokens", "max_output_tokens", "n"}
+	chatNames        = append([]string{"messages"}, commonNames...)
+	completionsNames = append([]string{"prompt", "suffix", "best_of"}, commonNames...)
+	embeddingsNames  = append([]string{"input", "encoding_format"}, commonNames...)
+	responsesNames   = append([]string{"input", "instructions", "previous_response_id", "conversation"}, commonNames...)
+)
 
 // member handles one top-level member of a chat request whose value
 // starts at b[at].
 func (p *requestParser) member(key []byte, at int) (int, error) {
 	b := p.body
-	p.once(key)
 	if jsonwalk.KeyIs(key, "messages") {
 		if b[at] == '[' {
 			p.hasMessages = true
-			return scanArray(b, at, 2, p.message)
+			return p.Array(at, 2, p.message)
 		}
-		end, err := scanValue(b, at, 1)
+		end, err := p.Value(at, 1)
 		if err == nil && !jsonwalk.IsNull(b[at:end]) {
-			p.fail(InvalidType("messages", "'messages' must be an array of message objects."))
+			p.Fail(InvalidType("messages", "'messages' must be an array of message objects."))
 		}
 		return end, err
 	}
 	return p.common(key, at)
 }
 
-// once fails the request if key, compared by its decoded name, came
-// before.
-func (p *requestParser) once(key []byte) {
-	if name := keyName(key); p.seen(name) {
-		p.fail(DuplicateKey(string(name)))
-	}
-}
-
 // common handles the top-level members every endpoint shares (model,
-// stream, stream_options, the output budget) and validates any other.
+// stream, stream_options, the output budget and how many outputs) and
+// validates any other.
 func (p *requestParser) common(key []byte, at int) (int, error) {
 	b := p.body
 	switch {
 	case jsonwalk.KeyIs(key, "max_tokens"), jsonwalk.KeyIs(key, "max_completion_tokens"), jsonwalk.KeyIs(key, "max_output_tokens"):
-		end, err := scanValue(b, at, 1)
+		end, err := p.Value(at, 1)
 		if err != nil || jsonwalk.IsNull(b[at:end]) {
 			return end, err
 		}
-		// The smallest budget given is the one that binds.
+		// A backend may honour any of them (OpenAI and vLLM take
+		// max_completion_tokens over max_tokens): the largest counts.
 		if n, ok := parseCount(b[at:end]); !ok {
-			name := string(key[1 : len(key)-1])
-			p.fail(InvalidType(name, "'"+name+"' must be a non-negative integer."))
-		} else if p.req.maxOutput == 0 || n < p.req.maxOutput {
-			p.req.maxOutput = n
+			name := string(KeyName(key))
+			p.Fail(InvalidType(name, "'"+name+"' must be a non-negative integer."))
+		} else {
+			p.req.maxOutput = max(p.req.maxOutput, n)
+		}
+		return end, err
+	case jsonwalk.KeyIs(key, "n"), jsonwalk.KeyIs(key, "best_of"):
+		end, err := p.Value(at, 1)
+		if err != nil || jsonwalk.IsNull(b[at:end]) {
+			return end, err
+		}
+		// Each of n choices (best_of candidates) has the whole budget.
+		if n, ok := parseCount(b[at:end]); !ok {
+			name := string(KeyName(key))
+			p.Fail(InvalidType(name, "'"+name+"' must be a non-negative integer."))
+		} else {
+			p.req.outputs = max(p.req.outputs, n)
 		}
 		return end, err
 	case jsonwalk.KeyIs(key, "model"):
-		end, err := scanValue(b, at, 1)
+		end, err := p.Value(at, 1)
 		if err == nil && !jsonwalk.IsNull(b[at:end]) {
 			if b[at] != '"' {
-				p.fail(InvalidType("model", "'model' must be a string."))
+				p.Fail(InvalidType("model", "'model' must be a string."))
 			} else {
 				p.req.Model = unquote(b[at:end])
 			}
 		}
 		return end, err
 	case jsonwalk.KeyIs(key, "stream"):
-		end, err := scanValue(b, at, 1)
+		end, err := p.Value(at, 1)
 		switch v := string(b[at:end]); {
 		case err != nil, v == "null", v == "false":
 		case v == "true":
 			p.req.Stream = true
 		default:
-			p.fail(InvalidType("stream", "'stream' must be a boolean."))
+			p.Fail(InvalidType("stream", "'stream' must be a boolean."))
 		}
 		return end, err
 	case jsonwalk.KeyIs(key, "stream_options"):
 		if b[at] != '{' {
-			end, err := scanValue(b, at, 1)
+			end, err := p.Value(at, 1)
 			if err == nil && !jsonwalk.IsNull(b[at:end]) {
-				p.fail(InvalidType("stream_options", "'stream_options' must be an object with a boolean 'include_usage'."))
+				p.Fail(InvalidType("stream_options", "'stream_options' must be an object with a boolean 'include_usage'."))
 			}
 			return end, err
 		}
-		includeUsage := false
-		return scanObject(b, at, 2, func(k []byte, at int) (int, error) {
-			end, err := scanValue(b, at, 2)
+		return p.Object(at, 2, func(k []byte, at int) (int, error) {
+			p.Check(k, "stream_options", "include_usage")
+			end, err := p.Value(at, 2)
 			if err == nil && jsonwalk.KeyIs(k, "include_usage") {
-				if includeUsage {
-					p.fail(DuplicateKey("stream_options.include_usage"))
-				}
-				includeUsage = true
 				switch string(b[at:end]) {
 				case "true":
 					p.req.IncludeUsage = true
 				case "false", "null":
 				default:
-					p.fail(InvalidType("stream_options", "'stream_options' must be an object with a boolean 'include_usage'."))
+					p.Fail(InvalidType("stream_options", "'stream_options' must be an object with a boolean 'include_usage'."))
 				}
 			}
 			return end, err
 		})
 	}
-	return scanValue(b, at, 1)
+	return p.Value(at, 1)
 }
 
 // message handles the n-th element of messages, at b[at].
@@ -226,76 +377,68 @@ func (p *requestParser) message(n, at int) (int, error) {
 	p.messages++
 	param := messageParam(n)
 	if b[at] != '{' {
-		end, err := scanValue(b, at, 2)
-		p.fail(InvalidType("messages", "'messages' must be an array of message objects."))
+		end, err := p.Value(at, 2)
+		p.Fail(InvalidType("messages", "'messages' must be an array of message objects."))
 		return end, err
 	}
 	var role, content []byte
-	end, err := scanObject(b, at, 3, func(k []byte, at int) (int, error) {
+	end, err := p.Object(at, 3, func(k []byte, at int) (int, error) {
+		p.Check(k, param, "role", "content")
 		switch {
 		case jsonwalk.KeyIs(k, "content") && b[at] == '[':
-			if content != nil {
-				p.fail(DuplicateKey(param + ".content"))
-			}
 			start := at
-			end, err := scanArray(b, at, 4, func(_, at int) (int, error) {
+			end, err := p.Array(at, 4, func(_, at int) (int, error) {
 				if b[at] != '{' {
-					p.fail(InvalidType(param+".content", "'"+param+".content' must be a string or an array of content parts: each part must be an object."))
-					return scanValue(b, at, 4)
+					p.Fail(InvalidType(param+".content", "'"+param+".content' must be a string or an array of content parts: each part must be an object."))
+					return p.Value(at, 4)
 				}
 				hasType := false
-				end, err := scanObject(b, at, 5, func(k []byte, at int) (int, error) {
-					end, err := scanValue(b, at, 5)
+				end, err := p.Object(at, 5, func(k []byte, at int) (int, error) {
+					end, err := p.Value(at, 5)
 					hasType = hasType || (jsonwalk.KeyIs(k, "type") && b[at] == '"')
 					return end, err
 				})
 				if err == nil && !hasType {
-					p.fail(InvalidType(param+".content", "'"+param+".content' must be a string or an array of content parts: each part needs a 'type'."))
+					p.Fail(InvalidType(param+".content", "'"+param+".content' must be a string or an array of content parts: each part needs a 'type'."))
 				}
 				return end, err
 			})
 			content = b[start:end]
 			return end, err
-		case jsonwalk.KeyIs(k, "content"), jsonwalk.KeyIs(k, "role"):
-			end, err := scanValue(b, at, 3)
-			if jsonwalk.KeyIs(k, "role") {
-				if role != nil {
-					p.fail(DuplicateKey(param + ".role"))
-				}
-				role = b[at:end]
-			} else {
-				if content != nil {
-					p.fail(DuplicateKey(param + ".content"))
-				}
-				content = b[at:end]
-			}
+		case jsonwalk.KeyIs(k, "content"):
+			end, err := p.Value(at, 3)
+			content = b[at:end]
+			return end, err
+		case jsonwalk.KeyIs(k, "role"):
+			end, err := p.Value(at, 3)
+			role = b[at:end]
 			return end, err
 		}
-		return scanValue(b, at, 3)
+		return p.Value(at, 3)
 	})
-	if err != nil {
+	if err != nil || p.Failed() {
 		return end, err
 	}
 	switch {
 	case role == nil:
-		p.fail(MissingRequiredParameter(param+".role", "Missing required parameter: '"+param+".role'."))
+		p.Fail(MissingRequiredParameter(param+".role", "Missing required parameter: '"+param+".role'."))
 		return end, nil
 	case role[0] != '"':
-		p.fail(InvalidType(param+".role", "'"+param+".role' must be a string."))
+		p.Fail(InvalidType(param+".role", "'"+param+".role' must be a string."))
 		return end, nil
 	}
 	r := unquote(role)
 	if !roles[r] {
-		p.fail(InvalidValue(param+".role", "'"+param+".role' must be one of system, developer, user, assistant, tool or function."))
+		p.Fail(InvalidValue(param+".role", "'"+param+".role' must be one of system, developer, user, assistant, tool or function."))
 		return end, nil
 	}
 	switch {
 	case jsonwalk.IsNull(content):
 		if r != "assistant" && r != "function" {
-			p.fail(MissingRequiredParameter(param+".content", "Missing required parameter: '"+param+".content'."))
+			p.Fail(MissingRequiredParameter(param+".content", "Missing required parameter: '"+param+".content'."))
 		}
 	case content[0] != '"' && content[0] != '[':
-		p.fail(InvalidType(param+".content", "'"+param+".content' must be a string or an array of content parts."))
+		p.Fail(InvalidType(param+".content", "'"+param+".content' must be a string or an array of content parts."))
 	}
 	p.req.ContentBytes += len(content)
 	if r == "user" {
@@ -304,9 +447,9 @@ func (p *requestParser) message(n, at int) (int, error) {
 	return end, nil
 }
 
-// keyName returns a validated raw key's name, its escapes decoded (RFC
+// KeyName returns a validated raw key's name, its escapes decoded (RFC
 // 8259): "mod\u0065l" names model, and is a duplicate of it.
-func keyName(key []byte) []byte {
+func KeyName(key []byte) []byte {
 	inner := key[1 : len(key)-1]
 	if bytes.IndexByte(inner, '\\') < 0 {
 		return inner

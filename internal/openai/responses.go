@@ -22,14 +22,13 @@ func (responsesEndpoint) Name() string { return "responses" }
 // an array of item objects; previous_response_id a string. store and
 // everything else pass as sent.
 func (responsesEndpoint) Parse(body []byte) (*Request, *Error) {
-	p := requestParser{body: body, req: &ChatRequest{}}
+	p := requestParser{RequestReader: NewRequestReader(body, responsesNames...), req: &ChatRequest{}}
 	var input, previous []byte
 	size := 0
-	e := p.parse(func(key []byte, at int) (int, error) {
-		p.once(key)
+	e := p.Read(func(key []byte, at int) (int, error) {
 		switch {
 		case jsonwalk.KeyIs(key, "input"):
-			end, err := scanValue(body, at, 1)
+			end, err := p.Value(at, 1)
 			if err != nil {
 				return end, err
 			}
@@ -41,28 +40,34 @@ func (responsesEndpoint) Parse(body []byte) (*Request, *Error) {
 				size += len(input)
 				elements(input, func(_ int, item []byte) {
 					if item[0] != '{' {
-						p.fail(InvalidType("input", "'input' must be a string or an array of input items: each item must be an object."))
+						p.Fail(InvalidType("input", "'input' must be a string or an array of input items: each item must be an object."))
 					}
 				})
 			case 'n':
 			default:
-				p.fail(InvalidType("input", "'input' must be a string or an array of input items."))
+				p.Fail(InvalidType("input", "'input' must be a string or an array of input items."))
 			}
 			return end, err
 		case jsonwalk.KeyIs(key, "instructions"):
-			end, err := scanValue(body, at, 1)
+			end, err := p.Value(at, 1)
 			if err == nil && body[at] == '"' {
 				size += end - at - 2
 			}
 			return end, err
+		case jsonwalk.KeyIs(key, "conversation"):
+			end, err := p.Value(at, 1)
+			if err == nil && !jsonwalk.IsNull(body[at:end]) {
+				p.Fail(UnsupportedParameter("conversation", "'conversation' names state the gateway cannot tie to your key; chain responses with 'previous_response_id', or send the whole input."))
+			}
+			return end, err
 		case jsonwalk.KeyIs(key, "previous_response_id"):
-			end, err := scanValue(body, at, 1)
+			end, err := p.Value(at, 1)
 			switch {
 			case err != nil, jsonwalk.IsNull(body[at:end]):
 			case body[at] == '"':
 				previous = body[at:end]
 			default:
-				p.fail(InvalidType("previous_response_id", "'previous_response_id' must be a string."))
+				p.Fail(InvalidType("previous_response_id", "'previous_response_id' must be a string."))
 			}
 			return end, err
 		}
@@ -101,6 +106,8 @@ func (responsesEndpoint) Normalize(dst, body []byte, m Meta) ([]byte, Reply, err
 			output = f.val
 		case "status":
 			rep.FinishReason = stringValue(f.val)
+		case "id":
+			rep.ResponseID = stringValue(f.val)
 		}
 	}
 	rep.CompletionBytes = outputTextBytes(output)
@@ -158,6 +165,7 @@ type responseStream struct {
 	Meta
 
 	seq         int64  // the highest sequence_number seen or sent
+	id          string // the Response's id, once an event named it
 	status      string // the terminal event's status
 	shape       shape  // the latest delta event, its values as holes
 	shapeKind   []byte // that event's type
@@ -215,7 +223,9 @@ func (s *responseStream) Event(dst, name, data []byte) ([]byte, error) {
 		s.status = "failed"
 		return dst, &Error{Code: scalar(code), Message: stringValue(message)}
 	case "response.created", "response.in_progress", "response.queued":
+		s.noteID(response)
 	case "response.completed", "response.failed", "response.incomplete":
+		s.noteID(response)
 		s.status = string(kind[len("response."):])
 		if u, ok := readResponseUsage(Member(response, "usage")); ok {
 			s.usage, s.hasUsage = u, true
@@ -230,6 +240,13 @@ func (s *responseStream) Event(dst, name, data []byte) ([]byte, error) {
 		}
 	}
 	return appendResponseEvent(dst, name, kind, data), nil
+}
+
+// noteID keeps the id of the Response an event carries, the first time.
+func (s *responseStream) noteID(response []byte) {
+	if s.id == "" {
+		s.id = stringValue(Member(response, "id"))
+	}
 }
 
 // count notes the member of a delta event the stream reads: its
@@ -328,7 +345,7 @@ func (s *responseStream) Result() Reply {
 	if !s.hasUsage {
 		u = Usage{PromptTokens: EstimateTokens(s.PromptBytes), CompletionTokens: EstimateTokens(s.outputBytes), Estimated: true}
 	}
-	return Reply{FinishReason: s.status, Usage: u, CompletionBytes: s.outputBytes}
+	return Reply{FinishReason: s.status, Usage: u, CompletionBytes: s.outputBytes, ResponseID: s.id}
 }
 
 // send emits one event of the gateway's own, fields written by body

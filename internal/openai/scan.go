@@ -130,15 +130,61 @@ func isHex(c byte) bool { return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' ||
 
 // scanObject validates the object at b[i]; member, if not nil, is called
 // with each raw key and the index of its value, and returns the index
-// past the value (having validated it).
+// past the value (having validated it). It is for what a backend sends:
+// a request body is read by a reader with dup set.
 func scanObject(b []byte, i, depth int, member func(key []byte, at int) (int, error)) (int, error) {
+	r := reader{b: b}
+	return r.object(i, depth, member)
+}
+
+// scanArray validates the array at b[i]; elem, if not nil, is called
+// with each element's index in the array and its offset.
+func scanArray(b []byte, i, depth int, elem func(n, at int) (int, error)) (int, error) {
+	r := reader{b: b}
+	return r.array(i, depth, elem)
+}
+
+// reader validates the JSON in b. With dup set, it also reports each
+// member whose name an earlier member of the same object had, compared
+// as decoded ("mod\u0065l" is model): JSON leaves such a body's meaning
+// open (encoding/json keeps the last, others the first), so a request
+// that names anything twice is refused wherever it does, and the
+// gateway and any backend read one request the same way.
+type reader struct {
+	b []byte
+	// dup, when set, is told the offset of each key that repeats a name.
+	dup *RequestReader
+}
+
+// value validates the JSON value starting at b[i] (no leading space)
+// and returns the index just past it.
+func (r *reader) value(i, depth int) (int, error) {
+	b := r.b
+	if i >= len(b) {
+		return i, errAt("unexpected end of input", i)
+	}
+	switch c := b[i]; {
+	case c == '{':
+		return r.object(i, depth+1, nil)
+	case c == '[':
+		return r.array(i, depth+1, nil)
+	}
+	return scanValue(b, i, depth)
+}
+
+// object validates the object at b[i]; member, if not nil, is called
+// with each raw key and the index of its value, and returns the index
+// past the value (having validated it, with r).
+func (r *reader) object(i, depth int, member func(key []byte, at int) (int, error)) (int, error) {
 	if depth > maxDepth {
 		return i, errDepth
 	}
+	b := r.b
 	i = jsonwalk.SkipSpace(b, i+1)
 	if i < len(b) && b[i] == '}' {
 		return i + 1, nil
 	}
+	var seen memberNames
 	for {
 		if i >= len(b) || b[i] != '"' {
 			return i, errAt("expected a string key", i)
@@ -148,6 +194,9 @@ func scanObject(b []byte, i, depth int, member func(key []byte, at int) (int, er
 			return end, err
 		}
 		key := b[i:end]
+		if r.dup != nil && seen.repeats(KeyName(key)) {
+			r.dup.duplicate(i)
+		}
 		i = jsonwalk.SkipSpace(b, end)
 		if i >= len(b) || b[i] != ':' {
 			return i, errAt("expected ':'", i)
@@ -159,7 +208,7 @@ func scanObject(b []byte, i, depth int, member func(key []byte, at int) (int, er
 		if member != nil {
 			i, err = member(key, i)
 		} else {
-			i, err = scanValue(b, i, depth)
+			i, err = r.value(i, depth)
 		}
 		if err != nil {
 			return i, err
@@ -171,12 +220,47 @@ func scanObject(b []byte, i, depth int, member func(key []byte, at int) (int, er
 	}
 }
 
-// scanArray validates the array at b[i]; elem, if not nil, is called
-// with each element's index in the array and its offset.
-func scanArray(b []byte, i, depth int, elem func(n, at int) (int, error)) (int, error) {
+// memberNames are the names of one object's members so far: a few in
+// place, then a set, so that an object of a million members costs no
+// more per member than one of ten.
+type memberNames struct {
+	few [8][]byte
+	n   int
+	set map[string]struct{}
+}
+
+// repeats records name and reports whether the object had it before.
+func (m *memberNames) repeats(name []byte) bool {
+	if m.set == nil {
+		for _, n := range m.few[:m.n] {
+			if string(n) == string(name) {
+				return true
+			}
+		}
+		if m.n < len(m.few) {
+			m.few[m.n] = name
+			m.n++
+			return false
+		}
+		m.set = make(map[string]struct{}, 2*len(m.few))
+		for _, n := range m.few {
+			m.set[string(n)] = struct{}{}
+		}
+	}
+	if _, ok := m.set[string(name)]; ok {
+		return true
+	}
+	m.set[string(name)] = struct{}{}
+	return false
+}
+
+// array validates the array at b[i]; elem, if not nil, is called with
+// each element's index in the array and its offset.
+func (r *reader) array(i, depth int, elem func(n, at int) (int, error)) (int, error) {
 	if depth > maxDepth {
 		return i, errDepth
 	}
+	b := r.b
 	i = jsonwalk.SkipSpace(b, i+1)
 	if i < len(b) && b[i] == ']' {
 		return i + 1, nil
@@ -189,7 +273,7 @@ func scanArray(b []byte, i, depth int, elem func(n, at int) (int, error)) (int, 
 		if elem != nil {
 			i, err = elem(n, i)
 		} else {
-			i, err = scanValue(b, i, depth)
+			i, err = r.value(i, depth)
 		}
 		if err != nil {
 			return i, err

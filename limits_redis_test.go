@@ -498,11 +498,13 @@ func TestLimitsRedisPartition(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	time.Sleep(600 * time.Millisecond)
+	time.Sleep(600 * time.Millisecond) // the cut the review made
 	srv.Resume()
+	back := time.Now()
 	for {
 		resp, body := g.post(t, chatWith(1, ""), "X-Team", "cut")
 		if resp.StatusCode == 200 {
+			t.Logf("the slot was free %s after Redis answered again", time.Since(back).Round(time.Millisecond))
 			break
 		}
 		if time.Now().After(deadline) {

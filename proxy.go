@@ -142,7 +142,9 @@ func (h *Handler) attempt(x *exchange, rt route, body []byte, deadline time.Time
 		body = openai.SetMember(body, "stream_options", openai.SetMember(opts, "include_usage", []byte("true")))
 	}
 
-	x.stateful = h.owners != nil && b.keepsResponses() && x.ep == openai.Responses
+	// A Response this attempt's backend makes is claimed for the caller;
+	// one a failed attempt made is not what the client gets.
+	x.stateful, x.claimed = h.owners != nil && b.keepsResponses() && x.ep == openai.Responses, false
 	ctx, cancel := context.WithCancelCause(x.r.Context())
 	defer cancel(nil)
 	u := &upstreamWriter{x: x, out: x.out, idle: time.Duration(h.IdleTimeout), began: begin, deadline: deadline, meta: x.meta("")}

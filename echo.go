@@ -19,7 +19,7 @@ func (h *Handler) echo(x *exchange) {
 	if !x.req.Stream {
 		out, rep := x.ep.Echo(getBuffer(minPooled), x.req, meta)
 		defer putBuffer(out)
-		x.setResult(rep)
+		x.keepReply(rep)
 		x.markFirstToken()
 		x.writeJSON(http.StatusOK, out)
 		return
@@ -45,22 +45,8 @@ func (h *Handler) echo(x *exchange) {
 		return x.out.event(ev)
 	}
 	rep, err := x.ep.EchoStream(x.req, meta, emit)
-	x.setResult(rep)
+	x.keepReply(rep)
 	if err != nil {
-		x.outcome, x.status = outcomeClientCancelled, openai.StatusClientClosedRequest
+		x.end(openai.StatusClientClosedRequest, result{err: openai.ClientClosedRequest()})
 	}
-}
-
-// setResult keeps what a reply or stream carried, for logs and metrics.
-func (x *exchange) setResult(rep openai.Reply) {
-	x.usage, x.finishReason, x.completionBytes = rep.Usage, rep.FinishReason, rep.CompletionBytes
-}
-
-// meta is what the gateway stamps on this request's reply.
-func (x *exchange) meta(defaultModel string) openai.Meta {
-	model := x.req.Model
-	if model == "" {
-		model = defaultModel
-	}
-	return openai.Meta{ID: x.id, Model: model, Created: x.start.Unix(), PromptBytes: x.req.PromptBytes}
 }

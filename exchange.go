@@ -60,17 +60,12 @@ type exchange struct {
 	keyID        string            // the caller's identity, if known
 
 	ttft         time.Duration // to the first content sent, 0 if none
-	gw           time.Duration // time in the gateway's own work, for overhead_seconds
+	ownTime      time.Duration // time in the gateway's own work, for overhead_seconds (addOwnTime)
 	upstreamTime time.Duration // time inside the reverse proxy
-	fromUpstream bool          // the error status is the backend's
 	// completionBytes is the size of the reply's content, for log_sizes.
 	completionBytes int
-	// upstreamErr is the proxy's own error, for the log only: it may
-	// name the backend address.
-	upstreamErr error
-	// backendError is what a backend's 5xx reply said, redacted and
-	// truncated, for the log only.
-	backendError string
+	// ended is how the request ended, for the log and the metrics (end).
+	ended result
 	// upstreamReason is the gateway's code for a failure of the
 	// backend's, for upstream_errors_total.
 	upstreamReason string
@@ -158,13 +153,31 @@ func requestIDChar(c byte) bool {
 	return strings.IndexByte("._:/+=@-", c) >= 0
 }
 
-// fail answers with an error in the route's shape, unless the response
-// has started. An answer given before the body was read closes the
-// connection, so the server neither reads the rest first nor takes it
-// for the next request.
-func (x *exchange) fail(e *openai.Error) {
-	x.status = e.Status
-	x.noteError(e)
+// result is how an answer ended, as the code that made it saw it; the
+// exchange records it (end). err is nil for an answer that went out
+// whole.
+type result struct {
+	err *openai.Error
+	// fromBackend: err is the backend's own error, passed on.
+	fromBackend bool
+	// backendText is what a backend's failed reply said, redacted and
+	// cut, for the log only.
+	backendText string
+	// proxyErr is the reverse proxy's own error, for the log only: it
+	// may name the backend's address.
+	proxyErr error
+}
+
+// fail answers with e, as answer does.
+func (x *exchange) fail(e *openai.Error) { x.answer(result{err: e}) }
+
+// answer answers with r's error in the route's shape, nothing having
+// gone to the client yet, and records it. An answer given before the
+// body was read closes the connection, so the server neither reads the
+// rest first nor takes it for the next request.
+func (x *exchange) answer(r result) {
+	e := r.err
+	x.end(e.Status, r)
 	if e.Status == openai.StatusClientClosedRequest {
 		x.w.WriteHeader(e.Status) // for the access log: nobody reads it
 		return
@@ -178,10 +191,18 @@ func (x *exchange) fail(e *openai.Error) {
 	x.writeJSON(e.Status, x.errorJSON(e))
 }
 
-// noteError records e as how the request ended, for logs and metrics:
-// its code, the outcome its class says, and, for a failure of the
-// backend's the gateway found, the reason upstream_errors_total counts.
-func (x *exchange) noteError(e *openai.Error) {
+// end records how the request ended, for the log, the metrics and the
+// placeholders: status is what the client got (the error's own; 200 for
+// a reply or stream that had started before it failed; 499 when the
+// client left), r why (r.err nil: it ended well). It is the one place
+// the outcome, the status and the code are set.
+func (x *exchange) end(status int, r result) {
+	x.status, x.ended = status, r
+	e := r.err
+	if e == nil {
+		x.outcome, x.code = outcomeOK, ""
+		return
+	}
 	x.code = e.Code
 	switch e.Class() {
 	case openai.ClassCancelled:
@@ -219,6 +240,24 @@ func (x *exchange) writeJSON(status int, body []byte) {
 	}
 }
 
+// addOwnTime adds d to the time spent in the gateway's own work.
+func (x *exchange) addOwnTime(d time.Duration) { x.ownTime += d }
+
+// keepReply keeps what a reply or stream carried, for logs, metrics and
+// limits.
+func (x *exchange) keepReply(rep openai.Reply) {
+	x.usage, x.finishReason, x.completionBytes = rep.Usage, rep.FinishReason, rep.CompletionBytes
+}
+
+// meta is what the gateway stamps on this request's reply.
+func (x *exchange) meta(defaultModel string) openai.Meta {
+	model := x.req.Model
+	if model == "" {
+		model = defaultModel
+	}
+	return openai.Meta{ID: x.id, Model: model, Created: x.start.Unix(), PromptBytes: x.req.PromptBytes}
+}
+
 // serverTiming is the Server-Timing of a reply: the gateway's own time
 // and the time inside the reverse proxy, in milliseconds.
 func (x *exchange) serverTiming() string {
@@ -244,7 +283,7 @@ func (x *exchange) overhead() time.Duration {
 	if x.upstreamTime == 0 && x.req != nil && x.h.echoMode() {
 		return time.Since(x.start)
 	}
-	return x.gw
+	return x.ownTime
 }
 
 // finalPlaceholders are the {http.chat_gateway.*} values known only
@@ -345,11 +384,11 @@ func (x *exchange) finish() {
 	if c := x.h.logger.Check(lvl, "request failed"); c != nil {
 		fields := []zap.Field{zap.String("request_id", x.id), zap.Inline(summary),
 			zap.Int("status", x.status), zap.String("code", x.code), zap.Duration("duration", time.Since(x.start))}
-		if x.upstreamErr != nil {
-			fields = append(fields, zap.Error(x.upstreamErr))
+		if x.ended.proxyErr != nil {
+			fields = append(fields, zap.Error(x.ended.proxyErr))
 		}
-		if x.backendError != "" {
-			fields = append(fields, zap.String("backend_error", x.backendError))
+		if x.ended.backendText != "" {
+			fields = append(fields, zap.String("backend_error", x.ended.backendText))
 		}
 		c.Write(fields...)
 	}

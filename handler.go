@@ -79,7 +79,7 @@ func (h *Handler) serveEndpoint(x *exchange, ep openai.Endpoint) {
 	x.bodyRead = true
 	begin := time.Now()
 	req, e := ep.Parse(body)
-	x.gw += time.Since(begin)
+	x.addOwnTime(time.Since(begin))
 	if e != nil {
 		x.fail(e)
 		return

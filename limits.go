@@ -367,7 +367,7 @@ func (l *Limits) admit(x *exchange) bool {
 	begin := time.Now()
 	dec, err := l.limiter.Reserve(x.r.Context(), dims, tokens)
 	if took := time.Since(begin); l.memory {
-		x.gw += took
+		x.addOwnTime(took)
 	} else { // network I/O, not the gateway's own work
 		limitMetrics.storeDuration.WithLabelValues("reserve").Observe(took.Seconds())
 	}

@@ -131,7 +131,7 @@ func (x *exchange) record() {
 	switch {
 	case x.upstreamReason != "": // a backend's own codes are unbounded: not labels
 		m.upstreamErrors.WithLabelValues(x.upstreamReason).Inc()
-	case x.fromUpstream && x.status >= 400:
+	case x.ended.fromBackend && x.status >= 400:
 		m.upstreamErrors.WithLabelValues("status_" + strconv.Itoa(x.status)).Inc()
 	}
 }

@@ -21,9 +21,9 @@ type modelEntry struct {
 
 // serveModels answers GET /v1/models with the models the client may use.
 func (h *Handler) serveModels(x *exchange) {
-	list, e := h.modelList(x)
-	if e != nil {
-		x.fail(e)
+	list, r := h.modelList(x)
+	if r.err != nil {
+		x.answer(r)
 		return
 	}
 	out, _ := json.Marshal(struct {
@@ -37,9 +37,9 @@ func (h *Handler) serveModels(x *exchange) {
 // model_not_found (as for a model the client's key may not use). An id
 // may hold slashes, as Hugging Face names do.
 func (h *Handler) serveModel(x *exchange, id string) {
-	list, e := h.modelList(x)
-	if e != nil {
-		x.fail(e)
+	list, r := h.modelList(x)
+	if r.err != nil {
+		x.answer(r)
 		return
 	}
 	i := slices.IndexFunc(list, func(m modelEntry) bool { return m.ID == id })
@@ -55,7 +55,7 @@ func (h *Handler) serveModel(x *exchange, id string) {
 // echo mode; else every model and alias the backends list, plus what the
 // backend that lists none reports of itself; of them, those the client's
 // key may use.
-func (h *Handler) modelList(x *exchange) ([]modelEntry, *openai.Error) {
+func (h *Handler) modelList(x *exchange) ([]modelEntry, result) {
 	var list []modelEntry
 	add := func(id string) {
 		if !slices.ContainsFunc(list, func(m modelEntry) bool { return m.ID == id }) {
@@ -74,9 +74,9 @@ func (h *Handler) modelList(x *exchange) ([]modelEntry, *openai.Error) {
 			}
 		}
 		if h.catchAll != nil {
-			body, e := h.catchAll.reportedModels(x, time.Duration(h.FirstTokenTimeout))
-			if e != nil && len(list) == 0 {
-				return nil, e
+			body, r := h.catchAll.reportedModels(x, time.Duration(h.FirstTokenTimeout))
+			if r.err != nil && len(list) == 0 {
+				return nil, r
 			}
 			var reported struct {
 				Data []modelEntry `json:"data"`
@@ -94,7 +94,7 @@ func (h *Handler) modelList(x *exchange) ([]modelEntry, *openai.Error) {
 	if list == nil {
 		list = []modelEntry{}
 	}
-	return list, nil
+	return list, result{}
 }
 
 // modelsTTL is how long a backend's own model list is reused.
@@ -109,36 +109,35 @@ type modelsCache struct {
 
 // reportedModels returns the backend's model list, fetched at most once
 // per modelsTTL.
-func (b *Backend) reportedModels(x *exchange, timeout time.Duration) ([]byte, *openai.Error) {
+func (b *Backend) reportedModels(x *exchange, timeout time.Duration) ([]byte, result) {
 	c := &b.models
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.body != nil && time.Since(c.at) < modelsTTL {
-		return c.body, nil
+		return c.body, result{}
 	}
-	body, e := x.fetchModels(b, timeout)
-	if e == nil {
+	body, r := x.fetchModels(b, timeout)
+	if r.err == nil {
 		c.body, c.at = body, time.Now()
 	}
-	return body, e
+	return body, r
 }
 
 // fetchModels asks a backend for its model list.
-func (x *exchange) fetchModels(b *Backend, timeout time.Duration) ([]byte, *openai.Error) {
+func (x *exchange) fetchModels(b *Backend, timeout time.Duration) ([]byte, result) {
 	ctx, cancel := context.WithTimeout(x.r.Context(), timeout)
 	defer cancel()
 	var rb replyBuffer
 	aborted, err := serveProxy(b.proxy, &rb, x.upstreamRequest(ctx, b, http.MethodGet, "/models", nil))
 	switch {
 	case err != nil || rb.status == 0:
-		x.upstreamErr = err
-		return nil, proxyError(err)
+		return nil, result{err: proxyError(err), proxyErr: err}
 	case aborted || rb.tooLarge:
-		return nil, openai.UpstreamReplyIncomplete("model list")
+		return nil, result{err: openai.UpstreamReplyIncomplete("model list")}
 	case rb.status/100 != 2:
-		return nil, x.h.upstreamKeys.redactError(openai.BackendError(rb.status, rb.body))
+		return nil, result{err: x.h.upstreamKeys.redactError(openai.BackendError(rb.status, rb.body)), fromBackend: true}
 	}
-	return rb.body, nil
+	return rb.body, result{}
 }
 
 func sortedKeys(m map[string]string) []string {

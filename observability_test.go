@@ -478,3 +478,42 @@ func TestLazyProxyFields(t *testing.T) {
 		t.Fatal("the backend's reverse_proxy logger does not defer its fields: Caddy's Handler.logger moved?")
 	}
 }
+
+// TestClientGoneLoggedAlike: a client that leaves is logged as
+// client_closed_request with status 499 whichever path noticed it: an
+// echo stream here, a backend's stream in TestModuleLog.
+func TestClientGoneLoggedAlike(t *testing.T) {
+	h := provisioned(t, "chat_gateway {\n echo_delay 20ms\n}")
+	core, logs := observer.New(zapcore.DebugLevel)
+	h.logger = zap.New(core)
+	ctx, cancel := context.WithCancel(context.Background())
+	req := httptest.NewRequestWithContext(ctx, "POST", "/v1/chat/completions",
+		strings.NewReader(`{"messages":[{"role":"user","content":"`+strings.Repeat("word ", 50)+`"}],"stream":true}`))
+	w := &cancellingRecorder{ResponseRecorder: httptest.NewRecorder(), after: 3, cancel: cancel}
+	req = caddyhttp.PrepareRequest(req, caddy.NewReplacer(), w, &caddyhttp.Server{Logs: &caddyhttp.ServerLogConfig{}})
+	if err := h.ServeHTTP(w, req, nil); err != nil {
+		t.Fatal(err)
+	}
+	entries := logs.FilterMessage("request failed").AllUntimed()
+	if len(entries) != 1 {
+		t.Fatalf("%d lines, want 1: %+v", len(entries), logs.AllUntimed())
+	}
+	if f := entries[0].ContextMap(); f["outcome"] != "client_cancelled" || f["status"] != int64(499) || f["code"] != "client_closed_request" {
+		t.Fatalf("logged %v, want outcome client_cancelled, status 499, code client_closed_request", f)
+	}
+}
+
+// cancellingRecorder cancels the request (its client leaves) after a
+// number of writes.
+type cancellingRecorder struct {
+	*httptest.ResponseRecorder
+	after  int
+	cancel context.CancelFunc
+}
+
+func (c *cancellingRecorder) Write(p []byte) (int, error) {
+	if c.after--; c.after == 0 {
+		c.cancel()
+	}
+	return c.ResponseRecorder.Write(p)
+}

@@ -65,8 +65,10 @@ func (h *Handler) forward(x *exchange, rt route, body []byte) {
 	streamRetries := 0
 	resent := false // sent again after a reused connection failed
 	for {
-		u, e := h.attempt(x, rt, body, deadline)
+		u, res := h.attempt(x, rt, body, deadline)
+		e := res.err
 		if e == nil {
+			x.end(http.StatusOK, res)
 			return
 		}
 		next, ok := route{}, false
@@ -93,7 +95,7 @@ func (h *Handler) forward(x *exchange, rt route, body []byte) {
 			}
 		}
 		if !ok {
-			u.fail(e)
+			u.fail(res)
 			return
 		}
 		x.retries++
@@ -116,10 +118,10 @@ type backendEndpoint interface {
 }
 
 // attempt makes one try of the request on rt's backend, by deadline if
-// it has one. It returns nil when a reply or a complete stream went to
-// the client, else the error to answer with, which has not been written
-// unless u.out.started.
-func (h *Handler) attempt(x *exchange, rt route, body []byte, deadline time.Time) (*upstreamWriter, *openai.Error) {
+// it has one, and says how it ended: well when a reply or a complete
+// stream went to the client, else with the error to answer with, which
+// has not been written unless u.started().
+func (h *Handler) attempt(x *exchange, rt route, body []byte, deadline time.Time) (*upstreamWriter, result) {
 	begin := time.Now()
 	b := rt.backend
 	model := x.req.Model
@@ -131,7 +133,7 @@ func (h *Handler) attempt(x *exchange, rt route, body []byte, deadline time.Time
 	if be, ok := x.ep.(backendEndpoint); ok {
 		var e *openai.Error
 		if path, body, e = be.upstream(b, model, body); e != nil {
-			return &upstreamWriter{x: x, out: x.out}, e
+			return &upstreamWriter{x: x, out: x.out}, result{err: e}
 		}
 	}
 	if x.req.Stream && h.IncludeUsageUpstream && !x.req.IncludeUsage && x.ep.AsksStreamUsage() {
@@ -167,7 +169,7 @@ func (h *Handler) attempt(x *exchange, rt route, body []byte, deadline time.Time
 	}})
 	up := x.upstreamRequest(ctx, b, http.MethodPost, path, body)
 	proxyStart := time.Now()
-	x.gw += proxyStart.Sub(begin)
+	x.addOwnTime(proxyStart.Sub(begin))
 	aborted, proxyErr := serveProxy(b.proxy, u, up)
 	x.upstreamTime += time.Since(proxyStart)
 	u.staleConn = proxyErr != nil && u.status == 0 && reused.Load()

@@ -80,11 +80,11 @@ func (u *upstreamWriter) onEvent(ev sse.Event) error {
 	held := u.held.bytes()
 	n := len(held)
 	held, err := u.st.Event(held, ev.Type, ev.Data)
-	u.x.gw += time.Since(begin)
+	u.x.addOwnTime(time.Since(begin))
 	if err != nil {
 		u.held.buf = held[:n]
 		if e, ok := errors.AsType[*openai.Error](err); ok {
-			u.x.fromUpstream = true
+			u.failedByBackend = true
 			u.failStream(u.x.h.upstreamKeys.redactError(e.FillDefaults(http.StatusBadGateway)))
 		} else {
 			u.failStream(openai.InvalidUpstreamResponse("The backend sent a stream event this route cannot read (" + u.x.r.URL.Path + ")."))

@@ -63,7 +63,7 @@ func (s *replyStream) feed(p []byte) (int, error) {
 	begin := time.Now()
 	s.writing = 0
 	n, err := s.rw.Write(p)
-	u.x.gw += time.Since(begin) - s.writing
+	u.x.addOwnTime(time.Since(begin) - s.writing)
 	if err != nil && s.err == nil {
 		s.invalid = true
 	}
@@ -162,12 +162,12 @@ func (s *replyStream) settle(cause, proxyErr error, aborted bool) *openai.Error 
 		s.err = errReplyAbandoned
 	}
 	rep, err := s.rw.Close()
-	x.setResult(rep) // what the backend counted, or the estimate: limits settle with it
+	x.keepReply(rep) // what the backend counted, or the estimate: limits settle with it
 	if e == nil && err == nil {
 		s.writing = 0
 		begin := time.Now()
 		_ = s.flush(true)
-		x.gw += time.Since(begin) - s.writing
+		x.addOwnTime(time.Since(begin) - s.writing)
 	}
 	switch {
 	case e != nil:
@@ -177,7 +177,6 @@ func (s *replyStream) settle(cause, proxyErr error, aborted bool) *openai.Error 
 	case err != nil: // the reply ended before its end
 		return invalidReply(x)
 	}
-	x.status = http.StatusOK
 	x.w.Header().Set("Server-Timing", x.serverTiming())
 	return nil
 }

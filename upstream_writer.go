@@ -59,6 +59,8 @@ type upstreamWriter struct {
 	st     openai.EventStream // the endpoint's normalizer of this stream
 	held   eventBuffer        // framed events held before the first content, or being sent
 	failed *openai.Error      // the error event sent
+	// failedByBackend: failed is the backend's own in-band error.
+	failedByBackend bool
 	js     *replyStream       // the reply normalized as it arrives (replyStreaming)
 	// staleConn is set when the attempt failed on a reused connection
 	// before any reply: the backend closed it as the request went out.
@@ -196,22 +198,21 @@ func (u *upstreamWriter) endWrite() {
 	u.writing.Store(false)
 }
 
-// settle ends an attempt once the proxy returned. A stream that
-// completed is closed ([DONE]); a buffered 2xx reply is answered. It
-// returns the failure otherwise; a failure after the stream started has
-// been sent as an error event already.
-func (u *upstreamWriter) settle(ctx context.Context, proxyErr error, aborted bool) *openai.Error {
+// settle ends an attempt once the proxy returned and says how it ended.
+// A stream that completed is closed ([DONE]); a buffered 2xx reply is
+// answered. A failure after the stream started has been sent as an
+// error event already.
+func (u *upstreamWriter) settle(ctx context.Context, proxyErr error, aborted bool) result {
 	x := u.x
-	x.upstreamErr = proxyErr
 	cause := context.Cause(ctx)
 	if u.state == replyStreaming {
-		return u.js.settle(cause, proxyErr, aborted)
+		return result{err: u.js.settle(cause, proxyErr, aborted), proxyErr: proxyErr}
 	}
 	if u.state != replyBuffered { // what was generated, a client that left included
-		x.setResult(u.st.Result())
+		x.keepReply(u.st.Result())
 	}
 	if x.r.Context().Err() != nil || u.out.err != nil {
-		return openai.ClientClosedRequest()
+		return result{err: openai.ClientClosedRequest(), proxyErr: proxyErr}
 	}
 	if u.state != replyBuffered {
 		if u.failed == nil {
@@ -225,65 +226,68 @@ func (u *upstreamWriter) settle(ctx context.Context, proxyErr error, aborted boo
 			}
 		}
 		if u.failed != nil {
-			return u.failed
+			return result{err: u.failed, fromBackend: u.failedByBackend, proxyErr: proxyErr}
 		}
-		x.status = http.StatusOK
 		if len(u.held.buf) > 0 {
 			u.out.queue(u.held.buf)
 		}
 		if u.st.Finish(x.req.IncludeUsage, u.out.event) != nil {
-			x.outcome, x.status = outcomeClientCancelled, openai.StatusClientClosedRequest
+			return result{err: openai.ClientClosedRequest()}
 		}
-		return nil
+		return result{}
 	}
 
+	var e *openai.Error
 	switch {
 	case errors.Is(cause, errFirstTokenTimeout):
-		return openai.FirstTokenTimeout()
+		e = openai.FirstTokenTimeout()
 	case errors.Is(cause, errTimeout):
-		return openai.Timeout()
+		e = openai.Timeout()
 	case u.tooLarge:
-		return openai.UpstreamReplyTooLarge()
+		e = openai.UpstreamReplyTooLarge()
 	case proxyErr != nil || u.status == 0:
-		return proxyError(proxyErr)
+		e = proxyError(proxyErr)
 	case aborted:
-		return openai.UpstreamReplyIncomplete("reply")
+		e = openai.UpstreamReplyIncomplete("reply")
 	case u.status/100 == 2:
 		return u.reply()
 	}
-	x.h.passHeaders(x.w.Header(), u.header)
-	x.fromUpstream = true
-	if u.status >= 500 {
-		x.backendError = x.h.upstreamKeys.redactString(backendErrorText(u.body))
+	if e != nil {
+		return result{err: e, proxyErr: proxyErr}
 	}
-	return x.h.upstreamKeys.redactError(openai.BackendError(u.status, u.body))
+	x.h.passHeaders(x.w.Header(), u.header)
+	r := result{err: x.h.upstreamKeys.redactError(openai.BackendError(u.status, u.body)), fromBackend: true}
+	if u.status >= 500 {
+		r.backendText = x.h.upstreamKeys.redactString(backendErrorText(u.body))
+	}
+	return r
 }
 
 // reply answers from a buffered 2xx reply: normalized JSON, or the same
 // as a stream when the client asked for one and the backend did not.
-func (u *upstreamWriter) reply() *openai.Error {
+func (u *upstreamWriter) reply() result {
 	x := u.x
 	begin := time.Now()
 	out, rep, err := x.ep.Normalize(getBuffer(len(u.body)+512), u.body, u.meta)
 	defer putBuffer(out)
-	x.gw += time.Since(begin)
+	x.addOwnTime(time.Since(begin))
 	if err != nil {
-		return invalidReply(x)
+		return result{err: invalidReply(x)}
 	}
-	x.setResult(rep)
+	x.keepReply(rep)
 	x.claim(rep.ResponseID)
 	x.markFirstToken()
 	x.h.passHeaders(x.w.Header(), u.header)
 	if !x.req.Stream {
 		x.writeJSON(http.StatusOK, out)
-		return nil
+		return result{}
 	}
 	// The backend answered a streaming request with one JSON reply: send
 	// it as the stream it would have been.
 	if u.events().FromReply(out, x.req.IncludeUsage, u.out.event) != nil {
-		x.outcome, x.status = outcomeClientCancelled, openai.StatusClientClosedRequest
+		return result{err: openai.ClientClosedRequest()}
 	}
-	return nil
+	return result{}
 }
 
 // release gives back the attempt's buffers.
@@ -298,31 +302,26 @@ func (u *upstreamWriter) started() bool {
 	return u.out.started || u.js != nil && u.js.wrote
 }
 
-// fail answers with e: an error reply while nothing has gone to the
-// client, else (keep-alive comments went out) a final error event. A
-// reply whose bytes went out has no way left to say it failed: the
+// fail answers with r's error: an error reply while nothing has gone to
+// the client, else (keep-alive comments went out) a final error event.
+// A reply whose bytes went out has no way left to say it failed: the
 // client's connection is aborted, as reverse_proxy does, so the client
 // sees a failure rather than a body that may look whole.
-func (u *upstreamWriter) fail(e *openai.Error) {
-	x := u.x
-	if u.js != nil && u.js.wrote {
-		x.status = http.StatusOK
-		x.noteError(e)
-		if e.Status == openai.StatusClientClosedRequest {
-			x.status = e.Status
-		}
-		panic(http.ErrAbortHandler) // finish still runs: it is deferred
-	}
-	if !u.out.started {
-		x.fail(e)
+func (u *upstreamWriter) fail(r result) {
+	x, e := u.x, r.err
+	if !u.started() {
+		x.answer(r)
 		return
 	}
-	x.status = http.StatusOK
-	x.noteError(e)
+	status := http.StatusOK // sent already
+	if e.Status == openai.StatusClientClosedRequest {
+		status = e.Status
+	}
+	x.end(status, r)
 	switch {
-	case e.Status == openai.StatusClientClosedRequest:
-		x.status = e.Status
-	case u.failed != e: // a stream's own failure went out as it happened
+	case u.js != nil:
+		panic(http.ErrAbortHandler) // finish still runs: it is deferred
+	case status != openai.StatusClientClosedRequest && u.failed != e: // a stream's own failure went out as it happened
 		_ = u.events().Fail(e, u.out.event)
 	}
 }

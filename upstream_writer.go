@@ -61,7 +61,7 @@ type upstreamWriter struct {
 	failed *openai.Error      // the error event sent
 	// failedByBackend: failed is the backend's own in-band error.
 	failedByBackend bool
-	js     *replyStream       // the reply normalized as it arrives (replyStreaming)
+	js              *replyStream // the reply normalized as it arrives (replyStreaming)
 	// staleConn is set when the attempt failed on a reused connection
 	// before any reply: the backend closed it as the request went out.
 	staleConn bool

@@ -13,7 +13,6 @@ import (
 
 	"github.com/chatgateway/caddy-chat-gateway/internal/keys"
 	"github.com/chatgateway/caddy-chat-gateway/internal/limits"
-	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
 )
 
 // Auth is the client keys the gateway accepts. With it, every request
@@ -182,30 +181,6 @@ func (h *Handler) identify(x *exchange) bool {
 	x.key, x.keyID, x.keyLimits = k, k.ID, ring.limits[k.Index]
 	x.repl.Set("http.auth.user.id", k.ID)
 	return true
-}
-
-// unauthorized answers 401 invalid_api_key. The connection is closed
-// after it, so the server does not read a body nobody wants first.
-func (x *exchange) unauthorized(msg string) {
-	hdr := x.w.Header()
-	hdr.Set("WWW-Authenticate", "Bearer")
-	if x.r.ProtoMajor == 1 {
-		hdr.Set("Connection", "close")
-	}
-	x.fail(openai.InvalidAPIKey(msg))
-}
-
-// allowed reports whether the caller may use model: any model without
-// a key, else what its allow-list says. An echo request naming no model
-// asks for the echo model.
-func (x *exchange) allowed(model string) bool {
-	if x.key == nil {
-		return true
-	}
-	if model == "" && x.h.echoMode() {
-		model = echoModel
-	}
-	return x.key.Allowed(model)
 }
 
 // keyLabels are the values the key metric label has taken in this

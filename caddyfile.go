@@ -15,6 +15,7 @@ import (
 	"github.com/dustin/go-humanize"
 
 	"github.com/chatgateway/caddy-chat-gateway/internal/keys"
+	"github.com/chatgateway/caddy-chat-gateway/internal/limits"
 )
 
 func init() {
@@ -531,4 +532,203 @@ func parseAuth(d *caddyfile.Dispenser, a *Auth) error {
 		}
 	}
 	return nil
+}
+
+// parseLimits reads a limits block, whose syntax UnmarshalCaddyfile
+// shows; the "limits" token is the current one.
+func parseLimits(d *caddyfile.Dispenser) (*Limits, error) {
+	l := new(Limits)
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		if ok, err := parseLimitLine(d, &l.LimitSet); ok || err != nil {
+			if err != nil {
+				return nil, err
+			}
+			continue
+		}
+		switch d.Val() {
+		case "per":
+			if !d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			l.Per = d.Val()
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+		case "default_max_tokens":
+			n, err := oneCount(d)
+			if err != nil {
+				return nil, err
+			}
+			l.DefaultMaxTokens = n
+		case "on_store_error":
+			if !d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			if v := d.Val(); v != "allow" && v != "deny" {
+				return nil, d.Errf("invalid on_store_error '%s': want allow or deny", v)
+			}
+			l.OnStoreError = d.Val()
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+		case "model":
+			m := &ModelLimits{}
+			if !d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			m.Pattern = d.Val()
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			for inner := d.Nesting(); d.NextBlock(inner); {
+				ok, err := parseLimitLine(d, &m.LimitSet)
+				if err != nil {
+					return nil, err
+				}
+				if !ok {
+					return nil, d.Errf("unrecognized model limit '%s': want requests, tokens, concurrent or quota", d.Val())
+				}
+			}
+			if m.LimitSet == (LimitSet{}) {
+				return nil, d.Errf("model %s: no limits given", m.Pattern)
+			}
+			l.Models = append(l.Models, m)
+		case "store":
+			store, err := parseLimitStore(d)
+			if err != nil {
+				return nil, err
+			}
+			l.Redis = store
+		default:
+			return nil, d.Errf("unrecognized limits option '%s'", d.Val())
+		}
+	}
+	return l, nil
+}
+
+// parseLimitLine reads a requests, tokens, concurrent or quota line into
+// set. It reports false, having consumed nothing, for any other line.
+func parseLimitLine(d *caddyfile.Dispenser, set *LimitSet) (bool, error) {
+	name := d.Val()
+	switch name {
+	case "requests", "tokens", "quota":
+		if !d.NextArg() {
+			return true, d.ArgErr()
+		}
+		v := d.Val()
+		var err error
+		if name == "quota" {
+			_, err = limits.ParseQuota(v)
+			set.Quota = v
+		} else {
+			_, err = limits.ParseRate(v)
+			if name == "requests" {
+				set.Requests = v
+			} else {
+				set.Tokens = v
+			}
+		}
+		if err != nil {
+			return true, d.Errf("invalid %s '%s': %v", name, v, err)
+		}
+		if d.NextArg() {
+			return true, d.ArgErr()
+		}
+	case "concurrent":
+		n, err := oneCount(d)
+		if err != nil {
+			return true, err
+		}
+		set.Concurrent = n
+	default:
+		return false, nil
+	}
+	return true, nil
+}
+
+// oneCount reads the single positive integer argument of a line.
+func oneCount(d *caddyfile.Dispenser) (int64, error) {
+	name := d.Val()
+	if !d.NextArg() {
+		return 0, d.ArgErr()
+	}
+	n, err := limits.ParseCount(d.Val())
+	if err != nil {
+		return 0, d.Errf("invalid %s '%s': want a positive integer", name, d.Val())
+	}
+	if d.NextArg() {
+		return 0, d.ArgErr()
+	}
+	return n, nil
+}
+
+// parseLimitStore reads "store memory" (nil) or "store redis <address>"
+// and its block.
+func parseLimitStore(d *caddyfile.Dispenser) (*RedisStore, error) {
+	if !d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	switch d.Val() {
+	case "memory":
+		if d.NextArg() || d.NextBlock(d.Nesting()) {
+			return nil, d.Errf("store memory takes no options")
+		}
+		return nil, nil
+	case "redis":
+	default:
+		return nil, d.Errf("unrecognized store '%s': want memory or redis", d.Val())
+	}
+	if !d.NextArg() {
+		return nil, d.Errf("store redis needs an address (host:port)")
+	}
+	s := &RedisStore{Address: d.Val()}
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if opt == "tls" {
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			s.TLS = true
+			continue
+		}
+		if !d.NextArg() {
+			return nil, d.ArgErr()
+		}
+		v := d.Val()
+		if d.NextArg() {
+			return nil, d.ArgErr()
+		}
+		switch opt {
+		case "username":
+			s.Username = v
+		case "password":
+			s.Password = v
+		case "key_prefix":
+			if strings.ContainsAny(v, "{}") {
+				return nil, d.Errf("invalid key_prefix '%s': it must not contain '{' or '}'", v)
+			}
+			s.KeyPrefix = v
+		case "db":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 {
+				return nil, d.Errf("invalid db '%s': want a database number", v)
+			}
+			s.DB = n
+		case "timeout":
+			dur, err := caddy.ParseDuration(v)
+			if err != nil || dur <= 0 {
+				return nil, d.Errf("invalid timeout '%s': want a duration such as 50ms", v)
+			}
+			s.Timeout = caddy.Duration(dur)
+		default:
+			return nil, d.Errf("unrecognized redis option '%s'", opt)
+		}
+	}
+	return s, nil
 }

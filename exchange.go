@@ -449,3 +449,27 @@ func extraLogFields(r *http.Request) *caddyhttp.ExtraLogFields {
 	extra, _ := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields)
 	return extra
 }
+
+// unauthorized answers 401 invalid_api_key. The connection is closed
+// after it, so the server does not read a body nobody wants first.
+func (x *exchange) unauthorized(msg string) {
+	hdr := x.w.Header()
+	hdr.Set("WWW-Authenticate", "Bearer")
+	if x.r.ProtoMajor == 1 {
+		hdr.Set("Connection", "close")
+	}
+	x.fail(openai.InvalidAPIKey(msg))
+}
+
+// allowed reports whether the caller may use model: any model without
+// a key, else what its allow-list says. An echo request naming no model
+// asks for the echo model.
+func (x *exchange) allowed(model string) bool {
+	if x.key == nil {
+		return true
+	}
+	if model == "" && x.h.echoMode() {
+		model = echoModel
+	}
+	return x.key.Allowed(model)
+}

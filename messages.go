@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"net/http"
+	"time"
 
 	"github.com/chatgateway/caddy-chat-gateway/internal/anthropic"
 	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
@@ -150,6 +151,21 @@ func emitEach(evs []byte, emit openai.Emit) error {
 		evs = evs[end:]
 	}
 	return nil
+}
+
+// SetLimitHeaders sets Anthropic's anthropic-ratelimit-* headers, the
+// reset as an RFC 3339 time, rounded up to the second.
+func (m *messagesEndpoint) SetLimitHeaders(h http.Header, s openai.LimitState) {
+	names := anthropicLimitHeaders[s.Kind]
+	reset := s.Reset.Add(time.Second - 1).Truncate(time.Second)
+	h[names[0]], h[names[1]], h[names[2]] = []string{s.Limit}, []string{s.Remaining}, []string{reset.UTC().Format(time.RFC3339)}
+}
+
+// anthropicLimitHeaders are the names of the headers of each kind of
+// limit: its limit, what remains and its reset.
+var anthropicLimitHeaders = map[string][3]string{
+	"requests": {"Anthropic-Ratelimit-Requests-Limit", "Anthropic-Ratelimit-Requests-Remaining", "Anthropic-Ratelimit-Requests-Reset"},
+	"tokens":   {"Anthropic-Ratelimit-Tokens-Limit", "Anthropic-Ratelimit-Tokens-Remaining", "Anthropic-Ratelimit-Tokens-Reset"},
 }
 
 // errorJSON is the body of an error on the Messages routes, in

@@ -3,9 +3,11 @@ package chatgateway
 import (
 	"errors"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/chatgateway/caddy-chat-gateway/internal/limits"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -29,6 +31,8 @@ var gatewayMetrics = struct {
 // on a loaded model (minutes).
 var llmBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600}
 
+// registerMetrics makes the gateway's collectors, once, and registers
+// them into a config's registry.
 func registerMetrics(registry *prometheus.Registry) error {
 	const ns, sub = "caddy", "chat_gateway"
 	m := &gatewayMetrics
@@ -56,7 +60,14 @@ func registerMetrics(registry *prometheus.Registry) error {
 			Help:    "Time spent in the gateway itself per chat request (parsing, validation, routing, normalization), excluding the backend and network I/O.",
 			Buckets: []float64{.00001, .000025, .00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1}})
 	})
-	for _, c := range []prometheus.Collector{m.requests, m.inFlight, m.duration, m.ttft, m.perToken, m.tokens, m.upstreamErrors, m.retries, m.overhead} {
+	return register(registry, m.requests, m.inFlight, m.duration, m.ttft, m.perToken, m.tokens, m.upstreamErrors, m.retries, m.overhead)
+}
+
+// register registers the process-wide collectors into a config's
+// registry, where they may be already: a reload neither duplicates nor
+// resets them.
+func register(registry *prometheus.Registry, collectors ...prometheus.Collector) error {
+	for _, c := range collectors {
 		if err := registry.Register(c); err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
 			return err
 		}
@@ -145,4 +156,63 @@ func (h *Handler) metricModel(model string) string {
 		return echoModel
 	}
 	return "other"
+}
+
+// limitCollectors are the limits' Prometheus collectors.
+type limitCollectors struct {
+	once          sync.Once
+	decisions     *prometheus.CounterVec
+	byDimension   map[decisionKey]prometheus.Counter // decisions' children, looked up once
+	estimateError prometheus.Histogram
+	storeDuration *prometheus.HistogramVec
+	storeErrors   *prometheus.CounterVec
+}
+
+// limitMetrics are created once and registered into each config's
+// registry that has limits.
+var limitMetrics limitCollectors
+
+// decisionKey is a child of the decisions counter.
+type decisionKey struct {
+	model  bool
+	kind   limits.Kind
+	result string
+}
+
+// decision returns the decisions counter of dimension d and result.
+func (m *limitCollectors) decision(d limits.Dimension, result string) prometheus.Counter {
+	return m.byDimension[decisionKey{strings.HasPrefix(d.Scope, "model:"), d.Kind, result}]
+}
+
+// registerLimitMetrics makes the limits' collectors, once, and registers
+// them into a config's registry.
+func registerLimitMetrics(registry *prometheus.Registry) error {
+	const ns, sub = "caddy", "chat_gateway"
+	m := &limitMetrics
+	m.once.Do(func() {
+		m.decisions = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "ratelimit_decisions_total",
+			Help: "Limit decisions by dimension (requests, tokens, concurrent, quota; model_* for model limits; store for store failures) and result (allowed, denied)."},
+			[]string{"dimension", "result"})
+		m.byDimension = make(map[decisionKey]prometheus.Counter)
+		for _, model := range []bool{false, true} {
+			for _, kind := range []limits.Kind{limits.KindRequests, limits.KindTokens, limits.KindConcurrent, limits.KindQuota} {
+				for _, result := range []string{"allowed", "denied"} {
+					name := kind.String()
+					if model {
+						name = "model_" + name
+					}
+					m.byDimension[decisionKey{model, kind, result}] = m.decisions.WithLabelValues(name, result)
+				}
+			}
+		}
+		m.estimateError = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "ratelimit_reserved_minus_used_tokens",
+			Help:    "Tokens reserved at admission minus the tokens the request used: how far the estimate was off.",
+			Buckets: []float64{-4096, -1024, -256, -64, -16, 0, 16, 64, 256, 1024, 4096, 16384, 65536}})
+		m.storeDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "ratelimit_store_duration_seconds",
+			Help:    "Time of a call to the Redis limits store, by operation (reserve, settle).",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25}}, []string{"op"})
+		m.storeErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "ratelimit_store_errors_total",
+			Help: "Calls to the limits store that failed or timed out, by operation (reserve, settle)."}, []string{"op"})
+	})
+	return register(registry, m.decisions, m.estimateError, m.storeDuration, m.storeErrors)
 }

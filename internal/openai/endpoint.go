@@ -3,7 +3,9 @@ package openai
 import (
 	"bytes"
 	"io"
+	"net/http"
 	"strings"
+	"time"
 
 	"github.com/chatgateway/caddy-chat-gateway/internal/jsonwalk"
 	"github.com/chatgateway/caddy-chat-gateway/internal/sse"
@@ -89,6 +91,25 @@ type EventStream interface {
 	// Response's status for responses), its usage (estimated when the
 	// backend reported none) and the size of its output.
 	Result() Reply
+}
+
+// LimitHeaders is an Endpoint whose route states the caller's rate
+// limits in headers of its own, beside OpenAI's x-ratelimit-* (the
+// Messages routes: anthropic-ratelimit-*).
+type LimitHeaders interface {
+	// SetLimitHeaders sets the headers of one kind of limit.
+	SetLimitHeaders(h http.Header, s LimitState)
+}
+
+// LimitState is the state of one kind of limit after an admission.
+type LimitState struct {
+	// Kind is "requests" or "tokens".
+	Kind string
+	// Limit and Remaining are the limit and what is left of it, as
+	// decimal text (OpenAI's headers hold them already).
+	Limit, Remaining string
+	// Reset is when the limit is whole again.
+	Reset time.Time
 }
 
 // Emit writes one SSE event (framed, blank line included) to the client.

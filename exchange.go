@@ -79,11 +79,6 @@ type exchange struct {
 	errorJSON func(*openai.Error) []byte
 }
 
-// errorShaper is an endpoint whose errors are not in OpenAI's shape.
-type errorShaper interface {
-	errorJSON(e *openai.Error) []byte
-}
-
 func (h *Handler) newExchange(w http.ResponseWriter, r *http.Request, ep openai.Endpoint) *exchange {
 	x := &exchange{h: h, w: w, r: r, id: requestID(r), start: time.Now(), outcome: outcomeOK, out: newSSEWriter(w, h.upstreamKeys),
 		errorJSON: (*openai.Error).JSON}
@@ -94,10 +89,9 @@ func (h *Handler) newExchange(w http.ResponseWriter, r *http.Request, ep openai.
 	x.repl.Map(x.placeholder)
 	hdr := w.Header()
 	hdr["X-Request-Id"] = []string{x.id} // canonical: Set would allocate the name
-	if es, ok := ep.(errorShaper); ok {
-		// The Anthropic API's errors, and its request id header.
-		x.errorJSON = es.errorJSON
-		hdr["Request-Id"] = []string{x.id}
+	if es, ok := ep.(openai.ErrorShaper); ok {
+		x.errorJSON = es.ErrorJSON
+		hdr[es.RequestIDHeader()] = []string{x.id}
 	}
 	if extra := extraLogFields(r); extra != nil && accessLogged(r) {
 		extra.Add(zap.String("request_id", x.id))

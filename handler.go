@@ -10,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/dustin/go-humanize"
 
+	"github.com/chatgateway/caddy-chat-gateway/internal/anthropic"
 	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
 )
 
@@ -114,9 +115,11 @@ func (h *Handler) serveEndpoint(x *exchange, ep openai.Endpoint) {
 		x.fail(openai.ModelNotFound(req.Model))
 		return
 	}
-	if m, ok := ep.(*messagesEndpoint); ok && m.count && !rt.backend.servesMessages() {
-		m.answerCount(x)
-		return
+	if be, ok := ep.(openai.BackendEndpoint); ok {
+		if out := be.AnswerLocally(rt.backend.servesMessages()); out != nil {
+			x.writeJSON(http.StatusOK, out)
+			return
+		}
 	}
 	if req.PreviousResponseID != "" {
 		if !rt.backend.keepsResponses() {
@@ -129,6 +132,15 @@ func (h *Handler) serveEndpoint(x *exchange, ep openai.Endpoint) {
 		}
 	}
 	h.forward(x, rt, body)
+}
+
+// endpointFor returns the endpoint that serves path (with the /v1
+// prefix), or nil.
+func endpointFor(path string) openai.Endpoint {
+	if ep := anthropic.EndpointFor(path); ep != nil {
+		return ep
+	}
+	return openai.EndpointFor(path)
 }
 
 // route finds the backend for a model.

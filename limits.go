@@ -338,8 +338,8 @@ func (l *Limits) reserveTokens(dims []limits.Dimension, x *exchange) int64 {
 	prompt := openai.EstimateTokens(x.req.PromptBytes)
 	budget := min(x.req.MaxOutputTokens, maxReserve)
 	switch {
-	case x.ep == openai.Embeddings:
-		budget = 0 // an embedding generates no tokens
+	case x.req.NoOutput:
+		budget = 0
 	case budget == 0:
 		budget = l.DefaultMaxTokens
 	}

@@ -560,50 +560,6 @@ func TestMessagesPing(t *testing.T) {
 	}
 }
 
-// FuzzNativeMessages feeds a native backend's events and replies to
-// what reads them: no panic; an event that is accepted is relayed as one
-// SSE event under its name with its data, and a reply that is accepted
-// has the usage it declares.
-func FuzzNativeMessages(f *testing.F) {
-	for _, ev := range nativeEvents {
-		f.Add(ev[0], ev[1])
-	}
-	f.Add("", `{"type":"message_delta","usage":{"input_tokens":5,"output_tokens":-1}}`)
-	f.Add("error", `{"type":"error","error":{"type":"overloaded_error","message":"x"}}`)
-	f.Add("message", nativeReply)
-	f.Add("content_block_delta", "{\"delta\":{\"text\":\"a\nb\"}}")
-	f.Fuzz(func(t *testing.T, name, data string) {
-		s := &nativeMessagesStream{m: &messagesEndpoint{}}
-		out, err := s.Event(nil, []byte(name), []byte(data))
-		switch {
-		case err != nil:
-			if len(out) != 0 {
-				t.Fatalf("output %q with error %v", out, err)
-			}
-		case !json.Valid([]byte(data)):
-			t.Fatalf("relayed invalid JSON %q", data)
-		default:
-			typ := name
-			if typ == "" {
-				var ev struct{ Type string }
-				_ = json.Unmarshal([]byte(data), &ev)
-				typ = ev.Type
-			}
-			if typ != "" && !strings.HasPrefix(string(out), "event: "+typ+"\n") || !strings.HasSuffix(string(out), "\n\n") ||
-				!strings.Contains(string(out), "data: ") {
-				t.Fatalf("event %q %q relayed as %q", name, data, out)
-			}
-		}
-		if msg, err := parseMessage([]byte(data)); err == nil {
-			var n nativeMessage
-			_ = json.Unmarshal([]byte(data), &n)
-			if n.Usage.OutputTokens != nil && msg.Usage.OutputTokens != *n.Usage.OutputTokens {
-				t.Fatalf("usage %+v from %s", msg.Usage, data)
-			}
-		}
-	})
-}
-
 // TestMessagesFallback: a translated backend that fails before the
 // first byte hands the request to its fallback, a native backend, which
 // gets the client's Messages body under the fallback's name.

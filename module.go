@@ -43,9 +43,10 @@ const (
 	// maxReplyBody bounds a non-streaming reply or error body the
 	// gateway buffers to normalize.
 	maxReplyBody = 32 << 20
-	// maxEmbeddingsReply bounds an embeddings reply, which the gateway
-	// edits in place: 1,000 vectors of 4,096 floats are about 45 MB.
-	maxEmbeddingsReply = 256 << 20
+	// maxStreamedReply bounds a reply normalized as it arrives, never
+	// held whole (embeddings): 1,000 vectors of 4,096 floats are about
+	// 45 MB.
+	maxStreamedReply = 256 << 20
 )
 
 // Handler is the chat_gateway HTTP handler. It serves

@@ -107,16 +107,6 @@ func (h *Handler) forward(x *exchange, rt route, body []byte) {
 	}
 }
 
-// backendEndpoint is an endpoint whose upstream request depends on the
-// backend: Messages go as they are to a backend that serves them, and
-// translated to chat completions to the others.
-type backendEndpoint interface {
-	// upstream returns the path (under the backend's base path) and the
-	// body of the request to b for model, given the client's body with
-	// the model alias edited.
-	upstream(b *Backend, model string, body []byte) (string, []byte, *openai.Error)
-}
-
 // attempt makes one try of the request on rt's backend, by deadline if
 // it has one, and says how it ended: well when a reply or a complete
 // stream went to the client, else with the error to answer with, which
@@ -130,9 +120,9 @@ func (h *Handler) attempt(x *exchange, rt route, body []byte, deadline time.Time
 		body = openai.SetMember(body, "model", jsonString(rt.model))
 	}
 	path := strings.TrimPrefix(x.r.URL.Path, "/v1")
-	if be, ok := x.ep.(backendEndpoint); ok {
+	if be, ok := x.ep.(openai.BackendEndpoint); ok {
 		var e *openai.Error
-		if path, body, e = be.upstream(b, model, body); e != nil {
+		if path, body, e = be.Upstream(b.servesMessages(), model, body); e != nil {
 			return &upstreamWriter{x: x, out: x.out}, result{err: e}
 		}
 	}
@@ -146,12 +136,12 @@ func (h *Handler) attempt(x *exchange, rt route, body []byte, deadline time.Time
 
 	// A Response this attempt's backend makes is claimed for the caller;
 	// one a failed attempt made is not what the client gets.
-	x.stateful, x.claimed = h.owners != nil && b.keepsResponses() && x.ep == openai.Responses, false
+	x.stateful, x.claimed = h.owners != nil && b.keepsResponses(), false
 	ctx, cancel := context.WithCancelCause(x.r.Context())
 	defer cancel(nil)
 	u := &upstreamWriter{x: x, out: x.out, idle: time.Duration(h.IdleTimeout), began: begin, deadline: deadline, meta: x.meta("")}
-	if x.ep == openai.Embeddings {
-		u.limit = maxEmbeddingsReply
+	if _, ok := x.ep.(openai.ReplyStreamer); ok { // a reply normalized as it comes: large ones are fine
+		u.limit = maxStreamedReply
 	}
 	u.timer = time.AfterFunc(u.within(time.Duration(h.FirstTokenTimeout)), func() { u.expired(cancel) })
 	defer u.stopTimer()

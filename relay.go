@@ -44,12 +44,6 @@ func (u *upstreamWriter) keepalive(ctx context.Context, interval time.Duration) 
 	}
 }
 
-// pinger is an EventStream with a keep-alive event of its own, sent
-// before the backend's first event (Messages: message_start, then ping).
-type pinger interface {
-	ping() []byte
-}
-
 // ping writes one keep-alive unless the backend's first event has come:
 // the stream's own event where it has one, else a ": keep-alive"
 // comment. It reports false once keep-alives are over.
@@ -59,8 +53,8 @@ func (u *upstreamWriter) ping() bool {
 	if u.firstEvent.Load() {
 		return false
 	}
-	if p, ok := u.st.(pinger); ok {
-		return u.out.event(p.ping()) == nil
+	if p, ok := u.st.(openai.Pinger); ok {
+		return u.out.event(p.Ping()) == nil
 	}
 	return u.out.comment("keep-alive") == nil
 }
@@ -92,8 +86,8 @@ func (u *upstreamWriter) onEvent(ev sse.Event) error {
 		return nil
 	}
 	u.held.buf = held
-	if u.x.stateful && !u.x.claimed {
-		u.x.claim(u.st.Result().ResponseID) // before the event naming it goes out
+	if id, ok := u.st.(openai.Identified); ok && u.x.stateful && !u.x.claimed {
+		u.x.claim(id.ResponseID()) // before the event naming it goes out
 	}
 	if len(held) == n {
 		if n == 0 {

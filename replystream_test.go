@@ -152,7 +152,7 @@ func TestEmbeddingsStreamedFailures(t *testing.T) {
 			sseEvent(w, `{"data":[]}`)
 		}, 502, "invalid_upstream_response", "upstream_error"},
 		{"declared larger than the cap", func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Content-Length", strconv.Itoa(maxEmbeddingsReply+1))
+			w.Header().Set("Content-Length", strconv.Itoa(maxStreamedReply+1))
 			w.WriteHeader(200)
 			_, _ = w.Write(half)
 		}, 502, "upstream_reply_too_large", "upstream_error"},

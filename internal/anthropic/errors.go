@@ -136,3 +136,14 @@ func defaultMessage(typ string) string {
 	}
 	return "Internal server error."
 }
+
+// StatusOf is the status Anthropic sends an error type with, the
+// inverse of ErrorType; 502 for a type it does not name.
+func StatusOf(typ string) int {
+	for _, status := range [...]int{400, 401, 402, 403, 404, 413, 429, 500, 504, StatusOverloaded} {
+		if ErrorType(status) == typ {
+			return status
+		}
+	}
+	return http.StatusBadGateway
+}

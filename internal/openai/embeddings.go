@@ -55,7 +55,7 @@ func (embeddingsEndpoint) Parse(body []byte) (*Request, *Error) {
 	}
 	req := p.request(size, input)
 	// Embeddings neither stream nor generate tokens.
-	req.Stream, req.IncludeUsage, req.MaxOutputTokens, req.Outputs, req.base64 = false, false, 0, 0, b64
+	req.Stream, req.IncludeUsage, req.MaxOutputTokens, req.Outputs, req.NoOutput, req.base64 = false, false, 0, 0, true, b64
 	return req, nil
 }
 

@@ -93,6 +93,49 @@ type EventStream interface {
 	Result() Reply
 }
 
+// The optional capabilities of an Endpoint, which the gateway asks for
+// rather than knowing any route by name: adding a route never touches
+// the request path.
+
+// BackendEndpoint is an Endpoint whose upstream request depends on the
+// backend: a route of another API (Anthropic's Messages) goes as it is
+// to a backend that serves that API itself (native), translated to
+// another.
+type BackendEndpoint interface {
+	// Upstream returns the path (under the backend's base path) and the
+	// body of the request to a native backend or not, for model, given
+	// the client's body with the model alias edited.
+	Upstream(native bool, model string, body []byte) (path string, upstream []byte, e *Error)
+	// AnswerLocally returns the reply the gateway gives itself for a
+	// backend that is native or not, or nil when the backend answers.
+	AnswerLocally(native bool) []byte
+}
+
+// ErrorShaper is an Endpoint of another API than OpenAI's: its errors
+// are in that API's shape, and its replies name the request id in that
+// API's header too.
+type ErrorShaper interface {
+	// ErrorJSON is the body of error e.
+	ErrorJSON(e *Error) []byte
+	// RequestIDHeader is the header that carries the request id, beside
+	// X-Request-ID.
+	RequestIDHeader() string
+}
+
+// Pinger is an EventStream with a keep-alive event of its own, sent
+// while the backend has not sent its first event (Messages:
+// message_start, then ping), in place of a comment.
+type Pinger interface {
+	Ping() []byte
+}
+
+// Identified is an EventStream whose reply has an id a backend keeps
+// (a Response's), known once an event named it.
+type Identified interface {
+	// ResponseID returns the id, or "" before any event named it.
+	ResponseID() string
+}
+
 // LimitHeaders is an Endpoint whose route states the caller's rate
 // limits in headers of its own, beside OpenAI's x-ratelimit-* (the
 // Messages routes: anthropic-ratelimit-*).
@@ -137,6 +180,9 @@ type Request struct {
 	// PreviousResponseID is a Responses request's previous_response_id:
 	// such a request needs the backend that holds that state.
 	PreviousResponseID string
+	// NoOutput is set for a route that generates no tokens
+	// (embeddings, count_tokens): limits reserve none for its output.
+	NoOutput bool
 
 	echo   []byte // the raw value echo mode repeats, per endpoint
 	chat   *ChatRequest

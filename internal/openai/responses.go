@@ -306,6 +306,9 @@ func appendResponseEvent(dst, name, kind, data []byte) []byte {
 	return sse.AppendEvent(dst, "", data)
 }
 
+// ResponseID implements Identified.
+func (s *responseStream) ResponseID() string { return s.id }
+
 func (s *responseStream) Content() bool  { return s.content }
 func (s *responseStream) Complete() bool { return s.status != "" }
 

@@ -50,4 +50,3 @@ func FuzzNativeMessages(f *testing.F) {
 		}
 	})
 }
-

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -54,7 +55,7 @@ func TestEchoReply(t *testing.T) {
 }
 
 func TestRequestID(t *testing.T) {
-	g := newGateway(t, `chat_gateway`)
+	h := provisioned(t, `chat_gateway`)
 	tests := []struct {
 		name   string
 		header []string
@@ -79,8 +80,15 @@ func TestRequestID(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			for _, body := range []string{hello, `{}`} { // success and error replies alike
-				resp, b := g.post(t, body, tt.header...)
-				got := resp.Header.Get("X-Request-ID")
+				req := httptest.NewRequest("POST", "/v1/chat/completions", strings.NewReader(body))
+				for i := 0; i+1 < len(tt.header); i += 2 {
+					req.Header.Set(tt.header[i], tt.header[i+1])
+				}
+				w, repl := serve(t, h, req)
+				b, got := w.Body.String(), w.Header().Get("X-Request-ID")
+				if p := placeholder(repl, "request_id"); p != got {
+					t.Fatalf("{http.chat_gateway.request_id} = %q, want the header's %q", p, got)
+				}
 				if tt.want != "" && got != tt.want {
 					t.Fatalf("X-Request-ID = %q, want %q", got, tt.want)
 				}
@@ -245,60 +253,68 @@ func TestBackendErrors(t *testing.T) {
 	const key = "sk-upstream-secret-key"
 	tests := []struct {
 		name   string
-		handle func(w http.ResponseWriter, r *http.Request)
+		reply  script
 		status int
 		code   string
 		typ    string
 	}{
-		{"4xx passed on", func(w http.ResponseWriter, r *http.Request) {
-			writeJSON(w, 400, `{"error":{"message":"context too long","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}`)
+		{"4xx passed on", func(w http.ResponseWriter, r *http.Request) error {
+			scriptJSON(w, 400, `{"error":{"message":"context too long","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}`)
+			return nil
 		}, 400, "context_length_exceeded", "invalid_request_error"},
-		{"429 with retry-after", func(w http.ResponseWriter, r *http.Request) {
+		{"429 with retry-after", func(w http.ResponseWriter, r *http.Request) error {
 			w.Header().Set("Retry-After", "7")
-			writeJSON(w, 429, `{"error":{"message":"slow down"}}`)
+			scriptJSON(w, 429, `{"error":{"message":"slow down"}}`)
+			return nil
 		}, 429, "", "rate_limit_error"},
-		{"401 key echoed", func(w http.ResponseWriter, r *http.Request) {
-			writeJSON(w, 401, `{"error":{"message":"Incorrect API key provided: `+key+`"}}`)
+		{"401 key echoed", func(w http.ResponseWriter, r *http.Request) error {
+			scriptJSON(w, 401, `{"error":{"message":"Incorrect API key provided: `+key+`"}}`)
+			return nil
 		}, 401, "", "authentication_error"},
-		{"4xx html", func(w http.ResponseWriter, r *http.Request) {
+		{"4xx html", func(w http.ResponseWriter, r *http.Request) error {
 			w.WriteHeader(404)
 			_, _ = w.Write([]byte("<html>not found</html>"))
+			return nil
 		}, 404, "", "invalid_request_error"},
-		{"5xx", func(w http.ResponseWriter, r *http.Request) {
-			writeJSON(w, 503, `{"error":{"message":"overloaded at 10.0.0.7"}}`)
+		{"5xx", func(w http.ResponseWriter, r *http.Request) error {
+			scriptJSON(w, 503, `{"error":{"message":"overloaded at 10.0.0.7"}}`)
+			return nil
 		}, 502, "upstream_error", "upstream_error"},
-		{"200 not json", func(w http.ResponseWriter, r *http.Request) {
+		{"200 not json", func(w http.ResponseWriter, r *http.Request) error {
 			w.WriteHeader(200)
 			_, _ = w.Write([]byte("<html>hello</html>"))
+			return nil
 		}, 502, "invalid_upstream_response", "upstream_error"},
-		{"200 wrong json", func(w http.ResponseWriter, r *http.Request) {
-			writeJSON(w, 200, `{"object":"list"}`)
+		{"200 wrong json", func(w http.ResponseWriter, r *http.Request) error {
+			scriptJSON(w, 200, `{"object":"list"}`)
+			return nil
 		}, 502, "invalid_upstream_response", "upstream_error"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			be := newFakeBackend(t, tt.handle)
-			g := newGateway(t, fmt.Sprintf("chat_gateway %s {\n api_key %s\n}", be.URL, key))
-			resp, body := g.post(t, hello)
-			if resp.StatusCode != tt.status {
-				t.Fatalf("status %d, want %d: %s", resp.StatusCode, tt.status, body)
+			s := newScripted(t, fmt.Sprintf("chat_gateway http://backend {\n api_key %s\n}", key), tt.reply)
+			w, _ := s.post(t, "/v1/chat/completions", hello)
+			body := w.Body.String()
+			if w.Code != tt.status {
+				t.Fatalf("status %d, want %d: %s", w.Code, tt.status, body)
 			}
-			e := apiError(t, body)
+			e := errorOf(t, w)
 			if (tt.code != "" && e["code"] != tt.code) || e["type"] != tt.typ {
-				t.Fatalf("error %v", e)
+				t.Fatalf("error %v, want code %q type %q", e, tt.code, tt.typ)
 			}
-			if strings.Contains(body, key) || strings.Contains(body, "127.0.0.1") || strings.Contains(body, "10.0.0.7") || strings.Contains(body, "hello world") {
-				t.Fatalf("leak in %s", body)
+			if strings.Contains(body, key) || strings.Contains(body, "10.0.0.7") || strings.Contains(body, "hello world") {
+				t.Fatalf("the key, the backend's address or the prompt in %s", body)
 			}
-			if tt.status == 429 && resp.Header.Get("Retry-After") != "7" {
-				t.Fatal("Retry-After lost")
+			if tt.status == 429 && w.Header().Get("Retry-After") != "7" {
+				t.Fatalf("Retry-After %q, want the backend's 7", w.Header().Get("Retry-After"))
 			}
-			if resp.Header.Get("X-Request-ID") == "" {
-				t.Fatal("no request id")
+			if w.Header().Get("X-Request-ID") == "" {
+				t.Fatal("no X-Request-ID header")
 			}
-			g.waitLog(t, "handled request", resp.Header.Get("X-Request-ID"))
-			if _, raw := g.logs(t); strings.Contains(raw, key) || strings.Contains(raw, "hello world") {
-				t.Fatalf("key or prompt logged: %s", raw)
+			for _, l := range s.logs.All() {
+				if text := fmt.Sprint(l.Message, l.ContextMap()); strings.Contains(text, key) || strings.Contains(text, "hello world") {
+					t.Fatalf("the key or the prompt logged: %s", text)
+				}
 			}
 		})
 	}
@@ -313,52 +329,57 @@ func TestBackendErrors(t *testing.T) {
 }
 
 func TestModelRouting(t *testing.T) {
-	a := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == "GET" {
-			writeJSON(w, 200, `{"object":"list","data":[{"id":"served-by-a","object":"model","created":1,"owned_by":"a"}]}`)
-			return
+	reply := func(text string) script {
+		return func(w http.ResponseWriter, r *http.Request) error {
+			if r.Method == "GET" {
+				scriptJSON(w, 200, `{"object":"list","data":[{"id":"served-by-a","object":"model","created":1,"owned_by":"a"}]}`)
+				return nil
+			}
+			scriptJSON(w, 200, `{"choices":[{"message":{"content":"`+text+`"}}]}`)
+			return nil
 		}
-		writeJSON(w, 200, `{"choices":[{"message":{"content":"from a"}}]}`)
-	})
-	b := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, 200, `{"choices":[{"message":{"content":"from b"}}]}`)
-	})
-	g := newGateway(t, fmt.Sprintf(`chat_gateway {
-		backend %s {
+	}
+	s := newScripted(t, `chat_gateway {
+		backend http://b {
 			models llama qwen
 			alias gpt-4o llama
 		}
-		backend %s/api/v1
-	}`, b.URL, a.URL))
+		backend http://a/api/v1
+	}`, reply("from b"), reply("from a"))
+	b, a := s.proxies[0], s.proxies[1]
 	for model, want := range map[string]string{"llama": "from b", "gpt-4o": "from b", "anything": "from a"} {
-		_, body := g.post(t, `{"model":"`+model+`","messages":[{"role":"user","content":"x"}]}`)
-		if !strings.Contains(body, want) {
-			t.Errorf("%s: %s", model, body)
+		w, _ := s.post(t, "/v1/chat/completions", `{"model":"`+model+`","messages":[{"role":"user","content":"x"}]}`)
+		if !strings.Contains(w.Body.String(), want) {
+			t.Errorf("%s: %s, want the reply %q", model, w.Body, want)
 		}
 	}
-	if got := b.last(t).Body; !strings.Contains(got, `"model":"llama"`) {
-		t.Fatalf("alias not rewritten upstream: %s", got)
+	got := b.requests()
+	if last := got[len(got)-1].Body; !strings.Contains(last, `"model":"llama"`) {
+		t.Fatalf("alias not rewritten upstream: %s, want model llama", last)
 	}
-	if got := a.last(t); got.Path != "/api/v1/chat/completions" {
-		t.Fatalf("base path: %s", got.Path)
+	if got := a.requests(); got[0].Path != "/api/v1/chat/completions" {
+		t.Fatalf("base path: %s, want /api/v1/chat/completions", got[0].Path)
 	}
-	_, body := do(t, mustRequest("GET", g.URL+"/v1/models"))
+	models := func() string {
+		w, _ := serve(t, s.Handler, httptest.NewRequest("GET", "/v1/models", nil))
+		return w.Body.String()
+	}
+	body := models()
 	for _, id := range []string{"llama", "qwen", "gpt-4o", "served-by-a"} {
 		if !strings.Contains(body, `"id":"`+id+`"`) {
 			t.Errorf("models list lacks %s: %s", id, body)
 		}
 	}
-
 	for range 3 {
-		do(t, mustRequest("GET", g.URL+"/v1/models"))
+		models()
 	}
-	if n := a.count() - 1; n != 1 { // a served one chat request; its list is fetched once
+	if n := len(a.requests()) - 1; n != 1 { // a served one chat request; its list is fetched once
 		t.Errorf("the model list was fetched %d times, want 1 (cached)", n)
 	}
 
-	only := newGateway(t, fmt.Sprintf("chat_gateway {\n backend %s {\n models llama\n }\n}", b.URL))
-	resp, body := only.post(t, `{"model":"gpt-5","messages":[{"role":"user","content":"x"}]}`)
-	if e := apiError(t, body); resp.StatusCode != 404 || e["code"] != "model_not_found" || e["param"] != "model" {
-		t.Fatalf("%d %s", resp.StatusCode, body)
+	only := newScripted(t, "chat_gateway {\n backend http://b {\n models llama\n }\n}", reply("from b"))
+	w, _ := only.post(t, "/v1/chat/completions", `{"model":"gpt-5","messages":[{"role":"user","content":"x"}]}`)
+	if e := errorOf(t, w); w.Code != 404 || e["code"] != "model_not_found" || e["param"] != "model" {
+		t.Fatalf("%d %s, want 404 model_not_found naming model", w.Code, w.Body)
 	}
 }

@@ -11,7 +11,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -24,17 +23,18 @@ import (
 	dto "github.com/prometheus/client_model/go"
 )
 
-// adminPort is the in-process Caddy's admin port: 2999, as caddytest
-// uses, unless CHAT_GATEWAY_TEST_ADMIN_PORT says otherwise (for test runs
-// side by side on one machine, which would otherwise load each other's
-// configs).
-var adminPort = 2999
+// adminPort is the in-process Caddy's admin port: a free one, so test
+// runs side by side on one machine never load each other's configs.
+var adminPort int
 
 func TestMain(m *testing.M) {
-	if p, err := strconv.Atoi(os.Getenv("CHAT_GATEWAY_TEST_ADMIN_PORT")); err == nil {
-		adminPort = p
-		caddytest.Default.AdminPort = p
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
 	}
+	adminPort = l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	caddytest.Default.AdminPort = adminPort
 	// Caddy writes its config and data under $HOME unless told otherwise.
 	dir, err := os.MkdirTemp("", "chat-gateway-test")
 	if err != nil {
@@ -65,24 +65,36 @@ func newGateway(t testing.TB, config string) *gateway {
 	return loadGateway(t, freePort(t), "1ns", config)
 }
 
+// globalOptions is the global options block of every Caddyfile a test
+// loads into the in-process Caddy: its admin endpoint, nothing
+// persisted, no grace for the requests of the config it replaces unless
+// lines says otherwise; lines go inside the block.
+func globalOptions(lines ...string) string {
+	grace := "\tgrace_period 1ns\n"
+	for _, l := range lines {
+		if strings.HasPrefix(l, "grace_period ") {
+			grace = ""
+		}
+	}
+	return fmt.Sprintf("{\n\tadmin localhost:%d\n\tpersist_config off\n\tskip_install_trust\n%s%s}\n", adminPort, grace, indent(lines))
+}
+
+// indent is lines, each on its own line, indented once.
+func indent(lines []string) string {
+	var b strings.Builder
+	for _, l := range lines {
+		b.WriteString("\t" + strings.ReplaceAll(l, "\n", "\n\t") + "\n")
+	}
+	return b.String()
+}
+
 // loadGateway is newGateway on a given port, with a given grace period
 // for the requests of the config it replaces.
 func loadGateway(t testing.TB, port int, grace, config string) *gateway {
 	t.Helper()
 	logFile := filepath.Join(t.TempDir(), "caddy.log")
-	caddyfileText := fmt.Sprintf(`{
-	admin localhost:%d
-	http_port %d
-	skip_install_trust
-	persist_config off
-	grace_period %s
-	log {
-		output file %s
-		format json
-		level DEBUG
-	}
-}
-http://127.0.0.1:%d {
+	caddyfileText := globalOptions(fmt.Sprintf("http_port %d", port), "grace_period "+grace,
+		fmt.Sprintf("log {\n\toutput file %s\n\tformat json\n\tlevel DEBUG\n}", logFile)) + fmt.Sprintf(`http://127.0.0.1:%d {
 	log {
 		output file %s
 		format json
@@ -92,7 +104,7 @@ http://127.0.0.1:%d {
 		respond "next" 404
 	}
 }
-`, adminPort, port, grace, logFile, port, logFile, config)
+`, port, logFile, config)
 	adapter := caddyconfig.GetAdapter("caddyfile")
 	cfg, _, err := adapter.Adapt([]byte(caddyfileText), map[string]any{"filename": "Caddyfile"})
 	if err != nil {

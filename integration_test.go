@@ -77,7 +77,7 @@ func TestCaddyfiles(t *testing.T) {
 				"https://api.openai.com", openaiBackend.URL,
 			).Replace(string(raw))
 			if !strings.HasPrefix(strings.TrimSpace(stripComments(cfg)), "{") {
-				cfg = fmt.Sprintf("{\n\tadmin localhost:%d\n\tpersist_config off\n\tgrace_period 1ns\n}\n", adminPort) + cfg
+				cfg = globalOptions() + cfg
 			}
 			tester := caddytest.NewTester(t)
 			tester.InitServer(cfg, "caddyfile")

@@ -308,8 +308,7 @@ func TestTeamLimitsExample(t *testing.T) {
 		t.Fatal(err)
 	}
 	port := freePort(t)
-	cfg := fmt.Sprintf("{\n\tadmin localhost:%d\n\tpersist_config off\n\tgrace_period 1ns\n}\n", adminPort) +
-		strings.NewReplacer(":8080", fmt.Sprintf(":%d", port), "http://127.0.0.1:8081", be.URL).Replace(string(raw))
+	cfg := globalOptions() + strings.NewReplacer(":8080", fmt.Sprintf(":%d", port), "http://127.0.0.1:8081", be.URL).Replace(string(raw))
 	caddytest.NewTester(t).InitServer(cfg, "caddyfile")
 	g := &gateway{URL: fmt.Sprintf("http://127.0.0.1:%d", port)}
 	resp, body := g.post(t, chatWith(2, ""), "X-Team", "example")

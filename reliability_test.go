@@ -33,8 +33,8 @@ func TestFailureBehaviour(t *testing.T) {
 	defer be.Close()
 	g := newGateway(t, fmt.Sprintf(`chat_gateway %s {
 		api_key %s
-		first_token_timeout 1s
-		idle_timeout 1s
+		first_token_timeout 250ms
+		idle_timeout 250ms
 	}`, be.URL, faultKey))
 	host := strings.TrimPrefix(be.URL, "http://")
 
@@ -55,9 +55,9 @@ func TestFailureBehaviour(t *testing.T) {
 	}{
 		{"healthy", fb.Fault{}, ok, ok, false},
 		{"never answers", fb.Fault{Mode: fb.NeverAnswer}, want{504, "first_token_timeout", false, ""}, want{504, "first_token_timeout", false, ""}, true},
-		{"slow headers", fb.Fault{HeaderDelay: 4 * time.Second}, want{504, "first_token_timeout", false, ""}, want{504, "first_token_timeout", false, ""}, true},
-		{"slow first token", fb.Fault{FirstTokenDelay: 4 * time.Second}, ok, want{504, "first_token_timeout", false, ""}, true},
-		{"slow between tokens", fb.Fault{TokenDelay: 4 * time.Second}, ok, want{200, "idle_timeout", true, ""}, true},
+		{"slow headers", fb.Fault{HeaderDelay: 2 * time.Second}, want{504, "first_token_timeout", false, ""}, want{504, "first_token_timeout", false, ""}, true},
+		{"slow first token", fb.Fault{FirstTokenDelay: 2 * time.Second}, ok, want{504, "first_token_timeout", false, ""}, true},
+		{"slow between tokens", fb.Fault{TokenDelay: 2 * time.Second}, ok, want{200, "idle_timeout", true, ""}, true},
 		{"429 with retry-after", fb.Fault{Status: 429, RetryAfter: "7"}, want{429, "fault", false, ""}, want{429, "fault", false, ""}, false},
 		{"500 json", fb.Fault{Status: 500}, want{502, "upstream_error", false, ""}, want{502, "upstream_error", false, ""}, false},
 		{"503 no body", fb.Fault{Status: 503, Body: " "}, want{502, "upstream_error", false, ""}, want{502, "upstream_error", false, ""}, false},
@@ -90,13 +90,13 @@ func TestFailureBehaviour(t *testing.T) {
 				body += "}"
 				start := time.Now()
 				resp, got := g.post(t, body, "X-Fault", fb.Header(tt.fault), "X-Request-ID", "fault-1")
-				// The timeouts are 1s; a fault that outlasts them (4s) must be
-				// cut by them. Other rows (32 MiB bodies under -race) may take
-				// their time.
+				// The timeouts are 250ms; a fault that outlasts them (2s)
+				// must be cut by them. Other rows (32 MiB bodies under
+				// -race) may take their time.
 				outlasts := tt.fault.HeaderDelay > 0 || tt.fault.FirstTokenDelay > 0 || tt.fault.TokenDelay > 0 ||
 					tt.fault.Mode == fb.NeverAnswer || tt.fault.Mode == fb.Stall
-				if took := time.Since(start); outlasts && took > 3500*time.Millisecond {
-					t.Fatalf("took %v, want under 3.5s: the 1s timeouts must cut a 4s fault", took)
+				if took := time.Since(start); outlasts && took > 1750*time.Millisecond {
+					t.Fatalf("took %v, want under 1.75s: the 250ms timeouts must cut a 2s fault", took)
 				}
 				if resp.StatusCode != w.status || resp.Header.Get("X-Request-ID") != "fault-1" {
 					t.Fatalf("status %d, X-Request-ID %q; want %d, fault-1: %.300s", resp.StatusCode, resp.Header.Get("X-Request-ID"), w.status, got)
@@ -397,7 +397,7 @@ func TestSoak(t *testing.T) {
 	be := fb.New()
 	be.Discard = true // the backend's own records would grow with n
 	defer be.Close()
-	g := newGateway(t, "chat_gateway "+be.URL+" {\n first_token_timeout 2s\n idle_timeout 1s\n}")
+	g := newGateway(t, "chat_gateway "+be.URL+" {\n first_token_timeout 500ms\n idle_timeout 250ms\n}")
 	faults := []fb.Fault{{}, {}, {}, {TokenDelay: time.Millisecond, Tokens: 20}, {Mode: fb.Cut}, {Mode: fb.ErrorEvent}, {Status: 500},
 		{Mode: fb.Reset}, {Mode: fb.Stall}, {Mode: fb.NeverAnswer}, {Mode: fb.Split}, {Mode: fb.UsageChunk}}
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
@@ -407,7 +407,7 @@ func TestSoak(t *testing.T) {
 			body = helloStreamUsage
 		}
 		f := faults[rand.IntN(len(faults))]
-		abort := 1 * time.Second // stalls and silences end with the client
+		abort := 400 * time.Millisecond // stalls and silences end with the client
 		if rand.IntN(3) == 0 {
 			abort = time.Duration(rand.IntN(20)) * time.Millisecond
 		}
@@ -473,13 +473,7 @@ func TestReloadUnderTraffic(t *testing.T) {
 	port := freePort(t)
 	configs := make([][]byte, 2)
 	for i := range configs {
-		text := fmt.Sprintf(`{
-	admin localhost:%d
-	http_port %d
-	persist_config off
-	grace_period 5s
-}
-http://127.0.0.1:%d {
+		text := globalOptions(fmt.Sprintf("http_port %d", port), "grace_period 5s") + fmt.Sprintf(`http://127.0.0.1:%d {
 	chat_gateway {
 		backend %s {
 			transport http {
@@ -488,7 +482,7 @@ http://127.0.0.1:%d {
 		}
 		timeout %ds
 	}
-}`, adminPort, port, port, be.URL, 60+i)
+}`, port, be.URL, 60+i)
 		cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(text), nil)
 		if err != nil {
 			t.Fatal(err)

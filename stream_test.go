@@ -205,57 +205,59 @@ func TestBackendStream(t *testing.T) {
 func TestBackendStreamFailures(t *testing.T) {
 	tests := []struct {
 		name    string
-		handle  http.HandlerFunc
+		reply   script
 		code    string
 		outcome string
 	}{
-		{"cut without [DONE]", func(w http.ResponseWriter, r *http.Request) {
-			startSSE(w)
-			sseEvent(w, `{"choices":[{"index":0,"delta":{"content":"Hel"}}]}`)
+		{"cut without [DONE]", func(w http.ResponseWriter, r *http.Request) error {
+			scriptStream(w)
+			scriptEvent(w, `{"choices":[{"index":0,"delta":{"content":"Hel"}}]}`)
+			return nil
 		}, "stream_truncated", "truncated"},
-		{"cut mid event", func(w http.ResponseWriter, r *http.Request) {
-			startSSE(w)
-			sseEvent(w, `{"choices":[{"index":0,"delta":{"content":"Hel"}}]}`)
+		{"cut mid event", func(w http.ResponseWriter, r *http.Request) error {
+			scriptStream(w)
+			scriptEvent(w, `{"choices":[{"index":0,"delta":{"content":"Hel"}}]}`)
 			_, _ = io.WriteString(w, `data: {"choices":[{"ind`)
+			return nil
 		}, "stream_truncated", "truncated"},
-		{"connection reset", func(w http.ResponseWriter, r *http.Request) {
-			startSSE(w)
-			sseEvent(w, `{"choices":[{"index":0,"delta":{"content":"Hel"}}]}`)
-			conn, _, _ := http.NewResponseController(w).Hijack()
-			conn.(interface{ SetLinger(int) error }).SetLinger(0)
-			conn.Close()
+		{"connection reset", func(w http.ResponseWriter, r *http.Request) error {
+			scriptStream(w)
+			scriptEvent(w, `{"choices":[{"index":0,"delta":{"content":"Hel"}}]}`)
+			panic(http.ErrAbortHandler) // reverse_proxy, when the backend's body fails
 		}, "stream_truncated", "truncated"},
-		{"event: error frame", func(w http.ResponseWriter, r *http.Request) {
-			startSSE(w)
-			sseEvent(w, `{"choices":[{"index":0,"delta":{"content":"Hel"}}]}`)
+		{"event: error frame", func(w http.ResponseWriter, r *http.Request) error {
+			scriptStream(w)
+			scriptEvent(w, `{"choices":[{"index":0,"delta":{"content":"Hel"}}]}`)
 			_, _ = io.WriteString(w, "event: error\ndata: {\"error\":{\"message\":\"model crashed\",\"type\":\"server_error\",\"code\":\"oom\"}}\n\n")
+			return nil
 		}, "oom", "upstream_error"},
-		{"error data", func(w http.ResponseWriter, r *http.Request) {
-			startSSE(w)
-			sseEvent(w, `{"choices":[{"index":0,"delta":{"content":"Hel"}}]}`)
-			sseEvent(w, `{"error":{"message":"overloaded"}}`)
+		{"error data", func(w http.ResponseWriter, r *http.Request) error {
+			scriptStream(w)
+			scriptEvent(w, `{"choices":[{"index":0,"delta":{"content":"Hel"}}]}`)
+			scriptEvent(w, `{"error":{"message":"overloaded"}}`)
+			return nil
 		}, "", "upstream_error"},
-		{"garbage event", func(w http.ResponseWriter, r *http.Request) {
-			startSSE(w)
-			sseEvent(w, `{"choices":[{"index":0,"delta":{"content":"Hel"}}]}`)
-			sseEvent(w, `<html>`)
+		{"garbage event", func(w http.ResponseWriter, r *http.Request) error {
+			scriptStream(w)
+			scriptEvent(w, `{"choices":[{"index":0,"delta":{"content":"Hel"}}]}`)
+			scriptEvent(w, `<html>`)
+			return nil
 		}, "invalid_upstream_response", "upstream_error"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			be := newFakeBackend(t, tt.handle)
-			g := newGateway(t, "chat_gateway "+be.URL)
-			resp, body := g.post(t, helloStream, "X-Request-ID", "fail-1")
-			if resp.StatusCode != 200 {
-				t.Fatalf("%d %s", resp.StatusCode, body)
+			s := newScripted(t, "chat_gateway http://backend", tt.reply)
+			w, repl := s.post(t, "/v1/chat/completions", helloStream, "X-Request-ID", "fail-1")
+			if w.Code != 200 {
+				t.Fatalf("status %d, want 200 (the stream started): %s", w.Code, w.Body)
 			}
-			chunks := parseStream(t, body, false)
+			chunks := parseStream(t, w.Body.String(), false)
 			last := chunks[len(chunks)-1]
 			if last.Error == nil || last.Error.Message == "" || (tt.code != "" && last.Error.Code != tt.code) {
-				t.Fatalf("last event %+v, want an error with code %q:\n%s", last, tt.code, body)
+				t.Fatalf("last event %+v, want an error with code %q:\n%s", last, tt.code, w.Body)
 			}
-			if l := g.waitLog(t, "handled request", "fail-1"); l["outcome"] != tt.outcome {
-				t.Fatalf("access log outcome %v, want %s", l["outcome"], tt.outcome)
+			if got := placeholder(repl, "outcome"); got != tt.outcome {
+				t.Fatalf("outcome %q, want %s", got, tt.outcome)
 			}
 		})
 	}
@@ -265,43 +267,45 @@ func TestBackendStreamFailures(t *testing.T) {
 // stream fails with a status and a JSON error, as a non-stream would.
 func TestStreamErrorsBeforeFirstByte(t *testing.T) {
 	for name, tt := range map[string]struct {
-		handle func(w http.ResponseWriter, r *http.Request)
-		code   string
+		reply script
+		code  string
 	}{
-		"error event first": {func(w http.ResponseWriter, r *http.Request) {
-			startSSE(w)
-			sseEvent(w, `{"error":{"message":"overloaded"}}`)
+		"error event first": {func(w http.ResponseWriter, r *http.Request) error {
+			scriptStream(w)
+			scriptEvent(w, `{"error":{"message":"overloaded"}}`)
+			return nil
 		}, ""},
-		"garbage first": {func(w http.ResponseWriter, r *http.Request) {
-			startSSE(w)
-			sseEvent(w, `<html>`)
+		"garbage first": {func(w http.ResponseWriter, r *http.Request) error {
+			scriptStream(w)
+			scriptEvent(w, `<html>`)
+			return nil
 		}, "invalid_upstream_response"},
-		"ends before any event": {func(w http.ResponseWriter, r *http.Request) {
-			startSSE(w)
+		"ends before any event": {func(w http.ResponseWriter, r *http.Request) error {
+			scriptStream(w)
+			return nil
 		}, "stream_truncated"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			be := newFakeBackend(t, tt.handle)
-			g := newGateway(t, "chat_gateway "+be.URL)
-			resp, body := g.post(t, helloStream)
-			if e := apiError(t, body); resp.StatusCode != 502 || (tt.code != "" && e["code"] != tt.code) {
-				t.Fatalf("%d %s", resp.StatusCode, body)
+			s := newScripted(t, "chat_gateway http://backend", tt.reply)
+			w, _ := s.post(t, "/v1/chat/completions", helloStream)
+			if e := errorOf(t, w); w.Code != 502 || (tt.code != "" && e["code"] != tt.code) {
+				t.Fatalf("%d %s, want 502 with code %q", w.Code, w.Body, tt.code)
 			}
 		})
 	}
 
-	be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+	s := newScripted(t, "chat_gateway http://backend", func(w http.ResponseWriter, r *http.Request) error {
 		w.Header().Set("Retry-After", "3")
-		writeJSON(w, 429, `{"error":{"message":"rate limited","type":"rate_limit_error","code":"rate_limit_exceeded"}}`)
+		scriptJSON(w, 429, `{"error":{"message":"rate limited","type":"rate_limit_error","code":"rate_limit_exceeded"}}`)
+		return nil
 	})
-	g := newGateway(t, "chat_gateway "+be.URL)
-	resp, body := g.post(t, helloStream)
-	if e := apiError(t, body); resp.StatusCode != 429 || e["code"] != "rate_limit_exceeded" || resp.Header.Get("Retry-After") != "3" {
-		t.Fatalf("%d %v %s", resp.StatusCode, resp.Header, body)
+	w, _ := s.post(t, "/v1/chat/completions", helloStream)
+	if e := errorOf(t, w); w.Code != 429 || e["code"] != "rate_limit_exceeded" || w.Header().Get("Retry-After") != "3" {
+		t.Fatalf("%d %v %s, want the backend's 429 with its Retry-After", w.Code, w.Header(), w.Body)
 	}
-	g = newGateway(t, "chat_gateway http://127.0.0.1:1")
+	g := newGateway(t, "chat_gateway http://127.0.0.1:1")
 	if resp, body := g.post(t, helloStream); resp.StatusCode != 502 || apiError(t, body)["code"] != "upstream_unavailable" {
-		t.Fatalf("%d %s", resp.StatusCode, body)
+		t.Fatalf("%d %s, want 502 upstream_unavailable", resp.StatusCode, body)
 	}
 }
 

@@ -97,6 +97,9 @@ func (h *Handler) loadKeys(repl *caddy.Replacer, path string) (*keyring, error) 
 	for i, k := range configured {
 		entries[i] = k.Entry
 		entries[i].Key = repl.ReplaceKnown(k.Key, "")
+		if entries[i].Key == "" && k.Key != "" {
+			return nil, fmt.Errorf("auth: %s: empty key: %s is unset or empty", keys.EntryName(i, k.ID), k.Key)
+		}
 		if k.LimitSet == (LimitSet{}) {
 			continue
 		}

@@ -400,16 +400,17 @@ func TestAuthProvision(t *testing.T) {
 	h := provisioned(t, fmt.Sprintf("chat_gateway {\n auth {\n key %s\n keys_file {env.CG_KEYS_FILE}\n }\n}", keys.Hash(aliceKey)))
 	_, repl := serve(t, h, keyed("POST", "/v1/chat/completions", hello, "bearer", bobKey))
 	if id, _ := repl.GetString("http.chat_gateway.key_id"); id != "from-file" {
-		t.Fatalf("key id %q", id)
+		t.Fatalf("key id %q, want from-file", id)
 	}
 	_, repl = serve(t, h, keyed("POST", "/v1/chat/completions", hello, "bearer", aliceKey))
 	if id, _ := repl.GetString("http.chat_gateway.key_id"); id != keys.DefaultID(aliceKey) {
-		t.Fatalf("default key id %q", id)
+		t.Fatalf("default key id %q, want %q", id, keys.DefaultID(aliceKey))
 	}
 
 	t.Setenv("CG_TEST_KEY", "")
 	for config, want := range map[string]string{
 		"auth {\n key {env.CG_TEST_KEY}\n }":                       "key 1: empty key",
+		"auth {\n key {env.CG_TEST_KEY} {\n id team\n }\n }":       "key 1 (team): empty key: {env.CG_TEST_KEY} is unset or empty",
 		"auth {\n key too-short\n }":                               "at least 16",
 		"auth {\n key " + aliceKey + "\n key " + aliceKey + "\n }": "key 2: the same key is configured twice",
 		"auth {\n keys_file " + dir + "/missing.json\n }":          "reading keys_file",

@@ -14,7 +14,6 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/dustin/go-humanize"
 
-	"github.com/chatgateway/caddy-chat-gateway/internal/keys"
 	"github.com/chatgateway/caddy-chat-gateway/internal/limits"
 )
 
@@ -102,115 +101,17 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 // "sha256:<64 hex>" or the key itself; see Auth.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
-	dirTok := d.Token()
-	var proxies []*parsedProxy // of h.Backends, in order
-	singleURLForm := false
+	p := gatewayBlock{h: h}
 	if urls := d.RemainingArgs(); len(urls) > 0 {
-		b, p, err := newBackend(d, dirTok, urls, nil, nil)
+		b := new(Backend)
+		proxy, err := newBackend(d, d.Token(), urls, b, nil, nil)
 		if err != nil {
 			return err
 		}
-		h.Backends, proxies = append(h.Backends, b), append(proxies, p)
-		singleURLForm = true
+		h.Backends, p.proxies, p.urlsOnLine = append(h.Backends, b), append(p.proxies, proxy), true
 	}
-	var sharedKey string
-	for d.NextBlock(0) {
-		switch d.Val() {
-		case "backend":
-			b, p, err := parseBackend(d)
-			if err != nil {
-				return err
-			}
-			h.Backends, proxies = append(h.Backends, b), append(proxies, p)
-		case "api_key":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			sharedKey = d.Val()
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-		case "auth", "metrics_per_key":
-			if err := h.unmarshalKeyOption(d); err != nil {
-				return err
-			}
-		case "limits":
-			l, err := parseLimits(d)
-			if err != nil {
-				return err
-			}
-			h.Limits = l
-		case "echo":
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			h.Echo = true
-		case "include_usage_upstream", "log_sizes":
-			opt := d.Val()
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			if opt == "log_sizes" {
-				h.LogSizes = true
-			} else {
-				h.IncludeUsageUpstream = true
-			}
-		case "max_concurrent":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			n, err := strconv.Atoi(d.Val())
-			if err != nil || n < 0 {
-				return d.Errf("invalid max_concurrent '%s': want a number, 0 for no cap", d.Val())
-			}
-			h.MaxConcurrent = n
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-		case "max_request_body":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			size, err := humanize.ParseBytes(d.Val())
-			if err != nil || size == 0 || size > 1<<40 {
-				return d.Errf("invalid max_request_body '%s': want a size such as 16MiB", d.Val())
-			}
-			h.MaxRequestBody = int64(size)
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-		case "timeout", "first_token_timeout", "idle_timeout", "read_body_timeout", "echo_delay", "keepalive_interval":
-			name := d.Val()
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			dur, err := caddy.ParseDuration(d.Val())
-			if err != nil || dur < 0 {
-				return d.Errf("invalid %s '%s': want a duration such as 90s or 5m", name, d.Val())
-			}
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			switch name {
-			case "timeout":
-				h.Timeout = caddy.Duration(dur)
-			case "first_token_timeout":
-				h.FirstTokenTimeout = caddy.Duration(dur)
-			case "idle_timeout":
-				h.IdleTimeout = caddy.Duration(dur)
-			case "read_body_timeout":
-				h.ReadBodyTimeout = caddy.Duration(dur)
-			case "echo_delay":
-				h.EchoDelay = caddy.Duration(dur)
-			case "keepalive_interval":
-				h.KeepaliveInterval = caddy.Duration(dur)
-			}
-		default:
-			if singleURLForm && isProxySubdirective(d.Val()) {
-				return d.Errf("unrecognized chat_gateway option '%s': it is a reverse_proxy subdirective; put it in a 'backend <urls...> { ... }' block instead of giving the URLs on the chat_gateway line", d.Val())
-			}
-			return d.Errf("unrecognized chat_gateway option '%s'", d.Val())
-		}
+	if err := readBlock(d, "chat_gateway option", gatewayOptions, &p, (*gatewayBlock).other); err != nil {
+		return err
 	}
 	bodyLimit := h.MaxRequestBody
 	if bodyLimit == 0 {
@@ -219,13 +120,511 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	room := bodyEditRoom(h.Backends)
 	for i, b := range h.Backends {
 		if b.APIKey == "" {
-			b.APIKey = sharedKey
+			b.APIKey = p.sharedKey
 		}
-		p := proxies[i]
-		proxyDefaults(p.rp, p.retryCodes, bodyLimit+room)
-		b.ProxyRaw = caddyconfig.JSONModuleObject(p.rp, "handler", "reverse_proxy", nil)
+		proxy := p.proxies[i]
+		proxyDefaults(proxy.rp, proxy.retryCodes, bodyLimit+room)
+		b.ProxyRaw = caddyconfig.JSONModuleObject(proxy.rp, "handler", "reverse_proxy", nil)
 	}
 	return nil
+}
+
+// subdirective reads one line of a Caddyfile block into t, the dispenser on
+// the line's first token; repeat lets the line be given more than once
+// in a block.
+type subdirective[T any] struct {
+	repeat bool
+	read   func(t *T, d *caddyfile.Dispenser) error
+}
+
+// readBlock reads the lines of the block that follows into t, each by
+// the option its first token names, once unless it may repeat. A line
+// no option names goes to other when it is not nil, else is an error
+// naming the nearest option.
+func readBlock[T any](d *caddyfile.Dispenser, what string, options map[string]subdirective[T], t *T, other func(*T, *caddyfile.Dispenser) error) error {
+	seen := make(map[string]bool)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		name := d.Val()
+		opt, ok := options[name]
+		switch {
+		case !ok && other != nil:
+			if err := other(t, d); err != nil {
+				return err
+			}
+			continue
+		case !ok:
+			return d.Errf("unrecognized %s '%s'%s", what, name, nearest(name, options))
+		case seen[name] && !opt.repeat:
+			return d.Errf("only one %s line may be given here; '%s' is already specified", name, name)
+		}
+		seen[name] = true
+		if err := opt.read(t, d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// nearest suggests the option most like name, a misspelt one: ": did
+// you mean 'x'?", or "" when none is close.
+func nearest[T any](name string, options map[string]subdirective[T]) string {
+	best, dist := "", len(name)/3+1 // at most a third of it wrong
+	for o := range options {
+		if d := editDistance(name, o); d < dist || d == dist && best != "" && o < best {
+			best, dist = o, d
+		}
+	}
+	if best == "" {
+		return ""
+	}
+	return ": did you mean '" + best + "'?"
+}
+
+// editDistance is the number of bytes to insert, delete, replace or
+// swap with the next to make a into b (the optimal string alignment
+// distance): "kye" is one from "key".
+func editDistance(a, b string) int {
+	// Row i of the table is rows[i%3]: this row, the one before and the
+	// one before that, for a swap.
+	rows := [3][]int{make([]int, len(b)+1), make([]int, len(b)+1), make([]int, len(b)+1)}
+	for j := range rows[0] {
+		rows[0][j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		back, prev, cur := rows[(i+1)%3], rows[(i+2)%3], rows[i%3]
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+			if i > 1 && j > 1 && a[i-1] == b[j-2] && a[i-2] == b[j-1] {
+				cur[j] = min(cur[j], back[j-2]+1)
+			}
+		}
+	}
+	return rows[len(a)%3][len(b)]
+}
+
+// gatewayBlock is the chat_gateway block being read.
+type gatewayBlock struct {
+	h          *Handler
+	proxies    []*parsedProxy // of h.Backends, in order
+	sharedKey  string         // the api_key line's
+	urlsOnLine bool           // backend URLs were given on the directive line
+}
+
+// gatewayOptions are the lines of a chat_gateway block.
+var gatewayOptions = map[string]subdirective[gatewayBlock]{
+	"backend": {repeat: true, read: func(p *gatewayBlock, d *caddyfile.Dispenser) error {
+		b, proxy, err := parseBackend(d)
+		p.h.Backends, p.proxies = append(p.h.Backends, b), append(p.proxies, proxy)
+		return err
+	}},
+	"api_key":                {read: func(p *gatewayBlock, d *caddyfile.Dispenser) error { return oneArg(d, &p.sharedKey) }},
+	"echo":                   {read: func(p *gatewayBlock, d *caddyfile.Dispenser) error { return noArgs(d, &p.h.Echo) }},
+	"include_usage_upstream": {read: func(p *gatewayBlock, d *caddyfile.Dispenser) error { return noArgs(d, &p.h.IncludeUsageUpstream) }},
+	"log_sizes":              {read: func(p *gatewayBlock, d *caddyfile.Dispenser) error { return noArgs(d, &p.h.LogSizes) }},
+	"timeout":                {read: func(p *gatewayBlock, d *caddyfile.Dispenser) error { return durationArg(d, &p.h.Timeout) }},
+	"first_token_timeout":    {read: func(p *gatewayBlock, d *caddyfile.Dispenser) error { return durationArg(d, &p.h.FirstTokenTimeout) }},
+	"idle_timeout":           {read: func(p *gatewayBlock, d *caddyfile.Dispenser) error { return durationArg(d, &p.h.IdleTimeout) }},
+	"read_body_timeout":      {read: func(p *gatewayBlock, d *caddyfile.Dispenser) error { return durationArg(d, &p.h.ReadBodyTimeout) }},
+	"echo_delay":             {read: func(p *gatewayBlock, d *caddyfile.Dispenser) error { return durationArg(d, &p.h.EchoDelay) }},
+	"keepalive_interval":     {read: func(p *gatewayBlock, d *caddyfile.Dispenser) error { return durationArg(d, &p.h.KeepaliveInterval) }},
+	"max_concurrent": {read: func(p *gatewayBlock, d *caddyfile.Dispenser) error {
+		var v string
+		return oneArg(d, &v, func(v string) error {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 {
+				return d.Errf("invalid max_concurrent '%s': want a number, 0 for no cap", v)
+			}
+			p.h.MaxConcurrent = n
+			return nil
+		})
+	}},
+	"max_request_body": {read: func(p *gatewayBlock, d *caddyfile.Dispenser) error {
+		var v string
+		return oneArg(d, &v, func(v string) error {
+			size, err := humanize.ParseBytes(v)
+			if err != nil || size == 0 || size > 1<<40 {
+				return d.Errf("invalid max_request_body '%s': want a size such as 16MiB", v)
+			}
+			p.h.MaxRequestBody = int64(size)
+			return nil
+		})
+	}},
+	"metrics_per_key": {read: func(p *gatewayBlock, d *caddyfile.Dispenser) error {
+		p.h.MetricsPerKey = defaultMetricsPerKey
+		if d.NextArg() {
+			n, err := strconv.Atoi(d.Val())
+			if err != nil || n < 1 {
+				return d.Errf("invalid metrics_per_key '%s': want a positive number", d.Val())
+			}
+			p.h.MetricsPerKey = n
+		}
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+		return nil
+	}},
+	// Several auth blocks add up.
+	"auth": {repeat: true, read: func(p *gatewayBlock, d *caddyfile.Dispenser) error {
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+		if p.h.Auth == nil {
+			p.h.Auth = new(Auth)
+		}
+		return readBlock(d, "auth option", authOptions, p.h.Auth, nil)
+	}},
+	"limits": {read: func(p *gatewayBlock, d *caddyfile.Dispenser) error {
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+		p.h.Limits = new(Limits)
+		return readBlock(d, "limits option", limitsOptions, p.h.Limits, nil)
+	}},
+}
+
+// other answers a line no chat_gateway option names: a reverse_proxy
+// subdirective given beside URLs on the directive line belongs in a
+// backend block.
+func (p *gatewayBlock) other(d *caddyfile.Dispenser) error {
+	name := d.Val()
+	if p.urlsOnLine && isProxySubdirective(name) {
+		return d.Errf("unrecognized chat_gateway option '%s': it is a reverse_proxy subdirective; put it in a 'backend <urls...> { ... }' block instead of giving the URLs on the chat_gateway line", name)
+	}
+	return d.Errf("unrecognized chat_gateway option '%s'%s", name, nearest(name, gatewayOptions))
+}
+
+// noArgs reads a line without arguments, a flag it sets.
+func noArgs(d *caddyfile.Dispenser, flag *bool) error {
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	*flag = true
+	return nil
+}
+
+// oneArg reads the single argument of a line into v. read, if not nil,
+// reads it first: its error, on a bad value, wins over one for more
+// arguments.
+func oneArg(d *caddyfile.Dispenser, v *string, read ...func(string) error) error {
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	for _, r := range read {
+		if err := r(d.Val()); err != nil {
+			return err
+		}
+	}
+	*v = d.Val()
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	return nil
+}
+
+// durationArg reads the single duration argument of a line into v.
+func durationArg(d *caddyfile.Dispenser, v *caddy.Duration) error {
+	name := d.Val()
+	var text string
+	return oneArg(d, &text, func(text string) error {
+		dur, err := caddy.ParseDuration(text)
+		if err != nil || dur < 0 {
+			return d.Errf("invalid %s '%s': want a duration such as 90s or 5m", name, text)
+		}
+		*v = caddy.Duration(dur)
+		return nil
+	})
+}
+
+// backendBlock is a backend block being read: the Backend its options
+// fill, and the lines it passes to reverse_proxy.
+type backendBlock struct {
+	b          *Backend
+	proxyLines []caddyfile.Token
+	retryCodes []int
+}
+
+// backendOptions are a backend block's own lines; every other line is
+// a reverse_proxy subdirective.
+var backendOptions = map[string]subdirective[backendBlock]{
+	"models": {repeat: true, read: func(p *backendBlock, d *caddyfile.Dispenser) error {
+		args := d.RemainingArgs()
+		if len(args) == 0 {
+			return d.ArgErr()
+		}
+		p.b.Models = append(p.b.Models, args...)
+		return nil
+	}},
+	"alias": {repeat: true, read: func(p *backendBlock, d *caddyfile.Dispenser) error {
+		args := d.RemainingArgs()
+		if len(args) != 2 {
+			return d.Errf("alias takes a name and the model it stands for")
+		}
+		if _, dup := p.b.Aliases[args[0]]; dup {
+			return d.Errf("alias %s already specified", args[0])
+		}
+		if p.b.Aliases == nil {
+			p.b.Aliases = make(map[string]string)
+		}
+		p.b.Aliases[args[0]] = args[1]
+		return nil
+	}},
+	"api_key":   {read: func(p *backendBlock, d *caddyfile.Dispenser) error { return oneArg(d, &p.b.APIKey) }},
+	"base_path": {read: func(p *backendBlock, d *caddyfile.Dispenser) error { return oneArg(d, &p.b.BasePath) }},
+	"fallback":  {read: func(p *backendBlock, d *caddyfile.Dispenser) error { return oneArg(d, &p.b.Fallback) }},
+	"responses": {read: func(p *backendBlock, d *caddyfile.Dispenser) error {
+		if !d.NextArg() || d.Val() != responsesStateful || d.NextArg() {
+			return d.Errf("responses takes one argument, stateful: the backend keeps the Responses it created, for previous_response_id")
+		}
+		p.b.Responses = responsesStateful
+		return nil
+	}},
+	"messages": {read: func(p *backendBlock, d *caddyfile.Dispenser) error {
+		if !d.NextArg() || d.Val() != messagesNative || d.NextArg() {
+			return d.Errf("messages takes one argument, native: the backend serves the Anthropic Messages API (/v1/messages) itself")
+		}
+		p.b.Messages = messagesNative
+		return nil
+	}},
+	"retry_on": {repeat: true, read: func(p *backendBlock, d *caddyfile.Dispenser) error {
+		args := d.RemainingArgs()
+		if len(args) == 0 {
+			return d.ArgErr()
+		}
+		for _, cond := range args {
+			codes, ok := retryConditions[cond]
+			if n, err := strconv.Atoi(cond); err == nil && (n == 429 || n >= 500 && n <= 599) {
+				codes, ok = []int{n}, true
+			}
+			if !ok {
+				return d.Errf("invalid retry_on condition '%s': want 429, 5xx, a 5xx status or stream", cond)
+			}
+			if codes == nil {
+				p.b.RetryStream = true
+			}
+			p.retryCodes = append(p.retryCodes, codes...)
+		}
+		return nil
+	}},
+}
+
+// other takes a line of a backend block that is not the gateway's own:
+// reverse_proxy parses it, but for those the gateway does itself
+// (replies), and for a misspelt option of the gateway's, which reverse_proxy
+// would not know either.
+func (p *backendBlock) other(d *caddyfile.Dispenser) error {
+	name := d.Val()
+	switch {
+	case name == "handle_response", name == "replace_status", name == "copy_response", name == "copy_response_headers":
+		return d.Errf("'%s' is not supported in a chat_gateway backend: the gateway handles responses itself", name)
+	case !isProxySubdirective(name):
+		if hint := nearest(name, backendOptions); hint != "" {
+			return d.Errf("unrecognized backend option '%s'%s", name, hint)
+		}
+	}
+	p.proxyLines = append(p.proxyLines, d.NextSegment()...)
+	return nil
+}
+
+// parseBackend reads a backend block. Its own options fill the Backend
+// it returns; every other line goes to reverse_proxy's Caddyfile parser.
+func parseBackend(d *caddyfile.Dispenser) (*Backend, *parsedProxy, error) {
+	seg := caddyfile.NewDispenser(d.NextSegment())
+	seg.Next()
+	head := seg.Token()
+	urls := seg.RemainingArgs()
+	p := backendBlock{b: new(Backend)}
+	if err := readBlock(seg, "backend option", backendOptions, &p, (*backendBlock).other); err != nil {
+		return nil, nil, err
+	}
+	proxy, err := newBackend(d, head, urls, p.b, p.proxyLines, p.retryCodes)
+	return p.b, proxy, err
+}
+
+// authOptions are the lines of an auth block.
+var authOptions = map[string]subdirective[Auth]{
+	"key": {repeat: true, read: func(a *Auth, d *caddyfile.Dispenser) error {
+		e := ClientKey{}
+		if err := oneArg(d, &e.Key); err != nil {
+			return err
+		}
+		if err := readBlock(d, "key option", keyOptions, &e, nil); err != nil {
+			return err
+		}
+		a.Keys = append(a.Keys, e)
+		return nil
+	}},
+	"keys_file": {read: func(a *Auth, d *caddyfile.Dispenser) error {
+		if a.KeysFile != "" { // in another auth block
+			return d.Err("only one keys_file may be given")
+		}
+		return oneArg(d, &a.KeysFile)
+	}},
+}
+
+// keyOptions are the lines of a key block: the key's own, and limits of
+// its own.
+var keyOptions = withLimitLines(map[string]subdirective[ClientKey]{
+	"id": {read: func(e *ClientKey, d *caddyfile.Dispenser) error { return oneArg(d, &e.ID) }},
+	"models": {repeat: true, read: func(e *ClientKey, d *caddyfile.Dispenser) error {
+		args := d.RemainingArgs()
+		if len(args) == 0 {
+			return d.ArgErr()
+		}
+		e.Models = append(e.Models, args...)
+		return nil
+	}},
+	"expires": {read: func(e *ClientKey, d *caddyfile.Dispenser) error {
+		var v string
+		return oneArg(d, &v, func(v string) error {
+			t, err := time.Parse(time.RFC3339, v)
+			if err != nil {
+				return d.Errf("invalid expires '%s': want an RFC 3339 time such as 2026-12-31T23:59:59Z", v)
+			}
+			e.Expires = t
+			return nil
+		})
+	}},
+	"disabled": {read: func(e *ClientKey, d *caddyfile.Dispenser) error { return noArgs(d, &e.Disabled) }},
+}, func(e *ClientKey) *LimitSet { return &e.LimitSet })
+
+// withLimitLines adds to options the requests, tokens, concurrent and
+// quota lines, which fill the LimitSet set returns of the block's value.
+func withLimitLines[T any](options map[string]subdirective[T], set func(*T) *LimitSet) map[string]subdirective[T] {
+	rate := func(field func(*LimitSet) *string, parse func(string) error) subdirective[T] {
+		return subdirective[T]{read: func(t *T, d *caddyfile.Dispenser) error {
+			name := d.Val()
+			return oneArg(d, field(set(t)), func(v string) error {
+				if err := parse(v); err != nil {
+					return d.Errf("invalid %s '%s': %v", name, v, err)
+				}
+				return nil
+			})
+		}}
+	}
+	parseRate := func(v string) error { _, err := limits.ParseRate(v); return err }
+	options["requests"] = rate(func(s *LimitSet) *string { return &s.Requests }, parseRate)
+	options["tokens"] = rate(func(s *LimitSet) *string { return &s.Tokens }, parseRate)
+	options["quota"] = rate(func(s *LimitSet) *string { return &s.Quota }, func(v string) error { _, err := limits.ParseQuota(v); return err })
+	options["concurrent"] = subdirective[T]{read: func(t *T, d *caddyfile.Dispenser) error { return countArg(d, &set(t).Concurrent) }}
+	return options
+}
+
+// countArg reads the single positive integer argument of a line into v.
+func countArg(d *caddyfile.Dispenser, v *int64) error {
+	name := d.Val()
+	var text string
+	return oneArg(d, &text, func(text string) error {
+		n, err := limits.ParseCount(text)
+		if err != nil {
+			return d.Errf("invalid %s '%s': want a positive integer", name, text)
+		}
+		*v = n
+		return nil
+	})
+}
+
+// limitsOptions are the lines of a limits block.
+var limitsOptions = withLimitLines(map[string]subdirective[Limits]{
+	"per":                {read: func(l *Limits, d *caddyfile.Dispenser) error { return oneArg(d, &l.Per) }},
+	"default_max_tokens": {read: func(l *Limits, d *caddyfile.Dispenser) error { return countArg(d, &l.DefaultMaxTokens) }},
+	"on_store_error": {read: func(l *Limits, d *caddyfile.Dispenser) error {
+		return oneArg(d, &l.OnStoreError, func(v string) error {
+			if v != "allow" && v != "deny" {
+				return d.Errf("invalid on_store_error '%s': want allow or deny", v)
+			}
+			return nil
+		})
+	}},
+	"model": {repeat: true, read: func(l *Limits, d *caddyfile.Dispenser) error {
+		m := &ModelLimits{}
+		if err := oneArg(d, &m.Pattern); err != nil {
+			return err
+		}
+		if err := readBlock(d, "model limit", modelLimitOptions, &m.LimitSet, nil); err != nil {
+			return err
+		}
+		if m.LimitSet == (LimitSet{}) {
+			return d.Errf("model %s: no limits given", m.Pattern)
+		}
+		l.Models = append(l.Models, m)
+		return nil
+	}},
+	"store": {read: func(l *Limits, d *caddyfile.Dispenser) error {
+		store, err := parseLimitStore(d)
+		l.Redis = store
+		return err
+	}},
+}, func(l *Limits) *LimitSet { return &l.LimitSet })
+
+// modelLimitOptions are the lines of a model block in limits.
+var modelLimitOptions = withLimitLines(map[string]subdirective[LimitSet]{}, func(s *LimitSet) *LimitSet { return s })
+
+// parseLimitStore reads "store memory" (nil) or "store redis <address>"
+// and its block.
+func parseLimitStore(d *caddyfile.Dispenser) (*RedisStore, error) {
+	if !d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	switch d.Val() {
+	case "memory":
+		if d.NextArg() || d.NextBlock(d.Nesting()) {
+			return nil, d.Errf("store memory takes no options")
+		}
+		return nil, nil
+	case "redis":
+	default:
+		return nil, d.Errf("unrecognized store '%s': want memory or redis", d.Val())
+	}
+	if !d.NextArg() {
+		return nil, d.Errf("store redis needs an address (host:port)")
+	}
+	s := &RedisStore{Address: d.Val()}
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	return s, readBlock(d, "redis option", redisOptions, s, nil)
+}
+
+// redisOptions are the lines of a store redis block.
+var redisOptions = map[string]subdirective[RedisStore]{
+	"username": {read: func(s *RedisStore, d *caddyfile.Dispenser) error { return oneArg(d, &s.Username) }},
+	"password": {read: func(s *RedisStore, d *caddyfile.Dispenser) error { return oneArg(d, &s.Password) }},
+	"tls":      {read: func(s *RedisStore, d *caddyfile.Dispenser) error { return noArgs(d, &s.TLS) }},
+	"key_prefix": {read: func(s *RedisStore, d *caddyfile.Dispenser) error {
+		return oneArg(d, &s.KeyPrefix, func(v string) error {
+			if strings.ContainsAny(v, "{}") {
+				return d.Errf("invalid key_prefix '%s': it must not contain '{' or '}'", v)
+			}
+			return nil
+		})
+	}},
+	"db": {read: func(s *RedisStore, d *caddyfile.Dispenser) error {
+		var v string
+		return oneArg(d, &v, func(v string) error {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 {
+				return d.Errf("invalid db '%s': want a database number", v)
+			}
+			s.DB = n
+			return nil
+		})
+	}},
+	"timeout": {read: func(s *RedisStore, d *caddyfile.Dispenser) error {
+		var v string
+		return oneArg(d, &v, func(v string) error {
+			dur, err := caddy.ParseDuration(v)
+			if err != nil || dur <= 0 {
+				return d.Errf("invalid timeout '%s': want a duration such as 50ms", v)
+			}
+			s.Timeout = caddy.Duration(dur)
+			return nil
+		})
+	}},
 }
 
 // parsedProxy is a backend's reverse_proxy as its Caddyfile lines give
@@ -261,126 +660,41 @@ func bodyEditRoom(backends []*Backend) int64 {
 	return int64(2*longest) + 256 // a name JSON-escaped, plus the members' keys
 }
 
-// parseBackend reads a backend block. Its own options are taken out;
-// every other line goes to reverse_proxy's Caddyfile parser.
-func parseBackend(d *caddyfile.Dispenser) (*Backend, *parsedProxy, error) {
-	seg := caddyfile.NewDispenser(d.NextSegment())
-	seg.Next()
-	head := seg.Token()
-	urls := seg.RemainingArgs()
-	b := &Backend{}
-	var proxyLines []caddyfile.Token
-	var retryCodes []int
-	for seg.NextBlock(0) {
-		switch seg.Val() {
-		case "models":
-			b.Models = append(b.Models, seg.RemainingArgs()...)
-			if len(b.Models) == 0 {
-				return nil, nil, seg.ArgErr()
-			}
-		case "alias":
-			args := seg.RemainingArgs()
-			if len(args) != 2 {
-				return nil, nil, seg.Errf("alias takes a name and the model it stands for")
-			}
-			if b.Aliases == nil {
-				b.Aliases = make(map[string]string)
-			}
-			b.Aliases[args[0]] = args[1]
-		case "api_key", "base_path", "fallback":
-			opt := seg.Val()
-			args := seg.RemainingArgs()
-			if len(args) != 1 {
-				return nil, nil, seg.ArgErr()
-			}
-			switch opt {
-			case "api_key":
-				b.APIKey = args[0]
-			case "base_path":
-				b.BasePath = args[0]
-			default:
-				b.Fallback = args[0]
-			}
-		case "responses":
-			if !seg.NextArg() || seg.Val() != "stateful" || seg.NextArg() {
-				return nil, nil, seg.Errf("responses takes one argument, stateful: the backend keeps the Responses it created, for previous_response_id")
-			}
-			b.Responses = responsesStateful
-		case "messages":
-			if !seg.NextArg() || seg.Val() != messagesNative || seg.NextArg() {
-				return nil, nil, seg.Errf("messages takes one argument, native: the backend serves the Anthropic Messages API (/v1/messages) itself")
-			}
-			b.Messages = messagesNative
-		case "retry_on":
-			args := seg.RemainingArgs()
-			if len(args) == 0 {
-				return nil, nil, seg.ArgErr()
-			}
-			for _, cond := range args {
-				codes, ok := retryConditions[cond]
-				if n, err := strconv.Atoi(cond); err == nil && (n == 429 || n >= 500 && n <= 599) {
-					codes, ok = []int{n}, true
-				}
-				if !ok {
-					return nil, nil, seg.Errf("invalid retry_on condition '%s': want 429, 5xx, a 5xx status or stream", cond)
-				}
-				if codes == nil {
-					b.RetryStream = true
-				}
-				retryCodes = append(retryCodes, codes...)
-			}
-		case "handle_response", "replace_status", "copy_response", "copy_response_headers":
-			return nil, nil, seg.Errf("'%s' is not supported in a chat_gateway backend: the gateway handles responses itself", seg.Val())
-		default:
-			proxyLines = append(proxyLines, seg.NextSegment()...)
-		}
-	}
-	nb, p, err := newBackend(d, head, urls, proxyLines, retryCodes)
-	if err != nil {
-		return nil, nil, err
-	}
-	nb.Models, nb.Aliases, nb.APIKey, nb.Fallback, nb.RetryStream, nb.Responses = b.Models, b.Aliases, b.APIKey, b.Fallback, b.RetryStream, b.Responses
-	nb.Messages = b.Messages
-	if b.BasePath != "" {
-		nb.BasePath = b.BasePath
-	}
-	return nb, p, nil
-}
-
 // retryConditions are the retry_on words; nil codes stand for "stream".
 var retryConditions = map[string][]int{"429": {429}, "5xx": {500, 502, 503, 504}, "stream": nil}
 
-// newBackend builds a backend from its base URLs and the reverse_proxy
-// lines of its block, parsed by reverse_proxy's own Caddyfile code. The
-// proxy gets the gateway's defaults, and the retries on retryCodes, once
-// the whole chat_gateway block is read.
-func newBackend(d *caddyfile.Dispenser, head caddyfile.Token, urls []string, proxyLines []caddyfile.Token, retryCodes []int) (*Backend, *parsedProxy, error) {
+// newBackend sets up b from its base URLs (its base path, unless its
+// block set one) and returns its reverse_proxy, from the URLs and the
+// reverse_proxy lines of its block, parsed by reverse_proxy's own
+// Caddyfile code. The proxy gets the gateway's defaults, and the
+// retries on retryCodes, once the whole chat_gateway block is read.
+func newBackend(d *caddyfile.Dispenser, head caddyfile.Token, urls []string, b *Backend, proxyLines []caddyfile.Token, retryCodes []int) (*parsedProxy, error) {
 	tok := func(text string) caddyfile.Token {
 		t := head
 		t.Text = text
 		return t
 	}
 	tokens := []caddyfile.Token{tok("reverse_proxy")}
-	b := &Backend{}
+	basePath := ""
 	repl := caddy.NewReplacer()
 	for i, raw := range urls {
 		u, err := url.Parse(repl.ReplaceKnown(raw, ""))
 		if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
-			return nil, nil, d.Errf("invalid backend URL '%s': want http(s)://host[:port][/base/path]", raw)
+			return nil, d.Errf("invalid backend URL '%s': want http(s)://host[:port][/base/path]", raw)
 		}
 		path := strings.TrimSuffix(u.Path, "/")
-		for _, endpoint := range []string{"/chat/completions", "/models"} {
+		for _, endpoint := range apiSuffixes {
 			if base, ok := strings.CutSuffix(path, endpoint); ok {
-				return nil, nil, d.Errf("backend URL '%s' is an endpoint, not a base URL: give the base URL as OpenAI SDKs take it, such as '%s'", raw, u.Scheme+"://"+u.Host+base)
+				return nil, d.Errf("backend URL '%s' is an endpoint, not a base URL: give the base URL as OpenAI SDKs take it, such as '%s'", raw, u.Scheme+"://"+u.Host+base)
 			}
 		}
 		if path == "" {
 			path = "/v1"
 		}
-		if i > 0 && path != b.BasePath {
-			return nil, nil, d.Errf("backend URLs of one backend must share one path: '%s' has %s, not %s", raw, path, b.BasePath)
+		if i > 0 && path != basePath {
+			return nil, d.Errf("backend URLs of one backend must share one path: '%s' has %s, not %s", raw, path, basePath)
 		}
-		b.BasePath = path
+		basePath = path
 		tokens = append(tokens, tok(u.Scheme+"://"+u.Host))
 	}
 	if len(proxyLines) > 0 {
@@ -393,13 +707,22 @@ func newBackend(d *caddyfile.Dispenser, head caddyfile.Token, urls []string, pro
 	}
 	rp := new(reverseproxy.Handler)
 	if err := rp.UnmarshalCaddyfile(caddyfile.NewDispenser(tokens)); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if len(rp.Upstreams) == 0 && rp.DynamicUpstreamsRaw == nil {
-		return nil, nil, d.Errf("backend needs at least one URL (or 'dynamic')")
+		return nil, d.Errf("backend needs at least one URL (or 'dynamic')")
 	}
-	return b, &parsedProxy{rp: rp, retryCodes: retryCodes}, nil
+	if b.BasePath == "" {
+		b.BasePath = basePath
+	}
+	return &parsedProxy{rp: rp, retryCodes: retryCodes}, nil
 }
+
+// apiSuffixes are the paths the gateway appends to a backend's base
+// path: a backend URL that ends in one names an endpoint, not a base.
+// Longer first: /chat/completions before /completions.
+var apiSuffixes = []string{"/chat/completions", "/completions", "/embeddings", "/responses",
+	"/messages/count_tokens", "/messages", "/models"}
 
 // proxyDefaults gives a backend's reverse_proxy what a gateway needs.
 // With several upstreams, a failed connection is retried on another and
@@ -448,287 +771,4 @@ func proxyDefaults(rp *reverseproxy.Handler, retryCodes []int, bufferLimit int64
 			rp.RequestBuffers = bufferLimit + 1
 		}
 	}
-}
-
-// unmarshalKeyOption reads the auth block or metrics_per_key [<max>].
-func (h *Handler) unmarshalKeyOption(d *caddyfile.Dispenser) error {
-	if d.Val() == "metrics_per_key" {
-		h.MetricsPerKey = defaultMetricsPerKey
-		if d.NextArg() {
-			n, err := strconv.Atoi(d.Val())
-			if err != nil || n < 1 {
-				return d.Errf("invalid metrics_per_key '%s': want a positive number", d.Val())
-			}
-			h.MetricsPerKey = n
-		}
-		if d.NextArg() {
-			return d.ArgErr()
-		}
-		return nil
-	}
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	if h.Auth == nil {
-		h.Auth = new(Auth)
-	}
-	return parseAuth(d, h.Auth)
-}
-
-// parseAuth reads the block of an auth option into a.
-func parseAuth(d *caddyfile.Dispenser, a *Auth) error {
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		switch d.Val() {
-		case "key":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			e := ClientKey{Entry: keys.Entry{Key: d.Val()}}
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			for inner := d.Nesting(); d.NextBlock(inner); {
-				if handled, err := parseLimitLine(d, &e.LimitSet); handled {
-					if err != nil {
-						return err
-					}
-					continue
-				}
-				opt := d.Val()
-				args := d.RemainingArgs()
-				switch {
-				case opt == "id" && len(args) == 1:
-					e.ID = args[0]
-				case opt == "models" && len(args) > 0:
-					e.Models = append(e.Models, args...)
-				case opt == "expires" && len(args) == 1:
-					t, err := time.Parse(time.RFC3339, args[0])
-					if err != nil {
-						return d.Errf("invalid expires '%s': want an RFC 3339 time such as 2026-12-31T23:59:59Z", args[0])
-					}
-					e.Expires = t
-				case opt == "disabled" && len(args) == 0:
-					e.Disabled = true
-				case opt == "id" || opt == "models" || opt == "expires" || opt == "disabled":
-					return d.ArgErr()
-				default:
-					return d.Errf("unrecognized key option '%s'", opt)
-				}
-			}
-			a.Keys = append(a.Keys, e)
-		case "keys_file":
-			if a.KeysFile != "" {
-				return d.Err("only one keys_file may be given")
-			}
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			a.KeysFile = d.Val()
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-		default:
-			return d.Errf("unrecognized auth option '%s'", d.Val())
-		}
-	}
-	return nil
-}
-
-// parseLimits reads a limits block, whose syntax UnmarshalCaddyfile
-// shows; the "limits" token is the current one.
-func parseLimits(d *caddyfile.Dispenser) (*Limits, error) {
-	l := new(Limits)
-	if d.NextArg() {
-		return nil, d.ArgErr()
-	}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		if ok, err := parseLimitLine(d, &l.LimitSet); ok || err != nil {
-			if err != nil {
-				return nil, err
-			}
-			continue
-		}
-		switch d.Val() {
-		case "per":
-			if !d.NextArg() {
-				return nil, d.ArgErr()
-			}
-			l.Per = d.Val()
-			if d.NextArg() {
-				return nil, d.ArgErr()
-			}
-		case "default_max_tokens":
-			n, err := oneCount(d)
-			if err != nil {
-				return nil, err
-			}
-			l.DefaultMaxTokens = n
-		case "on_store_error":
-			if !d.NextArg() {
-				return nil, d.ArgErr()
-			}
-			if v := d.Val(); v != "allow" && v != "deny" {
-				return nil, d.Errf("invalid on_store_error '%s': want allow or deny", v)
-			}
-			l.OnStoreError = d.Val()
-			if d.NextArg() {
-				return nil, d.ArgErr()
-			}
-		case "model":
-			m := &ModelLimits{}
-			if !d.NextArg() {
-				return nil, d.ArgErr()
-			}
-			m.Pattern = d.Val()
-			if d.NextArg() {
-				return nil, d.ArgErr()
-			}
-			for inner := d.Nesting(); d.NextBlock(inner); {
-				ok, err := parseLimitLine(d, &m.LimitSet)
-				if err != nil {
-					return nil, err
-				}
-				if !ok {
-					return nil, d.Errf("unrecognized model limit '%s': want requests, tokens, concurrent or quota", d.Val())
-				}
-			}
-			if m.LimitSet == (LimitSet{}) {
-				return nil, d.Errf("model %s: no limits given", m.Pattern)
-			}
-			l.Models = append(l.Models, m)
-		case "store":
-			store, err := parseLimitStore(d)
-			if err != nil {
-				return nil, err
-			}
-			l.Redis = store
-		default:
-			return nil, d.Errf("unrecognized limits option '%s'", d.Val())
-		}
-	}
-	return l, nil
-}
-
-// parseLimitLine reads a requests, tokens, concurrent or quota line into
-// set. It reports false, having consumed nothing, for any other line.
-func parseLimitLine(d *caddyfile.Dispenser, set *LimitSet) (bool, error) {
-	name := d.Val()
-	switch name {
-	case "requests", "tokens", "quota":
-		if !d.NextArg() {
-			return true, d.ArgErr()
-		}
-		v := d.Val()
-		var err error
-		if name == "quota" {
-			_, err = limits.ParseQuota(v)
-			set.Quota = v
-		} else {
-			_, err = limits.ParseRate(v)
-			if name == "requests" {
-				set.Requests = v
-			} else {
-				set.Tokens = v
-			}
-		}
-		if err != nil {
-			return true, d.Errf("invalid %s '%s': %v", name, v, err)
-		}
-		if d.NextArg() {
-			return true, d.ArgErr()
-		}
-	case "concurrent":
-		n, err := oneCount(d)
-		if err != nil {
-			return true, err
-		}
-		set.Concurrent = n
-	default:
-		return false, nil
-	}
-	return true, nil
-}
-
-// oneCount reads the single positive integer argument of a line.
-func oneCount(d *caddyfile.Dispenser) (int64, error) {
-	name := d.Val()
-	if !d.NextArg() {
-		return 0, d.ArgErr()
-	}
-	n, err := limits.ParseCount(d.Val())
-	if err != nil {
-		return 0, d.Errf("invalid %s '%s': want a positive integer", name, d.Val())
-	}
-	if d.NextArg() {
-		return 0, d.ArgErr()
-	}
-	return n, nil
-}
-
-// parseLimitStore reads "store memory" (nil) or "store redis <address>"
-// and its block.
-func parseLimitStore(d *caddyfile.Dispenser) (*RedisStore, error) {
-	if !d.NextArg() {
-		return nil, d.ArgErr()
-	}
-	switch d.Val() {
-	case "memory":
-		if d.NextArg() || d.NextBlock(d.Nesting()) {
-			return nil, d.Errf("store memory takes no options")
-		}
-		return nil, nil
-	case "redis":
-	default:
-		return nil, d.Errf("unrecognized store '%s': want memory or redis", d.Val())
-	}
-	if !d.NextArg() {
-		return nil, d.Errf("store redis needs an address (host:port)")
-	}
-	s := &RedisStore{Address: d.Val()}
-	if d.NextArg() {
-		return nil, d.ArgErr()
-	}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		opt := d.Val()
-		if opt == "tls" {
-			if d.NextArg() {
-				return nil, d.ArgErr()
-			}
-			s.TLS = true
-			continue
-		}
-		if !d.NextArg() {
-			return nil, d.ArgErr()
-		}
-		v := d.Val()
-		if d.NextArg() {
-			return nil, d.ArgErr()
-		}
-		switch opt {
-		case "username":
-			s.Username = v
-		case "password":
-			s.Password = v
-		case "key_prefix":
-			if strings.ContainsAny(v, "{}") {
-				return nil, d.Errf("invalid key_prefix '%s': it must not contain '{' or '}'", v)
-			}
-			s.KeyPrefix = v
-		case "db":
-			n, err := strconv.Atoi(v)
-			if err != nil || n < 0 {
-				return nil, d.Errf("invalid db '%s': want a database number", v)
-			}
-			s.DB = n
-		case "timeout":
-			dur, err := caddy.ParseDuration(v)
-			if err != nil || dur <= 0 {
-				return nil, d.Errf("invalid timeout '%s': want a duration such as 50ms", v)
-			}
-			s.Timeout = caddy.Duration(dur)
-		default:
-			return nil, d.Errf("unrecognized redis option '%s'", opt)
-		}
-	}
-	return s, nil
 }

@@ -201,3 +201,62 @@ func TestRequestBuffersDefault(t *testing.T) {
 		}
 	}
 }
+
+// A slip in a Caddyfile is caught when it loads, and the error points at
+// the fix: a misspelt option gets the nearest one (the gateway's before
+// reverse_proxy's in a backend), an option given twice is refused rather
+// than the last silently kept, and a backend URL that names any
+// endpoint the gateway appends is refused.
+func TestCaddyfileSlips(t *testing.T) {
+	for input, want := range map[string]string{
+		"chat_gateway {\n first_token_timout 10m\n}":                                    "unrecognized chat_gateway option 'first_token_timout': did you mean 'first_token_timeout'?",
+		"chat_gateway {\n max_concurent 4\n}":                                           "did you mean 'max_concurrent'?",
+		"chat_gateway {\n backend http://a:1 {\n model x\n }\n}":                        "unrecognized backend option 'model': did you mean 'models'?",
+		"chat_gateway {\n backend http://a:1 {\n fallbak y\n }\n}":                      "did you mean 'fallback'?",
+		"chat_gateway {\n auth {\n kye sk-0123456789abcdef\n }\n}":                      "unrecognized auth option 'kye': did you mean 'key'?",
+		"chat_gateway {\n limits {\n request 5/1m\n }\n}":                               "unrecognized limits option 'request': did you mean 'requests'?",
+		"chat_gateway {\n limits {\n store redis a:1 {\n pasword x\n }\n }\n}":          "unrecognized redis option 'pasword': did you mean 'password'?",
+		"chat_gateway {\n timeout 1m\n timeout 2m\n}":                                   "only one timeout line may be given here",
+		"chat_gateway {\n limits {\n requests 1/1m\n }\n limits {\n tokens 1/1m\n }\n}": "only one limits line",
+		"chat_gateway {\n backend http://a:1 {\n api_key a\n api_key b\n }\n}":          "only one api_key line",
+		"chat_gateway {\n backend http://a:1 {\n alias x y\n alias x z\n }\n}":          "alias x already specified",
+		"chat_gateway {\n auth {\n key sk-0123456789abcdef {\n id a\n id b\n }\n }\n}":  "only one id line",
+		"chat_gateway {\n auth {\n keys_file a\n }\n auth {\n keys_file b\n }\n}":       "only one keys_file",
+		"chat_gateway http://a:1/v1/embeddings":                                         "is an endpoint, not a base URL: give the base URL as OpenAI SDKs take it, such as 'http://a:1/v1'",
+		"chat_gateway http://a:1/v1/completions":                                        "such as 'http://a:1/v1'",
+		"chat_gateway http://a:1/v1/responses":                                          "such as 'http://a:1/v1'",
+		"chat_gateway http://a:1/v1/messages":                                           "such as 'http://a:1/v1'",
+		"chat_gateway http://a:1/v1/messages/count_tokens":                              "such as 'http://a:1/v1'",
+	} {
+		_, err := parse(t, input)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: error %v, want %q", input, err, want)
+		}
+	}
+	// No suggestion for what is nothing like an option; reverse_proxy's
+	// own subdirectives still pass through a backend block.
+	if _, err := parse(t, "chat_gateway {\n zzzzzz 1\n}"); err == nil || strings.Contains(err.Error(), "did you mean") {
+		t.Errorf("a word like no option: %v, want no suggestion", err)
+	}
+	if _, err := parse(t, "chat_gateway {\n backend http://a:1 http://a:2 {\n lb_policy first\n models m\n models n\n }\n}"); err != nil {
+		t.Errorf("lb_policy and two models lines in a backend: %v, want them accepted", err)
+	}
+}
+
+func TestEditDistance(t *testing.T) {
+	for _, tt := range []struct {
+		a, b string
+		want int
+	}{
+		{"", "", 0}, {"key", "key", 0}, {"kye", "key", 1}, {"ke", "key", 1}, {"keys", "key", 1},
+		{"first_token_timout", "first_token_timeout", 1}, {"model", "models", 1}, {"abc", "xyz", 3}, {"", "abc", 3},
+		{"ca", "abc", 3}, {"zzzzzz", "log_sizes", 8},
+	} {
+		if got := editDistance(tt.a, tt.b); got != tt.want {
+			t.Errorf("editDistance(%q, %q) = %d, want %d", tt.a, tt.b, got, tt.want)
+		}
+		if got := editDistance(tt.b, tt.a); got != tt.want {
+			t.Errorf("editDistance(%q, %q) = %d, want %d", tt.b, tt.a, got, tt.want)
+		}
+	}
+}

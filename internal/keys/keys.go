@@ -86,10 +86,7 @@ type Set struct {
 func Build(entries []Entry) (*Set, error) {
 	s := &Set{byHash: make(map[[sha256.Size]byte]*Key, len(entries))}
 	for i, e := range entries {
-		name := fmt.Sprintf("key %d", i+1)
-		if e.ID != "" {
-			name = fmt.Sprintf("key %d (%s)", i+1, e.ID)
-		}
+		name := EntryName(i, e.ID)
 		sum, err := parseKey(e.Key)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)
@@ -109,6 +106,15 @@ func Build(entries []Entry) (*Set, error) {
 		s.byHash[sum] = k
 	}
 	return s, nil
+}
+
+// EntryName names the i-th entry (from 0) in errors, by its position
+// and id, never by its key: "key 2 (team)".
+func EntryName(i int, id string) string {
+	if id == "" {
+		return fmt.Sprintf("key %d", i+1)
+	}
+	return fmt.Sprintf("key %d (%s)", i+1, id)
 }
 
 // DefaultID is the id of a key configured without one: the first 8 hex
@@ -134,8 +140,23 @@ func parseKey(key string) ([sha256.Size]byte, error) {
 		return sum, errors.New("empty key (an unset environment variable?)")
 	case len(key) < MinPlainLength:
 		return sum, fmt.Errorf("a plain key needs at least %d characters", MinPlainLength)
+	case len(key) == hex.EncodedLen(sha256.Size) && isHex(key):
+		// A hash pasted without its prefix would be taken for a plain
+		// key that no client has, and refuse every call without a hint.
+		// It is named as a 401 names a key: it may be a secret.
+		return sum, fmt.Errorf("64 hex digits look like a key's SHA-256: did you mean sha256:%s? A plain key of 64 hex digits is refused for that reason: hash it with `caddy chat-gateway hash-key`", Hint(key))
 	}
 	return sha256.Sum256([]byte(key)), nil
+}
+
+// isHex reports whether s is made of hex digits only.
+func isHex(s string) bool {
+	for _, c := range []byte(s) {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
+			return false
+		}
+	}
+	return true
 }
 
 // Len is the number of keys in the set.

@@ -61,6 +61,8 @@ func TestBuildErrors(t *testing.T) {
 		{[]Entry{{Key: "short", ID: "bob"}}, "key 1 (bob): a plain key needs at least 16"},
 		{[]Entry{{Key: "sha256:abc"}}, "64 hex digits"},
 		{[]Entry{{Key: "sha256:" + strings.Repeat("zz", 32)}}, "64 hex digits"},
+		// A hash pasted without its prefix, named as a 401 names a key.
+		{[]Entry{{Key: "06e1" + strings.Repeat("ab", 28) + "7168", ID: "team"}}, "key 1 (team): 64 hex digits look like a key's SHA-256: did you mean sha256:06e1****7168?"},
 		{[]Entry{{Key: plain}, {Key: Hash(plain)}}, "key 2: the same key is configured twice"},
 		{[]Entry{{Key: plain, Models: []string{""}}}, "empty model pattern"},
 	} {

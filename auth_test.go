@@ -130,12 +130,12 @@ func TestAuthHeaderForms(t *testing.T) {
 			req := keyed("POST", "/v1/chat/completions", hello, form, key)
 			w, repl := serve(t, h, req)
 			if w.Code != 200 || !strings.Contains(w.Body.String(), "Echo: hello world") {
-				t.Fatalf("%s %s: %d %s", form, id, w.Code, w.Body)
+				t.Fatalf("%s %s: %d %s, want 200 with Echo: hello world", form, id, w.Code, w.Body)
 			}
 			user, _ := repl.GetString("http.auth.user.id")
 			keyID, _ := repl.GetString("http.chat_gateway.key_id")
 			if user != id || keyID != id {
-				t.Errorf("%s %s: user %q key_id %q", form, id, user, keyID)
+				t.Errorf("%s %s: user %q key_id %q, want both %q", form, id, user, keyID, id)
 			}
 		}
 	}
@@ -179,30 +179,30 @@ func TestAuthRejects(t *testing.T) {
 		req.Body = io.NopCloser(trapBody{t})
 		w, repl := serve(t, h, req)
 		if w.Code != 401 || w.Body.String() != tt.want {
-			t.Errorf("%s: %d %s\nwant %s", tt.name, w.Code, w.Body, tt.want)
+			t.Errorf("%s: %d %s\nwant 401 %s", tt.name, w.Code, w.Body, tt.want)
 		}
 		if w.Header().Get("WWW-Authenticate") != "Bearer" || w.Header().Get("Connection") != "close" || w.Header().Get("X-Request-ID") == "" {
-			t.Errorf("%s: headers %v", tt.name, w.Header())
+			t.Errorf("%s: headers %v, want WWW-Authenticate: Bearer, Connection: close and an X-Request-ID", tt.name, w.Header())
 		}
 		if tt.key != "" && len(tt.key) > 8 && strings.Contains(w.Body.String(), tt.key) {
 			t.Errorf("%s: the reply holds the key", tt.name)
 		}
 		if user, _ := repl.GetString("http.auth.user.id"); user != "" {
-			t.Errorf("%s: user %q", tt.name, user)
+			t.Errorf("%s: user %q, want none", tt.name, user)
 		}
 	}
 	// A request with Basic credentials only is not authenticated.
 	req := keyed("POST", "/v1/chat/completions", hello, "", "")
 	req.SetBasicAuth("alice", aliceKey)
 	if w, _ := serve(t, h, req); w.Code != 401 || !strings.Contains(w.Body.String(), "didn't provide") {
-		t.Errorf("basic: %d %s", w.Code, w.Body)
+		t.Errorf("basic: %d %s, want 401 didn't provide an API key", w.Code, w.Body)
 	}
 
 	if w, _ := serve(t, h, httptest.NewRequest("GET", "/healthz", nil)); w.Code != 200 {
-		t.Errorf("healthz without a key: %d %s", w.Code, w.Body)
+		t.Errorf("healthz without a key: %d %s, want 200", w.Code, w.Body)
 	}
 	if w, _ := serve(t, h, httptest.NewRequest("GET", "/other", nil)); w.Code != http.StatusTeapot {
-		t.Errorf("other paths go to next without a key: %d", w.Code)
+		t.Errorf("other paths go to next without a key: %d, want %d", w.Code, http.StatusTeapot)
 	}
 }
 
@@ -210,7 +210,7 @@ func TestAuthRejects(t *testing.T) {
 func TestAuthNoKeys(t *testing.T) {
 	h := provisioned(t, "chat_gateway {\n auth {\n }\n}")
 	if w, _ := serve(t, h, keyed("POST", "/v1/chat/completions", hello, "bearer", aliceKey)); w.Code != 401 {
-		t.Fatalf("%d %s", w.Code, w.Body)
+		t.Fatalf("%d %s, want 401", w.Code, w.Body)
 	}
 }
 
@@ -242,20 +242,20 @@ func TestAuthModels(t *testing.T) {
 	}
 	for _, m := range []string{"gpt-4o", "gpt-4o-mini"} {
 		if w := ask(aliceKey, m); w.Code != 200 {
-			t.Fatalf("alice %s: %d %s", m, w.Code, w.Body)
+			t.Fatalf("alice %s: %d %s, want 200", m, w.Code, w.Body)
 		}
 	}
 	if w := ask(bobKey, "llama-3.1-8b"); w.Code != 200 {
-		t.Fatalf("bob llama: %d %s", w.Code, w.Body)
+		t.Fatalf("bob llama: %d %s, want 200", w.Code, w.Body)
 	}
 	sent := be.count()
 	denied := ask(aliceKey, "llama-3.1-8b")
 	unknown := ask(bobKey, "nobody-serves-this")
 	if denied.Code != 404 || unknown.Code != 404 {
-		t.Fatalf("%d %s / %d %s", denied.Code, denied.Body, unknown.Code, unknown.Body)
+		t.Fatalf("denied %d %s / unknown %d %s, want 404 for both", denied.Code, denied.Body, unknown.Code, unknown.Body)
 	}
 	if got, want := denied.Body.String(), strings.ReplaceAll(unknown.Body.String(), "nobody-serves-this", "llama-3.1-8b"); got != want {
-		t.Fatalf("denied model:\n%s\nunknown model:\n%s", got, want)
+		t.Fatalf("denied model:\n%s\nwant the unknown model's reply:\n%s", got, want)
 	}
 	for _, name := range []string{"X-Request-Id", "Content-Length"} { // the id, and the name's length
 		delete(denied.Header(), name)
@@ -265,7 +265,7 @@ func TestAuthModels(t *testing.T) {
 		t.Fatalf("headers differ: %v / %v", denied.Header(), unknown.Header())
 	}
 	if e := apiError(t, denied.Body.String()); e["code"] != "model_not_found" || e["param"] != "model" {
-		t.Fatalf("%v", e)
+		t.Fatalf("%v, want code model_not_found, param model", e)
 	}
 	if be.count() != sent {
 		t.Fatal("a denied model reached the backend")
@@ -275,7 +275,7 @@ func TestAuthModels(t *testing.T) {
 		w, _ := serve(t, h, keyed("GET", "/v1/models", "", "x-api-key", key))
 		var out struct{ Data []struct{ ID string } }
 		if w.Code != 200 || json.Unmarshal(w.Body.Bytes(), &out) != nil {
-			t.Fatalf("models: %d %s", w.Code, w.Body)
+			t.Fatalf("models: %d %s, want 200 with a model list", w.Code, w.Body)
 		}
 		var ids []string
 		for _, m := range out.Data {
@@ -284,10 +284,10 @@ func TestAuthModels(t *testing.T) {
 		return ids
 	}
 	if got := list(aliceKey); !slices.Equal(got, []string{"gpt-4o", "gpt-4o-mini"}) {
-		t.Errorf("alice's models %v", got)
+		t.Errorf("alice's models %v, want [gpt-4o gpt-4o-mini]", got)
 	}
 	if got := list(bobKey); !slices.Equal(got, []string{"gpt-4o", "llama-3.1-8b", "gpt-4o-mini"}) {
-		t.Errorf("bob's models %v", got)
+		t.Errorf("bob's models %v, want [gpt-4o llama-3.1-8b gpt-4o-mini]", got)
 	}
 }
 
@@ -305,12 +305,12 @@ func TestAuthModelsEcho(t *testing.T) {
 		{bobKey, `{"messages":[{"role":"user","content":"hi"}]}`, 404},
 	} {
 		if w, _ := serve(t, h, keyed("POST", "/v1/chat/completions", tc.body, "bearer", tc.key)); w.Code != tc.want {
-			t.Errorf("%s: %d %s", tc.body, w.Code, w.Body)
+			t.Errorf("%s: %d %s, want %d", tc.body, w.Code, w.Body, tc.want)
 		}
 	}
 	w, _ := serve(t, h, keyed("GET", "/v1/models", "", "bearer", bobKey))
 	if w.Body.String() != `{"object":"list","data":[]}` {
-		t.Errorf("bob's models %s", w.Body)
+		t.Errorf("bob's models %s, want an empty list", w.Body)
 	}
 }
 
@@ -332,10 +332,10 @@ func TestAuthMetricsPerKey(t *testing.T) {
 		}
 	}
 	if got := (&Handler{}).metricKey("metrics-a"); got != "" {
-		t.Errorf("off: %q", got)
+		t.Errorf("off: %q, want empty", got)
 	}
 	if got := h.metricKey(""); got != "" {
-		t.Errorf("no identity: %q", got)
+		t.Errorf("no identity: %q, want empty", got)
 	}
 }
 
@@ -364,10 +364,10 @@ func TestAuthCaddyfile(t *testing.T) {
 		{Entry: keys.Entry{Key: "{env.TEAM_KEY}"}},
 	}, KeysFile: "/etc/keys.json"}
 	if fmt.Sprint(h.Auth) != fmt.Sprint(want) || h.MetricsPerKey != defaultMetricsPerKey {
-		t.Fatalf("%+v %d", h.Auth, h.MetricsPerKey)
+		t.Fatalf("%+v %d, want %+v %d", h.Auth, h.MetricsPerKey, want, defaultMetricsPerKey)
 	}
 	if h, _ := parse(t, "chat_gateway {\n metrics_per_key 7\n}"); h.MetricsPerKey != 7 {
-		t.Fatalf("metrics_per_key %d", h.MetricsPerKey)
+		t.Fatalf("metrics_per_key %d, want 7", h.MetricsPerKey)
 	}
 	for input, want := range map[string]string{
 		"chat_gateway {\n auth {\n bogus\n }\n}":                          "unrecognized auth option 'bogus'",
@@ -424,7 +424,7 @@ func TestAuthProvision(t *testing.T) {
 		err := h.Provision(ctx)
 		cancel()
 		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), aliceKey) {
-			t.Errorf("%s: error %v, want %q", config, err, want)
+			t.Errorf("%s: error %v, want %q, without the key", config, err, want)
 		}
 	}
 }
@@ -436,17 +436,17 @@ func TestAuthSDK(t *testing.T) {
 	good := openai.NewClient(option.WithBaseURL(g.URL+"/v1"), option.WithAPIKey(aliceKey), option.WithMaxRetries(0))
 	c, err := good.Chat.Completions.New(context.Background(), sdkParams)
 	if err != nil || c.Choices[0].Message.Content != "Echo: hello world" {
-		t.Fatalf("%v %+v", err, c)
+		t.Fatalf("%v %+v, want no error and Echo: hello world", err, c)
 	}
 	bad := openai.NewClient(option.WithBaseURL(g.URL+"/v1"), option.WithAPIKey(wrongKey), option.WithMaxRetries(0))
 	_, err = bad.Chat.Completions.New(context.Background(), sdkParams)
 	var apiErr *openai.Error
 	if !errors.As(err, &apiErr) || apiErr.StatusCode != 401 || apiErr.Code != "invalid_api_key" || apiErr.Type != "invalid_request_error" ||
 		!strings.Contains(apiErr.Message, "Incorrect API key provided") {
-		t.Fatalf("error %v", err)
+		t.Fatalf("error %v, want a 401 invalid_request_error invalid_api_key, Incorrect API key provided", err)
 	}
 	if _, err := bad.Models.List(context.Background()); !errors.As(err, &apiErr) || apiErr.StatusCode != 401 {
-		t.Fatalf("models: %v", err)
+		t.Fatalf("models: %v, want a 401 *openai.Error", err)
 	}
 }
 
@@ -481,13 +481,13 @@ func TestAuthComposition(t *testing.T) {
 	req := g.request(hello, "X-Request-ID", "compose-1")
 	req.SetBasicAuth("carol", "pw")
 	if resp, body := do(t, req); resp.StatusCode != 200 {
-		t.Fatalf("%d %s", resp.StatusCode, body)
+		t.Fatalf("%d %s, want 200", resp.StatusCode, body)
 	}
 	if l := g.accessLog(t, "compose-1"); l["user_id"] != "carol" || l["key_id"] != "carol" {
-		t.Fatalf("access log %v", l)
+		t.Fatalf("access log %v, want user_id and key_id carol", l)
 	}
 	if resp, _ := g.post(t, hello); resp.StatusCode != 401 || resp.Header.Get("WWW-Authenticate") != `Basic realm="restricted"` {
-		t.Fatalf("basic_auth did not answer: %d %v", resp.StatusCode, resp.Header)
+		t.Fatalf("basic_auth did not answer: %d %v, want 401 with WWW-Authenticate: Basic realm=\"restricted\"", resp.StatusCode, resp.Header)
 	}
 
 	// The key id placeholder, in a deferred response header.
@@ -495,10 +495,10 @@ func TestAuthComposition(t *testing.T) {
 	req = g.request(hello, "X-Request-ID", "compose-2", "X-Api-Key", aliceKey)
 	req.SetBasicAuth("carol", "pw")
 	if resp, body := do(t, req); resp.StatusCode != 200 || resp.Header.Get("X-Key-Id") != "team-k" {
-		t.Fatalf("%d %v %s", resp.StatusCode, resp.Header, body)
+		t.Fatalf("%d %v %s, want 200 with X-Key-Id: team-k", resp.StatusCode, resp.Header, body)
 	}
 	if l := g.accessLog(t, "compose-2"); l["user_id"] != "team-k" || l["key_id"] != "team-k" {
-		t.Fatalf("access log %v", l)
+		t.Fatalf("access log %v, want user_id and key_id team-k", l)
 	}
 	req = g.request(hello)
 	req.SetBasicAuth("carol", "pw")
@@ -538,15 +538,15 @@ func TestAuthReload(t *testing.T) {
 	defer resp.Body.Close()
 	first := make([]byte, 64)
 	if _, err := io.ReadAtLeast(resp.Body, first, 10); err != nil || resp.StatusCode != 200 {
-		t.Fatal(resp.StatusCode, err)
+		t.Fatalf("%d %v, want 200 and the first bytes of the stream", resp.StatusCode, err)
 	}
 
 	loadGateway(t, port, "10s", config(bobKey))
 	if resp, body := g.post(t, hello, "Authorization", "Bearer "+aliceKey); resp.StatusCode != 401 {
-		t.Fatalf("removed key: %d %s", resp.StatusCode, body)
+		t.Fatalf("removed key: %d %s, want 401", resp.StatusCode, body)
 	}
 	if resp, body := g.post(t, helloStream, "Authorization", "Bearer "+bobKey); resp.StatusCode != 200 || !strings.Contains(body, "[DONE]") {
-		t.Fatalf("added key: %d %s", resp.StatusCode, body)
+		t.Fatalf("added key: %d %s, want 200 with [DONE]", resp.StatusCode, body)
 	}
 	close(release)
 	rest, _ := io.ReadAll(resp.Body)
@@ -610,7 +610,7 @@ func TestAuthKeysNeverLeak(t *testing.T) {
 		req.Header.Set(header, value)
 		resp, got := do(t, req)
 		if resp.StatusCode != want {
-			t.Fatalf("%s %s %s: %d %s", method, path, header, resp.StatusCode, got)
+			t.Fatalf("%s %s %s: %d %s, want %d", method, path, header, resp.StatusCode, got, want)
 		}
 		fmt.Fprintln(&seen, resp.Header, got)
 	}
@@ -678,14 +678,14 @@ func TestCommands(t *testing.T) {
 	}
 	key, block, ok := strings.Cut(out, "\n\n")
 	if !ok || !regexp.MustCompile(`^sk-cg-[0-9A-Za-z]{43}$`).MatchString(key) {
-		t.Fatalf("new-key printed %q", out)
+		t.Fatalf("new-key printed %q, want sk-cg- and 43 letters or digits, a blank line and a block", out)
 	}
 	if want := "key " + keys.Hash(key) + " {\n\tid team-a\n}\n"; block != want {
 		t.Fatalf("block %q, want %q", block, want)
 	}
 	out, err = run("", "chat-gateway", "new-key")
 	if k, block, _ := strings.Cut(out, "\n\n"); err != nil || !strings.Contains(block, "\tid "+keys.DefaultID(k)+"\n") || k == key {
-		t.Fatalf("new-key without --id: %q %v", out, err)
+		t.Fatalf("new-key without --id: %q %v, want no error, a new key and a block with its default id", out, err)
 	}
 	if _, err := run("", "chat-gateway", "new-key", "--id", "two words"); err == nil {
 		t.Fatal("an id with a space was taken")
@@ -693,7 +693,7 @@ func TestCommands(t *testing.T) {
 
 	for stdin, want := range map[string]string{key + "\n": keys.Hash(key), key + "\r\n": keys.Hash(key), key: keys.Hash(key), "a b \n": keys.Hash("a b ")} {
 		if out, err := run(stdin, "chat-gateway", "hash-key"); err != nil || out != want+"\n" {
-			t.Errorf("hash-key of %q: %q %v", stdin, out, err)
+			t.Errorf("hash-key of %q: %q %v, want %q and a newline", stdin, out, err, want)
 		}
 	}
 	if _, err := run("\n", "chat-gateway", "hash-key"); err == nil {
@@ -702,7 +702,7 @@ func TestCommands(t *testing.T) {
 
 	g := newGateway(t, "chat_gateway {\n auth {\n "+strings.ReplaceAll(block, "\n", "\n ")+"}\n }")
 	if resp, body := g.post(t, hello, "Authorization", "Bearer "+key); resp.StatusCode != 200 {
-		t.Fatalf("the new key: %d %s", resp.StatusCode, body)
+		t.Fatalf("the new key: %d %s, want 200", resp.StatusCode, body)
 	}
 }
 
@@ -713,11 +713,11 @@ func TestAuthModuleLog(t *testing.T) {
 	core, logs := observer.New(zapcore.DebugLevel)
 	h.logger = zap.New(core)
 	if w, _ := serve(t, h, keyed("POST", "/v1/chat/completions", hello, "x-api-key", aliceKey)); w.Code != 502 {
-		t.Fatalf("%d %s", w.Code, w.Body)
+		t.Fatalf("%d %s, want 502", w.Code, w.Body)
 	}
 	entries := logs.AllUntimed()
 	if len(entries) != 1 || entries[0].ContextMap()["key_id"] != "alice" {
-		t.Fatalf("%+v", entries)
+		t.Fatalf("%+v, want one entry with key_id alice", entries)
 	}
 	if text := fmt.Sprint(entries[0].Message, entries[0].ContextMap()); strings.Contains(text, aliceKey) {
 		t.Fatalf("the log holds the key: %s", text)
@@ -786,7 +786,7 @@ func TestKeysFileWatched(t *testing.T) {
 	defer resp.Body.Close()
 	first := make([]byte, 64)
 	if _, err := io.ReadAtLeast(resp.Body, first, 10); err != nil || resp.StatusCode != 200 {
-		t.Fatal(resp.StatusCode, err)
+		t.Fatalf("%d %v, want 200 and the first bytes of the stream", resp.StatusCode, err)
 	}
 
 	write(`{"keys":[` + entry(bobKey, `,"id":"bob","models":["small"]`) + `]}`)

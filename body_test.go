@@ -14,7 +14,7 @@ func TestBodyBuffers(t *testing.T) {
 	for _, n := range []int{1, minPooled, minPooled + 1, 1 << 20, 100 << 20} {
 		b := getBuffer(n)
 		if len(b) != 0 || cap(b) < n {
-			t.Fatalf("getBuffer(%d): len %d cap %d", n, len(b), cap(b))
+			t.Fatalf("getBuffer(%d): len %d cap %d, want len 0 cap at least %d", n, len(b), cap(b), n)
 		}
 		putBuffer(b)
 	}
@@ -23,7 +23,7 @@ func TestBodyBuffers(t *testing.T) {
 	b.buf = getBuffer(100)
 	r1, r2 := b.reader([]byte("abc")), b.reader([]byte("abc"))
 	if got, _ := io.ReadAll(r1); string(got) != "abc" || b.open.Load() != 1 {
-		t.Fatalf("read %q, %d readers open", got, b.open.Load())
+		t.Fatalf("read %q, %d readers open, want \"abc\", 1", got, b.open.Load())
 	}
 	buf := make([]byte, 1)
 	r2.Read(buf) // a transport that stopped mid-body
@@ -47,10 +47,10 @@ func TestSmallBodyOwnBuffer(t *testing.T) {
 		var b body
 		got, e := readBody(httptest.NewRecorder(), r, &b, 1<<20, time.Second)
 		if e != nil || len(got) != n || &b.buf[0] != &got[0] {
-			t.Fatalf("%d bytes: read %d, %v", n, len(got), e)
+			t.Fatalf("%d bytes: read %d, %v, want all %d in the body's buffer", n, len(got), e, n)
 		}
 		if small := n < minPooled/4; small != (cap(got) < minPooled) {
-			t.Errorf("%d bytes: held in a buffer of %d", n, cap(got))
+			t.Errorf("%d bytes: held in a buffer of %d, want under %d exactly when under %d bytes", n, cap(got), minPooled, minPooled/4)
 		}
 		b.release()
 	}
@@ -72,7 +72,7 @@ func TestReplyBufferBounded(t *testing.T) {
 		}
 	}
 	if !rb.tooLarge || written > maxReplyBody {
-		t.Fatalf("took %d bytes, tooLarge %v; the cap is %d", written, rb.tooLarge, maxReplyBody)
+		t.Fatalf("took %d bytes, tooLarge %v, want tooLarge at no more than the cap of %d", written, rb.tooLarge, maxReplyBody)
 	}
 
 	// A declared length over the cap: refused at the first write.
@@ -80,7 +80,7 @@ func TestReplyBufferBounded(t *testing.T) {
 	rb.Header().Set("Content-Length", "100000000")
 	rb.WriteHeader(200)
 	if _, err := rb.Write(p); err == nil || !rb.tooLarge || len(rb.body) != 0 {
-		t.Fatalf("a 100 MB declared reply was taken: %v, %d bytes", err, len(rb.body))
+		t.Fatalf("a 100 MB declared reply was taken: %v, %d bytes, want an error, tooLarge and 0 bytes", err, len(rb.body))
 	}
 
 	// A declared length within the cap is held in one buffer of its size.
@@ -93,7 +93,7 @@ func TestReplyBufferBounded(t *testing.T) {
 		}
 	}
 	if len(rb.body) != 1<<20 || cap(rb.body) > 4<<20 {
-		t.Fatalf("1 MiB reply: %d bytes in a buffer of %d", len(rb.body), cap(rb.body))
+		t.Fatalf("1 MiB reply: %d bytes in a buffer of %d, want 1048576 in at most 4 MiB", len(rb.body), cap(rb.body))
 	}
 }
 

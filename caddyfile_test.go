@@ -63,19 +63,19 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(h.Backends) != 3 {
-		t.Fatalf("%d backends", len(h.Backends))
+		t.Fatalf("%d backends, want 3", len(h.Backends))
 	}
 	b0, b1, b2 := h.Backends[0], h.Backends[1], h.Backends[2]
 	if b0.BasePath != "/v1" || b0.APIKey != "sk-shared" || len(b0.Models) != 0 {
-		t.Fatalf("inline backend %+v", b0)
+		t.Fatalf("inline backend %+v, want base path /v1, api_key sk-shared and no models", b0)
 	}
 	if b1.APIKey != "{env.OPENAI_API_KEY}" || b1.Aliases["gpt-4o"] != "gpt-4o-mini" || b1.Models[0] != "gpt-4o-mini" {
-		t.Fatalf("openai backend %+v", b1)
+		t.Fatalf("openai backend %+v, want api_key {env.OPENAI_API_KEY}, model gpt-4o-mini and alias gpt-4o", b1)
 	}
 	var proxy map[string]any
 	_ = json.Unmarshal(b2.ProxyRaw, &proxy)
 	if proxy["handler"] != "reverse_proxy" || len(proxy["upstreams"].([]any)) != 2 || proxy["load_balancing"] == nil || proxy["health_checks"] == nil || proxy["transport"] == nil {
-		t.Fatalf("reverse_proxy options lost: %s", b2.ProxyRaw)
+		t.Fatalf("reverse_proxy options lost: %s, want 2 upstreams, load_balancing, health_checks and transport", b2.ProxyRaw)
 	}
 	_ = json.Unmarshal(b1.ProxyRaw, &proxy)
 	if tls := proxy["transport"].(map[string]any)["tls"]; tls == nil {
@@ -175,11 +175,11 @@ func TestProvisionErrorsNameBackends(t *testing.T) {
 func TestResponsesOption(t *testing.T) {
 	h, err := parse(t, "chat_gateway {\n backend http://127.0.0.1:9 {\n responses stateful\n }\n}")
 	if err != nil || !h.Backends[0].keepsResponses() {
-		t.Fatalf("%v %+v", err, h)
+		t.Fatalf("%v %+v, want no error and a backend keeping responses", err, h)
 	}
 	for _, bad := range []string{"responses", "responses yes", "responses stateful more"} {
 		if _, err := parse(t, "chat_gateway {\n backend http://127.0.0.1:9 {\n "+bad+"\n }\n}"); err == nil || !strings.Contains(err.Error(), "responses takes one argument, stateful") {
-			t.Errorf("%q: %v", bad, err)
+			t.Errorf("%q: %v, want \"responses takes one argument, stateful\"", bad, err)
 		}
 	}
 	if err := (&Handler{Backends: []*Backend{{Responses: "yes", ProxyRaw: []byte(`{"upstreams":[{"dial":"127.0.0.1:9"}]}`)}}}).Validate(); err == nil {

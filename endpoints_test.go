@@ -103,7 +103,7 @@ func responseEvents(t *testing.T, body string) []responseEvent {
 			t.Fatalf("event %q: %v\n%s", f.Data, err, body)
 		}
 		if f.Name != ev.Type {
-			t.Fatalf("event named %q carries type %q:\n%s", f.Name, ev.Type, body)
+			t.Fatalf("event named %q carries type %q, want them equal:\n%s", f.Name, ev.Type, body)
 		}
 		out = append(out, ev)
 	}
@@ -297,7 +297,7 @@ func decodeBase64Vector(t *testing.T, raw string) []float64 {
 	}
 	b, err := base64.StdEncoding.DecodeString(s)
 	if err != nil || len(b)%4 != 0 {
-		t.Fatalf("embedding %.80s: %v, %d bytes", s, err, len(b))
+		t.Fatalf("embedding %.80s: %v, %d bytes, want base64 of a multiple of 4 bytes", s, err, len(b))
 	}
 	v := make([]float64, len(b)/4)
 	for i := range v {
@@ -323,7 +323,7 @@ func TestEndpointsSDKEcho(t *testing.T) {
 		if c.ID != "ep-echo-1" || httpResp.Header.Get("X-Request-ID") != "ep-echo-1" || c.Object != "text_completion" || len(c.Choices) != 1 ||
 			c.Choices[0].Text != "Echo: hello world" || c.Choices[0].FinishReason != "stop" ||
 			c.Usage.CompletionTokens == 0 || c.Usage.TotalTokens != c.Usage.PromptTokens+c.Usage.CompletionTokens {
-			t.Fatalf("%+v", c)
+			t.Fatalf("%+v, want id and X-Request-ID ep-echo-1, one text_completion choice \"Echo: hello world\" finished stop, completion tokens and total = prompt + completion", c)
 		}
 
 		params := openai.CompletionNewParams{Model: "m", Prompt: openai.CompletionNewParamsPromptUnion{OfArrayOfStrings: []string{"hello world"}},
@@ -331,7 +331,7 @@ func TestEndpointsSDKEcho(t *testing.T) {
 		stream := client.Completions.NewStreaming(ctx, params, option.WithHeader("X-Request-ID", "ep-echo-2"))
 		text, finish, usage := readCompletionStream(t, stream, "ep-echo-2")
 		if text != "Echo: hello world" || finish != "stop" || usage.TotalTokens == 0 || usage.TotalTokens != usage.PromptTokens+usage.CompletionTokens {
-			t.Fatalf("streamed %q, finish %q, usage %+v", text, finish, usage)
+			t.Fatalf("streamed %q, finish %q, usage %+v, want \"Echo: hello world\", stop, total tokens > 0 = prompt + completion", text, finish, usage)
 		}
 	})
 
@@ -343,11 +343,11 @@ func TestEndpointsSDKEcho(t *testing.T) {
 			t.Fatal(err)
 		}
 		if httpResp.Header.Get("X-Request-ID") != "ep-echo-3" || len(e.Data) != 3 || e.Usage.PromptTokens == 0 || e.Usage.TotalTokens != e.Usage.PromptTokens {
-			t.Fatalf("%d %+v", len(e.Data), e.Usage)
+			t.Fatalf("%d %+v, want 3 embeddings, prompt tokens > 0 = total, X-Request-ID ep-echo-3", len(e.Data), e.Usage)
 		}
 		for i, d := range e.Data {
 			if d.Index != int64(i) {
-				t.Fatalf("embedding %d has index %d", i, d.Index)
+				t.Fatalf("embedding %d has index %d, want %d", i, d.Index, i)
 			}
 			checkUnitVector(t, d.Embedding, 256)
 		}
@@ -361,7 +361,7 @@ func TestEndpointsSDKEcho(t *testing.T) {
 			t.Fatal(err)
 		}
 		if len(b.Data) != 3 {
-			t.Fatalf("%d embeddings", len(b.Data))
+			t.Fatalf("%d embeddings, want 3", len(b.Data))
 		}
 		for i, d := range b.Data {
 			v := decodeBase64Vector(t, d.JSON.Embedding.Raw())
@@ -381,13 +381,13 @@ func TestEndpointsSDKEcho(t *testing.T) {
 		}
 		if httpResp.Header.Get("X-Request-ID") != "ep-echo-4" || !strings.HasPrefix(r.ID, "resp_") || r.ID == "ep-echo-4" || r.Status != "completed" ||
 			r.OutputText() != "Echo: hello world" || r.Usage.OutputTokens == 0 || r.Usage.TotalTokens != r.Usage.InputTokens+r.Usage.OutputTokens {
-			t.Fatalf("%s", r.RawJSON())
+			t.Fatalf("%s, want a resp_ id other than the request id, X-Request-ID ep-echo-4, status completed, text \"Echo: hello world\", output tokens and total = input + output", r.RawJSON())
 		}
 
 		stream := client.Responses.NewStreaming(ctx, params, option.WithHeader("X-Request-ID", "ep-echo-5"))
 		text, completed := readResponseStream(t, stream)
 		if text != "Echo: hello world" || completed.OutputText() != text || completed.Status != "completed" || completed.Usage.OutputTokens == 0 {
-			t.Fatalf("streamed %q, completed %s", text, completed.RawJSON())
+			t.Fatalf("streamed %q, completed %s, want \"Echo: hello world\" streamed and completed, with output tokens", text, completed.RawJSON())
 		}
 	})
 }
@@ -402,7 +402,7 @@ func readCompletionStream(t *testing.T, stream *ssestream.Stream[openai.Completi
 	for stream.Next() {
 		c := stream.Current()
 		if (id != "" && c.ID != id) || c.Object != "text_completion" {
-			t.Fatalf("chunk %s", c.RawJSON())
+			t.Fatalf("chunk %s, want id %q and object text_completion", c.RawJSON(), id)
 		}
 		for _, ch := range c.Choices {
 			text.WriteString(ch.Text)
@@ -435,7 +435,7 @@ func readResponseStream(t *testing.T, stream *ssestream.Stream[responses.Respons
 		ev := stream.Current()
 		types = append(types, ev.Type)
 		if ev.SequenceNumber <= last {
-			t.Fatalf("sequence_number %d after %d", ev.SequenceNumber, last)
+			t.Fatalf("sequence_number %d after %d, want increasing", ev.SequenceNumber, last)
 		}
 		last = ev.SequenceNumber
 		switch ev.Type {
@@ -449,7 +449,7 @@ func readResponseStream(t *testing.T, stream *ssestream.Stream[responses.Respons
 		t.Fatal(err)
 	}
 	if len(types) < 3 || types[0] != "response.created" || types[len(types)-1] != "response.completed" {
-		t.Fatalf("event types %v", types)
+		t.Fatalf("event types %v, want at least 3, response.created first and response.completed last", types)
 	}
 	return text.String(), completed
 }
@@ -481,7 +481,7 @@ func TestEndpointsSDKBackend(t *testing.T) {
 				t.Helper()
 				got := be.last(t)
 				if got.Path != path || got.Header.Get("X-Request-ID") != id || got.Header.Get("Authorization") != "" {
-					t.Fatalf("upstream got %s %s, X-Request-ID %q, Authorization %q", got.Method, got.Path, got.Header.Get("X-Request-ID"), got.Header.Get("Authorization"))
+					t.Fatalf("upstream got %s %s, X-Request-ID %q, Authorization %q, want %s, %q, no Authorization", got.Method, got.Path, got.Header.Get("X-Request-ID"), got.Header.Get("Authorization"), path, id)
 				}
 			}
 
@@ -491,7 +491,7 @@ func TestEndpointsSDKBackend(t *testing.T) {
 				t.Fatal(err)
 			}
 			if c.ID != "ep-be-1" || c.Object != "text_completion" || c.Choices[0].Text != "Hello" || c.Choices[0].FinishReason != "stop" || c.Usage.TotalTokens != 5 {
-				t.Fatalf("%s", c.RawJSON())
+				t.Fatalf("%s, want id ep-be-1, text_completion \"Hello\" finished stop, 5 total tokens", c.RawJSON())
 			}
 			forwarded(t, "/v1/completions", "ep-be-1")
 			if body := be.last(t).Body; !strings.Contains(body, `"suffix":"end"`) {
@@ -506,7 +506,7 @@ func TestEndpointsSDKBackend(t *testing.T) {
 				stream := client.Completions.NewStreaming(ctx, params, option.WithHeader("X-Request-ID", "ep-be-2"))
 				text, finish, u := readCompletionStream(t, stream, "ep-be-2")
 				if text != "Hello" || finish != "stop" || (u.TotalTokens == 5) != usage {
-					t.Fatalf("include_usage %v: streamed %q, finish %q, usage %+v", usage, text, finish, u)
+					t.Fatalf("include_usage %v: streamed %q, finish %q, usage %+v, want \"Hello\", stop, 5 total tokens only with include_usage", usage, text, finish, u)
 				}
 				forwarded(t, "/v1/completions", "ep-be-2")
 			}
@@ -517,7 +517,7 @@ func TestEndpointsSDKBackend(t *testing.T) {
 				t.Fatal(err)
 			}
 			if len(e.Data) != 2 || e.Usage.PromptTokens != 4 || e.Usage.TotalTokens != 4 || !equalVectors(e.Data[1].Embedding, []float64{0.5, -0.5, 0.5, -0.5}, 0) {
-				t.Fatalf("%s", e.RawJSON())
+				t.Fatalf("%s, want 2 embeddings of the backend's vector, 4 prompt and total tokens", e.RawJSON())
 			}
 			forwarded(t, "/v1/embeddings", "ep-be-3")
 			params.EncodingFormat = openai.EmbeddingNewParamsEncodingFormatBase64
@@ -526,7 +526,7 @@ func TestEndpointsSDKBackend(t *testing.T) {
 				t.Fatal(err)
 			}
 			if len(e.Data) != 2 || !equalVectors(decodeBase64Vector(t, e.Data[0].JSON.Embedding.Raw()), []float64{0.5, -0.5, 0.5, -0.5}, 0) {
-				t.Fatalf("%s", e.RawJSON())
+				t.Fatalf("%s, want 2 base64 embeddings of the backend's vector", e.RawJSON())
 			}
 			if body := be.last(t).Body; !strings.Contains(body, `"encoding_format":"base64"`) {
 				t.Fatalf("encoding_format not forwarded: %s", body)
@@ -539,14 +539,14 @@ func TestEndpointsSDKBackend(t *testing.T) {
 				t.Fatal(err)
 			}
 			if r.ID != "resp_backend1" || httpResp.Header.Get("X-Request-ID") != "ep-be-4" || r.OutputText() != "Hello" || r.Usage.TotalTokens != 7 {
-				t.Fatalf("%s", r.RawJSON())
+				t.Fatalf("%s, want id resp_backend1, X-Request-ID ep-be-4, text \"Hello\", 7 total tokens", r.RawJSON())
 			}
 			forwarded(t, "/v1/responses", "ep-be-4")
 
 			stream := client.Responses.NewStreaming(ctx, rparams, option.WithHeader("X-Request-ID", "ep-be-5"))
 			text, completed := readResponseStream(t, stream)
 			if text != "Hello" || completed.ID != "resp_backend1" || completed.Usage.InputTokens != 5 || completed.Usage.OutputTokens != 2 {
-				t.Fatalf("streamed %q, completed %s", text, completed.RawJSON())
+				t.Fatalf("streamed %q, completed %s, want \"Hello\", resp_backend1 with 5 input and 2 output tokens", text, completed.RawJSON())
 			}
 			forwarded(t, "/v1/responses", "ep-be-5")
 		})
@@ -564,7 +564,7 @@ func TestResponsesStreamRelayed(t *testing.T) {
 			g := newGateway(t, "chat_gateway "+be.URL)
 			resp, body := g.postTo(t, "/v1/responses", responsesStreamBody)
 			if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
-				t.Fatalf("%d %v %s", resp.StatusCode, resp.Header, body)
+				t.Fatalf("%d %v %s, want 200 text/event-stream", resp.StatusCode, resp.Header, body)
 			}
 			got := frames(body)
 			if len(got) != len(responseStreamEvents) {
@@ -583,7 +583,7 @@ func TestResponsesStreamRelayed(t *testing.T) {
 	evs := responseEvents(t, body)
 	if resp.StatusCode != 200 || evs[0].Type != "response.created" || evs[len(evs)-1].Type != "response.completed" ||
 		evs[len(evs)-1].Response.Usage == nil || evs[len(evs)-1].Response.Usage.Output == 0 {
-		t.Fatalf("%d %s", resp.StatusCode, body)
+		t.Fatalf("%d %s, want 200, response.created to response.completed with output tokens", resp.StatusCode, body)
 	}
 }
 
@@ -599,7 +599,7 @@ func TestEndpointsRequestErrors(t *testing.T) {
 			resp, body := do(t, req)
 			if e := apiError(t, body); resp.StatusCode != 405 || e["code"] != "method_not_allowed" || !strings.Contains(resp.Header.Get("Allow"), "POST") ||
 				resp.Header.Get("X-Request-ID") == "" {
-				t.Errorf("%s %s: %d %v %s", method, path, resp.StatusCode, resp.Header, body)
+				t.Errorf("%s %s: %d %v %s, want 405 method_not_allowed, Allow with POST, an X-Request-ID", method, path, resp.StatusCode, resp.Header, body)
 			}
 		}
 	}
@@ -628,18 +628,18 @@ func TestEndpointsRequestErrors(t *testing.T) {
 			e := apiError(t, body)
 			if resp.StatusCode != 400 || e["type"] != "invalid_request_error" || (tt.code != "" && e["code"] != tt.code) || (tt.param != "" && e["param"] != tt.param) ||
 				resp.Header.Get("X-Request-ID") != "ep-bad" {
-				t.Fatalf("%d %s, want code %q param %q", resp.StatusCode, body, tt.code, tt.param)
+				t.Fatalf("%d %s, want 400 invalid_request_error with code %q param %q, X-Request-ID ep-bad", resp.StatusCode, body, tt.code, tt.param)
 			}
 		})
 	}
 	if n := be.count(); n != 0 {
-		t.Fatalf("the backend got %d requests", n)
+		t.Fatalf("the backend got %d requests, want 0", n)
 	}
 
 	// Other /v1 paths are the next handler's.
 	for _, path := range []string{"/v1/audio/speech", "/v1/rerank", "/v1/responses/resp_1", "/v1/embeddings/x"} {
 		if resp, body := g.postTo(t, path, embeddingsBody); resp.StatusCode != 404 || body != "next" {
-			t.Errorf("%s: %d %q", path, resp.StatusCode, body)
+			t.Errorf("%s: %d %q, want 404 \"next\"", path, resp.StatusCode, body)
 		}
 	}
 
@@ -648,7 +648,7 @@ func TestEndpointsRequestErrors(t *testing.T) {
 	big := strings.Repeat("x", 2000)
 	for path, body := range map[string]string{"/v1/completions": `{"prompt":"` + big + `"}`, "/v1/embeddings": `{"input":"` + big + `"}`, "/v1/responses": `{"input":"` + big + `"}`} {
 		if resp, b := small.postTo(t, path, body); resp.StatusCode != 413 || apiError(t, b)["code"] != "request_too_large" {
-			t.Errorf("%s: %d %s", path, resp.StatusCode, b)
+			t.Errorf("%s: %d %s, want 413 request_too_large", path, resp.StatusCode, b)
 		}
 	}
 }
@@ -678,7 +678,7 @@ func TestEndpointsModelRouting(t *testing.T) {
 			before := want.count()
 			resp, body := g.postTo(t, tt.path, fmt.Sprintf(tt.body, model))
 			if resp.StatusCode != 200 || want.count() != before+1 {
-				t.Fatalf("%s %s: %d, served by the wrong backend: %s", tt.path, model, resp.StatusCode, body)
+				t.Fatalf("%s %s: %d, want 200 served by the model's backend: %s", tt.path, model, resp.StatusCode, body)
 			}
 			got := want.last(t)
 			if wantModel := map[string]string{"text-embedding-3-small": "qwen"}[model]; wantModel != "" && !strings.Contains(got.Body, `"model":"qwen"`) {
@@ -690,7 +690,7 @@ func TestEndpointsModelRouting(t *testing.T) {
 		}
 		resp, body := g.postTo(t, tt.path, fmt.Sprintf(tt.body, "gpt-5"))
 		if e := apiError(t, body); resp.StatusCode != 404 || e["code"] != "model_not_found" || e["param"] != "model" {
-			t.Fatalf("%s unknown model: %d %s", tt.path, resp.StatusCode, body)
+			t.Fatalf("%s unknown model: %d %s, want 404 model_not_found naming model", tt.path, resp.StatusCode, body)
 		}
 	}
 }
@@ -709,7 +709,7 @@ func TestEndpointsErrorsBeforeFirstByte(t *testing.T) {
 		resp, body := g.postTo(t, tt.path, tt.body, "X-Request-ID", "ep-500")
 		if e := apiError(t, body); resp.StatusCode != 502 || e["code"] != "upstream_error" || resp.Header.Get("X-Request-ID") != "ep-500" ||
 			resp.Header.Get("Content-Type") != "application/json" {
-			t.Errorf("%s %s: %d %s", tt.path, tt.body, resp.StatusCode, body)
+			t.Errorf("%s %s: %d %s, want 502 upstream_error in JSON, X-Request-ID ep-500", tt.path, tt.body, resp.StatusCode, body)
 		}
 	}
 
@@ -719,7 +719,7 @@ func TestEndpointsErrorsBeforeFirstByte(t *testing.T) {
 	for _, tt := range []struct{ path, body string }{{"/v1/completions", completionsStreamBody}, {"/v1/responses", responsesStreamBody}} {
 		resp, body := g.postTo(t, tt.path, tt.body)
 		if e := apiError(t, body); resp.StatusCode != 502 || e["code"] != "stream_truncated" {
-			t.Errorf("%s: %d %s", tt.path, resp.StatusCode, body)
+			t.Errorf("%s: %d %s, want 502 stream_truncated", tt.path, resp.StatusCode, body)
 		}
 	}
 }
@@ -736,23 +736,23 @@ func TestEndpointsErrorsAfterFirstByte(t *testing.T) {
 		resp, body := g.postTo(t, "/v1/completions", completionsStreamBody, "X-Request-ID", "ep-cut-1")
 		evs := events(body)
 		if resp.StatusCode != 200 || len(evs) < 2 || evs[len(evs)-1] == "[DONE]" {
-			t.Fatalf("%d %s", resp.StatusCode, body)
+			t.Fatalf("%d %s, want 200, at least 2 events, no [DONE] at the end", resp.StatusCode, body)
 		}
 		var first struct {
 			ID      string
 			Choices []struct{ Text string }
 		}
 		if err := json.Unmarshal([]byte(evs[0]), &first); err != nil || first.ID != "ep-cut-1" || first.Choices[0].Text != "Hel" {
-			t.Fatalf("first event %s: %v", evs[0], err)
+			t.Fatalf("first event %s: %v, want id ep-cut-1 and text Hel", evs[0], err)
 		}
 		var last struct {
 			Error *struct{ Code, Message string }
 		}
 		if err := json.Unmarshal([]byte(evs[len(evs)-1]), &last); err != nil || last.Error == nil || last.Error.Code != "stream_truncated" {
-			t.Fatalf("last event %s: %v", evs[len(evs)-1], err)
+			t.Fatalf("last event %s: %v, want an error with code stream_truncated", evs[len(evs)-1], err)
 		}
 		if l := g.waitLog(t, "handled request", "ep-cut-1"); l["outcome"] != "truncated" {
-			t.Fatalf("access log outcome %v", l["outcome"])
+			t.Fatalf("access log outcome %v, want truncated", l["outcome"])
 		}
 
 		client := sdkClient(g)
@@ -761,7 +761,7 @@ func TestEndpointsErrorsAfterFirstByte(t *testing.T) {
 		}
 		var se *ssestream.StreamError
 		if err := stream.Err(); !errors.As(err, &se) {
-			t.Fatalf("SDK stream error %v", err)
+			t.Fatalf("SDK stream error %v, want an *ssestream.StreamError", err)
 		}
 	})
 
@@ -774,10 +774,10 @@ func TestEndpointsErrorsAfterFirstByte(t *testing.T) {
 			last := evs[len(evs)-1]
 			if resp.StatusCode != 200 || len(evs) != 7 || last.Type != "error" || last.Code != "stream_truncated" || last.Message == "" ||
 				last.SequenceNumber <= evs[len(evs)-2].SequenceNumber {
-				t.Fatalf("%d %s", resp.StatusCode, body)
+				t.Fatalf("%d %s, want 200, 7 events, the last a stream_truncated error with a message and a later sequence_number", resp.StatusCode, body)
 			}
 			if l := g.waitLog(t, "handled request", "ep-cut-2"); l["outcome"] != "truncated" {
-				t.Fatalf("access log outcome %v", l["outcome"])
+				t.Fatalf("access log outcome %v, want truncated", l["outcome"])
 			}
 
 			client := sdkClient(g)
@@ -787,7 +787,7 @@ func TestEndpointsErrorsAfterFirstByte(t *testing.T) {
 				types = append(types, stream.Current().Type)
 			}
 			if err := stream.Err(); err != nil || types[len(types)-1] != "error" || stream.Current().AsError().Code != "stream_truncated" {
-				t.Fatalf("SDK saw %v, %v", types, err)
+				t.Fatalf("SDK saw %v, %v, want no error and a last stream_truncated error event", types, err)
 			}
 		})
 	}
@@ -806,13 +806,13 @@ func TestEndpointsErrorsAfterFirstByte(t *testing.T) {
 		evs := responseEvents(t, body)
 		last := evs[len(evs)-1]
 		if resp.StatusCode != 200 || last.Type != "error" || last.Code != "server_error" || !strings.Contains(last.Message, "model crashed") {
-			t.Fatalf("%d %s", resp.StatusCode, body)
+			t.Fatalf("%d %s, want 200 ending in the backend's server_error event \"model crashed\"", resp.StatusCode, body)
 		}
 		if n := strings.Count(body, "event: error"); n != 1 {
-			t.Fatalf("%d error events:\n%s", n, body)
+			t.Fatalf("%d error events, want 1:\n%s", n, body)
 		}
 		if l := g.waitLog(t, "handled request", "ep-cut-3"); l["outcome"] != "upstream_error" {
-			t.Fatalf("access log outcome %v", l["outcome"])
+			t.Fatalf("access log outcome %v, want upstream_error", l["outcome"])
 		}
 	})
 }
@@ -886,7 +886,7 @@ func TestEndpointsDisconnectCancelsUpstream(t *testing.T) {
 			}
 			be.waitCancelled(t)
 			if l := g.waitLog(t, "handled request", "ep-gone"); l["outcome"] != "client_cancelled" {
-				t.Fatalf("access log outcome %v", l["outcome"])
+				t.Fatalf("access log outcome %v, want client_cancelled", l["outcome"])
 			}
 		})
 	}
@@ -934,13 +934,13 @@ func TestEndpointsUsage(t *testing.T) {
 	// The estimate of a prompt: its 200 bytes at 4 bytes a token.
 	const estimate = 200 / 4
 	if err := json.Unmarshal([]byte(body), &bare); err != nil || resp.StatusCode != 200 || bare.Usage.PromptTokens != estimate || bare.Usage.TotalTokens != estimate {
-		t.Fatalf("usage not filled in: %d %s, want prompt and total tokens %d", resp.StatusCode, body, estimate)
+		t.Fatalf("usage not filled in: %d %s, want 200 with prompt and total tokens %d", resp.StatusCode, body, estimate)
 	}
 
 	for id, want := range map[string][2]float64{"ep-use-1": {4, 0}, "ep-use-2": {5, 2}, "ep-use-3": {5, 2}, "ep-use-4": {estimate, 0}} {
 		l := g.waitLog(t, "handled request", id)
 		if l["prompt_tokens"] != want[0] || (want[1] != 0 && l["completion_tokens"] != want[1]) || l["outcome"] != "ok" {
-			t.Errorf("%s: access log prompt_tokens %v completion_tokens %v outcome %v, want %v", id, l["prompt_tokens"], l["completion_tokens"], l["outcome"], want)
+			t.Errorf("%s: access log prompt_tokens %v completion_tokens %v outcome %v, want %v and outcome ok", id, l["prompt_tokens"], l["completion_tokens"], l["outcome"], want)
 		}
 	}
 	after := read()
@@ -979,7 +979,7 @@ func TestEndpointsMetricsLabel(t *testing.T) {
 	for i, r := range routes {
 		before, beforeDuration := testutil.ToFloat64(counters[i]), histogramCount(t, histograms[i])
 		if resp, body := g.postTo(t, r.path, r.body, "X-Request-ID", "ep-label-"+r.endpoint); resp.StatusCode != 200 {
-			t.Fatalf("%s: %d %s", r.path, resp.StatusCode, body)
+			t.Fatalf("%s: %d %s, want 200", r.path, resp.StatusCode, body)
 		}
 		g.waitLog(t, "handled request", "ep-label-"+r.endpoint) // recorded before the access log
 		if n := testutil.ToFloat64(counters[i]) - before; n != 1 {
@@ -1010,7 +1010,7 @@ func TestPreviousResponseID(t *testing.T) {
 	}`, stateless.URL, stateful.URL)
 	adapted, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte("http://127.0.0.1 {\n"+config+"\n}"), nil)
 	if err != nil || !strings.Contains(string(adapted), `"responses":"stateful"`) {
-		t.Fatalf("adapted to %s: %v", adapted, err)
+		t.Fatalf("adapted to %s: %v, want \"responses\":\"stateful\"", adapted, err)
 	}
 	g := newGateway(t, config)
 	const chained = `{"model":"%s","input":"and then?","previous_response_id":"resp_backend1","store":true}`
@@ -1018,22 +1018,22 @@ func TestPreviousResponseID(t *testing.T) {
 	resp, body := g.postTo(t, "/v1/responses", fmt.Sprintf(chained, "llama"), "X-Request-ID", "ep-prev-1")
 	if e := apiError(t, body); resp.StatusCode != 400 || e["param"] != "previous_response_id" || e["type"] != "invalid_request_error" ||
 		resp.Header.Get("X-Request-ID") != "ep-prev-1" {
-		t.Fatalf("to a stateless backend: %d %s", resp.StatusCode, body)
+		t.Fatalf("to a stateless backend: %d %s, want 400 invalid_request_error naming previous_response_id, X-Request-ID ep-prev-1", resp.StatusCode, body)
 	}
 	if n := stateless.count(); n != 0 {
-		t.Fatalf("the stateless backend got %d requests", n)
+		t.Fatalf("the stateless backend got %d requests, want 0", n)
 	}
 
 	// A stored response is its maker's (here the client's address: the
 	// gateway is open): it makes resp_backend1 first.
 	if resp, body := g.postTo(t, "/v1/responses", `{"model":"qwen","input":"x","store":true}`); resp.StatusCode != 200 || !strings.Contains(body, "resp_backend1") {
-		t.Fatalf("%d %s", resp.StatusCode, body)
+		t.Fatalf("%d %s, want 200 with resp_backend1", resp.StatusCode, body)
 	}
 	for _, model := range []string{"qwen", "gpt-4o"} {
 		before := stateful.count()
 		resp, body = g.postTo(t, "/v1/responses", fmt.Sprintf(chained, model))
 		if resp.StatusCode != 200 || stateful.count() != before+1 {
-			t.Fatalf("%s: %d %s, not served by the stateful backend", model, resp.StatusCode, body)
+			t.Fatalf("%s: %d %s, want 200 served by the stateful backend", model, resp.StatusCode, body)
 		}
 		if got := stateful.last(t).Body; got != fmt.Sprintf(chained, "qwen") {
 			t.Fatalf("not forwarded as sent: %s", got)
@@ -1042,13 +1042,13 @@ func TestPreviousResponseID(t *testing.T) {
 	resp, body = g.postTo(t, "/v1/responses", strings.Replace(fmt.Sprintf(chained, "qwen"), `}`, `,"stream":true}`, 1))
 	if evs := responseEvents(t, body); resp.StatusCode != 200 || evs[len(evs)-1].Type != "response.completed" ||
 		!strings.Contains(stateful.last(t).Body, `"previous_response_id":"resp_backend1"`) {
-		t.Fatalf("streamed: %d %s", resp.StatusCode, body)
+		t.Fatalf("streamed: %d %s, want 200 ending in response.completed, previous_response_id forwarded", resp.StatusCode, body)
 	}
 
 	// Without previous_response_id any backend serves, store passed as sent.
 	resp, body = g.postTo(t, "/v1/responses", `{"model":"llama","input":"x","store":false}`)
 	if resp.StatusCode != 200 || !strings.Contains(stateless.last(t).Body, `"store":false`) {
-		t.Fatalf("%d %s", resp.StatusCode, body)
+		t.Fatalf("%d %s, want 200 with store false forwarded", resp.StatusCode, body)
 	}
 
 	// The SDK sees the 400 as an API error naming the param.
@@ -1057,7 +1057,7 @@ func TestPreviousResponseID(t *testing.T) {
 		Input: responses.ResponseNewParamsInputUnion{OfString: openai.String("x")}, PreviousResponseID: openai.String("resp_backend1")})
 	var apiErr *openai.Error
 	if !errors.As(err, &apiErr) || apiErr.StatusCode != 400 || apiErr.Param != "previous_response_id" {
-		t.Fatalf("SDK error %v", err)
+		t.Fatalf("SDK error %v, want a 400 API error naming previous_response_id", err)
 	}
 }
 
@@ -1086,7 +1086,7 @@ func TestEndpointsFallback(t *testing.T) {
 		before := cloud.count()
 		resp, body := g.postTo(t, tt.path, tt.body)
 		if resp.StatusCode != 200 || cloud.count() != before+1 || !strings.Contains(cloud.last(t).Body, `"model":"cloud"`) {
-			t.Fatalf("%s %s: %d %s", tt.path, tt.body, resp.StatusCode, body)
+			t.Fatalf("%s %s: %d %s, want 200 from the cloud backend as model cloud", tt.path, tt.body, resp.StatusCode, body)
 		}
 	}
 	// resp_1 is the client's (the gateway is open: its address), made
@@ -1102,7 +1102,7 @@ func TestEndpointsFallback(t *testing.T) {
 	before := cloud.count()
 	resp, body := g.postTo(t, "/v1/responses", `{"model":"local","input":"x","previous_response_id":"resp_1"}`)
 	if e := apiError(t, body); resp.StatusCode != 502 || e["code"] != "upstream_unavailable" || cloud.count() != before {
-		t.Fatalf("continued response: %d %s, cloud got %d", resp.StatusCode, body, cloud.count()-before)
+		t.Fatalf("continued response: %d %s, cloud got %d, want 502 upstream_unavailable and none to cloud", resp.StatusCode, body, cloud.count()-before)
 	}
 }
 
@@ -1124,11 +1124,11 @@ func TestEndpointsJSONAnswerToStream(t *testing.T) {
 	stream := client.Completions.NewStreaming(ctx, openai.CompletionNewParams{Model: "m", Prompt: openai.CompletionNewParamsPromptUnion{OfString: openai.String("x")},
 		StreamOptions: openai.ChatCompletionStreamOptionsParam{IncludeUsage: openai.Bool(true)}}, option.WithHeader("X-Request-ID", "ep-json-1"))
 	if text, finish, usage := readCompletionStream(t, stream, "ep-json-1"); text != "Hello" || finish != "stop" || usage.TotalTokens != 5 {
-		t.Fatalf("streamed %q, finish %q, usage %+v", text, finish, usage)
+		t.Fatalf("streamed %q, finish %q, usage %+v, want \"Hello\", stop, 5 total tokens", text, finish, usage)
 	}
 	rstream := client.Responses.NewStreaming(ctx, responses.ResponseNewParams{Model: "m", Input: responses.ResponseNewParamsInputUnion{OfString: openai.String("x")}})
 	if text, completed := readResponseStream(t, rstream); text != "Hello" || completed.ID != "resp_backend1" || completed.Usage.TotalTokens != 7 {
-		t.Fatalf("streamed %q, completed %s", text, completed.RawJSON())
+		t.Fatalf("streamed %q, completed %s, want \"Hello\", resp_backend1 with 7 total tokens", text, completed.RawJSON())
 	}
 	_, body := g.postTo(t, "/v1/responses", responsesStreamBody)
 	responseEvents(t, body) // named after their types
@@ -1156,7 +1156,7 @@ func TestEndpointsLimits(t *testing.T) {
 	remaining := func() int64 {
 		resp, body := g.postTo(t, "/v1/embeddings", embeddingsBody, "X-Team", who, "X-Mode", "fail")
 		if resp.StatusCode != 502 {
-			t.Fatalf("probe: %d %s", resp.StatusCode, body)
+			t.Fatalf("probe: %d %s, want 502", resp.StatusCode, body)
 		}
 		_, rem, _ := rateHeaders(t, resp, "Tokens")
 		return rem
@@ -1173,7 +1173,7 @@ func TestEndpointsLimits(t *testing.T) {
 		before := remaining()
 		id := fmt.Sprintf("ep-limit-%d", before)
 		if resp, body := g.postTo(t, tt.path, tt.body, "X-Team", who, "X-Request-ID", id); resp.StatusCode != 200 {
-			t.Fatalf("%s: %d %s", tt.path, resp.StatusCode, body)
+			t.Fatalf("%s: %d %s, want 200", tt.path, resp.StatusCode, body)
 		}
 		g.waitLog(t, "handled request", id) // the request has ended: its usage is reconciled
 		if used := before - remaining(); used != tt.used {
@@ -1197,28 +1197,28 @@ func TestModelByID(t *testing.T) {
 		var m struct{ ID, Object, OwnedBy string }
 		if err := json.Unmarshal([]byte(body), &m); err != nil || resp.StatusCode != 200 || m.ID != id || m.Object != "model" ||
 			resp.Header.Get("X-Request-ID") == "" {
-			t.Errorf("%s: %d %s", id, resp.StatusCode, body)
+			t.Errorf("%s: %d %s, want 200 with that model and an X-Request-ID", id, resp.StatusCode, body)
 		}
 	}
 	for _, id := range []string{"gpt-5", "org/other", "org"} {
 		resp, body := do(t, mustRequest("GET", g.URL+"/v1/models/"+id))
 		if e := apiError(t, body); resp.StatusCode != 404 || e["code"] != "model_not_found" || resp.Header.Get("X-Request-ID") == "" {
-			t.Errorf("%s: %d %s", id, resp.StatusCode, body)
+			t.Errorf("%s: %d %s, want 404 model_not_found with an X-Request-ID", id, resp.StatusCode, body)
 		}
 	}
 	client := sdkClient(g)
 	m, err := client.Models.Get(context.Background(), "org/model-7b")
 	if err != nil || m.ID != "org/model-7b" {
-		t.Fatalf("SDK: %+v %v", m, err)
+		t.Fatalf("SDK: %+v %v, want model org/model-7b", m, err)
 	}
 	_, err = client.Models.Get(context.Background(), "nope")
 	var apiErr *openai.Error
 	if !errors.As(err, &apiErr) || apiErr.StatusCode != 404 || apiErr.Code != "model_not_found" {
-		t.Fatalf("SDK error %v", err)
+		t.Fatalf("SDK error %v, want a 404 model_not_found API error", err)
 	}
 
 	echo := newGateway(t, `chat_gateway`)
 	if resp, body := do(t, mustRequest("GET", echo.URL+"/v1/models/echo")); resp.StatusCode != 200 || !strings.Contains(body, `"id":"echo"`) {
-		t.Fatalf("echo: %d %s", resp.StatusCode, body)
+		t.Fatalf("echo: %d %s, want 200 with model echo", resp.StatusCode, body)
 	}
 }

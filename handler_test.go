@@ -18,7 +18,7 @@ func TestEchoReply(t *testing.T) {
 	g := newGateway(t, `chat_gateway`)
 	resp, body := g.post(t, hello, "X-Request-ID", "my-req-1")
 	if resp.StatusCode != 200 || resp.Header.Get("X-Request-ID") != "my-req-1" {
-		t.Fatalf("%d %v %s", resp.StatusCode, resp.Header, body)
+		t.Fatalf("%d %v %s, want 200 with X-Request-ID my-req-1", resp.StatusCode, resp.Header, body)
 	}
 	var r struct {
 		ID, Object, Model string
@@ -40,17 +40,17 @@ func TestEchoReply(t *testing.T) {
 	if r.ID != "my-req-1" || r.Object != "chat.completion" || r.Model != "m" || r.Created == 0 ||
 		len(r.Choices) != 1 || r.Choices[0].Message.Role != "assistant" || r.Choices[0].Message.Content != "Echo: hello world" ||
 		r.Choices[0].FinishReason != "stop" {
-		t.Fatalf("reply: %s", body)
+		t.Fatalf("reply: %s, want id my-req-1, a chat.completion of model m with created set, one assistant choice \"Echo: hello world\" finished stop", body)
 	}
 	// "hello world" as sent is 13 bytes of content: 4 tokens; the reply's 17 bytes: 5.
 	if r.Usage.Prompt != 4 || r.Usage.Completion != 5 || r.Usage.Total != 9 {
-		t.Fatalf("usage: %+v", r.Usage)
+		t.Fatalf("usage: %+v, want 4 prompt, 5 completion, 9 total tokens", r.Usage)
 	}
 
 	// Array content: text parts joined; no model named: "echo".
 	_, body = g.post(t, `{"messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"image_url","image_url":{"url":"x"}},{"type":"text","text":"b"}]}]}`)
 	if !strings.Contains(body, `"content":"Echo: a\nb"`) || !strings.Contains(body, `"model":"echo"`) {
-		t.Fatalf("parts: %s", body)
+		t.Fatalf("parts: %s, want content \"Echo: a\\nb\" and model echo", body)
 	}
 }
 
@@ -149,7 +149,7 @@ func TestRequestErrors(t *testing.T) {
 				t.Fatalf("status %d, want %d: %s", resp.StatusCode, tt.status, b)
 			}
 			if resp.Header.Get("X-Request-ID") == "" || resp.Header.Get("Content-Type") != "application/json" {
-				t.Fatalf("headers: %v", resp.Header)
+				t.Fatalf("headers: %v, want an X-Request-ID and Content-Type application/json", resp.Header)
 			}
 			e := apiError(t, b)
 			if e["code"] != tt.code || (tt.param != "" && e["param"] != tt.param) {
@@ -167,16 +167,16 @@ func TestOtherPathsGoToNext(t *testing.T) {
 	for _, path := range []string{"/", "/v1/audio/speech", "/completions", "/v1/chat/completions/x", "/v1/models/", "/healthz/"} {
 		resp, body := do(t, mustRequest("GET", g.URL+path))
 		if resp.StatusCode != 404 || body != "next" || resp.Header.Get("X-Request-ID") != "" {
-			t.Errorf("%s: %d %q", path, resp.StatusCode, body)
+			t.Errorf("%s: %d %q, want 404 \"next\" without X-Request-ID", path, resp.StatusCode, body)
 		}
 	}
 	resp, body := do(t, mustRequest("GET", g.URL+"/healthz"))
 	if resp.StatusCode != 200 || body != `{"status":"ok"}` {
-		t.Fatalf("healthz: %d %s", resp.StatusCode, body)
+		t.Fatalf("healthz: %d %s, want 200 {\"status\":\"ok\"}", resp.StatusCode, body)
 	}
 	resp, body = do(t, mustRequest("GET", g.URL+"/v1/models"))
 	if resp.StatusCode != 200 || !strings.Contains(body, `"id":"echo"`) || !strings.Contains(body, `"object":"list"`) {
-		t.Fatalf("models: %d %s", resp.StatusCode, body)
+		t.Fatalf("models: %d %s, want 200, a list with echo", resp.StatusCode, body)
 	}
 }
 
@@ -201,17 +201,17 @@ func TestBackendForwarding(t *testing.T) {
 	resp, body := g.post(t, sent, "X-Request-ID", "rid-1", "Authorization", "Bearer client-key", "X-Api-Key", "client-key",
 		"OpenAI-Organization", "org", "Cookie", "a=b", "Connection", "X-Secret", "X-Secret", "hop", "Keep-Alive", "timeout=5")
 	if resp.StatusCode != 200 {
-		t.Fatalf("%d %s", resp.StatusCode, body)
+		t.Fatalf("%d %s, want 200", resp.StatusCode, body)
 	}
 	got := be.last(t)
 	if got.Body != sent {
-		t.Fatalf("body changed on the way:\n%s\n%s", got.Body, sent)
+		t.Fatalf("body changed on the way:\n got %s\nwant %s", got.Body, sent)
 	}
 	if got.Method != "POST" || got.Path != "/v1/chat/completions" {
-		t.Fatalf("%s %s", got.Method, got.Path)
+		t.Fatalf("%s %s, want POST /v1/chat/completions", got.Method, got.Path)
 	}
 	if got.Header.Get("Authorization") != "Bearer sk-upstream-secret" || got.Header.Get("X-Request-ID") != "rid-1" {
-		t.Fatalf("upstream headers: %v", got.Header)
+		t.Fatalf("upstream headers: %v, want Authorization with the backend's key and X-Request-ID rid-1", got.Header)
 	}
 	for _, h := range []string{"X-Api-Key", "Openai-Organization", "Cookie", "X-Secret", "Keep-Alive"} {
 		if got.Header.Get(h) != "" {
@@ -223,7 +223,7 @@ func TestBackendForwarding(t *testing.T) {
 	c := r["choices"].([]any)[0].(map[string]any)
 	if r["id"] != "rid-1" || r["model"] != "llama-3" || r["system_fingerprint"] != "fp1" || c["finish_reason"] != "tool_calls" ||
 		c["message"].(map[string]any)["tool_calls"] == nil || r["usage"].(map[string]any)["prompt_tokens_details"] == nil {
-		t.Fatalf("reply: %s", body)
+		t.Fatalf("reply: %s, want id rid-1 with the backend's model llama-3, system_fingerprint, finish_reason tool_calls, tool_calls and prompt_tokens_details", body)
 	}
 	if strings.Contains(body, "sk-upstream-secret") {
 		t.Fatal("key in the reply")
@@ -242,10 +242,10 @@ func TestBackendReplyNormalized(t *testing.T) {
 	c := r["choices"].([]any)[0].(map[string]any)
 	if r["id"] != "r1" || r["object"] != "chat.completion" || r["model"] != "m" || r["created"] == nil ||
 		c["index"] != 0.0 || c["finish_reason"] != "stop" || c["message"].(map[string]any)["role"] != "assistant" {
-		t.Fatalf("reply: %s", body)
+		t.Fatalf("reply: %s, want id r1, object chat.completion, model m, created, index 0, finish_reason stop and role assistant", body)
 	}
 	if u := r["usage"].(map[string]any); u["completion_tokens"] != 2.0 || u["total_tokens"] != 6.0 {
-		t.Fatalf("usage: %v", u)
+		t.Fatalf("usage: %v, want 2 completion and 6 total tokens", u)
 	}
 }
 
@@ -323,7 +323,7 @@ func TestBackendErrors(t *testing.T) {
 		g := newGateway(t, `chat_gateway http://127.0.0.1:1`)
 		resp, body := g.post(t, hello)
 		if e := apiError(t, body); resp.StatusCode != 502 || e["code"] != "upstream_unavailable" || strings.Contains(body, "127.0.0.1") {
-			t.Fatalf("%d %s", resp.StatusCode, body)
+			t.Fatalf("%d %s, want 502 upstream_unavailable without the backend's address", resp.StatusCode, body)
 		}
 	})
 }

@@ -90,7 +90,7 @@ func TestCaddyfiles(t *testing.T) {
 			got, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
 			if !strings.Contains(string(got), tt.want) || !strings.Contains(string(got), `"id":"it-1"`) {
-				t.Fatalf("reply %s, want %q", got, tt.want)
+				t.Fatalf("reply %s, want %q with id it-1", got, tt.want)
 			}
 			if strings.Contains(string(raw), "auth {") {
 				req, _ := http.NewRequest("POST", fmt.Sprintf("http://127.0.0.1:%d%s", port, tt.path), strings.NewReader(body))

@@ -80,24 +80,24 @@ func TestLimitsQuotaDay(t *testing.T) {
 	body := chatWith(299, `,"max_tokens":1`)
 	for i := range 2 {
 		if w := serveDirect(t, h, body, quota); w.Code != 200 {
-			t.Fatalf("request %d: %d %s", i, w.Code, w.Body)
+			t.Fatalf("request %d: %d %s, want 200", i, w.Code, w.Body)
 		}
 	}
 	w := serveDirect(t, h, body, quota)
 	if w.Code != 429 || w.Header().Get("Retry-After") != "3600" {
-		t.Fatalf("over quota: %d %v %s", w.Code, w.Header(), w.Body)
+		t.Fatalf("over quota: %d %v %s, want 429 with Retry-After 3600", w.Code, w.Header(), w.Body)
 	}
 	if e := apiError(t, w.Body.String()); e["code"] != "insufficient_quota" || e["type"] != "insufficient_quota" ||
 		!strings.Contains(e["message"].(string), "on tokens per day: Limit 1000, Used ") {
-		t.Fatalf("%s", w.Body)
+		t.Fatalf("%s, want insufficient_quota on tokens per day, limit 1000", w.Body)
 	}
 	clock.advance(59 * time.Minute)
 	if w := serveDirect(t, h, body, quota); w.Code != 429 || w.Header().Get("Retry-After") != "60" {
-		t.Fatalf("a minute before midnight: %d %v", w.Code, w.Header())
+		t.Fatalf("a minute before midnight: %d %v, want 429 with Retry-After 60", w.Code, w.Header())
 	}
 	clock.advance(time.Minute)
 	if w := serveDirect(t, h, body, quota); w.Code != 200 {
-		t.Fatalf("after midnight: %d %s", w.Code, w.Body)
+		t.Fatalf("after midnight: %d %s, want 200", w.Code, w.Body)
 	}
 }
 
@@ -110,19 +110,19 @@ func TestLimitsLoneLargeRequest(t *testing.T) {
 	// ~400 prompt tokens echoed back: ~800 used, 500 reserved (capped).
 	w := serveDirect(t, h, chatWith(399, `,"max_tokens":4000`), lone)
 	if w.Code != 200 {
-		t.Fatalf("%d %s", w.Code, w.Body)
+		t.Fatalf("%d %s, want 200", w.Code, w.Body)
 	}
 	w = serveDirect(t, h, chatWith(1, `,"max_tokens":10`), lone)
 	if w.Code != 429 {
-		t.Fatalf("next request: %d %s", w.Code, w.Body)
+		t.Fatalf("next request: %d %s, want 429", w.Code, w.Body)
 	}
 	wait, err := strconv.Atoi(w.Header().Get("Retry-After"))
 	if err != nil || wait < 36 || wait > 40 { // ~300 tokens of debt + 12 at 500/min
-		t.Fatalf("Retry-After %q", w.Header().Get("Retry-After"))
+		t.Fatalf("Retry-After %q, want 36 to 40 seconds", w.Header().Get("Retry-After"))
 	}
 	clock.advance(time.Duration(wait) * time.Second)
 	if w := serveDirect(t, h, chatWith(1, `,"max_tokens":10`), lone); w.Code != 200 {
-		t.Fatalf("after Retry-After: %d %s", w.Code, w.Body)
+		t.Fatalf("after Retry-After: %d %s, want 200", w.Code, w.Body)
 	}
 }
 
@@ -147,7 +147,7 @@ func TestLimitsRedisRestart(t *testing.T) {
 	g := load()
 	for range 3 {
 		if resp, body := g.post(t, chatWith(1, ""), "X-Team", "restart"); resp.StatusCode != 200 {
-			t.Fatalf("%d %s", resp.StatusCode, body)
+			t.Fatalf("%d %s, want 200", resp.StatusCode, body)
 		}
 	}
 	if err := caddy.Stop(); err != nil {
@@ -156,7 +156,7 @@ func TestLimitsRedisRestart(t *testing.T) {
 	g = load()
 	resp, body := g.post(t, chatWith(1, ""), "X-Team", "restart")
 	if resp.StatusCode != 200 || resp.Header.Get("X-Ratelimit-Remaining-Requests") != "1" {
-		t.Fatalf("after restart: %d %v %s", resp.StatusCode, resp.Header, body)
+		t.Fatalf("after restart: %d %v %s, want 200 with 1 request remaining", resp.StatusCode, resp.Header, body)
 	}
 }
 
@@ -219,7 +219,7 @@ func TestLimitsRedisRoundTrips(t *testing.T) {
 	before := settled()
 	for i := range 5 {
 		if resp, body := g.post(t, chatWith(5, ""), "X-Team", "rt"); resp.StatusCode != 200 {
-			t.Fatalf("%d %s", resp.StatusCode, body)
+			t.Fatalf("%d %s, want 200", resp.StatusCode, body)
 		}
 		mu.Lock()
 		got := atBackend[len(atBackend)-1] - before
@@ -235,7 +235,7 @@ func TestLimitsRedisRoundTrips(t *testing.T) {
 	}
 	evals, all := storeCalls(t, raw)
 	if all-evals > 6 { // HELLO per connection (and the test's PING)
-		t.Fatalf("%d scripts but %d Redis commands for 6 requests", evals, all)
+		t.Fatalf("%d scripts but %d Redis commands for 6 requests, want at most 6 besides the scripts", evals, all)
 	}
 }
 
@@ -247,7 +247,7 @@ func TestLimitsRedisDown(t *testing.T) {
 		t.Run(mode, func(t *testing.T) {
 			g := redisGateway(t, "", srv.Addr, "requests 1000/1m\n on_store_error "+mode, "timeout 100ms")
 			if resp, _ := g.post(t, chatWith(1, ""), "X-Team", mode); resp.StatusCode != 200 || resp.Header.Get("X-Ratelimit-Limit-Requests") != "1000" {
-				t.Fatalf("with Redis: %d %v", resp.StatusCode, resp.Header)
+				t.Fatalf("with Redis: %d %v, want 200 with a requests limit of 1000", resp.StatusCode, resp.Header)
 			}
 			srv.Pause() // accepts, never answers: the timeout must cut in
 			for range 3 {
@@ -255,13 +255,13 @@ func TestLimitsRedisDown(t *testing.T) {
 				resp, body := g.post(t, chatWith(1, ""), "X-Team", mode)
 				took := time.Since(start)
 				if took > 100*time.Millisecond+time.Second {
-					t.Fatalf("answered in %s with Redis paused", took)
+					t.Fatalf("answered in %s with Redis paused, want at most 1.1s", took)
 				}
 				switch {
 				case mode == "allow" && (resp.StatusCode != 200 || resp.Header.Get("X-Ratelimit-Limit-Requests") != ""):
-					t.Fatalf("allow: %d %v", resp.StatusCode, resp.Header)
+					t.Fatalf("allow: %d %v, want 200 without x-ratelimit-limit-requests", resp.StatusCode, resp.Header)
 				case mode == "deny" && (resp.StatusCode != 503 || apiError(t, body)["code"] != "rate_limits_unavailable"):
-					t.Fatalf("deny: %d %s", resp.StatusCode, body)
+					t.Fatalf("deny: %d %s, want 503 rate_limits_unavailable", resp.StatusCode, body)
 				}
 			}
 			lines, _ := g.logs(t)
@@ -288,7 +288,7 @@ func TestLimitsRedisDown(t *testing.T) {
 					break
 				}
 				if time.Now().After(deadline) {
-					t.Fatalf("no recovery within 5s of Redis restarting: %d %v", resp.StatusCode, resp.Header)
+					t.Fatalf("no recovery within 5s of Redis restarting: %d %v, want 200 with a requests limit of 1000", resp.StatusCode, resp.Header)
 				}
 				time.Sleep(50 * time.Millisecond)
 			}
@@ -313,7 +313,7 @@ func TestTeamLimitsExample(t *testing.T) {
 	g := &gateway{URL: fmt.Sprintf("http://127.0.0.1:%d", port)}
 	resp, body := g.post(t, chatWith(2, ""), "X-Team", "example")
 	if resp.StatusCode != 200 || !strings.Contains(body, "from llama") || resp.Header.Get("X-Ratelimit-Remaining-Requests") != "599" {
-		t.Fatalf("%d %v %s", resp.StatusCode, resp.Header, body)
+		t.Fatalf("%d %v %s, want 200 from llama with 599 requests remaining", resp.StatusCode, resp.Header, body)
 	}
 	keys, err := redis.NewClient(&redis.Options{Addr: srv.Addr}).Keys(context.Background(), "chat_gateway:{id:example}:*").Result()
 	if err != nil || len(keys) == 0 {
@@ -400,7 +400,7 @@ http://127.0.0.1:%d {
 			last = sent
 		case 429:
 		default:
-			t.Fatalf("%d %s", resp.StatusCode, body)
+			t.Fatalf("%d %s, want 200 or 429", resp.StatusCode, body)
 		}
 		// Spread the requests over ~6 s, as traffic would come.
 		if wait := time.Duration(i+1)*20*time.Millisecond - time.Since(start); wait > 0 {
@@ -409,12 +409,12 @@ http://127.0.0.1:%d {
 	}
 	elapsed := last.Sub(first)
 	if elapsed > 10*time.Second {
-		t.Fatalf("the requests took %s", elapsed)
+		t.Fatalf("the requests took %s, want at most 10s", elapsed)
 	}
 	refill := elapsed.Seconds() * 100 / 60
 	t.Logf("admitted %d of 300 in %s across 3 instances; one instance admits %.1f", admitted, elapsed, 100+refill)
 	if want := 100 + refill; float64(admitted) < want-1 || float64(admitted) > want+1 {
-		t.Fatalf("admitted %d in %s across 3 instances, one instance admits %.1f", admitted, elapsed, want)
+		t.Fatalf("admitted %d in %s across 3 instances, want %.1f ±1, what one instance admits", admitted, elapsed, want)
 	}
 }
 
@@ -448,7 +448,7 @@ func BenchmarkLimits(b *testing.B) {
 				w := httptest.NewRecorder()
 				req = caddyhttp.PrepareRequest(req, caddy.NewReplacer(), w, &caddyhttp.Server{})
 				if err := h.ServeHTTP(w, req, nil); err != nil || w.Code != 200 {
-					b.Fatal(w.Code, err)
+					b.Fatalf("%d %v, want 200", w.Code, err)
 				}
 			}
 		})
@@ -478,11 +478,11 @@ func TestLimitsRedisPartition(t *testing.T) {
 	held := `{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true}`
 	resp, err := http.DefaultClient.Do(g.request(held, "X-Team", "cut"))
 	if err != nil || resp.StatusCode != 200 {
-		t.Fatal(resp, err)
+		t.Fatalf("%v %v, want 200", resp, err)
 	}
 	defer resp.Body.Close()
 	if resp, body := g.post(t, chatWith(1, ""), "X-Team", "cut"); resp.StatusCode != 429 {
-		t.Fatalf("a second request under concurrent 1: %d %s", resp.StatusCode, body)
+		t.Fatalf("a second request under concurrent 1: %d %s, want 429", resp.StatusCode, body)
 	}
 
 	srv.Pause()
@@ -507,7 +507,7 @@ func TestLimitsRedisPartition(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("30s after Redis came back: %d %s", resp.StatusCode, body)
+			t.Fatalf("30s after Redis came back: %d %s, want 200", resp.StatusCode, body)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -555,7 +555,7 @@ func TestLimitsRedisLeaseRenewed(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("after the request: %d slots held (%v)", n, err)
+			t.Fatalf("after the request: %d slots held (%v), want 0", n, err)
 		}
 	}
 }

@@ -44,13 +44,13 @@ func rateHeaders(t *testing.T, resp *http.Response, kind string) (limit, remaini
 	t.Helper()
 	var err error
 	if limit, err = strconv.ParseInt(resp.Header.Get("X-Ratelimit-Limit-"+kind), 10, 64); err != nil {
-		t.Fatalf("x-ratelimit-limit-%s: %v (headers %v)", kind, err, resp.Header)
+		t.Fatalf("x-ratelimit-limit-%s: %v (headers %v), want an integer", kind, err, resp.Header)
 	}
 	if remaining, err = strconv.ParseInt(resp.Header.Get("X-Ratelimit-Remaining-"+kind), 10, 64); err != nil {
-		t.Fatalf("x-ratelimit-remaining-%s: %v", kind, err)
+		t.Fatalf("x-ratelimit-remaining-%s: %v, want an integer", kind, err)
 	}
 	if reset, err = time.ParseDuration(resp.Header.Get("X-Ratelimit-Reset-" + kind)); err != nil {
-		t.Fatalf("x-ratelimit-reset-%s: %v", kind, err)
+		t.Fatalf("x-ratelimit-reset-%s: %v, want a duration", kind, err)
 	}
 	return limit, remaining, reset
 }
@@ -68,45 +68,45 @@ func TestLimitsHeaders(t *testing.T) {
 	}`)
 	resp, body := g.post(t, chatWith(10, ""), "X-Team", blue)
 	if resp.StatusCode != 200 {
-		t.Fatalf("%d %s", resp.StatusCode, body)
+		t.Fatalf("%d %s, want 200", resp.StatusCode, body)
 	}
 	if l, rem, reset := rateHeaders(t, resp, "Requests"); l != 3 || rem != 2 || reset <= 0 || reset > 20*time.Second {
-		t.Fatalf("requests headers %d %d %s", l, rem, reset)
+		t.Fatalf("requests headers %d %d %s, want limit 3, remaining 2, reset in (0, 20s]", l, rem, reset)
 	}
 	// 11 prompt tokens (the estimate counts the content's quotes too) +
 	// 1024 default max_tokens reserved.
 	if l, rem, _ := rateHeaders(t, resp, "Tokens"); l != 100000 || rem != 100000-1035 {
-		t.Fatalf("tokens headers %d %d", l, rem)
+		t.Fatalf("tokens headers %d %d, want limit 100000, remaining 98965", l, rem)
 	}
 	resp, body = g.post(t, chatWith(10, `,"stream":true,"max_tokens":50`), "X-Team", blue)
 	if resp.StatusCode != 200 || !strings.Contains(body, "[DONE]") {
-		t.Fatalf("%d %s", resp.StatusCode, body)
+		t.Fatalf("%d %s, want 200 ending in [DONE]", resp.StatusCode, body)
 	}
 	if _, rem, _ := rateHeaders(t, resp, "Requests"); rem != 1 {
-		t.Fatalf("stream: remaining requests %d", rem)
+		t.Fatalf("stream: remaining requests %d, want 1", rem)
 	}
 	// Another identity has its own bucket.
 	if resp, _ := g.post(t, chatWith(10, ""), "X-Team", red); resp.Header.Get("X-Ratelimit-Remaining-Requests") != "2" {
-		t.Fatalf("red: %v", resp.Header)
+		t.Fatalf("red: %v, want 2 requests remaining", resp.Header)
 	}
 	g.post(t, chatWith(10, ""), "X-Team", blue)
 	resp, body = g.post(t, chatWith(10, ""), "X-Team", blue)
 	if resp.StatusCode != 429 {
-		t.Fatalf("4th request: %d %s", resp.StatusCode, body)
+		t.Fatalf("4th request: %d %s, want 429", resp.StatusCode, body)
 	}
 	e := apiError(t, body)
 	msg, _ := e["message"].(string)
 	if e["type"] != "rate_limit_error" || e["code"] != "rate_limit_exceeded" ||
 		!strings.HasPrefix(msg, "Rate limit reached for "+blue+" on requests per 1m: Limit 3, Used 3, Requested 1. Please try again in ") {
-		t.Fatalf("429 body %s", body)
+		t.Fatalf("429 body %s, want rate_limit_error, rate_limit_exceeded and a requests per 1m message (limit 3, used 3, requested 1)", body)
 	}
 	retry, err := strconv.Atoi(resp.Header.Get("Retry-After"))
 	ms, err2 := strconv.Atoi(resp.Header.Get("Retry-After-Ms"))
 	if err != nil || err2 != nil || retry < 1 || retry > 20 || ms > retry*1000 || ms <= (retry-1)*1000 {
-		t.Fatalf("Retry-After %q, retry-after-ms %q", resp.Header.Get("Retry-After"), resp.Header.Get("Retry-After-Ms"))
+		t.Fatalf("Retry-After %q, retry-after-ms %q, want 1 to 20 seconds and ms within its last second", resp.Header.Get("Retry-After"), resp.Header.Get("Retry-After-Ms"))
 	}
 	if _, rem, _ := rateHeaders(t, resp, "Requests"); rem != 0 {
-		t.Fatalf("429: remaining %d", rem)
+		t.Fatalf("429: remaining %d, want 0", rem)
 	}
 }
 
@@ -123,17 +123,17 @@ func TestLimitsTooLarge(t *testing.T) {
 	}`)
 	resp, body := g.post(t, chatWith(1200, ""), "X-Team", a)
 	if resp.StatusCode != 429 || resp.Header.Get("Retry-After") != "" {
-		t.Fatalf("%d %v %s", resp.StatusCode, resp.Header, body)
+		t.Fatalf("%d %v %s, want 429 without Retry-After", resp.StatusCode, resp.Header, body)
 	}
 	if msg := apiError(t, body)["message"].(string); !strings.HasPrefix(msg, "Request too large for "+a+" on tokens per 1m: Limit 1000, Requested 1201.") {
-		t.Fatalf("message %q", msg)
+		t.Fatalf("message %q, want request too large on tokens per 1m (limit 1000, requested 1201)", msg)
 	}
 	resp, body = g.post(t, chatWith(10, `,"max_tokens":100000`), "X-Team", b)
 	if resp.StatusCode != 200 {
-		t.Fatalf("large max_tokens: %d %s", resp.StatusCode, body)
+		t.Fatalf("large max_tokens: %d %s, want 200", resp.StatusCode, body)
 	}
 	if _, rem, _ := rateHeaders(t, resp, "Tokens"); rem != 0 {
-		t.Fatalf("capped reservation left %d", rem)
+		t.Fatalf("capped reservation left %d, want 0", rem)
 	}
 }
 
@@ -180,7 +180,7 @@ func TestLimitsBurst(t *testing.T) {
 			case 429:
 				refused.Add(1)
 			default:
-				t.Errorf("status %d", resp.StatusCode)
+				t.Errorf("status %d, want 200 or 429", resp.StatusCode)
 			}
 			started <- struct{}{}
 			buf := make([]byte, 4096)
@@ -199,10 +199,10 @@ func TestLimitsBurst(t *testing.T) {
 	t.Logf("admitted %d, refused %d", admitted.Load(), refused.Load())
 	// 10000 / (100 + 500) = 16.7; one minute of refill is far away.
 	if a, r := admitted.Load(), refused.Load(); a > 16 || a < 15 || a+r != 50 {
-		t.Fatalf("admitted %d, refused %d", a, r)
+		t.Fatalf("admitted %d, refused %d, want 15 or 16 admitted of 50", a, r)
 	}
 	if n := be.count(); n != int(admitted.Load()) {
-		t.Fatalf("the backend got %d requests for %d admitted", n, admitted.Load())
+		t.Fatalf("the backend got %d requests for %d admitted, want as many", n, admitted.Load())
 	}
 	// Each admitted stream was charged its reported usage (101 tokens),
 	// less what refilled since (10000/min).
@@ -255,7 +255,7 @@ func TestLimitsEdge(t *testing.T) {
 	refill := int32(elapsed.Seconds()*100/60) + 1
 	t.Logf("admitted %d, then %d, in %s", first, second, elapsed)
 	if first < 100 || first+second > 100+refill {
-		t.Fatalf("admitted %d then %d in %s (refill allows %d)", first, second, elapsed, refill)
+		t.Fatalf("admitted %d then %d in %s, want 100 then at most %d refilled", first, second, elapsed, refill)
 	}
 }
 
@@ -278,7 +278,7 @@ func TestLimitsSDKRetry(t *testing.T) {
 		t.Fatalf("after a 429: %v", err)
 	}
 	if c.Choices[0].Message.Content != "Echo: hello world" || time.Since(start) < time.Second {
-		t.Fatalf("%+v after %s", c, time.Since(start))
+		t.Fatalf("%+v after %s, want \"Echo: hello world\" after at least 1s", c, time.Since(start))
 	}
 }
 
@@ -318,28 +318,28 @@ func TestLimitsReconcile(t *testing.T) {
 	probe := func() int64 {
 		resp, _ := g.post(t, body, "X-Team", rec, "X-Mode", "fail")
 		if resp.StatusCode != 502 {
-			t.Fatalf("probe: %d", resp.StatusCode)
+			t.Fatalf("probe: %d, want 502", resp.StatusCode)
 		}
 		_, rem, _ := rateHeaders(t, resp, "Tokens")
 		return limit - reserve - rem
 	}
 	if lvl := probe(); lvl != 0 {
-		t.Fatalf("fresh level %d", lvl)
+		t.Fatalf("fresh level %d, want 0", lvl)
 	}
 	if lvl := probe(); lvl != 0 {
 		t.Fatalf("a failure was charged: level %d", lvl)
 	}
 	if resp, b := g.post(t, body, "X-Team", rec, "X-Mode", "reply"); resp.StatusCode != 200 {
-		t.Fatalf("%d %s", resp.StatusCode, b)
+		t.Fatalf("%d %s, want 200", resp.StatusCode, b)
 	}
 	if lvl := probe(); lvl != 50 {
-		t.Fatalf("after a reply of 50 tokens: level %d", lvl)
+		t.Fatalf("after a reply of 50 tokens: level %d, want 50", lvl)
 	}
 	if resp, b := g.post(t, chatWith(10, `,"max_tokens":100,"stream":true`), "X-Team", rec, "X-Mode", "stream"); resp.StatusCode != 200 {
-		t.Fatalf("%d %s", resp.StatusCode, b)
+		t.Fatalf("%d %s, want 200", resp.StatusCode, b)
 	}
 	if lvl := probe(); lvl != 100 {
-		t.Fatalf("after a stream of 50 tokens: level %d", lvl)
+		t.Fatalf("after a stream of 50 tokens: level %d, want 100", lvl)
 	}
 	req := g.request(chatWith(10, `,"max_tokens":1000,"stream":true`), "X-Team", rec, "X-Mode", "hang")
 	resp, err := http.DefaultClient.Do(req)
@@ -348,7 +348,7 @@ func TestLimitsReconcile(t *testing.T) {
 	}
 	buf := make([]byte, 64)
 	if _, err := resp.Body.Read(buf); err != nil || resp.StatusCode != 200 {
-		t.Fatalf("%d %v", resp.StatusCode, err)
+		t.Fatalf("%d %v, want 200 and a first read", resp.StatusCode, err)
 	}
 	resp.Body.Close()
 	be.waitCancelled(t)
@@ -356,7 +356,7 @@ func TestLimitsReconcile(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for lvl := probe(); lvl != 211; lvl = probe() {
 		if lvl != 100+1011 || time.Now().After(deadline) {
-			t.Fatalf("after a client left mid-stream: level %d", lvl)
+			t.Fatalf("after a client left mid-stream: level %d, want 211", lvl)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -377,7 +377,7 @@ func TestLimitsUpstreamHeaders(t *testing.T) {
 	}`)
 	resp, body := g.post(t, chatWith(1, ""))
 	if resp.StatusCode != 200 || resp.Header.Get("X-Upstream-Ratelimit-Remaining-Requests") != "7" || resp.Header.Get("X-Ratelimit-Remaining-Requests") != "9" {
-		t.Fatalf("%d %v %s", resp.StatusCode, resp.Header, body)
+		t.Fatalf("%d %v %s, want 200, x-upstream-ratelimit-remaining-requests 7 and x-ratelimit-remaining-requests 9", resp.StatusCode, resp.Header, body)
 	}
 }
 
@@ -405,7 +405,7 @@ func TestLimitsConcurrent(t *testing.T) {
 	for range 2 {
 		wg.Go(func() {
 			if resp, body := g.post(t, chatWith(1, ""), "X-Team", c); resp.StatusCode != 200 {
-				t.Errorf("%d %s", resp.StatusCode, body)
+				t.Errorf("%d %s, want 200", resp.StatusCode, body)
 			}
 		})
 	}
@@ -413,18 +413,18 @@ func TestLimitsConcurrent(t *testing.T) {
 	<-arrived
 	resp, body := g.post(t, chatWith(1, ""), "X-Team", c)
 	if e := apiError(t, body); resp.StatusCode != 429 || e["code"] != "too_many_concurrent_requests" || resp.Header.Get("Retry-After") != "1" {
-		t.Fatalf("third: %d %v %s", resp.StatusCode, resp.Header, body)
+		t.Fatalf("third: %d %v %s, want 429 too_many_concurrent_requests with Retry-After 1", resp.StatusCode, resp.Header, body)
 	}
 	wg.Go(func() { // another identity has its own two slots
 		if resp, body := g.post(t, chatWith(1, ""), "X-Team", other); resp.StatusCode != 200 {
-			t.Errorf("another identity: %d %s", resp.StatusCode, body)
+			t.Errorf("another identity: %d %s, want 200", resp.StatusCode, body)
 		}
 	})
 	<-arrived
 	close(release)
 	wg.Wait()
 	if resp, body := g.post(t, chatWith(1, ""), "X-Team", c); resp.StatusCode != 200 {
-		t.Fatalf("after the first two: %d %s", resp.StatusCode, body)
+		t.Fatalf("after the first two: %d %s, want 200", resp.StatusCode, body)
 	}
 }
 
@@ -453,7 +453,7 @@ func TestLimitsCaddyfileErrors(t *testing.T) {
 	}
 	h, err := parse(t, "chat_gateway {\n limits {\n store memory\n requests 5/1m\n }\n}")
 	if err != nil || h.Limits.Redis != nil || h.Limits.Requests != "5/1m" {
-		t.Fatalf("%+v %v", h.Limits, err)
+		t.Fatalf("%+v %v, want the memory store and requests 5/1m", h.Limits, err)
 	}
 }
 
@@ -472,11 +472,11 @@ func FuzzLimitsCaddyfile(f *testing.F) {
 			return
 		}
 		if _, err := h.Limits.LimitSet.parse(); err != nil {
-			t.Fatalf("accepted %q, then: %v", body, err)
+			t.Fatalf("accepted %q, then: %v, want it to provision", body, err)
 		}
 		for _, m := range h.Limits.Models {
 			if _, err := m.LimitSet.parse(); err != nil || m.Pattern == "" {
-				t.Fatalf("accepted model %+v, then: %v", m, err)
+				t.Fatalf("accepted model %+v, then: %v, want it to provision with a pattern", m, err)
 			}
 		}
 	})
@@ -512,17 +512,17 @@ func TestLimitsModel(t *testing.T) {
 		return `{"model":"` + name + `","messages":[{"role":"user","content":"hi"}]}`
 	}
 	if w := serveDirect(t, h, model(llama), team("a")); w.Code != 200 {
-		t.Fatalf("%d %s", w.Code, w.Body)
+		t.Fatalf("%d %s, want 200", w.Code, w.Body)
 	}
 	w := serveDirect(t, h, model(llama), team("b"))
 	if w.Code != 429 || !strings.Contains(w.Body.String(), "Rate limit reached for model "+llama+" on requests per 1h") {
-		t.Fatalf("same model, another identity: %d %s", w.Code, w.Body)
+		t.Fatalf("same model, another identity: %d %s, want 429 for the model on requests per 1h", w.Code, w.Body)
 	}
 	if w := serveDirect(t, h, model(llama2), team("b")); w.Code != 200 {
-		t.Fatalf("another matching model: %d %s", w.Code, w.Body)
+		t.Fatalf("another matching model: %d %s, want 200", w.Code, w.Body)
 	}
 	if w := serveDirect(t, h, model("qwen"), team("b")); w.Code != 200 || w.Header().Get("X-Ratelimit-Limit-Requests") != "" {
-		t.Fatalf("an unlimited model: %d %v", w.Code, w.Header())
+		t.Fatalf("an unlimited model: %d %v, want 200 without x-ratelimit-limit-requests", w.Code, w.Header())
 	}
 }
 
@@ -540,7 +540,7 @@ func TestLimitsMemoryReload(t *testing.T) {
 	}
 	g = newGateway(t, cfg+"\n# reloaded")
 	if resp, body := g.post(t, chatWith(1, "")); resp.StatusCode != 200 || resp.Header.Get("X-Ratelimit-Remaining-Requests") != "2" {
-		t.Fatalf("after a reload: %d %v %s", resp.StatusCode, resp.Header, body)
+		t.Fatalf("after a reload: %d %v %s, want 200 with 2 requests remaining", resp.StatusCode, resp.Header, body)
 	}
 }
 
@@ -589,7 +589,7 @@ func TestLimitsPerKey(t *testing.T) {
 
 	_, err := parse(t, "chat_gateway {\n auth {\n key "+keyA+" {\n requests 1/bogus\n }\n }\n}")
 	if err == nil || !strings.Contains(err.Error(), "invalid requests '1/bogus'") {
-		t.Fatalf("bad per-key rate: %v", err)
+		t.Fatalf("bad per-key rate: %v, want invalid requests '1/bogus'", err)
 	}
 	h, err := parse(t, "chat_gateway {\n auth {\n key "+keyA+" {\n requests 1/1m\n }\n }\n}")
 	if err != nil {
@@ -597,7 +597,7 @@ func TestLimitsPerKey(t *testing.T) {
 	}
 	h.logger = zap.NewNop()
 	if err := h.provisionAuth(caddy.Context{}, caddy.NewReplacer()); err == nil || !strings.Contains(err.Error(), "no limits block") {
-		t.Fatalf("per-key limits without a limits block: %v", err)
+		t.Fatalf("per-key limits without a limits block: %v, want a no limits block error", err)
 	}
 }
 

@@ -60,14 +60,14 @@ func TestMessagesEcho(t *testing.T) {
 	}
 	g.waitLog(t, "handled request", "msg-echo-1")
 	if n := testutil.ToFloat64(served) - before; n != 1 {
-		t.Fatalf("requests_total{endpoint=\"messages\"} grew by %v", n)
+		t.Fatalf("requests_total{endpoint=\"messages\"} grew by %v, want 1", n)
 	}
 	if len(msg.Content) != 1 || msg.Content[0].Text != "Echo: hello world" || msg.StopReason != anthropic.StopReasonEndTurn ||
 		msg.Model != "claude-echo" || msg.Usage.OutputTokens == 0 || msg.Usage.InputTokens == 0 {
-		t.Fatalf("%s", msg.RawJSON())
+		t.Fatalf("%s, want one block \"Echo: hello world\", end_turn, model claude-echo and token usage", msg.RawJSON())
 	}
 	if httpResp.Header.Get("Request-Id") != "msg-echo-1" || httpResp.Header.Get("X-Request-ID") != "msg-echo-1" {
-		t.Fatalf("request id headers %v", httpResp.Header)
+		t.Fatalf("request id headers %v, want Request-Id and X-Request-ID msg-echo-1", httpResp.Header)
 	}
 
 	streamed, err := accumulate(t, client, messageParams("claude-echo", "hello world"), option.WithResponseInto(&httpResp))
@@ -76,10 +76,10 @@ func TestMessagesEcho(t *testing.T) {
 	}
 	if len(streamed.Content) != 1 || streamed.Content[0].Text != "Echo: hello world" || streamed.StopReason != anthropic.StopReasonEndTurn ||
 		streamed.Usage.OutputTokens != msg.Usage.OutputTokens {
-		t.Fatalf("streamed %s", streamed.RawJSON())
+		t.Fatalf("streamed %s, want one block \"Echo: hello world\", end_turn and the same output tokens", streamed.RawJSON())
 	}
 	if httpResp.Header.Get("Request-Id") == "" || httpResp.Header.Get("Request-Id") != httpResp.Header.Get("X-Request-ID") {
-		t.Fatalf("stream request id headers %v", httpResp.Header)
+		t.Fatalf("stream request id headers %v, want the same Request-Id and X-Request-ID", httpResp.Header)
 	}
 
 	count, err := client.Messages.CountTokens(context.Background(), anthropic.MessageCountTokensParams{
@@ -90,7 +90,7 @@ func TestMessagesEcho(t *testing.T) {
 		t.Fatal(err)
 	}
 	if count.InputTokens <= 0 {
-		t.Fatalf("count %s", count.RawJSON())
+		t.Fatalf("count %s, want input tokens above 0", count.RawJSON())
 	}
 }
 
@@ -100,7 +100,7 @@ func TestMessagesEchoDelay(t *testing.T) {
 	g := newGateway(t, "chat_gateway {\n echo\n echo_delay 1ms\n}")
 	resp, body := do(t, messagesRequest(g, `{"model":"m","max_tokens":5,"stream":true,"messages":[{"role":"user","content":"hi"}]}`))
 	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
-		t.Fatalf("%d %s", resp.StatusCode, body)
+		t.Fatalf("%d %s, want 200 text/event-stream", resp.StatusCode, body)
 	}
 	var names []string
 	for line := range strings.SplitSeq(body, "\n") {
@@ -110,7 +110,7 @@ func TestMessagesEchoDelay(t *testing.T) {
 	}
 	want := "message_start content_block_start content_block_delta content_block_stop message_delta message_stop"
 	if strings.Join(names, " ") != want {
-		t.Fatalf("events %v", names)
+		t.Fatalf("events %v, want %s", names, want)
 	}
 }
 
@@ -155,10 +155,10 @@ func checkToolMessage(t *testing.T, msg anthropic.Message) {
 	if len(msg.Content) != 2 || msg.Content[0].Type != "text" || msg.Content[0].Text != "Let me check." ||
 		msg.Content[1].Type != "tool_use" || msg.Content[1].ID != "call_1" || msg.Content[1].Name != "get_weather" ||
 		!jsonEqual(msg.Content[1].Input, []byte(`{"city":"Paris"}`)) {
-		t.Fatalf("content %s", msg.RawJSON())
+		t.Fatalf("content %s, want text \"Let me check.\" then tool_use call_1 get_weather {\"city\":\"Paris\"}", msg.RawJSON())
 	}
 	if msg.StopReason != anthropic.StopReasonToolUse || msg.Usage.InputTokens != 12 || msg.Usage.OutputTokens != 7 || msg.Model != "claude-test" {
-		t.Fatalf("reply %s", msg.RawJSON())
+		t.Fatalf("reply %s, want stop_reason tool_use, 12 input and 7 output tokens, model claude-test", msg.RawJSON())
 	}
 }
 
@@ -214,7 +214,7 @@ func TestMessagesTranslated(t *testing.T) {
 	}
 	if chat.Model != "qwen" || len(chat.Messages) != 2 || chat.Messages[0].Role != "system" || len(chat.Tools) != 1 ||
 		chat.Tools[0].Function.Name != "get_weather" || len(chat.Tools[0].Function.Parameters) == 0 || chat.MaxTokens != 256 {
-		t.Fatalf("upstream body %s", up.Body)
+		t.Fatalf("upstream body %s, want model qwen, a system and a user message, the get_weather tool and max_tokens 256", up.Body)
 	}
 	if up.Header.Get("X-Api-Key") != "" || up.Header.Get("Authorization") != "" {
 		t.Fatalf("client key forwarded: %v", up.Header)
@@ -227,7 +227,7 @@ func TestMessagesTranslated(t *testing.T) {
 	checkToolMessage(t, streamed)
 	if l := g.waitLog(t, "handled request", "msg-translated-stream"); l["finish_reason"] != "tool_use" || l["prompt_tokens"] != 12.0 ||
 		l["completion_tokens"] != 7.0 || l["outcome"] != "ok" {
-		t.Fatalf("access log %v", l)
+		t.Fatalf("access log %v, want finish_reason tool_use, prompt_tokens 12, completion_tokens 7, outcome ok", l)
 	}
 	if body := be.last(t).Body; !strings.Contains(body, `"include_usage":true`) {
 		t.Fatalf("stream asked without usage: %s", body)
@@ -245,7 +245,7 @@ func TestMessagesStreamFailure(t *testing.T) {
 	g := newGateway(t, "chat_gateway "+be.URL)
 	_, err := accumulate(t, anthropicClient(g, "k"), messageParams("m", "hi"))
 	if err == nil || !strings.Contains(err.Error(), "api_error") {
-		t.Fatalf("error %v", err)
+		t.Fatalf("error %v, want an api_error", err)
 	}
 }
 
@@ -291,7 +291,7 @@ func TestMessagesNative(t *testing.T) {
 		t.Fatal(err)
 	}
 	if msg.ID != "msg_native" || len(msg.Content) != 1 || msg.Content[0].Text != "Native hello" || msg.Usage.InputTokens != 21 {
-		t.Fatalf("%s", msg.RawJSON())
+		t.Fatalf("%s, want msg_native, one block \"Native hello\", 21 input tokens", msg.RawJSON())
 	}
 	up := be.last(t)
 	var sent map[string]any
@@ -299,11 +299,11 @@ func TestMessagesNative(t *testing.T) {
 		t.Fatal(err)
 	}
 	if sent["model"] != "native-model" || fmt.Sprint(sent["stop_sequences"]) != "[STOP]" || sent["system"] == nil || sent["messages"] == nil {
-		t.Fatalf("upstream body %s", up.Body)
+		t.Fatalf("upstream body %s, want model native-model, stop_sequences [STOP], system and messages", up.Body)
 	}
 	if up.Header.Get("Anthropic-Version") == "" || up.Header.Get("Anthropic-Beta") != "some-beta" ||
 		up.Header.Get("X-Api-Key") != "sk-upstream-native" || up.Header.Get("Authorization") != "Bearer sk-upstream-native" {
-		t.Fatalf("upstream headers %v", up.Header)
+		t.Fatalf("upstream headers %v, want Anthropic-Version, Anthropic-Beta some-beta and the upstream key in X-Api-Key and Authorization", up.Header)
 	}
 
 	streamed, err := accumulate(t, client, params)
@@ -312,7 +312,7 @@ func TestMessagesNative(t *testing.T) {
 	}
 	if len(streamed.Content) != 1 || streamed.Content[0].Text != "Native hello" || streamed.StopReason != anthropic.StopReasonEndTurn ||
 		streamed.Usage.OutputTokens != 3 {
-		t.Fatalf("streamed %s", streamed.RawJSON())
+		t.Fatalf("streamed %s, want one block \"Native hello\", end_turn, 3 output tokens", streamed.RawJSON())
 	}
 
 	count, err := client.Messages.CountTokens(context.Background(), anthropic.MessageCountTokensParams{
@@ -322,7 +322,7 @@ func TestMessagesNative(t *testing.T) {
 		t.Fatal(err)
 	}
 	if count.InputTokens != 42 || be.last(t).Path != "/v1/messages/count_tokens" {
-		t.Fatalf("count %s from %s", count.RawJSON(), be.last(t).Path)
+		t.Fatalf("count %s from %s, want 42 from /v1/messages/count_tokens", count.RawJSON(), be.last(t).Path)
 	}
 }
 
@@ -337,7 +337,7 @@ func TestMessagesNativeError(t *testing.T) {
 	_, err := client.Messages.New(context.Background(), messageParams("m", "hi"))
 	apiErr := anthropicError(t, err, 400)
 	if !strings.Contains(apiErr.RawJSON(), "roles must alternate") || !strings.Contains(apiErr.RawJSON(), `"invalid_request_error"`) {
-		t.Fatalf("%s", apiErr.RawJSON())
+		t.Fatalf("%s, want invalid_request_error with roles must alternate", apiErr.RawJSON())
 	}
 }
 
@@ -376,32 +376,32 @@ func TestMessagesErrors(t *testing.T) {
 	wrong := anthropicClient(g, "sk-cg-wrong-0123456789abcdefghijklmnop")
 	_, err := wrong.Messages.New(context.Background(), messageParams("served", "hi"))
 	if e := anthropicError(t, err, 401); !strings.Contains(e.RawJSON(), `"authentication_error"`) {
-		t.Fatalf("%s", e.RawJSON())
+		t.Fatalf("%s, want authentication_error", e.RawJSON())
 	}
 	client := anthropicClient(g, aliceKey)
 	_, err = client.Messages.New(context.Background(), messageParams("unknown-model", "hi"))
 	if e := anthropicError(t, err, 404); !strings.Contains(e.RawJSON(), `"not_found_error"`) {
-		t.Fatalf("%s", e.RawJSON())
+		t.Fatalf("%s, want not_found_error", e.RawJSON())
 	}
 	noMax := messageParams("served", "hi")
 	noMax.MaxTokens = 0
 	_, err = client.Messages.New(context.Background(), noMax)
 	if e := anthropicError(t, err, 400); !strings.Contains(e.RawJSON(), "max_tokens") {
-		t.Fatalf("%s", e.RawJSON())
+		t.Fatalf("%s, want an error naming max_tokens", e.RawJSON())
 	}
 	resp, body := do(t, messagesRequest(g, `{"model":"served","messages":[{"role":"user","content":"hi"}]}`, "X-Api-Key", aliceKey))
 	if resp.StatusCode != 400 || !strings.Contains(body, `"type":"error"`) || !strings.Contains(body, "max_tokens: Field required") ||
 		resp.Header.Get("Request-Id") == "" {
-		t.Fatalf("%d %v %s", resp.StatusCode, resp.Header, body)
+		t.Fatalf("%d %v %s, want 400 error \"max_tokens: Field required\" with Request-Id", resp.StatusCode, resp.Header, body)
 	}
 	// A block with no chat equivalent is refused before the backend.
 	resp, body = do(t, messagesRequest(g, `{"model":"served","max_tokens":9,"messages":[{"role":"user","content":[
 		{"type":"document","source":{"type":"url","url":"http://127.0.0.1:1/a.pdf"}}]}]}`, "X-Api-Key", aliceKey))
 	if resp.StatusCode != 400 || !strings.Contains(body, `"invalid_request_error"`) || !strings.Contains(body, "messages.0.content.0") {
-		t.Fatalf("%d %s", resp.StatusCode, body)
+		t.Fatalf("%d %s, want 400 invalid_request_error naming messages.0.content.0", resp.StatusCode, body)
 	}
 	if be.count() != 0 {
-		t.Fatalf("the backend got %d requests", be.count())
+		t.Fatalf("the backend got %d requests, want none", be.count())
 	}
 	if _, err := client.Messages.New(context.Background(), toolParams("served")); err != nil {
 		t.Fatal(err)
@@ -420,17 +420,17 @@ func TestMessagesRateLimited(t *testing.T) {
 	}
 	if httpResp.Header.Get("Anthropic-Ratelimit-Requests-Limit") != "1" || httpResp.Header.Get("Anthropic-Ratelimit-Requests-Remaining") != "0" ||
 		httpResp.Header.Get("Anthropic-Ratelimit-Tokens-Limit") != "100000" {
-		t.Fatalf("headers %v", httpResp.Header)
+		t.Fatalf("headers %v, want requests limit 1, remaining 0, tokens limit 100000", httpResp.Header)
 	}
 	_, err := client.Messages.New(context.Background(), messageParams("m", "hi"), teamHeader)
 	e := anthropicError(t, err, 429)
 	if !strings.Contains(e.RawJSON(), `"rate_limit_error"`) {
-		t.Fatalf("%s", e.RawJSON())
+		t.Fatalf("%s, want rate_limit_error", e.RawJSON())
 	}
 	h := e.Response.Header
 	reset, perr := time.Parse(time.RFC3339, h.Get("Anthropic-Ratelimit-Requests-Reset"))
 	if h.Get("Retry-After") == "" || perr != nil || reset.Before(time.Now()) || reset.After(time.Now().Add(time.Hour+time.Minute)) {
-		t.Fatalf("429 headers %v", h)
+		t.Fatalf("429 headers %v, want Retry-After and a requests reset within the hour", h)
 	}
 }
 
@@ -442,11 +442,11 @@ func TestMessagesOption(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(h.Backends) != 1 || !h.Backends[0].servesMessages() {
-		t.Fatalf("%+v", h.Backends)
+		t.Fatalf("%+v, want one backend serving messages", h.Backends)
 	}
 	h.Backends[0].Messages = "translated"
 	if err := h.Validate(); err == nil || !strings.Contains(err.Error(), `messages must be "native" or empty`) {
-		t.Fatalf("error %v", err)
+		t.Fatalf("error %v, want messages must be \"native\" or empty", err)
 	}
 }
 
@@ -469,7 +469,7 @@ func TestMessagesStreamFromJSON(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(msg.Content) != 1 || msg.Content[0].Text != "Native hello" || msg.Usage.OutputTokens != 3 || msg.StopReason != anthropic.StopReasonEndTurn {
-		t.Fatalf("%s", msg.RawJSON())
+		t.Fatalf("%s, want one block \"Native hello\", 3 output tokens, end_turn", msg.RawJSON())
 	}
 }
 
@@ -487,7 +487,7 @@ func TestMessagesNativeStreamError(t *testing.T) {
 	resp, body := do(t, messagesRequest(g, `{"model":"m","max_tokens":5,"stream":true,"messages":[{"role":"user","content":"hi"}]}`))
 	if resp.StatusCode != 200 || !strings.HasSuffix(body, "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n") ||
 		!strings.Contains(body, "event: content_block_delta\n") {
-		t.Fatalf("%d %q", resp.StatusCode, body)
+		t.Fatalf("%d %q, want 200 with content_block_delta, ending in the overloaded_error event", resp.StatusCode, body)
 	}
 }
 
@@ -523,7 +523,7 @@ func TestMessagesPing(t *testing.T) {
 		for {
 			line, err := rd.ReadString('\n')
 			if err != nil {
-				t.Fatalf("after %v: %v", names, err)
+				t.Fatalf("after %v: %v, want a ping event", names, err)
 			}
 			if name, ok := strings.CutPrefix(strings.TrimSpace(line), "event: "); ok {
 				names = append(names, name)
@@ -552,10 +552,10 @@ func TestMessagesPing(t *testing.T) {
 				"content_block_start content_block_delta content_block_stop message_delta message_stop"
 		}
 		if got := strings.Join(names, " "); got != want {
-			t.Fatalf("json=%v events %s", jsonReply, got)
+			t.Fatalf("json=%v events %s, want %s", jsonReply, got, want)
 		}
 		if !strings.Contains(string(rest), `"input_tokens":12`) || !strings.Contains(string(rest), `"stop_reason":"tool_use"`) {
-			t.Fatalf("json=%v rest %s", jsonReply, rest)
+			t.Fatalf("json=%v rest %s, want input_tokens 12 and stop_reason tool_use", jsonReply, rest)
 		}
 	}
 }
@@ -586,10 +586,10 @@ func TestMessagesFallback(t *testing.T) {
 			t.Fatalf("stream=%v: %v", stream, err)
 		}
 		if len(msg.Content) != 1 || msg.Content[0].Text != "Native hello" {
-			t.Fatalf("stream=%v: %s", stream, msg.RawJSON())
+			t.Fatalf("stream=%v: %s, want one block \"Native hello\"", stream, msg.RawJSON())
 		}
 		if up := failing.last(t); up.Path != "/v1/chat/completions" {
-			t.Fatalf("first attempt to %s", up.Path)
+			t.Fatalf("first attempt to %s, want /v1/chat/completions", up.Path)
 		}
 		up := native.last(t)
 		var sent struct {
@@ -598,7 +598,7 @@ func TestMessagesFallback(t *testing.T) {
 			Messages json.RawMessage `json:"messages"`
 		}
 		if err := json.Unmarshal([]byte(up.Body), &sent); err != nil || up.Path != "/v1/messages" || sent.Model != "native-model" || len(sent.System) == 0 {
-			t.Fatalf("fallback got %s %s", up.Path, up.Body)
+			t.Fatalf("fallback got %s %s, want /v1/messages with model native-model and a system", up.Path, up.Body)
 		}
 	}
 }
@@ -643,17 +643,17 @@ func TestMessagesOneReading(t *testing.T) {
 			t.Errorf("%s %s: %d %s, want 400 naming %s", tt.path, tt.body, resp.StatusCode, body, tt.param)
 		}
 		if resp.Header.Get("Request-Id") == "" || resp.Header.Get("X-Should-Retry") != "false" {
-			t.Errorf("%s: headers %v", tt.body, resp.Header)
+			t.Errorf("%s: headers %v, want Request-Id and X-Should-Retry false", tt.body, resp.Header)
 		}
 	}
 	if n := be.count(); n != 0 {
-		t.Fatalf("the backend got %d requests", n)
+		t.Fatalf("the backend got %d requests, want none", n)
 	}
 	// The same key still reaches what it may use.
 	req := g.request(`{"model":"pub-native","max_tokens":10,`+msgs+`}`, "X-Api-Key", "sk-pub-key-0123456789")
 	req.URL.Path = "/v1/messages"
 	if resp, body := do(t, req); resp.StatusCode != 200 || be.count() != 1 {
-		t.Fatalf("allowed model: %d %s", resp.StatusCode, body)
+		t.Fatalf("allowed model: %d %s, want 200 and one backend request", resp.StatusCode, body)
 	}
 }
 
@@ -700,7 +700,7 @@ func TestMessagesSystemMidConversation(t *testing.T) {
 	} {
 		resp, body := do(t, messagesRequest(g, `{"model":"m","max_tokens":10,"system":"be brief","messages":[`+msgs+`]}`))
 		if resp.StatusCode != 200 || !strings.Contains(body, `"text":"ok"`) {
-			t.Errorf("%s: %d %s (the backend got %s)", msgs, resp.StatusCode, body, be.last(t).Body)
+			t.Errorf("%s: %d %s (the backend got %s), want 200 with text ok", msgs, resp.StatusCode, body, be.last(t).Body)
 		}
 	}
 }

@@ -107,7 +107,7 @@ func TestMetrics(t *testing.T) {
 		t.Errorf("overhead observed %d times, want 5", n)
 	}
 	if v := testutil.ToFloat64(m.inFlight); v != 0 {
-		t.Errorf("in flight %v after all requests ended", v)
+		t.Errorf("in flight %v after all requests ended, want 0", v)
 	}
 }
 
@@ -122,7 +122,7 @@ func TestMetricsEndpointAcrossReloads(t *testing.T) {
 	}
 	resp, body := do(t, mustRequest("GET", g.URL+"/metrics"))
 	if resp.StatusCode != 200 {
-		t.Fatalf("%d %s", resp.StatusCode, body)
+		t.Fatalf("%d %s, want 200", resp.StatusCode, body)
 	}
 	for _, name := range []string{"caddy_chat_gateway_requests_total{endpoint=\"chat_completions\",key=\"\",model=\"echo\",outcome=\"ok\",stream=\"true\"}",
 		"caddy_chat_gateway_time_to_first_token_seconds_bucket", "caddy_chat_gateway_overhead_seconds_count", "caddy_chat_gateway_tokens_total"} {
@@ -150,10 +150,10 @@ func TestLogFieldsAndPlaceholders(t *testing.T) {
 		}`, be.URL))
 	resp, _ := g.post(t, `{"model":"llama","messages":[{"role":"user","content":"never logged"}]}`, "X-Request-ID", "obs-1")
 	if resp.Header.Get("X-Gateway-Id") != "obs-1" || resp.Header.Get("X-Gateway-Tokens") != "2" || resp.Header.Get("X-Gateway-Outcome") != "ok" {
-		t.Fatalf("placeholder headers: %v", resp.Header)
+		t.Fatalf("placeholder headers: %v, want X-Gateway-Id obs-1, X-Gateway-Tokens 2, X-Gateway-Outcome ok", resp.Header)
 	}
 	if st := resp.Header.Get("Server-Timing"); !regexp.MustCompile(`^gateway;dur=[0-9.]+, upstream;dur=[0-9.]+$`).MatchString(st) {
-		t.Fatalf("Server-Timing %q", st)
+		t.Fatalf("Server-Timing %q, want gateway;dur=N, upstream;dur=N", st)
 	}
 	l := g.waitLog(t, "handled request", "obs-1")
 	upstream := strings.TrimPrefix(be.URL, "http://")
@@ -164,7 +164,7 @@ func TestLogFieldsAndPlaceholders(t *testing.T) {
 		}
 	}
 	if _, ok := l["ttft"].(float64); !ok {
-		t.Errorf("access log ttft = %v", l["ttft"])
+		t.Errorf("access log ttft = %v, want a number", l["ttft"])
 	}
 	if _, raw := g.logs(t); strings.Contains(raw, "never logged") {
 		t.Fatal("the prompt was logged")
@@ -187,7 +187,7 @@ func TestPlaceholderValues(t *testing.T) {
 	req.Header.Set("X-Request-Id", "ph-1")
 	w, repl := serve(t, h, req)
 	if w.Code != 200 {
-		t.Fatalf("%d %s", w.Code, w.Body)
+		t.Fatalf("%d %s, want 200", w.Code, w.Body)
 	}
 	var reply struct {
 		Usage struct {
@@ -196,7 +196,7 @@ func TestPlaceholderValues(t *testing.T) {
 		}
 	}
 	if err := json.Unmarshal(w.Body.Bytes(), &reply); err != nil || reply.Usage.CompletionTokens == 0 {
-		t.Fatalf("usage of %s: %v", w.Body, err)
+		t.Fatalf("usage of %s: %v, want completion tokens", w.Body, err)
 	}
 	want := map[string]any{"request_id": "ph-1", "model": "m", "outcome": "ok", "key_id": "unknown", "upstream": "unknown",
 		"prompt_tokens": reply.Usage.PromptTokens, "completion_tokens": reply.Usage.CompletionTokens}
@@ -206,7 +206,7 @@ func TestPlaceholderValues(t *testing.T) {
 		}
 	}
 	if ttft, ok := get(repl, "ttft").(float64); !ok || ttft < 0 {
-		t.Errorf("ttft = %#v", get(repl, "ttft"))
+		t.Errorf("ttft = %#v, want a float64 of at least 0", get(repl, "ttft"))
 	}
 
 	_, repl = serve(t, h, httptest.NewRequest("POST", "/v1/chat/completions", strings.NewReader("{")))
@@ -220,7 +220,7 @@ func TestPlaceholderValues(t *testing.T) {
 	r := caddyhttp.PrepareRequest(httptest.NewRequest("POST", "/v1/chat/completions", nil), repl, httptest.NewRecorder(), &caddyhttp.Server{})
 	x := h.newExchange(httptest.NewRecorder(), r, openai.ChatCompletions)
 	if got := get(repl, "outcome"); got != "unknown" {
-		t.Errorf("outcome before the reply = %#v", got)
+		t.Errorf("outcome before the reply = %#v, want \"unknown\"", got)
 	}
 	x.req, x.model = &openai.Request{}, "m"
 	x.usage.CompletionTokens = 3
@@ -228,10 +228,10 @@ func TestPlaceholderValues(t *testing.T) {
 	x.outcome, x.usage.CompletionTokens = outcomeClientCancelled, 9
 	x.publish()
 	if got := get(repl, "outcome"); got != "ok" {
-		t.Errorf("outcome after a change that followed the reply = %#v", got)
+		t.Errorf("outcome after a change that followed the reply = %#v, want \"ok\"", got)
 	}
 	if got := get(repl, "completion_tokens"); got != int64(3) {
-		t.Errorf("completion_tokens after a change that followed the reply = %#v", got)
+		t.Errorf("completion_tokens after a change that followed the reply = %#v, want 3", got)
 	}
 }
 
@@ -256,7 +256,7 @@ func TestTraceContext(t *testing.T) {
 		h := <-got
 		tp := h.Get("Traceparent")
 		if !strings.Contains(tp, trace) || h.Get("Tracestate") == "" {
-			t.Fatalf("tracing %v: traceparent %q tracestate %q", tracing, tp, h.Get("Tracestate"))
+			t.Fatalf("tracing %v: traceparent %q tracestate %q, want the client's trace and a tracestate", tracing, tp, h.Get("Tracestate"))
 		}
 		if tracing == (tp == parent) {
 			t.Fatalf("tracing %v: traceparent %q (client sent %q): the gateway's span must be the parent exactly when tracing is on", tracing, tp, parent)
@@ -309,7 +309,7 @@ func TestDashboard(t *testing.T) {
 		}
 	}
 	if used < 8 {
-		t.Fatalf("the dashboard queries only %d metrics", used)
+		t.Fatalf("the dashboard queries only %d metrics, want at least 8", used)
 	}
 }
 
@@ -345,10 +345,10 @@ func TestModuleLog(t *testing.T) {
 		return w.Code
 	}
 	if code := serve(context.Background(), "log-1", "llama"); code != 502 {
-		t.Fatalf("status %d", code)
+		t.Fatalf("status %d, want 502", code)
 	}
 	if code := serve(context.Background(), "log-2", "unknown"); code != 404 {
-		t.Fatalf("status %d", code)
+		t.Fatalf("status %d, want 404", code)
 	}
 	gone, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -368,10 +368,10 @@ func TestModuleLog(t *testing.T) {
 		}
 	}
 	if failed.Message != "request failed" || failed.Level != zapcore.WarnLevel {
-		t.Errorf("%s at %s", failed.Message, failed.Level)
+		t.Errorf("%s at %s, want request failed at warn", failed.Message, failed.Level)
 	}
 	if f := left.ContextMap(); left.Level != zapcore.DebugLevel || f["request_id"] != "log-3" || f["outcome"] != "client_cancelled" || f["status"] != int64(499) {
-		t.Errorf("client gone: %s %v", left.Level, f)
+		t.Errorf("client gone: %s %v, want debug, request_id log-3, outcome client_cancelled, status 499", left.Level, f)
 	}
 	for _, e := range entries {
 		if text := fmt.Sprint(e.Message, e.ContextMap()); strings.Contains(text, key) || strings.Contains(text, prompt) {
@@ -452,7 +452,7 @@ func TestLazyProxyFields(t *testing.T) {
 	encoded := 0
 	l := logger.With(zap.Object("request", countingObject{&encoded})).With(zap.String("upstream", "u"))
 	if c := l.Check(zapcore.DebugLevel, "upstream roundtrip"); c != nil || encoded != 0 {
-		t.Fatalf("a debug entry at info level: checked %v, fields encoded %d times", c != nil, encoded)
+		t.Fatalf("a debug entry at info level: checked %v, fields encoded %d times, want unchecked and none", c != nil, encoded)
 	}
 	l.Info("handling response")
 	l.Info("response finalized")

@@ -99,26 +99,26 @@ func TestResponsesOwned(t *testing.T) {
 				status, made := post(0, `{"model":"m","input":"one","store":true,"stream":`+stream+`}`)
 				id := idOf(made)
 				if status != 200 || id == "" {
-					t.Fatalf("stream %s: %d %s", stream, status, made)
+					t.Fatalf("stream %s: %d %s, want 200 with a response id", stream, status, made)
 				}
 				before := be.count()
 				next := `{"model":"m","input":"two","previous_response_id":"` + id + `","stream":` + stream + `}`
 				status, stolen := post(1, next)
 				if e := apiError(t, stolen); status != 400 || e["code"] != "previous_response_not_found" || e["param"] != "previous_response_id" ||
 					e["type"] != "invalid_request_error" || be.count() != before {
-					t.Fatalf("another caller naming %s: %d %s (the backend got %d requests)", id, status, stolen, be.count()-before)
+					t.Fatalf("another caller naming %s: %d %s (the backend got %d requests), want 400 invalid_request_error previous_response_not_found on previous_response_id, none at the backend", id, status, stolen, be.count()-before)
 				}
 				_, unknown := post(1, strings.Replace(next, id, "resp_404", 1))
 				if strings.ReplaceAll(unknown, "resp_404", id) != stolen {
-					t.Fatalf("refusals differ:\n%s\n%s", stolen, unknown)
+					t.Fatalf("refusals differ:\n%s\n%s\nwant the same but the id", stolen, unknown)
 				}
 				if status, got := post(0, next); status != 200 || !strings.Contains(got, "one;two") {
-					t.Fatalf("its maker continuing %s: %d %s", id, status, got)
+					t.Fatalf("its maker continuing %s: %d %s, want 200 with one;two", id, status, got)
 				}
 			}
 			// conversation is state the gateway cannot tie to a caller.
 			if status, got := post(0, `{"model":"m","input":"x","conversation":"conv_1"}`); status != 400 || apiError(t, got)["param"] != "conversation" {
-				t.Fatalf("conversation: %d %s", status, got)
+				t.Fatalf("conversation: %d %s, want 400 on param conversation", status, got)
 			}
 		})
 	}
@@ -137,7 +137,7 @@ func TestResponsesOwnedInRedis(t *testing.T) {
 	resp, made := g.postTo(t, "/v1/responses", `{"model":"m","input":"one"}`, "Authorization", "Bearer "+alice)
 	id := idOf(made)
 	if resp.StatusCode != 200 || id == "" {
-		t.Fatalf("%d %s", resp.StatusCode, made)
+		t.Fatalf("%d %s, want 200 with a response id", resp.StatusCode, made)
 	}
 	other, err := limits.NewRedis(limits.RedisOptions{Address: srv.Addr, KeyPrefix: "owners-test:", Timeout: time.Second})
 	if err != nil {
@@ -146,15 +146,15 @@ func TestResponsesOwnedInRedis(t *testing.T) {
 	defer other.Close()
 	for owner, want := range map[string]bool{"key:alice": true, "key:bob": false} {
 		if owns, err := other.Owns(context.Background(), id, owner); err != nil || owns != want {
-			t.Fatalf("another instance: %s owns %s: %v %v", owner, id, owns, err)
+			t.Fatalf("another instance: %s owns %s: %v %v, want %v and no error", owner, id, owns, err, want)
 		}
 	}
 	g = newGateway(t, config) // reloaded
 	next := `{"model":"m","input":"two","previous_response_id":"` + id + `"}`
 	if resp, body := g.postTo(t, "/v1/responses", next, "Authorization", "Bearer "+bob); resp.StatusCode != 400 {
-		t.Fatalf("bob after a reload: %d %s", resp.StatusCode, body)
+		t.Fatalf("bob after a reload: %d %s, want 400", resp.StatusCode, body)
 	}
 	if resp, body := g.postTo(t, "/v1/responses", next, "Authorization", "Bearer "+alice); resp.StatusCode != 200 {
-		t.Fatalf("alice after a reload: %d %s", resp.StatusCode, body)
+		t.Fatalf("alice after a reload: %d %s, want 200", resp.StatusCode, body)
 	}
 }

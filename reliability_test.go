@@ -283,7 +283,7 @@ func TestHostileHeaders(t *testing.T) {
 		resp, got := g.post(t, hello, "X-Request-ID", id)
 		rid := resp.Header.Get("X-Request-ID")
 		if rid == id || (id != "" && strings.Contains(got, id)) || len(rid) != 36 {
-			t.Errorf("id %.20q reflected or not replaced: %q", id, rid)
+			t.Errorf("id %.20q reflected or not replaced: %q, want a new 36-character id", id, rid)
 		}
 		// Caddy's access log lists the request's headers, JSON-escaped;
 		// every field of the gateway's own carries the replacement.
@@ -361,7 +361,7 @@ func TestSlowReader(t *testing.T) {
 	var after runtime.MemStats
 	runtime.ReadMemStats(&after)
 	if grown := int64(after.HeapInuse) - int64(before.HeapInuse); grown > 8<<20 {
-		t.Fatalf("heap grew %d MiB with a stalled reader", grown>>20)
+		t.Fatalf("heap grew %d MiB with a stalled reader, want at most 8", grown>>20)
 	}
 	conn.Close()
 	if !be.WaitCancelled(5 * time.Second) {
@@ -453,7 +453,7 @@ func TestSoak(t *testing.T) {
 	var after runtime.MemStats
 	runtime.ReadMemStats(&after)
 	if grown := int64(after.HeapInuse) - int64(before.HeapInuse); grown > 16<<20 {
-		t.Fatalf("heap grew %d MiB over %d requests", grown>>20, n)
+		t.Fatalf("heap grew %d MiB over %d requests, want at most 16", grown>>20, n)
 	}
 	t.Logf("%d requests; heap in use %d -> %d KiB", n, before.HeapInuse>>10, after.HeapInuse>>10)
 }
@@ -564,10 +564,10 @@ func TestReloadUnderTraffic(t *testing.T) {
 	wg.Wait()
 	t.Logf("%d replies whole, %d bad, %d connections refused or reset by listener swaps", served, bad, connErrs)
 	if served == 0 || bad > 0 {
-		t.Fatalf("%d replies broken during reloads", bad)
+		t.Fatalf("%d replies broken, %d whole during reloads, want none broken and some whole", bad, served)
 	}
 	if body := <-open; !strings.Contains(body, "tok39 ") || !strings.HasSuffix(body, "data: [DONE]\n\n") {
-		t.Fatalf("the stream open across reloads: %.300s", body)
+		t.Fatalf("the stream open across reloads: %.300s, want it whole through tok39 and [DONE]", body)
 	}
 
 	bad1 := []byte(strings.Replace(string(configs[0]), `"timeout"`, `"no_such_option":1,"timeout"`, 1))
@@ -589,7 +589,7 @@ func TestReloadUnderTraffic(t *testing.T) {
 	for inFlight() != 0 || runtime.NumGoroutine() > before+5 {
 		if time.Now().After(deadline) {
 			buf := make([]byte, 1<<20)
-			t.Fatalf("goroutines %d, before the reloads %d; in flight %v\n%s", runtime.NumGoroutine(), before, inFlight(), buf[:runtime.Stack(buf, true)])
+			t.Fatalf("goroutines %d, before the reloads %d; in flight %v; want at most 5 more and none in flight\n%s", runtime.NumGoroutine(), before, inFlight(), buf[:runtime.Stack(buf, true)])
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -600,7 +600,7 @@ func TestReloadUnderTraffic(t *testing.T) {
 	var heapAfter runtime.MemStats
 	runtime.ReadMemStats(&heapAfter)
 	if grown := int64(heapAfter.HeapInuse) - int64(heapBefore.HeapInuse); grown > 16<<20 {
-		t.Fatalf("heap grew %d MiB over 100 reloads", grown>>20)
+		t.Fatalf("heap grew %d MiB over 100 reloads, want at most 16", grown>>20)
 	}
 }
 

@@ -69,29 +69,29 @@ func TestEmbeddingsStreamed(t *testing.T) {
 	g := newGateway(t, "chat_gateway "+be.URL)
 	resp, body, err := postEmbeddings(t, g, "emb-big")
 	if err != nil || resp.StatusCode != 200 {
-		t.Fatalf("%d %v", resp.StatusCode, err)
+		t.Fatalf("%d %v, want 200", resp.StatusCode, err)
 	}
 	if resp.ContentLength != -1 || len(resp.TransferEncoding) != 1 || resp.TransferEncoding[0] != "chunked" ||
 		resp.Header.Get("Content-Type") != "application/json" || resp.Header.Get("X-Request-ID") != "emb-big" ||
 		resp.Header.Get("X-Ratelimit-Remaining-Requests") != "7" {
-		t.Fatalf("length %d, transfer encoding %v, headers %v", resp.ContentLength, resp.TransferEncoding, resp.Header)
+		t.Fatalf("length %d, transfer encoding %v, headers %v, want chunked with no length, application/json, X-Request-ID emb-big, X-Ratelimit-Remaining-Requests 7", resp.ContentLength, resp.TransferEncoding, resp.Header)
 	}
 	if st := resp.Trailer.Get("Server-Timing"); !regexp.MustCompile(`^gateway;dur=[0-9.]+, upstream;dur=[0-9.]+$`).MatchString(st) {
-		t.Fatalf("Server-Timing trailer %q", st)
+		t.Fatalf("Server-Timing trailer %q, want gateway;dur=N, upstream;dur=N", st)
 	}
 	want := append(bytes.Clone(reply[:len(reply)-1]), `,"model":"m","usage":{"prompt_tokens":100,"total_tokens":100}}`...)
 	if !bytes.Equal(body, want) {
 		t.Fatalf("reply of %d bytes, want %d: ...%s", len(body), len(want), body[max(0, len(body)-120):])
 	}
 	if l := g.waitLog(t, "handled request", "emb-big"); l["outcome"] != "ok" || l["prompt_tokens"] != 100.0 {
-		t.Fatalf("access log outcome %v prompt_tokens %v", l["outcome"], l["prompt_tokens"])
+		t.Fatalf("access log outcome %v prompt_tokens %v, want ok and 100", l["outcome"], l["prompt_tokens"])
 	}
 
 	// The SDK reads it, floats and all.
 	client := sdkClient(g)
 	e, err := client.Embeddings.New(context.Background(), openai.EmbeddingNewParams{Model: "m", Input: openai.EmbeddingNewParamsInputUnion{OfString: openai.String("x")}})
 	if err != nil || len(e.Data) != 500 || len(e.Data[499].Embedding) != 1024 || e.Usage.TotalTokens != 1 || e.Model != "m" {
-		t.Fatalf("SDK: %v", err)
+		t.Fatalf("SDK: %v, want 500 embeddings of 1024 floats, 1 total token, model m", err)
 	}
 }
 
@@ -169,10 +169,10 @@ func TestEmbeddingsStreamedFailures(t *testing.T) {
 			case c.status == 0 && json.Valid(body):
 				t.Fatal("the client got a valid body")
 			case c.status != 0 && (resp.StatusCode != c.status || err != nil || apiError(t, string(body))["code"] != c.code):
-				t.Fatalf("%d %s %v", resp.StatusCode, body, err)
+				t.Fatalf("%d %s %v, want %d %s", resp.StatusCode, body, err, c.status, c.code)
 			}
 			if l := g.waitLog(t, "request failed", id); l["code"] != c.code || l["outcome"] != c.outcome {
-				t.Fatalf("log code %v outcome %v", l["code"], l["outcome"])
+				t.Fatalf("log code %v outcome %v, want %s %s", l["code"], l["outcome"], c.code, c.outcome)
 			}
 			if c.name == "cut mid-vector" {
 				client := sdkClient(g)

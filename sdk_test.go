@@ -35,7 +35,7 @@ func TestSDKEcho(t *testing.T) {
 	}
 	if c.ID != "sdk-1" || httpResp.Header.Get("X-Request-ID") != "sdk-1" || c.Choices[0].Message.Content != "Echo: hello world" ||
 		c.Usage.TotalTokens != c.Usage.PromptTokens+c.Usage.CompletionTokens || c.Usage.CompletionTokens == 0 {
-		t.Fatalf("%+v", c)
+		t.Fatalf("%+v, want id and X-Request-ID sdk-1, Echo: hello world and non-zero usage that adds up", c)
 	}
 
 	params := sdkParams
@@ -44,7 +44,7 @@ func TestSDKEcho(t *testing.T) {
 	acc := openai.ChatCompletionAccumulator{}
 	for stream.Next() {
 		if ch := stream.Current(); ch.ID != "sdk-2" {
-			t.Fatalf("chunk id %q", ch.ID)
+			t.Fatalf("chunk id %q, want sdk-2", ch.ID)
 		}
 		acc.AddChunk(stream.Current())
 	}
@@ -52,7 +52,7 @@ func TestSDKEcho(t *testing.T) {
 		t.Fatal(err)
 	}
 	if acc.Choices[0].Message.Content != "Echo: hello world" || acc.Choices[0].FinishReason != "stop" || acc.Usage.TotalTokens == 0 {
-		t.Fatalf("accumulated %+v", acc.ChatCompletion)
+		t.Fatalf("accumulated %+v, want Echo: hello world, finish_reason stop and usage", acc.ChatCompletion)
 	}
 }
 
@@ -71,7 +71,7 @@ func TestSDKBackend(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.ID != "sdk-3" || c.Choices[0].Message.Content != "Hello" || c.Usage.TotalTokens != 4 {
-		t.Fatalf("%+v", c)
+		t.Fatalf("%+v, want id sdk-3, Hello and 4 total tokens", c)
 	}
 	if auth := be.last(t).Header.Get("Authorization"); auth != "" {
 		t.Fatalf("client key forwarded: %q", auth)
@@ -88,7 +88,7 @@ func TestSDKBackend(t *testing.T) {
 		t.Fatal(err)
 	}
 	if acc.Choices[0].Message.Content != "Hello" || acc.Choices[0].Message.Role != "assistant" || acc.Usage.TotalTokens != 5 {
-		t.Fatalf("accumulated %+v", acc.ChatCompletion)
+		t.Fatalf("accumulated %+v, want Hello from the assistant and 5 total tokens", acc.ChatCompletion)
 	}
 }
 
@@ -105,13 +105,13 @@ func TestSDKErrors(t *testing.T) {
 	}
 	var se *ssestream.StreamError
 	if err := stream.Err(); !errors.As(err, &se) || !strings.Contains(se.Message, "model crashed") {
-		t.Fatalf("stream error %v", err)
+		t.Fatalf("stream error %v, want a *ssestream.StreamError with model crashed", err)
 	}
 
 	_, err := client.Chat.Completions.New(context.Background(), openai.ChatCompletionNewParams{Model: "m", Messages: nil})
 	var apiErr *openai.Error
 	if !errors.As(err, &apiErr) || apiErr.StatusCode != 400 || apiErr.Param != "messages" || apiErr.Type != "invalid_request_error" {
-		t.Fatalf("error %v", err)
+		t.Fatalf("error %v, want a 400 invalid_request_error on param messages", err)
 	}
 }
 

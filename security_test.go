@@ -88,10 +88,10 @@ func TestUpgradeNeverTunnels(t *testing.T) {
 		req.Header.Set("Upgrade", "websocket")
 		resp, body := do(t, req)
 		if resp.StatusCode != 200 || !strings.Contains(body, "fault-model") {
-			t.Fatalf("%d %s", resp.StatusCode, body)
+			t.Fatalf("%d %s, want 200 with fault-model", resp.StatusCode, body)
 		}
 		if got := be.Requests(); len(got) != 1 || got[0].Header.Get("Upgrade") != "" || got[0].Header.Get("Connection") != "" {
-			t.Fatalf("the models request offered an upgrade: %+v", got)
+			t.Fatalf("the models request offered an upgrade: %+v, want one request without Upgrade or Connection", got)
 		}
 	})
 }
@@ -104,7 +104,7 @@ func TestHopByHopNotForwarded(t *testing.T) {
 	resp, body := g.post(t, hello, "TE", "trailers", "Trailer", "X-T", "Proxy-Authorization", "Basic eA==",
 		"Connection", "X-Hop, keep-alive", "X-Hop", "1")
 	if resp.StatusCode != 200 {
-		t.Fatalf("%d %s", resp.StatusCode, body)
+		t.Fatalf("%d %s, want 200", resp.StatusCode, body)
 	}
 	got := be.last(t).Header
 	for _, h := range []string{"Te", "Trailer", "Proxy-Authorization", "X-Hop", "Connection", "Upgrade"} {
@@ -126,7 +126,7 @@ func TestIncrementalRequestAnswered(t *testing.T) {
 		g := newGateway(t, cfg)
 		resp, body := g.post(t, hello, "Incremental", "?1")
 		if resp.StatusCode != 200 {
-			t.Fatalf("%s: %d %s", cfg, resp.StatusCode, body)
+			t.Fatalf("%s: %d %s, want 200", cfg, resp.StatusCode, body)
 		}
 		if v := be.last(t).Header.Get("Incremental"); v != "" {
 			t.Errorf("%s: Incremental: %q forwarded upstream", cfg, v)
@@ -143,7 +143,7 @@ func TestUpstreamKeyRedactedEverywhere(t *testing.T) {
 		resp, got := g.post(t, hello, "X-Fault", fb.Header(fb.Fault{Mode: fb.QuoteKey}))
 		if resp.StatusCode != 401 || strings.Contains(got, key) || !strings.Contains(got, "[redacted]") ||
 			resp.Header.Get("X-Ratelimit-Limit-Requests") != "Bearer [redacted]" {
-			t.Fatalf("%d %v %s", resp.StatusCode, resp.Header, got)
+			t.Fatalf("%d %v %s, want 401, the key [redacted] and X-Ratelimit-Limit-Requests: Bearer [redacted]", resp.StatusCode, resp.Header, got)
 		}
 	})
 	leaky := `{"error":{"message":"bad key ` + key + `","type":"` + key + `","param":"` + key + `","code":"Bearer ` + key + `"}}`
@@ -209,7 +209,7 @@ func TestIdleTimeoutIgnoresSlowClient(t *testing.T) {
 		t.Fatalf("reading the stream: %v", err)
 	}
 	if strings.Contains(string(body), "idle_timeout") || !strings.HasSuffix(string(body), "data: [DONE]\n\n") {
-		t.Fatalf("the stream did not end cleanly: %d %v ...%s", resp.StatusCode, resp.Header, body[max(0, len(body)-300):])
+		t.Fatalf("the stream did not end cleanly: %d %v ...%s, want no idle_timeout and data: [DONE] at the end", resp.StatusCode, resp.Header, body[max(0, len(body)-300):])
 	}
 	if got := strings.Count(string(body), `"content":"`); got < tokens {
 		t.Fatalf("%d content chunks, want %d", got, tokens)
@@ -281,7 +281,7 @@ func TestContentLengthWithTransferEncodingCloses(t *testing.T) {
 		"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n", chunked+strings.ReplaceAll(smuggled, "{host}", "x"))
 	resp, body := readResponse(t, br)
 	if resp.StatusCode != 200 || !strings.Contains(body, "Echo: hello world") {
-		t.Fatalf("%d %s", resp.StatusCode, body)
+		t.Fatalf("%d %s, want 200 with Echo: hello world", resp.StatusCode, body)
 	}
 	if !resp.Close || !closed(conn, br) {
 		t.Fatal("the connection stays open after a request with Content-Length and Transfer-Encoding: the pipelined request would be served")
@@ -295,7 +295,7 @@ func TestSlowBodyTimesOutAndHoldsNoSlot(t *testing.T) {
 	time.Sleep(100 * time.Millisecond) // its handler is reading the body
 	for i := range 3 {
 		if resp, body := g.post(t, hello); resp.StatusCode != 200 {
-			t.Fatalf("request %d beside a slow upload: %d %s", i, resp.StatusCode, body)
+			t.Fatalf("request %d beside a slow upload: %d %s, want 200", i, resp.StatusCode, body)
 		}
 	}
 	start := time.Now()
@@ -304,7 +304,7 @@ func TestSlowBodyTimesOutAndHoldsNoSlot(t *testing.T) {
 		t.Fatalf("slow upload: %d %s, want 408 request_timeout", resp.StatusCode, body)
 	}
 	if waited := time.Since(start); waited > 15*time.Second {
-		t.Fatalf("408 after %v", waited)
+		t.Fatalf("408 after %v, want it within 15s", waited)
 	}
 	if !resp.Close || !closed(conn, br) {
 		t.Fatal("the connection stays open after a body that timed out")
@@ -340,14 +340,14 @@ func TestReusedConnectionClosedIsRetried(t *testing.T) {
 	before := testutil.ToFloat64(gatewayMetrics.retries)
 	for i := range 3 {
 		if resp, body := g.post(t, hello, "X-Request-ID", fmt.Sprint("reuse-", i)); resp.StatusCode != 200 {
-			t.Fatalf("request %d: %d %s", i, resp.StatusCode, body)
+			t.Fatalf("request %d: %d %s, want 200", i, resp.StatusCode, body)
 		}
 	}
 	if got := testutil.ToFloat64(gatewayMetrics.retries) - before; got != 1 {
 		t.Fatalf("%v retries counted, want 1 (the second request, sent again on a new connection)", got)
 	}
 	if l := g.waitLog(t, "handled request", "reuse-1"); l["retries"] != 1.0 {
-		t.Fatalf("access log of the retried request: retries %v", l["retries"])
+		t.Fatalf("access log of the retried request: retries %v, want 1", l["retries"])
 	}
 }
 
@@ -453,14 +453,14 @@ func TestUpstreamKeyRedactedInRepliesAndLogs(t *testing.T) {
 		req.URL.Path = "/v1/responses"
 		resp, got := do(t, req)
 		if resp.StatusCode != 200 || strings.Contains(got, key) || !strings.Contains(got, "Bearer [redacted]") {
-			t.Errorf("%s: %d %s", body, resp.StatusCode, got)
+			t.Errorf("%s: %d %s, want 200 with Bearer [redacted] and no key", body, resp.StatusCode, got)
 		}
 	}
 	if resp, got := do(t, messagesRequest(g, `{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}`)); resp.StatusCode != 200 {
-		t.Fatalf("messages: %d %s", resp.StatusCode, got)
+		t.Fatalf("messages: %d %s, want 200", resp.StatusCode, got)
 	}
 	if be.last(t).Header.Get("X-Api-Key") != key {
-		t.Fatalf("the native backend got X-Api-Key %q", be.last(t).Header.Get("X-Api-Key"))
+		t.Fatalf("the native backend got X-Api-Key %q, want the api_key", be.last(t).Header.Get("X-Api-Key"))
 	}
 	_, logs := g.logs(t)
 	if !strings.Contains(logs, `"upstream roundtrip"`) {

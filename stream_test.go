@@ -71,12 +71,12 @@ func checkChunks(t *testing.T, chunks []chunk, id, content string, usage bool) {
 	roleSeen, finish, usageChunks := false, false, 0
 	for i, c := range chunks {
 		if c.ID != id || c.Object != "chat.completion.chunk" || c.Created == 0 || c.Model == "" {
-			t.Fatalf("chunk %d: %+v", i, c)
+			t.Fatalf("chunk %d: %+v, want id %q, object chat.completion.chunk, created and model", i, c, id)
 		}
 		if c.Usage != nil {
 			usageChunks++
 			if len(c.Choices) != 0 || i != len(chunks)-1 || c.Usage.Total != c.Usage.Prompt+c.Usage.Completion {
-				t.Fatalf("usage chunk %d: %+v", i, c)
+				t.Fatalf("usage chunk %d: %+v, want it last, without choices, total = prompt + completion", i, c)
 			}
 		}
 		for _, ch := range c.Choices {
@@ -107,7 +107,7 @@ func TestEchoStream(t *testing.T) {
 		}
 	}
 	if resp.ContentLength != -1 {
-		t.Errorf("Content-Length %d on a stream", resp.ContentLength)
+		t.Errorf("Content-Length %d on a stream, want -1", resp.ContentLength)
 	}
 	chunks := parseStream(t, body, true)
 	checkChunks(t, chunks, "s1", "Echo: hello world", true)
@@ -189,7 +189,7 @@ func TestBackendStream(t *testing.T) {
 			g := newGateway(t, fmt.Sprintf("chat_gateway %s {\n%s\n}", be.URL, tt.config))
 			resp, body := g.post(t, tt.body, "X-Request-ID", "sid")
 			if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
-				t.Fatalf("%d %v", resp.StatusCode, resp.Header)
+				t.Fatalf("%d %v, want 200 text/event-stream", resp.StatusCode, resp.Header)
 			}
 			checkChunks(t, parseStream(t, body, true), "sid", tt.content, tt.usage)
 			if up := be.last(t).Body; !strings.Contains(up, tt.wantUp) {
@@ -330,12 +330,12 @@ func TestStreamNotBuffered(t *testing.T) {
 	br := bufio.NewReader(resp.Body)
 	line, err := br.ReadString('\n')
 	if err != nil || !strings.Contains(line, `"content":"first"`) {
-		t.Fatalf("first line %q, %v", line, err)
+		t.Fatalf("first line %q, %v, want the first event", line, err)
 	}
 	close(clientGotFirst)
 	rest, _ := io.ReadAll(br)
 	if !strings.Contains(string(rest), `" second"`) || !strings.HasSuffix(string(rest), "data: [DONE]\n\n") {
-		t.Fatalf("rest: %s", rest)
+		t.Fatalf("rest: %s, want \" second\" and [DONE] at the end", rest)
 	}
 }
 
@@ -388,10 +388,10 @@ func TestDisconnectCancelsUpstream(t *testing.T) {
 			// A stream already under way keeps its 200 in the access log;
 			// the outcome, and the module's log, tell the client left.
 			if l := g.waitLog(t, "handled request", "gone-1"); l["outcome"] != "client_cancelled" || (ph.body == hello && l["status"] != 499.0) {
-				t.Fatalf("access log: status %v outcome %v", l["status"], l["outcome"])
+				t.Fatalf("access log: status %v outcome %v, want outcome client_cancelled (and status 499 if not a stream)", l["status"], l["outcome"])
 			}
 			if l := g.waitLog(t, "request failed", "gone-1"); l["status"] != 499.0 {
-				t.Fatalf("module log: status %v", l["status"])
+				t.Fatalf("module log: status %v, want 499", l["status"])
 			}
 		})
 	}
@@ -406,7 +406,7 @@ func TestStreamTimeouts(t *testing.T) {
 		g := newGateway(t, "chat_gateway "+be.URL+" {\n first_token_timeout 100ms\n}")
 		resp, body := g.post(t, helloStream)
 		if e := apiError(t, body); resp.StatusCode != 504 || e["code"] != "first_token_timeout" || e["type"] != "timeout_error" {
-			t.Fatalf("%d %s", resp.StatusCode, body)
+			t.Fatalf("%d %s, want 504 first_token_timeout timeout_error", resp.StatusCode, body)
 		}
 		be.waitCancelled(t)
 	})
@@ -415,7 +415,7 @@ func TestStreamTimeouts(t *testing.T) {
 		g := newGateway(t, "chat_gateway "+be.URL+" {\n first_token_timeout 100ms\n}")
 		resp, body := g.post(t, hello)
 		if e := apiError(t, body); resp.StatusCode != 504 || e["code"] != "first_token_timeout" {
-			t.Fatalf("%d %s", resp.StatusCode, body)
+			t.Fatalf("%d %s, want 504 first_token_timeout", resp.StatusCode, body)
 		}
 	})
 	t.Run("total timeout non-stream", func(t *testing.T) {
@@ -429,7 +429,7 @@ func TestStreamTimeouts(t *testing.T) {
 		g := newGateway(t, "chat_gateway "+be.URL+" {\n timeout 150ms\n}")
 		resp, body := g.post(t, hello)
 		if e := apiError(t, body); resp.StatusCode != 504 || e["code"] != "timeout" {
-			t.Fatalf("%d %s", resp.StatusCode, body)
+			t.Fatalf("%d %s, want 504 timeout", resp.StatusCode, body)
 		}
 	})
 	t.Run("total timeout before the first token", func(t *testing.T) {
@@ -437,7 +437,7 @@ func TestStreamTimeouts(t *testing.T) {
 		g := newGateway(t, "chat_gateway "+be.URL+" {\n timeout 150ms\n first_token_timeout 1m\n}")
 		resp, body := g.post(t, hello)
 		if e := apiError(t, body); resp.StatusCode != 504 || e["code"] != "timeout" {
-			t.Fatalf("%d %s", resp.StatusCode, body)
+			t.Fatalf("%d %s, want 504 timeout", resp.StatusCode, body)
 		}
 		be.waitCancelled(t)
 	})
@@ -451,10 +451,10 @@ func TestStreamTimeouts(t *testing.T) {
 		resp, body := g.post(t, helloStream, "X-Request-ID", "idle-1")
 		chunks := parseStream(t, body, false)
 		if last := chunks[len(chunks)-1]; resp.StatusCode != 200 || last.Error == nil || last.Error.Code != "idle_timeout" {
-			t.Fatalf("%d %s", resp.StatusCode, body)
+			t.Fatalf("%d %s, want 200 ending in an idle_timeout error", resp.StatusCode, body)
 		}
 		if l := g.waitLog(t, "handled request", "idle-1"); l["outcome"] != "timeout" {
-			t.Fatalf("outcome %v", l["outcome"])
+			t.Fatalf("outcome %v, want timeout", l["outcome"])
 		}
 		be.waitCancelled(t)
 	})
@@ -470,7 +470,7 @@ func TestStreamLineTooLong(t *testing.T) {
 	_, body := g.post(t, helloStream)
 	chunks := parseStream(t, body, false)
 	if last := chunks[len(chunks)-1]; last.Error == nil || last.Error.Code != "event_too_large" {
-		t.Fatalf("last event %+v", last)
+		t.Fatalf("last event %+v, want an event_too_large error", last)
 	}
 }
 
@@ -490,7 +490,7 @@ func TestStreamKeepalive(t *testing.T) {
 	resp := g.open(t, helloStream)
 	br := bufio.NewReader(resp.Body)
 	if line, _ := br.ReadString('\n'); line != ": keep-alive\n" {
-		t.Fatalf("first line %q", line)
+		t.Fatalf("first line %q, want \": keep-alive\\n\"", line)
 	}
 	close(release)
 	rest, _ := io.ReadAll(br)
@@ -505,7 +505,7 @@ func TestStreamKeepalive(t *testing.T) {
 	resp2, body := g.post(t, helloStream)
 	chunks := parseStream(t, body, false)
 	if last := chunks[len(chunks)-1]; resp2.StatusCode != 200 || !strings.HasPrefix(body, ": keep-alive") || last.Error == nil || last.Error.Code != "rate_limit_exceeded" {
-		t.Fatalf("%d %s", resp2.StatusCode, body)
+		t.Fatalf("%d %s, want 200, keep-alives first, ending in a rate_limit_exceeded error", resp2.StatusCode, body)
 	}
 }
 
@@ -515,7 +515,7 @@ func TestIsEventStream(t *testing.T) {
 		"application/json": false, "": false, "text/event-streams": false, "text/plain; x=text/event-stream": false,
 	} {
 		if got := isEventStream(ct); got != want {
-			t.Errorf("isEventStream(%q) = %v", ct, got)
+			t.Errorf("isEventStream(%q) = %v, want %v", ct, got, want)
 		}
 	}
 }

@@ -67,10 +67,10 @@ func TestFailover(t *testing.T) {
 		}
 		resp, got := g.post(t, body)
 		if resp.StatusCode != 200 || !strings.Contains(got, "from healthy") {
-			t.Fatalf("request %d: %d %s", i, resp.StatusCode, got)
+			t.Fatalf("request %d: %d %s, want 200 from healthy", i, resp.StatusCode, got)
 		}
 		if healthy.last(t).Body != body {
-			t.Fatalf("body re-sent changed: %s", healthy.last(t).Body)
+			t.Fatalf("body re-sent changed: %s, want %s", healthy.last(t).Body, body)
 		}
 	}
 	if busy.count() > 2 {
@@ -135,17 +135,17 @@ func TestRetryAfterKeepsUpstreamDown(t *testing.T) {
 	}`, limited.URL, other.URL))
 	for limited.count() == 0 {
 		if resp, body := g.post(t, hello); resp.StatusCode != 200 || !strings.Contains(body, "from other") {
-			t.Fatalf("%d %s", resp.StatusCode, body)
+			t.Fatalf("%d %s, want 200 from other", resp.StatusCode, body)
 		}
 	}
 	// Round robin would send every other request to the limited replica
 	// once fail_duration is over.
 	for time.Since(time.Unix(0, limitedAt.Load())) < 1500*time.Millisecond {
 		if resp, body := g.post(t, hello); resp.StatusCode != 200 || !strings.Contains(body, "from other") {
-			t.Fatalf("during Retry-After: %d %s", resp.StatusCode, body)
+			t.Fatalf("during Retry-After: %d %s, want 200 from other", resp.StatusCode, body)
 		}
 		if n := limited.count(); n != 1 {
-			t.Fatalf("the limited replica got %d requests within its Retry-After", n)
+			t.Fatalf("the limited replica got %d requests within its Retry-After, want 1", n)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -156,7 +156,7 @@ func TestRetryAfterKeepsUpstreamDown(t *testing.T) {
 		g.post(t, hello)
 	}
 	if wait := time.Since(time.Unix(0, limitedAt.Load())); wait < 2*time.Second {
-		t.Fatalf("back after %v, before its Retry-After", wait)
+		t.Fatalf("back after %v, before its Retry-After, want at least 2s", wait)
 	}
 }
 
@@ -248,10 +248,10 @@ func TestNoRetryAfterFirstByte(t *testing.T) {
 	resp, body := g.post(t, helloStream)
 	chunks := parseStream(t, body, false)
 	if last := chunks[len(chunks)-1]; resp.StatusCode != 200 || last.Error == nil || last.Error.Code != "stream_truncated" {
-		t.Fatalf("%d %s", resp.StatusCode, body)
+		t.Fatalf("%d %s, want 200 ending in a stream_truncated error event", resp.StatusCode, body)
 	}
 	if !strings.Contains(body, "partial") || other.count() != 0 {
-		t.Fatalf("retried after the first byte: other got %d requests", other.count())
+		t.Fatalf("retried after the first byte: other got %d requests, want the partial content and none", other.count())
 	}
 }
 
@@ -274,11 +274,11 @@ func TestRetryStreamBeforeContent(t *testing.T) {
 	for range 4 {
 		resp, body := g.post(t, helloStream, "X-Request-ID", "retry-1")
 		if resp.StatusCode != 200 {
-			t.Fatalf("%d %s", resp.StatusCode, body)
+			t.Fatalf("%d %s, want 200", resp.StatusCode, body)
 		}
 		checkChunks(t, parseStream(t, body, true), "retry-1", "from good", false)
 		if strings.Count(body, `"role"`) != 1 {
-			t.Fatalf("two role chunks: %s", body)
+			t.Fatalf("two role chunks: %s, want one", body)
 		}
 	}
 	if flaky.count() == 0 {
@@ -288,7 +288,7 @@ func TestRetryStreamBeforeContent(t *testing.T) {
 	// Without retry_on stream, the failure is the client's answer.
 	g = newGateway(t, fmt.Sprintf("chat_gateway {\n backend %s {\n }\n}", flaky.URL))
 	if resp, body := g.post(t, helloStream); resp.StatusCode != 502 || apiError(t, body)["code"] != "stream_truncated" {
-		t.Fatalf("%d %s", resp.StatusCode, body)
+		t.Fatalf("%d %s, want 502 stream_truncated", resp.StatusCode, body)
 	}
 }
 
@@ -327,13 +327,13 @@ func TestFallback(t *testing.T) {
 			} {
 				resp, got := g.post(t, body)
 				if resp.StatusCode != 200 || !strings.Contains(got, "from cloud") {
-					t.Fatalf("%d %s", resp.StatusCode, got)
+					t.Fatalf("%d %s, want 200 from cloud", resp.StatusCode, got)
 				}
 				if resp.Header.Get("Retry-After") != "" {
 					t.Fatal("the failed attempt's Retry-After reached the fallback's reply")
 				}
 				if up := cloud.last(t).Body; !strings.Contains(up, `"model":"gpt-4o-mini"`) {
-					t.Fatalf("fallback sent %s", up)
+					t.Fatalf("fallback sent %s, want model gpt-4o-mini", up)
 				}
 			}
 		})
@@ -347,7 +347,7 @@ func TestFallback(t *testing.T) {
 	before := cloud.count()
 	g := newGateway(t, fmt.Sprintf("chat_gateway {\n backend %s {\n models llama\n fallback gpt-4o-mini\n }\n backend %s {\n models gpt-4o-mini\n }\n}", bad.URL, cloud.URL))
 	if resp, body := g.post(t, `{"model":"llama","messages":[{"role":"user","content":"x"}]}`); resp.StatusCode != 400 || cloud.count() != before {
-		t.Fatalf("%d %s (cloud got %d)", resp.StatusCode, body, cloud.count()-before)
+		t.Fatalf("%d %s (cloud got %d), want 400 and no fallback", resp.StatusCode, body, cloud.count()-before)
 	}
 }
 
@@ -373,11 +373,11 @@ func TestHealthRecovers(t *testing.T) {
 	}`, a.URL, b.URL))
 	for range 3 {
 		if _, body := g.post(t, hello); !strings.Contains(body, "from b") {
-			t.Fatalf("while a is down: %s", body)
+			t.Fatalf("while a is down: %s, want from b", body)
 		}
 	}
 	if a.count() != 1 {
-		t.Fatalf("a got %d requests while marked down", a.count())
+		t.Fatalf("a got %d requests while marked down, want 1", a.count())
 	}
 	down.Store(false)
 	time.Sleep(400 * time.Millisecond)
@@ -400,7 +400,7 @@ func TestStallMidStream(t *testing.T) {
 	_, body := g.post(t, helloStream)
 	chunks := parseStream(t, body, false)
 	if last := chunks[len(chunks)-1]; last.Error == nil || last.Error.Code != "idle_timeout" || other.count() != 0 {
-		t.Fatalf("%s (other got %d)", body, other.count())
+		t.Fatalf("%s (other got %d), want an idle_timeout error event and none", body, other.count())
 	}
 }
 
@@ -431,7 +431,7 @@ func TestReload(t *testing.T) {
 
 	loadGateway(t, port, "10s", "chat_gateway "+fresh.URL)
 	if _, body := g.post(t, hello); !strings.Contains(body, "from new") {
-		t.Fatalf("after reload: %s", body)
+		t.Fatalf("after reload: %s, want from new", body)
 	}
 	close(release)
 	rest, _ := io.ReadAll(resp.Body)
@@ -466,7 +466,7 @@ func TestProxyErrorCodes(t *testing.T) {
 	for _, tt := range tests {
 		e := proxyError(tt.err)
 		if e.Status != tt.status || e.Code != tt.code || strings.Contains(e.Message, "10.0.0.1") {
-			t.Errorf("%v: got %d %s %q", tt.err, e.Status, e.Code, e.Message)
+			t.Errorf("%v: got %d %s %q, want %d %s naming no address", tt.err, e.Status, e.Code, e.Message, tt.status, tt.code)
 		}
 	}
 }
@@ -535,7 +535,7 @@ func TestProvisionBackendsWithActiveHealthChecks(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d %s", resp.StatusCode, body)
+			t.Fatalf("%d %s, want 200 within 10s", resp.StatusCode, body)
 		}
 	}
 }

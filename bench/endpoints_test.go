@@ -36,12 +36,12 @@ func TestEmbeddingsReply(t *testing.T) {
 		t.Fatal(err)
 	}
 	if reply.Object != "list" || len(reply.Data) != embeddingVectors || reply.Usage.PromptTokens != embeddingVectors || reply.Usage.TotalTokens != embeddingVectors {
-		t.Fatalf("object %q, %d vectors, usage %+v", reply.Object, len(reply.Data), reply.Usage)
+		t.Fatalf("object %q, %d vectors, usage %+v; want list, %d vectors, %d tokens", reply.Object, len(reply.Data), reply.Usage, embeddingVectors, embeddingVectors)
 	}
 	distinct := map[float64]bool{}
 	for i, d := range reply.Data {
 		if d.Index != i || len(d.Embedding) != embeddingDimensions {
-			t.Fatalf("vector %d: index %d, %d floats", i, d.Index, len(d.Embedding))
+			t.Fatalf("vector %d: index %d, %d floats; want index %d, %d floats", i, d.Index, len(d.Embedding), i, embeddingDimensions)
 		}
 		for _, v := range d.Embedding {
 			if v < -0.1 || v >= 0.1 {
@@ -52,14 +52,14 @@ func TestEmbeddingsReply(t *testing.T) {
 	}
 	if len(distinct) < 1<<20 { // of 2,000,000 possible values
 
-		t.Errorf("%d distinct floats: the sequence repeats", len(distinct))
+		t.Errorf("%d distinct floats: the sequence repeats, want at least %d", len(distinct), 1<<20)
 	}
 	var body struct {
 		Model string   `json:"model"`
 		Input []string `json:"input"`
 	}
 	if err := json.Unmarshal(embeddingsBody(embeddingVectors), &body); err != nil || len(body.Input) != embeddingVectors {
-		t.Fatalf("embeddingsBody: %d inputs, %v", len(body.Input), err)
+		t.Fatalf("embeddingsBody: %d inputs, %v; want %d", len(body.Input), err, embeddingVectors)
 	}
 }
 
@@ -80,7 +80,7 @@ func TestResponsesStream(t *testing.T) {
 			names = append(names, string(ev.Type))
 			var data struct{ Type string }
 			if err := json.Unmarshal(ev.Data, &data); err != nil || data.Type != string(ev.Type) {
-				t.Errorf("event %s: data type %q, %v", ev.Type, data.Type, err)
+				t.Errorf("event %s: data type %q, %v; want %s", ev.Type, data.Type, err, ev.Type)
 			}
 			var err error
 			out, err = s.Event(out, ev.Type, ev.Data)
@@ -91,15 +91,15 @@ func TestResponsesStream(t *testing.T) {
 		}
 	}
 	if names[0] != "response.created" || names[len(names)-1] != "response.completed" {
-		t.Errorf("events %s ... %s", names[0], names[len(names)-1])
+		t.Errorf("events %s ... %s, want response.created ... response.completed", names[0], names[len(names)-1])
 	}
 	for _, n := range names[1 : len(names)-1] {
 		if n != "response.output_text.delta" {
-			t.Fatalf("event %s between created and completed", n)
+			t.Fatalf("event %s between created and completed, want only response.output_text.delta", n)
 		}
 	}
 	if !s.Complete() || !s.Content() {
-		t.Fatalf("complete %v, content %v", s.Complete(), s.Content())
+		t.Fatalf("complete %v, content %v; want both", s.Complete(), s.Content())
 	}
 	if u := s.Result().Usage; u.Estimated || u.PromptTokens != 10 || u.CompletionTokens != responsesDeltas {
 		t.Errorf("usage %+v, want 10 in, %d out", u, responsesDeltas)
@@ -144,7 +144,7 @@ func TestEndpointMock(t *testing.T) {
 			t.Errorf("%s %s: %.100q, want %.100q", c.method, c.path, body, c.want)
 		}
 		if c.contentType != "" && resp.Header.Get("Content-Type") != c.contentType {
-			t.Errorf("%s %s: Content-Type %q", c.method, c.path, resp.Header.Get("Content-Type"))
+			t.Errorf("%s %s: Content-Type %q, want %q", c.method, c.path, resp.Header.Get("Content-Type"), c.contentType)
 		}
 	}
 }
@@ -174,7 +174,7 @@ func TestPeakRSS(t *testing.T) {
 		t.Fatal(err)
 	}
 	if grown-before < size/1024*3/4 {
-		t.Fatalf("peak RSS %d KiB -> %d KiB after touching 64 MiB", before, grown)
+		t.Fatalf("peak RSS %d KiB -> %d KiB after touching 64 MiB, want at least %d KiB more", before, grown, size/1024*3/4)
 	}
 	if err := syscall.Munmap(b); err != nil {
 		t.Fatal(err)
@@ -217,7 +217,7 @@ func TestTargetsUnmeasured(t *testing.T) {
 		case "CPU per embeddings reply, chat_gateway / reverse_proxy", "Copies of each embeddings reply in flight chat_gateway holds beyond reverse_proxy":
 			found++
 			if g.Met || g.Value != nil {
-				t.Errorf("%s: met %v, value %v, with chat_gateway not measured", g.Goal, g.Met, g.Value)
+				t.Errorf("%s: met %v, value %v, with chat_gateway not measured; want not met, no value", g.Goal, g.Met, g.Value)
 			}
 		case "CPU per streamed Responses event, chat_gateway / reverse_proxy":
 			found++

@@ -12,11 +12,11 @@ func TestFaultFromModel(t *testing.T) {
 	fault := fb.Header(fb.Fault{Tokens: 50, TokenDelay: 20 * time.Millisecond})
 	got, ok := faultFromModel(chatBody(300, true, fault))
 	if !ok || got != fault {
-		t.Fatalf("faultFromModel(chatBody(..., %s)) = %q, %v", fault, got, ok)
+		t.Fatalf("faultFromModel(chatBody(..., %s)) = %q, %v; want %q, true", fault, got, ok, fault)
 	}
 	var f fb.Fault
 	if err := json.Unmarshal([]byte(got), &f); err != nil || f.Tokens != 50 || f.TokenDelay != 20*time.Millisecond {
-		t.Fatalf("decoded %+v, %v", f, err)
+		t.Fatalf("decoded %+v, %v; want 50 tokens, 20ms apart", f, err)
 	}
 	for _, body := range []string{
 		string(chatBody(100, false, "")), // model "m"
@@ -41,7 +41,7 @@ func FuzzFaultFromModel(f *testing.F) {
 			t.Fatalf("faultFromModel(%q) = %q, not JSON", body, got)
 		}
 		if !ok && got != "" {
-			t.Fatalf("faultFromModel(%q) = %q with false", body, got)
+			t.Fatalf("faultFromModel(%q) = %q with false, want \"\"", body, got)
 		}
 	})
 }

@@ -11,7 +11,7 @@ func TestPeerFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(p) != 1 || p[0].name != "other" || p[0].command != "/usr/bin/gw --listen 127.0.0.1:{port} --upstream {upstream}/v1" {
-		t.Fatalf("parsed %+v", p)
+		t.Fatalf("parsed %+v, want one peer, other, with its command", p)
 	}
 	for _, bad := range []string{"noequals", "=cmd {port}", "name=cmd without a port"} {
 		if err := p.Set(bad); err == nil {
@@ -40,6 +40,6 @@ func TestCaddyError(t *testing.T) {
 		t.Fatalf("caddyError = %q, want %q", got, want)
 	}
 	if got := caddyError("Error: plain text\n"); got != "Error: plain text" {
-		t.Fatalf("caddyError of plain text = %q", got)
+		t.Fatalf("caddyError of plain text = %q, want \"Error: plain text\"", got)
 	}
 }

@@ -266,7 +266,7 @@ func FuzzStream(f *testing.F) {
 		}
 		if corrupt && len(rec.tools) > 0 {
 			if res.failed != TypeAPI {
-				t.Fatalf("cut-short arguments: got %+v\n%s", res, out)
+				t.Fatalf("cut-short arguments: got %+v, want an api_error\n%s", res, out)
 			}
 			return
 		}
@@ -294,11 +294,11 @@ func FuzzStream(f *testing.F) {
 			}
 		}
 		if text != rec.text || len(tools) != len(res.tools) {
-			t.Fatalf("SDK accumulated %s", msg.RawJSON())
+			t.Fatalf("SDK accumulated %s, want text %q and %d tools", msg.RawJSON(), rec.text, len(res.tools))
 		}
 		for i, tc := range tools {
 			if tc.ID != res.tools[i].ID || !jsonEqual([]byte(tc.Input), []byte(res.tools[i].Input)) {
-				t.Fatalf("SDK accumulated %s", msg.RawJSON())
+				t.Fatalf("SDK accumulated %s, want tool %d %+v", msg.RawJSON(), i, res.tools[i])
 			}
 		}
 	})

@@ -43,14 +43,14 @@ func TestWalk(t *testing.T) {
 	v := []byte(` { "a" : [1, {"b":"}"}, "x\"]"] , "\u0063" :null,"d":{} } `)
 	it, ok := walk(v, '{')
 	if !ok {
-		t.Fatal("not an object")
+		t.Fatal("walked as not an object, want an object")
 	}
 	var keys, vals []string
 	for k, val, ok := it.next(); ok; k, val, ok = it.next() {
 		keys, vals = append(keys, string(k)), append(vals, string(val))
 	}
 	if len(keys) != 3 || vals[0] != `[1, {"b":"}"}, "x\"]"]` || !jsonwalk.KeyIs([]byte(keys[1]), "c") || vals[1] != "null" || vals[2] != "{}" {
-		t.Fatalf("keys %q vals %q", keys, vals)
+		t.Fatalf("keys %q vals %q, want a (the array), c (null), d ({})", keys, vals)
 	}
 	arr, _ := walk([]byte(vals[0]), '[')
 	n := 0
@@ -58,7 +58,7 @@ func TestWalk(t *testing.T) {
 		n++
 	}
 	if n != 3 {
-		t.Fatalf("%d elements", n)
+		t.Fatalf("%d elements, want 3", n)
 	}
 	if _, ok := walk([]byte(`[]`), '{'); ok {
 		t.Fatal("an array walked as an object")

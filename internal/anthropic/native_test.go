@@ -25,7 +25,7 @@ func FuzzNativeMessages(f *testing.F) {
 		switch {
 		case err != nil:
 			if len(out) != 0 {
-				t.Fatalf("output %q with error %v", out, err)
+				t.Fatalf("output %q with error %v, want none", out, err)
 			}
 		case !json.Valid([]byte(data)):
 			t.Fatalf("relayed invalid JSON %q", data)
@@ -38,14 +38,14 @@ func FuzzNativeMessages(f *testing.F) {
 			}
 			if typ != "" && !strings.HasPrefix(string(out), "event: "+typ+"\n") || !strings.HasSuffix(string(out), "\n\n") ||
 				!strings.Contains(string(out), "data: ") {
-				t.Fatalf("event %q %q relayed as %q", name, data, out)
+				t.Fatalf("event %q %q relayed as %q, want one SSE event under its name with its data", name, data, out)
 			}
 		}
 		if msg, err := parseMessage([]byte(data)); err == nil {
 			var n nativeMessage
 			_ = json.Unmarshal([]byte(data), &n)
 			if n.Usage.OutputTokens != nil && msg.Usage.OutputTokens != *n.Usage.OutputTokens {
-				t.Fatalf("usage %+v from %s", msg.Usage, data)
+				t.Fatalf("usage %+v from %s, want output tokens %d", msg.Usage, data, *n.Usage.OutputTokens)
 			}
 		}
 	})

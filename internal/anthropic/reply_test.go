@@ -63,7 +63,7 @@ func TestFromCompletion(t *testing.T) {
 				ids[b.ID] = true
 				if tt.want.Content[i].ID == "(minted)" {
 					if !strings.HasPrefix(b.ID, "toolu_") || len(b.ID) != len("toolu_")+24 {
-						t.Errorf("minted id %q", b.ID)
+						t.Errorf("minted id %q, want toolu_ and 24 characters", b.ID)
 					}
 					tt.want.Content[i].ID = b.ID
 				}
@@ -102,7 +102,7 @@ func TestFromCompletionErrors(t *testing.T) {
 			continue
 		}
 		if e.Status != http.StatusBadGateway || ErrorType(e.Status) != TypeAPI || e.Message == "" {
-			t.Errorf("%s: %+v", body, e)
+			t.Errorf("%s: %+v, want 502 api_error with a message", body, e)
 		}
 	}
 }
@@ -131,10 +131,10 @@ func TestStreamStopReasons(t *testing.T) {
 		out := translate(s, chunks)
 		res, err := checkStream(parseEvents(t, out))
 		if err != nil || res.stopReason != tt.reason || res.stopSeq != tt.seq {
-			t.Errorf("%d: %v %+v\n%s", i, err, res, out)
+			t.Errorf("%d: %v %+v, want stop %q, sequence %q\n%s", i, err, res, tt.reason, tt.seq, out)
 		}
 		if i == len(tests)-1 && res.text != "no" {
-			t.Errorf("text from another choice: %q", res.text)
+			t.Errorf("text from another choice: %q, want \"no\"", res.text)
 		}
 	}
 }
@@ -146,11 +146,11 @@ func TestStreamErrors(t *testing.T) {
 		t.Fatal(e)
 	}
 	if _, e = s.Chunk(out, []byte(`{"choices":[`)); e == nil || e.Status != http.StatusBadGateway {
-		t.Fatalf("invalid chunk: %v", e)
+		t.Fatalf("invalid chunk: %v, want a 502", e)
 	}
 	res, err := checkStream(parseEvents(t, AppendErrorEvent(out, e)))
 	if err != nil || res.failed != TypeAPI || res.text != "a" {
-		t.Fatalf("%v %+v", err, res)
+		t.Fatalf("%v %+v, want text a, then an api_error", err, res)
 	}
 
 	s = &Stream{ReplyOptions: ReplyOptions{ID: "r", Model: "m"}, MaxToolBytes: 10}
@@ -159,7 +159,7 @@ func TestStreamErrors(t *testing.T) {
 		t.Fatal(e)
 	}
 	if _, e = s.Chunk(out, []byte(`{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"0123456789"}}]}}]}`)); e == nil || e.Code != "tool_call_too_large" {
-		t.Fatalf("tool arguments past the bound: %v", e)
+		t.Fatalf("tool arguments past the bound: %v, want tool_call_too_large", e)
 	}
 
 	// A stream with no chunk at all still has Anthropic's sequence.
@@ -170,7 +170,7 @@ func TestStreamErrors(t *testing.T) {
 	}
 	res, err = checkStream(parseEvents(t, out))
 	if err != nil || res.stopReason != StopEndTurn || res.usage != [2]int64{2, 0} || s.Finished() || s.HasContent() {
-		t.Fatalf("%v %+v\n%s", err, res, out)
+		t.Fatalf("%v %+v, want end_turn, usage [2 0], not finished, no content\n%s", err, res, out)
 	}
 	checkSDKMessage(t, sdkAccumulate(t, out), &Message{ID: "r", Model: "m", StopReason: StopEndTurn, Usage: Usage{InputTokens: 2}})
 }
@@ -179,11 +179,11 @@ func TestStreamUsage(t *testing.T) {
 	s := &Stream{ReplyOptions: ReplyOptions{ID: "r", Model: "m", PromptBytes: 100}}
 	out := translate(s, [][]byte{[]byte(`{"choices":[{"delta":{"content":"12345678"},"finish_reason":"stop"}]}`)})
 	if u := s.Usage(); u != (Usage{25, 2, true}) || !s.Finished() || !s.HasContent() {
-		t.Errorf("estimated usage %+v", u)
+		t.Errorf("estimated usage %+v, want 25 in, 2 out, estimated, finished with content", u)
 	}
 	res, _ := checkStream(parseEvents(t, out))
 	if res.usage != [2]int64{25, 2} {
-		t.Errorf("message_delta usage %v", res.usage)
+		t.Errorf("message_delta usage %v, want [25 2]", res.usage)
 	}
 }
 
@@ -209,10 +209,10 @@ func TestErrors(t *testing.T) {
 			t.Fatal(err)
 		}
 		if got.Type != "error" || got.Error.Type != tt.typ || got.Error.Message != e.Message {
-			t.Errorf("%d: %s", tt.status, ErrorJSON(e))
+			t.Errorf("%d: %s, want an error of type %s with its message", tt.status, ErrorJSON(e), tt.typ)
 		}
 		if tt.status == 0 && ErrorStatus(e) != 500 || tt.status != 0 && ErrorStatus(e) != tt.status {
-			t.Errorf("%d: ErrorStatus %d", tt.status, ErrorStatus(e))
+			t.Errorf("%d: ErrorStatus %d, want the status, 500 for 0", tt.status, ErrorStatus(e))
 		}
 		if m := ErrorJSON(&openai.Error{Status: tt.status}); !strings.Contains(string(m), `"message":"`) || strings.Contains(string(m), `"message":""`) {
 			t.Errorf("%d: no default message: %s", tt.status, m)
@@ -220,19 +220,19 @@ func TestErrors(t *testing.T) {
 	}
 	ev := parseEvents(t, AppendErrorEvent(nil, &openai.Error{Status: 529, Message: "busy"}))
 	if len(ev) != 1 || ev[0].name != "error" || string(ev[0].data) != `{"type":"error","error":{"type":"overloaded_error","message":"busy"}}` {
-		t.Errorf("error event %+v", ev)
+		t.Errorf(`error event %+v, want one: {"type":"error","error":{"type":"overloaded_error","message":"busy"}}`, ev)
 	}
 	// The SDK reads the error body as Anthropic's.
 	var sdkErr struct {
 		Error anthropic.ErrorObjectUnion `json:"error"`
 	}
 	if err := json.Unmarshal(ErrorJSON(&openai.Error{Status: 429, Message: "slow down"}), &sdkErr); err != nil || sdkErr.Error.Type != "rate_limit_error" || sdkErr.Error.Message != "slow down" {
-		t.Errorf("SDK reads %+v (%v)", sdkErr, err)
+		t.Errorf("SDK reads %+v (%v), want rate_limit_error, slow down", sdkErr, err)
 	}
 
 	e, ok := ParseError([]byte(`{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}`), 529)
 	if !ok || e.Status != 529 || e.Type != TypeOverloaded || e.Message != "Overloaded" {
-		t.Errorf("ParseError: %+v %v", e, ok)
+		t.Errorf("ParseError: %+v %v, want 529 overloaded_error Overloaded, true", e, ok)
 	}
 	for _, body := range []string{``, `{}`, `{"error":{"message":"openai shape"}}`, `{"type":"error"}`} {
 		if _, ok := ParseError([]byte(body), 500); ok {
@@ -251,6 +251,6 @@ func TestStreamInvalidUTF8(t *testing.T) {
 	}
 	res, err := checkStream(parseEvents(t, out))
 	if err != nil || res.text != "a\uFFFDb" || len(res.tools) != 1 || res.tools[0].Input != "{\"k\":\"\uFFFD\"}" {
-		t.Fatalf("%v %+v", err, res)
+		t.Fatalf("%v %+v, want U+FFFD for the invalid bytes in the text and the one tool's input", err, res)
 	}
 }

@@ -18,7 +18,7 @@ func TestParseRequest(t *testing.T) {
 		t.Fatal(e)
 	}
 	if r.Model != "claude-3" || r.MaxTokens != 1024 || !r.Stream || len(r.StopSequences) != 1 || r.Prompt() != "again" {
-		t.Fatalf("got %+v", r)
+		t.Fatalf("got %+v, want claude-3, max_tokens 1024, stream, 1 stop sequence, prompt again", r)
 	}
 	if want := len(`"hi"`) + len(`"hello"`) + len(`[{"type":"text","text":"again"}]`) + len(`"be brief"`) + len(`[]`); r.PromptBytes != want {
 		t.Errorf("PromptBytes %d, want %d", r.PromptBytes, want)
@@ -27,15 +27,15 @@ func TestParseRequest(t *testing.T) {
 		t.Error("EstimateTokens differs from the chat estimate")
 	}
 	if got := string(r.AppendCountTokens(nil)); got != `{"input_tokens":14}` {
-		t.Errorf("count_tokens %s", got)
+		t.Errorf(`count_tokens %s, want {"input_tokens":14}`, got)
 	}
 
 	r, e = ParseCountTokens([]byte(`{"model":"m","messages":[{"role":"user","content":"abcdefgh"}]}`))
 	if e != nil || r.MaxTokens != 0 || string(r.AppendCountTokens(nil)) != `{"input_tokens":3}` {
-		t.Fatalf("count_tokens: %+v %v", r, e)
+		t.Fatalf(`count_tokens: %+v %v; want no max_tokens and {"input_tokens":3}`, r, e)
 	}
 	if _, e := ParseRequest([]byte(`{"model":"m","messages":[{"role":"user","content":"x"}]}`)); e == nil || e.Param != "max_tokens" {
-		t.Fatalf("max_tokens missing: %v", e)
+		t.Fatalf("max_tokens missing: %v, want an error on max_tokens", e)
 	}
 }
 
@@ -88,7 +88,7 @@ func TestParseRequestErrors(t *testing.T) {
 			continue
 		}
 		if e.Status != http.StatusBadRequest || e.Type != openai.TypeInvalidRequest || e.Param != tt.param || e.Code != tt.code {
-			t.Errorf("%.80s: got %d %s %q %s (%s)", tt.body, e.Status, e.Type, e.Param, e.Code, e.Message)
+			t.Errorf("%.80s: got %d %s %q %s (%s), want 400 %s %q %s", tt.body, e.Status, e.Type, e.Param, e.Code, e.Message, openai.TypeInvalidRequest, tt.param, tt.code)
 		}
 		if tt.param != "" && !strings.HasPrefix(e.Message, tt.param+": ") {
 			t.Errorf("%.80s: message %q does not name %s", tt.body, e.Message, tt.param)
@@ -235,7 +235,7 @@ func TestChatBodyErrors(t *testing.T) {
 			continue
 		}
 		if e.Status != http.StatusBadRequest || e.Param != tt.param || !strings.HasPrefix(e.Message, tt.param+": ") {
-			t.Errorf("%.90s: got %d %q %q", tt.body, e.Status, e.Param, e.Message)
+			t.Errorf("%.90s: got %d %q %q, want 400 %q, the message starting with it", tt.body, e.Status, e.Param, e.Message, tt.param)
 		}
 	}
 }
@@ -253,18 +253,18 @@ func FuzzRequest(f *testing.F) {
 		r, e := ParseRequest([]byte(body))
 		if e != nil {
 			if e.Status != http.StatusBadRequest || e.Message == "" {
-				t.Fatalf("bad error %+v", e)
+				t.Fatalf("bad error %+v, want 400 with a message", e)
 			}
 			return
 		}
 		var obj map[string]json.RawMessage
 		if json.Unmarshal([]byte(body), &obj) != nil || r.Model == "" || r.MaxTokens < 1 {
-			t.Fatalf("accepted %q as %+v", body, r)
+			t.Fatalf("accepted %q as %+v, want only a JSON object with a model and max_tokens of at least 1", body, r)
 		}
 		out, e := r.ChatBody()
 		if e != nil {
 			if e.Status != http.StatusBadRequest || !strings.HasPrefix(e.Message, e.Param+": ") {
-				t.Fatalf("bad error %+v", e)
+				t.Fatalf("bad error %+v, want 400 with a message starting with its param", e)
 			}
 			return
 		}
@@ -277,7 +277,7 @@ func FuzzRequest(f *testing.F) {
 		}
 		_ = json.Unmarshal(out, &got)
 		if chat.Model != r.Model || chat.Stream != r.Stream || chat.IncludeUsage != r.Stream || got.MaxTokens != r.MaxTokens {
-			t.Fatalf("translated %q into %s", body, out)
+			t.Fatalf("translated %q into %s, want the model, stream, usage and max_tokens kept", body, out)
 		}
 	})
 }

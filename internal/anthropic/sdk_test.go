@@ -22,7 +22,7 @@ func sdkAccumulate(t testing.TB, out []byte) anthropic.Message {
 			t.Fatalf("SDK cannot decode %s: %v", ev.data, err)
 		}
 		if u.Type != ev.name {
-			t.Fatalf("SDK reads type %q for event %s", u.Type, ev.name)
+			t.Fatalf("SDK reads type %q for event %s, want %q", u.Type, ev.name, ev.name)
 		}
 		if err := msg.Accumulate(u); err != nil {
 			t.Fatalf("SDK accumulator refuses %s: %v", ev.data, err)
@@ -109,7 +109,7 @@ func TestEchoSDK(t *testing.T) {
 	}
 	m := Echo(r, "req-1")
 	if len(m.Content) != 1 || m.Content[0].Text != "Echo: hello\nworld <&>" || m.StopReason != StopEndTurn || m.Model != "claude-echo" {
-		t.Fatalf("echo %+v", m)
+		t.Fatalf(`echo %+v, want one block "Echo: hello\nworld <&>", end_turn, model claude-echo`, m)
 	}
 	var got anthropic.Message
 	if err := json.Unmarshal(m.AppendJSON(nil), &got); err != nil {

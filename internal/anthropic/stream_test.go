@@ -244,7 +244,7 @@ func TestStreamGolden(t *testing.T) {
 				t.Error(err)
 			}
 			if want := map[string]string{"text_only": StopEndTurn}[name]; want == "" && s.StopReason() != StopToolUse || want != "" && s.StopReason() != want {
-				t.Errorf("stop reason %q", s.StopReason())
+				t.Errorf("stop reason %q, want end_turn for text_only, tool_use otherwise", s.StopReason())
 			}
 			if s.OutputBytes() == 0 {
 				t.Error("no output bytes counted")
@@ -272,7 +272,7 @@ func TestStreamInterleaved(t *testing.T) {
 	}
 	want := []tool{{"a", "fa", `{"x":1}`}, {"b", "fb", `{"y":2}`}, {"c", "fc", `{}`}}
 	if res.text != "held text" || len(res.tools) != 3 || res.stopReason != StopToolUse || res.usage != [2]int64{3, 4} {
-		t.Fatalf("%+v\n%s", res, out)
+		t.Fatalf("%+v, want text \"held text\", 3 tools, tool_use, usage [3 4]\n%s", res, out)
 	}
 	for i, w := range want {
 		if g := res.tools[i]; g.ID != w.ID || g.Name != w.Name || !jsonEqual([]byte(g.Input), []byte(w.Input)) {
@@ -293,7 +293,7 @@ func TestStreamInterleaved(t *testing.T) {
 		}
 	}
 	if got := strings.Join(starts, " "); got != "tool_use:a text: tool_use:b text: tool_use:c" {
-		t.Errorf("blocks %s", got)
+		t.Errorf("blocks %s, want tool_use:a text: tool_use:b text: tool_use:c", got)
 	}
 
 	// Arguments after a call's arguments were a whole object: an error.
@@ -306,6 +306,6 @@ func TestStreamInterleaved(t *testing.T) {
 		_, e = s.Chunk(out, []byte(`{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":",\"more\":1}"}}]}}]}`))
 	}
 	if e == nil || e.Status != 502 {
-		t.Fatalf("arguments after a whole object: %v", e)
+		t.Fatalf("arguments after a whole object: %v, want a 502", e)
 	}
 }

@@ -57,17 +57,17 @@ func TestModes(t *testing.T) {
 			continue
 		}
 		if err != nil || resp.StatusCode != tt.status || !strings.Contains(body, tt.want) {
-			t.Errorf("%+v: %v %v %.200q", tt.fault, err, resp, body)
+			t.Errorf("%+v: %v %v %.200q, want status %d with %.200q", tt.fault, err, resp, body, tt.status, tt.want)
 		}
 		if tt.fault.Mode == Cut && strings.Contains(body, "[DONE]") {
 			t.Errorf("cut stream has [DONE]")
 		}
 		if tt.fault.RetryAfter != "" && resp.Header.Get("Retry-After") != tt.fault.RetryAfter {
-			t.Errorf("Retry-After lost")
+			t.Errorf("Retry-After %q, want %q", resp.Header.Get("Retry-After"), tt.fault.RetryAfter)
 		}
 	}
 	if s.Count() != len(tests) || string(s.Requests()[0].Body) != `{"model":"m"}` {
-		t.Fatalf("recorded %d requests", s.Count())
+		t.Fatalf(`recorded %d requests, want %d, the first {"model":"m"}`, s.Count(), len(tests))
 	}
 }
 

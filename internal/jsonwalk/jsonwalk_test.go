@@ -21,7 +21,7 @@ func TestKeyIs(t *testing.T) {
 		{`"`, "model", false},
 	} {
 		if got := KeyIs([]byte(tt.key), tt.name); got != tt.want {
-			t.Errorf("KeyIs(%s, %q) = %v", tt.key, tt.name, got)
+			t.Errorf("KeyIs(%s, %q) = %v, want %v", tt.key, tt.name, got, tt.want)
 		}
 	}
 }
@@ -30,13 +30,13 @@ func TestSkip(t *testing.T) {
 	b := []byte(` {"a":"x\"]}","b":[1,{"c":null}],"d":-1.5e3} rest`)
 	i := SkipSpace(b, 0)
 	if i != 1 {
-		t.Fatalf("SkipSpace: %d", i)
+		t.Fatalf("SkipSpace: %d, want 1", i)
 	}
 	if end := SkipValue(b, i); string(b[end:]) != " rest" {
-		t.Fatalf("SkipValue stopped at %q", b[end:])
+		t.Fatalf("SkipValue stopped at %q, want \" rest\"", b[end:])
 	}
 	if !IsNull(nil) || !IsNull([]byte("null")) || IsNull([]byte(`"null"`)) {
-		t.Fatal("IsNull")
+		t.Fatal(`IsNull: want true for nil and null, false for "null"`)
 	}
 }
 

@@ -24,26 +24,26 @@ func TestBuildAndLookup(t *testing.T) {
 		t.Fatal(err)
 	}
 	if s.Len() != 4 {
-		t.Fatalf("%d keys", s.Len())
+		t.Fatalf("%d keys, want 4", s.Len())
 	}
 	k, ok := s.Lookup(plain)
 	if !ok || k.ID != "alice" || !k.Valid(now) {
-		t.Fatalf("plain key: %+v %v", k, ok)
+		t.Fatalf("plain key: %+v %v, want alice, found, valid", k, ok)
 	}
 	for model, want := range map[string]bool{"gpt-4o": true, "gpt-4o-mini": true, "llama": true, "llama-2": false, "gpt-3.5": false, "": false} {
 		if k.Allowed(model) != want {
-			t.Errorf("Allowed(%q) = %v", model, !want)
+			t.Errorf("Allowed(%q) = %v, want %v", model, !want, want)
 		}
 	}
 	k, ok = s.Lookup(other)
 	if !ok || k.ID != Hash(other)[len(hashPrefix):len(hashPrefix)+8] || !k.Allowed("anything") {
-		t.Fatalf("hashed key: %+v %v", k, ok)
+		t.Fatalf("hashed key: %+v %v, want found, id %s, any model allowed", k, ok, Hash(other)[len(hashPrefix):len(hashPrefix)+8])
 	}
 	if k, ok := s.Lookup("sk-cg-expired-key-0123456789"); !ok || k.Valid(now) || !k.Valid(now.Add(-time.Hour)) {
-		t.Fatal("expiry")
+		t.Fatal("expiry: want the expired key found, invalid now, valid an hour before")
 	}
 	if k, ok := s.Lookup("sk-cg-disabled-key-0123456789"); !ok || k.Valid(now) {
-		t.Fatal("disabled")
+		t.Fatal("disabled: want the disabled key found and invalid")
 	}
 	for _, bad := range []string{"", plain + "x", plain[:len(plain)-1], Hash(plain)} {
 		if _, ok := s.Lookup(bad); ok {
@@ -86,7 +86,7 @@ func TestModels(t *testing.T) {
 		"mistral-instruct": true, "-instruct": true, "qwen": true, "qwen2.5": true, "xqwen": false, "": false,
 	} {
 		if m.Match(model) != want {
-			t.Errorf("Match(%q) = %v", model, !want)
+			t.Errorf("Match(%q) = %v, want %v", model, !want, want)
 		}
 	}
 	all, _ := CompileModels([]string{"**"})
@@ -171,7 +171,7 @@ func FuzzPresented(f *testing.F) {
 		}
 		key, ok := Presented(h)
 		if ok != (key != "") || key != strings.TrimSpace(key) {
-			t.Fatalf("%q %v", key, ok)
+			t.Fatalf("%q %v, want ok only for a non-empty key without outer spaces", key, ok)
 		}
 		if ok && !strings.Contains(auth, key) && !strings.Contains(xAPIKey, key) && !strings.Contains(apiKey, key) {
 			t.Fatalf("key %q is in no header", key)
@@ -181,10 +181,10 @@ func FuzzPresented(f *testing.F) {
 
 func TestHint(t *testing.T) {
 	if got := Hint(plain); got != "sk-c****6789" {
-		t.Fatal(got)
+		t.Fatalf("Hint = %q, want sk-c****6789", got)
 	}
 	if got := Hint("short-key"); got != "****" {
-		t.Fatal(got)
+		t.Fatalf("Hint = %q, want ****", got)
 	}
 }
 
@@ -193,13 +193,13 @@ func TestNewAndHash(t *testing.T) {
 	for range 100 {
 		k := New()
 		if !strings.HasPrefix(k, Prefix) || len(k) != len(Prefix)+43 || strings.Trim(k[len(Prefix):], base62) != "" || seen[k] {
-			t.Fatalf("key %q", k)
+			t.Fatalf("key %q, want %s and 43 base62 digits, not seen before", k, Prefix)
 		}
 		seen[k] = true
 	}
 	// echo -n abc | sha256sum
 	if got := Hash("abc"); got != "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad" {
-		t.Fatal(got)
+		t.Fatalf("Hash(abc) = %s, want sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", got)
 	}
 	s, err := Build([]Entry{{Key: Hash(plain)}})
 	if err != nil {
@@ -217,7 +217,7 @@ func TestParseFile(t *testing.T) {
 	}
 	want := Entry{Key: Hash(plain), ID: "ci", Models: []string{"gpt-*"}, Expires: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC), Disabled: true}
 	if len(entries) != 1 || fmt.Sprint(entries[0]) != fmt.Sprint(want) {
-		t.Fatalf("%+v", entries)
+		t.Fatalf("%+v, want [%+v]", entries, want)
 	}
 	for input, want := range map[string]string{
 		`{"keys":[{"key":"x","model":["a"]}]}`:    "unknown field",
@@ -253,10 +253,10 @@ func FuzzParseFile(f *testing.F) {
 		}
 		again, err := ParseFile[Entry](out)
 		if err != nil || len(again) != len(entries) {
-			t.Fatalf("round trip: %v", err)
+			t.Fatalf("round trip: %d entries, %v; want %d", len(again), err, len(entries))
 		}
 		if s.Len() != len(entries) {
-			t.Fatalf("%d keys from %d entries", s.Len(), len(entries))
+			t.Fatalf("%d keys from %d entries, want one per entry", s.Len(), len(entries))
 		}
 	})
 }

@@ -51,7 +51,7 @@ func benchReserveReconcile(b *testing.B, l *Limiter) {
 	for b.Loop() {
 		d, err := l.Reserve(ctx, dims[i%len(dims)], 600)
 		if err != nil || d.Reservation == nil {
-			b.Fatalf("%+v, %v", d, err)
+			b.Fatalf("%+v, %v; want a reservation", d, err)
 		}
 		if err := l.Reconcile(ctx, d.Reservation, 450); err != nil {
 			b.Fatal(err)
@@ -73,7 +73,7 @@ func BenchmarkMemoryReserveReconcileParallel(b *testing.B) {
 		for pb.Next() {
 			d, err := l.Reserve(ctx, dims, 600)
 			if err != nil || d.Reservation == nil {
-				b.Fatalf("%+v, %v", d, err)
+				b.Fatalf("%+v, %v; want a reservation", d, err)
 			}
 			if err := l.Reconcile(ctx, d.Reservation, 450); err != nil {
 				b.Fatal(err)
@@ -97,7 +97,7 @@ func BenchmarkRedisReserve(b *testing.B) {
 	defer reportCPU(b)()
 	for b.Loop() {
 		if d, err := l.Reserve(ctx, dims, 600); err != nil || d.Reservation == nil {
-			b.Fatalf("%+v, %v", d, err)
+			b.Fatalf("%+v, %v; want a reservation", d, err)
 		}
 	}
 }

@@ -104,7 +104,7 @@ func TestEdgeOfWindow(t *testing.T) {
 			t.Fatalf("%d more admitted 0.2s after the first 100, want at most 1", admitted)
 		}
 		if last.Used != 100 || last.Requested != 1 || last.Dimension.Kind != KindRequests || last.TooLarge {
-			t.Fatalf("denial %+v", last)
+			t.Fatalf("denial %+v, want requests used 100, requested 1, not too large", last)
 		}
 		// 1/3 of a request refilled in 0.2s: 2/3 more (0.4s) lets one pass.
 		if last.RetryAfter != 400*time.Millisecond {
@@ -136,7 +136,7 @@ func TestTokenBurst(t *testing.T) {
 					admitted++
 					mu.Unlock()
 				} else if d.Denial.Dimension.Kind != KindTokens || d.Denial.Requested != 600 || d.Denial.Used != 9600 {
-					t.Errorf("denial %+v", d.Denial)
+					t.Errorf("denial %+v, want tokens used 9600, requested 600", d.Denial)
 				}
 			})
 		}
@@ -237,7 +237,7 @@ func TestReconcileAndRefund(t *testing.T) {
 			t.Fatalf("status %+v, want nothing left", st)
 		}
 		if d.Reservation.Tokens() != 800 {
-			t.Fatalf("Tokens() = %d", d.Reservation.Tokens())
+			t.Fatalf("Tokens() = %d, want 800", d.Reservation.Tokens())
 		}
 	})
 }
@@ -251,7 +251,7 @@ func TestConcurrency(t *testing.T) {
 			t.Fatal("two requests refused under concurrent 2")
 		}
 		if b.Status[0].Remaining != 0 || b.Status[0].Reset != 0 {
-			t.Fatalf("status %+v", b.Status[0])
+			t.Fatalf("status %+v, want remaining 0, reset 0", b.Status[0])
 		}
 		c := reserve(t, l, dims, 0)
 		if c.Denial == nil || c.Denial.Dimension.Kind != KindConcurrent || c.Denial.Used != 2 || c.Denial.RetryAfter != time.Second {
@@ -262,7 +262,7 @@ func TestConcurrency(t *testing.T) {
 		}
 		// Settling again must not release a second slot.
 		if err := l.Reconcile(ctx, a.Reservation, 0); !errors.Is(err, ErrSettled) {
-			t.Fatalf("second reconcile: %v", err)
+			t.Fatalf("second reconcile: %v, want ErrSettled", err)
 		}
 		if d := reserve(t, l, dims, 0); d.Denial != nil {
 			t.Fatalf("refused after a release: %+v", d.Denial)
@@ -304,11 +304,11 @@ func TestQuotaPeriodBoundary(t *testing.T) {
 			t.Fatalf("refused in the new day: %+v", d.Denial)
 		}
 		if st := d.Status[0]; st.Remaining != 0 || st.Reset != 24*time.Hour {
-			t.Fatalf("new day status %+v", st)
+			t.Fatalf("new day status %+v, want remaining 0, reset 24h", st)
 		}
 		// The tokens bucket is not a quota: it kept its 1200 less 0.5s of refill.
 		if st := d.Status[1]; st.Remaining != 100000-1200+833-1000 {
-			t.Fatalf("tokens status %+v", st)
+			t.Fatalf("tokens status %+v, want remaining %d", st, 100000-1200+833-1000)
 		}
 	})
 }
@@ -330,7 +330,7 @@ func TestAllOrNone(t *testing.T) {
 		// A refusal reports every dimension as it stays, for the 429's headers.
 		if st := d.Status; len(st) != 4 || st[0].Remaining != 10 || st[1].Remaining != 1 || st[2].Remaining != 5000 ||
 			st[3].Remaining != 100 || st[3].Reset != 54*time.Second {
-			t.Fatalf("status on refusal: %+v", st)
+			t.Fatalf("status on refusal: %+v, want 4 remaining 10, 1, 5000, 100, the last resetting in 54s", st)
 		}
 		d = reserve(t, l, a, 100)
 		if d.Denial != nil {
@@ -363,7 +363,7 @@ func TestContinuousRefill(t *testing.T) {
 		}
 		clock.Advance(time.Hour)
 		if st := reserve(t, l, dims, 0).Status[0]; st.Remaining != 59 {
-			t.Fatalf("after an hour: %+v", st)
+			t.Fatalf("after an hour: %+v, want remaining 59", st)
 		}
 	})
 }
@@ -444,7 +444,7 @@ func FuzzBucket(f *testing.F) {
 			if d.Denial != nil {
 				den := d.Denial
 				if den.TooLarge || den.RetryAfter <= 0 || float64(den.Used+cost) <= float64(rate.N)-1 {
-					t.Fatalf("cost %d refused with %+v", cost, den)
+					t.Fatalf("cost %d refused with %+v, want not too large, a positive retry-after, used+cost over the limit", cost, den)
 				}
 				clock.Advance(den.RetryAfter)
 				if d, err = l.Reserve(context.Background(), dims, cost); err != nil || d.Denial != nil {
@@ -452,7 +452,7 @@ func FuzzBucket(f *testing.F) {
 				}
 			}
 			if st := d.Status[0]; st.Remaining < 0 || st.Remaining > rate.N || st.Reset > rate.Window+time.Microsecond {
-				t.Fatalf("status %+v", st)
+				t.Fatalf("status %+v, want remaining 0..%d, reset at most %s", st, rate.N, rate.Window+time.Microsecond)
 			}
 			admitted += cost
 			check()
@@ -511,7 +511,7 @@ func TestOwners(t *testing.T) {
 			}
 			time.Sleep(100 * time.Millisecond)
 			if got, err := store.Owns(ctx, "resp_short", "key:alice"); err != nil || got {
-				t.Errorf("an expired claim: %v %v", got, err)
+				t.Errorf("an expired claim: %v %v, want false, nil", got, err)
 			}
 		})
 	}
@@ -527,7 +527,7 @@ func TestMemoryOwnersBounded(t *testing.T) {
 		}
 	}
 	if n := len(m.owners.byID); n != MaxMemoryOwners {
-		t.Fatalf("%d records kept", n)
+		t.Fatalf("%d records kept, want %d", n, MaxMemoryOwners)
 	}
 	for i, want := range map[int]bool{0: false, 9: false, 10: true, MaxMemoryOwners + 9: true} {
 		if got, _ := m.Owns(ctx, "resp_"+strconv.Itoa(i), "o"); got != want {

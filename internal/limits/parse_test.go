@@ -57,7 +57,7 @@ func TestParseQuota(t *testing.T) {
 
 func TestParseCount(t *testing.T) {
 	if n, err := ParseCount("8"); err != nil || n != 8 {
-		t.Errorf("ParseCount(8) = %d, %v", n, err)
+		t.Errorf("ParseCount(8) = %d, %v; want 8", n, err)
 	}
 	for _, in := range []string{"", "0", "-2", "two", "8/1m"} {
 		if _, err := ParseCount(in); err == nil {

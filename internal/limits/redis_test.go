@@ -72,12 +72,12 @@ func TestRedisOneRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	if got := counter.take(); strings.Join(got, " ") != "ping hello" {
-		t.Fatalf("connection setup sent %v", got)
+		t.Fatalf("connection setup sent %v, want ping hello", got)
 	}
 	// The first call finds the script uncached: EVALSHA, then EVAL.
 	d := reserve(t, l, dims, 10)
 	if got := counter.take(); strings.Join(got, " ") != "evalsha eval" {
-		t.Fatalf("first reservation sent %v", got)
+		t.Fatalf("first reservation sent %v, want evalsha eval", got)
 	}
 	if err := l.Reconcile(ctx, d.Reservation, 5); err != nil {
 		t.Fatal(err)
@@ -102,13 +102,13 @@ func TestRedisOneRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	if got := counter.take(); len(got) != 0 {
-		t.Fatalf("reconciling only a request count sent %v", got)
+		t.Fatalf("reconciling only a request count sent %v, want nothing", got)
 	}
 	if d := reserve(t, l, dims, 1<<20); d.Denial == nil || !d.Denial.TooLarge {
 		t.Fatalf("want too large, got %+v", d)
 	}
 	if got := counter.take(); len(got) != 0 {
-		t.Fatalf("a request that can never pass sent %v", got)
+		t.Fatalf("a request that can never pass sent %v, want nothing", got)
 	}
 	// After SCRIPT FLUSH (or a restart) the script is sent again.
 	if err := rawClient(t, srv.Addr).ScriptFlush(ctx).Err(); err != nil {
@@ -118,7 +118,7 @@ func TestRedisOneRoundTrip(t *testing.T) {
 		t.Fatalf("refused after script flush: %+v", d.Denial)
 	}
 	if got := counter.take(); strings.Join(got, " ") != "evalsha eval" {
-		t.Fatalf("reservation after a flush sent %v", got)
+		t.Fatalf("reservation after a flush sent %v, want evalsha eval", got)
 	}
 }
 
@@ -164,7 +164,7 @@ func TestRedisSharedAndPersistent(t *testing.T) {
 			t.Fatalf("request %d after 6s refused: %+v", i, d.Denial)
 		}
 		if st := d.Status[1]; st.Remaining != 10000-1000+1000-int64(i+1)*10 {
-			t.Fatalf("tokens status %+v", st)
+			t.Fatalf("tokens status %+v, want remaining %d", st, 10000-1000+1000-int64(i+1)*10)
 		}
 	}
 	if d := reserve(t, restarted, dims, 10); d.Denial == nil || d.Denial.Used != 100 {
@@ -313,7 +313,7 @@ func TestRedisAuth(t *testing.T) {
 		_, err = New(r, nil, 0).Reserve(context.Background(), dims, 0)
 		r.Close()
 		if err == nil || strings.Contains(err.Error(), "wrong-pw") || strings.Contains(err.Error(), "s3cret") {
-			t.Fatalf("bad credentials: error %v", err)
+			t.Fatalf("bad credentials: error %v, want an error not naming a password", err)
 		}
 	}
 }
@@ -405,7 +405,7 @@ func TestRedisSettlementRetried(t *testing.T) {
 	ctx := context.Background()
 	d, err := l.Reserve(ctx, dims, 600)
 	if err != nil || d.Reservation == nil {
-		t.Fatalf("%+v %v", d, err)
+		t.Fatalf("%+v %v, want a reservation", d, err)
 	}
 	srv.Pause()
 	if err := l.Reconcile(ctx, d.Reservation, 100); err == nil {
@@ -425,9 +425,9 @@ func TestRedisSettlementRetried(t *testing.T) {
 	// The slot is free and the 500 tokens not used are back: 900 fit.
 	d, err = l.Reserve(ctx, dims, 900)
 	if err != nil || d.Reservation == nil {
-		t.Fatalf("after the settlement was sent again: %+v %v", d.Denial, err)
+		t.Fatalf("after the settlement was sent again: %+v %v; want 900 tokens admitted", d.Denial, err)
 	}
 	if _, dropped := store.Pending(); dropped != 0 {
-		t.Fatalf("%d settlements dropped", dropped)
+		t.Fatalf("%d settlements dropped, want 0", dropped)
 	}
 }

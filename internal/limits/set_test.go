@@ -34,6 +34,6 @@ func TestSet(t *testing.T) {
 		}
 	}
 	if got := CapTokens(dims[:1], 5000); got != 5000 {
-		t.Errorf("CapTokens without a tokens limit = %d", got)
+		t.Errorf("CapTokens without a tokens limit = %d, want 5000", got)
 	}
 }

@@ -31,12 +31,12 @@ func TestCompletionsParse(t *testing.T) {
 			continue
 		}
 		if req.PromptBytes != tt.promptBytes || firstPrompt(req.echo) != tt.echo {
-			t.Errorf("%s: prompt bytes %d, echo %q", tt.body, req.PromptBytes, firstPrompt(req.echo))
+			t.Errorf("%s: prompt bytes %d, echo %q; want %d, %q", tt.body, req.PromptBytes, firstPrompt(req.echo), tt.promptBytes, tt.echo)
 		}
 	}
 	req, _ := Completions.Parse([]byte(tests[0].body))
 	if req.Model != "m" || !req.Stream || !req.IncludeUsage {
-		t.Errorf("%+v", req)
+		t.Errorf("%+v, want model m, stream, include usage", req)
 	}
 }
 
@@ -67,7 +67,7 @@ func TestCompletionsParseErrors(t *testing.T) {
 			continue
 		}
 		if e.Status != 400 || e.Type != TypeInvalidRequest || e.Param != tt.param || e.Code != tt.code {
-			t.Errorf("%s: got param=%q code=%q (%s)", tt.body, e.Param, e.Code, e.Message)
+			t.Errorf("%s: got param=%q code=%q (%s), want 400 %s param=%q code=%q", tt.body, e.Param, e.Code, e.Message, TypeInvalidRequest, tt.param, tt.code)
 		}
 	}
 }
@@ -84,7 +84,7 @@ func TestCompletionsNormalize(t *testing.T) {
 	decodeInto(t, out, &c)
 	if c.ID != "req-1" || c.Object != "text_completion" || c.Created != 5 || c.Model != "qwen" || c.Choices[0].Text != " world" ||
 		c.Choices[0].FinishReason != "length" || c.Usage.TotalTokens != 3 || rep.FinishReason != "length" || rep.Usage.Estimated {
-		t.Fatalf("%s %+v", out, rep)
+		t.Fatalf(`%s %+v; want req-1, text_completion, created 5, qwen, " world", length, 3 tokens reported`, out, rep)
 	}
 	if !strings.Contains(string(out), `"stop_reason":null`) {
 		t.Fatalf("extra field lost: %s", out)
@@ -99,7 +99,7 @@ func TestCompletionsNormalize(t *testing.T) {
 	decodeInto(t, out, &c)
 	if c.ID != "req-1" || c.Model != "asked" || c.Created != 99 || len(c.Choices) != 2 || c.Choices[1].Index != 1 || c.Choices[1].Text != "" ||
 		c.Choices[0].FinishReason != "stop" || c.Usage.PromptTokens != 10 || c.Usage.CompletionTokens != 2 || c.Usage.TotalTokens != 12 || !rep.Usage.Estimated {
-		t.Fatalf("%s %+v", out, rep)
+		t.Fatalf("%s %+v; want req-1, asked, created 99, 2 choices, stop, estimated usage 10 and 2", out, rep)
 	}
 	for _, bad := range []string{``, `[]`, `{"choices":{}}`, `{"text":"x"}`, `{"choices":[`} {
 		if _, _, err := Completions.Normalize(nil, []byte(bad), m); err == nil {
@@ -125,11 +125,11 @@ func TestCompletionsStream(t *testing.T) {
 	feed(`{"id":"cmpl-1","object":"text_completion","created":7,"model":"llama","choices":[{"text":"Hel","index":0,"logprobs":null,"finish_reason":null}]}`)
 	feed(`{"choices":[{"text":"lo"}]}`)
 	if !st.Content() || st.Complete() {
-		t.Fatal("content / complete")
+		t.Fatal("content / complete: want content, not complete")
 	}
 	feed(`{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}`) // usage only: nothing relayed
 	if len(got) != 2 {
-		t.Fatalf("%+v", got)
+		t.Fatalf("%+v, want 2 events", got)
 	}
 	// The stream ends without a finish_reason: Finish adds it, the usage chunk and [DONE].
 	if err := st.Finish(true, emit); err != nil {
@@ -140,7 +140,7 @@ func TestCompletionsStream(t *testing.T) {
 		var c sdk.Completion
 		decodeInto(t, []byte(ev.data), &c)
 		if c.ID != "req-1" || c.Object != "text_completion" || c.Model != "llama" || c.Created != 7 {
-			t.Fatalf("chunk %d: %s", i, ev.data)
+			t.Fatalf("chunk %d: %s, want req-1, text_completion, llama, created 7", i, ev.data)
 		}
 		if len(c.Choices) > 0 {
 			text += c.Choices[0].Text
@@ -149,10 +149,10 @@ func TestCompletionsStream(t *testing.T) {
 	finish, usage := got[len(got)-3].data, got[len(got)-2].data
 	if text != "Hello" || !strings.Contains(finish, `"finish_reason":"stop"`) || !strings.Contains(usage, `"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}`) ||
 		got[len(got)-1].data != "[DONE]" {
-		t.Fatalf("%+v", got)
+		t.Fatalf(`%+v, want text "Hello", finish stop, the usage chunk, [DONE]`, got)
 	}
 	if r := st.Result(); r.FinishReason != "stop" || r.Usage.CompletionTokens != 2 || r.Usage.Estimated || r.CompletionBytes != 5 {
-		t.Fatalf("%+v", r)
+		t.Fatalf("%+v, want stop, 2 completion tokens reported, 5 completion bytes", r)
 	}
 
 	// A finish_reason and [DONE] complete the stream; the estimate counts the text.
@@ -163,14 +163,14 @@ func TestCompletionsStream(t *testing.T) {
 		}
 	}
 	if r := st.Result(); !st.Complete() || r.FinishReason != "length" || !r.Usage.Estimated || r.Usage.PromptTokens != 1 || r.Usage.CompletionTokens != 2 {
-		t.Fatalf("%+v", r)
+		t.Fatalf("%+v, want complete, length, estimated usage 1 and 2", r)
 	}
 	if _, err := st.Event(nil, nil, []byte(`not json`)); err != nil {
 		t.Fatal("event after [DONE] read")
 	}
 	st = Completions.NewStream(Meta{ID: "r"})
 	if _, err := st.Event(nil, nil, []byte(`not json`)); !errors.Is(err, ErrInvalidReply) {
-		t.Fatal(err)
+		t.Fatalf("%v, want ErrInvalidReply", err)
 	}
 }
 
@@ -186,7 +186,7 @@ func TestCompletionsSDK(t *testing.T) {
 		for stream.Next() {
 			c := stream.Current()
 			if c.ID != "req-1" || c.Object != "text_completion" {
-				t.Fatalf("chunk %+v", c)
+				t.Fatalf("chunk %+v, want req-1, text_completion", c)
 			}
 			for _, ch := range c.Choices {
 				text += ch.Text
@@ -207,10 +207,10 @@ func TestCompletionsSDK(t *testing.T) {
 	echo := sdkClient(serveEndpoint(t, Completions, nil))
 	c, err := echo.Completions.New(t.Context(), params)
 	if err != nil || c.ID != "req-1" || c.Choices[0].Text != "Echo: hello world" || c.Choices[0].FinishReason != "stop" || c.Usage.TotalTokens == 0 {
-		t.Fatalf("%+v %v", c, err)
+		t.Fatalf("%+v %v; want req-1, Echo: hello world, stop, usage", c, err)
 	}
 	if text, usage, finish := streamed(echo); text != "Echo: hello world" || finish != "stop" || usage.TotalTokens != c.Usage.TotalTokens {
-		t.Fatalf("%q %+v %q", text, usage, finish)
+		t.Fatalf(`%q %+v %q; want "Echo: hello world", %d tokens, stop`, text, usage, finish, c.Usage.TotalTokens)
 	}
 
 	// A llama.cpp-like backend: JSON with usage, a stream that ends with
@@ -227,16 +227,16 @@ func TestCompletionsSDK(t *testing.T) {
 		}}
 	}))
 	if c, err := backend.Completions.New(t.Context(), params); err != nil || c.Choices[0].Text != "Hi" || c.Usage.TotalTokens != 3 || c.ID != "req-1" {
-		t.Fatalf("%+v %v", c, err)
+		t.Fatalf("%+v %v; want Hi, 3 tokens, req-1", c, err)
 	}
 	if text, usage, finish := streamed(backend); text != "Hi there" || usage.TotalTokens != 4 || finish != "length" {
-		t.Fatalf("%q %+v %q", text, usage, finish)
+		t.Fatalf(`%q %+v %q; want "Hi there", 4 tokens, length`, text, usage, finish)
 	}
 	jsonToStream := sdkClient(serveEndpoint(t, Completions, func(req *Request) backendReply {
 		return backendReply{json: `{"choices":[{"text":"Whole"}],"usage":{"prompt_tokens":2,"completion_tokens":1}}`}
 	}))
 	if text, usage, finish := streamed(jsonToStream); text != "Whole" || usage.TotalTokens != 3 || finish != "stop" {
-		t.Fatalf("%q %+v %q", text, usage, finish)
+		t.Fatalf(`%q %+v %q; want "Whole", 3 tokens, stop`, text, usage, finish)
 	}
 
 	// A stream cut short ends with an error the SDK reports.
@@ -248,13 +248,13 @@ func TestCompletionsSDK(t *testing.T) {
 	}
 	var se *ssestream.StreamError
 	if err := stream.Err(); !errors.As(err, &se) || !strings.Contains(se.Message, "before it was complete") {
-		t.Fatalf("%v", err)
+		t.Fatalf("%v, want a stream error saying before it was complete", err)
 	}
 
 	_, err = echo.Completions.New(t.Context(), sdk.CompletionNewParams{Model: "m"})
 	var apiErr *sdk.Error
 	if !errors.As(err, &apiErr) || apiErr.StatusCode != 400 || apiErr.Param != "prompt" {
-		t.Fatalf("%v", err)
+		t.Fatalf("%v, want a 400 on prompt", err)
 	}
 }
 
@@ -272,17 +272,17 @@ func FuzzCompletions(f *testing.F) {
 			_ = collectEvents(t, &evs)(out)
 			var c sdk.Completion
 			if json.Unmarshal([]byte(evs[0].data), &c) != nil || c.ID != "r" {
-				t.Fatalf("chunk %s gave %s", data, out)
+				t.Fatalf("chunk %s gave %s, want a completion with id r", data, out)
 			}
 		}
 		var evs []event
 		if err := st.Finish(true, collectEvents(t, &evs)); err != nil || evs[len(evs)-1].data != "[DONE]" {
-			t.Fatalf("finish %v %+v", err, evs)
+			t.Fatalf("finish %v %+v; want [DONE] last", err, evs)
 		}
 		if reply, _, err := Completions.Normalize(nil, data, Meta{ID: "r"}); err == nil {
 			var c sdk.Completion
 			if json.Unmarshal(reply, &c) != nil || c.ID != "r" || c.Object != "text_completion" {
-				t.Fatalf("reply %s gave %s", data, reply)
+				t.Fatalf("reply %s gave %s, want a text_completion with id r", data, reply)
 			}
 			evs = evs[:0]
 			if err := Completions.NewStream(Meta{ID: "r"}).FromReply(reply, true, collectEvents(t, &evs)); err != nil {
@@ -306,13 +306,13 @@ func FuzzRequests(f *testing.F) {
 		ep := eps[uint(which)%uint(len(eps))]
 		req, e := ep.Parse(body)
 		if (req == nil) == (e == nil) {
-			t.Fatalf("req %v, err %v", req, e)
+			t.Fatalf("req %v, err %v; want exactly one", req, e)
 		}
 		var raw map[string]json.RawMessage
 		isObject := json.Unmarshal(body, &raw) == nil
 		if e != nil {
 			if e.Status != 400 || !json.Valid(e.JSON()) {
-				t.Fatalf("bad error %+v", e)
+				t.Fatalf("bad error %+v, want 400 with valid JSON", e)
 			}
 			if e.Code == "invalid_json" && json.Valid(body) && utf8.Valid(body) {
 				t.Fatalf("%q: invalid_json (%s), but it is valid", body, e.Message)
@@ -329,7 +329,7 @@ func FuzzRequests(f *testing.F) {
 		}
 		m := Meta{ID: "r", Model: "m"}
 		if out, _ := ep.Echo(nil, req, m); !json.Valid(out) {
-			t.Fatalf("echo %s", out)
+			t.Fatalf("echo %s, want valid JSON", out)
 		}
 		if req.Stream {
 			var evs []event

@@ -16,10 +16,10 @@ import (
 func TestEmbeddingsParse(t *testing.T) {
 	req, e := Embeddings.Parse([]byte(`{"model":"e5","input":["ab","cd"],"encoding_format":"base64","dimensions":8,"stream":true}`))
 	if e != nil || req.Model != "e5" || req.PromptBytes != 4 || !req.base64 || req.Stream {
-		t.Fatalf("%+v %v", req, e)
+		t.Fatalf("%+v %v; want e5, 4 prompt bytes, base64, no stream", req, e)
 	}
 	if req, e = Embeddings.Parse([]byte(`{"input":[[1,2,3]],"encoding_format":"float"}`)); e != nil || req.PromptBytes != 12 || req.base64 {
-		t.Fatalf("%+v %v", req, e)
+		t.Fatalf("%+v %v; want 12 prompt bytes, floats", req, e)
 	}
 	tests := []struct{ body, param, code string }{
 		{`{}`, "input", "missing_required_parameter"},
@@ -41,7 +41,7 @@ func TestEmbeddingsParse(t *testing.T) {
 			continue
 		}
 		if e.Status != 400 || e.Param != tt.param || e.Code != tt.code {
-			t.Errorf("%s: got param=%q code=%q (%s)", tt.body, e.Param, e.Code, e.Message)
+			t.Errorf("%s: got param=%q code=%q (%s), want 400 param=%q code=%q", tt.body, e.Param, e.Code, e.Message, tt.param, tt.code)
 		}
 	}
 }
@@ -81,7 +81,7 @@ func TestEmbeddingsNormalize(t *testing.T) {
 			}
 		}
 		if out, _, err := Embeddings.Normalize(nil, []byte(tt.in), m); err != nil || string(out) != tt.want {
-			t.Errorf("%s, nil dst: %s %v", tt.name, out, err)
+			t.Errorf("%s, nil dst: %s %v; want %s", tt.name, out, err, tt.want)
 		}
 		var r sdk.CreateEmbeddingResponse
 		decodeInto(t, []byte(tt.want), &r)
@@ -89,7 +89,7 @@ func TestEmbeddingsNormalize(t *testing.T) {
 	for _, bad := range []string{``, `[]`, `{"object":"list"}`, `{"data":{}}`, `{"data":[1,2}`, `{"data":[1,2]`, `{"data":["x]}`,
 		`{"data":[],"model":}`, `{"data":[]} x`, `{"data":[[1,2]}]}`} {
 		if _, _, err := Embeddings.Normalize(nil, []byte(bad), m); !errors.Is(err, ErrInvalidEmbeddings) {
-			t.Errorf("%q: %v", bad, err)
+			t.Errorf("%q: %v, want ErrInvalidEmbeddings", bad, err)
 		}
 	}
 }
@@ -109,7 +109,7 @@ func TestEmbeddingsSDK(t *testing.T) {
 	}
 	// 14 bytes of input: 4 tokens estimated.
 	if len(floats.Data) != 3 || floats.Model != "e5" || floats.Usage.PromptTokens != 4 || floats.Usage.TotalTokens != 4 || len(b64.Data) != 3 {
-		t.Fatalf("%d vectors, model %q, usage %+v", len(floats.Data), floats.Model, floats.Usage)
+		t.Fatalf("%d vectors, model %q, usage %+v; want 3 both ways, e5, 4 tokens", len(floats.Data), floats.Model, floats.Usage)
 	}
 	for i, d := range floats.Data {
 		var norm float64
@@ -117,11 +117,11 @@ func TestEmbeddingsSDK(t *testing.T) {
 			norm += x * x
 		}
 		if len(d.Embedding) != echoDimensions || d.Index != int64(i) || math.Abs(norm-1) > 1e-5 {
-			t.Fatalf("vector %d: %d dimensions, norm %v", i, len(d.Embedding), norm)
+			t.Fatalf("vector %d: %d dimensions, norm %v; want %d, norm 1, index %d", i, len(d.Embedding), norm, echoDimensions, i)
 		}
 		for j, x := range d.Embedding { // the same float32 values both ways
 			if float32(x) != float32(b64.Data[i].Embedding[j]) {
-				t.Fatalf("vector %d [%d]: float %v, base64 %v", i, j, x, b64.Data[i].Embedding[j])
+				t.Fatalf("vector %d [%d]: float %v, base64 %v; want the same float32", i, j, x, b64.Data[i].Embedding[j])
 			}
 		}
 	}
@@ -130,7 +130,7 @@ func TestEmbeddingsSDK(t *testing.T) {
 	}
 	tokens, err := client.Embeddings.New(t.Context(), sdk.EmbeddingNewParams{Model: "e5", Input: sdk.EmbeddingNewParamsInputUnion{OfArrayOfTokens: []int64{1, 2}}})
 	if err != nil || len(tokens.Data) != 1 || tokens.Usage.PromptTokens != 2 {
-		t.Fatalf("%v: usage %+v", err, tokens.Usage)
+		t.Fatalf("%v: usage %+v; want 1 vector, 2 prompt tokens", err, tokens.Usage)
 	}
 
 	backend := sdkClient(serveEndpoint(t, Embeddings, func(*Request) backendReply {
@@ -138,12 +138,12 @@ func TestEmbeddingsSDK(t *testing.T) {
 	}))
 	r, err := backend.Embeddings.New(t.Context(), sdk.EmbeddingNewParams{Model: "e5", Input: sdk.EmbeddingNewParamsInputUnion{OfString: sdk.String("12345678")}})
 	if err != nil || r.Model != "e5" || r.Usage.PromptTokens != 2 || r.Usage.TotalTokens != 2 || fmt.Sprint(r.Data[0].Embedding) != "[0.5 0.25]" {
-		t.Fatalf("%+v %v", r, err)
+		t.Fatalf("%+v %v; want e5, 2 tokens, [0.5 0.25]", r, err)
 	}
 	_, err = backend.Embeddings.New(t.Context(), sdk.EmbeddingNewParams{Model: "e5"})
 	var apiErr *sdk.Error
 	if !errors.As(err, &apiErr) || apiErr.StatusCode != 400 || apiErr.Param != "input" {
-		t.Fatal(err)
+		t.Fatalf("%v, want a 400 on input", err)
 	}
 }
 
@@ -163,7 +163,7 @@ func FuzzEmbeddingsReply(f *testing.F) {
 		var out bytes.Buffer
 		chunked, rep2, err2 := feedChunks(&out, body, m, splits)
 		if (err == nil) != (err2 == nil) || err == nil && (!bytes.Equal(whole, chunked) || rep != rep2) {
-			t.Fatalf("%q in chunks %v: whole %s (%v), chunked %s (%v)", body, splits, whole, err, chunked, err2)
+			t.Fatalf("%q in chunks %v: whole %s (%v), chunked %s (%v); want the same", body, splits, whole, err, chunked, err2)
 		}
 		if err != nil {
 			if json.Valid(body) && bytes.HasPrefix(bytes.TrimSpace(body), []byte("{")) && bytes.HasPrefix(bytes.TrimSpace(Member(body, "data")), []byte("[")) {
@@ -183,7 +183,7 @@ func FuzzEmbeddingsReply(f *testing.F) {
 		}
 		if !json.Valid(whole) || json.Unmarshal(Member(whole, "model"), &model) != nil || json.Unmarshal(Member(whole, "usage"), &u) != nil ||
 			model == "" || u.PromptTokens == nil || u.TotalTokens == nil || *u.PromptTokens != rep.Usage.PromptTokens {
-			t.Fatalf("%s gave %s", body, whole)
+			t.Fatalf("%s gave %s, want valid JSON with a model and usage counts, prompt tokens as reported", body, whole)
 		}
 		if !bytes.Equal(Member(whole, "data"), Member(body, "data")) {
 			t.Fatalf("data changed: %s gave %s", body, whole)
@@ -295,7 +295,7 @@ func TestEmbeddingsReplyChunks(t *testing.T) {
 					t.Fatalf("%q split %v:\n got %s %+v %v\nwant %s %+v %v", in, splits, got, rep2, err2, whole, rep, err)
 				}
 				if err2 != nil && !errors.Is(err2, ErrInvalidEmbeddings) {
-					t.Fatalf("%q: %v", in, err2)
+					t.Fatalf("%q: %v, want ErrInvalidEmbeddings", in, err2)
 				}
 			}
 		}
@@ -317,24 +317,24 @@ func TestEmbeddingsReplyWrites(t *testing.T) {
 	}
 	for _, s := range steps {
 		if _, err := w.Write([]byte(s.in)); err != nil || out.String() != s.out {
-			t.Fatalf("after %q: %s %v", s.in, out.String(), err)
+			t.Fatalf("after %q: %s %v; want %s", s.in, out.String(), err, s.out)
 		}
 	}
 	rep, err := w.Close()
 	if want := `{"object":"list","data":[[0.5,1]],"model":"m","usage":{"prompt_tokens":2,"total_tokens":2}}` + " \n"; err != nil || out.String() != want || rep.Usage != (Usage{PromptTokens: 2, Estimated: true}) {
-		t.Fatalf("closed: %s %+v %v", out.String(), rep, err)
+		t.Fatalf("closed: %s %+v %v; want %s, estimated usage 2", out.String(), rep, err, want)
 	}
 
 	out.Reset()
 	w = Embeddings.(ReplyStreamer).NewReplyWriter(&out, Meta{Model: "m"})
 	if _, err := w.Write([]byte(`{"data":[[1,2],`)); err != nil || out.String() != `{"data":[[1,2],` {
-		t.Fatal(out.String(), err)
+		t.Fatalf(`%s %v; want {"data":[[1,2],`, out.String(), err)
 	}
 	if _, err := w.Write([]byte(`[3]],"usage":{"prompt_tokens":5},"x":}`)); !errors.Is(err, ErrInvalidEmbeddings) || out.String() != `{"data":[[1,2],` {
-		t.Fatalf("invalid chunk: wrote %s, %v", out.String(), err)
+		t.Fatalf("invalid chunk: wrote %s, %v; want nothing more, ErrInvalidEmbeddings", out.String(), err)
 	}
 	if rep, err := w.Close(); !errors.Is(err, ErrInvalidEmbeddings) || rep.Usage.PromptTokens != 5 || out.String() != `{"data":[[1,2],` {
-		t.Fatalf("closed after a failure: %s %+v %v", out.String(), rep, err)
+		t.Fatalf("closed after a failure: %s %+v %v; want nothing more, 5 prompt tokens, ErrInvalidEmbeddings", out.String(), rep, err)
 	}
 }
 
@@ -347,7 +347,7 @@ func TestEmbeddingsReplyBounds(t *testing.T) {
 	}
 	for _, in := range []string{`{"data":[],"x":` + big + `}`, `{"data":[],` + big + `:1}`, `{"data":[]}` + strings.Repeat(" ", maxEmbeddingsMember)} {
 		if _, _, err := Embeddings.Normalize(nil, []byte(in), Meta{}); !errors.Is(err, errMemberTooLarge) {
-			t.Fatalf("%.30q: %v", in, err)
+			t.Fatalf("%.30q: %v, want errMemberTooLarge", in, err)
 		}
 	}
 }

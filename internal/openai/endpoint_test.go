@@ -129,9 +129,9 @@ func TestEndpointFor(t *testing.T) {
 	for path, name := range map[string]string{"/v1/chat/completions": "chat_completions", "/v1/completions": "completions",
 		"/embeddings": "embeddings", "/v1/responses": "responses"} {
 		if ep := EndpointFor(path); ep == nil || ep.Name() != name {
-			t.Errorf("%s: %v", path, ep)
+			t.Errorf("%s: %v, want the %s endpoint", path, ep, name)
 		} else if ep.AsksStreamUsage() != (name == "chat_completions" || name == "completions") {
-			t.Errorf("%s asks for stream usage: %v", name, ep.AsksStreamUsage())
+			t.Errorf("%s asks for stream usage: %v, want %v", name, ep.AsksStreamUsage(), name == "chat_completions" || name == "completions")
 		}
 	}
 	if EndpointFor("/v1/models") != nil || EndpointFor("/v1/responses/x") != nil {
@@ -157,12 +157,12 @@ func TestOutputBudget(t *testing.T) {
 	for _, tt := range tests {
 		req, e := tt.ep.Parse([]byte(tt.body))
 		if e != nil || req.MaxOutputTokens != tt.want {
-			t.Errorf("%s %s: %+v %v", tt.ep.Name(), tt.body, req, e)
+			t.Errorf("%s %s: %+v %v; want max output tokens %d", tt.ep.Name(), tt.body, req, e, tt.want)
 		}
 	}
 	for _, body := range []string{`{"prompt":"x","max_tokens":-1}`, `{"prompt":"x","max_tokens":"5"}`, `{"prompt":"x","max_tokens":1.5}`} {
 		if _, e := Completions.Parse([]byte(body)); e == nil || e.Param != "max_tokens" || e.Code != "invalid_type" {
-			t.Errorf("%s: %v", body, e)
+			t.Errorf("%s: %v, want invalid_type on max_tokens", body, e)
 		}
 	}
 	outputs := []struct {
@@ -182,7 +182,7 @@ func TestOutputBudget(t *testing.T) {
 		}
 	}
 	if _, e := ChatCompletions.Parse([]byte(`{"messages":[{"role":"user","content":"x"}],"n":"2"}`)); e == nil || e.Param != "n" || e.Code != "invalid_type" {
-		t.Errorf("n as a string: %v", e)
+		t.Errorf("n as a string: %v, want invalid_type on n", e)
 	}
 }
 
@@ -245,11 +245,11 @@ func TestChatEndpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	if acc.ID != "req-1" || acc.Choices[0].Message.Content != "Echo: hello world" || acc.Choices[0].FinishReason != "stop" || acc.Usage.TotalTokens == 0 {
-		t.Fatalf("%+v", acc.ChatCompletion)
+		t.Fatalf("%+v, want req-1, Echo: hello world, stop, usage", acc.ChatCompletion)
 	}
 	c, err := client.Chat.Completions.New(t.Context(), params)
 	if err != nil || c.Choices[0].Message.Content != "Echo: hello world" || c.ID != "req-1" {
-		t.Fatalf("%+v %v", c, err)
+		t.Fatalf("%+v %v; want req-1, Echo: hello world", c, err)
 	}
 
 	// A backend: a stream ended by [DONE] without a finish_reason, a JSON
@@ -270,35 +270,35 @@ func TestChatEndpoint(t *testing.T) {
 		}
 		if name == "cut" {
 			if err := stream.Err(); err == nil || !strings.Contains(err.Error(), "before it was complete") {
-				t.Fatalf("cut: %v", err)
+				t.Fatalf("cut: %v, want an error saying before it was complete", err)
 			}
 			continue
 		}
 		if err := stream.Err(); err != nil || acc.Choices[0].Message.Content != want || acc.Choices[0].FinishReason != "stop" || acc.Usage.TotalTokens != 3 {
-			t.Fatalf("%s: %v %+v", name, err, acc.ChatCompletion)
+			t.Fatalf("%s: %v %+v; want %q, stop, 3 tokens", name, err, acc.ChatCompletion, want)
 		}
 	}
 
 	st := ChatCompletions.NewStream(Meta{ID: "r"})
 	out, err := st.Event(nil, nil, []byte(`{"choices":[{"delta":{"content":"hi"}}]}`))
 	if err != nil || !st.Content() || st.Complete() || len(out) == 0 {
-		t.Fatalf("%q %v", out, err)
+		t.Fatalf("%q %v; want output with content, not complete", out, err)
 	}
 	if out, err = st.Event(nil, nil, []byte(" [DONE]")); err != nil || len(out) != 0 || !st.Complete() {
-		t.Fatalf("[DONE]: %q %v", out, err)
+		t.Fatalf("[DONE]: %q %v; want no output, complete", out, err)
 	}
 	st = ChatCompletions.NewStream(Meta{ID: "r"})
 	_, err = st.Event(nil, nil, []byte(`{"error":{"message":"crashed","type":"server_error"}}`))
 	var be *Error
 	if !errors.As(err, &be) || be.Message != "crashed" {
-		t.Fatalf("in-band error: %v", err)
+		t.Fatalf("in-band error: %v, want an *Error crashed", err)
 	}
 	var evs []event
 	if err := st.Fail(&Error{Message: "cut", Type: TypeUpstream, Code: "stream_truncated"}, collectEvents(t, &evs)); err != nil {
 		t.Fatal(err)
 	}
 	if e, ok := ParseError([]byte(evs[0].data)); !ok || evs[0].name != "" || e.Code != "stream_truncated" {
-		t.Fatalf("%+v", evs)
+		t.Fatalf("%+v, want one unnamed stream_truncated error event", evs)
 	}
 }
 

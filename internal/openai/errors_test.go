@@ -32,15 +32,15 @@ func TestCatalogue(t *testing.T) {
 		switch k.Class {
 		case ClassClient:
 			if k.Status < 400 || k.Status >= 500 {
-				t.Errorf("%s: a client error with status %d", k.Code, k.Status)
+				t.Errorf("%s: a client error with status %d, want 4xx", k.Code, k.Status)
 			}
 		case ClassRejected:
 			if k.Status != http.StatusTooManyRequests && k.Status != http.StatusServiceUnavailable {
-				t.Errorf("%s: a rejection with status %d", k.Code, k.Status)
+				t.Errorf("%s: a rejection with status %d, want 429 or 503", k.Code, k.Status)
 			}
 		case ClassUpstream, ClassTruncated:
 			if k.Status != http.StatusBadGateway && k.Status != http.StatusServiceUnavailable || k.Type != TypeUpstream {
-				t.Errorf("%s: a backend failure sent as %d %s", k.Code, k.Status, k.Type)
+				t.Errorf("%s: a backend failure sent as %d %s, want 502 or 503 %s", k.Code, k.Status, k.Type, TypeUpstream)
 			}
 		case ClassTimeout, ClassCancelled:
 		default:
@@ -48,7 +48,7 @@ func TestCatalogue(t *testing.T) {
 		}
 	}
 	if len(seen) < 30 {
-		t.Errorf("the catalogue has %d errors", len(seen))
+		t.Errorf("the catalogue has %d errors, want at least 30", len(seen))
 	}
 }
 
@@ -85,7 +85,7 @@ func TestCatalogueConstructors(t *testing.T) {
 		}
 	}
 	if e := ModelNotFound("m"); e.Param != "model" {
-		t.Errorf("model_not_found names param %q", e.Param)
+		t.Errorf("model_not_found names param %q, want model", e.Param)
 	}
 }
 
@@ -108,7 +108,7 @@ func TestBackendErrors(t *testing.T) {
 	for _, tt := range tests {
 		e := BackendError(tt.status, []byte(tt.body))
 		if e.Class() != tt.class || e.Retryable() != tt.retryable || e.Type != tt.typ || e.Message != tt.msg {
-			t.Errorf("%d %s: class %d retryable %v type %q message %q", tt.status, tt.body, e.Class(), e.Retryable(), e.Type, e.Message)
+			t.Errorf("%d %s: class %d retryable %v type %q message %q, want class %d retryable %v type %q message %q", tt.status, tt.body, e.Class(), e.Retryable(), e.Type, e.Message, tt.class, tt.retryable, tt.typ, tt.msg)
 		}
 		if _, ok := e.Kind(); ok != (tt.status >= 500) {
 			t.Errorf("%d %s: only a 5xx becomes the gateway's own error", tt.status, tt.body)
@@ -117,7 +117,7 @@ func TestBackendErrors(t *testing.T) {
 	// An error event in a stream has no status of its own.
 	e, _ := ParseError([]byte(`{"error":{"message":"overloaded"}}`))
 	if e.FillDefaults(http.StatusBadGateway); e.Status != http.StatusBadGateway || e.Type != TypeUpstream || !e.Retryable() {
-		t.Errorf("stream error event: %+v", e)
+		t.Errorf("stream error event: %+v, want 502 %s, retryable", e, TypeUpstream)
 	}
 }
 

@@ -22,11 +22,11 @@ func TestParseChatRequest(t *testing.T) {
 		t.Fatal(e)
 	}
 	if req.Model != "m" || !req.Stream || !req.IncludeUsage || req.Prompt() != "hello\nworld" {
-		t.Fatalf("got %+v", req)
+		t.Fatalf(`got %+v, want model m, stream, include usage, prompt "hello\nworld"`, req)
 	}
 	req, e = ParseChatRequest([]byte(`{"messages":[{"role":"user","content":"hi"}],"stream":null}`))
 	if e != nil || req.Stream || req.Model != "" || req.Prompt() != "hi" || req.ContentBytes != 4 {
-		t.Fatalf("got %+v, %v", req, e)
+		t.Fatalf(`got %+v, %v; want no stream, no model, prompt "hi", 4 content bytes`, req, e)
 	}
 }
 
@@ -72,7 +72,7 @@ func TestParseChatRequestErrors(t *testing.T) {
 			continue
 		}
 		if e.Status != http.StatusBadRequest || e.Type != TypeInvalidRequest || e.Param != tt.param || e.Code != tt.code {
-			t.Errorf("%.60q: got %d %s param=%q code=%q (%s)", tt.body, e.Status, e.Type, e.Param, e.Code, e.Message)
+			t.Errorf("%.60q: got %d %s param=%q code=%q (%s), want 400 %s param=%q code=%q", tt.body, e.Status, e.Type, e.Param, e.Code, e.Message, TypeInvalidRequest, tt.param, tt.code)
 		}
 	}
 }
@@ -80,14 +80,14 @@ func TestParseChatRequestErrors(t *testing.T) {
 func TestErrorJSON(t *testing.T) {
 	got := string((&Error{Message: "m", Type: "t"}).JSON())
 	if got != `{"error":{"message":"m","type":"t","param":null,"code":null}}` {
-		t.Fatal(got)
+		t.Fatalf(`%s, want {"error":{"message":"m","type":"t","param":null,"code":null}}`, got)
 	}
 	e, ok := ParseError([]byte(`{"error":{"message":"slow down","type":"rate_limit_error","param":null,"code":429}}`))
 	if !ok || e.Message != "slow down" || e.Type != "rate_limit_error" || e.Code != "429" {
-		t.Fatalf("%+v %v", e, ok)
+		t.Fatalf("%+v %v, want slow down, rate_limit_error, code 429", e, ok)
 	}
 	if e, ok := ParseError([]byte(`{"error":"model not loaded"}`)); !ok || e.Message != "model not loaded" {
-		t.Fatalf("%+v %v", e, ok)
+		t.Fatalf("%+v %v, want message model not loaded", e, ok)
 	}
 	if _, ok := ParseError([]byte(`<html>bad gateway</html>`)); ok {
 		t.Fatal("html taken as an error body")
@@ -115,14 +115,14 @@ func TestAppendNormalizedCompletion(t *testing.T) {
 	}
 	got := decode(t, out)
 	if got["id"] != "req-1" || got["object"] != "chat.completion" || got["created"] != 5.0 || got["model"] != "llama" || got["system_fingerprint"] != "fp" {
-		t.Fatalf("top level: %s", out)
+		t.Fatalf("top level: %s, want id req-1, chat.completion, created 5, model llama, fingerprint fp", out)
 	}
 	c := got["choices"].([]any)[0].(map[string]any)
 	if c["finish_reason"] != "tool_calls" || c["message"].(map[string]any)["tool_calls"] == nil {
-		t.Fatalf("choice: %s", out)
+		t.Fatalf("choice: %s, want finish_reason tool_calls and the tool calls", out)
 	}
 	if u := got["usage"].(map[string]any); u["total_tokens"] != 7.0 || rep.Usage.PromptTokens != 3 || rep.Usage.Estimated || rep.FinishReason != "tool_calls" {
-		t.Fatalf("usage: %s %+v", out, rep)
+		t.Fatalf("usage: %s %+v, want total 7, prompt 3, not estimated, tool_calls", out, rep)
 	}
 
 	// A minimal server: no id, model, created, index, role, finish_reason or usage.
@@ -135,10 +135,10 @@ func TestAppendNormalizedCompletion(t *testing.T) {
 		"choices": []any{map[string]any{"index": 0.0, "message": map[string]any{"role": "assistant", "content": "12345678"}, "finish_reason": "stop"}},
 		"usage":   map[string]any{"prompt_tokens": 10.0, "completion_tokens": 2.0, "total_tokens": 12.0}}
 	if !reflect.DeepEqual(got, want) {
-		t.Fatalf("got %s", out)
+		t.Fatalf("got %s, want %v", out, want)
 	}
 	if !rep.Usage.Estimated || rep.FinishReason != "stop" {
-		t.Fatalf("%+v", rep)
+		t.Fatalf("%+v, want estimated usage, stop", rep)
 	}
 
 	for _, bad := range []string{``, `<html>`, `[]`, `{"choices":{}}`, `{"object":"list"}`, `{"choices":[`} {
@@ -164,45 +164,45 @@ func TestStreamChunks(t *testing.T) {
 	feed(`{"choices":[{"delta":{"content":"lo"},"finish_reason":null}]}`)
 	feed(`{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":2,"completion_tokens":2,"total_tokens":4},"timings":{"n":1}}`)
 	if out[0] != `{"id":"req-1","object":"chat.completion.chunk","created":7,"model":"llama","choices":[{"index":0,"delta":{"role":"assistant","content":"Hel"}}]}` {
-		t.Fatalf("first chunk: %s", out[0])
+		t.Fatalf("first chunk: %s, want id req-1, created 7, model llama, role assistant added", out[0])
 	}
 	second := decode(t, []byte(out[1]))
 	if second["created"] != 7.0 || second["model"] != "llama" {
-		t.Fatalf("second chunk: %s", out[1])
+		t.Fatalf("second chunk: %s, want created 7, model llama", out[1])
 	}
 	if c := second["choices"].([]any)[0].(map[string]any); c["index"] != 0.0 || c["delta"].(map[string]any)["role"] != nil {
-		t.Fatalf("second chunk: %s", out[1])
+		t.Fatalf("second chunk: %s, want index 0, no role", out[1])
 	}
 	if last := decode(t, []byte(out[2])); last["usage"] != nil || last["timings"] == nil {
-		t.Fatalf("usage not taken out of %s", out[2])
+		t.Fatalf("usage not taken out of %s, want no usage, timings kept", out[2])
 	}
 	if !s.Finished() || s.FinishReason != "stop" || s.Usage() != (Usage{PromptTokens: 2, CompletionTokens: 2}) {
-		t.Fatalf("state: %+v", s)
+		t.Fatalf("state: %+v, want finished, stop, usage 2 and 2", s)
 	}
 	u := decode(t, s.AppendUsageChunk(nil))
 	if len(u["choices"].([]any)) != 0 || u["usage"].(map[string]any)["total_tokens"] != 4.0 || u["id"] != "req-1" {
-		t.Fatalf("usage chunk: %v", u)
+		t.Fatalf("usage chunk: %v, want no choices, total 4, id req-1", u)
 	}
 
 	// OpenAI: a usage-only chunk is held back; tool_calls keep their index.
 	s = Stream{Meta: Meta{ID: "r"}}
 	b, _ := s.AppendChunk(nil, []byte(`{"choices":[{"index":0,"delta":{"role":"assistant","content":null,"tool_calls":[{"index":0,"id":"c","function":{"arguments":""}}]}}]}`))
 	if !strings.Contains(string(b), `"tool_calls":[{"index":0,"id":"c"`) || strings.Count(string(b), `"role"`) != 1 {
-		t.Fatalf("tool call chunk: %s", b)
+		t.Fatalf("tool call chunk: %s, want the call at index 0 and one role", b)
 	}
 	b, _ = s.AppendChunk(b[:0], []byte(`{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}`))
 	if len(b) != 0 || s.Usage().Estimated {
-		t.Fatalf("usage-only chunk passed on: %q", b)
+		t.Fatalf("usage-only chunk passed on: %q, want it held back, its usage taken", b)
 	}
 	if s.Finished() {
 		t.Fatal("finished without finish_reason")
 	}
 	if u := s.Unfinished(); len(u) != 1 || u[0] != 0 {
-		t.Fatalf("unfinished: %v", u)
+		t.Fatalf("unfinished: %v, want [0]", u)
 	}
 	fin := decode(t, s.AppendDelta(nil, 0, "", "", "stop"))
 	if fin["choices"].([]any)[0].(map[string]any)["finish_reason"] != "stop" || !s.Finished() {
-		t.Fatalf("finish chunk: %v", fin)
+		t.Fatalf("finish chunk: %v, want finish_reason stop, finished", fin)
 	}
 
 	for _, bad := range []string{`data`, `[1]`, `"x"`, `{"choices":[`} {
@@ -219,10 +219,10 @@ func TestStreamEstimate(t *testing.T) {
 	b = s.AppendDelta(b, 0, "", "12345678", "")
 	b = s.AppendDelta(b, 0, "", "", "stop")
 	if u := s.Usage(); !u.Estimated || u.PromptTokens != 3 || u.CompletionTokens != 2 {
-		t.Fatalf("%+v", u)
+		t.Fatalf("%+v, want estimated, 3 prompt, 2 completion tokens", u)
 	}
 	if !s.Finished() || !json.Valid(b[:strings.Index(string(b), "}{")+1]) {
-		t.Fatalf("%s", b)
+		t.Fatalf("%s, want finished, valid JSON", b)
 	}
 }
 
@@ -281,12 +281,12 @@ func FuzzChatRequest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte) {
 		req, e := ParseChatRequest(body)
 		if (req == nil) == (e == nil) {
-			t.Fatalf("req %v, err %v", req, e)
+			t.Fatalf("req %v, err %v; want exactly one", req, e)
 		}
 		valid := json.Valid(body) && utf8.Valid(body)
 		if e != nil {
 			if e.Status != 400 || !json.Valid(e.JSON()) {
-				t.Fatalf("bad error %+v", e)
+				t.Fatalf("bad error %+v, want 400 with valid JSON", e)
 			}
 			if (e.Code == "invalid_json") == valid && len(body) > 0 {
 				t.Fatalf("%q: code %s (%s), but json.Valid says %v", body, e.Code, e.Message, valid)
@@ -355,7 +355,7 @@ func FuzzNormalize(f *testing.F) {
 			t.Fatalf("reply %s gave invalid JSON %s", data, out)
 		}
 		if out := s.AppendUsageChunk(nil); !json.Valid(out) {
-			t.Fatalf("usage chunk %s", out)
+			t.Fatalf("usage chunk %s, want valid JSON", out)
 		}
 	})
 }
@@ -428,7 +428,7 @@ func TestKeyIs(t *testing.T) {
 		`""`:                  false,
 	} {
 		if got := jsonwalk.KeyIs([]byte(key), "choices"); got != want {
-			t.Errorf("jsonwalk.KeyIs(%s, choices) = %v", key, got)
+			t.Errorf("jsonwalk.KeyIs(%s, choices) = %v, want %v", key, got, want)
 		}
 	}
 }
@@ -453,7 +453,7 @@ func TestFieldName(t *testing.T) {
 	s := Stream{Meta: Meta{ID: "r"}}
 	out, err := s.AppendChunk(nil, []byte(`{"choices":[{"index":0,"delta":{"content":"a"}}],"\u0075sage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}`))
 	if err != nil || strings.Contains(string(out), "sage") || s.Usage() != (Usage{PromptTokens: 3, CompletionTokens: 4}) {
-		t.Errorf("escaped usage: %s %v %+v", out, err, s.Usage())
+		t.Errorf("escaped usage: %s %v %+v; want no usage member, usage 3 and 4", out, err, s.Usage())
 	}
 }
 
@@ -466,15 +466,15 @@ func TestStreamFromCompletion(t *testing.T) {
 		return nil
 	})
 	if err != nil || len(chunks) != 2 {
-		t.Fatalf("%v %v", err, chunks)
+		t.Fatalf("%v %v, want 2 chunks", err, chunks)
 	}
 	delta := chunks[0]["choices"].([]any)[0].(map[string]any)["delta"].(map[string]any)
 	call := delta["tool_calls"].([]any)[0].(map[string]any)
 	if delta["role"] != "assistant" || call["index"] != 0.0 || call["id"] != "c1" || chunks[0]["model"] != "m" {
-		t.Fatalf("delta %v", chunks[0])
+		t.Fatalf("delta %v, want role assistant, call c1 at index 0, model m", chunks[0])
 	}
 	if chunks[1]["choices"].([]any)[0].(map[string]any)["finish_reason"] != "tool_calls" || !s.Finished() || s.Usage().CompletionTokens != 2 {
-		t.Fatalf("finish %v", chunks[1])
+		t.Fatalf("finish %v, want tool_calls, finished, 2 completion tokens", chunks[1])
 	}
 }
 

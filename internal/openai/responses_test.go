@@ -15,15 +15,15 @@ func TestResponsesParse(t *testing.T) {
 	req, e := Responses.Parse([]byte(`{"model":"gpt","input":"hello","instructions":"be brief","stream":true,"max_output_tokens":64,"previous_response_id":"resp_9","store":true}`))
 	if e != nil || req.Model != "gpt" || !req.Stream || req.MaxOutputTokens != 64 || req.PreviousResponseID != "resp_9" || req.PromptBytes != 13 ||
 		inputText(req.echo) != "hello" {
-		t.Fatalf("%+v %v", req, e)
+		t.Fatalf("%+v %v; want gpt, stream, 64 output tokens, resp_9, 13 prompt bytes, input hello", req, e)
 	}
 	items := `[{"role":"user","content":"first"},{"role":"assistant","content":[{"type":"output_text","text":"ok"}]},` +
 		`{"type":"message","role":"user","content":[{"type":"input_text","text":"second"},{"type":"input_image","image_url":"data:x"},{"type":"input_text","text":"third"}]}]`
 	if req, e = Responses.Parse([]byte(`{"input":` + items + `,"store":false}`)); e != nil || req.PromptBytes != len(items) || inputText(req.echo) != "second\nthird" || req.Stream {
-		t.Fatalf("%+v %v", req, e)
+		t.Fatalf(`%+v %v; want %d prompt bytes, input "second\nthird", no stream`, req, e, len(items))
 	}
 	if req, e = Responses.Parse([]byte(`{"previous_response_id":null,"prompt":{"id":"p"}}`)); e != nil || req.PreviousResponseID != "" || inputText(req.echo) != "" {
-		t.Fatalf("%+v %v", req, e)
+		t.Fatalf("%+v %v; want no previous response, no input", req, e)
 	}
 	tests := []struct{ body, param, code string }{
 		{`{"input":5}`, "input", "invalid_type"},
@@ -43,7 +43,7 @@ func TestResponsesParse(t *testing.T) {
 			continue
 		}
 		if e.Status != 400 || e.Param != tt.param || e.Code != tt.code {
-			t.Errorf("%s: got param=%q code=%q (%s)", tt.body, e.Param, e.Code, e.Message)
+			t.Errorf("%s: got param=%q code=%q (%s), want 400 param=%q code=%q", tt.body, e.Param, e.Code, e.Message, tt.param, tt.code)
 		}
 	}
 }
@@ -63,16 +63,16 @@ func TestResponsesNormalize(t *testing.T) {
 	var r responses.Response
 	decodeInto(t, out, &r)
 	if r.ID != "resp_abc" || r.OutputText() != "Hello there" || rep.Usage != (Usage{PromptTokens: 5, CompletionTokens: 2}) || rep.FinishReason != "completed" {
-		t.Fatalf("%+v %+v", r, rep)
+		t.Fatalf("%+v %+v, want resp_abc, Hello there, usage 5 and 2, completed", r, rep)
 	}
 	// No usage: estimated from the prompt and the output text.
 	_, rep, err = Responses.Normalize(nil, []byte(`{"id":"r","status":"incomplete","output":[{"type":"message","content":[{"type":"output_text","text":"12345678"}]}]}`), m)
 	if err != nil || rep.Usage != (Usage{PromptTokens: 10, CompletionTokens: 2, Estimated: true}) || rep.FinishReason != "incomplete" {
-		t.Fatalf("%+v %v", rep, err)
+		t.Fatalf("%+v %v; want estimated usage 10 and 2, incomplete", rep, err)
 	}
 	for _, bad := range []string{``, `[]`, `{"id":`, `"response"`} {
 		if _, _, err := Responses.Normalize(nil, []byte(bad), m); !errors.Is(err, ErrInvalidResponse) {
-			t.Errorf("%q: %v", bad, err)
+			t.Errorf("%q: %v, want ErrInvalidResponse", bad, err)
 		}
 	}
 }
@@ -101,7 +101,7 @@ func TestResponsesStream(t *testing.T) {
 			t.Fatalf("event %d: %v", i, err)
 		}
 		if i == 2 && !st.Content() || i < 2 && st.Content() {
-			t.Fatalf("event %d: content %v", i, st.Content())
+			t.Fatalf("event %d: content %v, want %v", i, st.Content(), i >= 2)
 		}
 		_ = emit(out)
 	}
@@ -111,15 +111,15 @@ func TestResponsesStream(t *testing.T) {
 			name = "response.output_text.delta" // from its type
 		}
 		if ev.name != name || ev.data != vllmEvents[i][1] {
-			t.Fatalf("event %d relayed as %s %s", i, ev.name, ev.data)
+			t.Fatalf("event %d relayed as %s %s, want %s %s", i, ev.name, ev.data, name, vllmEvents[i][1])
 		}
 	}
 	if r := st.Result(); !st.Complete() || r.FinishReason != "completed" || r.Usage != (Usage{PromptTokens: 5, CompletionTokens: 2}) {
-		t.Fatalf("%+v", r)
+		t.Fatalf("%+v, want complete, completed, usage 5 and 2", r)
 	}
 	// Nothing after the terminal event, and Finish adds nothing.
 	if out, err := st.Event(nil, nil, []byte(`{"type":"response.output_text.delta","delta":"late"}`)); err != nil || len(out) > 0 {
-		t.Fatalf("%q %v", out, err)
+		t.Fatalf("%q %v; want nothing after the terminal event", out, err)
 	}
 	n := len(got)
 	if err := st.Finish(true, emit); err != nil || len(got) != n {
@@ -146,10 +146,10 @@ func TestResponsesStream(t *testing.T) {
 	e := u.AsError()
 	if got[0].name != "error" || u.Type != "error" || e.Code != "stream_truncated" || e.Message != "cut" || e.SequenceNumber != 6 ||
 		!strings.Contains(got[0].data, `"param":null`) {
-		t.Fatalf("%+v", got)
+		t.Fatalf("%+v, want an error event: stream_truncated, cut, sequence 6, param null", got)
 	}
 	if r := st.Result(); r.FinishReason != "failed" || r.Usage != (Usage{PromptTokens: 2, CompletionTokens: 3, Estimated: true}) {
-		t.Fatalf("%+v", r)
+		t.Fatalf("%+v, want failed, estimated usage 2 and 3", r)
 	}
 
 	// A backend's error event is returned for Fail; other failures.
@@ -157,15 +157,15 @@ func TestResponsesStream(t *testing.T) {
 	_, err := st.Event([]byte("error"), nil, []byte(`{"type":"error","code":"server_error","message":"boom","param":null,"sequence_number":3}`))
 	var be *Error
 	if !errors.As(err, &be) || be.Code != "server_error" || be.Message != "boom" || !st.Complete() {
-		t.Fatalf("%v", err)
+		t.Fatalf("%v, want the server_error boom, complete", err)
 	}
 	for _, bad := range []string{`not json`, `{"sequence_number":1}`, `{"type":7}`, `[]`} {
 		if _, err := Responses.NewStream(Meta{}).Event(nil, nil, []byte(bad)); !errors.Is(err, ErrInvalidResponse) {
-			t.Errorf("%s: %v", bad, err)
+			t.Errorf("%s: %v, want ErrInvalidResponse", bad, err)
 		}
 	}
 	if out, err := Responses.NewStream(Meta{}).Event(nil, nil, []byte(`[DONE]`)); err != nil || len(out) > 0 {
-		t.Fatalf("[DONE]: %q %v", out, err)
+		t.Fatalf("[DONE]: %q %v; want nothing, nil", out, err)
 	}
 }
 
@@ -187,7 +187,7 @@ func TestResponsesSDK(t *testing.T) {
 		for stream.Next() {
 			last = stream.Current()
 			if last.SequenceNumber <= seq {
-				t.Fatalf("sequence %d after %d", last.SequenceNumber, seq)
+				t.Fatalf("sequence %d after %d, want it increasing", last.SequenceNumber, seq)
 			}
 			seq = last.SequenceNumber
 			types = append(types, last.Type)
@@ -205,14 +205,14 @@ func TestResponsesSDK(t *testing.T) {
 	r, err := echo.Responses.New(t.Context(), params)
 	if err != nil || r.ID != "resp_req-1" || r.Object != "response" || r.Status != "completed" || r.OutputText() != "Echo: hi there" ||
 		r.Usage.InputTokens != 2 || r.Usage.OutputTokens != 4 || r.Usage.TotalTokens != 6 || r.Model != "m" {
-		t.Fatalf("%v: %+v", err, r)
+		t.Fatalf("%v: %+v, want resp_req-1, completed, Echo: hi there, usage 2 and 4, model m", err, r)
 	}
 	types, last, text := streamed(echo)
 	if fmt.Sprint(types) != fmt.Sprint(echoSequence) || text != "Echo: hi there" {
-		t.Fatalf("%v %q", types, text)
+		t.Fatalf(`%v %q, want %v "Echo: hi there"`, types, text, echoSequence)
 	}
 	if done := last.AsResponseCompleted(); done.Response.OutputText() != "Echo: hi there" || done.Response.Usage.TotalTokens != 6 || done.Response.ID != "resp_req-1" {
-		t.Fatalf("%+v", done.Response)
+		t.Fatalf("%+v, want Echo: hi there, 6 tokens, resp_req-1", done.Response)
 	}
 
 	backend := sdkClient(serveEndpoint(t, Responses, func(req *Request) backendReply {
@@ -222,10 +222,10 @@ func TestResponsesSDK(t *testing.T) {
 		return backendReply{json: vllmResponse}
 	}))
 	if r, err := backend.Responses.New(t.Context(), params); err != nil || r.ID != "resp_abc" || r.OutputText() != "Hello there" || r.Usage.TotalTokens != 7 {
-		t.Fatalf("%v: %+v", err, r)
+		t.Fatalf("%v: %+v, want resp_abc, Hello there, 7 tokens", err, r)
 	}
 	if types, last, text = streamed(backend); len(types) != len(vllmEvents) || text != "Hello there" || last.AsResponseCompleted().Response.Usage.TotalTokens != 7 {
-		t.Fatalf("%v %q", types, text)
+		t.Fatalf(`%v %q, want %d events, "Hello there", 7 tokens`, types, text, len(vllmEvents))
 	}
 
 	// A backend that answers a stream with JSON: the events are made
@@ -236,14 +236,14 @@ func TestResponsesSDK(t *testing.T) {
 		"response.output_item.added", "response.content_part.added", "response.output_text.delta", "response.output_text.done",
 		"response.content_part.done", "response.output_item.done", "response.completed"}
 	if fmt.Sprint(types) != fmt.Sprint(want) || text != "Hello there" || last.AsResponseCompleted().Response.ID != "resp_abc" {
-		t.Fatalf("%v %q", types, text)
+		t.Fatalf(`%v %q, want %v "Hello there", resp_abc`, types, text, want)
 	}
 
 	// Cut short: the stream ends with the Responses API error event.
 	cut := sdkClient(serveEndpoint(t, Responses, func(*Request) backendReply { return backendReply{events: vllmEvents[:5]} }))
 	types, last, _ = streamed(cut)
 	if types[len(types)-1] != "error" || last.AsError().Code != "stream_truncated" || last.SequenceNumber != 5 {
-		t.Fatalf("%v %+v", types, last.AsError())
+		t.Fatalf("%v %+v, want an error event last: stream_truncated, sequence 5", types, last.AsError())
 	}
 }
 
@@ -265,12 +265,12 @@ func FuzzResponses(f *testing.F) {
 		if err == nil && len(out) > 0 {
 			_ = collectEvents(t, &evs)(out)
 			if evs[0].data != string(data) || !json.Valid(data) || evs[0].name == "" {
-				t.Fatalf("%q %q relayed as %+v", name, data, evs)
+				t.Fatalf("%q %q relayed as %+v, want its data unchanged, valid JSON, named", name, data, evs)
 			}
 		}
 		evs = evs[:0]
 		if err := st.Fail(&Error{Code: "stream_truncated", Message: string(data)}, collectEvents(t, &evs)); err != nil || !json.Valid([]byte(evs[0].data)) {
-			t.Fatalf("%v %+v", err, evs)
+			t.Fatalf("%v %+v, want a valid JSON error event", err, evs)
 		}
 		if reply, _, err := Responses.Normalize(nil, data, Meta{}); err == nil {
 			evs = evs[:0]
@@ -279,7 +279,7 @@ func FuzzResponses(f *testing.F) {
 			}
 			for _, ev := range evs {
 				if !json.Valid([]byte(ev.data)) {
-					t.Fatalf("%s gave event %s", data, ev.data)
+					t.Fatalf("%s gave event %s, want valid JSON", data, ev.data)
 				}
 			}
 		}

@@ -85,7 +85,7 @@ func TestShapes(t *testing.T) {
 		}
 		var vals [maxHoles][]byte
 		if got := shapeOf(st).match([]byte(tt.next), &vals); got != tt.byHole {
-			t.Fatalf("%s: matched %v", tt.next, got)
+			t.Fatalf("%s: matched %v, want %v", tt.next, got, tt.byHole)
 		}
 		shapeOf(full).clear()
 		next, want := eventState(st, nil, []byte(tt.next)), eventState(full, nil, []byte(tt.next))
@@ -107,7 +107,7 @@ func TestShapesGivenUp(t *testing.T) {
 			t.Fatalf("%s: %+v, want %+v", chunk, a, b)
 		}
 		if taken := len(shapeOf(st).holes) > 0; taken != (i < maxMisses) {
-			t.Fatalf("chunk %d: shape taken %v", i, taken)
+			t.Fatalf("chunk %d: shape taken %v, want %v", i, taken, i < maxMisses)
 		}
 	}
 }
@@ -126,7 +126,7 @@ func FuzzShapes(f *testing.F) {
 		st := ep.NewStream(Meta{ID: "r", Model: "m"})
 		full := ep.NewStream(Meta{ID: "r", Model: "m"})
 		if a, b := eventState(st, nil, first), eventState(full, nil, first); !reflect.DeepEqual(a, b) {
-			t.Fatalf("%s: %+v, %+v", first, a, b)
+			t.Fatalf("%s: %+v, want %+v as read in full", first, a, b)
 		}
 		holes := append([]hole(nil), shapeOf(st).holes...)
 		if len(holes) == 0 {

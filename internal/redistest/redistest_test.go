@@ -36,7 +36,7 @@ func TestStartRedisWithoutServer(t *testing.T) {
 		}()
 		<-done
 		if o.failed != (ci != "") || o.skipped != (ci == "") {
-			t.Errorf("CI=%q: failed %v, skipped %v", ci, o.failed, o.skipped)
+			t.Errorf("CI=%q: failed %v, skipped %v; want failed %v, skipped %v", ci, o.failed, o.skipped, ci != "", ci == "")
 		}
 	}
 }

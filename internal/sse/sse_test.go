@@ -97,7 +97,7 @@ func TestParserLongLines(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(out) != 1 || out[0].Data != big {
-		t.Fatalf("long event lost: %d events", len(out))
+		t.Fatalf("long event lost: %d events, want 1 holding the whole line", len(out))
 	}
 
 	p = Parser{MaxLineSize: 16}
@@ -131,7 +131,7 @@ func TestAppendEventRoundTrip(t *testing.T) {
 		}
 		want := strings.NewReplacer("\r\n", "\n", "\r", "\n").Replace(data)
 		if len(out) != 1 || out[0].Data != want || out[0].Type != "error" {
-			t.Fatalf("AppendEvent(%q) read back as %+v", data, out)
+			t.Fatalf("AppendEvent(%q) read back as %+v, want one error event with data %q", data, out, want)
 		}
 	}
 }

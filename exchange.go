@@ -394,7 +394,7 @@ func (x *exchange) finish() {
 type logSummary struct {
 	outcome                       string
 	keyID                         string
-	decoded                       bool // the chat request was decoded
+	decoded                       bool // the request body was decoded
 	model, finishReason, upstream string
 	stream                        bool
 	usage                         openai.Usage

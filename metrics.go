@@ -57,7 +57,7 @@ func registerMetrics(registry *prometheus.Registry) error {
 		m.retries = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "retries_total",
 			Help: "Attempts made after a first one failed: stream retries, fallbacks, and the proxy's retries on a new connection."})
 		m.overhead = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "overhead_seconds",
-			Help:    "Time spent in the gateway itself per chat request (parsing, validation, routing, normalization), excluding the backend and network I/O.",
+			Help:    "Time spent in the gateway itself per API request (parsing, validation, routing, normalization), excluding the backend and network I/O.",
 			Buckets: []float64{.00001, .000025, .00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1}})
 	})
 	return register(registry, m.requests, m.inFlight, m.duration, m.ttft, m.perToken, m.tokens, m.upstreamErrors, m.retries, m.overhead)

@@ -1,8 +1,11 @@
-// Package chatgateway is an OpenAI-compatible inference gateway as a
-// Caddy HTTP handler: it validates chat-completion requests, gives each
-// one a request id, forwards it through Caddy's own reverse proxy to an
-// OpenAI-compatible backend (or answers in echo mode), and normalizes
-// replies and Server-Sent Event streams.
+// Package chatgateway is an OpenAI- and Anthropic-compatible inference
+// gateway as a Caddy HTTP handler (http.handlers.chat_gateway): it
+// serves chat completions, completions, embeddings, Responses and the
+// Anthropic Messages API; reads each request one way, gives it a request
+// id, checks its client key and limits, forwards it through Caddy's own
+// reverse_proxy to the backend that serves its model (or answers in echo
+// mode), translating Messages for backends that do not serve them, and
+// normalizes replies and Server-Sent Event streams.
 package chatgateway
 
 import (
@@ -51,8 +54,13 @@ const (
 
 // Handler is the chat_gateway HTTP handler. It serves
 //
-//	POST /v1/chat/completions
-//	GET  /v1/models
+//	POST /v1/chat/completions          chat completions, streamed or not
+//	POST /v1/completions               legacy completions
+//	POST /v1/embeddings                embeddings
+//	POST /v1/responses                 the Responses API
+//	POST /v1/messages                  the Anthropic Messages API
+//	POST /v1/messages/count_tokens     its token count
+//	GET  /v1/models, /v1/models/{id}   the models the caller may use
 //	GET  /healthz  liveness: 200 {"status":"ok"}
 //	GET  /readyz   readiness: 200 {"status":"ready"}, or 503 when a
 //	               backend has no healthy upstream left
@@ -61,7 +69,8 @@ const (
 // site with file_server or reverse_proxy, or live under handle_path.
 //
 // With no backend it answers in echo mode: the reply is "Echo: " and the
-// text of the last user message, streamed or not.
+// text of the last user message (stand-in vectors for embeddings),
+// streamed or not.
 //
 // Every response carries an X-Request-ID header: the client's
 // X-Request-ID (or Request-Id) when it is 1 to 128 bytes of
@@ -139,7 +148,7 @@ type Handler struct {
 	// is forwarded as sent.
 	IncludeUsageUpstream bool `json:"include_usage_upstream,omitempty"`
 
-	// MaxConcurrent caps the chat requests this handler serves at once;
+	// MaxConcurrent caps the API requests this handler serves at once;
 	// beyond it a request gets 429 at once, with Retry-After: 1, rather
 	// than waiting in a queue. Default: 0, no cap.
 	MaxConcurrent int `json:"max_concurrent,omitempty"`
@@ -170,7 +179,7 @@ type Handler struct {
 	// catchAll is the backend without models: it serves every model no
 	// other backend lists; nil if there is none.
 	catchAll *Backend
-	// slots holds a token per chat request served, if MaxConcurrent is set.
+	// slots holds a token per API request served, if MaxConcurrent is set.
 	slots chan struct{}
 	// keys are the accepted client keys and their own limits; nil
 	// without an auth block.

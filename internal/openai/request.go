@@ -274,7 +274,7 @@ var (
 	responsesNames   = append([]string{"input", "instructions", "previous_response_id", "conversation"}, commonNames...)
 )
 
-// member handles one top-level member of a chat request whose value
+// member handles one top-level member of a chat-completions request whose value
 // starts at b[at].
 func (p *requestParser) member(key []byte, at int) (int, error) {
 	b := p.body

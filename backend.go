@@ -66,6 +66,8 @@ type Backend struct {
 	// and from chat completions for it.
 	Messages string `json:"messages,omitempty"`
 
+	label         string // the backend in errors and logs, by its URLs (name)
+	probe         probe  // whether its upstreams can be reached, for /readyz
 	proxy         caddyhttp.MiddlewareHandler
 	cooldowns     *cooldowns // nil unless the proxy marks upstreams down on statuses
 	apiKey        string

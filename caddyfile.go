@@ -55,6 +55,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    keepalive_interval <duration>
 //	    include_usage_upstream
 //	    log_sizes
+//	    pass_unknown_paths
 //	    auth {
 //	        key <key> {
 //	            id <name>
@@ -226,6 +227,7 @@ var gatewayOptions = map[string]subdirective[gatewayBlock]{
 	"echo":                   {read: func(p *gatewayBlock, d *caddyfile.Dispenser) error { return noArgs(d, &p.h.Echo) }},
 	"include_usage_upstream": {read: func(p *gatewayBlock, d *caddyfile.Dispenser) error { return noArgs(d, &p.h.IncludeUsageUpstream) }},
 	"log_sizes":              {read: func(p *gatewayBlock, d *caddyfile.Dispenser) error { return noArgs(d, &p.h.LogSizes) }},
+	"pass_unknown_paths":     {read: func(p *gatewayBlock, d *caddyfile.Dispenser) error { return noArgs(d, &p.h.PassUnknownPaths) }},
 	"timeout":                {read: func(p *gatewayBlock, d *caddyfile.Dispenser) error { return durationArg(d, &p.h.Timeout) }},
 	"first_token_timeout":    {read: func(p *gatewayBlock, d *caddyfile.Dispenser) error { return durationArg(d, &p.h.FirstTokenTimeout) }},
 	"idle_timeout":           {read: func(p *gatewayBlock, d *caddyfile.Dispenser) error { return durationArg(d, &p.h.IdleTimeout) }},

@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/chatgateway/caddy-chat-gateway/internal/keys"
 	"github.com/chatgateway/caddy-chat-gateway/internal/limits"
 )
 
@@ -636,10 +637,11 @@ func TestEndpointsRequestErrors(t *testing.T) {
 		t.Fatalf("the backend got %d requests, want 0", n)
 	}
 
-	// Other /v1 paths are the next handler's.
+	// Other /v1 paths are unknown URLs, the gateway's to answer (no
+	// stored Response is read by id: GET /v1/responses/{id} is one).
 	for _, path := range []string{"/v1/audio/speech", "/v1/rerank", "/v1/responses/resp_1", "/v1/embeddings/x"} {
-		if resp, body := g.postTo(t, path, embeddingsBody); resp.StatusCode != 404 || body != "next" {
-			t.Errorf("%s: %d %q, want 404 \"next\"", path, resp.StatusCode, body)
+		if resp, body := g.postTo(t, path, embeddingsBody); resp.StatusCode != 404 || apiError(t, body)["code"] != "unknown_url" {
+			t.Errorf("%s: %d %q, want 404 unknown_url", path, resp.StatusCode, body)
 		}
 	}
 
@@ -1220,5 +1222,17 @@ func TestModelByID(t *testing.T) {
 	echo := newGateway(t, `chat_gateway`)
 	if resp, body := do(t, mustRequest("GET", echo.URL+"/v1/models/echo")); resp.StatusCode != 200 || !strings.Contains(body, `"id":"echo"`) {
 		t.Fatalf("echo: %d %s, want 200 with model echo", resp.StatusCode, body)
+	}
+	// Echo mode answers chat for any model: /v1/models/{id} agrees, but
+	// for the models a key may not use.
+	if resp, body := do(t, mustRequest("GET", echo.URL+"/v1/models/gpt-4o")); resp.StatusCode != 200 || !strings.Contains(body, `"id":"gpt-4o"`) {
+		t.Fatalf("echo, any model: %d %s, want 200 with model gpt-4o", resp.StatusCode, body)
+	}
+	keyed := newGateway(t, fmt.Sprintf("chat_gateway {\n auth {\n key %s {\n models gpt-4o\n }\n }\n}", keys.Hash(aliceKey)))
+	for id, want := range map[string]int{"gpt-4o": 200, "llama": 404} {
+		resp, body := do(t, mustRequest("GET", keyed.URL+"/v1/models/"+id, "Authorization", "Bearer "+aliceKey))
+		if resp.StatusCode != want {
+			t.Errorf("echo with a key for gpt-4o, model %s: %d %s, want %d", id, resp.StatusCode, body, want)
+		}
 	}
 }

@@ -14,15 +14,20 @@ import (
 	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
 )
 
-// ServeHTTP routes the gateway's paths and passes others to next.
+// ServeHTTP routes the gateway's paths: its routes, and any other path
+// under /v1/ (a 404 unknown_url, unless pass_unknown_paths); it passes
+// the others to next.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	allow := "GET, HEAD"
 	ep := endpointFor(r.URL.Path)
+	unknown := false
 	switch {
 	case ep != nil && strings.HasPrefix(r.URL.Path, "/v1/"):
 		allow = http.MethodPost
 	case r.URL.Path == "/v1/models", r.URL.Path == "/healthz", r.URL.Path == "/readyz":
 	case strings.HasPrefix(r.URL.Path, "/v1/models/") && len(r.URL.Path) > len("/v1/models/"):
+	case strings.HasPrefix(r.URL.Path, "/v1/") && !h.PassUnknownPaths:
+		unknown = true
 	default:
 		return next.ServeHTTP(w, r)
 	}
@@ -41,6 +46,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return nil
 	}
 	switch {
+	case unknown:
+		x.fail(openai.UnknownURL(r.Method, r.URL.Path))
 	case r.Method != http.MethodPost && allow == http.MethodPost,
 		r.Method != http.MethodGet && r.Method != http.MethodHead && allow != http.MethodPost:
 		w.Header().Set("Allow", allow)

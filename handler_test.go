@@ -164,11 +164,29 @@ func TestRequestErrors(t *testing.T) {
 
 func TestOtherPathsGoToNext(t *testing.T) {
 	g := newGateway(t, `chat_gateway`)
-	for _, path := range []string{"/", "/v1/audio/speech", "/completions", "/v1/chat/completions/x", "/v1/models/", "/healthz/"} {
+	for _, path := range []string{"/", "/completions", "/healthz/", "/v2/chat/completions"} {
 		resp, body := do(t, mustRequest("GET", g.URL+path))
 		if resp.StatusCode != 404 || body != "next" || resp.Header.Get("X-Request-ID") != "" {
 			t.Errorf("%s: %d %q, want 404 \"next\" without X-Request-ID", path, resp.StatusCode, body)
 		}
+	}
+	// The paths under /v1/ are the gateway's: one it has no route for
+	// gets OpenAI's 404 in JSON, which SDKs read as an error, not what
+	// follows (Caddy's empty 200 when nothing does)...
+	for _, path := range []string{"/v1/audio/speech", "/v1/chat/completions/x", "/v1/models/", "/v1/"} {
+		for _, method := range []string{"GET", "POST"} {
+			resp, body := do(t, mustRequest(method, g.URL+path))
+			if e := apiError(t, body); resp.StatusCode != 404 || e["code"] != "unknown_url" || e["type"] != "invalid_request_error" ||
+				!strings.Contains(e["message"].(string), method+" "+path) || resp.Header.Get("X-Request-ID") == "" ||
+				resp.Header.Get("Content-Type") != "application/json" || resp.Header.Get("X-Should-Retry") != "false" {
+				t.Errorf("%s %s: %d %v %s, want 404 unknown_url naming it, in JSON, with X-Request-ID and x-should-retry: false", method, path, resp.StatusCode, resp.Header, body)
+			}
+		}
+	}
+	// ...unless the site says otherwise.
+	g = newGateway(t, "chat_gateway {\n pass_unknown_paths\n}")
+	if resp, body := do(t, mustRequest("GET", g.URL+"/v1/audio/speech")); resp.StatusCode != 404 || body != "next" {
+		t.Errorf("pass_unknown_paths: %d %q, want the next handler's 404 \"next\"", resp.StatusCode, body)
 	}
 	resp, body := do(t, mustRequest("GET", g.URL+"/healthz"))
 	if resp.StatusCode != 200 || body != `{"status":"ok"}` {
@@ -180,10 +198,15 @@ func TestOtherPathsGoToNext(t *testing.T) {
 	}
 }
 
-func mustRequest(method, url string) *http.Request {
+// mustRequest builds a request without a body, with the given header
+// name/value pairs.
+func mustRequest(method, url string, header ...string) *http.Request {
 	req, err := http.NewRequest(method, url, nil)
 	if err != nil {
 		panic(err)
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
 	}
 	return req
 }

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -40,6 +41,7 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
+	testDir = dir
 	os.Setenv("XDG_CONFIG_HOME", filepath.Join(dir, "config"))
 	os.Setenv("XDG_DATA_HOME", filepath.Join(dir, "data"))
 	// A request that hangs fails its test, not the whole run at go
@@ -49,6 +51,62 @@ func TestMain(m *testing.M) {
 	_ = caddy.Stop()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// testDir is the test run's own directory, removed when it ends.
+var testDir string
+
+// builtCaddy is cmd/caddy, built once for the tests that run it as a
+// process of its own.
+var builtCaddy = sync.OnceValues(func() (string, error) {
+	bin := filepath.Join(testDir, "caddy")
+	if out, err := exec.Command("go", "build", "-o", bin, "./cmd/caddy").CombinedOutput(); err != nil {
+		return "", fmt.Errorf("building cmd/caddy: %v\n%s", err, out)
+	}
+	return bin, nil
+})
+
+// runCaddy runs the built Caddy on the Caddyfile at file, with env
+// added to the test's environment, until the test ends, and waits until
+// it answers /healthz at url.
+func runCaddy(t *testing.T, file, url string, env ...string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("builds and runs Caddy as a process")
+	}
+	bin, err := builtCaddy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cmd := exec.Command(bin, "run", "--config", file, "--adapter", "caddyfile")
+	cmd.Env = append(append(os.Environ(), "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir), env...)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+	})
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		select {
+		case err := <-exited:
+			exited <- err
+			t.Fatalf("caddy run %s exited (%v), want it serving %s:\n%s", file, err, url, out.String())
+		default:
+		}
+		if resp, err := http.Get(url + "/healthz"); err == nil {
+			resp.Body.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not answer within 30s, want caddy run %s serving it", url, file)
+		}
+	}
 }
 
 // gateway is Caddy, running in this process, serving a site whose only

@@ -98,15 +98,18 @@ func TestCaddyfiles(t *testing.T) {
 			}
 
 			// Any other API path: OpenAI's 404 for unknown URLs, in JSON,
-			// not the empty 200 Caddy gives when no handler answers.
+			// with the request id, not the empty 200 Caddy gives when no
+			// handler answers (a caller with a key, where keys are needed).
 			unknown := strings.TrimSuffix(tt.path, "/chat/completions") + "/audio/speech"
 			req, _ = http.NewRequest("POST", fmt.Sprintf("http://127.0.0.1:%d%s", port, unknown), strings.NewReader(body))
+			req.Header.Set("Authorization", "Bearer "+gatewayKey)
 			resp = tester.AssertResponseCode(req, 404)
 			got, _ = io.ReadAll(resp.Body)
 			resp.Body.Close()
 			e := apiError(t, string(got))
-			if resp.Header.Get("Content-Type") != "application/json" || e["code"] != "unknown_url" || e["type"] != "invalid_request_error" || e["message"] == "" {
-				t.Fatalf("%s: %s %s, want OpenAI's unknown_url error in JSON", unknown, resp.Header.Get("Content-Type"), got)
+			if resp.Header.Get("Content-Type") != "application/json" || e["code"] != "unknown_url" || e["type"] != "invalid_request_error" || e["message"] == "" ||
+				resp.Header.Get("X-Request-ID") == "" {
+				t.Fatalf("%s: %s %s, want OpenAI's unknown_url error in JSON with an X-Request-ID", unknown, resp.Header.Get("Content-Type"), got)
 			}
 		})
 	}
@@ -187,5 +190,59 @@ func TestShippedCaddyfilesKeepKeysOutOfLogs(t *testing.T) {
 	}
 	if checked == 0 {
 		t.Fatal("no shipped Caddyfile logs a gateway site: the test checks nothing")
+	}
+}
+
+// TestExamplesSideBySide: every shipped Caddyfile takes its port and its
+// admin port from PORT and ADMIN_PORT, as the repository's Caddyfile
+// does, so an example runs beside the quick-start gateway; two of them
+// run side by side here, as processes.
+func TestExamplesSideBySide(t *testing.T) {
+	files, _ := filepath.Glob("examples/*.Caddyfile")
+	files = append(files, "Caddyfile")
+	for _, file := range files {
+		port, admin := freePort(t), freePort(t)
+		t.Setenv("PORT", strconv.Itoa(port))
+		t.Setenv("ADMIN_PORT", strconv.Itoa(admin))
+		raw, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		adapted, _, err := caddyconfig.GetAdapter("caddyfile").Adapt(raw, map[string]any{"filename": file})
+		if err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		var cfg struct {
+			Admin struct {
+				Listen string `json:"listen"`
+			} `json:"admin"`
+			Apps struct {
+				HTTP struct {
+					Servers map[string]struct {
+						Listen []string `json:"listen"`
+					} `json:"servers"`
+				} `json:"http"`
+			} `json:"apps"`
+		}
+		if err := json.Unmarshal(adapted, &cfg); err != nil {
+			t.Fatal(err)
+		}
+		listens := []string{}
+		for _, srv := range cfg.Apps.HTTP.Servers {
+			listens = append(listens, srv.Listen...)
+		}
+		if cfg.Admin.Listen != fmt.Sprintf("localhost:%d", admin) || len(listens) != 1 || listens[0] != fmt.Sprintf(":%d", port) {
+			t.Errorf("%s listens on %v, admin on %q; want :%d and localhost:%d, from PORT and ADMIN_PORT", file, listens, cfg.Admin.Listen, port, admin)
+		}
+	}
+
+	for _, file := range []string{"Caddyfile", "examples/echo.Caddyfile"} {
+		port, admin := freePort(t), freePort(t)
+		url := fmt.Sprintf("http://127.0.0.1:%d", port)
+		runCaddy(t, file, url, fmt.Sprintf("PORT=%d", port), fmt.Sprintf("ADMIN_PORT=%d", admin), "BACKEND_URL=")
+		g := &gateway{URL: url}
+		if resp, body := g.post(t, hello); resp.StatusCode != 200 || !strings.Contains(body, "Echo: hello world") {
+			t.Fatalf("%s on %s: %d %s, want 200 Echo: hello world", file, url, resp.StatusCode, body)
+		}
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -308,7 +307,9 @@ func TestTeamLimitsExample(t *testing.T) {
 		t.Fatal(err)
 	}
 	port := freePort(t)
-	cfg := globalOptions() + strings.NewReplacer(":8080", fmt.Sprintf(":%d", port), "http://127.0.0.1:8081", be.URL).Replace(string(raw))
+	t.Setenv("PORT", strconv.Itoa(port))
+	t.Setenv("ADMIN_PORT", strconv.Itoa(adminPort))
+	cfg := strings.NewReplacer("http://127.0.0.1:8081", be.URL).Replace(string(raw))
 	caddytest.NewTester(t).InitServer(cfg, "caddyfile")
 	g := &gateway{URL: fmt.Sprintf("http://127.0.0.1:%d", port)}
 	resp, body := g.post(t, chatWith(2, ""), "X-Team", "example")
@@ -325,16 +326,8 @@ func TestTeamLimitsExample(t *testing.T) {
 // requests round-robin admit what one instance would (100, plus the
 // refill while they run, ±1).
 func TestLimitsCluster(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs three Caddy processes")
-	}
 	srv := redistest.Start(t)
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "caddy")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/caddy")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building cmd/caddy: %v\n%s", err, out)
-	}
 	var urls []string
 	for i := range 3 {
 		port, admin := freePort(t), freePort(t)
@@ -359,30 +352,9 @@ http://127.0.0.1:%d {
 		if err := os.WriteFile(file, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		cmd := exec.Command(bin, "run", "--config", file, "--adapter", "caddyfile")
-		cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-		})
-		urls = append(urls, fmt.Sprintf("http://127.0.0.1:%d", port))
-	}
-	for _, u := range urls { // wait for each to serve
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			resp, err := http.Get(u + "/healthz")
-			if err == nil {
-				resp.Body.Close()
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s did not start: %v", u, err)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+		url := fmt.Sprintf("http://127.0.0.1:%d", port)
+		runCaddy(t, file, url)
+		urls = append(urls, url)
 	}
 	admitted := 0
 	start := time.Now()

@@ -35,8 +35,18 @@ func (h *Handler) serveModels(x *exchange) {
 
 // serveModel answers GET /v1/models/{id} with that model, or 404
 // model_not_found (as for a model the client's key may not use). An id
-// may hold slashes, as Hugging Face names do.
+// may hold slashes, as Hugging Face names do. In echo mode every model
+// the key may use is served, as the chat route answers for any.
 func (h *Handler) serveModel(x *exchange, id string) {
+	if h.echoMode() {
+		if !x.allowed(id) {
+			x.fail(openai.ModelNotFound(id))
+			return
+		}
+		out, _ := json.Marshal(modelEntry{ID: id, Object: "model", OwnedBy: "chat_gateway"})
+		x.writeJSON(http.StatusOK, out)
+		return
+	}
 	list, r := h.modelList(x)
 	if r.err != nil {
 		x.answer(r)

@@ -10,6 +10,7 @@ package chatgateway
 
 import (
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -158,6 +159,13 @@ type Handler struct {
 	// never logged. Default: off.
 	LogSizes bool `json:"log_sizes,omitempty"`
 
+	// PassUnknownPaths passes a request for a path under /v1/ that no
+	// route of the gateway's serves to the next handler. Default: off,
+	// such a request gets OpenAI's 404 unknown_url, which an SDK reads
+	// as an error (where Caddy, when nothing follows, answers an empty
+	// 200 that SDKs take for success).
+	PassUnknownPaths bool `json:"pass_unknown_paths,omitempty"`
+
 	// Auth, when set, makes every request but /healthz and /readyz carry a client
 	// key. Without it the gateway is open to anyone who can reach it,
 	// and takes as identity what an earlier Caddy auth handler set in
@@ -244,29 +252,28 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("limits: %w", err)
 		}
 	}
-	names := make(map[*Backend]string, len(h.Backends))
 	for _, b := range h.Backends {
-		names[b] = b.name()
+		b.label = b.name() // before its proxy is loaded: loading empties ProxyRaw
 	}
 	for _, b := range h.Backends {
 		if err := b.provision(ctx, repl); err != nil {
-			return fmt.Errorf("%s: %w", names[b], err)
+			return fmt.Errorf("%s: %w", b.label, err)
 		}
 		if len(b.Models) == 0 {
 			if h.catchAll != nil {
-				return fmt.Errorf("%s: only one backend may leave out models, it serves the models no other lists, and %s does already", names[b], names[h.catchAll])
+				return fmt.Errorf("%s: only one backend may leave out models, it serves the models no other lists, and %s does already", b.label, h.catchAll.label)
 			}
 			h.catchAll = b
 		}
 		for _, m := range b.Models {
 			if earlier, dup := h.routes[m]; dup {
-				return fmt.Errorf("%s: model %q is served by %s already", names[b], m, names[earlier.backend])
+				return fmt.Errorf("%s: model %q is served by %s already", b.label, m, earlier.backend.label)
 			}
 			h.routes[m] = route{backend: b}
 		}
 		for alias, target := range b.Aliases {
 			if earlier, dup := h.routes[alias]; dup {
-				return fmt.Errorf("%s: alias %q names a model served by %s already", names[b], alias, names[earlier.backend])
+				return fmt.Errorf("%s: alias %q names a model served by %s already", b.label, alias, earlier.backend.label)
 			}
 			h.routes[alias] = route{backend: b, model: target}
 		}
@@ -277,10 +284,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 		rt, ok := h.route(b.Fallback)
 		if !ok {
-			return fmt.Errorf("%s: no backend serves fallback model %q", names[b], b.Fallback)
+			return fmt.Errorf("%s: no backend serves fallback model %q", b.label, b.Fallback)
 		}
 		if rt.backend == b {
-			return fmt.Errorf("%s: fallback model %q is served by the same backend", names[b], b.Fallback)
+			return fmt.Errorf("%s: fallback model %q is served by the same backend", b.label, b.Fallback)
 		}
 		if rt.model == "" {
 			rt.model = b.Fallback
@@ -288,7 +295,53 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		b.fallback = &rt
 	}
 	h.upstreamKeys = newUpstreamKeys(h.Backends)
-	return h.provisionOwners()
+	if err := h.provisionOwners(); err != nil {
+		return err
+	}
+	for _, b := range h.Backends {
+		if b.probed() {
+			b.reachable() // the first probe, known by the first /readyz
+		}
+	}
+	h.announce()
+	return nil
+}
+
+// announce logs, once the handler is set up, what it serves: in echo
+// mode (say, BACKEND_URL misspelt) or which backends with which models;
+// whether it takes keys, and its limits; and warns when it is open to
+// anyone who reaches it.
+func (h *Handler) announce() {
+	fields := []zap.Field{zap.Bool("echo", h.echoMode())}
+	if !h.echoMode() {
+		backends := make([]string, len(h.Backends))
+		for i, b := range h.Backends {
+			models := strings.Join(b.Models, " ")
+			if len(b.Models) == 0 {
+				models = "every model no other backend lists"
+			}
+			backends[i] = b.label + ": " + models
+		}
+		fields = append(fields, zap.Strings("backends", backends))
+	}
+	if h.keys != nil {
+		fields = append(fields, zap.Int("keys", h.keys.Load().set.Len()))
+	}
+	if h.Limits != nil {
+		store := "memory"
+		if h.Limits.Redis != nil {
+			store = "redis " + h.Limits.Redis.Address
+		}
+		fields = append(fields, zap.String("limits", store))
+	}
+	msg := "serving"
+	if h.echoMode() && !h.Echo {
+		msg = "serving in echo mode: no backend is configured (an unset BACKEND_URL?), so replies repeat the prompt"
+	}
+	h.logger.Info(msg, fields...)
+	if h.Auth == nil {
+		h.logger.Warn("no auth block: anyone who can reach this gateway can use it, and the upstream keys it holds, unless a handler before it checks who calls")
+	}
 }
 
 // Validate checks the configuration.
@@ -304,10 +357,10 @@ func (h *Handler) Validate() error {
 	}
 	for _, b := range h.Backends {
 		if b.Responses != "" && !b.keepsResponses() {
-			return fmt.Errorf("%s: responses must be %q or empty, not %q", b.name(), responsesStateful, b.Responses)
+			return fmt.Errorf("%s: responses must be %q or empty, not %q", b.label, responsesStateful, b.Responses)
 		}
 		if b.Messages != "" && !b.servesMessages() {
-			return fmt.Errorf("%s: messages must be %q or empty, not %q", b.name(), messagesNative, b.Messages)
+			return fmt.Errorf("%s: messages must be %q or empty, not %q", b.label, messagesNative, b.Messages)
 		}
 	}
 	for name, d := range map[string]caddy.Duration{"timeout": h.Timeout, "first_token_timeout": h.FirstTokenTimeout, "idle_timeout": h.IdleTimeout, "read_body_timeout": h.ReadBodyTimeout, "echo_delay": h.EchoDelay, "keepalive_interval": h.KeepaliveInterval} {

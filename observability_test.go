@@ -25,6 +25,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/chatgateway/caddy-chat-gateway/internal/keys"
 	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
 )
 
@@ -516,4 +517,52 @@ func (c *cancellingRecorder) Write(p []byte) (int, error) {
 		c.cancel()
 	}
 	return c.ResponseRecorder.Write(p)
+}
+
+// TestProvisionAnnounced: each handler says at load what it serves: echo
+// mode (and why, when no backend is set), or its backends and their
+// models; its keys and limits; and warns when it is open.
+func TestProvisionAnnounced(t *testing.T) {
+	find := func(g *gateway, msg string) map[string]any {
+		t.Helper()
+		lines, raw := g.logs(t)
+		for _, l := range lines {
+			if strings.HasPrefix(fmt.Sprint(l["msg"]), msg) && l["logger"] == "http.handlers.chat_gateway" {
+				return l
+			}
+		}
+		t.Fatalf("no log line %q from chat_gateway, want one:\n%s", msg, raw)
+		return nil
+	}
+	g := newGateway(t, "chat_gateway")
+	if l := find(g, "serving in echo mode: no backend is configured (an unset BACKEND_URL?)"); l["level"] != "info" || l["echo"] != true {
+		t.Errorf("echo mode: %v, want an info line with echo true", l)
+	}
+	if l := find(g, "no auth block: anyone who can reach this gateway can use it"); l["level"] != "warn" {
+		t.Errorf("open gateway: %v, want a warning", l)
+	}
+
+	g = newGateway(t, fmt.Sprintf(`chat_gateway {
+		backend http://127.0.0.1:9/v1 {
+			models llama qwen
+		}
+		backend http://127.0.0.1:8/v1
+		auth {
+			key %s
+		}
+		limits {
+			requests 10/1m
+		}
+	}`, keys.Hash(aliceKey)))
+	l := find(g, "serving")
+	want := []any{"backend http://127.0.0.1:9/v1: llama qwen", "backend http://127.0.0.1:8/v1: every model no other backend lists"}
+	if l["msg"] != "serving" || l["echo"] != false || fmt.Sprint(l["backends"]) != fmt.Sprint(want) || l["keys"] != float64(1) || l["limits"] != "memory" {
+		t.Errorf("%v, want serving, echo false, backends %v, keys 1, limits memory", l, want)
+	}
+	lines, _ := g.logs(t) // each gateway logs to a file of its own
+	for _, l := range lines {
+		if strings.HasPrefix(fmt.Sprint(l["msg"]), "no auth block") {
+			t.Errorf("a gateway with keys warned it is open: %v, want no warning", l)
+		}
+	}
 }

@@ -4,7 +4,7 @@
 //	go run ./bench              # every figure, about 10 minutes on 2 cores
 //	go run ./bench -peers       # and Portkey's gateway (Node) side by side
 //	go run ./bench -peer 'name=<command with {port} and {upstream}>'
-//	go run ./bench -quick       # fewer and shorter rounds, for a smoke test
+//	go run ./bench -quick       # fewer and shorter rounds, a smoke test: into a temporary directory
 //
 // bench/README.md says what each figure measures and how peers run.
 //
@@ -15,7 +15,8 @@
 // where this build has them. It loads each in turn with a Go load
 // generator, reads each process's CPU time (utime+stime) and memory
 // from /proc, and writes results.json, results.md and the charts to
-// -out. Every process it starts is stopped at the end.
+// -out (bench/results, the published figures; a temporary directory for
+// -quick), and says where. Every process it starts is stopped at the end.
 package main
 
 import (
@@ -39,7 +40,7 @@ import (
 
 func main() {
 	mock := flag.Bool("mock", false, "run as the mock backend (used by the harness itself)")
-	out := flag.String("out", "bench/results", "directory for results.json, results.md and the charts")
+	out := flag.String("out", "", "directory for results.json, results.md and the charts (default bench/results; with -quick, a new temporary directory)")
 	quick := flag.Bool("quick", false, "fewer, shorter rounds: a smoke test, not figures to publish")
 	rounds := flag.Int("rounds", 5, "rounds per configuration and figure")
 	withPortkey := flag.Bool("peers", false, "also measure Portkey's gateway (installed with npm into a temp folder, run with Node)")
@@ -67,6 +68,17 @@ func main() {
 	}
 	if *quick {
 		h.rounds, h.round, h.timed, h.streams, h.paced = 2, 400*time.Millisecond, 20, []int{200}, time.Second
+	}
+	switch {
+	case *out != "":
+	case *quick: // a smoke test's figures are not to replace the published ones
+		dir, err := os.MkdirTemp("", "chat-gateway-bench-")
+		if err != nil {
+			log.Fatal(err)
+		}
+		*out = dir
+	default:
+		*out = "bench/results"
 	}
 	if *withPortkey {
 		h.portkey = *portkeyVersion
@@ -171,7 +183,11 @@ func (h *harness) run(ctx context.Context, out string) error {
 		}
 	}
 	h.results.Duration = time.Since(start).Round(time.Second).String()
-	return h.results.write(out)
+	if err := h.results.write(out); err != nil {
+		return err
+	}
+	log.Printf("wrote results.json, results.md and the charts to %s", out)
+	return nil
 }
 
 func (h *harness) startMock(ctx context.Context) (*target, error) {

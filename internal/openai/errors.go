@@ -119,6 +119,7 @@ var (
 	kindInvalidAPIKey            = kind(Kind{Code: "invalid_api_key", Status: http.StatusUnauthorized, Type: TypeInvalidRequest, Class: ClassClient})
 	kindPreviousResponseNotFound = kind(Kind{Code: "previous_response_not_found", Status: http.StatusBadRequest, Type: TypeInvalidRequest, Class: ClassClient})
 	kindModelNotFound            = kind(Kind{Code: "model_not_found", Status: http.StatusNotFound, Type: TypeInvalidRequest, Class: ClassClient})
+	kindUnknownURL               = kind(Kind{Code: "unknown_url", Status: http.StatusNotFound, Type: TypeInvalidRequest, Class: ClassClient})
 	kindMethodNotAllowed         = kind(Kind{Code: "method_not_allowed", Status: http.StatusMethodNotAllowed, Type: TypeInvalidRequest, Class: ClassClient})
 	kindRequestTimeout           = kind(Kind{Code: "request_timeout", Status: http.StatusRequestTimeout, Type: TypeInvalidRequest, Class: ClassClient})
 	kindRequestTooLarge          = kind(Kind{Code: "request_too_large", Status: http.StatusRequestEntityTooLarge, Type: TypeInvalidRequest, Class: ClassClient})
@@ -219,6 +220,15 @@ func PreviousResponseNotFound(id string) *Error {
 		id = strings.ToValidUTF8(id[:128], "") + "..."
 	}
 	return kindPreviousResponseNotFound.new("previous_response_id", "Previous response with id '"+id+"' not found.")
+}
+
+// UnknownURL is the error for a path under /v1/ the gateway has no
+// route for.
+func UnknownURL(method, path string) *Error {
+	if len(path) > 256 { // the client's own text: no need to send it all back
+		path = strings.ToValidUTF8(path[:256], "") + "..."
+	}
+	return kindUnknownURL.new("", "Unknown request URL: "+method+" "+path+". This gateway serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/messages and /v1/models.")
 }
 
 // MethodNotAllowed is the error for a request with method on path,

@@ -57,7 +57,7 @@ func TestCatalogueConstructors(t *testing.T) {
 	made := []*Error{
 		InvalidJSON("The request body is empty."), InvalidType("p", "'p' must be a string."), InvalidValue("p", "'p' is wrong."),
 		MissingRequiredParameter("p", "Missing 'p'."), EmptyArray("p", "'p' is empty."), EmptyString("p", "'p' is empty."),
-		DuplicateKey("p"), UnknownParameter("Model", "model"), PreviousResponseNotFound("resp_1"), OwnersUnavailable(), UnsupportedParameter("p", "Not here."), BodyReadError(), InvalidAPIKey("No key."),
+		DuplicateKey("p"), UnknownParameter("Model", "model"), PreviousResponseNotFound("resp_1"), OwnersUnavailable(), UnknownURL("GET", "/v1/nope"), UnsupportedParameter("p", "Not here."), BodyReadError(), InvalidAPIKey("No key."),
 		ModelNotFound("m"), MethodNotAllowed("GET", "/v1/chat/completions", "POST"), RequestTimeout(), RequestTooLarge("1MiB"),
 		UnsupportedMediaType(), TooManyConcurrentRequests("Busy."), RateLimitExceeded("Slow down."),
 		InsufficientQuota("Spent."), RateLimitsUnavailable(), UpstreamError(500), UpstreamUnavailable(),

@@ -70,6 +70,7 @@ type Backend struct {
 	probe         probe  // whether its upstreams can be reached, for /readyz
 	proxy         caddyhttp.MiddlewareHandler
 	cooldowns     *cooldowns // nil unless the proxy marks upstreams down on statuses
+	prompts       bool       // its proxy's lb_policy is prefix_affinity: attempts carry their prompt
 	apiKey        string
 	authorization string // "Bearer " + apiKey
 	fallback      *route
@@ -169,6 +170,14 @@ func (b *Backend) provision(ctx caddy.Context, repl *caddy.Replacer) error {
 	}
 	b.apiKey = repl.ReplaceKnown(b.APIKey, "")
 	b.authorization = "Bearer " + b.apiKey
+	if rp, ok := proxy.(*reverseproxy.Handler); ok {
+		if p := prefixAffinity(rp); p != nil {
+			b.prompts = true
+			if b.apiKey != "" {
+				p.authorization = b.authorization
+			}
+		}
+	}
 	return nil
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/dustin/go-humanize"
 
 	"github.com/chatgateway/caddy-chat-gateway/internal/limits"
+	"github.com/chatgateway/caddy-chat-gateway/internal/routing"
 )
 
 func init() {
@@ -773,4 +774,77 @@ func proxyDefaults(rp *reverseproxy.Handler, retryCodes []int, bufferLimit int64
 			rp.RequestBuffers = bufferLimit + 1
 		}
 	}
+}
+
+// UnmarshalCaddyfile sets up the policy from Caddyfile tokens:
+//
+//	lb_policy prefix_affinity {
+//		block_size   <bytes>
+//		load_factor  <factor>
+//		index_blocks <count>
+//		load_metrics llamacpp|vllm|sglang [<interval>]
+//	}
+func (p *PrefixAffinity) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the policy's name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	return readBlock(d, "prefix_affinity option", prefixAffinityOptions, p, nil)
+}
+
+// prefixAffinityOptions are the lines of an lb_policy prefix_affinity
+// block.
+var prefixAffinityOptions = map[string]subdirective[PrefixAffinity]{
+	"block_size": {read: func(p *PrefixAffinity, d *caddyfile.Dispenser) error {
+		return intArg(d, &p.BlockSize, minBlockSize, maxBlockSize)
+	}},
+	"index_blocks": {read: func(p *PrefixAffinity, d *caddyfile.Dispenser) error {
+		return intArg(d, &p.IndexBlocks, 1, 1<<30)
+	}},
+	"load_factor": {read: func(p *PrefixAffinity, d *caddyfile.Dispenser) error {
+		var text string
+		return oneArg(d, &text, func(v string) error {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil || !(f > 1) || f > 100 {
+				return d.Errf("invalid load_factor '%s': want a number above 1, such as 1.25", v)
+			}
+			p.LoadFactor = f
+			return nil
+		})
+	}},
+	"load_metrics": {read: func(p *PrefixAffinity, d *caddyfile.Dispenser) error {
+		if !d.NextArg() {
+			return d.ArgErr()
+		}
+		if _, ok := routing.LoadFormats[d.Val()]; !ok {
+			return d.Errf("unknown load_metrics '%s': want llamacpp, vllm or sglang", d.Val())
+		}
+		p.LoadMetrics = d.Val()
+		if d.NextArg() {
+			dur, err := caddy.ParseDuration(d.Val())
+			if err != nil || dur < 100*time.Millisecond {
+				return d.Errf("invalid load_metrics interval '%s': want a duration of at least 100ms, such as 1s", d.Val())
+			}
+			p.LoadInterval = caddy.Duration(dur)
+		}
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+		return nil
+	}},
+}
+
+// intArg reads the single integer argument of a line, from lo to hi,
+// into v.
+func intArg(d *caddyfile.Dispenser, v *int, lo, hi int) error {
+	name := d.Val()
+	var text string
+	return oneArg(d, &text, func(text string) error {
+		n, err := strconv.Atoi(text)
+		if err != nil || n < lo || n > hi {
+			return d.Errf("invalid %s '%s': want an integer from %d to %d", name, text, lo, hi)
+		}
+		*v = n
+		return nil
+	})
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/chatgateway/caddy-chat-gateway/internal/limits"
+	"github.com/chatgateway/caddy-chat-gateway/internal/routing"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -215,4 +216,85 @@ func registerLimitMetrics(registry *prometheus.Registry) error {
 			Help: "Calls to the limits store that failed or timed out, by operation (reserve, settle)."}, []string{"op"})
 	})
 	return register(registry, m.decisions, m.estimateError, m.storeDuration, m.storeErrors)
+}
+
+// routingCollectors are the prefix_affinity policy's collectors.
+type routingCollectors struct {
+	once      sync.Once
+	decisions [routing.Placed + 1]prometheus.Counter // by reason
+	matched   prometheus.Histogram
+	load      routingLoadCollector
+}
+
+// routingMetrics are created once and registered into each config's
+// registry that has a prefix_affinity policy.
+var routingMetrics routingCollectors
+
+// livePolicies are the provisioned prefix_affinity policies, whose
+// replicas' load the metrics report.
+var livePolicies sync.Map // *PrefixAffinity -> struct{}
+
+// registerRoutingMetrics makes the routing collectors, once, and
+// registers them into a config's registry.
+func registerRoutingMetrics(registry *prometheus.Registry) error {
+	const ns, sub = "caddy", "chat_gateway"
+	m := &routingMetrics
+	m.once.Do(func() {
+		decisions := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "routing_decisions_total",
+			Help: "Replica choices of the prefix_affinity policy by reason: matched (the replica holding the longest prefix of the prompt), overloaded (its holders were over the load bound: the least loaded), placed (no replica held it: rendezvous hashing), no_prefix (no prompt of a full block: the least loaded)."},
+			[]string{"reason"})
+		for r := range m.decisions {
+			m.decisions[r] = decisions.WithLabelValues(routing.Reason(r).String())
+		}
+		m.matched = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "routing_matched_ratio",
+			Help:    "Fraction of a prompt's blocks the chosen replica was known to hold, for each choice with a prompt.",
+			Buckets: []float64{0, .1, .2, .3, .4, .5, .6, .7, .8, .9, .95, 1}})
+		m.load.desc = prometheus.NewDesc(prometheus.BuildFQName(ns, sub, "routing_replica_load"),
+			"Load of each replica of a prefix_affinity backend: requests this Caddy has in flight to it (source in_flight) and the requests it runs and queues, as its /metrics last said (source reported).",
+			[]string{"replica", "source"}, nil)
+		m.load.decisions = decisions
+	})
+	return register(registry, m.load.decisions, m.matched, &m.load)
+}
+
+// decided counts a choice of a prompt of blocks.
+func (m *routingCollectors) decided(c routing.Choice, blocks int) {
+	m.decisions[c.Reason].Inc()
+	if blocks > 0 {
+		m.matched.Observe(float64(c.Matched) / float64(blocks))
+	}
+}
+
+// routingLoadCollector reports the load of the replicas of every live
+// prefix_affinity policy when scraped, nothing on a request's path.
+type routingLoadCollector struct {
+	desc      *prometheus.Desc
+	decisions *prometheus.CounterVec
+}
+
+func (c *routingLoadCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *routingLoadCollector) Collect(ch chan<- prometheus.Metric) {
+	inFlight, reported := map[string]int{}, map[string]int{}
+	livePolicies.Range(func(k, _ any) bool {
+		p := k.(*PrefixAffinity)
+		if p.proxy != nil {
+			for _, u := range p.proxy.Upstreams {
+				inFlight[u.Dial] = u.NumRequests()
+			}
+		}
+		if p.loads != nil {
+			p.loads.Each(func(addr string, load int, err error) {
+				if err == nil {
+					reported[addr] = load
+				}
+			})
+		}
+		return true
+	})
+	for source, loads := range map[string]map[string]int{"in_flight": inFlight, "reported": reported} {
+		for addr, n := range loads {
+			ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n), addr, source)
+		}
+	}
 }

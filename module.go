@@ -321,6 +321,9 @@ func (h *Handler) announce() {
 				models = "every model no other backend lists"
 			}
 			backends[i] = b.label + ": " + models
+			if b.prompts {
+				backends[i] += " (lb_policy prefix_affinity)"
+			}
 		}
 		fields = append(fields, zap.Strings("backends", backends))
 	}

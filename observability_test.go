@@ -546,7 +546,9 @@ func TestProvisionAnnounced(t *testing.T) {
 		backend http://127.0.0.1:9/v1 {
 			models llama qwen
 		}
-		backend http://127.0.0.1:8/v1
+		backend http://127.0.0.1:8/v1 http://127.0.0.1:7/v1 {
+			lb_policy prefix_affinity
+		}
 		auth {
 			key %s
 		}
@@ -555,7 +557,7 @@ func TestProvisionAnnounced(t *testing.T) {
 		}
 	}`, keys.Hash(aliceKey)))
 	l := find(g, "serving")
-	want := []any{"backend http://127.0.0.1:9/v1: llama qwen", "backend http://127.0.0.1:8/v1: every model no other backend lists"}
+	want := []any{"backend http://127.0.0.1:9/v1: llama qwen", "backend http://127.0.0.1:8/v1 http://127.0.0.1:7/v1: every model no other backend lists (lb_policy prefix_affinity)"}
 	if l["msg"] != "serving" || l["echo"] != false || fmt.Sprint(l["backends"]) != fmt.Sprint(want) || l["keys"] != float64(1) || l["limits"] != "memory" {
 		t.Errorf("%v, want serving, echo false, backends %v, keys 1, limits memory", l, want)
 	}

@@ -139,6 +139,9 @@ func (h *Handler) attempt(x *exchange, rt route, body []byte, deadline time.Time
 	x.stateful, x.claimed = h.owners != nil && b.keepsResponses(), false
 	ctx, cancel := context.WithCancelCause(x.r.Context())
 	defer cancel(nil)
+	if b.prompts {
+		ctx = withPrompt(ctx, path, body)
+	}
 	u := &upstreamWriter{x: x, out: x.out, idle: time.Duration(h.IdleTimeout), began: begin, deadline: deadline, meta: x.meta("")}
 	if _, ok := x.ep.(openai.ReplyStreamer); ok { // a reply normalized as it comes: large ones are fine
 		u.limit = maxStreamedReply

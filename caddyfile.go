@@ -806,7 +806,7 @@ var prefixAffinityOptions = map[string]subdirective[PrefixAffinity]{
 		return oneArg(d, &text, func(v string) error {
 			f, err := strconv.ParseFloat(v, 64)
 			if err != nil || !(f > 1) || f > 100 {
-				return d.Errf("invalid load_factor '%s': want a number above 1, such as 1.25", v)
+				return d.Errf("invalid load_factor '%s': want a number above 1, such as 1.5", v)
 			}
 			p.LoadFactor = f
 			return nil

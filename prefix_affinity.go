@@ -47,7 +47,7 @@ type PrefixAffinity struct {
 	// LoadFactor bounds the load of the replica a prefix goes to:
 	// above LoadFactor times the mean load of the replicas (this request
 	// included, rounded up), the replica is passed over. Lower spreads
-	// load more evenly and matches fewer prefixes. Default: 1.25.
+	// load more evenly and matches fewer prefixes. Default: 1.5.
 	LoadFactor float64 `json:"load_factor,omitempty"`
 
 	// IndexBlocks is how many blocks the record of which replica was

@@ -17,6 +17,7 @@ type Index struct {
 	lru      node // sentinel: lru.next is the most recently used
 	keys     []string
 	ids      map[string]uint16
+	held     []int // by id - 1: the blocks remembered as sent to the replica
 }
 
 // node is one block's record: the replicas that were sent it, the most
@@ -52,9 +53,9 @@ func (ix *Index) intern(key string) uint16 {
 	}
 	if len(ix.keys) == 1<<16-2 {
 		clear(ix.ids)
-		ix.keys = ix.keys[:0]
+		ix.keys, ix.held = ix.keys[:0], ix.held[:0]
 	}
-	ix.keys = append(ix.keys, key)
+	ix.keys, ix.held = append(ix.keys, key), append(ix.held, 0)
 	id := uint16(len(ix.keys))
 	ix.ids[key] = id
 	return id
@@ -113,13 +114,18 @@ func (ix *Index) record(hashes []uint64, key string) {
 		} else {
 			n.prev.next, n.next.prev = n.next, n.prev // unlink
 		}
-		// id first, the others after it in their order.
+		// id first, the others after it in their order; past
+		// maxHolders, the least recent drops out.
 		prev := id
 		for i := 0; i < maxHolders && prev != 0; i++ {
 			prev, n.holders[i] = n.holders[i], prev
 			if prev == id {
 				break
 			}
+		}
+		if prev != id {
+			ix.count(id, 1)
+			ix.count(prev, -1)
 		}
 		if i == len(hashes)-1 {
 			n.end = true
@@ -139,5 +145,32 @@ func (ix *Index) evictFor() *node {
 	n := ix.lru.prev
 	n.prev.next, n.next.prev = n.next, n.prev
 	delete(ix.byHash, n.hash)
+	for _, id := range n.holders {
+		ix.count(id, -1)
+	}
 	return n
+}
+
+// count adds delta to the blocks remembered as sent to replica id (none
+// for 0), ix.mu held.
+func (ix *Index) count(id uint16, delta int) {
+	if id != 0 && int(id) <= len(ix.held) {
+		ix.held[id-1] = max(0, ix.held[id-1]+delta)
+	}
+}
+
+// heldBy sets held[i] to the blocks remembered as sent to replicas[i]
+// and returns their sum.
+func (ix *Index) heldBy(replicas []Replica, held []int) int {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	sum := 0
+	for i, r := range replicas {
+		held[i] = 0
+		if id, ok := ix.ids[r.Key]; ok {
+			held[i] = ix.held[id-1]
+		}
+		sum += held[i]
+	}
+	return sum
 }

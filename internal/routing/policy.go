@@ -7,7 +7,7 @@ import (
 
 // DefaultLoadFactor is how far above the mean load a replica may be and
 // still be chosen for the prefix it holds.
-const DefaultLoadFactor = 1.25
+const DefaultLoadFactor = 1.5
 
 // PlaceBlocks is how many of a prompt's first blocks place it: two
 // prompts that share them go to the same replica, in every gateway. A
@@ -39,10 +39,10 @@ const (
 	// Matched: the replica that holds the longest prefix of the prompt.
 	Matched
 	// Overloaded: the replicas holding the prefix are over the load
-	// bound; the least loaded of the others.
+	// bound; it is placed among the others.
 	Overloaded
-	// Placed: no replica holds any of it; rendezvous hashing of the first
-	// block places it, as every gateway would.
+	// Placed: no replica holds it; rendezvous hashing of its first
+	// blocks places it (see place).
 	Placed
 )
 
@@ -62,9 +62,9 @@ type Choice struct {
 // Policy chooses a replica for each prompt: the one that holds the
 // longest prefix of it, among the replicas whose load is within
 // LoadFactor of the mean (consistent hashing with bounded loads,
-// Mirrokni et al.); a prompt none of those holds goes where rendezvous
-// hashing of its first block says, among them. Every choice is
-// remembered in its Index.
+// Mirrokni et al.); a prompt none of those holds is placed by
+// rendezvous hashing of its first blocks. Every choice is remembered in
+// its Index.
 type Policy struct {
 	// LoadFactor bounds a replica's load at LoadFactor times the mean
 	// (this request included), rounded up. Default DefaultLoadFactor.
@@ -121,19 +121,15 @@ func (p *Policy) Choose(replicas []Replica, hashes []uint64) Choice {
 					c.Replica = i
 				}
 			}
-		case enough(p.heldAtAll(hashes, byKey)):
-			c.Reason = Overloaded // held, but only by replicas over the bound
 		default:
 			c.Reason = Placed
-			var best uint64
-			for i, r := range replicas {
-				if s := score(hashes[need-1], r.Key); eligible(r) && (c.Replica < 0 || s > best) {
-					c.Replica, best = i, s
-				}
+			if enough(p.heldAtAll(hashes, byKey)) {
+				c.Reason = Overloaded
 			}
+			c.Replica = p.place(replicas, hashes[need-1], total)
 		}
 	}
-	if c.Replica < 0 { // no prompt, or its holders overloaded: the least loaded
+	if c.Replica < 0 { // no prompt: the least loaded
 		start := int(p.turn.Add(1))
 		for k := range replicas {
 			i := (start + k) % len(replicas)
@@ -153,4 +149,35 @@ func (p *Policy) Choose(replicas []Replica, hashes []uint64) Choice {
 func (p *Policy) heldAtAll(hashes []uint64, byKey func(string) int) (int, bool) {
 	n, _, end := p.index.longest(hashes, func(key string) bool { return byKey(key) >= 0 })
 	return n, end
+}
+
+// place returns the home of a prompt no replica under the load bound
+// holds, whose first blocks hash to key: the first replica in the
+// prompt's rendezvous order (the same in every gateway) among those at
+// or under the mean load, a new home gaining nothing from load, and at
+// or under the mean of the blocks the index remembers them being sent,
+// so that a few prompts do not share a replica while another holds
+// none; the load alone decides when none passes both.
+func (p *Policy) place(replicas []Replica, key uint64, total int) int {
+	n := len(replicas)
+	var buf [16]int
+	held := buf[:0]
+	if n > len(buf) {
+		held = make([]int, n)
+	}
+	held = held[:n]
+	sum := p.index.heldBy(replicas, held)
+	best := -1
+	var bestScore uint64
+	for pass := 0; pass < 2 && best < 0; pass++ {
+		for i, r := range replicas {
+			if r.Load*n > total-1 || pass == 0 && held[i]*n > sum {
+				continue
+			}
+			if s := score(key, r.Key); best < 0 || s > bestScore {
+				best, bestScore = i, s
+			}
+		}
+	}
+	return best
 }

@@ -4,8 +4,8 @@
 // (Chain), an Index remembers which replicas were sent which blocks, and
 // a Policy picks the replica holding the longest prefix of the prompt
 // among those not loaded past a bound, placing a prompt none holds by
-// rendezvous hashing, so that several gateways place it alike. It has no
-// Caddy imports.
+// rendezvous hashing among the replicas least loaded and least sent, so
+// that several gateways place it alike. It has no Caddy imports.
 package routing
 
 import (

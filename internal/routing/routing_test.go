@@ -89,6 +89,29 @@ func TestPolicyFollowsPrefix(t *testing.T) {
 	}
 }
 
+// A few prompts on an idle fleet each get a replica of their own: one
+// that holds more than LoadFactor times the mean of what replicas were
+// sent is no new prompt's home, whatever the hashes say. Two gateways
+// that see the same prompts place them alike.
+func TestPolicyPlacesApart(t *testing.T) {
+	replicas := []Replica{{Key: "10.0.0.1:8000"}, {Key: "10.0.0.2:8000"}, {Key: "10.0.0.3:8000"}, {Key: "10.0.0.4:8000"}}
+	for trial := range 50 {
+		p, other := NewPolicy(0, nil), NewPolicy(0, nil)
+		homes := map[int]bool{}
+		for i := range 4 {
+			hashes := Chain(nil, 64, []byte(fmt.Sprintf("trial %d, system prompt %d: %s", trial, i, strings.Repeat("be helpful. ", 60))))
+			c := p.Choose(replicas, hashes)
+			if c.Reason != Placed || homes[c.Replica] {
+				t.Fatalf("trial %d, prompt %d: %+v, homes so far %v, want placed on a replica of its own", trial, i, c, homes)
+			}
+			homes[c.Replica] = true
+			if o := other.Choose(replicas, hashes); o.Replica != c.Replica {
+				t.Fatalf("trial %d, prompt %d: another gateway placed it on %d, this one on %d", trial, i, o.Replica, c.Replica)
+			}
+		}
+	}
+}
+
 // A conversation that starts short, under PlaceBlocks, stays on its
 // replica as it grows: each turn holds more than half of the next, or
 // all of the turn before, when the next pastes a document.
@@ -140,20 +163,27 @@ func TestPolicyCommonOpening(t *testing.T) {
 }
 
 // A replica past LoadFactor times the mean load is skipped even though
-// it holds the prefix; the least loaded takes the request, and the
-// prefix is then held by both.
+// it holds the prefix; the request goes to the first replica in the
+// prompt's rendezvous order among those at or under the mean load, as
+// another gateway would send it, and the prefix is then held by both.
 func TestPolicyBoundedLoad(t *testing.T) {
 	p := NewPolicy(1.25, nil)
 	hashes := Chain(nil, 16, bytes.Repeat([]byte("shared system prompt "), 20))
 	idle := []Replica{{Key: "a"}, {Key: "b"}, {Key: "c"}, {Key: "d"}}
 	home := p.Choose(idle, hashes).Replica
 	loaded := append([]Replica(nil), idle...)
-	loaded[home].Load = 4 // mean with this request (5/4) times 1.25 rounds up to 2: 4 is over
-	loaded[(home+2)%4].Load = 1
+	loaded[home].Load = 4       // bound: ceil(1.25 * 8/4) = 3: 4 is over
+	loaded[(home+2)%4].Load = 3 // under the bound, over the mean (7/4)
 	c := p.Choose(loaded, hashes)
-	if c.Reason != Overloaded || c.Replica == home || loaded[c.Replica].Load != 0 {
+	if c.Reason != Overloaded || loaded[c.Replica].Load != 0 {
 		t.Fatalf("%+v with loads %+v, want overloaded, an idle replica", c, loaded)
 	}
+	other := NewPolicy(1.25, nil)
+	other.Choose(idle, hashes)
+	if o := other.Choose(loaded, hashes); o.Replica != c.Replica {
+		t.Fatalf("another gateway spilt to %d, this one to %d, want the same replica", o.Replica, c.Replica)
+	}
+	loaded[(home+2)%4].Load = 1
 	spill := c.Replica
 	// Both hold it now: the less loaded of them gets the next.
 	loaded[home].Load = 1
@@ -269,6 +299,22 @@ func TestPolicyNoPrefix(t *testing.T) {
 	}
 	if n := p.Index().Len(); n != 0 {
 		t.Fatalf("%d blocks recorded, want none", n)
+	}
+}
+
+// A prompt past MaxBlocks is hashed up to it: its next turn, which
+// differs only past it, goes where it went, and costs no more.
+func TestPolicyHugePrompt(t *testing.T) {
+	replicas := []Replica{{Key: "a"}, {Key: "b"}, {Key: "c"}}
+	p := NewPolicy(0, nil)
+	huge := bytes.Repeat([]byte("a long document "), 2<<20/16) // 2 MiB
+	first := p.Choose(replicas, Chain(nil, DefaultBlockSize, huge))
+	next := Chain(nil, DefaultBlockSize, huge, []byte(" and a question"))
+	if len(next) != MaxBlocks {
+		t.Fatalf("%d blocks hashed of 2 MiB, want MaxBlocks (%d)", len(next), MaxBlocks)
+	}
+	if c := p.Choose(replicas, next); c.Replica != first.Replica || c.Reason != Matched || c.Matched != MaxBlocks {
+		t.Fatalf("the next turn of a huge prompt: %+v, want matched on %d for all %d blocks", c, first.Replica, MaxBlocks)
 	}
 }
 

@@ -5,6 +5,7 @@
 //	go run ./bench -peers       # and Portkey's gateway (Node) side by side
 //	go run ./bench -peer 'name=<command with {port} and {upstream}>'
 //	go run ./bench -quick       # fewer and shorter rounds, a smoke test: into a temporary directory
+//	go run ./bench -routing     # lb_policy prefix_affinity against round_robin and least_conn
 //
 // bench/README.md says what each figure measures and how peers run.
 //
@@ -45,7 +46,8 @@ func main() {
 	rounds := flag.Int("rounds", 5, "rounds per configuration and figure")
 	withPortkey := flag.Bool("peers", false, "also measure Portkey's gateway (installed with npm into a temp folder, run with Node)")
 	portkeyVersion := flag.String("portkey-version", "1.15.2", "the @portkey-ai/gateway version -peers installs")
-	only := flag.String("only", "", "comma-separated `figures` to measure, of "+strings.Join(figureNames, ", ")+" (default all)")
+	routing := flag.Bool("routing", false, "measure lb_policy prefix_affinity against round_robin and least_conn on a simulated fleet, and on real llama.cpp servers when LLAMA_SERVER names llama-server (see bench/README.md)")
+	only := flag.String("only", "", "comma-separated `figures` to measure, of "+strings.Join(figureNames, ", ")+"; with -routing, workloads of "+strings.Join(routingWorkloadNames, ", ")+" (default all)")
 	var peers peerFlags
 	flag.Var(&peers, "peer", "`name=command` of another gateway to measure: the command, run with sh, serves /v1/chat/completions on 127.0.0.1:{port} forwarding to {upstream} (repeatable)")
 	flag.Parse()
@@ -58,10 +60,14 @@ func main() {
 
 	h := &harness{rounds: *rounds, round: 1500 * time.Millisecond, timed: 100, streams: []int{1000, 10000}, paced: 3 * time.Second, peerSpecs: peers}
 	if *only != "" {
+		names := figureNames
+		if *routing {
+			names = routingWorkloadNames
+		}
 		h.only = map[string]bool{}
 		for name := range strings.SplitSeq(*only, ",") {
-			if !slices.Contains(figureNames, name) {
-				log.Fatalf("-only: no figure %q (figures: %s)", name, strings.Join(figureNames, ", "))
+			if !slices.Contains(names, name) {
+				log.Fatalf("-only: no figure %q (figures: %s)", name, strings.Join(names, ", "))
 			}
 			h.only[name] = true
 		}
@@ -85,7 +91,11 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := h.run(ctx, *out); err != nil {
+	run := h.run
+	if *routing {
+		run = func(ctx context.Context, out string) error { return h.runRouting(ctx, out, *quick, h.only) }
+	}
+	if err := run(ctx, *out); err != nil {
 		h.stopAll()
 		log.Fatal(err)
 	}
@@ -132,14 +142,10 @@ func (h *harness) run(ctx context.Context, out string) error {
 	}
 	defer os.RemoveAll(dir)
 
-	log.Print("building ./cmd/caddy")
-	bin := filepath.Join(dir, "caddy")
-	h.caddyBin = bin
-	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/caddy")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		return fmt.Errorf("building caddy: %w", err)
+	if err := h.build(ctx, dir); err != nil {
+		return err
 	}
+	bin := h.caddyBin
 	if h.mock, err = h.startMock(ctx); err != nil {
 		return err
 	}
@@ -187,6 +193,18 @@ func (h *harness) run(ctx context.Context, out string) error {
 		return err
 	}
 	log.Printf("wrote results.json, results.md and the charts to %s", out)
+	return nil
+}
+
+// build builds ./cmd/caddy into dir, as h.caddyBin.
+func (h *harness) build(ctx context.Context, dir string) error {
+	log.Print("building ./cmd/caddy")
+	h.caddyBin = filepath.Join(dir, "caddy")
+	build := exec.CommandContext(ctx, "go", "build", "-o", h.caddyBin, "./cmd/caddy")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		return fmt.Errorf("building caddy: %w", err)
+	}
 	return nil
 }
 
@@ -310,14 +328,27 @@ func (h *harness) stopAll() {
 		p.cmd.Process.Signal(os.Interrupt)
 	}
 	for _, p := range h.procs {
-		select {
-		case <-p.exited:
-		case <-time.After(5 * time.Second):
-			p.cmd.Process.Kill()
-			<-p.exited
-		}
+		p.wait()
 	}
 	h.procs = nil
+}
+
+// stopLast stops the process the harness started last.
+func (h *harness) stopLast() {
+	p := h.procs[len(h.procs)-1]
+	h.procs = h.procs[:len(h.procs)-1]
+	p.cmd.Process.Signal(os.Interrupt)
+	p.wait()
+}
+
+// wait waits for p, interrupted, to exit, and kills it after 5 s.
+func (p *proc) wait() {
+	select {
+	case <-p.exited:
+	case <-time.After(5 * time.Second):
+		p.cmd.Process.Kill()
+		<-p.exited
+	}
 }
 
 func freePort() int {

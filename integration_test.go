@@ -52,6 +52,7 @@ func TestCaddyfiles(t *testing.T) {
 		{"examples/replicas-with-fallback.Caddyfile", "/v1/chat/completions", "llama-3.1-8b", "from openai", map[string]string{"LLAMA_DOWN": "1"}},
 		{"examples/mounted.Caddyfile", "/llm/v1/chat/completions", "m", "from llama", nil},
 		{"examples/metrics.Caddyfile", "/v1/chat/completions", "m", "from llama", nil},
+		{"examples/prefix-affinity.Caddyfile", "/v1/chat/completions", "m", "from llama", nil},
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%s %s %s", filepath.Base(tt.file), tt.model, tt.env["BACKEND_URL"]), func(t *testing.T) {
@@ -74,6 +75,8 @@ func TestCaddyfiles(t *testing.T) {
 				":8080", fmt.Sprintf(":%d", port),
 				"http://127.0.0.1:8081", llamas[0],
 				"http://127.0.0.1:8082", llamas[1],
+				"http://127.0.0.1:8083", llamas[0],
+				"http://127.0.0.1:8084", llamas[1],
 				"https://api.openai.com", openaiBackend.URL,
 			).Replace(string(raw))
 			if !strings.HasPrefix(strings.TrimSpace(stripComments(cfg)), "{") {

@@ -288,6 +288,50 @@ var gatewayOptions = map[string]subdirective[gatewayBlock]{
 		p.h.Limits = new(Limits)
 		return readBlock(d, "limits option", limitsOptions, p.h.Limits, nil)
 	}},
+	"cache": {read: func(p *gatewayBlock, d *caddyfile.Dispenser) error {
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+		p.h.Cache = new(Cache)
+		return readBlock(d, "cache option", cacheOptions, p.h.Cache, nil)
+	}},
+}
+
+// cacheOptions are the lines of a cache block.
+var cacheOptions = map[string]subdirective[Cache]{
+	"ttl": {read: func(c *Cache, d *caddyfile.Dispenser) error { return durationArg(d, &c.TTL) }},
+	"max_size": {read: func(c *Cache, d *caddyfile.Dispenser) error {
+		var v string
+		return oneArg(d, &v, func(v string) error {
+			size, err := humanize.ParseBytes(v)
+			if err != nil || size < 1<<20 || size > 1<<40 {
+				return d.Errf("invalid max_size '%s': want a size of at least 1MiB, such as 256MiB", v)
+			}
+			c.MaxSize = int64(size)
+			return nil
+		})
+	}},
+	"scope": {read: func(c *Cache, d *caddyfile.Dispenser) error {
+		return oneArg(d, &c.Scope, func(v string) error {
+			if v != cacheScopeKey && v != cacheScopeShared {
+				return d.Errf("invalid scope '%s': want key or shared", v)
+			}
+			return nil
+		})
+	}},
+	"when": {read: func(c *Cache, d *caddyfile.Dispenser) error {
+		return oneArg(d, &c.When, func(v string) error {
+			if v != cacheWhenDeterministic && v != cacheWhenAlways {
+				return d.Errf("invalid when '%s': want deterministic or always", v)
+			}
+			return nil
+		})
+	}},
+	"store": {read: func(c *Cache, d *caddyfile.Dispenser) error {
+		store, err := parseLimitStore(d)
+		c.Redis = store
+		return err
+	}},
 }
 
 // other answers a line no chat_gateway option names: a reverse_proxy

@@ -234,6 +234,12 @@ func TestCaddyfileSlips(t *testing.T) {
 		"chat_gateway {\n backend http://a:1 {\n lb_policy prefix_affinity {\n load_metrics vllm 10ms\n }\n }\n}":          "invalid load_metrics interval '10ms'",
 		"chat_gateway {\n backend http://a:1 {\n lb_policy prefix_affinity {\n index_blocks 1\n index_blocks 2\n }\n }\n}": "only one index_blocks line",
 		"chat_gateway {\n backend http://a:1 {\n lb_policy prefix_affinity 4\n }\n}":                                       "wrong argument count",
+		"chat_gateway {\n cache {\n tll 1m\n }\n}":                                                                         "unrecognized cache option 'tll': did you mean 'ttl'?",
+		"chat_gateway {\n cache {\n max_size 10KB\n }\n}":                                                                  "invalid max_size '10KB': want a size of at least 1MiB",
+		"chat_gateway {\n cache {\n scope global\n }\n}":                                                                   "invalid scope 'global': want key or shared",
+		"chat_gateway {\n cache {\n when sometimes\n }\n}":                                                                 "invalid when 'sometimes': want deterministic or always",
+		"chat_gateway {\n cache {\n store disk\n }\n}":                                                                     "unrecognized store 'disk': want memory or redis",
+		"chat_gateway {\n cache 5m\n}":                                                                                     "wrong argument count",
 	} {
 		_, err := parse(t, input)
 		if err == nil || !strings.Contains(err.Error(), want) {

@@ -77,6 +77,8 @@ type exchange struct {
 	// errorJSON renders the route's errors: OpenAI's shape unless the
 	// route's endpoint has its own (Messages: Anthropic's).
 	errorJSON func(*openai.Error) []byte
+	// cache is the request's use of the response cache, nil without one.
+	cache *cacheUse
 }
 
 func (h *Handler) newExchange(w http.ResponseWriter, r *http.Request, ep openai.Endpoint) *exchange {
@@ -358,6 +360,9 @@ func (x *exchange) finish() {
 		summary.model, summary.stream, summary.finishReason = x.model, x.req.Stream, x.finishReason
 		summary.usage, summary.ttft, summary.retries = x.usage, x.ttft, x.retries
 		summary.upstream = x.final.upstream
+		if x.cache != nil {
+			summary.cache = x.cache.result
+		}
 		if x.h.LogSizes {
 			summary.sizes = true
 			summary.promptBytes, summary.completionBytes = x.req.PromptBytes, x.completionBytes
@@ -396,6 +401,7 @@ type logSummary struct {
 	keyID                         string
 	decoded                       bool // the request body was decoded
 	model, finishReason, upstream string
+	cache                         string // the cache lookup's result, with a cache
 	stream                        bool
 	usage                         openai.Usage
 	ttft                          time.Duration
@@ -423,6 +429,9 @@ func (s logSummary) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	}
 	if s.retries > 0 {
 		enc.AddInt("retries", s.retries)
+	}
+	if s.cache != "" {
+		enc.AddString("cache", s.cache)
 	}
 	if s.sizes {
 		enc.AddInt("prompt_bytes", s.promptBytes)

@@ -110,16 +110,22 @@ func (h *Handler) serveEndpoint(x *exchange, ep openai.Endpoint) {
 		x.fail(openai.ModelNotFound(req.Model))
 		return
 	}
+	var rt route
+	if !h.echoMode() {
+		var ok bool
+		if rt, ok = h.route(req.Model); !ok {
+			x.fail(openai.ModelNotFound(req.Model))
+			return
+		}
+		if h.Cache != nil {
+			h.Cache.prepare(x, rt, body)
+		}
+	}
 	if h.Limits != nil && !h.Limits.admit(x) {
 		return
 	}
 	if h.echoMode() {
 		h.echo(x)
-		return
-	}
-	rt, ok := h.route(req.Model)
-	if !ok {
-		x.fail(openai.ModelNotFound(req.Model))
 		return
 	}
 	if be, ok := ep.(openai.BackendEndpoint); ok {
@@ -137,6 +143,10 @@ func (h *Handler) serveEndpoint(x *exchange, ep openai.Endpoint) {
 		if !x.checkPrevious(req.PreviousResponseID) {
 			return
 		}
+	}
+	if h.Cache != nil {
+		h.Cache.serve(h, x, rt, body)
+		return
 	}
 	h.forward(x, rt, body)
 }

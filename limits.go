@@ -335,6 +335,9 @@ func (l *Limits) identity(x *exchange) string {
 // capped at the tokens limits so a lone request can always pass, unless
 // the prompt alone exceeds them: that one can never pass.
 func (l *Limits) reserveTokens(dims []limits.Dimension, x *exchange) int64 {
+	if x.cache.served() {
+		return 0 // a stored reply: no backend computes it
+	}
 	prompt := openai.EstimateTokens(x.req.PromptBytes)
 	budget := min(x.req.MaxOutputTokens, maxReserve)
 	switch {
@@ -423,6 +426,9 @@ func (l *Limits) settle(x *exchange) {
 	x.reservation = nil
 	refund := x.outcome != outcomeOK && x.ttft == 0
 	used := x.usage.PromptTokens + x.usage.CompletionTokens
+	if x.cache.served() {
+		used = 0 // no backend computed it
+	}
 	ctx := context.WithoutCancel(x.r.Context())
 	run := func() {
 		begin := time.Now()

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/chatgateway/caddy-chat-gateway/internal/cache"
 	"github.com/chatgateway/caddy-chat-gateway/internal/limits"
 	"github.com/chatgateway/caddy-chat-gateway/internal/routing"
 	"github.com/prometheus/client_golang/prometheus"
@@ -130,13 +131,20 @@ func (x *exchange) record() {
 	if x.req == nil {
 		return
 	}
+	served := x.cache.served() // no backend generated it
+	if x.cache != nil {
+		cacheMetrics.requests.WithLabelValues(x.cache.result).Inc()
+		if served {
+			cacheMetrics.tokensSaved.Add(float64(x.usage.PromptTokens + x.usage.CompletionTokens))
+		}
+	}
 	if x.ttft > 0 {
 		s.ttft.Observe(x.ttft.Seconds())
-		if x.req.Stream && x.usage.CompletionTokens > 1 && x.outcome == outcomeOK {
+		if x.req.Stream && x.usage.CompletionTokens > 1 && x.outcome == outcomeOK && !served {
 			s.perToken.Observe((total - x.ttft).Seconds() / float64(x.usage.CompletionTokens-1))
 		}
 	}
-	if x.usage.PromptTokens > 0 || x.usage.CompletionTokens > 0 {
+	if (x.usage.PromptTokens > 0 || x.usage.CompletionTokens > 0) && !served {
 		s.promptTokens.Add(float64(x.usage.PromptTokens))
 		s.complTokens.Add(float64(x.usage.CompletionTokens))
 	}
@@ -297,4 +305,61 @@ func (c *routingLoadCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n), addr, source)
 		}
 	}
+}
+
+// cacheCollectors are the response cache's collectors.
+type cacheCollectors struct {
+	once        sync.Once
+	requests    *prometheus.CounterVec
+	tokensSaved prometheus.Counter
+	store       cacheStoreCollector
+}
+
+// cacheMetrics are created once and registered into each config's
+// registry that has a cache.
+var cacheMetrics cacheCollectors
+
+// registerCacheMetrics makes the cache's collectors, once, and registers
+// them into a config's registry.
+func registerCacheMetrics(registry *prometheus.Registry) error {
+	const ns, sub = "caddy", "chat_gateway"
+	m := &cacheMetrics
+	m.once.Do(func() {
+		m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "cache_requests_total",
+			Help: "Requests to routes the cache serves, by result: hit (a stored reply), collapsed (an identical request's, in flight together), miss and refresh (Cache-Control no-cache) sent to the backend, bypass (not cacheable)."},
+			[]string{"result"})
+		m.tokensSaved = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "cache_tokens_saved_total",
+			Help: "Prompt and completion tokens of the replies answered from the cache: what the backend did not compute."})
+		m.store.bytes = prometheus.NewDesc(prometheus.BuildFQName(ns, sub, "cache_bytes"),
+			"Bytes the memory store of the response cache holds, entries and keys counted.", nil, nil)
+		m.store.entries = prometheus.NewDesc(prometheus.BuildFQName(ns, sub, "cache_entries"),
+			"Replies the memory store of the response cache holds.", nil, nil)
+		m.store.evictions = prometheus.NewDesc(prometheus.BuildFQName(ns, sub, "cache_evictions_total"),
+			"Replies the memory store of the response cache dropped to stay within max_size.", nil, nil)
+	})
+	return register(registry, m.requests, m.tokensSaved, &m.store)
+}
+
+// cacheStoreCollector reports the memory stores when scraped.
+type cacheStoreCollector struct{ bytes, entries, evictions *prometheus.Desc }
+
+func (c *cacheStoreCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.bytes
+	ch <- c.entries
+	ch <- c.evictions
+}
+
+func (c *cacheStoreCollector) Collect(ch chan<- prometheus.Metric) {
+	var bytes, entries int64
+	var evictions uint64
+	cacheStores.Range(func(_, v any) bool {
+		if m, ok := v.(*cache.Memory); ok {
+			b, e, ev := m.Stats()
+			bytes, entries, evictions = bytes+b, entries+e, evictions+ev
+		}
+		return true
+	})
+	ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.GaugeValue, float64(bytes))
+	ch <- prometheus.MustNewConstMetric(c.entries, prometheus.GaugeValue, float64(entries))
+	ch <- prometheus.MustNewConstMetric(c.evictions, prometheus.CounterValue, float64(evictions))
 }

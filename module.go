@@ -17,6 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dustin/go-humanize"
 	"go.uber.org/zap"
 
 	"github.com/chatgateway/caddy-chat-gateway/internal/limits"
@@ -182,6 +183,10 @@ type Handler struct {
 	// quotas per client identity and per model. Default: none.
 	Limits *Limits `json:"limits,omitempty"`
 
+	// Cache, when set, answers repeated requests from stored replies.
+	// Default: none.
+	Cache *Cache `json:"cache,omitempty"`
+
 	// routes maps a model name (or alias) to where it is served.
 	routes map[string]route
 	// catchAll is the backend without models: it serves every model no
@@ -298,6 +303,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.provisionOwners(); err != nil {
 		return err
 	}
+	if h.Cache != nil {
+		if err := h.Cache.provision(ctx, repl); err != nil {
+			return err
+		}
+	}
 	for _, b := range h.Backends {
 		if b.probed() {
 			b.reachable() // the first probe, known by the first /readyz
@@ -337,6 +347,13 @@ func (h *Handler) announce() {
 		}
 		fields = append(fields, zap.String("limits", store))
 	}
+	if h.Cache != nil {
+		store := "memory " + humanize.IBytes(uint64(h.Cache.MaxSize))
+		if h.Cache.Redis != nil {
+			store = "redis " + h.Cache.Redis.Address
+		}
+		fields = append(fields, zap.String("cache", store))
+	}
 	msg := "serving"
 	if h.echoMode() && !h.Echo {
 		msg = "serving in echo mode: no backend is configured (an unset BACKEND_URL?), so replies repeat the prompt"
@@ -374,11 +391,16 @@ func (h *Handler) Validate() error {
 	return nil
 }
 
-// Cleanup releases the limits' store, and that of Response owners, once
-// no config uses them.
+// Cleanup releases the limits' store, that of Response owners and the
+// cache's, once no config uses them.
 func (h *Handler) Cleanup() error {
 	if h.ownersPoolKey != "" {
 		if _, err := limitStores.Delete(h.ownersPoolKey); err != nil {
+			return err
+		}
+	}
+	if h.Cache != nil {
+		if err := h.Cache.cleanup(); err != nil {
 			return err
 		}
 	}

@@ -92,6 +92,9 @@ func (h *Handler) forward(x *exchange, rt route, body []byte) {
 				tried[rt.backend] = true
 				streamRetries = 0
 				next, ok = *rt.backend.fallback, true
+				if x.cache != nil {
+					x.cache.rerouted = true // its reply is another model's
+				}
 			}
 		}
 		if !ok {
@@ -137,6 +140,9 @@ func (h *Handler) attempt(x *exchange, rt route, body []byte, deadline time.Time
 	// A Response this attempt's backend makes is claimed for the caller;
 	// one a failed attempt made is not what the client gets.
 	x.stateful, x.claimed = h.owners != nil && b.keepsResponses(), false
+	if f := x.cache.capture(); f != nil {
+		f.reset() // what a failed attempt brought is not the reply
+	}
 	ctx, cancel := context.WithCancelCause(x.r.Context())
 	defer cancel(nil)
 	if b.prompts {
@@ -163,7 +169,14 @@ func (h *Handler) attempt(x *exchange, rt route, body []byte, deadline time.Time
 	up := x.upstreamRequest(ctx, b, http.MethodPost, path, body)
 	proxyStart := time.Now()
 	x.addOwnTime(proxyStart.Sub(begin))
-	aborted, proxyErr := serveProxy(b.proxy, u, up)
+	var aborted, served bool
+	var proxyErr error
+	if x.cache.replays() {
+		served, aborted = x.cache.replay(ctx, u)
+	}
+	if !served {
+		aborted, proxyErr = serveProxy(b.proxy, u, up)
+	}
 	x.upstreamTime += time.Since(proxyStart)
 	u.staleConn = proxyErr != nil && u.status == 0 && reused.Load()
 	if n := int(conns.Load()); n > 1 {

@@ -102,6 +102,9 @@ func (u *upstreamWriter) onEvent(ev sse.Event) error {
 			return nil
 		}
 		u.state = streamRelaying
+		if f := u.x.cache.capture(); f != nil {
+			f.commit(nil) // no retry from here: what came is the reply
+		}
 	}
 	if u.st.Content() {
 		u.x.markFirstToken()

@@ -62,6 +62,11 @@ func (k upstreamKeys) redact(b []byte) []byte {
 	return b
 }
 
+// in reports whether b holds one of the keys.
+func (k upstreamKeys) in(b []byte) bool {
+	return slices.ContainsFunc(k.keys, func(key []byte) bool { return bytes.Contains(b, key) })
+}
+
 // redactString is redact for text.
 func (k upstreamKeys) redactString(s string) string {
 	for _, key := range k.keys {

@@ -135,6 +135,9 @@ func (u *upstreamWriter) WriteHeader(code int) {
 	if code/100 != 2 {
 		return
 	}
+	if f := u.x.cache.capture(); f != nil {
+		f.header(u.header.Get("Content-Type"))
+	}
 	if rs, ok := u.x.ep.(openai.ReplyStreamer); ok {
 		// Such endpoints do not stream: whatever the content type, the
 		// reply is normalized (and refused if not JSON) as it comes.
@@ -174,6 +177,9 @@ func (u *upstreamWriter) Write(p []byte) (int, error) {
 		return u.js.feed(p)
 	case streamEnded:
 		return len(p), nil
+	}
+	if f := u.x.cache.capture(); f != nil {
+		f.write(p)
 	}
 	if err := u.parser.Feed(p, u.onEvent); err != nil {
 		if errors.Is(err, sse.ErrLineTooLong) {
@@ -231,6 +237,9 @@ func (u *upstreamWriter) settle(ctx context.Context, proxyErr error, aborted boo
 		if len(u.held.buf) > 0 {
 			u.out.queue(u.held.buf)
 		}
+		if f := x.cache.capture(); f != nil {
+			f.commit(nil) // a stream that ended before any content
+		}
 		if u.st.Finish(x.req.IncludeUsage, u.out.event) != nil {
 			return result{err: openai.ClientClosedRequest()}
 		}
@@ -276,6 +285,9 @@ func (u *upstreamWriter) reply() result {
 	}
 	x.keepReply(rep)
 	x.claim(rep.ResponseID)
+	if f := x.cache.capture(); f != nil {
+		f.commit(u.body)
+	}
 	x.markFirstToken()
 	x.h.passHeaders(x.w.Header(), u.header)
 	if !x.req.Stream {

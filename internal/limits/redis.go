@@ -116,7 +116,18 @@ func NewRedis(o RedisOptions) (*Redis, error) {
 	if o.Timeout <= 0 {
 		o.Timeout = DefaultRedisTimeout
 	}
-	client := redis.NewClient(&redis.Options{
+	return &Redis{client: NewRedisClient(o), prefix: o.KeyPrefix, timeout: o.Timeout, retry: retryQueue{closed: make(chan struct{})}}, nil
+}
+
+// NewRedisClient returns a client of the server at o.Address, every
+// call bounded by o.Timeout (DefaultRedisTimeout when 0), never retried,
+// not connected until its first call: the limits' and the response
+// cache's.
+func NewRedisClient(o RedisOptions) *redis.Client {
+	if o.Timeout <= 0 {
+		o.Timeout = DefaultRedisTimeout
+	}
+	return redis.NewClient(&redis.Options{
 		Addr:                  o.Address,
 		Username:              o.Username,
 		Password:              o.Password,
@@ -136,7 +147,6 @@ func NewRedis(o RedisOptions) (*Redis, error) {
 		// worse than failing once.
 		MaxRetries: -1,
 	})
-	return &Redis{client: client, prefix: o.KeyPrefix, timeout: o.Timeout, retry: retryQueue{closed: make(chan struct{})}}, nil
 }
 
 // Close stops sending settlements again, drops those still waiting,

@@ -1,0 +1,277 @@
+package chatgateway
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/chatgateway/caddy-chat-gateway/internal/keys"
+)
+
+// llm is a fake backend that answers each request with a reply (a
+// stream when asked) naming how many it has answered, so that a reply
+// from the cache shows as an earlier one; usage of 30 + 50 tokens.
+type llm struct {
+	*backend
+	calls atomic.Int64
+	delay time.Duration // before answering
+	cut   atomic.Bool   // cut the next stream after its first content
+}
+
+func newLLM(t *testing.T) *llm {
+	l := &llm{}
+	l.backend = newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		n := l.calls.Add(1)
+		time.Sleep(l.delay)
+		body := upstreamBody(r)
+		if !strings.Contains(body, `"stream":true`) {
+			writeJSON(w, 200, fmt.Sprintf(`{"id":"up-%d","object":"chat.completion","created":1700000000,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"answer %d"},"finish_reason":"stop"}],"usage":{"prompt_tokens":30,"completion_tokens":50,"total_tokens":80}}`, n, n))
+			return
+		}
+		startSSE(w)
+		sseEvent(w, `{"id":"up","object":"chat.completion.chunk","created":1700000000,"model":"m","choices":[{"index":0,"delta":{"role":"assistant"}}]}`)
+		sseEvent(w, fmt.Sprintf(`{"id":"up","object":"chat.completion.chunk","created":1700000000,"model":"m","choices":[{"index":0,"delta":{"content":"answer %d"}}]}`, n))
+		if l.cut.CompareAndSwap(true, false) {
+			panic(http.ErrAbortHandler)
+		}
+		time.Sleep(l.delay)
+		sseEvent(w, `{"id":"up","object":"chat.completion.chunk","created":1700000000,"model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}`)
+		if strings.Contains(body, `"include_usage":true`) {
+			sseEvent(w, `{"id":"up","object":"chat.completion.chunk","created":1700000000,"model":"m","choices":[],"usage":{"prompt_tokens":30,"completion_tokens":50,"total_tokens":80}}`)
+		}
+		sseEvent(w, "[DONE]")
+	})
+	return l
+}
+
+const (
+	greedy   = `{"model":"m","temperature":0,"messages":[{"role":"user","content":"What is 2+2?"}]}`
+	sampled  = `{"model":"m","temperature":0.7,"messages":[{"role":"user","content":"Write a poem."}]}`
+	streamed = `{"model":"m","temperature":0,"stream":true,"messages":[{"role":"user","content":"What is 2+2?"}]}`
+)
+
+// cached posts body and returns the reply's status, body and
+// Cache-Status.
+func cached(t *testing.T, g *gateway, body string, header ...string) (int, string, http.Header) {
+	t.Helper()
+	resp, got := g.post(t, body, header...)
+	return resp.StatusCode, got, resp.Header
+}
+
+// A repeated greedy request is answered from the cache, with its own
+// request id and Cache-Status and Age saying so; a request that differs
+// in member order and whitespace only, or in stream_options, is the
+// same request.
+func TestCacheHit(t *testing.T) {
+	l := newLLM(t)
+	g := newGateway(t, fmt.Sprintf("chat_gateway {\n backend %s\n cache {\n ttl 1m\n }\n}", l.URL))
+	status, first, h := cached(t, g, greedy, "X-Request-ID", "first")
+	if status != 200 || !strings.Contains(first, "answer 1") || h.Get("Cache-Status") != "chat_gateway; fwd=miss" {
+		t.Fatalf("first: %d %s, Cache-Status %q, want 200 answer 1, a miss", status, first, h.Get("Cache-Status"))
+	}
+	reordered := `{ "messages": [{"content":"What is 2+2?", "role":"user"}], "model":"m", "temperature": 0.0, "user": "u1" }`
+	for i, body := range []string{greedy, reordered} {
+		status, got, h := cached(t, g, body, "X-Request-ID", fmt.Sprint("again-", i))
+		if status != 200 || !strings.Contains(got, "answer 1") || !strings.Contains(got, fmt.Sprintf(`"id":"again-%d"`, i)) {
+			t.Fatalf("repeat %d: %d %s, want answer 1 from the cache with this request's id", i, status, got)
+		}
+		if cs := h.Get("Cache-Status"); !strings.HasPrefix(cs, "chat_gateway; hit; ttl=") || h.Get("Age") == "" {
+			t.Fatalf("repeat %d: Cache-Status %q, Age %q, want a hit and an Age", i, cs, h.Get("Age"))
+		}
+	}
+	if n := l.calls.Load(); n != 1 {
+		t.Fatalf("the backend answered %d requests, want 1", n)
+	}
+	// Another model or another content is another request.
+	status, got, _ := cached(t, g, strings.Replace(greedy, "2+2", "3+3", 1))
+	if status != 200 || !strings.Contains(got, "answer 2") {
+		t.Fatalf("other content: %s, want the backend's second answer", got)
+	}
+}
+
+// Two client keys sending the same request each get their own miss; a
+// key never gets a reply made for the other; scope shared is the
+// explicit way to share.
+func TestCacheScope(t *testing.T) {
+	const bobKey = "sk-cg-bob-0123456789abcdefghijklmnopq"
+	for _, tc := range []struct {
+		scope string
+		calls int64
+	}{{"", 2}, {"scope shared", 1}} {
+		l := newLLM(t)
+		g := newGateway(t, fmt.Sprintf("chat_gateway {\n backend %s\n auth {\n key %s {\n id alice\n }\n key %s {\n id bob\n }\n }\n cache {\n %s\n }\n}",
+			l.URL, keys.Hash(aliceKey), keys.Hash(bobKey), tc.scope))
+		_, a, _ := cached(t, g, greedy, "Authorization", "Bearer "+aliceKey)
+		_, b, hb := cached(t, g, greedy, "Authorization", "Bearer "+bobKey)
+		_, a2, ha := cached(t, g, greedy, "Authorization", "Bearer "+aliceKey)
+		if n := l.calls.Load(); n != tc.calls {
+			t.Fatalf("%q: the backend answered %d requests, want %d", tc.scope, n, tc.calls)
+		}
+		if tc.scope == "" && (strings.Contains(b, "answer 1") || !strings.Contains(a, "answer 1") || !strings.Contains(a2, "answer 1") ||
+			!strings.Contains(hb.Get("Cache-Status"), "fwd=miss") || !strings.Contains(ha.Get("Cache-Status"), "hit")) {
+			t.Fatalf("per key: alice %s, bob %s (%s), alice again %s (%s): want bob's own answer and alice's from the cache",
+				a, b, hb.Get("Cache-Status"), a2, ha.Get("Cache-Status"))
+		}
+	}
+}
+
+// What is cached: greedy or seeded requests by default; a sampled one
+// only when the client asks with max-age or the config says always.
+// no-cache refreshes, no-store keeps the reply out, and a max-age older
+// than the entry misses.
+func TestCacheWhen(t *testing.T) {
+	l := newLLM(t)
+	g := newGateway(t, fmt.Sprintf("chat_gateway {\n backend %s\n cache\n}", l.URL))
+	for range 3 {
+		if _, _, h := cached(t, g, sampled); h.Get("Cache-Status") != "chat_gateway; fwd=bypass" {
+			t.Fatalf("a sampled request: Cache-Status %q, want a bypass", h.Get("Cache-Status"))
+		}
+	}
+	if n := l.calls.Load(); n != 3 {
+		t.Fatalf("3 sampled requests reached the backend %d times, want 3", n)
+	}
+	seeded := strings.Replace(sampled, `"temperature":0.7`, `"seed":42`, 1)
+	cached(t, g, seeded)
+	if _, got, _ := cached(t, g, seeded); !strings.Contains(got, "answer 4") {
+		t.Fatalf("a seeded request again: %s, want answer 4 from the cache", got)
+	}
+	cached(t, g, sampled, "Cache-Control", "max-age=60")
+	if _, got, h := cached(t, g, sampled, "Cache-Control", "max-age=60"); !strings.Contains(got, "answer 5") || !strings.Contains(h.Get("Cache-Status"), "hit") {
+		t.Fatalf("a sampled request with max-age again: %s (%s), want answer 5 from the cache", got, h.Get("Cache-Status"))
+	}
+	if _, got, h := cached(t, g, seeded, "Cache-Control", "no-cache"); !strings.Contains(got, "answer 6") || h.Get("Cache-Status") != "chat_gateway; fwd=request" {
+		t.Fatalf("no-cache: %s (%s), want the backend's answer 6", got, h.Get("Cache-Status"))
+	}
+	if _, got, _ := cached(t, g, seeded); !strings.Contains(got, "answer 6") {
+		t.Fatalf("after no-cache: %s, want its refreshed answer 6", got)
+	}
+	greedyNoStore := strings.Replace(greedy, "2+2", "4+4", 1)
+	cached(t, g, greedyNoStore, "Cache-Control", "no-store")
+	if _, got, _ := cached(t, g, greedyNoStore); !strings.Contains(got, "answer 8") {
+		t.Fatalf("after no-store: %s, want the backend's answer 8", got)
+	}
+	time.Sleep(1100 * time.Millisecond) // the entry is now over a second old
+	if _, got, _ := cached(t, g, greedyNoStore, "Cache-Control", "max-age=1"); !strings.Contains(got, "answer 9") {
+		t.Fatalf("max-age=1 of an older entry: %s, want the backend's answer 9", got)
+	}
+}
+
+// A stream is stored and replayed event by event in the shape a live
+// one has: the role first, the content, the finish, the usage chunk only
+// when this client asks, [DONE]. A JSON reply stored answers a stream
+// too. A stream the backend cut is never stored.
+func TestCacheStreams(t *testing.T) {
+	l := newLLM(t)
+	g := newGateway(t, fmt.Sprintf("chat_gateway {\n backend %s\n cache\n}", l.URL))
+	_, live, _ := cached(t, g, streamed)
+	withUsage := strings.Replace(streamed, `"stream":true`, `"stream":true,"stream_options":{"include_usage":true}`, 1)
+	for _, body := range []string{streamed, withUsage} {
+		status, got, h := cached(t, g, body, "X-Request-ID", "replay")
+		ev := events(got)
+		if status != 200 || !strings.Contains(h.Get("Cache-Status"), "hit") || h.Get("Content-Type") != "text/event-stream" {
+			t.Fatalf("replay: %d %s (%s), want a stream from the cache", status, got, h.Get("Cache-Status"))
+		}
+		usage := strings.Contains(got, `"usage":{`)
+		if len(ev) < 3 || !strings.Contains(ev[0], `"role":"assistant"`) || !strings.Contains(got, `"content":"answer 1"`) ||
+			!strings.Contains(got, `"finish_reason":"stop"`) || ev[len(ev)-1] != "[DONE]" || usage != (body == withUsage) || !strings.Contains(ev[0], `"id":"replay"`) {
+			t.Fatalf("replayed events %q, want role, content, finish, usage only when asked, [DONE], with this request's id", ev)
+		}
+	}
+	if ev := events(live); !strings.Contains(ev[0], `"role":"assistant"`) || ev[len(ev)-1] != "[DONE]" {
+		t.Fatalf("the live stream %q, want the role first and [DONE] last", ev)
+	}
+
+	other := strings.Replace(greedy, "2+2", "5+5", 1)
+	cached(t, g, other)
+	if _, got, h := cached(t, g, strings.Replace(other, `"temperature":0`, `"temperature":0,"stream":true`, 1)); !strings.Contains(h.Get("Cache-Status"), "hit") || events(got)[len(events(got))-1] != "[DONE]" {
+		t.Fatalf("a stream after a JSON reply: %s (%s), want a stream from the stored reply", got, h.Get("Cache-Status"))
+	}
+
+	cut := strings.Replace(streamed, "2+2", "6+6", 1)
+	l.cut.Store(true)
+	cached(t, g, cut)
+	calls := l.calls.Load()
+	if _, got, h := cached(t, g, cut); l.calls.Load() != calls+1 || strings.Contains(h.Get("Cache-Status"), "hit") {
+		t.Fatalf("after a cut stream: %s (%s), want a miss: a cut stream is never stored", got, h.Get("Cache-Status"))
+	}
+}
+
+// 100 identical requests arriving together make one backend call; every
+// one gets the reply, a stream as it comes.
+func TestCacheCollapses(t *testing.T) {
+	l := newLLM(t)
+	l.delay = 300 * time.Millisecond
+	g := newGateway(t, fmt.Sprintf("chat_gateway {\n backend %s\n cache\n}", l.URL))
+	for _, body := range []string{greedy, strings.Replace(streamed, "2+2", "8+8", 1)} {
+		before := l.calls.Load()
+		var wg sync.WaitGroup
+		var bad atomic.Int64
+		var collapsed atomic.Int64
+		for range 100 {
+			wg.Go(func() {
+				req := g.request(body)
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					bad.Add(1)
+					return
+				}
+				defer resp.Body.Close()
+				got, _ := io.ReadAll(resp.Body)
+				if resp.StatusCode != 200 || !strings.Contains(string(got), "answer") {
+					bad.Add(1)
+				}
+				if strings.Contains(resp.Header.Get("Cache-Status"), "collapsed") {
+					collapsed.Add(1)
+				}
+			})
+		}
+		wg.Wait()
+		if n := l.calls.Load() - before; n != 1 || bad.Load() != 0 {
+			t.Fatalf("%s: 100 together made %d backend calls and %d bad replies, want 1 and 0", body, n, bad.Load())
+		}
+		if collapsed.Load() == 0 {
+			t.Fatalf("%s: no reply said collapsed", body)
+		}
+	}
+}
+
+// A reply from the cache consumes a request from the limits but no
+// tokens: a tokens limit that fits one reply lets any number of hits
+// through.
+func TestCacheHitUsesNoTokens(t *testing.T) {
+	l := newLLM(t)
+	g := newGateway(t, fmt.Sprintf("chat_gateway {\n backend %s\n cache\n limits {\n tokens 100/1h\n default_max_tokens 20\n }\n}", l.URL))
+	for i := range 5 {
+		if status, got, _ := cached(t, g, greedy); status != 200 {
+			t.Fatalf("request %d: %d %s, want 200: hits use no tokens", i, status, got)
+		}
+	}
+	if status, _, _ := cached(t, g, strings.Replace(greedy, "2+2", "7+7", 1)); status != 429 {
+		t.Fatalf("a new request after 80 of 100 tokens used: %d, want 429 (its reservation does not fit)", status)
+	}
+}
+
+// A backend that quotes its key: the reply is redacted for the client
+// and never stored.
+func TestCacheNeverKeepsUpstreamKey(t *testing.T) {
+	const secret = "sk-upstream-secret-0123456789"
+	var calls atomic.Int64
+	be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		writeJSON(w, 200, `{"choices":[{"index":0,"message":{"role":"assistant","content":"my key is `+secret+`"},"finish_reason":"stop"}]}`)
+	})
+	g := newGateway(t, fmt.Sprintf("chat_gateway {\n backend %s {\n api_key %s\n }\n cache\n}", be.URL, secret))
+	for range 2 {
+		if _, got, _ := cached(t, g, greedy); strings.Contains(got, secret) {
+			t.Fatalf("reply %s carries the upstream key", got)
+		}
+	}
+	if calls.Load() != 2 {
+		t.Fatalf("the backend answered %d requests, want 2: a reply with the key is not stored", calls.Load())
+	}
+}

@@ -1,0 +1,188 @@
+package cache
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chatgateway/caddy-chat-gateway/internal/limits"
+	"github.com/chatgateway/caddy-chat-gateway/internal/redistest"
+)
+
+func skipStream(name string) bool { return name == "stream" || name == "stream_options" }
+
+// Requests that differ in what a backend reads alike (member order,
+// whitespace, escapes, number spellings, skipped members) share a
+// canonical form; requests that differ in anything else do not.
+func TestCanonical(t *testing.T) {
+	same := []string{
+		`{"model":"m","temperature":0,"messages":[{"role":"user","content":"hi"}]}`,
+		`{ "messages" : [ { "content" : "hi", "role" : "user" } ], "temperature" : 0.0, "model" : "m" }`,
+		`{"model":"m","temperature":-0,"messages":[{"role":"user","content":"\u0068i"}],"stream":true,"stream_options":{"include_usage":true}}`,
+		`{"model":"m","temperature":0e5,"messages":[{"role":"user","content":"h\u0069"}]}`,
+	}
+	want, err := Canonical([]byte(same[0]), skipStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range same[1:] {
+		if got, err := Canonical([]byte(s), skipStream); err != nil || !bytes.Equal(got, want) {
+			t.Errorf("%s: %s, %v, want %s", s, got, err, want)
+		}
+	}
+	for _, s := range []string{
+		`{"model":"m","temperature":0.5,"messages":[{"role":"user","content":"hi"}]}`,
+		`{"model":"m","temperature":0,"messages":[{"role":"user","content":"Hi"}]}`,
+		`{"model":"m","temperature":0,"messages":[{"role":"user","content":"hi"}],"seed":1}`,
+		`{"model":"m","temperature":0,"messages":[{"role":"user","content":"hi"},{"role":"user","content":"hi"}]}`,
+		`{"model":"m","temperature":0,"messages":[{"role":"user","content":"hi","name":"a"}]}`,
+	} {
+		if got, _ := Canonical([]byte(s), skipStream); bytes.Equal(got, want) {
+			t.Errorf("%s has the canonical form of %s", s, same[0])
+		}
+	}
+	// Integers keep their literal: two seeds past float64's precision
+	// stay apart.
+	a, _ := Canonical([]byte(`{"seed":18446744073709551617}`), nil)
+	b, _ := Canonical([]byte(`{"seed":18446744073709551618}`), nil)
+	if bytes.Equal(a, b) {
+		t.Errorf("two large seeds share the canonical form %s", a)
+	}
+	for _, bad := range []string{`[1]`, `null`, `{"a":`, `"s"`} {
+		if _, err := Canonical([]byte(bad), nil); err == nil {
+			t.Errorf("%s: no error, want one: only an object has a canonical form", bad)
+		}
+	}
+}
+
+// FuzzCanonical: the canonical form is valid JSON, its own canonical
+// form, and decodes to what the body does, numbers as float64s, skipped
+// members aside.
+func FuzzCanonical(f *testing.F) {
+	f.Add(`{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}`)
+	f.Add(`{"a":1.50,"b":[1e2,-0,{"c":"\u00e9\ud83d\ude00"}],"d":null,"e":true}`)
+	f.Fuzz(func(t *testing.T, body string) {
+		c, err := Canonical([]byte(body), skipStream)
+		if err != nil {
+			return
+		}
+		again, err := Canonical(c, skipStream)
+		if err != nil || !bytes.Equal(again, c) {
+			t.Fatalf("canonical %s, again %s, %v: want the same", c, again, err)
+		}
+		var orig, canon map[string]any
+		if json.Unmarshal([]byte(body), &orig) != nil || json.Unmarshal(c, &canon) != nil {
+			t.Fatalf("%s or its canonical form %s does not decode", body, c)
+		}
+		delete(orig, "stream")
+		delete(orig, "stream_options")
+		if !reflect.DeepEqual(orig, canon) {
+			t.Fatalf("%s decodes to %v, its canonical form %s to %v", body, orig, c, canon)
+		}
+	})
+}
+
+func TestKey(t *testing.T) {
+	if Key([]byte("ab"), []byte("c")) == Key([]byte("a"), []byte("bc")) {
+		t.Fatal("fields cut elsewhere share a key")
+	}
+	if k := Key([]byte("scope"), []byte("x")); k != Key([]byte("scope"), []byte("x")) || len(k) != 64 {
+		t.Fatalf("key %q: want 64 hex digits, the same each time", k)
+	}
+}
+
+func TestParseControl(t *testing.T) {
+	for header, want := range map[string]Control{
+		"":                                {},
+		"no-cache":                        {NoCache: true},
+		"No-Store, max-age=60":            {NoStore: true, MaxAge: 60, HasMaxAge: true},
+		`max-age="30", max-age=10`:        {MaxAge: 10, HasMaxAge: true},
+		"max-age=0":                       {HasMaxAge: true},
+		"max-age=soon, private, no-cache": {NoCache: true},
+		"max-age=-5":                      {},
+	} {
+		if got := ParseControl([]string{header}); got != want {
+			t.Errorf("%q: %+v, want %+v", header, got, want)
+		}
+	}
+}
+
+// The memory store keeps to its capacity in bytes, forgetting the least
+// recently used first, serves no expired entry, and finds the first of
+// several keys.
+func TestMemory(t *testing.T) {
+	m := NewMemory(10_000)
+	now := time.Unix(1_000_000, 0)
+	m.now = func() time.Time { return now }
+	entry := func(size int) Entry {
+		return Entry{ContentType: "application/json", Body: bytes.Repeat([]byte("x"), size), Stored: now, Expires: now.Add(time.Minute)}
+	}
+	ctx := context.Background()
+	for i := range 100 {
+		if err := m.Set(ctx, fmt.Sprint("k", i), entry(500)); err != nil {
+			t.Fatal(err)
+		}
+		if _, at, _ := m.Get(ctx, "k0"); at != 0 { // used each time: kept
+			t.Fatalf("k0, used after each entry, gone after entry %d", i)
+		}
+	}
+	size, entries, evictions := m.Stats()
+	if size > 10_000 || entries == 0 || evictions == 0 {
+		t.Fatalf("%d bytes in %d entries, %d evicted, want at most 10,000 bytes and evictions", size, entries, evictions)
+	}
+	if _, at, _ := m.Get(ctx, "k1", "k99"); at != 1 {
+		t.Fatalf("k1 (least recent) or k99 (latest): found at %d, want k99's position, 1", at)
+	}
+	if size+int64(len("k100"))+500+16+entryOverhead <= 10_000 {
+		t.Fatalf("%d bytes held: room for another entry was left unused", size)
+	}
+	if err := m.Set(ctx, "huge", entry(5_000)); err != ErrTooLarge {
+		t.Fatalf("an entry of half the capacity: %v, want ErrTooLarge", err)
+	}
+	now = now.Add(2 * time.Minute)
+	if _, at, _ := m.Get(ctx, "k99"); at != -1 {
+		t.Fatal("an expired entry was served")
+	}
+}
+
+// The Redis store keeps an entry until it expires and finds the first
+// of several keys in one call; an entry it did not write is an error.
+func TestRedis(t *testing.T) {
+	srv := redistest.Start(t)
+	client := limits.NewRedisClient(limits.RedisOptions{Address: srv.Addr, Timeout: time.Second})
+	r := NewRedis(client, "test:cache:", 1<<20)
+	defer r.Destruct()
+	ctx := context.Background()
+	now := time.Now().Truncate(time.Millisecond)
+	e := Entry{ContentType: "text/event-stream", Body: []byte("data: {}\n\ndata: [DONE]\n\n"), Stored: now, Expires: now.Add(time.Minute)}
+	if err := r.Set(ctx, "b", e); err != nil {
+		t.Fatal(err)
+	}
+	got, at, err := r.Get(ctx, "a", "b")
+	if err != nil || at != 1 || got.ContentType != e.ContentType || !bytes.Equal(got.Body, e.Body) || !got.Stored.Equal(e.Stored) || !got.Expires.Equal(e.Expires) {
+		t.Fatalf("%+v at %d, %v, want %+v at 1", got, at, err, e)
+	}
+	if err := r.Set(ctx, "big", Entry{Body: make([]byte, 2<<20), Expires: now.Add(time.Minute)}); err != ErrTooLarge {
+		t.Fatalf("an entry past maxEntry: %v, want ErrTooLarge", err)
+	}
+	if err := r.Set(ctx, "short", Entry{Body: []byte("x"), Expires: time.Now().Add(200 * time.Millisecond)}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if _, at, _ := r.Get(ctx, "short"); at == -1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("an entry outlived its expiry in Redis")
+		}
+	}
+	client.Set(ctx, "test:cache:alien", "not ours", time.Minute)
+	if _, _, err := r.Get(ctx, "alien"); err == nil || !strings.Contains(err.Error(), "did not write") {
+		t.Fatalf("a value another program wrote: %v, want an error", err)
+	}
+}

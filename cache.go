@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -153,7 +152,8 @@ type cacheUse struct {
 	follow   *flight      // an identical request's, it is answered from
 	lead     *flight      // its own, which identical requests follow
 	ttl      time.Duration
-	rerouted bool // a fallback served it: its reply is another model's
+	rerouted bool       // a fallback served it: its reply is another model's
+	embed    *embedPlan // an embeddings batch: its inputs, by what the cache holds
 }
 
 // prepare decides whether x, whose route is rt, may be answered from
@@ -165,14 +165,21 @@ func (c *Cache) prepare(x *exchange, rt route, body []byte) {
 	if use.result == cacheBypass {
 		return
 	}
+	if x.ep.Name() == "embeddings" {
+		c.prepareEmbeddings(x, rt, body)
+		return
+	}
 	variants := []string{use.key + ":" + variantOf(x.req.Stream)}
 	if x.req.Stream { // a stored JSON reply answers a stream too
 		variants = append(variants, use.key+":"+variantOf(false))
 	}
 	use.key = variants[0]
 	if !use.control.NoCache {
-		if e, ok := c.lookup(x, variants); ok {
-			use.entry, use.result = &e, cacheHit
+		for _, e := range c.lookup(x, variants) {
+			if e != nil {
+				use.entry, use.result = e, cacheHit
+				break
+			}
 		}
 	}
 }
@@ -191,6 +198,10 @@ func (c *Cache) serve(h *Handler, x *exchange, rt route, body []byte) {
 		x.w.Header().Set("Cache-Status", fmt.Sprintf("%s; hit; ttl=%d", cacheName, int(time.Until(use.entry.Expires).Seconds())))
 		x.w.Header().Set("Age", strconv.Itoa(int(max(0, time.Since(use.entry.Stored)).Seconds())))
 		h.forward(x, rt, body)
+		return
+	}
+	if use.embed != nil {
+		c.serveEmbeddings(h, x, rt, body)
 		return
 	}
 	f, leader := c.flights.join(use.key)
@@ -219,9 +230,14 @@ func (c *Cache) serve(h *Handler, x *exchange, rt route, body []byte) {
 	}
 	entry.Stored = time.Now()
 	entry.Expires = entry.Stored.Add(use.ttl)
+	c.keep(x, cache.Item{Key: use.key, Entry: entry})
+}
+
+// keep stores items, after the reply: a store that fails is logged.
+func (c *Cache) keep(x *exchange, items ...cache.Item) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(x.r.Context()), time.Second)
 	defer cancel()
-	if err := c.store.Set(ctx, use.key, entry); err != nil && !errors.Is(err, cache.ErrTooLarge) {
+	if err := c.store.Set(ctx, items...); err != nil {
 		c.logger.Warn("cache store failed", zap.String("request_id", x.id), zap.String("op", "set"), zap.Error(err))
 	}
 }
@@ -235,18 +251,20 @@ func variantOf(stream bool) string {
 	return "json"
 }
 
-// lookup returns the first of variants stored; a store that fails is a
-// miss.
-func (c *Cache) lookup(x *exchange, variants []string) (cache.Entry, bool) {
-	e, at, err := c.store.Get(x.r.Context(), variants...)
+// lookup returns the entries of keys, nil for those not stored or older
+// than the client's max-age; a store that fails is all misses.
+func (c *Cache) lookup(x *exchange, keys []string) []*cache.Entry {
+	entries, err := c.store.Get(x.r.Context(), keys...)
 	if err != nil {
 		c.logger.Warn("cache store failed", zap.String("request_id", x.id), zap.String("op", "get"), zap.Error(err))
-		return cache.Entry{}, false
+		return make([]*cache.Entry, len(keys))
 	}
-	if at < 0 || x.cache.control.HasMaxAge && time.Since(e.Stored) > time.Duration(x.cache.control.MaxAge)*time.Second {
-		return cache.Entry{}, false
+	for i, e := range entries {
+		if e != nil && x.cache.control.HasMaxAge && time.Since(e.Stored) > time.Duration(x.cache.control.MaxAge)*time.Second {
+			entries[i] = nil
+		}
 	}
-	return e, true
+	return entries
 }
 
 // use decides whether x may be cached, and its key: a digest of the
@@ -260,7 +278,11 @@ func (c *Cache) use(x *exchange, rt route, body []byte) *cacheUse {
 	if !cacheableRoute(x.ep) || use.ttl <= 0 && !use.control.NoCache || !c.repeats(x, rt, body, use.control) {
 		return use
 	}
-	canonical, err := cache.Canonical(body, notInCacheKey)
+	skip := notInCacheKey
+	if x.ep.Name() == "embeddings" { // each input has a key of its own
+		skip = func(name string) bool { return name == "input" || notInCacheKey(name) }
+	}
+	canonical, err := cache.Canonical(body, skip)
 	if err != nil {
 		return use
 	}
@@ -282,11 +304,10 @@ func (c *Cache) use(x *exchange, rt route, body []byte) *cacheUse {
 }
 
 // cacheableRoute reports whether the route's replies are kept: not
-// count_tokens, which the gateway answers itself or a backend cheaply,
-// nor embeddings.
+// count_tokens, which the gateway answers itself or a backend cheaply.
 func cacheableRoute(ep openai.Endpoint) bool {
 	switch ep.Name() {
-	case "chat_completions", "completions", "responses", "messages":
+	case "chat_completions", "completions", "responses", "messages", "embeddings":
 		return true
 	}
 	return false
@@ -301,8 +322,8 @@ func (c *Cache) repeats(x *exchange, rt route, body []byte, control cache.Contro
 		rt.backend.keepsResponses() && x.ep.Name() == "responses" && !bytes.Equal(openai.Member(body, "store"), []byte("false")) {
 		return false
 	}
-	if c.When == cacheWhenAlways || control.HasMaxAge && control.MaxAge > 0 {
-		return true
+	if c.When == cacheWhenAlways || control.HasMaxAge && control.MaxAge > 0 || x.ep.Name() == "embeddings" {
+		return true // an embedding is the same each time
 	}
 	if t := openai.Member(body, "temperature"); t != nil {
 		if f, err := strconv.ParseFloat(string(t), 64); err == nil && f == 0 {
@@ -523,4 +544,131 @@ func (f *flight) replay(ctx context.Context, w http.ResponseWriter) (served, abo
 			return true, false
 		}
 	}
+}
+
+// embedPlan is an embeddings batch split by what the cache holds: only
+// the inputs it lacks go to the backend, and the reply is assembled in
+// the request's order.
+type embedPlan struct {
+	keys   []string // by input
+	items  [][]byte // by input: the input, in canonical JSON
+	cached [][]byte // by input: the stored vector, or nil
+	single bool     // the input is one input, not a list
+	model  string   // the model asked for, for a reply all from the cache
+	fresh  [][]byte // by input: the vectors the backend computed, after merge
+}
+
+// prepareEmbeddings looks each input of an embeddings batch up: the
+// request is a hit when all are stored, else the plan of a miss.
+func (c *Cache) prepareEmbeddings(x *exchange, rt route, body []byte) {
+	use := x.cache
+	items, single, err := cache.Inputs(openai.Member(body, "input"))
+	if err != nil {
+		use.result = cacheBypass
+		return
+	}
+	p := &embedPlan{keys: make([]string, len(items)), items: items, cached: make([][]byte, len(items)), single: single, model: x.req.Model}
+	if rt.model != "" {
+		p.model = rt.model
+	}
+	for i, item := range items {
+		p.keys[i] = cache.Key([]byte(use.key), item)
+	}
+	var stored, expires time.Time
+	hits := 0
+	if !use.control.NoCache {
+		for i, e := range c.lookup(x, p.keys) {
+			if e == nil {
+				continue
+			}
+			p.cached[i] = e.Body
+			hits++
+			if stored.IsZero() || e.Stored.Before(stored) {
+				stored = e.Stored
+			}
+			if expires.IsZero() || e.Expires.Before(expires) {
+				expires = e.Expires
+			}
+		}
+	}
+	if hits == len(items) {
+		reply, _, err := cache.Merge(nil, p.cached, p.model)
+		if err == nil {
+			use.entry, use.result = &cache.Entry{ContentType: "application/json", Body: reply, Stored: stored, Expires: expires}, cacheHit
+			return
+		}
+	}
+	use.embed = p
+}
+
+// serveEmbeddings sends the inputs of a batch the cache lacks to the
+// backend, and stores the vectors it computes.
+func (c *Cache) serveEmbeddings(h *Handler, x *exchange, rt route, body []byte) {
+	use, p := x.cache, x.cache.embed
+	hits := len(p.items) - p.missing()
+	status := cacheName + "; fwd=miss"
+	if use.control.NoCache {
+		use.result, status = cacheRefresh, cacheName+"; fwd=request"
+	}
+	if hits > 0 {
+		status += fmt.Sprintf(`; detail="%d of %d inputs cached"`, hits, len(p.items))
+	}
+	x.w.Header().Set("Cache-Status", status)
+	h.forward(x, rt, body)
+	if x.status != http.StatusOK || x.ended.err != nil || use.rerouted || use.control.NoStore || p.fresh == nil {
+		return
+	}
+	now := time.Now()
+	var items []cache.Item
+	for i, v := range p.fresh {
+		if v != nil && !h.upstreamKeys.in(v) {
+			items = append(items, cache.Item{Key: p.keys[i], Entry: cache.Entry{ContentType: "application/json", Body: v, Stored: now, Expires: now.Add(use.ttl)}})
+		}
+	}
+	c.keep(x, items...)
+}
+
+// missing is how many inputs the cache lacks.
+func (p *embedPlan) missing() int {
+	n := 0
+	for _, v := range p.cached {
+		if v == nil {
+			n++
+		}
+	}
+	return n
+}
+
+// upstream returns body with only the inputs the cache lacks, in order;
+// body itself when it lacks them all.
+func (p *embedPlan) upstream(body []byte) []byte {
+	if p.missing() == len(p.items) {
+		return body
+	}
+	input := []byte{'['}
+	for i, v := range p.cached {
+		if v == nil {
+			if len(input) > 1 {
+				input = append(input, ',')
+			}
+			input = append(input, p.items[i]...)
+		}
+	}
+	return openai.SetMember(body, "input", append(input, ']'))
+}
+
+// merge assembles the reply to the whole batch from the backend's reply
+// to the inputs it was sent and the vectors stored.
+func (p *embedPlan) merge(reply []byte) ([]byte, error) {
+	out, fresh, err := cache.Merge(reply, p.cached, p.model)
+	p.fresh = fresh
+	return out, err
+}
+
+// embeddings is the plan of an embeddings batch, or nil.
+func (u *cacheUse) embeddings() *embedPlan {
+	if u == nil {
+		return nil
+	}
+	return u.embed
 }

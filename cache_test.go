@@ -1,6 +1,8 @@
 package chatgateway
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -9,6 +11,10 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/anthropics/anthropic-sdk-go/v2"
+	aoption "github.com/anthropics/anthropic-sdk-go/v2/option"
+	"github.com/openai/openai-go/v3"
 
 	"github.com/chatgateway/caddy-chat-gateway/internal/keys"
 )
@@ -273,5 +279,221 @@ func TestCacheNeverKeepsUpstreamKey(t *testing.T) {
 	}
 	if calls.Load() != 2 {
 		t.Fatalf("the backend answered %d requests, want 2: a reply with the key is not stored", calls.Load())
+	}
+}
+
+// The Messages route, translated for a chat backend and to a native
+// one: a greedy request is answered from the cache, streams replayed as
+// the events Anthropic's SDK accumulates into the same message; the
+// OpenAI SDK's accumulator takes a replayed chat stream likewise.
+func TestCacheSDKs(t *testing.T) {
+	l := newLLM(t)
+	var nativeCalls atomic.Int64
+	native := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		nativeCalls.Add(1)
+		if !strings.Contains(upstreamBody(r), `"stream":true`) {
+			writeJSON(w, 200, nativeReply)
+			return
+		}
+		startSSE(w)
+		for _, ev := range nativeEvents {
+			_, _ = fmt.Fprintf(w, "event: %s\ndata: %s\n\n", ev[0], ev[1])
+			w.(http.Flusher).Flush()
+		}
+	})
+	g := newGateway(t, fmt.Sprintf("chat_gateway {\n backend %s {\n models m\n }\n backend %s {\n models native-model\n messages native\n }\n cache\n}", l.URL, native.URL))
+	client := anthropicClient(g, "client-key")
+	for _, tc := range []struct {
+		model string
+		calls func() int64
+		text  string
+	}{{"m", l.calls.Load, "answer 1"}, {"native-model", nativeCalls.Load, "Native hello"}} {
+		// The SDK sends no temperature: the client asks for caching.
+		params, optIn := messageParams(tc.model, "What is 2+2?"), aoption.WithHeader("Cache-Control", "max-age=600")
+		var live, replayed anthropic.Message
+		for i, into := range []*anthropic.Message{&live, &replayed} {
+			var resp *http.Response
+			msg, err := accumulate(t, client, params, optIn, aoption.WithResponseInto(&resp))
+			if err != nil {
+				t.Fatalf("%s stream %d: %v", tc.model, i, err)
+			}
+			*into = msg
+			if i == 1 && !strings.Contains(resp.Header.Get("Cache-Status"), "hit") {
+				t.Fatalf("%s: the second stream's Cache-Status %q, want a hit", tc.model, resp.Header.Get("Cache-Status"))
+			}
+		}
+		if len(replayed.Content) != 1 || replayed.Content[0].Text != tc.text || replayed.Content[0].Text != live.Content[0].Text ||
+			replayed.StopReason != live.StopReason || replayed.Usage.OutputTokens != live.Usage.OutputTokens {
+			t.Fatalf("%s: replayed %s, live %s: want the same message", tc.model, replayed.RawJSON(), live.RawJSON())
+		}
+		// A JSON reply is stored apart from a stream: the first is a miss.
+		var texts []string
+		for range 2 {
+			msg, err := client.Messages.New(context.Background(), params, optIn)
+			if err != nil || len(msg.Content) != 1 {
+				t.Fatalf("%s: %v, %v, want one block", tc.model, msg, err)
+			}
+			texts = append(texts, msg.Content[0].Text)
+		}
+		if n := tc.calls(); n != 2 || texts[0] != texts[1] {
+			t.Fatalf("%s: the backend answered %d requests and the replies said %q, want 2 (one stream, one reply) and the second reply from the cache", tc.model, n, texts)
+		}
+	}
+
+	oai := sdkClient(g)
+	params := openai.ChatCompletionNewParams{Model: "m", Temperature: openai.Float(0), Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("And 3+3?")}}
+	var accs [2]openai.ChatCompletionAccumulator
+	for i := range accs {
+		stream := oai.Chat.Completions.NewStreaming(context.Background(), params)
+		for stream.Next() {
+			if !accs[i].AddChunk(stream.Current()) {
+				t.Fatalf("stream %d: the accumulator refused %s", i, stream.Current().RawJSON())
+			}
+		}
+		if err := stream.Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(accs[1].Choices) != 1 || accs[1].Choices[0].Message.Content != accs[0].Choices[0].Message.Content || accs[1].Choices[0].FinishReason != "stop" {
+		t.Fatalf("replayed %+v, live %+v: want the same completion", accs[1].Choices, accs[0].Choices)
+	}
+}
+
+// Responses are cached only without stored state: a request that asks
+// the backend to store it (store true, or by default on a backend that
+// keeps Responses) is not.
+func TestCacheResponses(t *testing.T) {
+	var calls atomic.Int64
+	be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		n := calls.Add(1)
+		writeJSON(w, 200, fmt.Sprintf(`{"id":"resp_%d","object":"response","status":"completed","model":"m","output":[{"type":"message","role":"assistant","content":[{"type":"output_text","text":"answer %d"}]}],"usage":{"input_tokens":5,"output_tokens":5,"total_tokens":10}}`, n, n))
+	})
+	post := func(g *gateway, body string) (string, string) {
+		req, _ := http.NewRequest(http.MethodPost, g.URL+"/v1/responses", strings.NewReader(body))
+		resp, got := do(t, req)
+		return got, resp.Header.Get("Cache-Status")
+	}
+	g := newGateway(t, fmt.Sprintf("chat_gateway {\n backend %s\n cache\n}", be.URL))
+	const greedyResponse = `{"model":"m","temperature":0,"input":"What is 2+2?"}`
+	post(g, greedyResponse)
+	if got, cs := post(g, greedyResponse); !strings.Contains(got, "answer 1") || !strings.Contains(cs, "hit") {
+		t.Fatalf("a greedy Response again: %s (%s), want answer 1 from the cache", got, cs)
+	}
+	stored := strings.Replace(greedyResponse, `"temperature":0`, `"temperature":0,"store":true`, 1)
+	if _, cs := post(g, stored); cs != "chat_gateway; fwd=bypass" {
+		t.Fatalf("store true: Cache-Status %q, want a bypass", cs)
+	}
+	g = newGateway(t, fmt.Sprintf("chat_gateway {\n backend %s {\n responses stateful\n }\n cache\n}", be.URL))
+	if _, cs := post(g, greedyResponse); cs != "chat_gateway; fwd=bypass" {
+		t.Fatalf("a backend that keeps Responses, store unset: Cache-Status %q, want a bypass", cs)
+	}
+	unstored := strings.Replace(greedyResponse, `"temperature":0`, `"temperature":0,"store":false`, 1)
+	post(g, unstored)
+	if got, cs := post(g, unstored); !strings.Contains(cs, "hit") {
+		t.Fatalf("store false on a stateful backend again: %s (%s), want a hit", got, cs)
+	}
+}
+
+// embedder is a fake embeddings backend: each input's vector is made
+// of its text, so a reply shows which input each vector is for; it
+// records the inputs it was sent.
+type embedder struct {
+	*backend
+	mu     sync.Mutex
+	inputs []string // every input it was sent, in order
+}
+
+func newEmbedder(t *testing.T) *embedder {
+	e := &embedder{}
+	e.backend = newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Input json.RawMessage `json:"input"`
+		}
+		_ = json.Unmarshal([]byte(upstreamBody(r)), &req)
+		var inputs []string
+		if json.Unmarshal(req.Input, &inputs) != nil {
+			var one string
+			_ = json.Unmarshal(req.Input, &one)
+			inputs = []string{one}
+		}
+		e.mu.Lock()
+		e.inputs = append(e.inputs, inputs...)
+		e.mu.Unlock()
+		var data []string
+		for i, in := range inputs {
+			data = append(data, fmt.Sprintf(`{"object":"embedding","index":%d,"embedding":%s}`, i, vectorOf(in)))
+		}
+		writeJSON(w, 200, fmt.Sprintf(`{"object":"list","data":[%s],"model":"e","usage":{"prompt_tokens":%d,"total_tokens":%d}}`,
+			strings.Join(data, ","), 3*len(inputs), 3*len(inputs)))
+	})
+	return e
+}
+
+// vectorOf is the vector the embedder gives input.
+func vectorOf(input string) string {
+	return fmt.Sprintf("[%d.5,%d]", len(input), int(input[len(input)-1]))
+}
+
+func (e *embedder) sent() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]string(nil), e.inputs...)
+}
+
+// An embeddings batch is split by what the cache holds: only the inputs
+// it lacks reach the backend, the reply has every vector in the
+// request's order, and its usage counts what the backend computed.
+// 10,000 inputs of which 100 changed send 100.
+func TestCacheEmbeddings(t *testing.T) {
+	e := newEmbedder(t)
+	g := newGateway(t, fmt.Sprintf("chat_gateway {\n backend %s\n cache {\n max_size 256MiB\n }\n}", e.URL))
+	embed := func(inputs ...string) (map[string]any, http.Header) {
+		t.Helper()
+		in, _ := json.Marshal(inputs)
+		req, _ := http.NewRequest(http.MethodPost, g.URL+"/v1/embeddings", strings.NewReader(`{"model":"e","input":`+string(in)+`}`))
+		resp, body := do(t, req)
+		var out map[string]any
+		if resp.StatusCode != 200 || json.Unmarshal([]byte(body), &out) != nil {
+			t.Fatalf("%d %s, want 200 and JSON", resp.StatusCode, body)
+		}
+		data := out["data"].([]any)
+		if len(data) != len(inputs) {
+			t.Fatalf("%d vectors for %d inputs", len(data), len(inputs))
+		}
+		for i, d := range data {
+			item := d.(map[string]any)
+			got, _ := json.Marshal(item["embedding"])
+			if item["index"] != float64(i) || string(got) != vectorOf(inputs[i]) {
+				t.Fatalf("vector %d: %v, want index %d and %s, the vector of %q", i, item, i, vectorOf(inputs[i]), inputs[i])
+			}
+		}
+		return out, resp.Header
+	}
+	embed("alpha", "beta", "gamma")
+	before := len(e.sent())
+	out, h := embed("beta", "delta", "alpha", "epsilon")
+	if sent := e.sent()[before:]; fmt.Sprint(sent) != "[delta epsilon]" {
+		t.Fatalf("the backend was sent %v, want only [delta epsilon]: the others are cached", sent)
+	}
+	if usage := out["usage"].(map[string]any); usage["prompt_tokens"] != float64(6) || !strings.Contains(h.Get("Cache-Status"), `detail="2 of 4 inputs cached"`) {
+		t.Fatalf("usage %v, Cache-Status %q: want the 6 tokens of the 2 inputs computed, and 2 of 4 cached", usage, h.Get("Cache-Status"))
+	}
+	before = len(e.sent())
+	if _, h := embed("gamma", "delta"); len(e.sent()) != before || !strings.Contains(h.Get("Cache-Status"), "hit") {
+		t.Fatalf("every input cached: the backend was sent %v, Cache-Status %q, want nothing sent and a hit", e.sent()[before:], h.Get("Cache-Status"))
+	}
+
+	docs := make([]string, 10000)
+	for i := range docs {
+		docs[i] = fmt.Sprintf("document %d", i)
+	}
+	embed(docs...)
+	for i := 0; i < len(docs); i += 100 {
+		docs[i] += " (edited)"
+	}
+	before = len(e.sent())
+	embed(docs...)
+	if n := len(e.sent()) - before; n != 100 {
+		t.Fatalf("10,000 inputs of which 100 changed sent %d to the backend, want 100", n)
 	}
 }

@@ -122,6 +122,9 @@ func (h *Handler) attempt(x *exchange, rt route, body []byte, deadline time.Time
 		model = rt.model
 		body = openai.SetMember(body, "model", jsonString(rt.model))
 	}
+	if p := x.cache.embeddings(); p != nil {
+		body = p.upstream(body) // only the inputs the cache lacks
+	}
 	path := strings.TrimPrefix(x.r.URL.Path, "/v1")
 	if be, ok := x.ep.(openai.BackendEndpoint); ok {
 		var e *openai.Error

@@ -138,7 +138,7 @@ func (u *upstreamWriter) WriteHeader(code int) {
 	if f := u.x.cache.capture(); f != nil {
 		f.header(u.header.Get("Content-Type"))
 	}
-	if rs, ok := u.x.ep.(openai.ReplyStreamer); ok {
+	if rs, ok := u.x.ep.(openai.ReplyStreamer); ok && u.x.cache.embeddings() == nil {
 		// Such endpoints do not stream: whatever the content type, the
 		// reply is normalized (and refused if not JSON) as it comes.
 		u.streamReply(rs)
@@ -277,7 +277,15 @@ func (u *upstreamWriter) settle(ctx context.Context, proxyErr error, aborted boo
 func (u *upstreamWriter) reply() result {
 	x := u.x
 	begin := time.Now()
-	out, rep, err := x.ep.Normalize(getBuffer(len(u.body)+512), u.body, u.meta)
+	body := u.body
+	if p := x.cache.embeddings(); p != nil { // the batch whole, stored vectors included
+		merged, err := p.merge(body)
+		if err != nil {
+			return result{err: invalidReply(x)}
+		}
+		body = merged
+	}
+	out, rep, err := x.ep.Normalize(getBuffer(len(body)+512), body, u.meta)
 	defer putBuffer(out)
 	x.addOwnTime(time.Since(begin))
 	if err != nil {

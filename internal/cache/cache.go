@@ -10,7 +10,6 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"errors"
 	"time"
 )
 
@@ -35,15 +34,20 @@ func (e *Entry) size(key string) int64 {
 // element, the map entry, the times.
 const entryOverhead = 160
 
-// Store keeps entries by key. Get returns the first of keys stored and
-// its position, or -1.
+// Store keeps entries by key. Get returns, for each of keys, its entry,
+// or nil when it holds none (or an expired one); Set stores entries, in
+// place of what their keys held, and leaves out those larger than the
+// store takes.
 type Store interface {
-	Get(ctx context.Context, keys ...string) (Entry, int, error)
-	Set(ctx context.Context, key string, e Entry) error
+	Get(ctx context.Context, keys ...string) ([]*Entry, error)
+	Set(ctx context.Context, items ...Item) error
 }
 
-// ErrTooLarge is returned by Set for an entry larger than a store takes.
-var ErrTooLarge = errors.New("cache: entry larger than the store takes")
+// Item is an entry to store under its key.
+type Item struct {
+	Key   string
+	Entry Entry
+}
 
 // Key is the digest of what decides a reply: the scope it is kept for
 // (a client key's id, an identity), the route, the model the backend is

@@ -124,10 +124,10 @@ func TestMemory(t *testing.T) {
 	}
 	ctx := context.Background()
 	for i := range 100 {
-		if err := m.Set(ctx, fmt.Sprint("k", i), entry(500)); err != nil {
+		if err := m.Set(ctx, Item{fmt.Sprint("k", i), entry(500)}); err != nil {
 			t.Fatal(err)
 		}
-		if _, at, _ := m.Get(ctx, "k0"); at != 0 { // used each time: kept
+		if got, _ := m.Get(ctx, "k0"); got[0] == nil { // used each time: kept
 			t.Fatalf("k0, used after each entry, gone after entry %d", i)
 		}
 	}
@@ -135,17 +135,18 @@ func TestMemory(t *testing.T) {
 	if size > 10_000 || entries == 0 || evictions == 0 {
 		t.Fatalf("%d bytes in %d entries, %d evicted, want at most 10,000 bytes and evictions", size, entries, evictions)
 	}
-	if _, at, _ := m.Get(ctx, "k1", "k99"); at != 1 {
-		t.Fatalf("k1 (least recent) or k99 (latest): found at %d, want k99's position, 1", at)
+	if got, _ := m.Get(ctx, "k1", "k99"); got[0] != nil || got[1] == nil {
+		t.Fatalf("k1 (least recent) and k99 (latest): %v, want only k99", got)
 	}
 	if size+int64(len("k100"))+500+16+entryOverhead <= 10_000 {
 		t.Fatalf("%d bytes held: room for another entry was left unused", size)
 	}
-	if err := m.Set(ctx, "huge", entry(5_000)); err != ErrTooLarge {
-		t.Fatalf("an entry of half the capacity: %v, want ErrTooLarge", err)
+	m.Set(ctx, Item{"huge", entry(5_000)})
+	if got, _ := m.Get(ctx, "huge", "k99"); got[0] != nil || got[1] == nil {
+		t.Fatalf("an entry of half the capacity: %v, want it left out and k99 kept", got)
 	}
 	now = now.Add(2 * time.Minute)
-	if _, at, _ := m.Get(ctx, "k99"); at != -1 {
+	if got, _ := m.Get(ctx, "k99"); got[0] != nil {
 		t.Fatal("an expired entry was served")
 	}
 }
@@ -160,21 +161,21 @@ func TestRedis(t *testing.T) {
 	ctx := context.Background()
 	now := time.Now().Truncate(time.Millisecond)
 	e := Entry{ContentType: "text/event-stream", Body: []byte("data: {}\n\ndata: [DONE]\n\n"), Stored: now, Expires: now.Add(time.Minute)}
-	if err := r.Set(ctx, "b", e); err != nil {
+	if err := r.Set(ctx, Item{"b", e}, Item{"big", Entry{Body: make([]byte, 2<<20), Expires: now.Add(time.Minute)}}); err != nil {
 		t.Fatal(err)
 	}
-	got, at, err := r.Get(ctx, "a", "b")
-	if err != nil || at != 1 || got.ContentType != e.ContentType || !bytes.Equal(got.Body, e.Body) || !got.Stored.Equal(e.Stored) || !got.Expires.Equal(e.Expires) {
-		t.Fatalf("%+v at %d, %v, want %+v at 1", got, at, err, e)
+	got, err := r.Get(ctx, "a", "b", "big")
+	if err != nil || got[0] != nil || got[2] != nil || got[1] == nil {
+		t.Fatalf("%v, %v: want b only (big is past maxEntry)", got, err)
 	}
-	if err := r.Set(ctx, "big", Entry{Body: make([]byte, 2<<20), Expires: now.Add(time.Minute)}); err != ErrTooLarge {
-		t.Fatalf("an entry past maxEntry: %v, want ErrTooLarge", err)
+	if b := got[1]; b.ContentType != e.ContentType || !bytes.Equal(b.Body, e.Body) || !b.Stored.Equal(e.Stored) || !b.Expires.Equal(e.Expires) {
+		t.Fatalf("%+v, want %+v", b, e)
 	}
-	if err := r.Set(ctx, "short", Entry{Body: []byte("x"), Expires: time.Now().Add(200 * time.Millisecond)}); err != nil {
+	if err := r.Set(ctx, Item{"short", Entry{Body: []byte("x"), Expires: time.Now().Add(200 * time.Millisecond)}}); err != nil {
 		t.Fatal(err)
 	}
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if _, at, _ := r.Get(ctx, "short"); at == -1 {
+		if got, _ := r.Get(ctx, "short"); got[0] == nil {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -182,7 +183,7 @@ func TestRedis(t *testing.T) {
 		}
 	}
 	client.Set(ctx, "test:cache:alien", "not ours", time.Minute)
-	if _, _, err := r.Get(ctx, "alien"); err == nil || !strings.Contains(err.Error(), "did not write") {
+	if _, err := r.Get(ctx, "alien"); err == nil || !strings.Contains(err.Error(), "did not write") {
 		t.Fatalf("a value another program wrote: %v, want an error", err)
 	}
 }

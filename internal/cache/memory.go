@@ -31,8 +31,9 @@ func NewMemory(capacity int64) *Memory {
 	return &Memory{capacity: capacity, lru: list.New(), items: make(map[string]*list.Element), now: time.Now}
 }
 
-// Get returns the first of keys held and not expired.
-func (m *Memory) Get(_ context.Context, keys ...string) (Entry, int, error) {
+// Get returns the entries of keys held and not expired.
+func (m *Memory) Get(_ context.Context, keys ...string) ([]*Entry, error) {
+	out := make([]*Entry, len(keys))
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := m.now()
@@ -47,29 +48,32 @@ func (m *Memory) Get(_ context.Context, keys ...string) (Entry, int, error) {
 			continue
 		}
 		m.lru.MoveToFront(el)
-		return it.entry, i, nil
+		e := it.entry
+		out[i] = &e
 	}
-	return Entry{}, -1, nil
+	return out, nil
 }
 
-// Set stores e under key, in place of what key held, evicting the least
-// recently used entries past the capacity. An entry of more than a
-// quarter of the capacity is refused with ErrTooLarge.
-func (m *Memory) Set(_ context.Context, key string, e Entry) error {
-	size := e.size(key)
-	if size > m.capacity/4 {
-		return ErrTooLarge
-	}
+// Set stores the items, evicting the least recently used entries past
+// the capacity. An entry of more than a quarter of the capacity is left
+// out.
+func (m *Memory) Set(_ context.Context, items ...Item) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if el, ok := m.items[key]; ok {
-		m.remove(el)
-	}
-	m.items[key] = m.lru.PushFront(&item{key: key, entry: e, size: size})
-	m.size += size
-	for m.size > m.capacity {
-		m.remove(m.lru.Back())
-		m.evictions++
+	for _, it := range items {
+		size := it.Entry.size(it.Key)
+		if size > m.capacity/4 {
+			continue
+		}
+		if el, ok := m.items[it.Key]; ok {
+			m.remove(el)
+		}
+		m.items[it.Key] = m.lru.PushFront(&item{key: it.Key, entry: it.Entry, size: size})
+		m.size += size
+		for m.size > m.capacity {
+			m.remove(m.lru.Back())
+			m.evictions++
+		}
 	}
 	return nil
 }

@@ -23,38 +23,45 @@ func NewRedis(client *redis.Client, prefix string, maxEntry int64) *Redis {
 	return &Redis{client: client, prefix: prefix, maxEntry: maxEntry}
 }
 
-// Get returns the first of keys held, in one round trip.
-func (r *Redis) Get(ctx context.Context, keys ...string) (Entry, int, error) {
+// Get returns the entries of keys held, in one round trip.
+func (r *Redis) Get(ctx context.Context, keys ...string) ([]*Entry, error) {
 	full := make([]string, len(keys))
 	for i, k := range keys {
 		full[i] = r.prefix + k
 	}
 	vals, err := r.client.MGet(ctx, full...).Result()
 	if err != nil {
-		return Entry{}, -1, err
+		return nil, err
 	}
+	out := make([]*Entry, len(keys))
 	for i, v := range vals {
 		if s, ok := v.(string); ok {
 			e, err := decode([]byte(s))
 			if err != nil {
-				return Entry{}, -1, err
+				return nil, err
 			}
-			return e, i, nil
+			out[i] = &e
 		}
 	}
-	return Entry{}, -1, nil
+	return out, nil
 }
 
-// Set stores e under key until it expires.
-func (r *Redis) Set(ctx context.Context, key string, e Entry) error {
-	if e.size(key) > r.maxEntry {
-		return ErrTooLarge
+// Set stores the items until they expire, in one round trip; an entry
+// past maxEntry is left out.
+func (r *Redis) Set(ctx context.Context, items ...Item) error {
+	pipe := r.client.Pipeline()
+	for _, it := range items {
+		ttl := time.Until(it.Entry.Expires)
+		if it.Entry.size(it.Key) > r.maxEntry || ttl < time.Millisecond {
+			continue
+		}
+		pipe.Set(ctx, r.prefix+it.Key, encode(it.Entry), ttl)
 	}
-	ttl := time.Until(e.Expires)
-	if ttl < time.Millisecond {
+	if pipe.Len() == 0 {
 		return nil
 	}
-	return r.client.Set(ctx, r.prefix+key, encode(e), ttl).Err()
+	_, err := pipe.Exec(ctx)
+	return err
 }
 
 // Destruct closes the connections.

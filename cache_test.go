@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,6 +19,7 @@ import (
 	"github.com/openai/openai-go/v3"
 
 	"github.com/chatgateway/caddy-chat-gateway/internal/keys"
+	"github.com/chatgateway/caddy-chat-gateway/internal/redistest"
 )
 
 // llm is a fake backend that answers each request with a reply (a
@@ -495,5 +498,88 @@ func TestCacheEmbeddings(t *testing.T) {
 	embed(docs...)
 	if n := len(e.sent()) - before; n != 100 {
 		t.Fatalf("10,000 inputs of which 100 changed sent %d to the backend, want 100", n)
+	}
+}
+
+// Two gateway processes on one redis-server share the cache: a reply
+// one stored answers the other, per client key still, streams and
+// embeddings included.
+func TestCacheCluster(t *testing.T) {
+	srv := redistest.Start(t)
+	l, e := newLLM(t), newEmbedder(t)
+	dir := t.TempDir()
+	const bobKey = "sk-cg-bob-0123456789abcdefghijklmnopq"
+	var gws []*gateway
+	for i := range 2 {
+		port, admin := freePort(t), freePort(t)
+		file := filepath.Join(dir, fmt.Sprintf("Caddyfile%d", i))
+		cfg := fmt.Sprintf(`{
+	admin localhost:%d
+	persist_config off
+	http_port %d
+}
+http://127.0.0.1:%d {
+	chat_gateway {
+		backend %s {
+			models m
+		}
+		backend %s {
+			models e
+		}
+		auth {
+			key %s
+			key %s
+		}
+		cache {
+			store redis %s {
+				timeout 1s
+			}
+		}
+	}
+}
+`, admin, port, port, l.URL, e.URL, keys.Hash(aliceKey), keys.Hash(bobKey), srv.Addr)
+		if err := os.WriteFile(file, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		g := &gateway{URL: fmt.Sprintf("http://127.0.0.1:%d", port)}
+		runCaddy(t, file, g.URL)
+		gws = append(gws, g)
+	}
+	alice, bob := []string{"Authorization", "Bearer " + aliceKey}, []string{"Authorization", "Bearer " + bobKey}
+	for _, body := range []string{greedy, strings.Replace(streamed, "2+2", "9+9", 1)} {
+		_, first, _ := cached(t, gws[0], body, alice...)
+		_, again, h := cached(t, gws[1], body, alice...)
+		if !strings.Contains(h.Get("Cache-Status"), "hit") || !strings.Contains(again, "answer") || strings.Contains(first, "answer 2") != strings.Contains(again, "answer 2") {
+			t.Fatalf("%s on the other gateway: %s (%s), want the first gateway's reply from Redis", body, again, h.Get("Cache-Status"))
+		}
+		if _, _, h := cached(t, gws[1], body, bob...); strings.Contains(h.Get("Cache-Status"), "hit") {
+			t.Fatalf("%s from another key on the other gateway: %s, want a miss", body, h.Get("Cache-Status"))
+		}
+	}
+	embed := func(g *gateway, inputs string) {
+		req, _ := http.NewRequest(http.MethodPost, g.URL+"/v1/embeddings", strings.NewReader(`{"model":"e","input":`+inputs+`}`))
+		req.Header.Set(alice[0], alice[1])
+		if resp, body := do(t, req); resp.StatusCode != 200 {
+			t.Fatalf("%d %s", resp.StatusCode, body)
+		}
+	}
+	embed(gws[0], `["one","two"]`)
+	before := len(e.sent())
+	embed(gws[1], `["two","three","one"]`)
+	if sent := e.sent()[before:]; fmt.Sprint(sent) != "[three]" {
+		t.Fatalf("the other gateway sent %v to the backend, want [three]", sent)
+	}
+}
+
+// A config reload keeps the memory store: a reply stored before it is
+// served after it.
+func TestCacheAcrossReloads(t *testing.T) {
+	l := newLLM(t)
+	config := "chat_gateway {\n backend %s\n cache {\n max_size 3MiB\n ttl %s\n }\n}"
+	g := newGateway(t, fmt.Sprintf(config, l.URL, "10m"))
+	cached(t, g, greedy)
+	g = newGateway(t, fmt.Sprintf(config, l.URL, "20m")) // another config: a reload
+	if _, got, h := cached(t, g, greedy); !strings.Contains(got, "answer 1") || !strings.Contains(h.Get("Cache-Status"), "hit") || l.calls.Load() != 1 {
+		t.Fatalf("after a reload: %s (%s), %d backend calls, want answer 1 from the cache", got, h.Get("Cache-Status"), l.calls.Load())
 	}
 }

@@ -53,6 +53,7 @@ func TestCaddyfiles(t *testing.T) {
 		{"examples/mounted.Caddyfile", "/llm/v1/chat/completions", "m", "from llama", nil},
 		{"examples/metrics.Caddyfile", "/v1/chat/completions", "m", "from llama", nil},
 		{"examples/prefix-affinity.Caddyfile", "/v1/chat/completions", "m", "from llama", nil},
+		{"examples/cache.Caddyfile", "/v1/chat/completions", "m", "from llama", nil},
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%s %s %s", filepath.Base(tt.file), tt.model, tt.env["BACKEND_URL"]), func(t *testing.T) {

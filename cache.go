@@ -318,19 +318,20 @@ func cacheableRoute(ep openai.Endpoint) bool {
 // or the client asked with max-age; never a request that makes or
 // continues a stored Response or asks the backend to store it.
 func (c *Cache) repeats(x *exchange, rt route, body []byte, control cache.Control) bool {
-	if x.req.PreviousResponseID != "" || bytes.Equal(openai.Member(body, "store"), []byte("true")) ||
-		rt.backend.keepsResponses() && x.ep.Name() == "responses" && !bytes.Equal(openai.Member(body, "store"), []byte("false")) {
+	m := openai.Members(body, "store", "temperature", "seed")
+	store, temperature, seed := m[0], m[1], m[2]
+	if x.req.PreviousResponseID != "" || bytes.Equal(store, []byte("true")) ||
+		rt.backend.keepsResponses() && x.ep.Name() == "responses" && !bytes.Equal(store, []byte("false")) {
 		return false
 	}
 	if c.When == cacheWhenAlways || control.HasMaxAge && control.MaxAge > 0 || x.ep.Name() == "embeddings" {
 		return true // an embedding is the same each time
 	}
-	if t := openai.Member(body, "temperature"); t != nil {
-		if f, err := strconv.ParseFloat(string(t), 64); err == nil && f == 0 {
+	if temperature != nil {
+		if f, err := strconv.ParseFloat(string(temperature), 64); err == nil && f == 0 {
 			return true
 		}
 	}
-	seed := openai.Member(body, "seed")
 	return seed != nil && !bytes.Equal(seed, []byte("null"))
 }
 

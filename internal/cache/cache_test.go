@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"reflect"
 	"strings"
@@ -53,7 +54,22 @@ func TestCanonical(t *testing.T) {
 	if bytes.Equal(a, b) {
 		t.Errorf("two large seeds share the canonical form %s", a)
 	}
-	for _, bad := range []string{`[1]`, `null`, `{"a":`, `"s"`} {
+	// A lone surrogate, which decoders read differently, keeps its
+	// escape; a pair is its character, escaped or not.
+	lone, _ := Canonical([]byte(`{"a":"\uD800"}`), nil)
+	replacement, _ := Canonical([]byte(`{"a":"\ufffd"}`), nil)
+	pair, _ := Canonical([]byte(`{"a":"\ud83d\uDE00"}`), nil)
+	if string(lone) != `{"a":"\ud800"}` || bytes.Equal(lone, replacement) || string(pair) != `{"a":"😀"}` {
+		t.Errorf("lone surrogate %s, U+FFFD %s, a pair %s", lone, replacement, pair)
+	}
+	deep := strings.Repeat(`{"a":`, maxDepth) + "1" + strings.Repeat("}", maxDepth)
+	if _, err := Canonical([]byte(deep), nil); err != nil {
+		t.Errorf("%d levels: %v, want a canonical form", maxDepth, err)
+	}
+	if _, err := Canonical([]byte(`{"a":`+deep+`}`), nil); !errors.Is(err, errTooDeep) {
+		t.Errorf("%d levels: %v, want %v", maxDepth+1, err, errTooDeep)
+	}
+	for _, bad := range []string{`[1]`, `null`, `{"a":`, `"s"`, `{"a":1e400}`, `{"a":01}`, `{"a":1.}`, `{"a":"\x"}`, `{"a":[1,]}`, `{"a":1,}`, `{"a" 1}`, `{"a":tru}`, `{} {}`} {
 		if _, err := Canonical([]byte(bad), nil); err == nil {
 			t.Errorf("%s: no error, want one: only an object has a canonical form", bad)
 		}
@@ -69,6 +85,10 @@ func FuzzCanonical(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body string) {
 		c, err := Canonical([]byte(body), skipStream)
 		if err != nil {
+			var v map[string]any
+			if json.Unmarshal([]byte(body), &v) == nil && !errors.Is(err, errTooDeep) && !errors.Is(err, errNotUTF8) {
+				t.Fatalf("%s decodes to %v, yet has no canonical form: %v", body, v, err)
+			}
 			return
 		}
 		again, err := Canonical(c, skipStream)

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+
+	"github.com/chatgateway/caddy-chat-gateway/internal/jsonwalk"
 )
 
 // Inputs splits the input of an embeddings request into the inputs of
@@ -13,36 +15,43 @@ import (
 // ids, is one; an array of strings or of token arrays is each of them.
 // single reports an input that is not a list of inputs.
 func Inputs(input []byte) (items [][]byte, single bool, err error) {
-	var v any
-	dec := json.NewDecoder(bytes.NewReader(input))
-	dec.UseNumber()
-	if err := dec.Decode(&v); err != nil {
+	i := jsonwalk.SkipSpace(input, 0)
+	if i < len(input) && input[i] == '[' {
+		if j := jsonwalk.SkipSpace(input, i+1); j < len(input) && input[j] != '-' && (input[j] < '0' || input[j] > '9') {
+			return inputList(input, i)
+		}
+	}
+	item, err := canonicalJSON(input)
+	if err != nil {
 		return nil, false, err
 	}
-	list, ok := v.([]any)
-	if !ok || len(list) > 0 && isNumber(list[0]) {
-		item, err := canonicalValue(v)
-		return [][]byte{item}, true, err
-	}
-	for _, e := range list {
-		item, err := canonicalValue(e)
-		if err != nil {
-			return nil, false, err
-		}
-		items = append(items, item)
-	}
-	return items, false, nil
+	return [][]byte{item}, true, nil
 }
 
-func isNumber(v any) bool { _, ok := v.(json.Number); return ok }
-
-// canonicalValue is v in canonical JSON.
-func canonicalValue(v any) ([]byte, error) {
-	wrapped := map[string]any{"v": v}
-	if err := canonicalNumbers(wrapped); err != nil {
-		return nil, err
+// inputList is each element of the array at input[i] in canonical JSON.
+func inputList(input []byte, i int) (items [][]byte, single bool, err error) {
+	c := canonicalizer{in: input}
+	i = jsonwalk.SkipSpace(input, i+1)
+	for i < len(input) && input[i] != ']' {
+		mark := len(c.out)
+		if i, err = c.value(i, 1); err != nil {
+			return nil, false, err
+		}
+		items = append(items, c.out[mark:len(c.out):len(c.out)])
+		switch i = jsonwalk.SkipSpace(input, i); {
+		case i < len(input) && input[i] == ',':
+			if i = jsonwalk.SkipSpace(input, i+1); i < len(input) && input[i] == ']' {
+				return nil, false, errSyntax // a trailing comma
+			}
+		case i < len(input) && input[i] == ']':
+		default:
+			return nil, false, errSyntax
+		}
 	}
-	return json.Marshal(wrapped["v"])
+	if i >= len(input) || jsonwalk.SkipSpace(input, i+1) != len(input) {
+		return nil, false, errSyntax
+	}
+	return items, false, nil
 }
 
 // ErrBadEmbeddings is Merge's error for a backend reply that does not

@@ -221,6 +221,20 @@ func Member(obj []byte, key string) []byte {
 	return found
 }
 
+// Members returns the values of keys in the object obj, as Member does
+// each, in one pass over obj.
+func Members(obj []byte, keys ...string) [][]byte {
+	found := make([][]byte, len(keys))
+	members(obj, func(k, v []byte) {
+		for i, key := range keys {
+			if found[i] == nil && jsonwalk.KeyIs(k, key) {
+				found[i] = v
+			}
+		}
+	})
+	return found
+}
+
 // SetMember returns the JSON object obj with member key set to the raw
 // JSON val: replaced where it stands, else added at the end. The rest of
 // obj is kept byte for byte. obj must be a valid JSON object.

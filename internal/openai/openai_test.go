@@ -497,3 +497,12 @@ func FuzzValid(f *testing.F) {
 		}
 	})
 }
+
+// Members finds each key's first value in one pass, escaped names
+// included, and nil for a key that is not there.
+func TestMembers(t *testing.T) {
+	got := Members([]byte(`{"temperature":0,"messages":[{"seed":1}],"st\u006fre":true,"temperature":1}`), "seed", "store", "temperature")
+	if got[0] != nil || string(got[1]) != "true" || string(got[2]) != "0" {
+		t.Fatalf("%q, want [nil true 0]: seed only nested, store escaped, the first temperature", got)
+	}
+}

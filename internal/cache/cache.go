@@ -25,14 +25,19 @@ type Entry struct {
 	Stored, Expires time.Time
 }
 
-// size is what an entry costs a store, key included.
+// size is what an entry costs a store, key included: its bytes, the
+// rounding up of its body to an allocation size (a sixteenth, on
+// average), and entryOverhead.
 func (e *Entry) size(key string) int64 {
-	return int64(len(key) + len(e.ContentType) + len(e.Body) + entryOverhead)
+	return int64(len(key) + len(e.ContentType) + len(e.Body) + len(e.Body)/16 + entryOverhead)
 }
 
 // entryOverhead is an entry's bookkeeping beyond its bytes: the list
-// element, the map entry, the times.
-const entryOverhead = 160
+// element, the map's slot, the times, and the heap's spare room as
+// entries come and go. BenchmarkMemoryDistinct measures the heap a full
+// store holds against what it counts: within 10% from 100-byte to
+// 40 KB replies.
+const entryOverhead = 384
 
 // Store keeps entries by key. Get returns, for each of keys, its entry,
 // or nil when it holds none (or an expired one); Set stores entries, in

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -581,5 +582,87 @@ func TestCacheAcrossReloads(t *testing.T) {
 	g = newGateway(t, fmt.Sprintf(config, l.URL, "20m")) // another config: a reload
 	if _, got, h := cached(t, g, greedy); !strings.Contains(got, "answer 1") || !strings.Contains(h.Get("Cache-Status"), "hit") || l.calls.Load() != 1 {
 		t.Fatalf("after a reload: %s (%s), %d backend calls, want answer 1 from the cache", got, h.Get("Cache-Status"), l.calls.Load())
+	}
+}
+
+// openaiNodeVersion is the official OpenAI Node SDK TestCacheNodeSDK
+// runs: the newest that supports Node 20, Debian's and this machine's.
+const openaiNodeVersion = "6.30.1"
+
+// TestCacheNodeSDK: the official OpenAI Node SDK's stream helper
+// (chat.completions.stream, which checks each chunk as it folds it into
+// a completion) accepts replayed streams, with the usage chunk only when
+// the request asks for it. The SDK is installed with npm once into the
+// user's cache directory; without node and npm the test is skipped
+// (.ci/run installs them).
+func TestCacheNodeSDK(t *testing.T) {
+	for _, tool := range []string{"node", "npm"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s is not installed: the Node SDK test needs Node and npm", tool)
+		}
+	}
+	base, err := os.UserCacheDir()
+	if err != nil {
+		base = t.TempDir()
+	}
+	dir := filepath.Join(base, "chat-gateway-test", "openai-node-"+openaiNodeVersion)
+	if _, err := os.Stat(filepath.Join(dir, "node_modules", "openai", "package.json")); err != nil {
+		out, err := exec.Command("npm", "install", "--prefix", dir, "--no-audit", "--no-fund", "openai@"+openaiNodeVersion).CombinedOutput()
+		if err != nil {
+			t.Fatalf("npm install openai@%s: %v\n%s", openaiNodeVersion, err, out)
+		}
+	}
+	script := filepath.Join(dir, "replayed-streams.mjs")
+	if err := os.WriteFile(script, []byte(`import OpenAI from 'openai';
+const statuses = [];
+const client = new OpenAI({
+  baseURL: process.env.BASE_URL, apiKey: 'client-key', maxRetries: 0,
+  fetch: async (url, init) => { const r = await fetch(url, init); statuses.push(r.headers.get('cache-status')); return r; },
+});
+const out = [];
+for (const usage of [true, true, false]) {
+  const params = { model: 'm', temperature: 0, messages: [{ role: 'user', content: 'And 3+3?' }] };
+  if (usage) params.stream_options = { include_usage: true };
+  const stream = client.chat.completions.stream(params);
+  let usageChunks = 0;
+  stream.on('chunk', (c) => { if (c.usage) usageChunks++; });
+  const final = await stream.finalChatCompletion();
+  out.push({ content: final.choices[0].message.content, role: final.choices[0].message.role, finish: final.choices[0].finish_reason, usageChunks, usage: final.usage ?? null });
+}
+console.log(JSON.stringify({ statuses, out }));
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l := newLLM(t)
+	g := newGateway(t, fmt.Sprintf("chat_gateway {\n backend %s\n cache\n}", l.URL))
+	cmd := exec.Command("node", script)
+	cmd.Env = append(os.Environ(), "BASE_URL="+g.URL+"/v1")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("node: %v\n%s%s", err, out, stderr.String())
+	}
+	var got struct {
+		Statuses []string
+		Out      []struct {
+			Content, Role, Finish string
+			UsageChunks           int
+			Usage                 *struct {
+				TotalTokens int `json:"total_tokens"`
+			}
+		}
+	}
+	if err := json.Unmarshal(out, &got); err != nil || len(got.Out) != 3 || len(got.Statuses) != 3 {
+		t.Fatalf("%s: %v", out, err)
+	}
+	if !strings.Contains(got.Statuses[0], "fwd=miss") || !strings.Contains(got.Statuses[1], "hit") || !strings.Contains(got.Statuses[2], "hit") || l.calls.Load() != 1 {
+		t.Fatalf("Cache-Status %q, %d backend calls: want a miss, then two hits", got.Statuses, l.calls.Load())
+	}
+	for i, o := range got.Out {
+		wantUsage := i < 2
+		if o.Content != "answer 1" || o.Role != "assistant" || o.Finish != "stop" || (o.UsageChunks == 1) != wantUsage || (o.Usage != nil && o.Usage.TotalTokens == 80) != wantUsage {
+			t.Errorf("stream %d: %+v, want answer 1 from the assistant, stop, usage (80 tokens) %v", i, o, wantUsage)
+		}
 	}
 }

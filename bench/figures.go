@@ -275,12 +275,12 @@ func (h *harness) memory(ctx context.Context) error {
 				return err
 			}
 			time.Sleep(time.Second)
-			held, g := rssKiB(t.pid), goroutines(t)
+			held, g := rssKiB(t.pid), metric(t, "go_goroutines")
 			closeAll()
 			per.add(row, t.name, float64(held-base)/float64(n))
 			rss.add(row, t.name, float64(held)/1024)
-			gor.add(row, t.name, float64(g))
-			log.Printf("memory: %s %s: %d KiB -> %d KiB, %d goroutines", row, t.name, base, held, g)
+			gor.add(row, t.name, g)
+			log.Printf("memory: %s %s: %d KiB -> %d KiB, %.0f goroutines", row, t.name, base, held, g)
 		}
 	}
 	return ctx.Err()

@@ -138,24 +138,6 @@ func rssKiB(pid int) int64 {
 	return sum
 }
 
-// goroutines reads a Caddy process's goroutine count from its admin
-// endpoint's metrics.
-func goroutines(t *target) int64 {
-	resp, err := http.Get(t.admin + "/metrics")
-	if err != nil {
-		return -1
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "go_goroutines "); ok {
-			n, _ := strconv.ParseFloat(v, 64)
-			return int64(n)
-		}
-	}
-	return -1
-}
-
 // run is the outcome of one closed-loop round.
 type run struct {
 	requests  int

@@ -1,7 +1,7 @@
 // Command bench measures what chat_gateway costs compared with Caddy's
 // plain reverse_proxy, on this machine, in one run:
 //
-//	go run ./bench              # every figure, about 10 minutes on 2 cores
+//	go run ./bench              # every figure, about 15 minutes on 2 cores
 //	go run ./bench -peers       # and Portkey's gateway (Node) side by side
 //	go run ./bench -peer 'name=<command with {port} and {upstream}>'
 //	go run ./bench -quick       # fewer and shorter rounds, a smoke test: into a temporary directory
@@ -58,7 +58,7 @@ func main() {
 	log.SetFlags(log.Ltime)
 	raiseFileLimit()
 
-	h := &harness{rounds: *rounds, round: 1500 * time.Millisecond, timed: 100, streams: []int{1000, 10000}, paced: 3 * time.Second, peerSpecs: peers}
+	h := &harness{rounds: *rounds, round: 1500 * time.Millisecond, timed: 100, streams: []int{1000, 10000}, paced: 3 * time.Second, distinct: 1_000_000, peerSpecs: peers}
 	if *only != "" {
 		names := figureNames
 		if *routing {
@@ -73,7 +73,7 @@ func main() {
 		}
 	}
 	if *quick {
-		h.rounds, h.round, h.timed, h.streams, h.paced = 2, 400*time.Millisecond, 20, []int{200}, time.Second
+		h.rounds, h.round, h.timed, h.streams, h.paced, h.distinct = 2, 400*time.Millisecond, 20, []int{200}, time.Second, 20_000
 	}
 	switch {
 	case *out != "":
@@ -115,24 +115,27 @@ type target struct {
 }
 
 // figureNames name the figures for -only, in the order they run.
-var figureNames = []string{"size", "concurrency", "rate", "streaming", "paced", "endpoints", "refusals", "peers", "memory"}
+var figureNames = []string{"size", "concurrency", "rate", "streaming", "paced", "endpoints", "refusals", "peers", "memory", "cache"}
 
 type harness struct {
-	caddyBin  string
-	rounds    int
-	round     time.Duration
-	timed     int           // streams timed one by one per round, for time to first token
-	streams   []int         // idle streams held, for memory
-	paced     time.Duration // measured window of a round of paced streams
-	portkey   string        // the Portkey version to install, or "" for none
-	peerSpecs peerFlags
-	only      map[string]bool // the figures -only names; nil for all
-	procs     []*proc
-	mock      *target
-	caddies   []*target // proxy, gateway, echo
-	refusals  []*target // echo behind keys and limits: 200, 401, 429
-	peers     []*target // other gateways
-	results   *Results
+	caddyBin   string
+	rounds     int
+	round      time.Duration
+	timed      int           // streams timed one by one per round, for time to first token
+	streams    []int         // idle streams held, for memory
+	distinct   int           // distinct requests of the cache's memory figure
+	paced      time.Duration // measured window of a round of paced streams
+	portkey    string        // the Portkey version to install, or "" for none
+	peerSpecs  peerFlags
+	only       map[string]bool // the figures -only names; nil for all
+	procs      []*proc
+	mock       *target
+	caddies    []*target // proxy, gateway, echo
+	refusals   []*target // echo behind keys and limits: 200, 401, 429
+	peers      []*target // other gateways
+	cached     []*target // chat_gateway with a cache, echo its backend: memory, Redis store
+	cacheRedis string    // the cache's redis-server, or ""
+	results    *Results
 }
 
 func (h *harness) run(ctx context.Context, out string) error {
@@ -179,8 +182,13 @@ func (h *harness) run(ctx context.Context, out string) error {
 	if err := h.startPeers(ctx, dir); err != nil {
 		return err
 	}
+	if h.only == nil || h.only["cache"] {
+		if err := h.startCache(ctx, dir); err != nil {
+			return err
+		}
+	}
 	start := time.Now()
-	for i, fig := range []func(context.Context) error{h.cpuBySize, h.concurrency, h.fixedRate, h.streaming, h.pacedStreams, h.endpoints, h.refusalCost, h.peerComparison, h.memory} {
+	for i, fig := range []func(context.Context) error{h.cpuBySize, h.concurrency, h.fixedRate, h.streaming, h.pacedStreams, h.endpoints, h.refusalCost, h.peerComparison, h.memory, h.cacheFigures} {
 		if h.only != nil && !h.only[figureNames[i]] {
 			continue
 		}

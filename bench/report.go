@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"log"
 	"maps"
 	"math"
 	"os"
@@ -64,6 +65,9 @@ type Results struct {
 	Peers    []Peer            `json:"peers,omitempty"`
 	// Skipped says why a configuration was not measured, by name.
 	Skipped map[string]string `json:"skipped,omitempty"`
+	// partial is set when -only chose the figures: the goals of the
+	// others are left out rather than shown as not met.
+	partial bool
 }
 
 // skip records that the configuration name was not measured, and why.
@@ -105,8 +109,9 @@ func newResults(h *harness) *Results {
 			"cpus": fmt.Sprint(runtime.NumCPU()), "cpu": cpu, "os": runtime.GOOS + "/" + runtime.GOARCH,
 			"kernel": strings.TrimSpace(string(kernel)), "go": runtime.Version(), "caddy": strings.TrimSpace(string(caddyVersion)),
 		},
-		Rounds: h.rounds,
-		Round:  h.round.String(),
+		Rounds:  h.rounds,
+		Round:   h.round.String(),
+		partial: h.only != nil,
 	}
 }
 
@@ -125,8 +130,13 @@ func (r *Results) get(name string) *Figure {
 	return nil
 }
 
-// add records one round's value.
+// add records one round's value; a value that could not be read (NaN)
+// is left out, and said.
 func (f *Figure) add(row, target string, v float64) {
+	if math.IsNaN(v) {
+		log.Printf("%s: %s, %s: no value", f.Name, row, target)
+		return
+	}
 	if !slices.Contains(f.Rows, row) {
 		f.Rows = append(f.Rows, row)
 	}
@@ -167,6 +177,9 @@ func (r *Results) checkTargets() {
 		return f.median(row, "chat_gateway") / f.median(row, "reverse_proxy")
 	}
 	add := func(goal string, v float64, limit string, met bool, detail string) {
+		if r.partial && math.IsNaN(v) {
+			return
+		}
 		t := Target{Goal: goal, Limit: limit, Met: met, Detail: detail}
 		if !math.IsNaN(v) && !math.IsInf(v, 0) {
 			t.Value = new(round(v))
@@ -218,6 +231,7 @@ func (r *Results) checkTargets() {
 		add("Memory per idle stream, chat_gateway / reverse_proxy", g/p, "≤ 1.1", g/p <= 1.1, row)
 		add("Memory per idle stream, chat_gateway (KiB)", g, "< 64", g < 64, row)
 	}
+	r.cacheTargets(add)
 	t := r.get("throughput")
 	row := "32 clients"
 	v = t.median(row, "echo") / t.median(row, "reverse_proxy")

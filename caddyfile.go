@@ -71,6 +71,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        keys_file <path>
 //	    }
 //	    metrics_per_key [<max>]
+//	    price <model pattern> input <usd> output <usd> [cached <usd>]
+//	    prices_file <path>
 //	    limits {
 //	        requests <n>/<window>
 //	        tokens <n>/<window>
@@ -288,6 +290,8 @@ var gatewayOptions = map[string]subdirective[gatewayBlock]{
 		p.h.Limits = new(Limits)
 		return readBlock(d, "limits option", limitsOptions, p.h.Limits, nil)
 	}},
+	"price":       {repeat: true, read: func(p *gatewayBlock, d *caddyfile.Dispenser) error { return readPrice(p.h, d) }},
+	"prices_file": {read: func(p *gatewayBlock, d *caddyfile.Dispenser) error { return oneArg(d, &p.h.PricesFile) }},
 	"cache": {read: func(p *gatewayBlock, d *caddyfile.Dispenser) error {
 		if d.NextArg() {
 			return d.ArgErr()
@@ -891,4 +895,43 @@ func intArg(d *caddyfile.Dispenser, v *int, lo, hi int) error {
 		*v = n
 		return nil
 	})
+}
+
+// readPrice reads "price <model pattern> input <usd> output <usd>
+// [cached <usd>]", in US dollars per million tokens.
+func readPrice(h *Handler, d *caddyfile.Dispenser) error {
+	const want = "want price <model pattern> input <USD per 1M tokens> output <USD per 1M tokens> [cached <USD per 1M cached tokens>]"
+	p := &ModelPrice{}
+	if !d.NextArg() {
+		return d.Errf("price: %s", want)
+	}
+	p.Pattern = d.Val()
+	seen := map[string]bool{}
+	for d.NextArg() {
+		name := d.Val()
+		if seen[name] || name != "input" && name != "output" && name != "cached" {
+			return d.Errf("price %s: unexpected '%s': %s", p.Pattern, name, want)
+		}
+		seen[name] = true
+		if !d.NextArg() {
+			return d.Errf("price %s: %s needs a price: %s", p.Pattern, name, want)
+		}
+		v, err := strconv.ParseFloat(d.Val(), 64)
+		if err != nil || v < 0 || v > 1e6 {
+			return d.Errf("price %s: invalid %s '%s': want US dollars per million tokens, such as 2.50", p.Pattern, name, d.Val())
+		}
+		switch name {
+		case "input":
+			p.Input = v
+		case "output":
+			p.Output = v
+		case "cached":
+			p.Cached = &v
+		}
+	}
+	if !seen["input"] || !seen["output"] {
+		return d.Errf("price %s: input and output are both needed: %s", p.Pattern, want)
+	}
+	h.Prices = append(h.Prices, p)
+	return nil
 }

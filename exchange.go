@@ -79,6 +79,13 @@ type exchange struct {
 	errorJSON func(*openai.Error) []byte
 	// cache is the request's use of the response cache, nil without one.
 	cache *cacheUse
+	// servedModel is the model the last attempt asked its backend for:
+	// after aliases and fallback.
+	servedModel string
+	// costUSD is what the request cost, in US dollars, when priced: the
+	// model that served it has a price (setCost).
+	costUSD float64
+	priced  bool
 }
 
 func (h *Handler) newExchange(w http.ResponseWriter, r *http.Request, ep openai.Endpoint) *exchange {
@@ -289,6 +296,7 @@ type finalPlaceholders struct {
 	upstream string // "" if no backend answered
 	usage    openai.Usage
 	ttft     time.Duration
+	costUSD  float64
 }
 
 // publish fixes the placeholders' final values from what is known so
@@ -298,7 +306,8 @@ func (x *exchange) publish() {
 		return
 	}
 	x.published = true
-	x.final = finalPlaceholders{outcome: x.outcome, usage: x.usage, ttft: x.ttft}
+	x.setCost()
+	x.final = finalPlaceholders{outcome: x.outcome, usage: x.usage, ttft: x.ttft, costUSD: x.costUSD}
 	if x.req != nil {
 		x.final.upstream, _ = x.repl.GetString("http.reverse_proxy.upstream.hostport")
 	}
@@ -331,6 +340,8 @@ func (x *exchange) placeholder(key string) (any, bool) {
 		return x.final.usage.CompletionTokens, final && decoded
 	case "ttft":
 		return x.final.ttft.Seconds(), final && decoded
+	case "cost_usd":
+		return x.final.costUSD, final && decoded && x.h.prices != nil
 	}
 	return nil, false
 }
@@ -338,11 +349,11 @@ func (x *exchange) placeholder(key string) (any, bool) {
 // finish records how the request ended, in the metrics, the access
 // log, the placeholders and the module log.
 func (x *exchange) finish() {
+	x.publish() // the cost, which the limits charge
 	if x.reservation != nil {
 		x.h.Limits.settle(x)
 	}
 	x.out.release()
-	x.publish()
 	if x.ep != nil {
 		x.record()
 	}
@@ -363,6 +374,7 @@ func (x *exchange) finish() {
 		if x.cache != nil {
 			summary.cache = x.cache.result
 		}
+		summary.prices, summary.priced, summary.costUSD = x.h.prices != nil, x.priced, x.costUSD
 		if x.h.LogSizes {
 			summary.sizes = true
 			summary.promptBytes, summary.completionBytes = x.req.PromptBytes, x.completionBytes
@@ -402,6 +414,8 @@ type logSummary struct {
 	decoded                       bool // the request body was decoded
 	model, finishReason, upstream string
 	cache                         string // the cache lookup's result, with a cache
+	prices, priced                bool   // prices are configured; one prices the model
+	costUSD                       float64
 	stream                        bool
 	usage                         openai.Usage
 	ttft                          time.Duration
@@ -432,6 +446,15 @@ func (s logSummary) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	}
 	if s.cache != "" {
 		enc.AddString("cache", s.cache)
+	}
+	if s.prices {
+		enc.AddFloat64("cost_usd", s.costUSD)
+		switch {
+		case !s.priced:
+			enc.AddBool("unpriced", true)
+		case s.usage.Estimated:
+			enc.AddBool("cost_estimated", true)
+		}
 	}
 	if s.sizes {
 		enc.AddInt("prompt_bytes", s.promptBytes)

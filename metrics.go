@@ -27,6 +27,8 @@ var gatewayMetrics = struct {
 	upstreamErrors *prometheus.CounterVec
 	retries        prometheus.Counter
 	overhead       prometheus.Histogram
+	cost           *prometheus.CounterVec
+	unpriced       *prometheus.CounterVec
 }{}
 
 // llmBuckets span a cached reply (milliseconds) to a long generation
@@ -56,13 +58,19 @@ func registerMetrics(registry *prometheus.Registry) error {
 			Help: "Tokens by model, type (prompt, completion) and key (with metrics_per_key), as the backend reported them or as estimated."}, []string{"model", "type", "key"})
 		m.upstreamErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "upstream_errors_total",
 			Help: "Failures of backends, by reason."}, []string{"reason"})
+		m.cost = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "cost_usd_total",
+			Help: "What requests cost, in US dollars, at the price of the model that served them, by model and key (with metrics_per_key); replies from the cache cost nothing."},
+			[]string{"model", "key"})
+		m.unpriced = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "unpriced_requests_total",
+			Help: "Requests served by a model no price line or prices_file prices, with prices configured: they cost 0."},
+			[]string{"model"})
 		m.retries = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "retries_total",
 			Help: "Attempts made after a first one failed: stream retries, fallbacks, and the proxy's retries on a new connection."})
 		m.overhead = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "overhead_seconds",
 			Help:    "Time spent in the gateway itself per API request (parsing, validation, routing, normalization), excluding the backend and network I/O.",
 			Buckets: []float64{.00001, .000025, .00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1}})
 	})
-	return register(registry, m.requests, m.inFlight, m.duration, m.ttft, m.perToken, m.tokens, m.upstreamErrors, m.retries, m.overhead)
+	return register(registry, m.requests, m.inFlight, m.duration, m.ttft, m.perToken, m.tokens, m.upstreamErrors, m.retries, m.overhead, m.cost, m.unpriced)
 }
 
 // register registers the process-wide collectors into a config's
@@ -143,6 +151,12 @@ func (x *exchange) record() {
 		if x.req.Stream && x.usage.CompletionTokens > 1 && x.outcome == outcomeOK && !served {
 			s.perToken.Observe((total - x.ttft).Seconds() / float64(x.usage.CompletionTokens-1))
 		}
+	}
+	switch {
+	case x.priced:
+		m.cost.WithLabelValues(model, key).Add(x.costUSD)
+	case x.h.prices != nil:
+		m.unpriced.WithLabelValues(model).Inc()
 	}
 	if (x.usage.PromptTokens > 0 || x.usage.CompletionTokens > 0) && !served {
 		s.promptTokens.Add(float64(x.usage.PromptTokens))

@@ -187,6 +187,22 @@ type Handler struct {
 	// Default: none.
 	Cache *Cache `json:"cache,omitempty"`
 
+	// Prices are what models cost, for the cost of each request (the
+	// access log's cost_usd, {http.chat_gateway.cost_usd}, the cost
+	// metric) and the budgets of limits: the first whose pattern
+	// matches the model the backend served applies.
+	Prices []*ModelPrice `json:"prices,omitempty"`
+
+	// PricesFile is a price list in the format of LiteLLM's
+	// model_prices_and_context_window.json (input_cost_per_token,
+	// output_cost_per_token, cache_read_input_token_cost), for models
+	// by exact name that no price line matches. Read when the config
+	// loads; placeholders such as {env.PRICES} are resolved.
+	PricesFile string `json:"prices_file,omitempty"`
+
+	// prices are Prices and PricesFile, read; nil without either.
+	prices *prices
+
 	// routes maps a model name (or alias) to where it is served.
 	routes map[string]route
 	// catchAll is the backend without models: it serves every model no
@@ -250,6 +266,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.routes = make(map[string]route)
 	repl := caddy.NewReplacer()
 	if err := h.provisionAuth(ctx, repl); err != nil {
+		return err
+	}
+	if err := h.provisionPrices(repl); err != nil {
 		return err
 	}
 	if h.Limits != nil {

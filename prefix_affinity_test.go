@@ -314,7 +314,7 @@ func scrape(t *testing.T, g *gateway) map[string]float64 {
 		t.Fatalf("/metrics: %d", resp.StatusCode)
 	}
 	out := map[string]float64{}
-	line := regexp.MustCompile(`(?m)^(caddy_chat_gateway_routing_\S+) (\S+)$`)
+	line := regexp.MustCompile(`(?m)^(caddy_chat_gateway_\S+) (\S+)$`)
 	for _, m := range line.FindAllStringSubmatch(body, -1) {
 		v, _ := strconv.ParseFloat(m[2], 64)
 		out[m[1]] = v

@@ -122,6 +122,7 @@ func (h *Handler) attempt(x *exchange, rt route, body []byte, deadline time.Time
 		model = rt.model
 		body = openai.SetMember(body, "model", jsonString(rt.model))
 	}
+	x.servedModel = model
 	if p := x.cache.embeddings(); p != nil {
 		body = p.upstream(body) // only the inputs the cache lacks
 	}

@@ -190,8 +190,7 @@ func replyOf(msg *Message) openai.Reply {
 	for _, b := range msg.Content {
 		n += len(b.Text) + len(b.Input)
 	}
-	return openai.Reply{FinishReason: msg.StopReason, CompletionBytes: n, Usage: openai.Usage{
-		PromptTokens: msg.Usage.InputTokens, CompletionTokens: msg.Usage.OutputTokens, Estimated: msg.Usage.Estimated}}
+	return openai.Reply{FinishReason: msg.StopReason, CompletionBytes: n, Usage: msg.Usage.gateway()}
 }
 
 // chatMessagesStream is the EventStream of a chat completion stream
@@ -255,7 +254,5 @@ func (s *chatMessagesStream) FromReply(_ []byte, _ bool, emit openai.Emit) error
 }
 
 func (s *chatMessagesStream) Result() openai.Reply {
-	u := s.st.Usage()
-	return openai.Reply{FinishReason: s.st.StopReason(), CompletionBytes: s.st.OutputBytes(),
-		Usage: openai.Usage{PromptTokens: u.InputTokens, CompletionTokens: u.OutputTokens, Estimated: u.Estimated}}
+	return openai.Reply{FinishReason: s.st.StopReason(), CompletionBytes: s.st.OutputBytes(), Usage: s.st.Usage().gateway()}
 }

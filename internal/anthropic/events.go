@@ -35,7 +35,7 @@ func appendMessageStart(dst []byte, m *Message, inputTokens int64) []byte {
 	dst = append(dst, `{"type":"message_start","message":`...)
 	dst = m.appendHead(dst)
 	dst = append(dst, `],"stop_reason":null,"stop_sequence":null,"usage":`...)
-	dst = appendUsage(dst, inputTokens, 0)
+	dst = appendUsage(dst, Usage{InputTokens: inputTokens})
 	return append(dst, "}}\n\n"...)
 }
 
@@ -82,7 +82,7 @@ func appendMessageEnd(dst []byte, reason, sequence string, u Usage) []byte {
 	dst = append(dst, `,"stop_sequence":`...)
 	dst = appendNullable(dst, sequence)
 	dst = append(dst, `},"usage":`...)
-	dst = appendUsage(dst, u.InputTokens, u.OutputTokens)
+	dst = appendUsage(dst, u)
 	dst = append(dst, "}\n\n"...)
 	dst = appendEventHead(dst, "message_stop")
 	return append(dst, "{\"type\":\"message_stop\"}\n\n"...)

@@ -32,8 +32,22 @@ type nativeMessage struct {
 
 // nativeUsage is a Messages usage object; a count may be absent.
 type nativeUsage struct {
-	InputTokens  *int64 `json:"input_tokens"`
-	OutputTokens *int64 `json:"output_tokens"`
+	InputTokens         *int64 `json:"input_tokens"`
+	CacheReadTokens     *int64 `json:"cache_read_input_tokens"`
+	CacheCreationTokens *int64 `json:"cache_creation_input_tokens"`
+	OutputTokens        *int64 `json:"output_tokens"`
+}
+
+// into sets the counts u has in usage.
+func (u nativeUsage) into(usage *Usage) {
+	for _, c := range []struct {
+		from *int64
+		to   *int64
+	}{{u.InputTokens, &usage.InputTokens}, {u.CacheReadTokens, &usage.CacheReadTokens}, {u.CacheCreationTokens, &usage.CacheCreationTokens}, {u.OutputTokens, &usage.OutputTokens}} {
+		if c.from != nil {
+			*c.to = *c.from
+		}
+	}
 }
 
 // parseMessage reads a native backend's Messages reply. Its text and
@@ -45,12 +59,7 @@ func parseMessage(body []byte) (*Message, error) {
 		return nil, openai.ErrInvalidReply
 	}
 	msg := &Message{ID: n.ID, Model: n.Model, StopReason: n.StopReason, StopSequence: n.StopSequence}
-	if n.Usage.InputTokens != nil {
-		msg.Usage.InputTokens = *n.Usage.InputTokens
-	}
-	if n.Usage.OutputTokens != nil {
-		msg.Usage.OutputTokens = *n.Usage.OutputTokens
-	}
+	n.Usage.into(&msg.Usage)
 	for _, b := range n.Content {
 		switch b.Type {
 		case "text":
@@ -67,7 +76,7 @@ func parseMessage(body []byte) (*Message, error) {
 // read as JSON, usage and stop reason noted on the way.
 type nativeMessagesStream struct {
 	m        *Endpoint
-	usage    openai.Usage
+	usage    Usage
 	stop     string
 	bytes    int // text and tool input received
 	content  bool
@@ -109,7 +118,7 @@ func (s *nativeMessagesStream) Event(dst, name, data []byte) ([]byte, error) {
 		e.Status = StatusOf(e.Type)
 		return dst, e
 	case "message_start":
-		s.readUsage(ev.Message.Usage)
+		ev.Message.Usage.into(&s.usage)
 	case "content_block_start", "content_block_delta":
 		s.content = true
 		s.bytes += len(ev.Delta.Text) + len(ev.Delta.PartialJSON)
@@ -117,21 +126,11 @@ func (s *nativeMessagesStream) Event(dst, name, data []byte) ([]byte, error) {
 		if ev.Delta.StopReason != "" {
 			s.stop = ev.Delta.StopReason
 		}
-		s.readUsage(ev.Usage)
+		ev.Usage.into(&s.usage)
 	case "message_stop":
 		s.complete = true
 	}
 	return sse.AppendEvent(dst, typ, data), nil
-}
-
-// readUsage keeps the counts a usage object has.
-func (s *nativeMessagesStream) readUsage(u nativeUsage) {
-	if u.InputTokens != nil {
-		s.usage.PromptTokens = *u.InputTokens
-	}
-	if u.OutputTokens != nil {
-		s.usage.CompletionTokens = *u.OutputTokens
-	}
 }
 
 func (s *nativeMessagesStream) Content() bool  { return s.content }
@@ -149,5 +148,5 @@ func (s *nativeMessagesStream) FromReply(_ []byte, _ bool, emit openai.Emit) err
 }
 
 func (s *nativeMessagesStream) Result() openai.Reply {
-	return openai.Reply{FinishReason: s.stop, Usage: s.usage, CompletionBytes: s.bytes}
+	return openai.Reply{FinishReason: s.stop, Usage: s.usage.gateway(), CompletionBytes: s.bytes}
 }

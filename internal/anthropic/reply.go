@@ -43,10 +43,16 @@ type Block struct {
 	Input json.RawMessage
 }
 
-// Usage is the token accounting of a reply.
+// Usage is the token accounting of a reply, in Anthropic's terms.
 type Usage struct {
-	// InputTokens is the backend's prompt_tokens.
+	// InputTokens is the prompt tokens not read from the backend's
+	// prompt cache: a chat backend's prompt_tokens less its
+	// cached_tokens.
 	InputTokens int64
+	// CacheReadTokens is the prompt tokens read from the cache (a chat
+	// backend's cached_tokens); CacheCreationTokens those a native
+	// backend wrote to it.
+	CacheReadTokens, CacheCreationTokens int64
 	// OutputTokens is the backend's completion_tokens.
 	OutputTokens int64
 	// Estimated is true when the backend reported nothing and the
@@ -79,7 +85,7 @@ func (m *Message) AppendJSON(dst []byte) []byte {
 	dst = append(dst, `,"stop_sequence":`...)
 	dst = appendNullable(dst, m.StopSequence)
 	dst = append(dst, `,"usage":`...)
-	dst = appendUsage(dst, m.Usage.InputTokens, m.Usage.OutputTokens)
+	dst = appendUsage(dst, m.Usage)
 	return append(dst, '}')
 }
 
@@ -109,14 +115,31 @@ func (b *Block) appendJSON(dst, input []byte) []byte {
 	return append(dst, '}')
 }
 
-// appendUsage appends a usage object. The cache counts are always 0:
-// chat backends report no prompt cache in Anthropic's terms.
-func appendUsage(dst []byte, in, out int64) []byte {
+// appendUsage appends a usage object.
+func appendUsage(dst []byte, u Usage) []byte {
 	dst = append(dst, `{"input_tokens":`...)
-	dst = strconv.AppendInt(dst, in, 10)
-	dst = append(dst, `,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":`...)
-	dst = strconv.AppendInt(dst, out, 10)
+	dst = strconv.AppendInt(dst, u.InputTokens, 10)
+	dst = append(dst, `,"cache_creation_input_tokens":`...)
+	dst = strconv.AppendInt(dst, u.CacheCreationTokens, 10)
+	dst = append(dst, `,"cache_read_input_tokens":`...)
+	dst = strconv.AppendInt(dst, u.CacheReadTokens, 10)
+	dst = append(dst, `,"output_tokens":`...)
+	dst = strconv.AppendInt(dst, u.OutputTokens, 10)
 	return append(dst, '}')
+}
+
+// gateway is u in the gateway's terms: every prompt token counted, those
+// read from the cache among them.
+func (u Usage) gateway() openai.Usage {
+	return openai.Usage{PromptTokens: u.InputTokens + u.CacheReadTokens + u.CacheCreationTokens, CachedTokens: u.CacheReadTokens,
+		CompletionTokens: u.OutputTokens, Estimated: u.Estimated}
+}
+
+// chatUsage is a chat backend's prompt and completion tokens, cached
+// being the prompt tokens it read from its cache, in Anthropic's terms.
+func chatUsage(prompt, cached, completion int64) Usage {
+	cached = min(cached, prompt)
+	return Usage{InputTokens: prompt - cached, CacheReadTokens: cached, OutputTokens: completion}
 }
 
 func appendNullable(dst []byte, s string) []byte {
@@ -164,8 +187,11 @@ func FromCompletion(body []byte, o ReplyOptions) (*Message, *openai.Error) {
 			StopReason   json.RawMessage `json:"stop_reason"` // vLLM: the stop string matched
 		} `json:"choices"`
 		Usage *struct {
-			PromptTokens     *int64 `json:"prompt_tokens"`
-			CompletionTokens *int64 `json:"completion_tokens"`
+			PromptTokens        *int64 `json:"prompt_tokens"`
+			CompletionTokens    *int64 `json:"completion_tokens"`
+			PromptTokensDetails struct {
+				CachedTokens int64 `json:"cached_tokens"`
+			} `json:"prompt_tokens_details"`
 		} `json:"usage"`
 	}
 	if json.Unmarshal(body, &c) != nil || len(c.Choices) == 0 {
@@ -209,7 +235,7 @@ func FromCompletion(body []byte, o ReplyOptions) (*Message, *openai.Error) {
 	}
 	m.StopReason, m.StopSequence = stopReason(finish, len(ch.Message.ToolCalls) > 0, matched, text, o.StopSequences)
 	if u := c.Usage; u != nil && u.PromptTokens != nil && u.CompletionTokens != nil {
-		m.Usage = Usage{InputTokens: *u.PromptTokens, OutputTokens: *u.CompletionTokens}
+		m.Usage = chatUsage(*u.PromptTokens, u.PromptTokensDetails.CachedTokens, *u.CompletionTokens)
 	} else {
 		m.Usage = Usage{InputTokens: openai.EstimateTokens(o.PromptBytes), OutputTokens: openai.EstimateTokens(outBytes), Estimated: true}
 	}

@@ -19,32 +19,34 @@ func TestFromCompletion(t *testing.T) {
 		want       *Message
 	}{
 		{"text, stop", `{"id":"x","choices":[{"index":0,"message":{"role":"assistant","content":"Hi <there>"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}}`,
-			&Message{ID: "req-9", Model: "claude-x", Content: []Block{{Type: "text", Text: "Hi <there>"}}, StopReason: StopEndTurn, Usage: Usage{12, 3, false}}},
+			&Message{ID: "req-9", Model: "claude-x", Content: []Block{{Type: "text", Text: "Hi <there>"}}, StopReason: StopEndTurn, Usage: Usage{InputTokens: 12, OutputTokens: 3}}},
+		{"cached prompt tokens, in Anthropic's terms", `{"choices":[{"message":{"content":"abc"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":8}}}`,
+			&Message{ID: "req-9", Model: "claude-x", Content: []Block{{Type: "text", Text: "abc"}}, StopReason: StopEndTurn, Usage: Usage{InputTokens: 4, CacheReadTokens: 8, OutputTokens: 3}}},
 		{"length", `{"choices":[{"message":{"content":"abc"},"finish_reason":"length"}],"usage":{"prompt_tokens":1,"completion_tokens":2}}`,
-			&Message{ID: "req-9", Model: "claude-x", Content: []Block{{Type: "text", Text: "abc"}}, StopReason: StopMaxTokens, Usage: Usage{1, 2, false}}},
+			&Message{ID: "req-9", Model: "claude-x", Content: []Block{{Type: "text", Text: "abc"}}, StopReason: StopMaxTokens, Usage: Usage{InputTokens: 1, OutputTokens: 2}}},
 		{"content_filter", `{"choices":[{"message":{"content":null,"refusal":"I can't."},"finish_reason":"content_filter"}],"usage":{"prompt_tokens":1,"completion_tokens":2}}`,
-			&Message{ID: "req-9", Model: "claude-x", Content: []Block{{Type: "text", Text: "I can't."}}, StopReason: StopRefusal, Usage: Usage{1, 2, false}}},
+			&Message{ID: "req-9", Model: "claude-x", Content: []Block{{Type: "text", Text: "I can't."}}, StopReason: StopRefusal, Usage: Usage{InputTokens: 1, OutputTokens: 2}}},
 		{"stop sequence named by vLLM", `{"choices":[{"message":{"content":"a list"},"finish_reason":"stop","stop_reason":"END"}],"usage":{"prompt_tokens":1,"completion_tokens":2}}`,
-			&Message{ID: "req-9", Model: "claude-x", Content: []Block{{Type: "text", Text: "a list"}}, StopReason: StopSequence, StopSequence: "END", Usage: Usage{1, 2, false}}},
+			&Message{ID: "req-9", Model: "claude-x", Content: []Block{{Type: "text", Text: "a list"}}, StopReason: StopSequence, StopSequence: "END", Usage: Usage{InputTokens: 1, OutputTokens: 2}}},
 		{"stop sequence left in the text", `{"choices":[{"message":{"content":"a list###"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":2}}`,
-			&Message{ID: "req-9", Model: "claude-x", Content: []Block{{Type: "text", Text: "a list###"}}, StopReason: StopSequence, StopSequence: "###", Usage: Usage{1, 2, false}}},
+			&Message{ID: "req-9", Model: "claude-x", Content: []Block{{Type: "text", Text: "a list###"}}, StopReason: StopSequence, StopSequence: "###", Usage: Usage{InputTokens: 1, OutputTokens: 2}}},
 		{"vLLM stop token id is no sequence", `{"choices":[{"message":{"content":"done"},"finish_reason":"stop","stop_reason":128009}],"usage":{"prompt_tokens":1,"completion_tokens":2}}`,
-			&Message{ID: "req-9", Model: "claude-x", Content: []Block{{Type: "text", Text: "done"}}, StopReason: StopEndTurn, Usage: Usage{1, 2, false}}},
+			&Message{ID: "req-9", Model: "claude-x", Content: []Block{{Type: "text", Text: "done"}}, StopReason: StopEndTurn, Usage: Usage{InputTokens: 1, OutputTokens: 2}}},
 		{"tool calls", `{"choices":[{"message":{"content":"Checking.","tool_calls":[
 				{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\": \"Paris\"}"}},
 				{"type":"function","function":{"name":"now","arguments":""}},
 				{"id":"call_1","type":"function","function":{"name":"again","arguments":{"k":[true]}}}]},"finish_reason":"tool_calls"}],
 				"usage":{"prompt_tokens":30,"completion_tokens":20}}`,
-			&Message{ID: "req-9", Model: "claude-x", StopReason: StopToolUse, Usage: Usage{30, 20, false}, Content: []Block{
+			&Message{ID: "req-9", Model: "claude-x", StopReason: StopToolUse, Usage: Usage{InputTokens: 30, OutputTokens: 20}, Content: []Block{
 				{Type: "text", Text: "Checking."},
 				{Type: "tool_use", ID: "call_1", Name: "get_weather", Input: json.RawMessage(`{"city": "Paris"}`)},
 				{Type: "tool_use", ID: "(minted)", Name: "now", Input: json.RawMessage(`{}`)},
 				{Type: "tool_use", ID: "(minted)", Name: "again", Input: json.RawMessage(`{"k":[true]}`)}}}},
 		{"tool calls though finish says stop, no usage", `{"choices":[{"message":{"content":null,"tool_calls":[{"id":"c","function":{"name":"f","arguments":"null"}}]},"finish_reason":"stop"}]}`,
-			&Message{ID: "req-9", Model: "claude-x", StopReason: StopToolUse, Usage: Usage{10, 1, true},
+			&Message{ID: "req-9", Model: "claude-x", StopReason: StopToolUse, Usage: Usage{InputTokens: 10, OutputTokens: 1, Estimated: true},
 				Content: []Block{{Type: "tool_use", ID: "c", Name: "f", Input: json.RawMessage(`{}`)}}}},
 		{"text parts, no finish", `{"choices":[{"message":{"content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}}],"usage":{"prompt_tokens":1,"completion_tokens":2}}`,
-			&Message{ID: "req-9", Model: "claude-x", Content: []Block{{Type: "text", Text: "ab"}}, StopReason: StopEndTurn, Usage: Usage{1, 2, false}}},
+			&Message{ID: "req-9", Model: "claude-x", Content: []Block{{Type: "text", Text: "ab"}}, StopReason: StopEndTurn, Usage: Usage{InputTokens: 1, OutputTokens: 2}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -178,7 +180,7 @@ func TestStreamErrors(t *testing.T) {
 func TestStreamUsage(t *testing.T) {
 	s := &Stream{ReplyOptions: ReplyOptions{ID: "r", Model: "m", PromptBytes: 100}}
 	out := translate(s, [][]byte{[]byte(`{"choices":[{"delta":{"content":"12345678"},"finish_reason":"stop"}]}`)})
-	if u := s.Usage(); u != (Usage{25, 2, true}) || !s.Finished() || !s.HasContent() {
+	if u := s.Usage(); u != (Usage{InputTokens: 25, OutputTokens: 2, Estimated: true}) || !s.Finished() || !s.HasContent() {
 		t.Errorf("estimated usage %+v, want 25 in, 2 out, estimated, finished with content", u)
 	}
 	res, _ := checkStream(parseEvents(t, out))

@@ -481,7 +481,7 @@ func (s *Stream) readUsage(v []byte) {
 		}
 	}
 	if hasIn && hasOut {
-		s.usage, s.hasUsage = Usage{InputTokens: in, OutputTokens: out}, true
+		s.usage, s.hasUsage = chatUsage(in, openai.CachedTokens(v, "prompt_tokens_details"), out), true
 	}
 }
 

@@ -138,7 +138,7 @@ func collectObject(b []byte, dst []span) ([]span, bool) {
 // output_tokens). It reports false when v has no usable counts.
 func readResponseUsage(v []byte) (Usage, bool) {
 	in, out, hasIn, hasOut := readCounts(v, "input_tokens", "output_tokens")
-	return Usage{PromptTokens: in, CompletionTokens: out}, hasIn && hasOut
+	return Usage{PromptTokens: in, CachedTokens: CachedTokens(v, "input_tokens_details"), CompletionTokens: out}, hasIn && hasOut
 }
 
 // outputTextBytes is the size of a Response's output for the estimate:

@@ -8,7 +8,12 @@ import (
 
 // Usage is the token accounting of one reply.
 type Usage struct {
-	PromptTokens     int64
+	PromptTokens int64
+	// CachedTokens is how many of the prompt tokens the backend read
+	// from its prompt cache, as it reported them (OpenAI's
+	// prompt_tokens_details.cached_tokens, Anthropic's
+	// cache_read_input_tokens); 0 when it reported none.
+	CachedTokens     int64
 	CompletionTokens int64
 	// Estimated is true when the backend reported nothing and the
 	// figures come from EstimateTokens.
@@ -50,7 +55,16 @@ func readCounts(v []byte, a, b string) (na, nb int64, hasA, hasB bool) {
 // no usable prompt and completion counts.
 func readUsage(v []byte) (Usage, bool) {
 	prompt, completion, hasPrompt, hasCompletion := readCounts(v, "prompt_tokens", "completion_tokens")
-	return Usage{PromptTokens: prompt, CompletionTokens: completion}, hasPrompt && hasCompletion
+	return Usage{PromptTokens: prompt, CachedTokens: CachedTokens(v, "prompt_tokens_details"), CompletionTokens: completion}, hasPrompt && hasCompletion
+}
+
+// CachedTokens reads the prompt tokens a backend read from its cache in
+// the usage object v: details' cached_tokens (prompt_tokens_details for
+// chat and completions, input_tokens_details for a Response); 0 when it
+// has none.
+func CachedTokens(v []byte, details string) int64 {
+	n, _ := parseCount(Member(Member(v, details), "cached_tokens"))
+	return n
 }
 
 // parseCount reads a non-negative integer: a token count, a timestamp.

@@ -290,10 +290,7 @@ func (c *Cache) use(x *exchange, rt route, body []byte) *cacheUse {
 	if c.Scope != cacheScopeShared {
 		scope = x.owner()
 	}
-	model := x.req.Model
-	if rt.model != "" {
-		model = rt.model
-	}
+	model := rt.modelFor(x.req.Model)
 	shape := "translated"
 	if rt.backend.servesMessages() {
 		shape = "native"
@@ -568,10 +565,7 @@ func (c *Cache) prepareEmbeddings(x *exchange, rt route, body []byte) {
 		use.result = cacheBypass
 		return
 	}
-	p := &embedPlan{keys: make([]string, len(items)), items: items, cached: make([][]byte, len(items)), single: single, model: x.req.Model}
-	if rt.model != "" {
-		p.model = rt.model
-	}
+	p := &embedPlan{keys: make([]string, len(items)), items: items, cached: make([][]byte, len(items)), single: single, model: rt.modelFor(x.req.Model)}
 	for i, item := range items {
 		p.keys[i] = cache.Key([]byte(use.key), item)
 	}

@@ -67,6 +67,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	            tokens <n>/<window>
 //	            concurrent <n>
 //	            quota <n>/<day|week|month>
+//	            budget <USD>/<day|week|month>
 //	        }
 //	        keys_file <path>
 //	    }
@@ -78,12 +79,14 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        tokens <n>/<window>
 //	        concurrent <n>
 //	        quota <n>/<day|week|month>
+//	        budget <USD>/<day|week|month>
 //	        per <placeholder>
 //	        model <pattern> {
 //	            requests <n>/<window>
 //	            tokens <n>/<window>
 //	            concurrent <n>
 //	            quota <n>/<day|week|month>
+//	            budget <USD>/<day|week|month>
 //	        }
 //	        default_max_tokens <n>
 //	        store memory | redis <host:port> {
@@ -543,8 +546,8 @@ var keyOptions = withLimitLines(map[string]subdirective[ClientKey]{
 	"disabled": {read: func(e *ClientKey, d *caddyfile.Dispenser) error { return noArgs(d, &e.Disabled) }},
 }, func(e *ClientKey) *LimitSet { return &e.LimitSet })
 
-// withLimitLines adds to options the requests, tokens, concurrent and
-// quota lines, which fill the LimitSet set returns of the block's value.
+// withLimitLines adds to options the requests, tokens, concurrent, quota
+// and budget lines, which fill the LimitSet set returns of the block's value.
 func withLimitLines[T any](options map[string]subdirective[T], set func(*T) *LimitSet) map[string]subdirective[T] {
 	rate := func(field func(*LimitSet) *string, parse func(string) error) subdirective[T] {
 		return subdirective[T]{read: func(t *T, d *caddyfile.Dispenser) error {
@@ -561,6 +564,7 @@ func withLimitLines[T any](options map[string]subdirective[T], set func(*T) *Lim
 	options["requests"] = rate(func(s *LimitSet) *string { return &s.Requests }, parseRate)
 	options["tokens"] = rate(func(s *LimitSet) *string { return &s.Tokens }, parseRate)
 	options["quota"] = rate(func(s *LimitSet) *string { return &s.Quota }, func(v string) error { _, err := limits.ParseQuota(v); return err })
+	options["budget"] = rate(func(s *LimitSet) *string { return &s.Budget }, func(v string) error { _, err := limits.ParseBudget(v); return err })
 	options["concurrent"] = subdirective[T]{read: func(t *T, d *caddyfile.Dispenser) error { return countArg(d, &set(t).Concurrent) }}
 	return options
 }

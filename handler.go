@@ -121,7 +121,7 @@ func (h *Handler) serveEndpoint(x *exchange, ep openai.Endpoint) {
 			h.Cache.prepare(x, rt, body)
 		}
 	}
-	if h.Limits != nil && !h.Limits.admit(x) {
+	if h.Limits != nil && !h.Limits.admit(x, rt.modelFor(req.Model)) {
 		return
 	}
 	if h.echoMode() {

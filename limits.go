@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/chatgateway/caddy-chat-gateway/internal/limits"
 	"github.com/chatgateway/caddy-chat-gateway/internal/openai"
+	"github.com/chatgateway/caddy-chat-gateway/internal/pricing"
 )
 
 // Defaults of the limits block.
@@ -52,6 +54,14 @@ type LimitSet struct {
 	// "<n>/<day|week|month>", e.g. "1000000/month". It starts afresh at
 	// each period boundary.
 	Quota string `json:"quota,omitempty"`
+
+	// Budget limits spending per UTC calendar period, in US dollars at
+	// the handler's prices, as "<USD>/<day|week|month>", e.g.
+	// "25/month" or "2.50/day". A request reserves its largest cost
+	// (the prompt estimate at the input price plus its completion
+	// budget at the output price) and is charged its real cost after.
+	// A model without a price costs nothing.
+	Budget string `json:"budget,omitempty"`
 }
 
 // parse returns the limits of s.
@@ -71,6 +81,11 @@ func (s LimitSet) parse() (limits.Set, error) {
 	if s.Quota != "" {
 		if set.Quota, err = limits.ParseQuota(s.Quota); err != nil {
 			return set, fmt.Errorf("quota: %w", err)
+		}
+	}
+	if s.Budget != "" {
+		if set.Budget, err = limits.ParseBudget(s.Budget); err != nil {
+			return set, fmt.Errorf("budget: %w", err)
 		}
 	}
 	if s.Concurrent < 0 {
@@ -329,14 +344,16 @@ func (l *Limits) identity(x *exchange) string {
 	return clientIP(x.r)
 }
 
-// reserveTokens is what a request reserves: its prompt estimate plus the
-// largest completion budget a backend could honour (else
+// reserveAmount is what a request reserves. Tokens: its prompt estimate
+// plus the largest completion budget a backend could honour (else
 // default_max_tokens), once for each output it asks for (n, best_of),
 // capped at the tokens limits so a lone request can always pass, unless
-// the prompt alone exceeds them: that one can never pass.
-func (l *Limits) reserveTokens(dims []limits.Dimension, x *exchange) int64 {
+// the prompt alone exceeds them: that one can never pass. Money, where a
+// budget applies: the prompt estimate at model's input price plus the
+// whole completion budget at its output price.
+func (l *Limits) reserveAmount(dims []limits.Dimension, x *exchange, model string) limits.Amount {
 	if x.cache.served() {
-		return 0 // a stored reply: no backend computes it
+		return limits.Amount{} // a stored reply: no backend computes it
 	}
 	prompt := openai.EstimateTokens(x.req.PromptBytes)
 	budget := min(x.req.MaxOutputTokens, maxReserve)
@@ -350,20 +367,27 @@ func (l *Limits) reserveTokens(dims []limits.Dimension, x *exchange) int64 {
 		budget = min(budget, maxReserve/n) * n
 	}
 	capped := limits.CapTokens(dims, min(prompt+budget, maxReserve))
-	return max(capped, min(prompt, maxReserve))
+	a := limits.Amount{Tokens: max(capped, min(prompt, maxReserve))}
+	if x.h.prices != nil && slices.ContainsFunc(dims, func(d limits.Dimension) bool { return d.Kind == limits.KindBudget }) {
+		if price, ok := x.h.prices.lookup(model); ok {
+			a.Micros = min(pricing.Micros(price.USD(pricing.Usage{Prompt: prompt, Completion: budget})), maxReserve)
+		}
+	}
+	return a
 }
 
-// admit reserves the request's limits. It reports false when it has
+// admit reserves the request's limits, its cost at the price of model
+// (the one its route asks the backend for). It reports false when it has
 // answered the request instead: a 429, or a 503 when the store failed
 // and on_store_error is deny.
-func (l *Limits) admit(x *exchange) bool {
+func (l *Limits) admit(x *exchange, model string) bool {
 	dims := l.dimensions(l.identity(x), x.keyLimits, x.req.Model)
 	if len(dims) == 0 {
 		return true
 	}
-	tokens := l.reserveTokens(dims, x)
+	amount := l.reserveAmount(dims, x, model)
 	begin := time.Now()
-	dec, err := l.limiter.Reserve(x.r.Context(), dims, tokens)
+	dec, err := l.limiter.Reserve(x.r.Context(), dims, amount)
 	if took := time.Since(begin); l.memory {
 		x.addOwnTime(took)
 	} else { // network I/O, not the gateway's own work
@@ -425,9 +449,9 @@ func (l *Limits) settle(x *exchange) {
 	res := x.reservation
 	x.reservation = nil
 	refund := x.outcome != outcomeOK && x.ttft == 0
-	used := x.usage.PromptTokens + x.usage.CompletionTokens
+	used := limits.Amount{Tokens: min(x.usage.PromptTokens+x.usage.CompletionTokens, maxReserve), Micros: min(pricing.Micros(x.costUSD), maxReserve)}
 	if x.cache.served() {
-		used = 0 // no backend computed it
+		used = limits.Amount{} // no backend computed it
 	}
 	ctx := context.WithoutCancel(x.r.Context())
 	run := func() {
@@ -436,8 +460,8 @@ func (l *Limits) settle(x *exchange) {
 		if refund {
 			err = l.limiter.Refund(ctx, res)
 		} else {
-			err = l.limiter.Reconcile(ctx, res, min(used, maxReserve))
-			limitMetrics.estimateError.Observe(float64(res.Tokens() - used))
+			err = l.limiter.Reconcile(ctx, res, used)
+			limitMetrics.estimateError.Observe(float64(res.Tokens() - used.Tokens))
 		}
 		if !l.memory {
 			limitMetrics.storeDuration.WithLabelValues("settle").Observe(time.Since(begin).Seconds())

@@ -64,7 +64,11 @@ func denialError(h http.Header, den *limits.Denial) *openai.Error {
 	if m, ok := strings.CutPrefix(d.Scope, "model:"); ok {
 		who = "model " + m
 	}
-	if den.TooLarge {
+	switch {
+	case den.TooLarge && d.Kind == limits.KindBudget:
+		return openai.RequestOverLimit(fmt.Sprintf("Request too large for the budget of %s: it could cost up to %s, more than the whole budget of %s per %s. Lower max_tokens (or max_completion_tokens) so that it can run.",
+			who, usd(den.Requested), usd(d.Limit), d.Period))
+	case den.TooLarge:
 		return openai.RequestOverLimit(fmt.Sprintf("Request too large for %s on %s: Limit %d, Requested %d. The input or output tokens must be reduced in order to run successfully.",
 			who, perWhat(d), d.Limit, den.Requested))
 	}
@@ -77,6 +81,9 @@ func denialError(h http.Header, den *limits.Denial) *openai.Error {
 	case limits.KindQuota:
 		return openai.InsufficientQuota(fmt.Sprintf("You exceeded your current quota for %s on %s: Limit %d, Used %d, Requested %d. It resets in %s.",
 			who, perWhat(d), d.Limit, den.Used, den.Requested, wait))
+	case limits.KindBudget:
+		return openai.InsufficientQuota(fmt.Sprintf("You exceeded your current budget for %s: Limit %s per %s, Used %s, Requested up to %s. It resets in %s.",
+			who, usd(d.Limit), d.Period, usd(den.Used), usd(den.Requested), wait))
 	}
 	return openai.RateLimitExceeded(fmt.Sprintf("Rate limit reached for %s on %s: Limit %d, Used %d, Requested %d. Please try again in %s.",
 		who, perWhat(d), d.Limit, den.Used, den.Requested, wait))
@@ -90,4 +97,9 @@ func perWhat(d limits.Dimension) string {
 	}
 	_, window, _ := strings.Cut(limits.Rate{N: d.Limit, Window: d.Window}.String(), "/")
 	return d.Kind.String() + " per " + window
+}
+
+// usd formats an amount of millionths of a dollar: "$2.5", "$0.000182".
+func usd(micros int64) string {
+	return "$" + strconv.FormatFloat(float64(micros)/1e6, 'f', -1, 64)
 }

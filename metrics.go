@@ -214,11 +214,11 @@ func registerLimitMetrics(registry *prometheus.Registry) error {
 	m := &limitMetrics
 	m.once.Do(func() {
 		m.decisions = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "ratelimit_decisions_total",
-			Help: "Limit decisions by dimension (requests, tokens, concurrent, quota; model_* for model limits; store for store failures) and result (allowed, denied)."},
+			Help: "Limit decisions by dimension (requests, tokens, concurrent, quota, budget; model_* for model limits; store for store failures) and result (allowed, denied)."},
 			[]string{"dimension", "result"})
 		m.byDimension = make(map[decisionKey]prometheus.Counter)
 		for _, model := range []bool{false, true} {
-			for _, kind := range []limits.Kind{limits.KindRequests, limits.KindTokens, limits.KindConcurrent, limits.KindQuota} {
+			for _, kind := range []limits.Kind{limits.KindRequests, limits.KindTokens, limits.KindConcurrent, limits.KindQuota, limits.KindBudget} {
 				for _, result := range []string{"allowed", "denied"} {
 					name := kind.String()
 					if model {

@@ -231,6 +231,15 @@ type route struct {
 	model   string // the name sent upstream; empty keeps the client's
 }
 
+// modelFor is the model the route asks its backend for when the client
+// asks for requested.
+func (rt route) modelFor(requested string) string {
+	if rt.model != "" {
+		return rt.model
+	}
+	return requested
+}
+
 // CaddyModule returns the Caddy module information.
 func (Handler) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{

@@ -117,9 +117,8 @@ func (h *Handler) forward(x *exchange, rt route, body []byte) {
 func (h *Handler) attempt(x *exchange, rt route, body []byte, deadline time.Time) (*upstreamWriter, result) {
 	begin := time.Now()
 	b := rt.backend
-	model := x.req.Model
+	model := rt.modelFor(x.req.Model)
 	if rt.model != "" {
-		model = rt.model
 		body = openai.SetMember(body, "model", jsonString(rt.model))
 	}
 	x.servedModel = model

@@ -49,11 +49,11 @@ func benchReserveReconcile(b *testing.B, l *Limiter) {
 	defer reportCPU(b)()
 	i := 0
 	for b.Loop() {
-		d, err := l.Reserve(ctx, dims[i%len(dims)], 600)
+		d, err := l.Reserve(ctx, dims[i%len(dims)], Amount{Tokens: 600})
 		if err != nil || d.Reservation == nil {
 			b.Fatalf("%+v, %v; want a reservation", d, err)
 		}
-		if err := l.Reconcile(ctx, d.Reservation, 450); err != nil {
+		if err := l.Reconcile(ctx, d.Reservation, Amount{Tokens: 450}); err != nil {
 			b.Fatal(err)
 		}
 		i++
@@ -71,11 +71,11 @@ func BenchmarkMemoryReserveReconcileParallel(b *testing.B) {
 		ctx := context.Background()
 		dims := benchDims("key:" + strconv.FormatUint(idCounter.Add(1), 10))
 		for pb.Next() {
-			d, err := l.Reserve(ctx, dims, 600)
+			d, err := l.Reserve(ctx, dims, Amount{Tokens: 600})
 			if err != nil || d.Reservation == nil {
 				b.Fatalf("%+v, %v; want a reservation", d, err)
 			}
-			if err := l.Reconcile(ctx, d.Reservation, 450); err != nil {
+			if err := l.Reconcile(ctx, d.Reservation, Amount{Tokens: 450}); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -96,7 +96,7 @@ func BenchmarkRedisReserve(b *testing.B) {
 	dims := benchDims("key:a")[:2]
 	defer reportCPU(b)()
 	for b.Loop() {
-		if d, err := l.Reserve(ctx, dims, 600); err != nil || d.Reservation == nil {
+		if d, err := l.Reserve(ctx, dims, Amount{Tokens: 600}); err != nil || d.Reservation == nil {
 			b.Fatalf("%+v, %v; want a reservation", d, err)
 		}
 	}

@@ -43,6 +43,9 @@ const (
 	KindConcurrent
 	// KindQuota counts tokens per calendar Period, at most Limit.
 	KindQuota
+	// KindBudget counts money, in millionths of a US dollar, per
+	// calendar Period, at most Limit: a quota of cost.
+	KindBudget
 )
 
 // String returns the name used in store keys: "requests", "tokens",
@@ -57,6 +60,8 @@ func (k Kind) String() string {
 		return "concurrent"
 	case KindQuota:
 		return "quota"
+	case KindBudget:
+		return "budget"
 	}
 	return "kind(" + strconv.Itoa(int(k)) + ")"
 }
@@ -97,6 +102,23 @@ func QuotaOf(scope string, q Quota) Dimension {
 	return Dimension{Scope: scope, Kind: KindQuota, Limit: q.N, Period: q.Period}
 }
 
+// BudgetOf is a budget of b.Micros millionths of a dollar per b.Period
+// on scope.
+func BudgetOf(scope string, b Budget) Dimension {
+	return Dimension{Scope: scope, Kind: KindBudget, Limit: b.Micros, Period: b.Period}
+}
+
+// periodic reports whether the kind counts per calendar period.
+func (k Kind) periodic() bool { return k == KindQuota || k == KindBudget }
+
+// Amount is what a request takes from its limits beside itself.
+type Amount struct {
+	// Tokens is for tokens and quota limits.
+	Tokens int64
+	// Micros is a cost in millionths of a US dollar, for budgets.
+	Micros int64
+}
+
 // validate reports a dimension no store can count.
 func (d Dimension) validate() error {
 	if d.Scope == "" {
@@ -110,9 +132,9 @@ func (d Dimension) validate() error {
 		if d.Window < time.Millisecond || d.Window > maxWindow {
 			return fmt.Errorf("limits: %s window %s out of range", d.Kind, d.Window)
 		}
-	case KindQuota:
+	case KindQuota, KindBudget:
 		if d.Period < Day || d.Period > Month {
-			return fmt.Errorf("limits: quota period %d unknown", d.Period)
+			return fmt.Errorf("limits: %s period %d unknown", d.Kind, d.Period)
 		}
 	case KindConcurrent:
 	default:
@@ -121,10 +143,13 @@ func (d Dimension) validate() error {
 	return nil
 }
 
-// cost is what a request needing tokens takes from d.
-func (d Dimension) cost(tokens int64) int64 {
-	if d.Kind == KindTokens || d.Kind == KindQuota {
-		return tokens
+// cost is what a request needing a takes from d.
+func (d Dimension) cost(a Amount) int64 {
+	switch d.Kind {
+	case KindTokens, KindQuota:
+		return a.Tokens
+	case KindBudget:
+		return a.Micros
 	}
 	return 1
 }
@@ -266,7 +291,7 @@ type Denial struct {
 type Reservation struct {
 	dims    []Dimension
 	plan    plan
-	tokens  int64
+	amount  Amount
 	settled atomic.Bool
 	// renewal renews the lease of the reservation's concurrency slots
 	// in a store that leases them, until it is settled.
@@ -274,22 +299,22 @@ type Reservation struct {
 }
 
 // Tokens returns the number of tokens reserved.
-func (r *Reservation) Tokens() int64 { return r.tokens }
+func (r *Reservation) Tokens() int64 { return r.amount.Tokens }
 
 // ErrSettled is returned when a reservation is reconciled or refunded a
 // second time; nothing is charged.
 var ErrSettled = errors.New("limits: reservation already settled")
 
-// Reserve checks and reserves, atomically, one request and tokens tokens
-// in every dimension of dims: all or none. tokens is the caller's
-// estimate, already capped at the tokens limit. A store error is returned
-// as is, within the store's timeout; the caller decides whether to admit.
-func (l *Limiter) Reserve(ctx context.Context, dims []Dimension, tokens int64) (Decision, error) {
-	if tokens < 0 || tokens > maxAmount {
-		return Decision{}, fmt.Errorf("limits: %d tokens out of range", tokens)
+// Reserve checks and reserves, atomically, one request and a in every
+// dimension of dims: all or none. a is the caller's estimate, its tokens
+// already capped at the tokens limit. A store error is returned as is,
+// within the store's timeout; the caller decides whether to admit.
+func (l *Limiter) Reserve(ctx context.Context, dims []Dimension, a Amount) (Decision, error) {
+	if err := a.check(); err != nil {
+		return Decision{}, err
 	}
 	if len(dims) == 0 {
-		return Decision{Reservation: &Reservation{tokens: tokens}}, nil
+		return Decision{Reservation: &Reservation{amount: a}}, nil
 	}
 	now := l.clock.Now()
 	p := plan{now: micros(now), steps: make([]step, len(dims))}
@@ -302,7 +327,7 @@ func (l *Limiter) Reserve(ctx context.Context, dims []Dimension, tokens int64) (
 				return Decision{}, fmt.Errorf("limits: two %s limits on one scope", d.Kind)
 			}
 		}
-		c := d.cost(tokens)
+		c := d.cost(a)
 		if c > d.Limit {
 			return Decision{Denial: &Denial{Dimension: d, Requested: c, TooLarge: true}}, nil
 		}
@@ -322,7 +347,7 @@ func (l *Limiter) Reserve(ctx context.Context, dims []Dimension, tokens int64) (
 	if denied >= 0 {
 		return Decision{Status: status, Denial: denial(dims[denied], p.steps[denied], levels[denied], now)}, nil
 	}
-	res := &Reservation{dims: slices.Clone(dims), plan: p, tokens: tokens}
+	res := &Reservation{dims: slices.Clone(dims), plan: p, amount: a}
 	if p.id != "" && l.store.leases() {
 		l.keepLeased(res)
 	}
@@ -366,19 +391,19 @@ func (l *Limiter) Renew(ctx context.Context, r *Reservation) error {
 	return l.store.renew(ctx, &p)
 }
 
-// Reconcile charges the request's real usage, actualTokens, in place of
-// its estimate: the difference is refunded or added (an overage can take
-// a bucket past its limit: debt that delays later requests), and its
+// Reconcile charges the request's real usage, actual, in place of its
+// estimate: the difference is refunded or added (an overage can take a
+// bucket past its limit: debt that delays later requests), and its
 // concurrency slots are released. Call it after the reply, off the
 // client's path: with Redis it is one round trip.
-func (l *Limiter) Reconcile(ctx context.Context, r *Reservation, actualTokens int64) error {
-	if actualTokens < 0 || actualTokens > maxAmount {
-		return fmt.Errorf("limits: %d tokens out of range", actualTokens)
+func (l *Limiter) Reconcile(ctx context.Context, r *Reservation, actual Amount) error {
+	if err := actual.check(); err != nil {
+		return err
 	}
 	return l.settle(ctx, r, func(d Dimension) (float64, bool) {
 		switch d.Kind {
-		case KindTokens, KindQuota:
-			delta := actualTokens - r.tokens
+		case KindTokens, KindQuota, KindBudget:
+			delta := d.cost(actual) - d.cost(r.amount)
 			return float64(delta), delta != 0
 		case KindConcurrent:
 			return 0, true
@@ -387,11 +412,19 @@ func (l *Limiter) Reconcile(ctx context.Context, r *Reservation, actualTokens in
 	})
 }
 
+// check reports an amount no store can count.
+func (a Amount) check() error {
+	if a.Tokens < 0 || a.Tokens > maxAmount || a.Micros < 0 || a.Micros > maxAmount {
+		return fmt.Errorf("limits: %d tokens, %d micro-dollars: out of range", a.Tokens, a.Micros)
+	}
+	return nil
+}
+
 // Refund returns everything r reserved, for a request that failed before
 // any byte reached the client.
 func (l *Limiter) Refund(ctx context.Context, r *Reservation) error {
 	return l.settle(ctx, r, func(d Dimension) (float64, bool) {
-		return -float64(d.cost(r.tokens)), true
+		return -float64(d.cost(r.amount)), true
 	})
 }
 
@@ -413,7 +446,7 @@ func (l *Limiter) settle(ctx context.Context, r *Reservation, delta func(Dimensi
 		}
 		s := r.plan.steps[i]
 		s.amount = amount
-		if d.Kind == KindQuota { // the key of the period reserved in lives on until its end
+		if d.Kind.periodic() { // the key of the period reserved in lives on until its end
 			_, end := d.Period.Bounds(time.UnixMicro(int64(r.plan.now)))
 			s.span = math.Max(micros(end.Add(quotaGrace))-p.now, float64(time.Second/time.Microsecond))
 		}
@@ -433,7 +466,7 @@ func (l *Limiter) step(d Dimension, now time.Time, amount float64) step {
 		s.span = float64(d.Window / time.Microsecond)
 	case KindConcurrent:
 		s.span = float64(l.lease / time.Microsecond)
-	case KindQuota:
+	case KindQuota, KindBudget:
 		start, end := d.Period.Bounds(now)
 		s.key += ":" + start.Format("20060102")
 		s.span = micros(end.Add(quotaGrace)) - micros(now)
@@ -447,7 +480,7 @@ func denial(d Dimension, s step, level float64, now time.Time) *Denial {
 	switch d.Kind {
 	case KindConcurrent:
 		den.RetryAfter = time.Second
-	case KindQuota:
+	case KindQuota, KindBudget:
 		_, end := d.Period.Bounds(now)
 		den.RetryAfter = end.Sub(now)
 	default:
@@ -464,7 +497,7 @@ func statusOf(d Dimension, level float64, now time.Time) Status {
 	switch d.Kind {
 	case KindRequests, KindTokens:
 		st.Reset = duration(max(level, 0) * float64(d.Window/time.Microsecond) / float64(d.Limit))
-	case KindQuota:
+	case KindQuota, KindBudget:
 		_, end := d.Period.Bounds(now)
 		st.Reset = end.Sub(now)
 	}

@@ -58,7 +58,7 @@ func eachStore(t *testing.T, start time.Time, test func(t *testing.T, l *Limiter
 // reserve reserves or fails the test on a store error.
 func reserve(t *testing.T, l *Limiter, dims []Dimension, tokens int64) Decision {
 	t.Helper()
-	d, err := l.Reserve(context.Background(), dims, tokens)
+	d, err := l.Reserve(context.Background(), dims, Amount{Tokens: tokens})
 	if err != nil {
 		t.Fatalf("Reserve: %v", err)
 	}
@@ -126,7 +126,7 @@ func TestTokenBurst(t *testing.T) {
 		var wg sync.WaitGroup
 		for range 50 {
 			wg.Go(func() {
-				d, err := l.Reserve(context.Background(), dims, 600)
+				d, err := l.Reserve(context.Background(), dims, Amount{Tokens: 600})
 				if err != nil {
 					t.Error(err)
 					return
@@ -161,7 +161,7 @@ func TestLoneLargeRequestDebt(t *testing.T) {
 		if d.Denial != nil {
 			t.Fatalf("lone request refused: %+v", d.Denial)
 		}
-		if err := l.Reconcile(context.Background(), d.Reservation, 3000); err != nil {
+		if err := l.Reconcile(context.Background(), d.Reservation, Amount{Tokens: 3000}); err != nil {
 			t.Fatal(err)
 		}
 		next := reserve(t, l, dims, 100)
@@ -220,13 +220,13 @@ func TestReconcileAndRefund(t *testing.T) {
 			if err := l.Refund(ctx, d.Reservation); !errors.Is(err, ErrSettled) {
 				t.Fatalf("second refund: %v, want ErrSettled", err)
 			}
-			if err := l.Reconcile(ctx, d.Reservation, 5); !errors.Is(err, ErrSettled) {
+			if err := l.Reconcile(ctx, d.Reservation, Amount{Tokens: 5}); !errors.Is(err, ErrSettled) {
 				t.Fatalf("reconcile after refund: %v, want ErrSettled", err)
 			}
 		}
 		// Reconciling below the estimate refunds the difference.
 		d := reserve(t, l, dims, 800)
-		if err := l.Reconcile(ctx, d.Reservation, 200); err != nil {
+		if err := l.Reconcile(ctx, d.Reservation, Amount{Tokens: 200}); err != nil {
 			t.Fatal(err)
 		}
 		d = reserve(t, l, dims, 800)
@@ -257,11 +257,11 @@ func TestConcurrency(t *testing.T) {
 		if c.Denial == nil || c.Denial.Dimension.Kind != KindConcurrent || c.Denial.Used != 2 || c.Denial.RetryAfter != time.Second {
 			t.Fatalf("third request: %+v, want refused on concurrency", c.Denial)
 		}
-		if err := l.Reconcile(ctx, a.Reservation, 0); err != nil {
+		if err := l.Reconcile(ctx, a.Reservation, Amount{Tokens: 0}); err != nil {
 			t.Fatal(err)
 		}
 		// Settling again must not release a second slot.
-		if err := l.Reconcile(ctx, a.Reservation, 0); !errors.Is(err, ErrSettled) {
+		if err := l.Reconcile(ctx, a.Reservation, Amount{Tokens: 0}); !errors.Is(err, ErrSettled) {
 			t.Fatalf("second reconcile: %v, want ErrSettled", err)
 		}
 		if d := reserve(t, l, dims, 0); d.Denial != nil {
@@ -291,7 +291,7 @@ func TestQuotaPeriodBoundary(t *testing.T) {
 		if st := d.Status[0]; st.Remaining != 400 || st.Reset != 500*time.Millisecond {
 			t.Fatalf("quota status %+v, want 400 left, reset 500ms", st)
 		}
-		if err := l.Reconcile(context.Background(), d.Reservation, 1200); err != nil {
+		if err := l.Reconcile(context.Background(), d.Reservation, Amount{Tokens: 1200}); err != nil {
 			t.Fatal(err)
 		}
 		d = reserve(t, l, dims, 1)
@@ -377,11 +377,11 @@ func TestInvalidDimensions(t *testing.T) {
 		{{Scope: "a", Kind: 9, Limit: 10}},
 		{ConcurrentMax("a", 1), ConcurrentMax("a", 2)},
 	} {
-		if _, err := l.Reserve(context.Background(), dims, 1); err == nil {
+		if _, err := l.Reserve(context.Background(), dims, Amount{Tokens: 1}); err == nil {
 			t.Errorf("Reserve(%+v) accepted", dims)
 		}
 	}
-	if _, err := l.Reserve(context.Background(), nil, -1); err == nil {
+	if _, err := l.Reserve(context.Background(), nil, Amount{Tokens: -1}); err == nil {
 		t.Error("negative tokens accepted")
 	}
 }
@@ -394,7 +394,7 @@ func TestQuotaReconcileAcrossBoundary(t *testing.T) {
 		dims := []Dimension{QuotaOf("key:a", Quota{1000, Week})}
 		d := reserve(t, l, dims, 100)
 		clock.Advance(2 * time.Second) // into the next ISO week
-		if err := l.Reconcile(context.Background(), d.Reservation, 900); err != nil {
+		if err := l.Reconcile(context.Background(), d.Reservation, Amount{Tokens: 900}); err != nil {
 			t.Fatal(err)
 		}
 		if st := reserve(t, l, dims, 1).Status[0]; st.Remaining != 999 || st.Reset != 7*24*time.Hour-time.Second {
@@ -405,11 +405,11 @@ func TestQuotaReconcileAcrossBoundary(t *testing.T) {
 
 func TestNoDimensions(t *testing.T) {
 	l := New(NewMemory(), nil, 0)
-	d, err := l.Reserve(context.Background(), nil, 10)
+	d, err := l.Reserve(context.Background(), nil, Amount{Tokens: 10})
 	if err != nil || d.Reservation == nil || len(d.Status) != 0 {
 		t.Fatalf("Reserve(nil) = %+v, %v; want admitted", d, err)
 	}
-	if err := l.Reconcile(context.Background(), d.Reservation, 20); err != nil {
+	if err := l.Reconcile(context.Background(), d.Reservation, Amount{Tokens: 20}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -437,7 +437,7 @@ func FuzzBucket(f *testing.F) {
 		for i := 0; i+1 < len(ops); i += 2 {
 			clock.Advance(time.Duration(ops[i]) * rate.Window / 64)
 			cost := int64(ops[i+1]) * rate.N / 255
-			d, err := l.Reserve(context.Background(), dims, cost)
+			d, err := l.Reserve(context.Background(), dims, Amount{Tokens: cost})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -447,7 +447,7 @@ func FuzzBucket(f *testing.F) {
 					t.Fatalf("cost %d refused with %+v, want not too large, a positive retry-after, used+cost over the limit", cost, den)
 				}
 				clock.Advance(den.RetryAfter)
-				if d, err = l.Reserve(context.Background(), dims, cost); err != nil || d.Denial != nil {
+				if d, err = l.Reserve(context.Background(), dims, Amount{Tokens: cost}); err != nil || d.Denial != nil {
 					t.Fatalf("cost %d refused after its retry-after %s: %+v, %v", cost, den.RetryAfter, d.Denial, err)
 				}
 			}
@@ -534,4 +534,47 @@ func TestMemoryOwnersBounded(t *testing.T) {
 			t.Errorf("resp_%d: owned %v, want %v", i, got, want)
 		}
 	}
+}
+
+// A budget counts money as a quota counts tokens: reserved at the
+// request's largest cost, settled at its real cost, refused until the
+// period ends once spent, on each store; a quota beside it counts tokens
+// apart.
+func TestBudget(t *testing.T) {
+	start := time.Date(2026, 12, 7, 23, 0, 0, 0, time.UTC)
+	eachStore(t, start, func(t *testing.T, l *Limiter, clock *fakeClock) {
+		ctx := context.Background()
+		dims := []Dimension{BudgetOf("key:a", Budget{Micros: 1_000_000, Period: Day}), QuotaOf("key:a", Quota{N: 1_000_000, Period: Day})}
+		want := Amount{Tokens: 1000, Micros: 400_000} // $0.40 at most
+		var held []*Reservation
+		for i := range 2 {
+			d, err := l.Reserve(ctx, dims, want)
+			if err != nil || d.Denial != nil {
+				t.Fatalf("request %d: %+v, %v: want admitted", i, d.Denial, err)
+			}
+			held = append(held, d.Reservation)
+		}
+		d, err := l.Reserve(ctx, dims, want)
+		if err != nil || d.Denial == nil || d.Denial.Dimension.Kind != KindBudget || d.Denial.Used != 800_000 || d.Denial.RetryAfter != time.Hour {
+			t.Fatalf("a third $0.40 with $0.80 reserved of $1: %+v, %v; want refused by the budget until midnight", d.Denial, err)
+		}
+		// The first cost $0.10: $0.30 comes back, and the third fits.
+		if err := l.Reconcile(ctx, held[0], Amount{Tokens: 900, Micros: 100_000}); err != nil {
+			t.Fatal(err)
+		}
+		d, err = l.Reserve(ctx, dims, want)
+		if err != nil || d.Denial != nil {
+			t.Fatalf("after a settlement to $0.10: %+v, %v; want admitted", d.Denial, err)
+		}
+		if st := d.Status[0]; st.Remaining != 100_000 || st.Reset != time.Hour {
+			t.Fatalf("budget status %+v, want $0.10 left, reset in an hour", st)
+		}
+		if st := d.Status[1]; st.Remaining != 1_000_000-900-2000 {
+			t.Fatalf("quota status %+v, want the tokens alone counted", st)
+		}
+		clock.Advance(time.Hour)
+		if d, err := l.Reserve(ctx, dims, Amount{Micros: 1_000_000}); err != nil || d.Denial != nil {
+			t.Fatalf("the whole budget in a new day: %+v, %v; want admitted", d.Denial, err)
+		}
+	})
 }

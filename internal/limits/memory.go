@@ -135,7 +135,7 @@ func (m *Memory) set(sh int, p *plan, s step, level float64) float64 {
 	switch s.kind {
 	case KindRequests, KindTokens:
 		c.expires = p.now + level*s.span/s.limit
-	case KindQuota:
+	case KindQuota, KindBudget:
 		c.expires = p.now + s.span
 	case KindConcurrent:
 		c.expires = math.Inf(1)

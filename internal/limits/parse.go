@@ -99,23 +99,91 @@ func ParseQuota(s string) (Quota, error) {
 	if err != nil {
 		return Quota{}, fmt.Errorf("limits: quota %q: %w (want <n>/<day|week|month> such as 1000000/month)", s, err)
 	}
-	var p Period
-	switch unit {
-	case "day":
-		p = Day
-	case "week":
-		p = Week
-	case "month":
-		p = Month
-	default:
-		return Quota{}, fmt.Errorf("limits: quota %q: period must be day, week or month", s)
+	p, err := parsePeriod(unit)
+	if err != nil {
+		return Quota{}, fmt.Errorf("limits: quota %q: %w", s, err)
 	}
 	return Quota{N: n, Period: p}, nil
+}
+
+// parsePeriod reads day, week or month.
+func parsePeriod(s string) (Period, error) {
+	switch s {
+	case "day":
+		return Day, nil
+	case "week":
+		return Week, nil
+	case "month":
+		return Month, nil
+	}
+	return 0, errors.New("period must be day, week or month")
 }
 
 // String formats q as ParseQuota reads it.
 func (q Quota) String() string {
 	return strconv.FormatInt(q.N, 10) + "/" + q.Period.String()
+}
+
+// Budget is a budget of money per UTC calendar period, in millionths of
+// a US dollar. Like a quota, it starts afresh at each period boundary.
+type Budget struct {
+	// Micros is what the period allows, in millionths of a dollar.
+	Micros int64
+	// Period is the calendar period the budget covers.
+	Period Period
+}
+
+// ParseBudget parses "<USD>/<day|week|month>" ("25/month", "2.50/day",
+// "$100/week"): an amount of dollars with at most six decimals.
+func ParseBudget(s string) (Budget, error) {
+	const want = "want <USD>/<day|week|month> such as 25/month or 2.50/day"
+	num, unit, ok := strings.Cut(strings.TrimPrefix(s, "$"), "/")
+	if !ok {
+		return Budget{}, fmt.Errorf("limits: budget %q: missing '/' (%s)", s, want)
+	}
+	micros, err := parseMicros(num)
+	if err != nil {
+		return Budget{}, fmt.Errorf("limits: budget %q: %w (%s)", s, err, want)
+	}
+	p, err := parsePeriod(unit)
+	if err != nil {
+		return Budget{}, fmt.Errorf("limits: budget %q: %w", s, err)
+	}
+	return Budget{Micros: micros, Period: p}, nil
+}
+
+// String formats b as ParseBudget reads it.
+func (b Budget) String() string {
+	usd := strconv.FormatFloat(float64(b.Micros)/1e6, 'f', -1, 64)
+	return usd + "/" + b.Period.String()
+}
+
+// parseMicros reads a positive decimal amount of dollars, at most six
+// decimals, as millionths.
+func parseMicros(s string) (int64, error) {
+	whole, frac, _ := strings.Cut(s, ".")
+	if whole == "" && frac == "" || len(frac) > 6 || strings.ContainsAny(whole+frac, "+-_ ") {
+		return 0, errors.New("not an amount of dollars with at most six decimals")
+	}
+	n := int64(0)
+	if whole != "" {
+		w, err := strconv.ParseInt(whole, 10, 64)
+		if err != nil || w > maxAmount/1_000_000 {
+			return 0, errors.New("not an amount of dollars with at most six decimals")
+		}
+		n = w * 1e6
+	}
+	if frac != "" {
+		f, err := strconv.ParseInt(frac+strings.Repeat("0", 6-len(frac)), 10, 64)
+		if err != nil {
+			return 0, errors.New("not an amount of dollars with at most six decimals")
+		}
+		n += f
+	}
+	if n <= 0 {
+		return 0, errors.New("the amount must be more than 0")
+	}
+	return n, nil
 }
 
 // ParseCount parses the positive integer of a concurrency limit.

@@ -34,6 +34,29 @@ func TestParseRate(t *testing.T) {
 	}
 }
 
+func TestParseBudget(t *testing.T) {
+	for in, want := range map[string]Budget{
+		"25/month":     {25_000_000, Month},
+		"2.50/day":     {2_500_000, Day},
+		"$100/week":    {100_000_000, Week},
+		"0.000001/day": {1, Day},
+		".5/day":       {500_000, Day},
+	} {
+		got, err := ParseBudget(in)
+		if err != nil || got != want {
+			t.Errorf("ParseBudget(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "25", "0/day", "-1/day", "1.2345678/day", "1e3/day", "x/day", "5/year", "5/Day", "1,000/day", "/day", "./day"} {
+		if b, err := ParseBudget(in); err == nil {
+			t.Errorf("ParseBudget(%q) = %v, want an error", in, b)
+		}
+	}
+	if s := (Budget{2_500_000, Day}).String(); s != "2.5/day" {
+		t.Errorf("String() = %q, want 2.5/day", s)
+	}
+}
+
 func TestParseQuota(t *testing.T) {
 	for _, c := range []struct {
 		in   string

@@ -79,7 +79,7 @@ func TestRedisOneRoundTrip(t *testing.T) {
 	if got := counter.take(); strings.Join(got, " ") != "evalsha eval" {
 		t.Fatalf("first reservation sent %v, want evalsha eval", got)
 	}
-	if err := l.Reconcile(ctx, d.Reservation, 5); err != nil {
+	if err := l.Reconcile(ctx, d.Reservation, Amount{Tokens: 5}); err != nil {
 		t.Fatal(err)
 	}
 	counter.take()
@@ -88,7 +88,7 @@ func TestRedisOneRoundTrip(t *testing.T) {
 		if got := counter.take(); len(got) != 1 || got[0] != "evalsha" {
 			t.Fatalf("reservation sent %v, want one evalsha", got)
 		}
-		if err := l.Reconcile(ctx, d.Reservation, 20); err != nil {
+		if err := l.Reconcile(ctx, d.Reservation, Amount{Tokens: 20}); err != nil {
 			t.Fatal(err)
 		}
 		if got := counter.take(); len(got) != 1 || got[0] != "evalsha" {
@@ -98,7 +98,7 @@ func TestRedisOneRoundTrip(t *testing.T) {
 	// Nothing to settle without a tokens change or a concurrency slot.
 	d = reserve(t, l, dims[:1], 10)
 	counter.take()
-	if err := l.Reconcile(ctx, d.Reservation, 3); err != nil {
+	if err := l.Reconcile(ctx, d.Reservation, Amount{Tokens: 3}); err != nil {
 		t.Fatal(err)
 	}
 	if got := counter.take(); len(got) != 0 {
@@ -140,7 +140,7 @@ func TestRedisSharedAndPersistent(t *testing.T) {
 			l = b
 		}
 		wg.Go(func() {
-			d, err := l.Reserve(context.Background(), dims, 10)
+			d, err := l.Reserve(context.Background(), dims, Amount{Tokens: 10})
 			if err != nil {
 				t.Error(err)
 				return
@@ -230,7 +230,7 @@ func TestRedisOutage(t *testing.T) {
 	ctx := context.Background()
 	reserveTimed := func() (time.Duration, error) {
 		start := time.Now()
-		_, err := l.Reserve(ctx, dims, 0)
+		_, err := l.Reserve(ctx, dims, Amount{Tokens: 0})
 		return time.Since(start), err
 	}
 	if _, err := reserveTimed(); err != nil {
@@ -261,7 +261,7 @@ func waitRecovery(t *testing.T, l *Limiter, dims []Dimension) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		d, err := l.Reserve(context.Background(), dims, 0)
+		d, err := l.Reserve(context.Background(), dims, Amount{Tokens: 0})
 		if err == nil {
 			if d.Denial != nil {
 				t.Fatalf("refused after recovery: %+v", d.Denial)
@@ -310,7 +310,7 @@ func TestRedisAuth(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, err = New(r, nil, 0).Reserve(context.Background(), dims, 0)
+		_, err = New(r, nil, 0).Reserve(context.Background(), dims, Amount{Tokens: 0})
 		r.Close()
 		if err == nil || strings.Contains(err.Error(), "wrong-pw") || strings.Contains(err.Error(), "s3cret") {
 			t.Fatalf("bad credentials: error %v, want an error not naming a password", err)
@@ -336,7 +336,7 @@ func TestRedisTLS(t *testing.T) {
 		t.Fatal("second request admitted: the bucket was not kept")
 	}
 	plain := openRedis(t, srv.Addr, "", 200*time.Millisecond)
-	if _, err := New(plain, nil, 0).Reserve(context.Background(), dims, 0); err == nil {
+	if _, err := New(plain, nil, 0).Reserve(context.Background(), dims, Amount{Tokens: 0}); err == nil {
 		t.Fatal("plain connection to a TLS-only server succeeded")
 	}
 }
@@ -353,7 +353,7 @@ func TestRedisLeases(t *testing.T) {
 	ctx := context.Background()
 	admitted := func() *Reservation {
 		t.Helper()
-		d, err := l.Reserve(ctx, dims, 0)
+		d, err := l.Reserve(ctx, dims, Amount{Tokens: 0})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -403,12 +403,12 @@ func TestRedisSettlementRetried(t *testing.T) {
 	l := New(store, clock, 0)
 	dims := []Dimension{ConcurrentMax("key:cut", 1), TokensPer("key:cut", mustRate(t, "1000/1h"))}
 	ctx := context.Background()
-	d, err := l.Reserve(ctx, dims, 600)
+	d, err := l.Reserve(ctx, dims, Amount{Tokens: 600})
 	if err != nil || d.Reservation == nil {
 		t.Fatalf("%+v %v, want a reservation", d, err)
 	}
 	srv.Pause()
-	if err := l.Reconcile(ctx, d.Reservation, 100); err == nil {
+	if err := l.Reconcile(ctx, d.Reservation, Amount{Tokens: 100}); err == nil {
 		t.Fatal("a paused server took the settlement")
 	}
 	if waiting, _ := store.Pending(); waiting != 1 {
@@ -423,7 +423,7 @@ func TestRedisSettlementRetried(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	// The slot is free and the 500 tokens not used are back: 900 fit.
-	d, err = l.Reserve(ctx, dims, 900)
+	d, err = l.Reserve(ctx, dims, Amount{Tokens: 900})
 	if err != nil || d.Reservation == nil {
 		t.Fatalf("after the settlement was sent again: %+v %v; want 900 tokens admitted", d.Denial, err)
 	}

@@ -6,8 +6,9 @@ package limits
 // same drain arithmetic in the same double precision. Numbers are stored
 // and returned with %.17g, since Lua's own conversion keeps 14 digits.
 //
-// Key layout: a bucket is a hash {l: level, t: µs of level}; a quota a
-// string holding the tokens spent; a concurrency set a sorted set of
+// Key layout: a bucket is a hash {l: level, t: µs of level}; a quota
+// (kind 4) or budget (5) a string holding the tokens or micro-dollars
+// spent; a concurrency set a sorted set of
 // reservation ids scored by the end of their lease.
 
 // scriptPrelude parses the arguments and reads a step's level.
@@ -24,7 +25,7 @@ local function level(i, kind, limit, span)
   if kind == 3 then
     redis.call('ZREMRANGEBYSCORE', key, '-inf', fmt(now))
     return redis.call('ZCARD', key), 0
-  elseif kind == 4 then
+  elseif kind == 4 or kind == 5 then
     return tonumber(redis.call('GET', key) or '0'), 0
   end
   local h = redis.call('HMGET', key, 'l', 't')
@@ -36,7 +37,7 @@ end
 local function store(i, kind, limit, span, l, t)
   local key = KEYS[i]
   l = math.max(l, 0)
-  if kind == 4 then
+  if kind == 4 or kind == 5 then
     redis.call('SET', key, fmt(l), 'PX', ms(span))
   elseif l == 0 then
     redis.call('DEL', key)

@@ -11,6 +11,8 @@ type Set struct {
 	Concurrent int64
 	// Quota limits tokens per calendar period.
 	Quota Quota
+	// Budget limits cost per calendar period.
+	Budget Budget
 }
 
 // Override returns s with every limit o sets replaced by o's.
@@ -26,6 +28,9 @@ func (s Set) Override(o Set) Set {
 	}
 	if o.Quota.N > 0 {
 		s.Quota = o.Quota
+	}
+	if o.Budget.Micros > 0 {
+		s.Budget = o.Budget
 	}
 	return s
 }
@@ -43,6 +48,9 @@ func (s Set) Dimensions(dims []Dimension, scope string) []Dimension {
 	}
 	if s.Quota.N > 0 {
 		dims = append(dims, QuotaOf(scope, s.Quota))
+	}
+	if s.Budget.Micros > 0 {
+		dims = append(dims, BudgetOf(scope, s.Budget))
 	}
 	return dims
 }

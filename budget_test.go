@@ -1,0 +1,243 @@
+package chatgateway
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/chatgateway/caddy-chat-gateway/internal/keys"
+	"github.com/chatgateway/caddy-chat-gateway/internal/redistest"
+)
+
+// priced is a backend whose every reply used 5 prompt and 5 completion
+// tokens: $0.01 at the tests' price of $1,000 per million tokens. A
+// stream waits for hold, when set, before its end.
+func priced(t *testing.T, hold <-chan struct{}) (*backend, *atomic.Int64) {
+	var calls atomic.Int64
+	be := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		if !strings.Contains(upstreamBody(r), `"stream":true`) {
+			writeJSON(w, 200, `{"id":"c","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":5,"total_tokens":10}}`)
+			return
+		}
+		startSSE(w)
+		sseEvent(w, `{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":"hi"}}]}`)
+		if hold != nil {
+			<-hold
+		}
+		sseEvent(w, `{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}`)
+		sseEvent(w, `{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":5,"total_tokens":10}}`)
+		sseEvent(w, "[DONE]")
+	})
+	return be, &calls
+}
+
+// budgetRequest asks for at most 5 completion tokens: with its prompt
+// estimate it reserves about $0.01.
+const budgetRequest = `{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}`
+
+// TestBudgetPerKey: a key with a budget for about 3 requests gets 3 and
+// then 429 insufficient_quota until the day ends, in OpenAI's words and
+// Anthropic's on the Messages route, the backend never seeing the
+// refused ones; another key is not touched, and a model's budget counts
+// every caller.
+func TestBudgetPerKey(t *testing.T) {
+	be, calls := priced(t, nil)
+	const bobKey = "sk-cg-bob-0123456789abcdefghijklmnopq"
+	g := newGateway(t, fmt.Sprintf(`chat_gateway {
+	backend %s
+	price m input 1000 output 1000
+	auth {
+		key %s {
+			id alice
+			budget 0.035/day
+		}
+		key %s {
+			id bob
+		}
+	}
+	limits {
+		requests 1000/1m
+	}
+}`, be.URL, keys.Hash(aliceKey), keys.Hash(bobKey)))
+	alice := []string{"Authorization", "Bearer " + aliceKey}
+	for i := range 3 {
+		if resp, body := g.post(t, budgetRequest, alice...); resp.StatusCode != 200 {
+			t.Fatalf("request %d of a budget for 3: %d %s", i+1, resp.StatusCode, body)
+		}
+	}
+	resp, body := g.post(t, budgetRequest, alice...)
+	e := apiError(t, body)
+	_, end := time.Now().UTC(), time.Now().UTC().Truncate(24*time.Hour).Add(24*time.Hour)
+	retry, _ := strconv.Atoi(resp.Header.Get("Retry-After"))
+	if resp.StatusCode != 429 || e["code"] != "insufficient_quota" || !strings.Contains(e["message"].(string), "budget for alice: Limit $0.035 per day, Used $0.03") ||
+		float64(retry) < time.Until(end).Seconds()-60 || float64(retry) > time.Until(end).Seconds()+60 {
+		t.Fatalf("the 4th request: %d, Retry-After %q, %v: want 429 insufficient_quota until midnight UTC (%s)", resp.StatusCode, resp.Header.Get("Retry-After"), e, time.Until(end))
+	}
+	if n := calls.Load(); n != 3 {
+		t.Fatalf("the backend saw %d requests, want the 3 admitted", n)
+	}
+	req, _ := http.NewRequest("POST", g.URL+"/v1/messages", strings.NewReader(`{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Api-Key", aliceKey)
+	req.Header.Set("Anthropic-Version", "2023-06-01")
+	resp, body = do(t, req)
+	if resp.StatusCode != 429 || !strings.Contains(body, `"type":"error"`) || !strings.Contains(body, "budget for alice") {
+		t.Fatalf("Messages over the budget: %d %s, want a 429 in Anthropic's shape", resp.StatusCode, body)
+	}
+	if resp, body := g.post(t, budgetRequest, "Authorization", "Bearer "+bobKey); resp.StatusCode != 200 {
+		t.Fatalf("bob, with no budget: %d %s", resp.StatusCode, body)
+	}
+	if n := calls.Load(); n != 4 {
+		t.Fatalf("the backend saw %d requests, want 4", n)
+	}
+}
+
+// TestBudgetPerModel: a model's budget counts every caller's spend; a
+// request whose largest cost is over the whole budget is refused as too
+// large, at once.
+func TestBudgetPerModel(t *testing.T) {
+	be, calls := priced(t, nil)
+	g := newGateway(t, fmt.Sprintf(`chat_gateway {
+	backend %s
+	price m input 1000 output 1000
+	limits {
+		per {http.request.header.X-User}
+		model m {
+			budget 0.025/month
+		}
+	}
+}`, be.URL))
+	for i, user := range []string{"ann", "ben"} {
+		if resp, body := g.post(t, budgetRequest, "X-User", user); resp.StatusCode != 200 {
+			t.Fatalf("request %d: %d %s", i+1, resp.StatusCode, body)
+		}
+	}
+	if resp, body := g.post(t, budgetRequest, "X-User", "cat"); resp.StatusCode != 429 || apiError(t, body)["code"] != "insufficient_quota" {
+		t.Fatalf("a third caller past the model's budget: %d %s", resp.StatusCode, body)
+	}
+	huge := strings.Replace(budgetRequest, `"max_tokens":5`, `"max_tokens":100000`, 1)
+	if resp, body := g.post(t, huge, "X-User", "dan"); resp.StatusCode != 429 || !strings.Contains(body, "could cost up to $") || resp.Header.Get("x-should-retry") != "false" {
+		t.Fatalf("a request that could cost more than the whole budget: %d %s %v", resp.StatusCode, body, resp.Header)
+	}
+	if n := calls.Load(); n != 2 {
+		t.Fatalf("the backend saw %d requests, want 2", n)
+	}
+}
+
+// TestBudgetConcurrentStreams: 50 streams at once against a budget for
+// about 10 at their reservation: no more are admitted than it covers,
+// and the refused ones never reach the backend.
+func TestBudgetConcurrentStreams(t *testing.T) {
+	hold := make(chan struct{})
+	be, calls := priced(t, hold)
+	g := newGateway(t, fmt.Sprintf(`chat_gateway {
+	backend %s
+	price m input 1000 output 1000
+	limits {
+		budget 1/day
+	}
+}`, be.URL))
+	// Each reserves its prompt estimate and 100 completion tokens: more
+	// than $0.10 and at most $0.11, so $1 covers 9 (each settles at $0.01
+	// only once its stream ends, after all are in).
+	stream := `{"model":"m","stream":true,"max_tokens":100,"messages":[{"role":"user","content":"hi"}]}`
+	var wg sync.WaitGroup
+	var admitted, refused atomic.Int64
+	started := make(chan struct{}, 50)
+	for range 50 {
+		wg.Go(func() {
+			resp, err := http.DefaultClient.Do(g.request(stream))
+			if err != nil {
+				t.Error(err)
+				started <- struct{}{}
+				return
+			}
+			defer resp.Body.Close()
+			switch resp.StatusCode {
+			case 200:
+				admitted.Add(1)
+			case 429:
+				refused.Add(1)
+			default:
+				t.Errorf("status %d", resp.StatusCode)
+			}
+			started <- struct{}{}
+			_, _ = io.Copy(io.Discard, resp.Body)
+		})
+	}
+	for range 50 {
+		<-started // every request answered or streaming: all reserved at once
+	}
+	close(hold)
+	wg.Wait()
+	if a := admitted.Load(); a != 9 || a+refused.Load() != 50 || calls.Load() != a {
+		t.Fatalf("%d admitted, %d refused, the backend saw %d: want 9 admitted of 50 (each reserves $0.101 to $0.110 of $1), all the others refused before the backend", a, refused.Load(), calls.Load())
+	}
+}
+
+// TestBudgetCluster: three gateway processes on one redis-server enforce
+// one budget: together they admit what it covers, one more at most.
+func TestBudgetCluster(t *testing.T) {
+	srv := redistest.Start(t)
+	be, calls := priced(t, nil)
+	dir := t.TempDir()
+	var gws []*gateway
+	for i := range 3 {
+		port, admin := freePort(t), freePort(t)
+		file := filepath.Join(dir, fmt.Sprintf("Caddyfile%d", i))
+		cfg := fmt.Sprintf(`{
+	admin localhost:%d
+	persist_config off
+	http_port %d
+}
+http://127.0.0.1:%d {
+	chat_gateway {
+		backend %s
+		price m input 1000 output 1000
+		auth {
+			key %s {
+				id alice
+				budget 0.105/day
+			}
+		}
+		limits {
+			store redis %s {
+				timeout 1s
+			}
+		}
+	}
+}
+`, admin, port, port, be.URL, keys.Hash(aliceKey), srv.Addr)
+		if err := os.WriteFile(file, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		g := &gateway{URL: fmt.Sprintf("http://127.0.0.1:%d", port)}
+		runCaddy(t, file, g.URL)
+		gws = append(gws, g)
+	}
+	// $0.105 covers 10 requests of $0.01 and a reservation of ~$0.01:
+	// 10 admitted, or 11 when the last reservation fits.
+	admitted := 0
+	for i := range 30 {
+		resp, body := gws[i%3].post(t, budgetRequest, "Authorization", "Bearer "+aliceKey)
+		switch resp.StatusCode {
+		case 200:
+			admitted++
+		case 429:
+		default:
+			t.Fatalf("request %d: %d %s", i, resp.StatusCode, body)
+		}
+	}
+	if admitted < 10 || admitted > 11 || calls.Load() != int64(admitted) {
+		t.Fatalf("three gateways admitted %d, the backend saw %d: want 10 or 11, one budget of $0.105 at $0.01 each", admitted, calls.Load())
+	}
+}

@@ -1,6 +1,7 @@
 package chatgateway
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -42,7 +43,7 @@ func priced(t *testing.T, hold <-chan struct{}) (*backend, *atomic.Int64) {
 
 // budgetRequest asks for at most 5 completion tokens: with its prompt
 // estimate it reserves about $0.01.
-const budgetRequest = `{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}`
+const budgetRequest = `{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"What is two plus two?"}]}`
 
 // TestBudgetPerKey: a key with a budget for about 3 requests gets 3 and
 // then 429 insufficient_quota until the day ends, in OpenAI's words and
@@ -185,14 +186,17 @@ func TestBudgetConcurrentStreams(t *testing.T) {
 }
 
 // TestBudgetCluster: three gateway processes on one redis-server enforce
-// one budget: together they admit what it covers, one more at most.
+// one budget: together they admit what it covers, one more at most; and
+// each one's usage report counts the requests all three served.
 func TestBudgetCluster(t *testing.T) {
 	srv := redistest.Start(t)
 	be, calls := priced(t, nil)
 	dir := t.TempDir()
 	var gws []*gateway
+	var admins []int
 	for i := range 3 {
 		port, admin := freePort(t), freePort(t)
+		admins = append(admins, admin)
 		file := filepath.Join(dir, fmt.Sprintf("Caddyfile%d", i))
 		cfg := fmt.Sprintf(`{
 	admin localhost:%d
@@ -239,5 +243,24 @@ http://127.0.0.1:%d {
 	}
 	if admitted < 10 || admitted > 11 || calls.Load() != int64(admitted) {
 		t.Fatalf("three gateways admitted %d, the backend saw %d: want 10 or 11, one budget of $0.105 at $0.01 each", admitted, calls.Load())
+	}
+	// Settlements run after each reply, off its path: the last may land
+	// a little after it.
+	for _, admin := range admins {
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			var out strings.Builder
+			if err := printUsage(&out, fmt.Sprintf("localhost:%d", admin), "day", true); err != nil {
+				t.Fatal(err)
+			}
+			var report usageReport
+			err := json.Unmarshal([]byte(out.String()), &report)
+			if err == nil && len(report.Rows) == 1 && report.Rows[0].Requests == int64(admitted) &&
+				len(report.Budgets) == 1 && report.Budgets[0].UsedUSD >= float64(admitted)*0.01-1e-9 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the usage report of the gateway at admin port %d: %s, %v; want alice's %d requests and her budget", admin, out.String(), err, admitted)
+			}
+		}
 	}
 }

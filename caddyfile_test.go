@@ -240,6 +240,15 @@ func TestCaddyfileSlips(t *testing.T) {
 		"chat_gateway {\n cache {\n when sometimes\n }\n}":                                                                 "invalid when 'sometimes': want deterministic or always",
 		"chat_gateway {\n cache {\n store disk\n }\n}":                                                                     "unrecognized store 'disk': want memory or redis",
 		"chat_gateway {\n cache 5m\n}":                                                                                     "wrong argument count",
+		"chat_gateway {\n price m input x output 1\n}":                                                                     "price m: invalid input 'x': want US dollars per million tokens, such as 2.50",
+		"chat_gateway {\n price m output 1\n}":                                                                             "price m: input and output are both needed",
+		"chat_gateway {\n price m input 1 output 2 input 3\n}":                                                             "price m: unexpected 'input'",
+		"chat_gateway {\n price m input 1 outptu 2\n}":                                                                     "price m: unexpected 'outptu'",
+		"chat_gateway {\n price\n}":                                                                                        "price: want price <model pattern> input <USD per 1M tokens>",
+		"chat_gateway {\n prices_file a b\n}":                                                                              "wrong argument count",
+		"chat_gateway {\n limits {\n budget 0/day\n }\n}":                                                                  "invalid budget '0/day'",
+		"chat_gateway {\n limits {\n budget 5/year\n }\n}":                                                                 "period must be day, week or month",
+		"chat_gateway {\n limits {\n budget 1.0000001/day\n }\n}":                                                          "at most six decimals",
 	} {
 		_, err := parse(t, input)
 		if err == nil || !strings.Contains(err.Error(), want) {

@@ -71,6 +71,9 @@ type exchange struct {
 	upstreamReason string
 	// reservation is what the limits reserved, settled by finish.
 	reservation *limits.Reservation
+	// limitsIdentity is who the limits counted the request against,
+	// once admitted: finish settles and records it.
+	limitsIdentity string
 	// stateful is set while the attempt's backend keeps Responses: the
 	// id of the one it makes is claimed for the caller (claimed, once).
 	stateful, claimed bool
@@ -350,7 +353,7 @@ func (x *exchange) placeholder(key string) (any, bool) {
 // log, the placeholders and the module log.
 func (x *exchange) finish() {
 	x.publish() // the cost, which the limits charge
-	if x.reservation != nil {
+	if x.limitsIdentity != "" {
 		x.h.Limits.settle(x)
 	}
 	x.out.release()

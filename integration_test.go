@@ -54,6 +54,8 @@ func TestCaddyfiles(t *testing.T) {
 		{"examples/metrics.Caddyfile", "/v1/chat/completions", "m", "from llama", nil},
 		{"examples/prefix-affinity.Caddyfile", "/v1/chat/completions", "m", "from llama", nil},
 		{"examples/cache.Caddyfile", "/v1/chat/completions", "m", "from llama", nil},
+		{"examples/budgets.Caddyfile", "/v1/chat/completions", "m", "from llama", nil},
+		{"examples/budgets.Caddyfile", "/v1/chat/completions", "gpt-4o-mini", "from openai", nil},
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%s %s %s", filepath.Base(tt.file), tt.model, tt.env["BACKEND_URL"]), func(t *testing.T) {

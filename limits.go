@@ -170,6 +170,7 @@ type Limits struct {
 	set      limits.Set
 	models   []modelSet
 	store    limits.Store
+	ledger   limits.Ledger // the store's, for the usage report
 	limiter  *limits.Limiter
 	memory   bool   // the store is in memory: settling costs no I/O
 	poolKey  string // the store's key in limitStores
@@ -246,6 +247,7 @@ func (l *Limits) provision(ctx caddy.Context, repl *caddy.Replacer) error {
 		return fmt.Errorf("opening the limits store: %w", err)
 	}
 	l.poolKey, l.store = key, store.(limits.Store)
+	l.ledger, _ = store.(limits.Ledger)
 	l.limiter = limits.New(l.store, l.clock, l.lease)
 	return nil
 }
@@ -381,8 +383,10 @@ func (l *Limits) reserveAmount(dims []limits.Dimension, x *exchange, model strin
 // answered the request instead: a 429, or a 503 when the store failed
 // and on_store_error is deny.
 func (l *Limits) admit(x *exchange, model string) bool {
-	dims := l.dimensions(l.identity(x), x.keyLimits, x.req.Model)
+	identity := l.identity(x)
+	dims := l.dimensions(identity, x.keyLimits, x.req.Model)
 	if len(dims) == 0 {
+		x.limitsIdentity = identity // for the ledger
 		return true
 	}
 	amount := l.reserveAmount(dims, x, model)
@@ -409,7 +413,7 @@ func (l *Limits) admit(x *exchange, model string) bool {
 		limitMetrics.decision(d, "allowed").Inc()
 	}
 	x.setRateLimitHeaders(dec.Status)
-	x.reservation = dec.Reservation
+	x.reservation, x.limitsIdentity = dec.Reservation, identity
 	return true
 }
 
@@ -443,25 +447,36 @@ func (l *Limits) storeFailed(x *exchange, op string, err error) bool {
 
 // settle charges an admitted request what it used, once its reply is
 // over: nothing when it failed before any content reached the client,
-// else its usage (the backend's, or the estimate of what was generated).
-// With Redis it runs off the request's path.
+// else its usage (the backend's, or the estimate of what was generated)
+// and its cost, which the ledger also records for the usage report. With
+// Redis it runs off the request's path.
 func (l *Limits) settle(x *exchange) {
 	res := x.reservation
 	x.reservation = nil
 	refund := x.outcome != outcomeOK && x.ttft == 0
-	used := limits.Amount{Tokens: min(x.usage.PromptTokens+x.usage.CompletionTokens, maxReserve), Micros: min(pricing.Micros(x.costUSD), maxReserve)}
-	if x.cache.served() {
-		used = limits.Amount{} // no backend computed it
+	use := limits.Use{Identity: scopeName(x.limitsIdentity), Model: scopeName(x.servedModel), Micros: min(pricing.Micros(x.costUSD), maxReserve),
+		Prompt: min(x.usage.PromptTokens, maxReserve), Completion: min(x.usage.CompletionTokens, maxReserve)}
+	if use.Model == "" {
+		use.Model = scopeName(x.model)
 	}
+	if x.cache.served() {
+		use.Prompt, use.Completion, use.Micros = 0, 0, 0 // no backend computed it
+	}
+	used := limits.Amount{Tokens: min(use.Prompt+use.Completion, maxReserve), Micros: use.Micros}
 	ctx := context.WithoutCancel(x.r.Context())
 	run := func() {
 		begin := time.Now()
 		var err error
-		if refund {
+		switch {
+		case res == nil: // no limit applied: recorded only
+		case refund:
 			err = l.limiter.Refund(ctx, res)
-		} else {
+		default:
 			err = l.limiter.Reconcile(ctx, res, used)
 			limitMetrics.estimateError.Observe(float64(res.Tokens() - used.Tokens))
+		}
+		if err == nil && l.ledger != nil && !refund {
+			err = l.ledger.Record(ctx, time.Now(), use)
 		}
 		if !l.memory {
 			limitMetrics.storeDuration.WithLabelValues("settle").Observe(time.Since(begin).Seconds())

@@ -284,6 +284,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if err := h.Limits.provision(ctx, repl); err != nil {
 			return fmt.Errorf("limits: %w", err)
 		}
+		usageSources.Store(h, struct{}{})
 	}
 	for _, b := range h.Backends {
 		b.label = b.name() // before its proxy is loaded: loading empties ProxyRaw
@@ -433,6 +434,7 @@ func (h *Handler) Cleanup() error {
 		}
 	}
 	if h.Limits != nil {
+		usageSources.Delete(h)
 		return h.Limits.cleanup()
 	}
 	return nil

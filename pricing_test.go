@@ -106,3 +106,26 @@ chat_gateway {
 		t.Errorf("unpriced requests: %v, want 1", v)
 	}
 }
+
+// TestPricesFile: a model priced only in LiteLLM's published list is
+// priced from it; a price line for a model takes precedence over the
+// file's entry.
+func TestPricesFile(t *testing.T) {
+	be, _ := priced(t, nil) // 5 prompt and 5 completion tokens a reply
+	g := newGateway(t, fmt.Sprintf(`chat_gateway {
+	backend %s
+	price gpt-4o input 1000 output 1000
+	prices_file internal/pricing/testdata/model_prices_and_context_window.json
+}`, be.URL))
+	// gpt-4o-mini from the file: 5 x $0.15 + 5 x $0.60 per million;
+	// gpt-4o from its line: 10 x $1,000 per million.
+	for model, want := range map[string]float64{"gpt-4o-mini": 5*0.15/1e6 + 5*0.60/1e6, "gpt-4o": 0.01} {
+		id := "file-" + model
+		if resp, body := g.post(t, strings.Replace(budgetRequest, `"model":"m"`, `"model":"`+model+`"`, 1), "X-Request-Id", id); resp.StatusCode != 200 {
+			t.Fatalf("%d %s", resp.StatusCode, body)
+		}
+		if cost, _ := g.accessLog(t, id)["cost_usd"].(float64); math.Abs(cost-want) > 1e-12 {
+			t.Errorf("%s: cost_usd %v, want %v", model, cost, want)
+		}
+	}
+}

@@ -162,6 +162,13 @@ func isHex(s string) bool {
 // Len is the number of keys in the set.
 func (s *Set) Len() int { return len(s.byHash) }
 
+// Each calls fn with each key of the set, in no order.
+func (s *Set) Each(fn func(*Key)) {
+	for _, k := range s.byHash {
+		fn(k)
+	}
+}
+
 // Lookup returns the key a client presented, if the set has it, valid
 // or not. It costs one SHA-256 and one map access; the hashes are
 // compared in constant time.

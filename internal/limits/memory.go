@@ -26,6 +26,7 @@ type Memory struct {
 	seed   maphash.Seed
 	shards [memoryShards]shard
 	owners memoryOwners
+	ledger memoryLedger
 }
 
 // shard is one locked part of a Memory.

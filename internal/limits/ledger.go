@@ -1,0 +1,242 @@
+package limits
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Ledger keeps what each identity used of each model, by UTC day: the
+// counts of the usage report, beside the limits' counters (Memory and
+// Redis are Ledgers), so every gateway on one Redis reports the same.
+// Identities and models are kept as scope names (short printable
+// tokens, else a hash): never a secret or prompt text.
+type Ledger interface {
+	// Record adds one request that used u to its identity's and
+	// model's counts of the UTC day holding at.
+	Record(ctx context.Context, at time.Time, u Use) error
+	// Usage returns the counts of the UTC days from start to end
+	// (excluded), added up by identity and model.
+	Usage(ctx context.Context, start, end time.Time) ([]UsageRow, error)
+}
+
+// Use is what one request used.
+type Use struct {
+	Identity, Model    string
+	Prompt, Completion int64
+	// Micros is its cost, in millionths of a US dollar.
+	Micros int64
+}
+
+// UsageRow is what an identity used of a model over some days.
+type UsageRow struct {
+	Identity string `json:"identity"`
+	Model    string `json:"model"`
+	Requests int64  `json:"requests"`
+	Prompt   int64  `json:"prompt_tokens"`
+	// Completion is the completion tokens.
+	Completion int64 `json:"completion_tokens"`
+	// Micros is the cost, in millionths of a US dollar.
+	Micros int64 `json:"cost_micros"`
+}
+
+// ledgerDays is how long the days of a ledger are kept: a month's
+// report and some.
+const ledgerDays = 40
+
+// MaxLedgerRows bounds the identity and model pairs a Memory store
+// counts in one day; past it, new pairs count under identity "other".
+const MaxLedgerRows = 10000
+
+// dayOf is the UTC day holding t, as a ledger names it.
+func dayOf(t time.Time) string { return t.UTC().Format("20060102") }
+
+// days are the UTC days from start to end (excluded).
+func days(start, end time.Time) []string {
+	var out []string
+	for d := start.UTC().Truncate(24 * time.Hour); d.Before(end); d = d.AddDate(0, 0, 1) {
+		out = append(out, dayOf(d))
+	}
+	return out
+}
+
+// add adds u, one request, to r.
+func (r *UsageRow) add(u UsageRow) {
+	r.Requests += u.Requests
+	r.Prompt += u.Prompt
+	r.Completion += u.Completion
+	r.Micros += u.Micros
+}
+
+// sortRows orders rows by identity, then model.
+func sortRows(rows []UsageRow) []UsageRow {
+	slices.SortFunc(rows, func(a, b UsageRow) int {
+		if c := strings.Compare(a.Identity, b.Identity); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Model, b.Model)
+	})
+	return rows
+}
+
+// memoryLedger is a Memory store's ledger.
+type memoryLedger struct {
+	mu   sync.Mutex
+	days map[string]map[[2]string]*UsageRow
+}
+
+// Record implements Ledger.
+func (m *Memory) Record(_ context.Context, at time.Time, u Use) error {
+	l := &m.ledger
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	day := dayOf(at)
+	if l.days == nil {
+		l.days = make(map[string]map[[2]string]*UsageRow)
+	}
+	rows := l.days[day]
+	if rows == nil {
+		rows = make(map[[2]string]*UsageRow)
+		l.days[day] = rows
+		oldest := dayOf(at.AddDate(0, 0, -ledgerDays))
+		for d := range l.days {
+			if d < oldest {
+				delete(l.days, d)
+			}
+		}
+	}
+	key := [2]string{u.Identity, u.Model}
+	r := rows[key]
+	if r == nil {
+		if len(rows) >= MaxLedgerRows {
+			key[0] = "other"
+		}
+		if r = rows[key]; r == nil {
+			r = &UsageRow{Identity: key[0], Model: key[1]}
+			rows[key] = r
+		}
+	}
+	r.add(UsageRow{Requests: 1, Prompt: u.Prompt, Completion: u.Completion, Micros: u.Micros})
+	return nil
+}
+
+// Usage implements Ledger.
+func (m *Memory) Usage(_ context.Context, start, end time.Time) ([]UsageRow, error) {
+	l := &m.ledger
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	sum := map[[2]string]*UsageRow{}
+	for _, day := range days(start, end) {
+		for key, r := range l.days[day] {
+			if sum[key] == nil {
+				sum[key] = &UsageRow{Identity: r.Identity, Model: r.Model}
+			}
+			sum[key].add(*r)
+		}
+	}
+	out := make([]UsageRow, 0, len(sum))
+	for _, r := range sum {
+		out = append(out, *r)
+	}
+	return sortRows(out), nil
+}
+
+// ledgerKey is a day's hash in Redis: one field per identity, model
+// and count.
+func (r *Redis) ledgerKey(day string) string { return r.prefix + "{ledger}:" + day }
+
+// ledgerFields are a Redis ledger's counts: requests, prompt and
+// completion tokens, micro-dollars. A field is identity, model and
+// count, separated by ledgerSep, which no scope name holds.
+var ledgerFields = [4]string{"r", "p", "c", "m"}
+
+const ledgerSep = "\x1f"
+
+// Record implements Ledger: one round trip, its four counts added
+// atomically.
+func (r *Redis) Record(ctx context.Context, at time.Time, u Use) error {
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	key := r.ledgerKey(dayOf(at))
+	base := u.Identity + ledgerSep + u.Model + ledgerSep
+	pipe := r.client.TxPipeline()
+	for i, n := range [4]int64{1, u.Prompt, u.Completion, u.Micros} {
+		pipe.HIncrBy(ctx, key, base+ledgerFields[i], n)
+	}
+	pipe.Expire(ctx, key, ledgerDays*24*time.Hour)
+	_, err := pipe.Exec(ctx)
+	return err
+}
+
+// Usage implements Ledger: one round trip for every day.
+func (r *Redis) Usage(ctx context.Context, start, end time.Time) ([]UsageRow, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*r.timeout)
+	defer cancel()
+	pipe := r.client.Pipeline()
+	var cmds []interface {
+		Result() (map[string]string, error)
+	}
+	for _, day := range days(start, end) {
+		cmds = append(cmds, pipe.HGetAll(ctx, r.ledgerKey(day)))
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, err
+	}
+	sum := map[[2]string]*UsageRow{}
+	for _, cmd := range cmds {
+		fields, _ := cmd.Result()
+		for f, v := range fields {
+			parts := strings.Split(f, ledgerSep)
+			n, err := strconv.ParseInt(v, 10, 64)
+			i := slices.Index(ledgerFields[:], parts[len(parts)-1])
+			if len(parts) != 3 || err != nil || i < 0 {
+				return nil, fmt.Errorf("limits: ledger field %q: %w", f, errors.New("not one this gateway wrote"))
+			}
+			key := [2]string{parts[0], parts[1]}
+			row := sum[key]
+			if row == nil {
+				row = &UsageRow{Identity: parts[0], Model: parts[1]}
+				sum[key] = row
+			}
+			*[4]*int64{&row.Requests, &row.Prompt, &row.Completion, &row.Micros}[i] += n
+		}
+	}
+	out := make([]UsageRow, 0, len(sum))
+	for _, r := range sum {
+		out = append(out, *r)
+	}
+	return sortRows(out), nil
+}
+
+// Levels returns the state of each periodic dimension of dims (quotas
+// and budgets): what is left and until when; it reserves nothing.
+func (l *Limiter) Levels(ctx context.Context, dims []Dimension) ([]Status, error) {
+	now := l.clock.Now()
+	p := plan{now: micros(now)}
+	for _, d := range dims {
+		if err := d.validate(); err != nil {
+			return nil, err
+		}
+		if !d.Kind.periodic() {
+			return nil, fmt.Errorf("limits: %s has no level to report", d.Kind)
+		}
+		p.steps = append(p.steps, l.step(d, now, 0))
+	}
+	if len(p.steps) == 0 {
+		return nil, nil
+	}
+	_, levels, err := l.store.reserve(ctx, &p)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Status, len(dims))
+	for i, d := range dims {
+		out[i] = statusOf(d, levels[i], now)
+	}
+	return out, nil
+}

@@ -79,7 +79,7 @@ func TestBudgetPerKey(t *testing.T) {
 	e := apiError(t, body)
 	_, end := time.Now().UTC(), time.Now().UTC().Truncate(24*time.Hour).Add(24*time.Hour)
 	retry, _ := strconv.Atoi(resp.Header.Get("Retry-After"))
-	if resp.StatusCode != 429 || e["code"] != "insufficient_quota" || !strings.Contains(e["message"].(string), "budget for alice: Limit $0.035 per day, Used $0.03") ||
+	if resp.StatusCode != 429 || e["code"] != "insufficient_quota" || !strings.Contains(e["message"].(string), "budget for alice: Limit $0.035 per day, Used $0.03") || resp.Header.Get("X-Should-Retry") != "false" ||
 		float64(retry) < time.Until(end).Seconds()-60 || float64(retry) > time.Until(end).Seconds()+60 {
 		t.Fatalf("the 4th request: %d, Retry-After %q, %v: want 429 insufficient_quota until midnight UTC (%s)", resp.StatusCode, resp.Header.Get("Retry-After"), e, time.Until(end))
 	}

@@ -27,6 +27,7 @@ const benchKey = "sk-bench-0123456789abcdefghijklmnopqrstuvwxyz"
 const (
 	keyLimitMemory = "echo key+limit 200"
 	keyLimitRedis  = "echo key+limit redis 200"
+	keyLimitBudget = "echo key+limit+budget 200"
 )
 
 // startRefusals starts echo behind client keys and limits: one that
@@ -45,8 +46,10 @@ func (h *harness) startRefusals(ctx context.Context, dir string) error {
 		header      http.Header
 		status      int
 	}
+	budget := "\n\t\tprice m input 0.15 output 0.60\n\t\tlimits {\n\t\t\trequests 1000000000/1h\n\t\t\tbudget 1000000/day\n\t\t}"
 	configs := []config{
 		{keyLimitMemory, auth + limits, bearer(benchKey), http.StatusOK},
+		{keyLimitBudget, auth + budget, bearer(benchKey), http.StatusOK},
 		{"echo 401 bad key", auth, bearer("sk-bench-wrong-key-0123456789abcdefghijklmnopq"), http.StatusUnauthorized},
 		{"echo 429 over limit", "limits {\n\t\t\trequests 1/1h\n\t\t}", nil, http.StatusTooManyRequests},
 	}

@@ -213,6 +213,10 @@ func (r *Results) checkTargets() {
 			case keyLimitMemory:
 				add("CPU per request with a key and memory limits, / echo without", v, "≤ 1.05", v <= 1.05, "100 B, 8 concurrent")
 				continue
+			case keyLimitBudget:
+				b := f.median("per request", t) / f.median("per request", keyLimitMemory)
+				add("CPU per request with prices and a budget, / with the same key and limits without", b, "≤ 1.05", b <= 1.05, "100 B, 8 concurrent, memory store")
+				continue
 			case keyLimitRedis:
 				add("CPU per request with a key and Redis limits, / echo without", v, "published", !math.IsNaN(v), "100 B, 8 concurrent")
 				added := f.median(refusalP50, t) - f.median(refusalP50, "echo")

@@ -157,24 +157,95 @@ var ledgerFields = [4]string{"r", "p", "c", "m"}
 
 const ledgerSep = "\x1f"
 
-// Record implements Ledger: one round trip, its four counts added
-// atomically.
-func (r *Redis) Record(ctx context.Context, at time.Time, u Use) error {
-	ctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
-	key := r.ledgerKey(dayOf(at))
-	base := u.Identity + ledgerSep + u.Model + ledgerSep
-	pipe := r.client.TxPipeline()
-	for i, n := range [4]int64{1, u.Prompt, u.Completion, u.Micros} {
-		pipe.HIncrBy(ctx, key, base+ledgerFields[i], n)
+// LedgerFlush is how often a Redis store sends the uses it recorded:
+// added up by day, identity and model, in one round trip. A report read
+// through another gateway lags by as much; a crash loses as much.
+const LedgerFlush = time.Second
+
+// redisLedger is the uses a Redis store has recorded and not yet sent.
+type redisLedger struct {
+	mu        sync.Mutex
+	pending   map[[3]string]*UsageRow // by day, identity, model
+	scheduled bool
+}
+
+// Record implements Ledger: it adds u to the uses the store sends within
+// LedgerFlush, so that a request costs no round trip of its own.
+func (r *Redis) Record(_ context.Context, at time.Time, u Use) error {
+	l := &r.ledger
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.pending == nil {
+		l.pending = make(map[[3]string]*UsageRow)
 	}
-	pipe.Expire(ctx, key, ledgerDays*24*time.Hour)
+	key := [3]string{dayOf(at), u.Identity, u.Model}
+	row := l.pending[key]
+	if row == nil {
+		row = &UsageRow{Identity: u.Identity, Model: u.Model}
+		l.pending[key] = row
+	}
+	row.add(UsageRow{Requests: 1, Prompt: u.Prompt, Completion: u.Completion, Micros: u.Micros})
+	if !l.scheduled {
+		l.scheduled = true
+		time.AfterFunc(LedgerFlush, func() { _ = r.flushLedger(context.Background()) })
+	}
+	return nil
+}
+
+// flushLedger sends the uses recorded so far, each day's counts added
+// to its hash atomically, in one round trip. Uses it could not send are
+// kept for the next flush, within LedgerFlush.
+func (r *Redis) flushLedger(ctx context.Context) error {
+	l := &r.ledger
+	l.mu.Lock()
+	pending := l.pending
+	l.pending, l.scheduled = nil, false
+	l.mu.Unlock()
+	if len(pending) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*r.timeout)
+	defer cancel()
+	pipe := r.client.TxPipeline()
+	expire := map[string]bool{}
+	for k, row := range pending {
+		key := r.ledgerKey(k[0])
+		base := k[1] + ledgerSep + k[2] + ledgerSep
+		for i, n := range [4]int64{row.Requests, row.Prompt, row.Completion, row.Micros} {
+			pipe.HIncrBy(ctx, key, base+ledgerFields[i], n)
+		}
+		expire[key] = true
+	}
+	for key := range expire {
+		pipe.Expire(ctx, key, ledgerDays*24*time.Hour)
+	}
 	_, err := pipe.Exec(ctx)
+	if err != nil && !r.closing() {
+		l.mu.Lock()
+		for k, row := range pending { // back, for the next flush
+			if l.pending == nil {
+				l.pending = make(map[[3]string]*UsageRow)
+			}
+			if mine := l.pending[k]; mine != nil {
+				row.add(*mine)
+			}
+			l.pending[k] = row
+		}
+		if !l.scheduled {
+			l.scheduled = true
+			time.AfterFunc(LedgerFlush, func() { _ = r.flushLedger(context.Background()) })
+		}
+		l.mu.Unlock()
+	}
 	return err
 }
 
-// Usage implements Ledger: one round trip for every day.
+// Usage implements Ledger: this store's uses sent first, then one
+// round trip for every day.
 func (r *Redis) Usage(ctx context.Context, start, end time.Time) ([]UsageRow, error) {
+	if err := r.flushLedger(ctx); err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithTimeout(ctx, 10*r.timeout)
 	defer cancel()
 	pipe := r.client.Pipeline()

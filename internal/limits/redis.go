@@ -65,6 +65,7 @@ type Redis struct {
 	prefix  string
 	timeout time.Duration
 	retry   retryQueue
+	ledger  redisLedger
 }
 
 // The scripts, hashed once; Run sends EVALSHA and falls back to EVAL.
@@ -149,9 +150,11 @@ func NewRedisClient(o RedisOptions) *redis.Client {
 	})
 }
 
-// Close stops sending settlements again, drops those still waiting,
-// and closes the connections.
+// Close sends the uses recorded and not yet sent, stops sending
+// settlements again, drops those still waiting, and closes the
+// connections.
 func (r *Redis) Close() error {
+	_ = r.flushLedger(context.Background())
 	r.retry.mu.Lock()
 	select {
 	case <-r.retry.closed:
@@ -160,6 +163,16 @@ func (r *Redis) Close() error {
 	}
 	r.retry.mu.Unlock()
 	return r.client.Close()
+}
+
+// closing reports whether Close has begun.
+func (r *Redis) closing() bool {
+	select {
+	case <-r.retry.closed:
+		return true
+	default:
+		return false
+	}
 }
 
 // Pending returns the settlements waiting to be sent again and how many

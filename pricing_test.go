@@ -15,6 +15,8 @@ func TestCost(t *testing.T) {
 	chat := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
 		body := upstreamBody(r)
 		switch {
+		case strings.Contains(r.URL.Path, "responses"):
+			writeJSON(w, 200, `{"id":"resp_1","object":"response","status":"completed","model":"gpt","output":[{"type":"message","role":"assistant","content":[{"type":"output_text","text":"hi"}]}],"usage":{"input_tokens":1000,"output_tokens":100,"total_tokens":1100,"input_tokens_details":{"cached_tokens":800}}}`)
 		case strings.Contains(r.URL.Path, "embeddings"):
 			writeJSON(w, 200, `{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.5]}],"model":"embed","usage":{"prompt_tokens":5000,"total_tokens":5000}}`)
 		case strings.Contains(body, `"stream":true`):
@@ -60,6 +62,8 @@ chat_gateway {
 		{"a stream with its usage chunk", "/v1/chat/completions", `{"model":"cheap","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}`, "cost-stream", 0.0001818, false},
 		// 100 x $3 + 2,000 cache reads x $0.30 + 50 x $15.
 		{"Messages with cache reads", "/v1/messages", `{"model":"claude-x","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}`, "cost-messages", 0.00165, false},
+		// 200 uncached x $2.50 + 800 cached x $1.25 + 100 x $10.
+		{"a Response with cached input tokens", "/v1/responses", `{"model":"gpt","input":"hi"}`, "cost-responses", 0.0025, false},
 		// 5,000 x $0.02.
 		{"embeddings, prompt tokens only", "/v1/embeddings", `{"model":"embed","input":"hello"}`, "cost-embed", 0.0001, false},
 		// No usage: what the gateway's estimate of the tokens costs at $1/$2.
@@ -99,8 +103,9 @@ chat_gateway {
 		}
 	}
 	m := scrape(t, g)
-	if v := m[`caddy_chat_gateway_cost_usd_total{key="",model="gpt"}`]; math.Abs(v-0.004) > 1e-12 {
-		t.Errorf("cost metric for gpt: %v, want 0.004 (%v)", v, m)
+	// gpt served the chat request and the Response: $0.004 + $0.0025.
+	if v := m[`caddy_chat_gateway_cost_usd_total{key="",model="gpt"}`]; math.Abs(v-0.0065) > 1e-12 {
+		t.Errorf("cost metric for gpt: %v, want 0.0065", v)
 	}
 	if v := m[`caddy_chat_gateway_unpriced_requests_total{model="unpriced"}`]; v != 1 {
 		t.Errorf("unpriced requests: %v, want 1", v)

@@ -156,3 +156,24 @@ func FuzzParseQuota(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseBudget: a budget parsed is positive, in range, and reads back
+// the same from its own text.
+func FuzzParseBudget(f *testing.F) {
+	for _, s := range []string{"25/month", "2.50/day", "$100/week", "0.000001/day", ".5/day", "1e3/day", "-1/day"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		b, err := ParseBudget(s)
+		if err != nil {
+			return
+		}
+		if b.Micros <= 0 || b.Micros > maxAmount || b.Period < Day || b.Period > Month {
+			t.Fatalf("%q: %+v out of range", s, b)
+		}
+		again, err := ParseBudget(b.String())
+		if err != nil || again != b {
+			t.Fatalf("%q: %+v reads back from %q as %+v, %v", s, b, b.String(), again, err)
+		}
+	})
+}

@@ -73,3 +73,25 @@ func TestReadLiteLLM(t *testing.T) {
 		}
 	}
 }
+
+// FuzzReadLiteLLM: whatever the file holds, every price read is one a
+// request can be charged at, and costs are never negative.
+func FuzzReadLiteLLM(f *testing.F) {
+	f.Add(`{"m":{"input_cost_per_token":1e-6,"output_cost_per_token":2e-6,"cache_read_input_token_cost":5e-7}}`)
+	f.Add(`{"sample_spec":{"input_cost_per_token":0.0,"output_cost_per_token":0.0,"max_tokens":"x"},"img":{"output_cost_per_image":0.04}}`)
+	f.Add(`{"m":{"input_cost_per_token":-1,"output_cost_per_token":1e308}}`)
+	f.Fuzz(func(t *testing.T, data string) {
+		prices, err := ReadLiteLLM([]byte(data))
+		if err != nil {
+			return
+		}
+		for model, p := range prices {
+			if err := p.Check(); err != nil {
+				t.Fatalf("%s: %+v: %v", model, p, err)
+			}
+			if c := p.USD(Usage{Prompt: 1000, Cached: 500, Completion: 1000}); c < 0 || math.IsNaN(c) || math.IsInf(c, 0) {
+				t.Fatalf("%s: %+v costs %v", model, p, c)
+			}
+		}
+	})
+}

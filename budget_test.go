@@ -1,6 +1,7 @@
 package chatgateway
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -13,6 +14,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	"github.com/chatgateway/caddy-chat-gateway/internal/keys"
 	"github.com/chatgateway/caddy-chat-gateway/internal/redistest"
@@ -41,6 +45,17 @@ func priced(t *testing.T, hold <-chan struct{}) (*backend, *atomic.Int64) {
 	return be, &calls
 }
 
+// awayFromMidnight waits out the last 30 s of a UTC day: a budget's
+// period (a day, or a month, which ends at midnight too) must not end
+// during a test that counts on it.
+func awayFromMidnight(t *testing.T) {
+	now := time.Now().UTC()
+	if left := now.Truncate(24 * time.Hour).Add(24 * time.Hour).Sub(now); left < 30*time.Second {
+		t.Logf("waiting %s for the day to end", left)
+		time.Sleep(left + time.Second)
+	}
+}
+
 // budgetRequest asks for at most 5 completion tokens: with its prompt
 // estimate it reserves about $0.01.
 const budgetRequest = `{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"What is two plus two?"}]}`
@@ -51,6 +66,7 @@ const budgetRequest = `{"model":"m","max_tokens":5,"messages":[{"role":"user","c
 // refused ones; another key is not touched, and a model's budget counts
 // every caller.
 func TestBudgetPerKey(t *testing.T) {
+	awayFromMidnight(t)
 	be, calls := priced(t, nil)
 	const bobKey = "sk-cg-bob-0123456789abcdefghijklmnopq"
 	g := newGateway(t, fmt.Sprintf(`chat_gateway {
@@ -106,6 +122,7 @@ func TestBudgetPerKey(t *testing.T) {
 // request whose largest cost is over the whole budget is refused as too
 // large, at once.
 func TestBudgetPerModel(t *testing.T) {
+	awayFromMidnight(t)
 	be, calls := priced(t, nil)
 	g := newGateway(t, fmt.Sprintf(`chat_gateway {
 	backend %s
@@ -138,6 +155,7 @@ func TestBudgetPerModel(t *testing.T) {
 // about 10 at their reservation: no more are admitted than it covers,
 // and the refused ones never reach the backend.
 func TestBudgetConcurrentStreams(t *testing.T) {
+	awayFromMidnight(t)
 	hold := make(chan struct{})
 	be, calls := priced(t, hold)
 	g := newGateway(t, fmt.Sprintf(`chat_gateway {
@@ -189,6 +207,7 @@ func TestBudgetConcurrentStreams(t *testing.T) {
 // one budget: together they admit what it covers, one more at most; and
 // each one's usage report counts the requests all three served.
 func TestBudgetCluster(t *testing.T) {
+	awayFromMidnight(t)
 	srv := redistest.Start(t)
 	be, calls := priced(t, nil)
 	dir := t.TempDir()
@@ -261,6 +280,36 @@ http://127.0.0.1:%d {
 			if time.Now().After(deadline) {
 				t.Fatalf("the usage report of the gateway at admin port %d: %s, %v; want alice's %d requests and her budget", admin, out.String(), err, admitted)
 			}
+		}
+	}
+}
+
+// A budget with no price to count it in, or a prices_file that is not a
+// price list, fails the config at load: it would limit nothing.
+func TestBudgetNeedsPrices(t *testing.T) {
+	dir := t.TempDir()
+	notPrices := filepath.Join(dir, "prices.json")
+	if err := os.WriteFile(notPrices, []byte(`{"gpt-4o":{"mode":"chat"}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for config, want := range map[string]string{
+		"limits {\n budget 5/day\n }":                                     "a budget needs prices",
+		"limits {\n model m {\n budget 5/day\n }\n }":                     "a budget needs prices",
+		"auth {\n key " + aliceKey + " {\n budget 1/day\n }\n }\n limits": "a budget needs prices",
+		"prices_file " + notPrices:                                        "not LiteLLM's price list",
+		"prices_file " + dir + "/missing.json":                            "prices_file: open",
+	} {
+		h := new(Handler)
+		tokens, _ := caddyfile.Tokenize([]byte("chat_gateway {\n"+config+"\n}"), "Caddyfile")
+		if err := h.UnmarshalCaddyfile(caddyfile.NewDispenser(tokens)); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+		err := h.Provision(ctx)
+		_ = h.Cleanup()
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: error %v, want %q", config, err, want)
 		}
 	}
 }

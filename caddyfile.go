@@ -72,7 +72,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        keys_file <path>
 //	    }
 //	    metrics_per_key [<max>]
-//	    price <model pattern> input <usd> output <usd> [cached <usd>]
+//	    price <model pattern> input <usd> output <usd> [cached <usd>] [cache_write <usd>]
 //	    prices_file <path>
 //	    limits {
 //	        requests <n>/<window>
@@ -902,9 +902,9 @@ func intArg(d *caddyfile.Dispenser, v *int, lo, hi int) error {
 }
 
 // readPrice reads "price <model pattern> input <usd> output <usd>
-// [cached <usd>]", in US dollars per million tokens.
+// [cached <usd>] [cache_write <usd>]", in US dollars per million tokens.
 func readPrice(h *Handler, d *caddyfile.Dispenser) error {
-	const want = "want price <model pattern> input <USD per 1M tokens> output <USD per 1M tokens> [cached <USD per 1M cached tokens>]"
+	const want = "want price <model pattern> input <USD per 1M tokens> output <USD per 1M tokens> [cached <USD per 1M cached tokens>] [cache_write <USD per 1M tokens written to the cache>]"
 	p := &ModelPrice{}
 	if !d.NextArg() {
 		return d.Errf("price: %s", want)
@@ -913,7 +913,7 @@ func readPrice(h *Handler, d *caddyfile.Dispenser) error {
 	seen := map[string]bool{}
 	for d.NextArg() {
 		name := d.Val()
-		if seen[name] || name != "input" && name != "output" && name != "cached" {
+		if seen[name] || name != "input" && name != "output" && name != "cached" && name != "cache_write" {
 			return d.Errf("price %s: unexpected '%s': %s", p.Pattern, name, want)
 		}
 		seen[name] = true
@@ -931,6 +931,8 @@ func readPrice(h *Handler, d *caddyfile.Dispenser) error {
 			p.Output = v
 		case "cached":
 			p.Cached = &v
+		case "cache_write":
+			p.CacheWrite = &v
 		}
 	}
 	if !seen["input"] || !seen["output"] {

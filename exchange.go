@@ -353,7 +353,7 @@ func (x *exchange) placeholder(key string) (any, bool) {
 // log, the placeholders and the module log.
 func (x *exchange) finish() {
 	x.publish() // the cost, which the limits charge
-	if x.limitsIdentity != "" {
+	if x.limitsIdentity != "" || x.reservation != nil {
 		x.h.Limits.settle(x)
 	}
 	x.out.release()

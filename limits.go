@@ -402,7 +402,11 @@ func (l *Limits) admit(x *exchange, model string) bool {
 		x.fail(openai.ClientClosedRequest())
 		return false
 	case err != nil:
-		return l.storeFailed(x, "reserve", err)
+		if !l.storeFailed(x, "reserve", err) {
+			return false
+		}
+		x.limitsIdentity = identity // let through unlimited, recorded
+		return true
 	case dec.Denial != nil:
 		limitMetrics.decision(dec.Denial.Dimension, "denied").Inc()
 		x.setRateLimitHeaders(dec.Status)
@@ -454,11 +458,8 @@ func (l *Limits) settle(x *exchange) {
 	res := x.reservation
 	x.reservation = nil
 	refund := x.outcome != outcomeOK && x.ttft == 0
-	use := limits.Use{Identity: scopeName(x.limitsIdentity), Model: scopeName(x.servedModel), Micros: min(pricing.Micros(x.costUSD), maxReserve),
+	use := limits.Use{Identity: scopeName(x.limitsIdentity), Model: scopeName(x.model), Micros: min(pricing.Micros(x.costUSD), maxReserve),
 		Prompt: min(x.usage.PromptTokens, maxReserve), Completion: min(x.usage.CompletionTokens, maxReserve)}
-	if use.Model == "" {
-		use.Model = scopeName(x.model)
-	}
 	if x.cache.served() {
 		use.Prompt, use.Completion, use.Micros = 0, 0, 0 // no backend computed it
 	}
@@ -475,14 +476,14 @@ func (l *Limits) settle(x *exchange) {
 			err = l.limiter.Reconcile(ctx, res, used)
 			limitMetrics.estimateError.Observe(float64(res.Tokens() - used.Tokens))
 		}
-		if err == nil && l.ledger != nil && !refund {
-			err = l.ledger.Record(ctx, time.Now(), use)
-		}
 		if !l.memory {
 			limitMetrics.storeDuration.WithLabelValues("settle").Observe(time.Since(begin).Seconds())
 		}
 		if err != nil {
 			l.storeFailed(nil, "settle", err)
+		}
+		if l.ledger != nil && !refund {
+			l.ledger.Record(time.Now(), use)
 		}
 	}
 	if l.memory {

@@ -9,6 +9,7 @@
 package chatgateway
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"sync/atomic"
@@ -280,11 +281,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.provisionPrices(repl); err != nil {
 		return err
 	}
+	if h.prices == nil && h.budgets() {
+		return errors.New("a budget needs prices: add price lines or a prices_file, else no request costs anything and no budget limits it")
+	}
 	if h.Limits != nil {
 		if err := h.Limits.provision(ctx, repl); err != nil {
 			return fmt.Errorf("limits: %w", err)
 		}
-		usageSources.Store(h, struct{}{})
 	}
 	for _, b := range h.Backends {
 		b.label = b.name() // before its proxy is loaded: loading empties ProxyRaw
@@ -341,6 +344,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if b.probed() {
 			b.reachable() // the first probe, known by the first /readyz
 		}
+	}
+	if h.Limits != nil { // once nothing can fail: Cleanup removes it
+		usageSources.Store(h, struct{}{})
 	}
 	h.announce()
 	return nil

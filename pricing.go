@@ -3,6 +3,7 @@ package chatgateway
 import (
 	"fmt"
 	"os"
+	"slices"
 
 	"github.com/caddyserver/caddy/v2"
 
@@ -26,6 +27,11 @@ type ModelPrice struct {
 	// Cached is the price of a million prompt tokens the backend read
 	// from its prompt cache. Default: Input.
 	Cached *float64 `json:"cached,omitempty"`
+
+	// CacheWrite is the price of a million prompt tokens the backend
+	// wrote to its prompt cache (Anthropic's cache_creation_input_tokens).
+	// Default: Input.
+	CacheWrite *float64 `json:"cache_write,omitempty"`
 }
 
 // prices are a handler's prices: its price lines, then its prices
@@ -54,6 +60,9 @@ func (h *Handler) provisionPrices(repl *caddy.Replacer) error {
 		if p.Cached != nil {
 			price.Cached, price.HasCached = *p.Cached, true
 		}
+		if p.CacheWrite != nil {
+			price.CacheWrite, price.HasCacheWrite = *p.CacheWrite, true
+		}
 		if err := price.Check(); err != nil {
 			return fmt.Errorf("price %s: %w", p.Pattern, err)
 		}
@@ -70,6 +79,26 @@ func (h *Handler) provisionPrices(repl *caddy.Replacer) error {
 		}
 	}
 	return nil
+}
+
+// budgets reports whether a budget is configured: the limits', a
+// model's or a client key's.
+func (h *Handler) budgets() bool {
+	if h.Limits == nil {
+		return false
+	}
+	sets := []LimitSet{h.Limits.LimitSet}
+	for _, m := range h.Limits.Models {
+		if m != nil {
+			sets = append(sets, m.LimitSet)
+		}
+	}
+	if h.Auth != nil {
+		for _, k := range h.Auth.Keys {
+			sets = append(sets, k.LimitSet)
+		}
+	}
+	return slices.ContainsFunc(sets, func(s LimitSet) bool { return s.Budget != "" })
 }
 
 // lookup returns model's price: the first price line that matches it,
@@ -105,5 +134,6 @@ func (x *exchange) setCost() {
 	if x.cache.served() {
 		return
 	}
-	x.costUSD = price.USD(pricing.Usage{Prompt: x.usage.PromptTokens, Cached: x.usage.CachedTokens, Completion: x.usage.CompletionTokens})
+	x.costUSD = price.USD(pricing.Usage{Prompt: x.usage.PromptTokens, Cached: x.usage.CachedTokens, Written: x.usage.CacheWriteTokens,
+		Completion: x.usage.CompletionTokens})
 }

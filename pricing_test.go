@@ -32,7 +32,7 @@ func TestCost(t *testing.T) {
 		}
 	})
 	native := newFakeBackend(t, func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, 200, `{"id":"msg_1","type":"message","role":"assistant","model":"claude-x","content":[{"type":"text","text":"hi"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":100,"cache_read_input_tokens":2000,"cache_creation_input_tokens":0,"output_tokens":50}}`)
+		writeJSON(w, 200, `{"id":"msg_1","type":"message","role":"assistant","model":"claude-x","content":[{"type":"text","text":"hi"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":100,"cache_read_input_tokens":2000,"cache_creation_input_tokens":1000,"output_tokens":50}}`)
 	})
 	g := newGateway(t, fmt.Sprintf(`metrics /metrics
 header >X-Cost {http.chat_gateway.cost_usd}
@@ -47,7 +47,7 @@ chat_gateway {
 	}
 	price gpt input 2.50 output 10 cached 1.25
 	price gpt-* input 0.15 output 0.60
-	price claude-* input 3 output 15 cached 0.30
+	price claude-* input 3 output 15 cached 0.30 cache_write 3.75
 	price embed input 0.02 output 0
 	price quiet input 1 output 2
 }`, chat.URL, native.URL))
@@ -60,8 +60,9 @@ chat_gateway {
 		{"chat with cached tokens", "/v1/chat/completions", `{"model":"gpt","messages":[{"role":"user","content":"hi"}]}`, "cost-chat", 0.004, false},
 		// The alias is priced as the model it names: 12 x $0.15 + 300 x $0.60.
 		{"a stream with its usage chunk", "/v1/chat/completions", `{"model":"cheap","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}`, "cost-stream", 0.0001818, false},
-		// 100 x $3 + 2,000 cache reads x $0.30 + 50 x $15.
-		{"Messages with cache reads", "/v1/messages", `{"model":"claude-x","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}`, "cost-messages", 0.00165, false},
+		// 100 x $3 + 2,000 cache reads x $0.30 + 1,000 cache writes x
+		// $3.75 + 50 x $15.
+		{"Messages with cache reads and writes", "/v1/messages", `{"model":"claude-x","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}`, "cost-messages", 0.0054, false},
 		// 200 uncached x $2.50 + 800 cached x $1.25 + 100 x $10.
 		{"a Response with cached input tokens", "/v1/responses", `{"model":"gpt","input":"hi"}`, "cost-responses", 0.0025, false},
 		// 5,000 x $0.02.

@@ -80,15 +80,13 @@ func serveUsage(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodGet {
 		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("method %s not allowed: GET only", r.Method)}
 	}
-	period := limits.Month
-	switch p := r.URL.Query().Get("period"); p {
-	case "", "month":
-	case "day":
-		period = limits.Day
-	case "week":
-		period = limits.Week
-	default:
-		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("period %q: want day, week or month", p)}
+	name := r.URL.Query().Get("period")
+	if name == "" {
+		name = "month"
+	}
+	period, err := limits.ParsePeriod(name)
+	if err != nil {
+		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("period %q: want day, week or month", name)}
 	}
 	report, err := usageOf(r.Context(), period, time.Now())
 	if err != nil {
@@ -103,7 +101,7 @@ func serveUsage(w http.ResponseWriter, r *http.Request) error {
 func usageOf(ctx context.Context, period limits.Period, now time.Time) (*usageReport, error) {
 	start, end := period.Bounds(now)
 	report := &usageReport{Period: period.String(), Start: start, End: end, Rows: []usageRow{}, Budgets: []budgetState{}}
-	stores := map[string]bool{}
+	stores := map[string][]limits.UsageRow{} // each store's rows, read once
 	budgets := map[string]bool{}
 	var handlers []*Handler
 	usageSources.Range(func(k, _ any) bool { handlers = append(handlers, k.(*Handler)); return true })
@@ -112,16 +110,19 @@ func usageOf(ctx context.Context, period limits.Period, now time.Time) (*usageRe
 	}
 	for _, h := range handlers {
 		l := h.Limits
-		if l.ledger == nil || stores[l.poolKey] {
+		if l.ledger == nil {
 			continue
 		}
-		stores[l.poolKey] = true
-		rows, err := l.ledger.Usage(ctx, start, end)
-		if err != nil {
-			return nil, fmt.Errorf("reading the usage from the limits store: %w", err)
-		}
-		for _, row := range rows {
-			report.Rows = append(report.Rows, usageRow{row, float64(row.Micros) / 1e6})
+		rows, read := stores[l.poolKey]
+		if !read {
+			var err error
+			if rows, err = l.ledger.Usage(ctx, start, end); err != nil {
+				return nil, fmt.Errorf("reading the usage from the limits store: %w", err)
+			}
+			stores[l.poolKey] = rows
+			for _, row := range rows {
+				report.Rows = append(report.Rows, usageRow{row, float64(row.Micros) / 1e6})
+			}
 		}
 		states, err := h.budgetStates(ctx, rows, budgets)
 		if err != nil {

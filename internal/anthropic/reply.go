@@ -132,7 +132,7 @@ func appendUsage(dst []byte, u Usage) []byte {
 // read from the cache among them.
 func (u Usage) gateway() openai.Usage {
 	return openai.Usage{PromptTokens: u.InputTokens + u.CacheReadTokens + u.CacheCreationTokens, CachedTokens: u.CacheReadTokens,
-		CompletionTokens: u.OutputTokens, Estimated: u.Estimated}
+		CacheWriteTokens: u.CacheCreationTokens, CompletionTokens: u.OutputTokens, Estimated: u.Estimated}
 }
 
 // chatUsage is a chat backend's prompt and completion tokens, cached

@@ -64,6 +64,21 @@ func TestCanonical(t *testing.T) {
 	if string(lone) != `{"a":"\ud800"}` || bytes.Equal(lone, replacement) || string(pair) != `{"a":"😀"}` {
 		t.Errorf("lone surrogate %s, U+FFFD %s, a pair %s", lone, replacement, pair)
 	}
+	// Names that differ only in case keep their order: Go's decoders match
+	// either to one field and keep the last.
+	for _, pair := range [][2]string{{`{"top_k":1,"Top_k":50}`, `{"Top_k":50,"top_k":1}`}, {`{"k":1,"\u212a":2}`, `{"\u212a":2,"k":1}`}} {
+		a, _ := Canonical([]byte(pair[0]), nil)
+		b, _ := Canonical([]byte(pair[1]), nil)
+		if bytes.Equal(a, b) {
+			t.Errorf("%s and %s share the canonical form %s", pair[0], pair[1], a)
+		}
+	}
+	// Objects nested out of order are copied once a level: past four
+	// times the request's size, no canonical form.
+	costly := strings.Repeat(`{"z":0,"a":`, 100) + `"` + strings.Repeat("y", 100_000) + `"` + strings.Repeat("}", 100)
+	if _, err := Canonical([]byte(costly), nil); !errors.Is(err, errTooCostly) {
+		t.Errorf("100 levels out of order around 100 KB: %v, want %v", err, errTooCostly)
+	}
 	deep := strings.Repeat(`{"a":`, maxDepth) + "1" + strings.Repeat("}", maxDepth)
 	if _, err := Canonical([]byte(deep), nil); err != nil {
 		t.Errorf("%d levels: %v, want a canonical form", maxDepth, err)
@@ -88,7 +103,7 @@ func FuzzCanonical(f *testing.F) {
 		c, err := Canonical([]byte(body), skipStream)
 		if err != nil {
 			var v map[string]any
-			if json.Unmarshal([]byte(body), &v) == nil && !errors.Is(err, errTooDeep) && !errors.Is(err, errNotUTF8) {
+			if json.Unmarshal([]byte(body), &v) == nil && !errors.Is(err, errTooDeep) && !errors.Is(err, errNotUTF8) && !errors.Is(err, errTooCostly) {
 				t.Fatalf("%s decodes to %v, yet has no canonical form: %v", body, v, err)
 			}
 			return

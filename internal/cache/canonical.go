@@ -2,10 +2,12 @@ package cache
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"slices"
 	"strconv"
 	"strings"
+	"unicode"
 	"unicode/utf16"
 	"unicode/utf8"
 
@@ -13,10 +15,12 @@ import (
 )
 
 // Canonical returns body, a JSON object, in a canonical form: members
-// sorted by name at every depth (members of one name kept in their
-// order), no whitespace, strings escaped one way, an integer as its
-// literal and any other number as the shortest text of its float64, the
-// value a backend reads; the top-level members skip names are left out.
+// sorted by name at every depth (names that differ only in case, or not
+// at all, kept in their order: decoders that match names regardless of
+// case read them by their order), no whitespace, strings escaped one
+// way, an integer as its literal and any other number as the shortest
+// text of its float64, the value a backend reads; the top-level members
+// skip names are left out.
 // Two requests that differ only in member order, whitespace, escapes,
 // the spelling of a number or skipped members have one canonical form;
 // two that a backend reads differently never do (a lone surrogate
@@ -66,10 +70,14 @@ var (
 	errSyntax  = errors.New("cache: the request is not valid JSON")
 	errTooDeep = errors.New("cache: the request nests too deep to be cached")
 	errNotUTF8 = errors.New("cache: the request is not valid UTF-8")
+	// errTooCostly: objects nested out of order, each level copied once
+	// more, past 4 times the request's size.
+	errTooCostly = errors.New("cache: the request's members nest too deep out of order to be cached")
 )
 
 type canonicalizer struct {
 	in, out []byte
+	copied  int // bytes copied to put members in order, at most 4 times the input's
 }
 
 // member is where an object's member, written as in the request, is in
@@ -166,12 +174,16 @@ func (c *canonicalizer) object(i, depth int, skip func(string) bool) (int, error
 		}
 		i = jsonwalk.SkipSpace(c.in, i+1)
 	}
-	name := func(m member) []byte { return c.out[m.name[0]:m.name[1]] }
-	if !slices.IsSortedFunc(members, func(a, b member) int { return bytes.Compare(name(a), name(b)) }) {
+	name := func(out []byte, m member) []byte { return out[m.name[0]-start : m.name[1]-start] }
+	order := func(out []byte) func(a, b member) int {
+		return func(a, b member) int { return foldCompare(name(out, a), name(out, b)) }
+	}
+	if !slices.IsSortedFunc(members, order(c.out[start:])) {
+		if c.copied += len(c.out) - start; c.copied > 4*len(c.in)+4096 {
+			return 0, errTooCostly
+		}
 		written := bytes.Clone(c.out[start:])
-		slices.SortStableFunc(members, func(a, b member) int {
-			return bytes.Compare(written[a.name[0]-start:a.name[1]-start], written[b.name[0]-start:b.name[1]-start])
-		})
+		slices.SortStableFunc(members, order(written))
 		c.out = append(c.out[:start], '{')
 		for n, m := range members {
 			if n > 0 {
@@ -358,4 +370,41 @@ func canonicalNumber(n []byte) ([]byte, error) {
 		return []byte("0"), nil
 	}
 	return strconv.AppendFloat(nil, f, 'g', -1, 64), nil
+}
+
+// foldCompare orders member names as written ("key", with its quotes
+// and escapes decoded) by their case folding: a name and its spellings
+// in another case (Unicode's simple folding, as Go's encoding/json
+// matches names) sort together, kept in the order of the request,
+// which decoders that match names regardless of case read by order.
+func foldCompare(a, b []byte) int {
+	for len(a) > 0 && len(b) > 0 {
+		ra, na := fold(a)
+		rb, nb := fold(b)
+		if ra != rb {
+			return cmp.Compare(ra, rb)
+		}
+		a, b = a[na:], b[nb:]
+	}
+	return cmp.Compare(len(a), len(b))
+}
+
+// fold decodes the rune starting b and returns the least rune of its
+// case folding orbit, and its length.
+func fold(b []byte) (rune, int) {
+	if b[0] < utf8.RuneSelf {
+		c := rune(b[0])
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != 'k' && c != 's' { // the two ASCII letters with a non-ASCII fold
+			return c, 1
+		}
+	}
+	r, n := utf8.DecodeRune(b)
+	least := r
+	for f := unicode.SimpleFold(r); f != r; f = unicode.SimpleFold(f) {
+		least = min(least, f)
+	}
+	return least, n
 }

@@ -18,8 +18,9 @@ import (
 // tokens, else a hash): never a secret or prompt text.
 type Ledger interface {
 	// Record adds one request that used u to its identity's and
-	// model's counts of the UTC day holding at.
-	Record(ctx context.Context, at time.Time, u Use) error
+	// model's counts of the UTC day holding at. It does no I/O: Redis
+	// sends what it records in batches.
+	Record(at time.Time, u Use)
 	// Usage returns the counts of the UTC days from start to end
 	// (excluded), added up by identity and model.
 	Usage(ctx context.Context, start, end time.Time) ([]UsageRow, error)
@@ -49,9 +50,17 @@ type UsageRow struct {
 // report and some.
 const ledgerDays = 40
 
-// MaxLedgerRows bounds the identity and model pairs a Memory store
-// counts in one day; past it, new pairs count under identity "other".
+// MaxLedgerRows bounds the identity and model pairs a store keeps for
+// one day (Memory), or sends for one day (each gateway on a Redis); past
+// it, new pairs count as one pair, LedgerOverflow for both.
 const MaxLedgerRows = 10000
+
+// LedgerOverflow names the identity and model of the uses past
+// MaxLedgerRows pairs in a day. No scope name has a space: it is none.
+const LedgerOverflow = "(over the row cap)"
+
+// overflowKey is the pair the uses past the cap count under.
+var overflowKey = [2]string{LedgerOverflow, LedgerOverflow}
 
 // dayOf is the UTC day holding t, as a ledger names it.
 func dayOf(t time.Time) string { return t.UTC().Format("20060102") }
@@ -65,7 +74,7 @@ func days(start, end time.Time) []string {
 	return out
 }
 
-// add adds u, one request, to r.
+// add adds u's counts to r's.
 func (r *UsageRow) add(u UsageRow) {
 	r.Requests += u.Requests
 	r.Prompt += u.Prompt
@@ -91,7 +100,7 @@ type memoryLedger struct {
 }
 
 // Record implements Ledger.
-func (m *Memory) Record(_ context.Context, at time.Time, u Use) error {
+func (m *Memory) Record(at time.Time, u Use) {
 	l := &m.ledger
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -111,18 +120,20 @@ func (m *Memory) Record(_ context.Context, at time.Time, u Use) error {
 		}
 	}
 	key := [2]string{u.Identity, u.Model}
+	if rows[key] == nil && len(rows) >= MaxLedgerRows {
+		key = overflowKey
+	}
 	r := rows[key]
 	if r == nil {
-		if len(rows) >= MaxLedgerRows {
-			key[0] = "other"
-		}
-		if r = rows[key]; r == nil {
-			r = &UsageRow{Identity: key[0], Model: key[1]}
-			rows[key] = r
-		}
+		r = &UsageRow{Identity: key[0], Model: key[1]}
+		rows[key] = r
 	}
-	r.add(UsageRow{Requests: 1, Prompt: u.Prompt, Completion: u.Completion, Micros: u.Micros})
-	return nil
+	r.add(u.row())
+}
+
+// row is u as one request's counts.
+func (u Use) row() UsageRow {
+	return UsageRow{Identity: u.Identity, Model: u.Model, Requests: 1, Prompt: u.Prompt, Completion: u.Completion, Micros: u.Micros}
 }
 
 // Usage implements Ledger.
@@ -162,34 +173,62 @@ const ledgerSep = "\x1f"
 // through another gateway lags by as much; a crash loses as much.
 const LedgerFlush = time.Second
 
-// redisLedger is the uses a Redis store has recorded and not yet sent.
+// redisLedger is the uses a Redis store has recorded and not yet sent,
+// and the pairs it sent of each day (at most MaxLedgerRows, and as many
+// pending while Redis does not answer).
 type redisLedger struct {
 	mu        sync.Mutex
 	pending   map[[3]string]*UsageRow // by day, identity, model
+	sent      map[string]map[[2]string]bool
 	scheduled bool
+}
+
+// add adds row to the pending uses of day, under the overflow pair past
+// the cap; l.mu is held.
+func (l *redisLedger) add(day string, row UsageRow) {
+	if l.pending == nil {
+		l.pending = make(map[[3]string]*UsageRow)
+	}
+	if l.sent == nil {
+		l.sent = make(map[string]map[[2]string]bool)
+	}
+	pair := [2]string{row.Identity, row.Model}
+	sent := l.sent[day]
+	if sent == nil {
+		sent = make(map[[2]string]bool)
+		l.sent[day] = sent
+		for d := range l.sent {
+			if d < day { // a gateway counts its present day only
+				delete(l.sent, d)
+			}
+		}
+	}
+	if !sent[pair] {
+		if len(sent) >= MaxLedgerRows {
+			pair = overflowKey
+			row.Identity, row.Model = pair[0], pair[1]
+		}
+		sent[pair] = true
+	}
+	key := [3]string{day, pair[0], pair[1]}
+	if mine := l.pending[key]; mine != nil {
+		mine.add(row)
+		return
+	}
+	l.pending[key] = &row
 }
 
 // Record implements Ledger: it adds u to the uses the store sends within
 // LedgerFlush, so that a request costs no round trip of its own.
-func (r *Redis) Record(_ context.Context, at time.Time, u Use) error {
+func (r *Redis) Record(at time.Time, u Use) {
 	l := &r.ledger
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.pending == nil {
-		l.pending = make(map[[3]string]*UsageRow)
-	}
-	key := [3]string{dayOf(at), u.Identity, u.Model}
-	row := l.pending[key]
-	if row == nil {
-		row = &UsageRow{Identity: u.Identity, Model: u.Model}
-		l.pending[key] = row
-	}
-	row.add(UsageRow{Requests: 1, Prompt: u.Prompt, Completion: u.Completion, Micros: u.Micros})
+	l.add(dayOf(at), u.row())
 	if !l.scheduled {
 		l.scheduled = true
 		time.AfterFunc(LedgerFlush, func() { _ = r.flushLedger(context.Background()) })
 	}
-	return nil
 }
 
 // flushLedger sends the uses recorded so far, each day's counts added
@@ -223,13 +262,7 @@ func (r *Redis) flushLedger(ctx context.Context) error {
 	if err != nil && !r.closing() {
 		l.mu.Lock()
 		for k, row := range pending { // back, for the next flush
-			if l.pending == nil {
-				l.pending = make(map[[3]string]*UsageRow)
-			}
-			if mine := l.pending[k]; mine != nil {
-				row.add(*mine)
-			}
-			l.pending[k] = row
+			l.add(k[0], *row)
 		}
 		if !l.scheduled {
 			l.scheduled = true
@@ -282,32 +315,4 @@ func (r *Redis) Usage(ctx context.Context, start, end time.Time) ([]UsageRow, er
 		out = append(out, *r)
 	}
 	return sortRows(out), nil
-}
-
-// Levels returns the state of each periodic dimension of dims (quotas
-// and budgets): what is left and until when; it reserves nothing.
-func (l *Limiter) Levels(ctx context.Context, dims []Dimension) ([]Status, error) {
-	now := l.clock.Now()
-	p := plan{now: micros(now)}
-	for _, d := range dims {
-		if err := d.validate(); err != nil {
-			return nil, err
-		}
-		if !d.Kind.periodic() {
-			return nil, fmt.Errorf("limits: %s has no level to report", d.Kind)
-		}
-		p.steps = append(p.steps, l.step(d, now, 0))
-	}
-	if len(p.steps) == 0 {
-		return nil, nil
-	}
-	_, levels, err := l.store.reserve(ctx, &p)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]Status, len(dims))
-	for i, d := range dims {
-		out[i] = statusOf(d, levels[i], now)
-	}
-	return out, nil
 }

@@ -354,6 +354,34 @@ func (l *Limiter) Reserve(ctx context.Context, dims []Dimension, a Amount) (Deci
 	return Decision{Reservation: res, Status: status}, nil
 }
 
+// Levels returns the state of each periodic dimension of dims (quotas
+// and budgets): what is left and until when; it reserves nothing.
+func (l *Limiter) Levels(ctx context.Context, dims []Dimension) ([]Status, error) {
+	now := l.clock.Now()
+	p := plan{now: micros(now)}
+	for _, d := range dims {
+		if err := d.validate(); err != nil {
+			return nil, err
+		}
+		if !d.Kind.periodic() {
+			return nil, fmt.Errorf("limits: %s has no level to report", d.Kind)
+		}
+		p.steps = append(p.steps, l.step(d, now, 0))
+	}
+	if len(p.steps) == 0 {
+		return nil, nil
+	}
+	_, levels, err := l.store.reserve(ctx, &p)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Status, len(dims))
+	for i, d := range dims {
+		out[i] = statusOf(d, levels[i], now)
+	}
+	return out, nil
+}
+
 // keepLeased renews r's leases every third of the lease, off the
 // request's path, until r is settled. A renewal that fails is tried
 // again at the next: the slot lasts a lease past the last that worked.

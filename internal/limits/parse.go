@@ -99,15 +99,15 @@ func ParseQuota(s string) (Quota, error) {
 	if err != nil {
 		return Quota{}, fmt.Errorf("limits: quota %q: %w (want <n>/<day|week|month> such as 1000000/month)", s, err)
 	}
-	p, err := parsePeriod(unit)
+	p, err := ParsePeriod(unit)
 	if err != nil {
 		return Quota{}, fmt.Errorf("limits: quota %q: %w", s, err)
 	}
 	return Quota{N: n, Period: p}, nil
 }
 
-// parsePeriod reads day, week or month.
-func parsePeriod(s string) (Period, error) {
+// ParsePeriod reads day, week or month.
+func ParsePeriod(s string) (Period, error) {
 	switch s {
 	case "day":
 		return Day, nil
@@ -145,7 +145,7 @@ func ParseBudget(s string) (Budget, error) {
 	if err != nil {
 		return Budget{}, fmt.Errorf("limits: budget %q: %w (%s)", s, err, want)
 	}
-	p, err := parsePeriod(unit)
+	p, err := ParsePeriod(unit)
 	if err != nil {
 		return Budget{}, fmt.Errorf("limits: budget %q: %w", s, err)
 	}
@@ -180,8 +180,8 @@ func parseMicros(s string) (int64, error) {
 		}
 		n += f
 	}
-	if n <= 0 {
-		return 0, errors.New("the amount must be more than 0")
+	if n <= 0 || n > maxAmount {
+		return 0, errors.New("the amount must be more than 0 and at most 1125899906")
 	}
 	return n, nil
 }

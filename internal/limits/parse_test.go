@@ -47,7 +47,7 @@ func TestParseBudget(t *testing.T) {
 			t.Errorf("ParseBudget(%q) = %v, %v; want %v", in, got, err, want)
 		}
 	}
-	for _, in := range []string{"", "25", "0/day", "-1/day", "1.2345678/day", "1e3/day", "x/day", "5/year", "5/Day", "1,000/day", "/day", "./day"} {
+	for _, in := range []string{"", "25", "0/day", "-1/day", "1.2345678/day", "1e3/day", "x/day", "5/year", "5/Day", "1,000/day", "/day", "./day", "1125899906.9/day"} {
 		if b, err := ParseBudget(in); err == nil {
 			t.Errorf("ParseBudget(%q) = %v, want an error", in, b)
 		}

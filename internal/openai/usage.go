@@ -13,7 +13,10 @@ type Usage struct {
 	// from its prompt cache, as it reported them (OpenAI's
 	// prompt_tokens_details.cached_tokens, Anthropic's
 	// cache_read_input_tokens); 0 when it reported none.
-	CachedTokens     int64
+	CachedTokens int64
+	// CacheWriteTokens is how many it wrote to its prompt cache, as
+	// Anthropic reports them (cache_creation_input_tokens).
+	CacheWriteTokens int64
 	CompletionTokens int64
 	// Estimated is true when the backend reported nothing and the
 	// figures come from EstimateTokens.

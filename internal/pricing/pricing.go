@@ -21,6 +21,11 @@ type Price struct {
 	// prompt cache; they cost Input where HasCached is false.
 	Cached    float64
 	HasCached bool
+	// CacheWrite is the price of prompt tokens the backend wrote to its
+	// prompt cache (Anthropic bills them above Input); they cost Input
+	// where HasCacheWrite is false.
+	CacheWrite    float64
+	HasCacheWrite bool
 }
 
 // Usage is what a request used.
@@ -29,6 +34,8 @@ type Usage struct {
 	Prompt int64
 	// Cached is how many of them the backend read from its cache.
 	Cached int64
+	// Written is how many of them it wrote to its cache.
+	Written int64
 	// Completion is the completion tokens.
 	Completion int64
 }
@@ -36,21 +43,33 @@ type Usage struct {
 // USD is the cost of u at p, in US dollars.
 func (p Price) USD(u Usage) float64 {
 	cached := min(max(u.Cached, 0), u.Prompt)
-	cachedPrice := p.Input
+	written := min(max(u.Written, 0), u.Prompt-cached)
+	cachedPrice, writePrice := p.Input, p.Input
 	if p.HasCached {
 		cachedPrice = p.Cached
 	}
-	return (float64(u.Prompt-cached)*p.Input + float64(cached)*cachedPrice + float64(u.Completion)*p.Output) / 1e6
+	if p.HasCacheWrite {
+		writePrice = p.CacheWrite
+	}
+	return (float64(u.Prompt-cached-written)*p.Input + float64(cached)*cachedPrice + float64(written)*writePrice + float64(u.Completion)*p.Output) / 1e6
 }
 
-// Micros is usd in millionths of a dollar, rounded up: a budget's unit.
+// Micros is usd in millionths of a dollar, rounded up: a budget's unit;
+// 0 for nothing or less, math.MaxInt64 for more than an int64 holds.
 func Micros(usd float64) int64 {
-	return int64(math.Ceil(usd*1e6 - 1e-6))
+	m := math.Ceil(usd*1e6 - 1e-6)
+	switch {
+	case !(m > 0): // NaN too
+		return 0
+	case m >= math.MaxInt64:
+		return math.MaxInt64
+	}
+	return int64(m)
 }
 
 // Check reports a price no request can be charged at.
 func (p Price) Check() error {
-	for _, v := range []float64{p.Input, p.Output, p.Cached} {
+	for _, v := range []float64{p.Input, p.Output, p.Cached, p.CacheWrite} {
 		if v < 0 || math.IsNaN(v) || math.IsInf(v, 0) || v > 1e6 {
 			return fmt.Errorf("pricing: %v USD per million tokens: want a number from 0 to 1000000", v)
 		}
@@ -61,15 +80,17 @@ func (p Price) Check() error {
 // liteLLMEntry is what ReadLiteLLM reads of an entry of LiteLLM's list:
 // prices in US dollars per token.
 type liteLLMEntry struct {
-	Input  *float64 `json:"input_cost_per_token"`
-	Output *float64 `json:"output_cost_per_token"`
-	Cached *float64 `json:"cache_read_input_token_cost"`
+	Input      *float64 `json:"input_cost_per_token"`
+	Output     *float64 `json:"output_cost_per_token"`
+	Cached     *float64 `json:"cache_read_input_token_cost"`
+	CacheWrite *float64 `json:"cache_creation_input_token_cost"`
 }
 
 // ReadLiteLLM reads LiteLLM's model_prices_and_context_window.json: an
 // object of entries by model name, each with input_cost_per_token and
 // output_cost_per_token (US dollars per token) and, where the provider
-// discounts cached prompt tokens, cache_read_input_token_cost. Entries
+// prices its prompt cache apart, cache_read_input_token_cost and
+// cache_creation_input_token_cost. Entries
 // without both token prices (images, audio, the sample_spec) and those
 // whose prices are not numbers are left out.
 func ReadLiteLLM(data []byte) (map[string]Price, error) {
@@ -86,6 +107,9 @@ func ReadLiteLLM(data []byte) (map[string]Price, error) {
 		p := Price{Input: *e.Input * 1e6, Output: *e.Output * 1e6}
 		if e.Cached != nil {
 			p.Cached, p.HasCached = *e.Cached*1e6, true
+		}
+		if e.CacheWrite != nil {
+			p.CacheWrite, p.HasCacheWrite = *e.CacheWrite*1e6, true
 		}
 		if p.Check() != nil {
 			continue

@@ -28,6 +28,9 @@ func TestUSD(t *testing.T) {
 		{"stream with its usage chunk", Price{Input: 0.15, Output: 0.60}, Usage{Prompt: 12, Completion: 300}, 0.0000018 + 0.00018},
 		// Anthropic-style: 100 input, 2,000 read from the cache at $0.30/M, 50 out; $3/$15.
 		{"cache reads", Price{Input: 3, Output: 15, Cached: 0.30, HasCached: true}, Usage{Prompt: 2100, Cached: 2000, Completion: 50}, 0.0003 + 0.0006 + 0.00075},
+		// Anthropic's cache writes at $3.75/M (1.25x input): 100 x $3 +
+		// 1,000 written x $3.75 + 10 x $15.
+		{"cache writes", Price{Input: 3, Output: 15, Cached: 0.30, HasCached: true, CacheWrite: 3.75, HasCacheWrite: true}, Usage{Prompt: 1100, Written: 1000, Completion: 10}, 0.0003 + 0.00375 + 0.00015},
 		{"no usage", gpt, Usage{}, 0},
 		{"more cached than the prompt counts as the prompt", gpt, Usage{Prompt: 10, Cached: 50}, 10 * 1.25 / 1e6},
 	} {
@@ -35,7 +38,7 @@ func TestUSD(t *testing.T) {
 			t.Errorf("%s: %.12f USD, want %.12f", tc.name, got, tc.want)
 		}
 	}
-	for usd, want := range map[float64]int64{0.004: 4000, 0.0000001: 1, 0: 0, 25: 25_000_000, 0.0000018 + 0.00018: 182} {
+	for usd, want := range map[float64]int64{0.004: 4000, 0.0000001: 1, 0: 0, 25: 25_000_000, 0.0000018 + 0.00018: 182, -1: 0, 9.3e18: math.MaxInt64, math.Inf(1): math.MaxInt64} {
 		if got := Micros(usd); got != want {
 			t.Errorf("Micros(%v) = %d, want %d", usd, got, want)
 		}

@@ -24,9 +24,10 @@ func TestReadLiteLLMPublished(t *testing.T) {
 	if p, ok := prices["gpt-4o"]; !ok || !near(p.Input, 2.5) || !near(p.Output, 10) || !p.HasCached || !near(p.Cached, 1.25) {
 		t.Errorf("gpt-4o: %+v, %v; want 2.50 / 10 / cached 1.25", p, ok)
 	}
-	// Anthropic's of Claude Sonnet 4: $3 in, $15 out, $0.30 cache reads.
-	if p, ok := prices["claude-sonnet-4-20250514"]; !ok || !near(p.Input, 3) || !near(p.Output, 15) || !p.HasCached || !near(p.Cached, 0.3) {
-		t.Errorf("claude-sonnet-4-20250514: %+v, %v; want 3 / 15 / cached 0.30", p, ok)
+	// Anthropic's of Claude Sonnet 4: $3 in, $15 out, $0.30 cache reads,
+	// $3.75 cache writes.
+	if p, ok := prices["claude-sonnet-4-20250514"]; !ok || !near(p.Input, 3) || !near(p.Output, 15) || !p.HasCached || !near(p.Cached, 0.3) || !p.HasCacheWrite || !near(p.CacheWrite, 3.75) {
+		t.Errorf("claude-sonnet-4-20250514: %+v, %v; want 3 / 15 / cached 0.30 / cache writes 3.75", p, ok)
 	}
 	// An embeddings model has no output price: 0, not left out.
 	if p, ok := prices["text-embedding-3-small"]; !ok || !near(p.Input, 0.02) || p.Output != 0 {

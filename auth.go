@@ -110,6 +110,9 @@ func (h *Handler) loadKeys(repl *caddy.Replacer, path string) (*keyring, error) 
 		if err != nil {
 			return nil, fmt.Errorf("auth: key %d: %w", i+1, err)
 		}
+		if set.Budget.Micros > 0 && h.prices == nil {
+			return nil, fmt.Errorf("auth: key %d: %s", i+1, errBudgetNeedsPrices)
+		}
 		ring.limits[i] = set
 	}
 	set, err := keys.Build(entries)

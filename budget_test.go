@@ -288,14 +288,18 @@ http://127.0.0.1:%d {
 // price list, fails the config at load: it would limit nothing.
 func TestBudgetNeedsPrices(t *testing.T) {
 	dir := t.TempDir()
-	notPrices := filepath.Join(dir, "prices.json")
+	notPrices, keysFile := filepath.Join(dir, "prices.json"), filepath.Join(dir, "keys.json")
 	if err := os.WriteFile(notPrices, []byte(`{"gpt-4o":{"mode":"chat"}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keysFile, []byte(`{"keys":[{"key":"`+keys.Hash(aliceKey)+`","id":"a","budget":"1/day"}]}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	for config, want := range map[string]string{
 		"limits {\n budget 5/day\n }":                                     "a budget needs prices",
 		"limits {\n model m {\n budget 5/day\n }\n }":                     "a budget needs prices",
 		"auth {\n key " + aliceKey + " {\n budget 1/day\n }\n }\n limits": "a budget needs prices",
+		"auth {\n keys_file " + keysFile + "\n }\n limits":                "auth: key 1: a budget needs prices",
 		"prices_file " + notPrices:                                        "not LiteLLM's price list",
 		"prices_file " + dir + "/missing.json":                            "prices_file: open",
 	} {

@@ -9,7 +9,6 @@
 package chatgateway
 
 import (
-	"errors"
 	"fmt"
 	"strings"
 	"sync/atomic"
@@ -275,14 +274,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.routes = make(map[string]route)
 	repl := caddy.NewReplacer()
+	if err := h.provisionPrices(repl); err != nil { // before the keys: a key's budget needs them
+		return err
+	}
 	if err := h.provisionAuth(ctx, repl); err != nil {
 		return err
 	}
-	if err := h.provisionPrices(repl); err != nil {
-		return err
-	}
 	if h.prices == nil && h.budgets() {
-		return errors.New("a budget needs prices: add price lines or a prices_file, else no request costs anything and no budget limits it")
+		return errBudgetNeedsPrices
 	}
 	if h.Limits != nil {
 		if err := h.Limits.provision(ctx, repl); err != nil {

@@ -1,6 +1,7 @@
 package chatgateway
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -81,8 +82,13 @@ func (h *Handler) provisionPrices(repl *caddy.Replacer) error {
 	return nil
 }
 
-// budgets reports whether a budget is configured: the limits', a
-// model's or a client key's.
+// errBudgetNeedsPrices refuses a config with a budget but no prices: it
+// would limit nothing. Client keys (keys_file's too) are checked as they
+// load.
+var errBudgetNeedsPrices = errors.New("a budget needs prices: add price lines or a prices_file, else no request costs anything and no budget limits it")
+
+// budgets reports whether the limits block, or one of its models, has a
+// budget.
 func (h *Handler) budgets() bool {
 	if h.Limits == nil {
 		return false
@@ -91,11 +97,6 @@ func (h *Handler) budgets() bool {
 	for _, m := range h.Limits.Models {
 		if m != nil {
 			sets = append(sets, m.LimitSet)
-		}
-	}
-	if h.Auth != nil {
-		for _, k := range h.Auth.Keys {
-			sets = append(sets, k.LimitSet)
 		}
 	}
 	return slices.ContainsFunc(sets, func(s LimitSet) bool { return s.Budget != "" })

@@ -150,11 +150,12 @@ func (h *Handler) budgetStates(ctx context.Context, rows []limits.UsageRow, done
 	var dims []limits.Dimension
 	var scopes []string
 	add := func(d limits.Dimension, scope string) {
-		if !done[d.Scope] {
-			done[d.Scope] = true
+		if key := fmt.Sprint(l.poolKey, d); !done[key] { // a budget of a store once
+			done[key] = true
 			dims, scopes = append(dims, d), append(scopes, scope)
 		}
 	}
+	rows = slices.DeleteFunc(slices.Clone(rows), func(r limits.UsageRow) bool { return r.Identity == limits.LedgerOverflow })
 	identities := slices.Sorted(maps.Keys(own))
 	for _, r := range rows {
 		identities = append(identities, r.Identity)

@@ -2,7 +2,6 @@ package cache
 
 import (
 	"bytes"
-	"cmp"
 	"errors"
 	"slices"
 	"strconv"
@@ -24,8 +23,9 @@ import (
 // Two requests that differ only in member order, whitespace, escapes,
 // the spelling of a number or skipped members have one canonical form;
 // two that a backend reads differently never do (a lone surrogate
-// escape, which decoders read differently, keeps its escape). It walks
-// the bytes once per level of nesting, decoding nothing into values.
+// escape, which decoders read differently, keeps its escape). It reads
+// the request once and writes it twice (in its order, then each object's
+// members in theirs), decoding nothing into values.
 func Canonical(body []byte, skip func(name string) bool) ([]byte, error) {
 	if !utf8.Valid(body) {
 		return nil, errNotUTF8
@@ -42,7 +42,7 @@ func Canonical(body []byte, skip func(name string) bool) ([]byte, error) {
 	if jsonwalk.SkipSpace(body, i) != len(body) {
 		return nil, errors.New("cache: data after the request's JSON object")
 	}
-	return c.out, nil
+	return c.ordered(), nil
 }
 
 // canonicalJSON is the JSON value b in canonical form.
@@ -58,32 +58,41 @@ func canonicalJSON(b []byte) ([]byte, error) {
 	if jsonwalk.SkipSpace(b, i) != len(b) {
 		return nil, errSyntax
 	}
-	return c.out, nil
+	return c.ordered(), nil
 }
 
-// maxDepth bounds the nesting of a request with a canonical form: each
-// level of objects may copy what it holds once more. A request nested
-// deeper is not cached.
+// maxDepth bounds the nesting of a request with a canonical form, and
+// so the depth of the writer's recursion. A request nested deeper is not
+// cached.
 const maxDepth = 128
 
 var (
 	errSyntax  = errors.New("cache: the request is not valid JSON")
 	errTooDeep = errors.New("cache: the request nests too deep to be cached")
 	errNotUTF8 = errors.New("cache: the request is not valid UTF-8")
-	// errTooCostly: objects nested out of order, each level copied once
-	// more, past 4 times the request's size.
-	errTooCostly = errors.New("cache: the request's members nest too deep out of order to be cached")
 )
 
+// canonicalizer writes in's canonical form to out in the request's
+// order, noting each object whose members are not in order (unordered,
+// by the end of the object); ordered then writes it again with those
+// members in order.
 type canonicalizer struct {
-	in, out []byte
-	copied  int // bytes copied to put members in order, at most 4 times the input's
+	in, out   []byte
+	unordered []object
+}
+
+// object is where an object out of order is in out, and its members.
+type object struct {
+	start, end int
+	members    []member
 }
 
 // member is where an object's member, written as in the request, is in
-// the output: its name (in quotes) and the member entire.
+// the output: its name (in quotes) and the member entire; and the key it
+// is ordered by.
 type member struct {
 	name, all [2]int
+	key       []byte
 }
 
 // value writes the value at in[i], depth levels deep, and returns the
@@ -159,7 +168,11 @@ func (c *canonicalizer) object(i, depth int, skip func(string) bool) (int, error
 		name := c.out[m.name[0]+1 : m.name[1]-1]
 		if skip != nil && skip(string(name)) {
 			c.out = c.out[:m.all[0]-min(len(members), 1)] // and its comma
+			for len(c.unordered) > 0 && c.unordered[len(c.unordered)-1].end > len(c.out) {
+				c.unordered = c.unordered[:len(c.unordered)-1] // its objects too
+			}
 		} else {
+			m.key = foldKey(name)
 			members = append(members, m)
 		}
 		i = jsonwalk.SkipSpace(c.in, i)
@@ -174,26 +187,46 @@ func (c *canonicalizer) object(i, depth int, skip func(string) bool) (int, error
 		}
 		i = jsonwalk.SkipSpace(c.in, i+1)
 	}
-	name := func(out []byte, m member) []byte { return out[m.name[0]-start : m.name[1]-start] }
-	order := func(out []byte) func(a, b member) int {
-		return func(a, b member) int { return foldCompare(name(out, a), name(out, b)) }
-	}
-	if !slices.IsSortedFunc(members, order(c.out[start:])) {
-		if c.copied += len(c.out) - start; c.copied > 4*len(c.in)+4096 {
-			return 0, errTooCostly
-		}
-		written := bytes.Clone(c.out[start:])
-		slices.SortStableFunc(members, order(written))
-		c.out = append(c.out[:start], '{')
-		for n, m := range members {
-			if n > 0 {
-				c.out = append(c.out, ',')
-			}
-			c.out = append(c.out, written[m.all[0]-start:m.all[1]-start]...)
-		}
-	}
 	c.out = append(c.out, '}')
+	order := func(a, b member) int { return bytes.Compare(a.key, b.key) }
+	if !slices.IsSortedFunc(members, order) {
+		slices.SortStableFunc(members, order)
+		c.unordered = append(c.unordered, object{start: start, end: len(c.out), members: members})
+	}
 	return i + 1, nil
+}
+
+// ordered is out with the members of each object out of order written in
+// order: out once more, in one pass.
+func (c *canonicalizer) ordered() []byte {
+	if len(c.unordered) == 0 {
+		return c.out
+	}
+	slices.SortFunc(c.unordered, func(a, b object) int { return a.start - b.start })
+	return c.write(make([]byte, 0, len(c.out)), 0, len(c.out))
+}
+
+// write appends out[from:to] to dst, the objects out of order in it
+// written in order.
+func (c *canonicalizer) write(dst []byte, from, to int) []byte {
+	for {
+		next, _ := slices.BinarySearchFunc(c.unordered, from, func(o object, at int) int { return o.start - at })
+		if next == len(c.unordered) || c.unordered[next].start >= to {
+			break
+		}
+		o := &c.unordered[next]
+		dst = append(dst, c.out[from:o.start]...)
+		dst = append(dst, '{')
+		for n, m := range o.members {
+			if n > 0 {
+				dst = append(dst, ',')
+			}
+			dst = c.write(dst, m.all[0], m.all[1])
+		}
+		dst = append(dst, '}')
+		from = o.end
+	}
+	return append(dst, c.out[from:to]...)
 }
 
 // array writes the array at in[i].
@@ -372,39 +405,42 @@ func canonicalNumber(n []byte) ([]byte, error) {
 	return strconv.AppendFloat(nil, f, 'g', -1, 64), nil
 }
 
-// foldCompare orders member names as written ("key", with its quotes
-// and escapes decoded) by their case folding: a name and its spellings
-// in another case (Unicode's simple folding, as Go's encoding/json
-// matches names) sort together, kept in the order of the request,
-// which decoders that match names regardless of case read by order.
-func foldCompare(a, b []byte) int {
-	for len(a) > 0 && len(b) > 0 {
-		ra, na := fold(a)
-		rb, nb := fold(b)
-		if ra != rb {
-			return cmp.Compare(ra, rb)
+// foldKey is what a member name (as written, without its quotes)
+// sorts by: its case folding (Unicode's simple folding, as Go's
+// encoding/json matches names), each rune the least of its orbit, and a
+// lone surrogate as U+FFFD, as decoders read it. Names equal but for
+// case sort together, kept in the order of the request: decoders that
+// match names regardless of case read them by their order.
+func foldKey(name []byte) []byte {
+	key := make([]byte, 0, len(name))
+	for i := 0; i < len(name); {
+		if b := name[i]; b < utf8.RuneSelf && b != '\\' {
+			if 'a' <= b && b <= 'z' { // the least of an ASCII letter's orbit is its capital, k's and s's too
+				b -= 'a' - 'A'
+			}
+			key = append(key, b)
+			i++
+			continue
 		}
-		a, b = a[na:], b[nb:]
-	}
-	return cmp.Compare(len(a), len(b))
-}
-
-// fold decodes the rune starting b and returns the least rune of its
-// case folding orbit, and its length.
-func fold(b []byte) (rune, int) {
-	if b[0] < utf8.RuneSelf {
-		c := rune(b[0])
-		if 'A' <= c && c <= 'Z' {
-			c += 'a' - 'A'
+		r, n := utf8.DecodeRune(name[i:])
+		if r == '\\' { // an escape the canonical form wrote
+			switch name[i+1] {
+			case 'u':
+				v, _ := hex4(name[i+2:])
+				r, n = v, 6
+				if utf16.IsSurrogate(r) {
+					r = utf8.RuneError
+				}
+			default:
+				r, n = rune(name[i+1]), 2
+			}
 		}
-		if c != 'k' && c != 's' { // the two ASCII letters with a non-ASCII fold
-			return c, 1
+		least := r
+		for f := unicode.SimpleFold(r); f != r; f = unicode.SimpleFold(f) {
+			least = min(least, f)
 		}
+		key = utf8.AppendRune(key, least)
+		i += n
 	}
-	r, n := utf8.DecodeRune(b)
-	least := r
-	for f := unicode.SimpleFold(r); f != r; f = unicode.SimpleFold(f) {
-		least = min(least, f)
-	}
-	return least, n
+	return key
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"unicode/utf8"
 
 	"github.com/chatgateway/caddy-chat-gateway/internal/jsonwalk"
 )
@@ -15,6 +16,9 @@ import (
 // ids, is one; an array of strings or of token arrays is each of them.
 // single reports an input that is not a list of inputs.
 func Inputs(input []byte) (items [][]byte, single bool, err error) {
+	if !utf8.Valid(input) {
+		return nil, false, errNotUTF8
+	}
 	i := jsonwalk.SkipSpace(input, 0)
 	if i < len(input) && input[i] == '[' {
 		if j := jsonwalk.SkipSpace(input, i+1); j < len(input) && input[j] != '-' && (input[j] < '0' || input[j] > '9') {

@@ -105,14 +105,14 @@ func ReadLiteLLM(data []byte) (map[string]Price, error) {
 			continue
 		}
 		p := Price{Input: *e.Input * 1e6, Output: *e.Output * 1e6}
-		if e.Cached != nil {
-			p.Cached, p.HasCached = *e.Cached*1e6, true
-		}
-		if e.CacheWrite != nil {
-			p.CacheWrite, p.HasCacheWrite = *e.CacheWrite*1e6, true
-		}
 		if p.Check() != nil {
 			continue
+		}
+		if c := (Price{Cached: priceOf(e.Cached)}); e.Cached != nil && c.Check() == nil {
+			p.Cached, p.HasCached = c.Cached, true
+		}
+		if c := (Price{CacheWrite: priceOf(e.CacheWrite)}); e.CacheWrite != nil && c.Check() == nil {
+			p.CacheWrite, p.HasCacheWrite = c.CacheWrite, true
 		}
 		prices[model] = p
 	}
@@ -120,4 +120,12 @@ func ReadLiteLLM(data []byte) (map[string]Price, error) {
 		return nil, errors.New("pricing: no model with input_cost_per_token and output_cost_per_token: not LiteLLM's price list")
 	}
 	return prices, nil
+}
+
+// priceOf is a price per token as a price per million tokens; 0 for none.
+func priceOf(perToken *float64) float64 {
+	if perToken == nil {
+		return 0
+	}
+	return *perToken * 1e6
 }

@@ -53,7 +53,8 @@ func TestReadLiteLLM(t *testing.T) {
 		"gpt-4o-mini": {"input_cost_per_token": 1.5e-07, "output_cost_per_token": 6e-07, "cache_read_input_token_cost": 7.5e-08, "mode": "chat"},
 		"dall-e-3": {"output_cost_per_image": 0.04, "mode": "image_generation"},
 		"text-embedding-3-small": {"input_cost_per_token": 2e-08, "output_cost_per_token": 0.0, "mode": "embedding"},
-		"odd": {"input_cost_per_token": "free", "output_cost_per_token": 1}
+		"odd": {"input_cost_per_token": "free", "output_cost_per_token": 1},
+		"odd-cache": {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6, "cache_read_input_token_cost": -1}
 	}`))
 	if err != nil {
 		t.Fatal(err)
@@ -64,6 +65,9 @@ func TestReadLiteLLM(t *testing.T) {
 	}
 	if e := prices["text-embedding-3-small"]; !near(e.Input, 0.02) || e.HasCached {
 		t.Errorf("text-embedding-3-small: %+v, want 0.02 per million, no cached price", e)
+	}
+	if p := prices["odd-cache"]; !near(p.Input, 1) || !near(p.Output, 2) || p.HasCached {
+		t.Errorf("odd-cache: %+v, want its prices kept without the unusable cache price", p)
 	}
 	for _, gone := range []string{"dall-e-3", "odd"} {
 		if _, ok := prices[gone]; ok {

@@ -255,6 +255,15 @@ func (x *exchange) keepReply(rep openai.Reply) {
 	x.usage, x.finishReason, x.completionBytes = rep.Usage, rep.FinishReason, rep.CompletionBytes
 }
 
+// requestedModel is the model the client asked for; in echo mode,
+// where it may name none, the model the reply names.
+func (x *exchange) requestedModel() string {
+	if x.model == "" && x.h.echoMode() {
+		return echoModel
+	}
+	return x.model
+}
+
 // meta is what the gateway stamps on this request's reply.
 func (x *exchange) meta(defaultModel string) openai.Meta {
 	model := x.req.Model

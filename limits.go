@@ -458,7 +458,7 @@ func (l *Limits) settle(x *exchange) {
 	res := x.reservation
 	x.reservation = nil
 	refund := x.outcome != outcomeOK && x.ttft == 0
-	use := limits.Use{Identity: scopeName(x.limitsIdentity), Model: scopeName(x.model), Micros: min(pricing.Micros(x.costUSD), maxReserve),
+	use := limits.Use{Identity: scopeName(x.limitsIdentity), Model: scopeName(x.requestedModel()), Micros: min(pricing.Micros(x.costUSD), maxReserve),
 		Prompt: min(x.usage.PromptTokens, maxReserve), Completion: min(x.usage.CompletionTokens, maxReserve)}
 	if x.cache.served() {
 		use.Prompt, use.Completion, use.Micros = 0, 0, 0 // no backend computed it

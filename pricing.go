@@ -125,7 +125,7 @@ func (x *exchange) setCost() {
 	}
 	model := x.servedModel
 	if model == "" {
-		model = x.req.Model
+		model = x.requestedModel()
 	}
 	price, ok := p.lookup(model)
 	if !ok {

@@ -62,7 +62,7 @@ func registerMetrics(registry *prometheus.Registry) error {
 			Help: "What requests cost, in US dollars, at the price of the model that served them, by model and key (with metrics_per_key); replies from the cache cost nothing."},
 			[]string{"model", "key"})
 		m.unpriced = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "unpriced_requests_total",
-			Help: "Requests served by a model no price line or prices_file prices, with prices configured: they cost 0."},
+			Help: "Requests for a model no price line or prices_file prices, with prices configured, refused or failed ones included: they cost 0."},
 			[]string{"model"})
 		m.retries = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "retries_total",
 			Help: "Attempts made after a first one failed: stream retries, fallbacks, and the proxy's retries on a new connection."})

@@ -28,7 +28,9 @@ type Ledger interface {
 
 // Use is what one request used.
 type Use struct {
-	Identity, Model    string
+	// Identity and Model are scope names: who asked, for which model.
+	Identity, Model string
+	// Prompt and Completion are its tokens.
 	Prompt, Completion int64
 	// Micros is its cost, in millionths of a US dollar.
 	Micros int64
@@ -36,10 +38,12 @@ type Use struct {
 
 // UsageRow is what an identity used of a model over some days.
 type UsageRow struct {
+	// Identity and Model are as recorded (Use's).
 	Identity string `json:"identity"`
 	Model    string `json:"model"`
-	Requests int64  `json:"requests"`
-	Prompt   int64  `json:"prompt_tokens"`
+	// Requests is the requests recorded, Prompt their prompt tokens.
+	Requests int64 `json:"requests"`
+	Prompt   int64 `json:"prompt_tokens"`
 	// Completion is the completion tokens.
 	Completion int64 `json:"completion_tokens"`
 	// Micros is the cost, in millionths of a US dollar.

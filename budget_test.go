@@ -4,13 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -169,37 +167,9 @@ func TestBudgetConcurrentStreams(t *testing.T) {
 	// than $0.10 and at most $0.11, so $1 covers 9 (each settles at $0.01
 	// only once its stream ends, after all are in).
 	stream := `{"model":"m","stream":true,"max_tokens":100,"messages":[{"role":"user","content":"hi"}]}`
-	var wg sync.WaitGroup
-	var admitted, refused atomic.Int64
-	started := make(chan struct{}, 50)
-	for range 50 {
-		wg.Go(func() {
-			resp, err := http.DefaultClient.Do(g.request(stream))
-			if err != nil {
-				t.Error(err)
-				started <- struct{}{}
-				return
-			}
-			defer resp.Body.Close()
-			switch resp.StatusCode {
-			case 200:
-				admitted.Add(1)
-			case 429:
-				refused.Add(1)
-			default:
-				t.Errorf("status %d", resp.StatusCode)
-			}
-			started <- struct{}{}
-			_, _ = io.Copy(io.Discard, resp.Body)
-		})
-	}
-	for range 50 {
-		<-started // every request answered or streaming: all reserved at once
-	}
-	close(hold)
-	wg.Wait()
-	if a := admitted.Load(); a != 9 || a+refused.Load() != 50 || calls.Load() != a {
-		t.Fatalf("%d admitted, %d refused, the backend saw %d: want 9 admitted of 50 (each reserves $0.101 to $0.110 of $1), all the others refused before the backend", a, refused.Load(), calls.Load())
+	admitted, refused := streamBurst(t, 50, func() *http.Request { return g.request(stream) }, hold)
+	if admitted != 9 || admitted+refused != 50 || calls.Load() != int64(admitted) {
+		t.Fatalf("%d admitted, %d refused, the backend saw %d: want 9 admitted of 50 (each reserves $0.101 to $0.110 of $1), all the others refused before the backend", admitted, refused, calls.Load())
 	}
 }
 
@@ -210,42 +180,25 @@ func TestBudgetCluster(t *testing.T) {
 	awayFromMidnight(t)
 	srv := redistest.Start(t)
 	be, calls := priced(t, nil)
-	dir := t.TempDir()
 	var gws []*gateway
-	var admins []int
-	for i := range 3 {
-		port, admin := freePort(t), freePort(t)
-		admins = append(admins, admin)
-		file := filepath.Join(dir, fmt.Sprintf("Caddyfile%d", i))
-		cfg := fmt.Sprintf(`{
-	admin localhost:%d
-	persist_config off
-	http_port %d
-}
-http://127.0.0.1:%d {
-	chat_gateway {
-		backend %s
-		price m input 1000 output 1000
-		auth {
-			key %s {
-				id alice
-				budget 0.105/day
-			}
-		}
-		limits {
-			store redis %s {
-				timeout 1s
-			}
+	var admins []string
+	for range 3 {
+		g, admin := startProcess(t, fmt.Sprintf(`chat_gateway {
+	backend %s
+	price m input 1000 output 1000
+	auth {
+		key %s {
+			id alice
+			budget 0.105/day
 		}
 	}
-}
-`, admin, port, port, be.URL, keys.Hash(aliceKey), srv.Addr)
-		if err := os.WriteFile(file, []byte(cfg), 0o600); err != nil {
-			t.Fatal(err)
+	limits {
+		store redis %s {
+			timeout 1s
 		}
-		g := &gateway{URL: fmt.Sprintf("http://127.0.0.1:%d", port)}
-		runCaddy(t, file, g.URL)
-		gws = append(gws, g)
+	}
+}`, be.URL, keys.Hash(aliceKey), srv.Addr))
+		gws, admins = append(gws, g), append(admins, admin)
 	}
 	// $0.105 covers 10 requests of $0.01 and a reservation of ~$0.01:
 	// 10 admitted, or 11 when the last reservation fits.
@@ -268,7 +221,7 @@ http://127.0.0.1:%d {
 	for _, admin := range admins {
 		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 			var out strings.Builder
-			if err := printUsage(&out, fmt.Sprintf("localhost:%d", admin), "day", true); err != nil {
+			if err := printUsage(&out, admin, "day", true); err != nil {
 				t.Fatal(err)
 			}
 			var report usageReport
@@ -278,7 +231,7 @@ http://127.0.0.1:%d {
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("the usage report of the gateway at admin port %d: %s, %v; want alice's %d requests and her budget", admin, out.String(), err, admitted)
+				t.Fatalf("the usage report of the gateway with admin %s: %s, %v; want alice's %d requests and her budget", admin, out.String(), err, admitted)
 			}
 		}
 	}

@@ -508,42 +508,26 @@ func TestCacheEmbeddings(t *testing.T) {
 func TestCacheCluster(t *testing.T) {
 	srv := redistest.Start(t)
 	l, e := newLLM(t), newEmbedder(t)
-	dir := t.TempDir()
 	const bobKey = "sk-cg-bob-0123456789abcdefghijklmnopq"
 	var gws []*gateway
-	for i := range 2 {
-		port, admin := freePort(t), freePort(t)
-		file := filepath.Join(dir, fmt.Sprintf("Caddyfile%d", i))
-		cfg := fmt.Sprintf(`{
-	admin localhost:%d
-	persist_config off
-	http_port %d
-}
-http://127.0.0.1:%d {
-	chat_gateway {
-		backend %s {
-			models m
-		}
-		backend %s {
-			models e
-		}
-		auth {
-			key %s
-			key %s
-		}
-		cache {
-			store redis %s {
-				timeout 1s
-			}
+	for range 2 {
+		g, _ := startProcess(t, fmt.Sprintf(`chat_gateway {
+	backend %s {
+		models m
+	}
+	backend %s {
+		models e
+	}
+	auth {
+		key %s
+		key %s
+	}
+	cache {
+		store redis %s {
+			timeout 1s
 		}
 	}
-}
-`, admin, port, port, l.URL, e.URL, keys.Hash(aliceKey), keys.Hash(bobKey), srv.Addr)
-		if err := os.WriteFile(file, []byte(cfg), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		g := &gateway{URL: fmt.Sprintf("http://127.0.0.1:%d", port)}
-		runCaddy(t, file, g.URL)
+}`, l.URL, e.URL, keys.Hash(aliceKey), keys.Hash(bobKey), srv.Addr))
 		gws = append(gws, g)
 	}
 	alice, bob := []string{"Authorization", "Bearer " + aliceKey}, []string{"Authorization", "Bearer " + bobKey}

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -420,4 +421,57 @@ func inFlight() float64 {
 	var m dto.Metric
 	_ = gatewayMetrics.inFlight.Write(&m)
 	return m.GetGauge().GetValue()
+}
+
+// streamBurst sends n requests at once, waits until each has its status
+// (200 admitted, 429 refused: anything else fails the test), closes
+// release to let the backend end the streams, reads them to their end
+// and returns the counts.
+func streamBurst(t *testing.T, n int, req func() *http.Request, release chan struct{}) (admitted, refused int) {
+	var wg sync.WaitGroup
+	var ok, no atomic.Int32
+	started := make(chan struct{}, n)
+	for range n {
+		wg.Go(func() {
+			resp, err := http.DefaultClient.Do(req())
+			if err != nil {
+				t.Error(err)
+				started <- struct{}{}
+				return
+			}
+			defer resp.Body.Close()
+			switch resp.StatusCode {
+			case 200:
+				ok.Add(1)
+			case 429:
+				no.Add(1)
+			default:
+				t.Errorf("status %d, want 200 or 429", resp.StatusCode)
+			}
+			started <- struct{}{}
+			_, _ = io.Copy(io.Discard, resp.Body)
+		})
+	}
+	for range n {
+		<-started // every request answered or streaming: all reserved at once
+	}
+	close(release)
+	wg.Wait()
+	return int(ok.Load()), int(no.Load())
+}
+
+// startProcess runs the built Caddy until the test ends, handler the
+// handler of its one site on a free port of 127.0.0.1, its admin
+// endpoint on another; it returns the gateway and the admin address.
+func startProcess(t *testing.T, handler string) (*gateway, string) {
+	t.Helper()
+	port, admin := freePort(t), freePort(t)
+	file := filepath.Join(t.TempDir(), "Caddyfile")
+	cfg := fmt.Sprintf("{\n\tadmin localhost:%d\n\tpersist_config off\n\thttp_port %d\n}\nhttp://127.0.0.1:%d {\n%s\n}\n", admin, port, port, handler)
+	if err := os.WriteFile(file, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	g := &gateway{URL: fmt.Sprintf("http://127.0.0.1:%d", port)}
+	runCaddy(t, file, g.URL)
+	return g, fmt.Sprintf("localhost:%d", admin)
 }

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -327,34 +326,18 @@ func TestTeamLimitsExample(t *testing.T) {
 // refill while they run, ±1).
 func TestLimitsCluster(t *testing.T) {
 	srv := redistest.Start(t)
-	dir := t.TempDir()
 	var urls []string
-	for i := range 3 {
-		port, admin := freePort(t), freePort(t)
-		file := filepath.Join(dir, fmt.Sprintf("Caddyfile%d", i))
-		cfg := fmt.Sprintf(`{
-	admin localhost:%d
-	persist_config off
-	http_port %d
-}
-http://127.0.0.1:%d {
-	chat_gateway {
-		limits {
-			requests 100/1m
-			per {http.request.header.X-Team}
-			store redis %s {
-				timeout 1s
-			}
+	for range 3 {
+		g, _ := startProcess(t, fmt.Sprintf(`chat_gateway {
+	limits {
+		requests 100/1m
+		per {http.request.header.X-Team}
+		store redis %s {
+			timeout 1s
 		}
 	}
-}
-`, admin, port, port, srv.Addr)
-		if err := os.WriteFile(file, []byte(cfg), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		url := fmt.Sprintf("http://127.0.0.1:%d", port)
-		runCaddy(t, file, url)
-		urls = append(urls, url)
+}`, srv.Addr))
+		urls = append(urls, g.URL)
 	}
 	admitted := 0
 	start := time.Now()

@@ -162,47 +162,14 @@ func TestLimitsBurst(t *testing.T) {
 	}`)
 	body := chatWith(100, `,"stream":true,"max_tokens":500`)
 	begin := time.Now()
-	var admitted, refused atomic.Int32
-	var wg sync.WaitGroup
-	started := make(chan struct{}, 50)
-	for range 50 {
-		wg.Go(func() {
-			resp, err := http.DefaultClient.Do(g.request(body, "X-Team", burst))
-			if err != nil {
-				t.Error(err)
-				started <- struct{}{}
-				return
-			}
-			defer resp.Body.Close()
-			switch resp.StatusCode {
-			case 200:
-				admitted.Add(1)
-			case 429:
-				refused.Add(1)
-			default:
-				t.Errorf("status %d, want 200 or 429", resp.StatusCode)
-			}
-			started <- struct{}{}
-			buf := make([]byte, 4096)
-			for {
-				if _, err := resp.Body.Read(buf); err != nil {
-					return
-				}
-			}
-		})
-	}
-	for range 50 {
-		<-started
-	}
-	close(release)
-	wg.Wait()
-	t.Logf("admitted %d, refused %d", admitted.Load(), refused.Load())
+	admitted, refused := streamBurst(t, 50, func() *http.Request { return g.request(body, "X-Team", burst) }, release)
+	t.Logf("admitted %d, refused %d", admitted, refused)
 	// 10000 / (100 + 500) = 16.7; one minute of refill is far away.
-	if a, r := admitted.Load(), refused.Load(); a > 16 || a < 15 || a+r != 50 {
-		t.Fatalf("admitted %d, refused %d, want 15 or 16 admitted of 50", a, r)
+	if admitted > 16 || admitted < 15 || admitted+refused != 50 {
+		t.Fatalf("admitted %d, refused %d, want 15 or 16 admitted of 50", admitted, refused)
 	}
-	if n := be.count(); n != int(admitted.Load()) {
-		t.Fatalf("the backend got %d requests for %d admitted, want as many", n, admitted.Load())
+	if n := be.count(); n != admitted {
+		t.Fatalf("the backend got %d requests for %d admitted, want as many", n, admitted)
 	}
 	// Each admitted stream was charged its reported usage (101 tokens),
 	// less what refilled since (10000/min).
@@ -211,7 +178,7 @@ func TestLimitsBurst(t *testing.T) {
 	_, rem, _ := rateHeaders(t, resp, "Tokens")
 	charged := 10000 - 2 - rem
 	refilled := int64(time.Since(begin).Seconds()*10000/60) + 1
-	if want := int64(admitted.Load()) * 101; charged > want || charged < want-refilled {
+	if want := int64(admitted) * 101; charged > want || charged < want-refilled {
 		t.Fatalf("charged %d tokens, want %d less at most %d refilled", charged, want, refilled)
 	}
 }

@@ -229,38 +229,43 @@ func (h *harness) runRouting(ctx context.Context, out string, quick bool, only m
 	}
 	var results []RoutingResult
 	start := time.Now()
+	// each runs w under every policy, on a fresh fleet each time.
+	each := func(w workload, fleet func() (replicaSet, error)) error {
+		for _, policy := range routingPolicies {
+			f, err := fleet()
+			if err != nil {
+				return err
+			}
+			r, err := h.routingRun(ctx, dir, w, policy, f)
+			f.stop()
+			if err != nil {
+				return err
+			}
+			results = append(results, r)
+		}
+		return nil
+	}
 	for _, w := range routingWorkloads(scale) {
 		if only != nil && !only[w.Name] {
 			continue
 		}
-		for _, policy := range routingPolicies {
+		err := each(w, func() (replicaSet, error) {
 			fleet := make(simSet, simReplicas)
 			for i := range fleet {
+				var err error
 				if fleet[i], err = startSimReplica(simFleet); err != nil {
-					return err
+					return nil, err
 				}
 			}
-			r, err := h.routingRun(ctx, dir, w, policy, fleet)
-			fleet.stop()
-			if err != nil {
-				return err
-			}
-			results = append(results, r)
+			return fleet, nil
+		})
+		if err != nil {
+			return err
 		}
 	}
 	if server := os.Getenv("LLAMA_SERVER"); server != "" && (only == nil || only["llama.cpp"]) {
-		w := llamaWorkload(scale)
-		for _, policy := range routingPolicies {
-			fleet, err := h.startLlama(ctx, dir, server, 4)
-			if err != nil {
-				return err
-			}
-			r, err := h.routingRun(ctx, dir, w, policy, fleet)
-			fleet.stop()
-			if err != nil {
-				return err
-			}
-			results = append(results, r)
+		if err := each(llamaWorkload(scale), func() (replicaSet, error) { return h.startLlama(ctx, dir, server, 4) }); err != nil {
+			return err
 		}
 	}
 	report := routingReport(results, time.Since(start), quick)

@@ -415,15 +415,7 @@ func TestAuthProvision(t *testing.T) {
 		"auth {\n key " + aliceKey + "\n key " + aliceKey + "\n }": "key 2: the same key is configured twice",
 		"auth {\n keys_file " + dir + "/missing.json\n }":          "reading keys_file",
 	} {
-		h := new(Handler)
-		tokens, _ := caddyfile.Tokenize([]byte("chat_gateway {\n"+config+"\n}"), "Caddyfile")
-		if err := h.UnmarshalCaddyfile(caddyfile.NewDispenser(tokens)); err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-		err := h.Provision(ctx)
-		cancel()
-		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), aliceKey) {
+		if err := provisionError(t, config); err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), aliceKey) {
 			t.Errorf("%s: error %v, want %q, without the key", config, err, want)
 		}
 	}

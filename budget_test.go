@@ -1,7 +1,6 @@
 package chatgateway
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -12,9 +11,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	"github.com/chatgateway/caddy-chat-gateway/internal/keys"
 	"github.com/chatgateway/caddy-chat-gateway/internal/redistest"
@@ -256,16 +252,7 @@ func TestBudgetNeedsPrices(t *testing.T) {
 		"prices_file " + notPrices:                                        "not LiteLLM's price list",
 		"prices_file " + dir + "/missing.json":                            "prices_file: open",
 	} {
-		h := new(Handler)
-		tokens, _ := caddyfile.Tokenize([]byte("chat_gateway {\n"+config+"\n}"), "Caddyfile")
-		if err := h.UnmarshalCaddyfile(caddyfile.NewDispenser(tokens)); err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-		err := h.Provision(ctx)
-		_ = h.Cleanup()
-		cancel()
-		if err == nil || !strings.Contains(err.Error(), want) {
+		if err := provisionError(t, config); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: error %v, want %q", config, err, want)
 		}
 	}

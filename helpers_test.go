@@ -475,3 +475,18 @@ func startProcess(t *testing.T, handler string) (*gateway, string) {
 	runCaddy(t, file, g.URL)
 	return g, fmt.Sprintf("localhost:%d", admin)
 }
+
+// provisionError reads the lines of a chat_gateway block, provisions the
+// Handler outside a server, cleans it up and returns Provision's error.
+func provisionError(t *testing.T, block string) error {
+	t.Helper()
+	h, err := parse(t, "chat_gateway {\n"+block+"\n}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	err = h.Provision(ctx)
+	_ = h.Cleanup()
+	return err
+}

@@ -138,18 +138,8 @@ func stripComments(s string) string {
 // Caddyfile whose gateway site logs deletes those two headers from the
 // log.
 func TestShippedCaddyfilesKeepKeysOutOfLogs(t *testing.T) {
-	files, _ := filepath.Glob("examples/*.Caddyfile")
-	files = append(files, "Caddyfile")
 	checked := 0
-	for _, file := range files {
-		raw, err := os.ReadFile(file)
-		if err != nil {
-			t.Fatal(err)
-		}
-		adapted, _, err := caddyconfig.GetAdapter("caddyfile").Adapt(raw, map[string]any{"filename": file})
-		if err != nil {
-			t.Fatalf("%s: %v", file, err)
-		}
+	for _, file := range shippedCaddyfiles() {
 		var cfg struct {
 			Logging struct {
 				Logs map[string]struct {
@@ -165,9 +155,7 @@ func TestShippedCaddyfilesKeepKeysOutOfLogs(t *testing.T) {
 				} `json:"http"`
 			} `json:"apps"`
 		}
-		if err := json.Unmarshal(adapted, &cfg); err != nil {
-			t.Fatal(err)
-		}
+		adaptInto(t, file, &cfg)
 		for name, srv := range cfg.Apps.HTTP.Servers {
 			var s struct {
 				Logs *struct {
@@ -204,20 +192,10 @@ func TestShippedCaddyfilesKeepKeysOutOfLogs(t *testing.T) {
 // does, so an example runs beside the quick-start gateway; two of them
 // run side by side here, as processes.
 func TestExamplesSideBySide(t *testing.T) {
-	files, _ := filepath.Glob("examples/*.Caddyfile")
-	files = append(files, "Caddyfile")
-	for _, file := range files {
+	for _, file := range shippedCaddyfiles() {
 		port, admin := freePort(t), freePort(t)
 		t.Setenv("PORT", strconv.Itoa(port))
 		t.Setenv("ADMIN_PORT", strconv.Itoa(admin))
-		raw, err := os.ReadFile(file)
-		if err != nil {
-			t.Fatal(err)
-		}
-		adapted, _, err := caddyconfig.GetAdapter("caddyfile").Adapt(raw, map[string]any{"filename": file})
-		if err != nil {
-			t.Fatalf("%s: %v", file, err)
-		}
 		var cfg struct {
 			Admin struct {
 				Listen string `json:"listen"`
@@ -230,9 +208,7 @@ func TestExamplesSideBySide(t *testing.T) {
 				} `json:"http"`
 			} `json:"apps"`
 		}
-		if err := json.Unmarshal(adapted, &cfg); err != nil {
-			t.Fatal(err)
-		}
+		adaptInto(t, file, &cfg)
 		listens := []string{}
 		for _, srv := range cfg.Apps.HTTP.Servers {
 			listens = append(listens, srv.Listen...)
@@ -250,5 +226,29 @@ func TestExamplesSideBySide(t *testing.T) {
 		if resp, body := g.post(t, hello); resp.StatusCode != 200 || !strings.Contains(body, "Echo: hello world") {
 			t.Fatalf("%s on %s: %d %s, want 200 Echo: hello world", file, url, resp.StatusCode, body)
 		}
+	}
+}
+
+// shippedCaddyfiles are the Caddyfiles users are given: the repo's and
+// the examples.
+func shippedCaddyfiles() []string {
+	files, _ := filepath.Glob("examples/*.Caddyfile")
+	return append(files, "Caddyfile")
+}
+
+// adaptInto adapts the Caddyfile at file to JSON, as caddy adapt would,
+// and decodes that into cfg.
+func adaptInto(t *testing.T, file string, cfg any) {
+	t.Helper()
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	adapted, _, err := caddyconfig.GetAdapter("caddyfile").Adapt(raw, map[string]any{"filename": file})
+	if err != nil {
+		t.Fatalf("%s: %v", file, err)
+	}
+	if err := json.Unmarshal(adapted, cfg); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -10,6 +10,15 @@ import (
 // echoModel is the model echo replies name when the client named none.
 const echoModel = "echo"
 
+// modelOrEcho is model, or the echo model where echo mode answers a
+// request that names none.
+func (h *Handler) modelOrEcho(model string) string {
+	if model == "" && h.echoMode() {
+		return echoModel
+	}
+	return model
+}
+
 // echo answers without a backend, as the endpoint's echo mode says
 // ("Echo: " and the prompt for text; stand-in vectors for embeddings),
 // as a reply or as the endpoint's full stream of events, echo_delay

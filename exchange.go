@@ -257,12 +257,7 @@ func (x *exchange) keepReply(rep openai.Reply) {
 
 // requestedModel is the model the client asked for; in echo mode,
 // where it may name none, the model the reply names.
-func (x *exchange) requestedModel() string {
-	if x.model == "" && x.h.echoMode() {
-		return echoModel
-	}
-	return x.model
-}
+func (x *exchange) requestedModel() string { return x.h.modelOrEcho(x.model) }
 
 // meta is what the gateway stamps on this request's reply.
 func (x *exchange) meta(defaultModel string) openai.Meta {
@@ -503,11 +498,5 @@ func (x *exchange) unauthorized(msg string) {
 // a key, else what its allow-list says. An echo request naming no model
 // asks for the echo model.
 func (x *exchange) allowed(model string) bool {
-	if x.key == nil {
-		return true
-	}
-	if model == "" && x.h.echoMode() {
-		model = echoModel
-	}
-	return x.key.Allowed(model)
+	return x.key == nil || x.key.Allowed(x.h.modelOrEcho(model))
 }

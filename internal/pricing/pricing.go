@@ -70,12 +70,16 @@ func Micros(usd float64) int64 {
 // Check reports a price no request can be charged at.
 func (p Price) Check() error {
 	for _, v := range []float64{p.Input, p.Output, p.Cached, p.CacheWrite} {
-		if v < 0 || math.IsNaN(v) || math.IsInf(v, 0) || v > 1e6 {
+		if !usable(v) {
 			return fmt.Errorf("pricing: %v USD per million tokens: want a number from 0 to 1000000", v)
 		}
 	}
 	return nil
 }
+
+// usable reports whether v, US dollars per million tokens, is a price a
+// request can be charged at.
+func usable(v float64) bool { return v >= 0 && v <= 1e6 } // NaN is neither
 
 // liteLLMEntry is what ReadLiteLLM reads of an entry of LiteLLM's list:
 // prices in US dollars per token.
@@ -108,11 +112,11 @@ func ReadLiteLLM(data []byte) (map[string]Price, error) {
 		if p.Check() != nil {
 			continue
 		}
-		if c := (Price{Cached: priceOf(e.Cached)}); e.Cached != nil && c.Check() == nil {
-			p.Cached, p.HasCached = c.Cached, true
+		if e.Cached != nil && usable(*e.Cached*1e6) {
+			p.Cached, p.HasCached = *e.Cached*1e6, true
 		}
-		if c := (Price{CacheWrite: priceOf(e.CacheWrite)}); e.CacheWrite != nil && c.Check() == nil {
-			p.CacheWrite, p.HasCacheWrite = c.CacheWrite, true
+		if e.CacheWrite != nil && usable(*e.CacheWrite*1e6) {
+			p.CacheWrite, p.HasCacheWrite = *e.CacheWrite*1e6, true
 		}
 		prices[model] = p
 	}
@@ -120,12 +124,4 @@ func ReadLiteLLM(data []byte) (map[string]Price, error) {
 		return nil, errors.New("pricing: no model with input_cost_per_token and output_cost_per_token: not LiteLLM's price list")
 	}
 	return prices, nil
-}
-
-// priceOf is a price per token as a price per million tokens; 0 for none.
-func priceOf(perToken *float64) float64 {
-	if perToken == nil {
-		return 0
-	}
-	return *perToken * 1e6
 }

@@ -197,7 +197,7 @@ func (c *Cache) serve(h *Handler, x *exchange, rt route, body []byte) {
 	case cacheHit:
 		x.w.Header().Set("Cache-Status", fmt.Sprintf("%s; hit; ttl=%d", cacheName, int(time.Until(use.entry.Expires).Seconds())))
 		x.w.Header().Set("Age", strconv.Itoa(int(max(0, time.Since(use.entry.Stored)).Seconds())))
-		h.forward(x, rt, body)
+		use.answer(x, rt)
 		return
 	}
 	if use.embed != nil {
@@ -344,32 +344,43 @@ func notInCacheKey(name string) bool {
 	return false
 }
 
-// replay answers an attempt from the cache instead of the backend,
-// writing to w what the backend wrote: the stored reply, or the one of
-// the identical request this one follows. It reports false, having
-// written nothing, when there is none (the request it followed failed
-// before its reply was final), and aborted when the reply it follows
-// was cut.
-func (u *cacheUse) replay(ctx context.Context, w http.ResponseWriter) (served, aborted bool) {
-	switch {
-	case u.entry != nil:
-		w.Header().Set("Content-Type", u.entry.ContentType)
-		w.WriteHeader(http.StatusOK)
-		_, _ = w.Write(u.entry.Body)
-		return true, false
-	case u.follow != nil:
-		served, aborted = u.follow.replay(ctx, w)
-		if !served { // on its own, as a miss
-			u.follow, u.result = nil, cacheMiss
-		}
-		return served, aborted
+// answer answers x from the stored reply, as an attempt answers from
+// a backend's: the writer a backend's reply goes to normalizes it, with
+// this request's id, as a stream if one was asked. No backend is asked:
+// there is no upstream request, and nothing to time out or retry.
+func (u *cacheUse) answer(x *exchange, rt route) {
+	x.servedModel = rt.modelFor(x.req.Model)
+	if be, ok := x.ep.(openai.BackendEndpoint); ok {
+		be.RepliesFrom(rt.backend.servesMessages())
 	}
-	return false, false
+	w := x.upstreamWriter(time.Now(), time.Time{})
+	defer w.release()
+	w.Header().Set("Content-Type", u.entry.ContentType)
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(u.entry.Body)
+	if res := w.settle(x.r.Context(), nil, false); res.err != nil {
+		w.fail(res)
+	} else {
+		x.end(http.StatusOK, res)
+	}
 }
 
-// replays reports whether an attempt of the request answers from the
-// cache.
-func (u *cacheUse) replays() bool { return u != nil && (u.entry != nil || u.follow != nil) }
+// replay answers an attempt from the reply of the identical request
+// this one follows, writing to w what the backend writes as it comes.
+// It reports false, having written nothing, when there is none (the
+// request it followed failed before its reply was final), and aborted
+// when the reply it follows was cut.
+func (u *cacheUse) replay(ctx context.Context, w http.ResponseWriter) (served, aborted bool) {
+	served, aborted = u.follow.replay(ctx, w)
+	if !served { // on its own, as a miss
+		u.follow, u.result = nil, cacheMiss
+	}
+	return served, aborted
+}
+
+// follows reports whether the request follows an identical one in
+// flight: its attempt answers from that one's reply.
+func (u *cacheUse) follows() bool { return u != nil && u.follow != nil }
 
 // capture is the flight an attempt's reply is kept in, or nil.
 func (u *cacheUse) capture() *flight {

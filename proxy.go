@@ -151,10 +151,7 @@ func (h *Handler) attempt(x *exchange, rt route, body []byte, deadline time.Time
 	if b.prompts {
 		ctx = withPrompt(ctx, path, body)
 	}
-	u := &upstreamWriter{x: x, out: x.out, idle: time.Duration(h.IdleTimeout), began: begin, deadline: deadline, meta: x.meta("")}
-	if _, ok := x.ep.(openai.ReplyStreamer); ok { // a reply normalized as it comes: large ones are fine
-		u.limit = maxStreamedReply
-	}
+	u := x.upstreamWriter(begin, deadline)
 	u.timer = time.AfterFunc(u.within(time.Duration(h.FirstTokenTimeout)), func() { u.expired(cancel) })
 	defer u.stopTimer()
 
@@ -174,7 +171,7 @@ func (h *Handler) attempt(x *exchange, rt route, body []byte, deadline time.Time
 	x.addOwnTime(proxyStart.Sub(begin))
 	var aborted, served bool
 	var proxyErr error
-	if x.cache.replays() {
+	if x.cache.follows() {
 		served, aborted = x.cache.replay(ctx, u)
 	}
 	if !served {

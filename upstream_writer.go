@@ -82,6 +82,16 @@ type upstreamWriter struct {
 	stopped  atomic.Bool  // the attempt is over: the timer stays off
 }
 
+// upstreamWriter returns the writer of an attempt of x that began at
+// begin, by deadline if it has one.
+func (x *exchange) upstreamWriter(begin, deadline time.Time) *upstreamWriter {
+	u := &upstreamWriter{x: x, out: x.out, idle: time.Duration(x.h.IdleTimeout), began: begin, deadline: deadline, meta: x.meta("")}
+	if _, ok := x.ep.(openai.ReplyStreamer); ok { // a reply normalized as it comes: large ones are fine
+		u.limit = maxStreamedReply
+	}
+	return u
+}
+
 // expired runs when the timer fires: at the deadline, that is the
 // request's timeout; before the first event, first_token_timeout; after
 // it, idle_timeout only if the backend has been silent for that long,
@@ -115,8 +125,12 @@ func (u *upstreamWriter) within(d time.Duration) time.Duration {
 }
 
 // arm sets the timer to fire in d, or at the deadline if that comes
-// first.
-func (u *upstreamWriter) arm(d time.Duration) { u.timer.Reset(u.within(d)) }
+// first. A reply from the cache has no timer: it does not wait.
+func (u *upstreamWriter) arm(d time.Duration) {
+	if u.timer != nil {
+		u.timer.Reset(u.within(d))
+	}
+}
 
 // stopTimer ends the attempt's deadlines.
 func (u *upstreamWriter) stopTimer() {

@@ -60,7 +60,7 @@ func (m *Endpoint) Parse(body []byte) (*openai.Request, *openai.Error) {
 // chat equivalent: the gateway answers it for such backends
 // (AnswerLocally), so reaching one here (a fallback) is an error.
 func (m *Endpoint) Upstream(native bool, model string, body []byte) (string, []byte, *openai.Error) {
-	m.native = native
+	m.RepliesFrom(native)
 	switch {
 	case m.native && m.count:
 		return "/messages/count_tokens", body, nil
@@ -73,6 +73,10 @@ func (m *Endpoint) Upstream(native bool, model string, body []byte) (string, []b
 	chat, e := m.req.ChatBody()
 	return "/chat/completions", chat, e
 }
+
+// RepliesFrom makes Normalize and NewStream read a native backend's
+// replies (Messages) or a chat backend's.
+func (m *Endpoint) RepliesFrom(native bool) { m.native = native }
 
 // options is what translating a chat reply needs of the request.
 func (m *Endpoint) options(meta openai.Meta) ReplyOptions {

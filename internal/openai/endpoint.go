@@ -106,6 +106,10 @@ type BackendEndpoint interface {
 	// body of the request to a native backend or not, for model, given
 	// the client's body with the model alias edited.
 	Upstream(native bool, model string, body []byte) (path string, upstream []byte, e *Error)
+	// RepliesFrom makes the endpoint read the replies to come as a
+	// native backend's or not, for a reply that comes without an
+	// upstream request (the cache's); Upstream does it itself.
+	RepliesFrom(native bool)
 	// AnswerLocally returns the reply the gateway gives itself for a
 	// backend that is native or not, or nil when the backend answers.
 	AnswerLocally(native bool) []byte

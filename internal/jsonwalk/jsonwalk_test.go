@@ -61,3 +61,34 @@ func FuzzSkipValue(f *testing.F) {
 		}
 	})
 }
+
+// TestPlainRun checks the eight-bytes-at-a-time scan against a byte at a
+// time, for every byte at every position of a block and past it, behind
+// every byte that could make the test of a lower one wrong.
+func TestPlainRun(t *testing.T) {
+	naive := func(b []byte, i int) int {
+		for i < len(b) && b[i] >= 0x20 && b[i] != '"' && b[i] != '\\' {
+			i++
+		}
+		return i
+	}
+	buf := make([]byte, 19)
+	for before := range 256 {
+		for c := range 256 {
+			for at := range len(buf) {
+				for k := range buf {
+					buf[k] = 'a'
+				}
+				if at > 0 {
+					buf[at-1] = byte(before)
+				}
+				buf[at] = byte(c)
+				for from := range 3 {
+					if got, want := PlainRun(buf, from), naive(buf, from); got != want {
+						t.Fatalf("PlainRun(%q, %d) = %d, want %d", buf, from, got, want)
+					}
+				}
+			}
+		}
+	}
+}

@@ -282,10 +282,6 @@ func (c *Cache) use(x *exchange, rt route, body []byte) *cacheUse {
 	if x.ep.Name() == "embeddings" { // each input has a key of its own
 		skip = func(name string) bool { return name == "input" || notInCacheKey(name) }
 	}
-	canonical, err := cache.Canonical(body, skip)
-	if err != nil {
-		return use
-	}
 	scope := ""
 	if c.Scope != cacheScopeShared {
 		scope = x.owner()
@@ -295,8 +291,11 @@ func (c *Cache) use(x *exchange, rt route, body []byte) *cacheUse {
 	if rt.backend.servesMessages() {
 		shape = "native"
 	}
-	use.key = cache.Key([]byte(scope), []byte(x.ep.Name()), []byte(rt.backend.label), []byte(shape), []byte(model), canonical)
-	use.result = cacheMiss
+	key, err := cache.RequestKey(body, skip, []byte(scope), []byte(x.ep.Name()), []byte(rt.backend.label), []byte(shape), []byte(model))
+	if err != nil {
+		return use
+	}
+	use.key, use.result = key, cacheMiss
 	return use
 }
 

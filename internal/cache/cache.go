@@ -1,6 +1,6 @@
 // Package cache keeps backends' replies for the gateway to answer
-// repeated requests with: the key of a request (Key, over its canonical
-// form, Canonical), the stores of replies (Memory, bounded in bytes;
+// repeated requests with: the key of a request (RequestKey: Key over its
+// canonical form), the stores of replies (Memory, bounded in bytes;
 // Redis, shared by gateways), and what a client's Cache-Control asks
 // (ParseControl). It has no Caddy imports.
 package cache

@@ -30,12 +30,12 @@ func TestCanonical(t *testing.T) {
 		`{"model":"m","temperature":-0,"messages":[{"role":"user","content":"\u0068i"}],"stream":true,"stream_options":{"include_usage":true}}`,
 		`{"model":"m","temperature":0e5,"messages":[{"role":"user","content":"h\u0069"}]}`,
 	}
-	want, err := Canonical([]byte(same[0]), skipStream)
+	want, err := canonicalOf([]byte(same[0]), skipStream)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, s := range same[1:] {
-		if got, err := Canonical([]byte(s), skipStream); err != nil || !bytes.Equal(got, want) {
+		if got, err := canonicalOf([]byte(s), skipStream); err != nil || !bytes.Equal(got, want) {
 			t.Errorf("%s: %s, %v, want %s", s, got, err, want)
 		}
 	}
@@ -46,52 +46,52 @@ func TestCanonical(t *testing.T) {
 		`{"model":"m","temperature":0,"messages":[{"role":"user","content":"hi"},{"role":"user","content":"hi"}]}`,
 		`{"model":"m","temperature":0,"messages":[{"role":"user","content":"hi","name":"a"}]}`,
 	} {
-		if got, _ := Canonical([]byte(s), skipStream); bytes.Equal(got, want) {
+		if got, _ := canonicalOf([]byte(s), skipStream); bytes.Equal(got, want) {
 			t.Errorf("%s has the canonical form of %s", s, same[0])
 		}
 	}
 	// Integers keep their literal: two seeds past float64's precision
 	// stay apart.
-	a, _ := Canonical([]byte(`{"seed":18446744073709551617}`), nil)
-	b, _ := Canonical([]byte(`{"seed":18446744073709551618}`), nil)
+	a, _ := canonicalOf([]byte(`{"seed":18446744073709551617}`), nil)
+	b, _ := canonicalOf([]byte(`{"seed":18446744073709551618}`), nil)
 	if bytes.Equal(a, b) {
 		t.Errorf("two large seeds share the canonical form %s", a)
 	}
 	// A lone surrogate, which decoders read differently, keeps its
 	// escape; a pair is its character, escaped or not.
-	lone, _ := Canonical([]byte(`{"a":"\uD800"}`), nil)
-	replacement, _ := Canonical([]byte(`{"a":"\ufffd"}`), nil)
-	pair, _ := Canonical([]byte(`{"a":"\ud83d\uDE00"}`), nil)
+	lone, _ := canonicalOf([]byte(`{"a":"\uD800"}`), nil)
+	replacement, _ := canonicalOf([]byte(`{"a":"\ufffd"}`), nil)
+	pair, _ := canonicalOf([]byte(`{"a":"\ud83d\uDE00"}`), nil)
 	if string(lone) != `{"a":"\ud800"}` || bytes.Equal(lone, replacement) || string(pair) != `{"a":"😀"}` {
 		t.Errorf("lone surrogate %s, U+FFFD %s, a pair %s", lone, replacement, pair)
 	}
 	// Names that differ only in case keep their order: Go's decoders match
 	// either to one field and keep the last.
 	for _, pair := range [][2]string{{`{"top_k":1,"Top_k":50}`, `{"Top_k":50,"top_k":1}`}, {`{"k":1,"\u212a":2}`, `{"\u212a":2,"k":1}`}} {
-		a, _ := Canonical([]byte(pair[0]), nil)
-		b, _ := Canonical([]byte(pair[1]), nil)
+		a, _ := canonicalOf([]byte(pair[0]), nil)
+		b, _ := canonicalOf([]byte(pair[1]), nil)
 		if bytes.Equal(a, b) {
 			t.Errorf("%s and %s share the canonical form %s", pair[0], pair[1], a)
 		}
 	}
 	// Objects out of order at every level: each written in order once.
 	nested := strings.Repeat(`{"z":0,"a":`, 100) + `"y"` + strings.Repeat("}", 100)
-	if got, err := Canonical([]byte(nested), nil); err != nil || string(got) != strings.Repeat(`{"a":`, 100)+`"y"`+strings.Repeat(`,"z":0}`, 100) {
+	if got, err := canonicalOf([]byte(nested), nil); err != nil || string(got) != strings.Repeat(`{"a":`, 100)+`"y"`+strings.Repeat(`,"z":0}`, 100) {
 		t.Errorf("100 levels out of order: %.80s..., %v", got, err)
 	}
 	// Names a decoder reads as U+FFFD keep their order too.
-	if a, _ := Canonical([]byte(`{"\ud800":1,"\ufffd":2}`), nil); bytes.Equal(a, must(Canonical([]byte(`{"\ufffd":2,"\ud800":1}`), nil))) {
+	if a, _ := canonicalOf([]byte(`{"\ud800":1,"\ufffd":2}`), nil); bytes.Equal(a, must(canonicalOf([]byte(`{"\ufffd":2,"\ud800":1}`), nil))) {
 		t.Errorf("a lone surrogate and U+FFFD as names, swapped, share the canonical form %s", a)
 	}
 	deep := strings.Repeat(`{"a":`, maxDepth) + "1" + strings.Repeat("}", maxDepth)
-	if _, err := Canonical([]byte(deep), nil); err != nil {
+	if _, err := canonicalOf([]byte(deep), nil); err != nil {
 		t.Errorf("%d levels: %v, want a canonical form", maxDepth, err)
 	}
-	if _, err := Canonical([]byte(`{"a":`+deep+`}`), nil); !errors.Is(err, errTooDeep) {
+	if _, err := canonicalOf([]byte(`{"a":`+deep+`}`), nil); !errors.Is(err, errTooDeep) {
 		t.Errorf("%d levels: %v, want %v", maxDepth+1, err, errTooDeep)
 	}
 	for _, bad := range []string{`[1]`, `null`, `{"a":`, `"s"`, `{"a":1e400}`, `{"a":01}`, `{"a":1.}`, `{"a":"\x"}`, `{"a":[1,]}`, `{"a":1,}`, `{"a" 1}`, `{"a":tru}`, `{} {}`} {
-		if _, err := Canonical([]byte(bad), nil); err == nil {
+		if _, err := canonicalOf([]byte(bad), nil); err == nil {
 			t.Errorf("%s: no error, want one: only an object has a canonical form", bad)
 		}
 	}
@@ -99,12 +99,13 @@ func TestCanonical(t *testing.T) {
 
 // FuzzCanonical: the canonical form is valid JSON, its own canonical
 // form, and decodes to what the body does, numbers as float64s, skipped
-// members aside.
+// members aside; RequestKey, whose canonicalizers are reused from one
+// body to the next, digests it.
 func FuzzCanonical(f *testing.F) {
 	f.Add(`{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}`)
 	f.Add(`{"a":1.50,"b":[1e2,-0,{"c":"\u00e9\ud83d\ude00"}],"d":null,"e":true}`)
 	f.Fuzz(func(t *testing.T, body string) {
-		c, err := Canonical([]byte(body), skipStream)
+		c, err := canonicalOf([]byte(body), skipStream)
 		if err != nil {
 			var v map[string]any
 			if json.Unmarshal([]byte(body), &v) == nil && !errors.Is(err, errTooDeep) && !errors.Is(err, errNotUTF8) {
@@ -112,9 +113,12 @@ func FuzzCanonical(f *testing.F) {
 			}
 			return
 		}
-		again, err := Canonical(c, skipStream)
+		again, err := canonicalOf(c, skipStream)
 		if err != nil || !bytes.Equal(again, c) {
 			t.Fatalf("canonical %s, again %s, %v: want the same", c, again, err)
+		}
+		if key, err := RequestKey([]byte(body), skipStream, []byte("scope")); err != nil || key != Key([]byte("scope"), c) {
+			t.Fatalf("RequestKey of %s: %s, %v; want the digest of %s", body, key, err, c)
 		}
 		var orig, canon map[string]any
 		if json.Unmarshal([]byte(body), &orig) != nil || json.Unmarshal(c, &canon) != nil {
@@ -294,7 +298,7 @@ func BenchmarkCanonicalCostly(b *testing.B) {
 		b.Run(tc.name, func(b *testing.B) {
 			b.SetBytes(int64(len(tc.body)))
 			for b.Loop() {
-				if _, err := Canonical(tc.body, nil); err != nil {
+				if _, err := RequestKey(tc.body, nil); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -313,11 +317,43 @@ func TestFoldKeyASCII(t *testing.T) {
 		for f := unicode.SimpleFold(c); f != c; f = unicode.SimpleFold(f) {
 			least = min(least, f)
 		}
-		if got := foldKey([]byte(string(c))); string(got) != string(least) {
+		if got := appendFoldKey(nil, []byte(string(c))); string(got) != string(least) {
 			t.Errorf("%q: key %q, want %q", c, got, least)
 		}
 	}
-	if a, b := foldKey([]byte("K")), foldKey([]byte("\u212a")); !bytes.Equal(a, b) { // the Kelvin sign
+	if a, b := appendFoldKey(nil, []byte("K")), appendFoldKey(nil, []byte("\u212a")); !bytes.Equal(a, b) { // the Kelvin sign
 		t.Errorf("K and the Kelvin sign: keys %q and %q, want one", a, b)
 	}
+}
+
+// BenchmarkRequestKey is the key of a chat request: one 4 KiB message
+// (the bench's cache figures), and a conversation of 20 turns.
+func BenchmarkRequestKey(b *testing.B) {
+	lorem := strings.Repeat("lorem ipsum dolor sit amet ", 150)
+	var turns strings.Builder
+	for i := range 20 {
+		role := []string{"user", "assistant"}[i%2]
+		fmt.Fprintf(&turns, `,{"role":%q,"content":"%d %s"}`, role, i, lorem[:800])
+	}
+	for _, tc := range []struct{ name, body string }{
+		{"4KiB", `{"model":"m","temperature":0,"stream":false,"messages":[{"role":"user","content":"` + lorem[:4000] + `"}]}`},
+		{"20turns", `{"model":"m","temperature":0,"messages":[{"role":"system","content":"You answer."}` + turns.String() + `],"max_tokens":200}`},
+	} {
+		body := []byte(tc.body)
+		b.Run(tc.name, func(b *testing.B) {
+			b.SetBytes(int64(len(body)))
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := RequestKey(body, skipStream, []byte("scope"), []byte("chat_completions")); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// canonicalOf is body's canonical form, as RequestKey digests it.
+func canonicalOf(body []byte, skip func(name string) bool) ([]byte, error) {
+	var c canonicalizer
+	return c.canonical(body, skip)
 }

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"unicode"
 	"unicode/utf16"
 	"unicode/utf8"
@@ -13,24 +14,54 @@ import (
 	"github.com/chatgateway/caddy-chat-gateway/internal/jsonwalk"
 )
 
-// Canonical returns body, a JSON object, in a canonical form: members
-// sorted by name at every depth (names that differ only in case, or not
-// at all, kept in their order: decoders that match names regardless of
-// case read them by their order), no whitespace, strings escaped one
-// way, an integer as its literal and any other number as the shortest
-// text of its float64, the value a backend reads; the top-level members
-// skip names are left out.
+// RequestKey is Key of fields and then of body's canonical form: body,
+// a JSON object, with its members sorted by name at every depth (names
+// that differ only in case, or not at all, kept in their order: decoders
+// that match names regardless of case read them by their order), no
+// whitespace, strings escaped one way, an integer as its literal and any
+// other number as the shortest text of its float64, the value a backend
+// reads; the top-level members skip names are left out.
 // Two requests that differ only in member order, whitespace, escapes,
 // the spelling of a number or skipped members have one canonical form;
 // two that a backend reads differently never do (a lone surrogate
 // escape, which decoders read differently, keeps its escape). It reads
 // the request once and writes it twice (in its order, then each object's
-// members in theirs), decoding nothing into values.
-func Canonical(body []byte, skip func(name string) bool) ([]byte, error) {
+// members in theirs), decoding nothing into values, in buffers reused
+// from one request to the next.
+func RequestKey(body []byte, skip func(name string) bool, fields ...[]byte) (string, error) {
+	c := canonicalizers.Get().(*canonicalizer)
+	defer c.release()
+	canonical, err := c.canonical(body, skip)
+	if err != nil {
+		return "", err
+	}
+	return Key(append(fields, canonical)...), nil
+}
+
+// canonicalizers are reused: their buffers outlive a request.
+var canonicalizers = sync.Pool{New: func() any { return new(canonicalizer) }}
+
+// maxPooledCanonical is the largest canonical form whose buffers go back
+// to the pool: a rare large request does not pin its size.
+const maxPooledCanonical = 1 << 20
+
+// release forgets the request and gives c back to the pool.
+func (c *canonicalizer) release() {
+	if cap(c.out) > maxPooledCanonical || cap(c.ord) > maxPooledCanonical {
+		return
+	}
+	c.in, c.out, c.ord = nil, c.out[:0], c.ord[:0]
+	c.unordered, c.stack, c.kept, c.keys = c.unordered[:0], c.stack[:0], c.kept[:0], c.keys[:0]
+	canonicalizers.Put(c)
+}
+
+// canonical returns body's canonical form (see RequestKey), which is c's
+// until c is released.
+func (c *canonicalizer) canonical(body []byte, skip func(name string) bool) ([]byte, error) {
 	if !utf8.Valid(body) {
 		return nil, errNotUTF8
 	}
-	c := canonicalizer{in: body, out: make([]byte, 0, len(body))}
+	c.in, c.out = body, slices.Grow(c.out, len(body))
 	i := jsonwalk.SkipSpace(body, 0)
 	if i == len(body) || body[i] != '{' {
 		return nil, errors.New("cache: the request is not a JSON object")
@@ -74,25 +105,28 @@ var (
 
 // canonicalizer writes in's canonical form to out in the request's
 // order, noting each object whose members are not in order (unordered,
-// by the end of the object); ordered then writes it again with those
-// members in order.
+// by the end of the object); ordered then writes it again, to ord, with
+// those members in order.
 type canonicalizer struct {
-	in, out   []byte
-	unordered []object
+	in, out, ord []byte
+	unordered    []object
+	stack        []member // the members of the objects being written, the innermost's last
+	kept         []member // the members of the unordered objects, in order, each object's together
+	keys         []byte   // the members' fold keys
 }
 
-// object is where an object out of order is in out, and its members.
+// object is where an object out of order is in out, and where its
+// members are in kept.
 type object struct {
 	start, end int
-	members    []member
+	members    [2]int
 }
 
 // member is where an object's member, written as in the request, is in
-// the output: its name (in quotes) and the member entire; and the key it
-// is ordered by.
+// the output: its name (in quotes) and the member entire; and where the
+// key it is ordered by is in keys.
 type member struct {
-	name, all [2]int
-	key       []byte
+	name, all, key [2]int
 }
 
 // value writes the value at in[i], depth levels deep, and returns the
@@ -113,8 +147,8 @@ func (c *canonicalizer) value(i, depth int) (int, error) {
 		if j == i {
 			return 0, errSyntax
 		}
-		n, err := canonicalNumber(c.in[i:j])
-		c.out = append(c.out, n...)
+		var err error
+		c.out, err = appendCanonicalNumber(c.out, c.in[i:j])
 		return j, err
 	default:
 		for _, lit := range []string{"true", "false", "null"} {
@@ -135,9 +169,8 @@ func (c *canonicalizer) object(i, depth int, skip func(string) bool) (int, error
 	if depth > maxDepth {
 		return 0, errTooDeep
 	}
-	start := len(c.out)
+	start, base := len(c.out), len(c.stack)
 	c.out = append(c.out, '{')
-	var members []member
 	i = jsonwalk.SkipSpace(c.in, i+1)
 	if i < len(c.in) && c.in[i] == '}' {
 		c.out = append(c.out, '}')
@@ -147,7 +180,8 @@ func (c *canonicalizer) object(i, depth int, skip func(string) bool) (int, error
 		if i >= len(c.in) || c.in[i] != '"' {
 			return 0, errSyntax
 		}
-		if len(members) > 0 {
+		first := len(c.stack) == base
+		if !first {
 			c.out = append(c.out, ',')
 		}
 		m := member{all: [2]int{len(c.out), 0}}
@@ -167,13 +201,19 @@ func (c *canonicalizer) object(i, depth int, skip func(string) bool) (int, error
 		m.all[1] = len(c.out)
 		name := c.out[m.name[0]+1 : m.name[1]-1]
 		if skip != nil && skip(string(name)) {
-			c.out = c.out[:m.all[0]-min(len(members), 1)] // and its comma
-			for len(c.unordered) > 0 && c.unordered[len(c.unordered)-1].end > len(c.out) {
-				c.unordered = c.unordered[:len(c.unordered)-1] // its objects too
+			c.out = c.out[:m.all[0]]
+			if !first {
+				c.out = c.out[:len(c.out)-1] // and its comma
+			}
+			for n := len(c.unordered); n > 0 && c.unordered[n-1].end > len(c.out); n-- {
+				c.kept = c.kept[:c.unordered[n-1].members[0]] // its objects too
+				c.unordered = c.unordered[:n-1]
 			}
 		} else {
-			m.key = foldKey(name)
-			members = append(members, m)
+			m.key[0] = len(c.keys)
+			c.keys = appendFoldKey(c.keys, name)
+			m.key[1] = len(c.keys)
+			c.stack = append(c.stack, m)
 		}
 		i = jsonwalk.SkipSpace(c.in, i)
 		if i >= len(c.in) {
@@ -188,11 +228,15 @@ func (c *canonicalizer) object(i, depth int, skip func(string) bool) (int, error
 		i = jsonwalk.SkipSpace(c.in, i+1)
 	}
 	c.out = append(c.out, '}')
-	order := func(a, b member) int { return bytes.Compare(a.key, b.key) }
+	members := c.stack[base:]
+	order := func(a, b member) int { return bytes.Compare(c.keys[a.key[0]:a.key[1]], c.keys[b.key[0]:b.key[1]]) }
 	if !slices.IsSortedFunc(members, order) {
 		slices.SortStableFunc(members, order)
-		c.unordered = append(c.unordered, object{start: start, end: len(c.out), members: members})
+		kept := len(c.kept)
+		c.kept = append(c.kept, members...)
+		c.unordered = append(c.unordered, object{start: start, end: len(c.out), members: [2]int{kept, len(c.kept)}})
 	}
+	c.stack = c.stack[:base]
 	return i + 1, nil
 }
 
@@ -203,7 +247,8 @@ func (c *canonicalizer) ordered() []byte {
 		return c.out
 	}
 	slices.SortFunc(c.unordered, func(a, b object) int { return a.start - b.start })
-	return c.write(make([]byte, 0, len(c.out)), 0, len(c.out))
+	c.ord = c.write(slices.Grow(c.ord[:0], len(c.out)), 0, len(c.out))
+	return c.ord
 }
 
 // write appends out[from:to] to dst, the objects out of order in it
@@ -217,7 +262,7 @@ func (c *canonicalizer) write(dst []byte, from, to int) []byte {
 		o := &c.unordered[next]
 		dst = append(dst, c.out[from:o.start]...)
 		dst = append(dst, '{')
-		for n, m := range o.members {
+		for n, m := range c.kept[o.members[0]:o.members[1]] {
 			if n > 0 {
 				dst = append(dst, ',')
 			}
@@ -268,9 +313,7 @@ func (c *canonicalizer) str(i int) (int, error) {
 	c.out = append(c.out, '"')
 	for i++; i < len(c.in); {
 		plain := i // a run of bytes written as they are
-		for i < len(c.in) && c.in[i] >= 0x20 && c.in[i] != '"' && c.in[i] != '\\' {
-			i++
-		}
+		i = jsonwalk.PlainRun(c.in, i)
 		c.out = append(c.out, c.in[plain:i]...)
 		switch {
 		case i >= len(c.in) || c.in[i] < 0x20:
@@ -384,35 +427,34 @@ func numberLen(b []byte) int {
 	return i
 }
 
-// canonicalNumber is n's canonical text: an integer literal as written
-// (JSON allows one spelling of it, -0 aside), any other number as the
-// shortest text of its float64; a number past float64's range, which
-// backends read differently, has none.
-func canonicalNumber(n []byte) ([]byte, error) {
+// appendCanonicalNumber appends n's canonical text to dst: an integer
+// literal as written (JSON allows one spelling of it, -0 aside), any
+// other number as the shortest text of its float64; a number past
+// float64's range, which backends read differently, has none.
+func appendCanonicalNumber(dst, n []byte) ([]byte, error) {
 	if !bytes.ContainsAny(n, ".eE") {
 		if string(n) == "-0" {
-			return []byte("0"), nil
+			return append(dst, '0'), nil
 		}
-		return n, nil
+		return append(dst, n...), nil
 	}
 	f, err := strconv.ParseFloat(string(n), 64)
 	if err != nil {
-		return nil, errors.New("cache: a number past float64's range")
+		return dst, errors.New("cache: a number past float64's range")
 	}
 	if f == 0 {
-		return []byte("0"), nil
+		return append(dst, '0'), nil
 	}
-	return strconv.AppendFloat(nil, f, 'g', -1, 64), nil
+	return strconv.AppendFloat(dst, f, 'g', -1, 64), nil
 }
 
-// foldKey is what a member name (as written, without its quotes)
-// sorts by: its case folding (Unicode's simple folding, as Go's
+// appendFoldKey appends to dst what a member name (as written, without
+// its quotes) sorts by: its case folding (Unicode's simple folding, as Go's
 // encoding/json matches names), each rune the least of its orbit, and a
 // lone surrogate as U+FFFD, as decoders read it. Names equal but for
 // case sort together, kept in the order of the request: decoders that
 // match names regardless of case read them by their order.
-func foldKey(name []byte) []byte {
-	key := make([]byte, 0, len(name))
+func appendFoldKey(key, name []byte) []byte {
 	for i := 0; i < len(name); {
 		if b := name[i]; b < utf8.RuneSelf && b != '\\' {
 			if 'a' <= b && b <= 'z' { // the least of an ASCII letter's orbit is its capital, k's and s's too

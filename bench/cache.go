@@ -24,6 +24,9 @@ const (
 	cacheHitMemory = "cache hit"
 	cacheHitRedis  = "cache hit redis"
 	cacheMiB       = 32 // the memory figure's max_size
+	// cacheFloor answers every request with a fixed event stream, doing
+	// nothing else: the machine's floor for a stream's first byte.
+	cacheFloor = "caddy respond"
 )
 
 // Rows of the cache figures.
@@ -48,8 +51,14 @@ func cacheBody(size int, stream bool, n int) []byte {
 // Redis store where redis-server is installed (a server of its own, so
 // that its command counts are the cache's), and the memory store
 // capped at cacheMiB for the memory figure. The echo configuration is
-// their backend.
+// their backend. Caddy's respond with a fixed stream is the floor their
+// first bytes are measured against.
 func (h *harness) startCache(ctx context.Context, dir string) error {
+	floor, err := h.startCaddy(ctx, h.caddyBin, dir, "cache_floor", "header Content-Type text/event-stream\n\trespond \"data: {}\n\ndata: [DONE]\n\n\" 200")
+	if err != nil {
+		return err
+	}
+	floor.name, h.cacheFloor = cacheFloor, floor
 	echo := h.caddies[2].url
 	site := func(store string) string {
 		return fmt.Sprintf("chat_gateway {\n\t\tbackend %s\n\t\tcache {\n\t\t\tmax_size %dMiB%s\n\t\t}\n\t}", echo, cacheMiB, store)
@@ -110,16 +119,12 @@ func (h *harness) cacheFigures(ctx context.Context) error {
 			if t == h.caddies[2] {
 				continue
 			}
-			var firsts []time.Duration
-			for range h.timed {
-				d, err := firstByte(ctx, t, stream)
-				if err != nil {
-					return err
-				}
-				firsts = append(firsts, d)
+			if err := h.firstBytes(ctx, lat, t, stream); err != nil {
+				return err
 			}
-			lat.add(cacheFirstByte+" p50", t.name, micros(percentile(firsts, .5)))
-			lat.add(cacheFirstByte+" p99", t.name, micros(percentile(firsts, .99)))
+		}
+		if err := h.firstBytes(ctx, lat, h.cacheFloor, stream); err != nil {
+			return err
 		}
 		log.Printf("cache: round %d/%d", r+1, h.rounds)
 	}
@@ -168,8 +173,24 @@ func (h *harness) cacheMemory(ctx context.Context, t *target) error {
 	return ctx.Err()
 }
 
+// firstBytes adds to f the p50 and p99 times to the first byte of the
+// replies to body from t, sent one at a time.
+func (h *harness) firstBytes(ctx context.Context, f *Figure, t *target, body []byte) error {
+	var firsts []time.Duration
+	for range h.timed {
+		d, err := firstByte(ctx, t, body)
+		if err != nil {
+			return err
+		}
+		firsts = append(firsts, d)
+	}
+	f.add(cacheFirstByte+" p50", t.name, micros(percentile(firsts, .5)))
+	f.add(cacheFirstByte+" p99", t.name, micros(percentile(firsts, .99)))
+	return nil
+}
+
 // firstByte is the time from sending body to the first byte of its
-// reply's body.
+// reply's body, which must come from the cache but from the floor.
 func firstByte(ctx context.Context, t *target, body []byte) (time.Duration, error) {
 	start := time.Now()
 	resp, err := http.DefaultClient.Do(t.request(ctx, body, ""))
@@ -181,7 +202,7 @@ func firstByte(ctx context.Context, t *target, body []byte) (time.Duration, erro
 		return 0, fmt.Errorf("%s: a replayed stream: %w", t.name, err)
 	}
 	d := time.Since(start)
-	if resp.Header.Get("Cache-Status") == "" || !strings.Contains(resp.Header.Get("Cache-Status"), "hit") {
+	if t.name != cacheFloor && !strings.Contains(resp.Header.Get("Cache-Status"), "hit") {
 		return 0, fmt.Errorf("%s: a stream not answered from the cache: Cache-Status %q", t.name, resp.Header.Get("Cache-Status"))
 	}
 	io.Copy(io.Discard, resp.Body)
@@ -249,7 +270,8 @@ func (r *Results) cacheTargets(add func(goal string, v float64, limit string, me
 	v = lat.median(cacheFirstByte+" p50", cacheHitMemory) / 1000
 	add("Replayed stream's first byte, p50 (ms)", v, "≤ 1", v <= 1, "one at a time, memory store")
 	v = lat.median(cacheFirstByte+" p99", cacheHitMemory) / 1000
-	add("Replayed stream's first byte, p99 (ms)", v, "≤ 1", v <= 1, "one at a time, memory store")
+	add("Replayed stream's first byte, p99 (ms)", v, "≤ 1", v <= 1,
+		fmt.Sprintf("one at a time, memory store; Caddy's respond: %.3g", lat.median(cacheFirstByte+" p99", cacheFloor)/1000))
 	if _, ok := f.Values[cacheReplyRow][cacheHitRedis]; ok {
 		v = r.get("cache_redis_round_trips").median("per hit", cacheHitRedis)
 		add("Redis round trips per hit", v, "= 1", v == 1, "MGET calls / hits")

@@ -135,6 +135,7 @@ type harness struct {
 	peers      []*target // other gateways
 	cached     []*target // chat_gateway with a cache, echo its backend: memory, Redis store
 	cacheRedis string    // the cache's redis-server, or ""
+	cacheFloor *target   // Caddy answering a fixed event stream: the floor of a first byte
 	results    *Results
 }
 

@@ -154,14 +154,20 @@ type cacheUse struct {
 	ttl      time.Duration
 	rerouted bool       // a fallback served it: its reply is another model's
 	embed    *embedPlan // an embeddings batch: its inputs, by what the cache holds
+	// storeWait is the time its lookup waited on a store across the
+	// network (Redis).
+	storeWait time.Duration
 }
 
 // prepare decides whether x, whose route is rt, may be answered from
 // the cache, and looks its reply up: before the limits, which a reply
-// from the cache takes no tokens of.
+// from the cache takes no tokens of. The key and a memory store's lookup
+// are the gateway's own work; Redis's round trip is not.
 func (c *Cache) prepare(x *exchange, rt route, body []byte) {
+	begin := time.Now()
 	use := c.use(x, rt, body)
 	x.cache = use
+	defer func() { x.addOwnTime(time.Since(begin) - use.storeWait) }()
 	if use.result == cacheBypass {
 		return
 	}
@@ -254,7 +260,11 @@ func variantOf(stream bool) string {
 // lookup returns the entries of keys, nil for those not stored or older
 // than the client's max-age; a store that fails is all misses.
 func (c *Cache) lookup(x *exchange, keys []string) []*cache.Entry {
+	begin := time.Now()
 	entries, err := c.store.Get(x.r.Context(), keys...)
+	if c.memory == nil {
+		x.cache.storeWait += time.Since(begin)
+	}
 	if err != nil {
 		c.logger.Warn("cache store failed", zap.String("request_id", x.id), zap.String("op", "get"), zap.Error(err))
 		return make([]*cache.Entry, len(keys))

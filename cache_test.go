@@ -81,8 +81,8 @@ func TestCacheHit(t *testing.T) {
 	l := newLLM(t)
 	g := newGateway(t, fmt.Sprintf("chat_gateway {\n backend %s\n cache {\n ttl 1m\n }\n}", l.URL))
 	status, first, h := cached(t, g, greedy, "X-Request-ID", "first")
-	if status != 200 || !strings.Contains(first, "answer 1") || h.Get("Cache-Status") != "chat_gateway; fwd=miss" {
-		t.Fatalf("first: %d %s, Cache-Status %q, want 200 answer 1, a miss", status, first, h.Get("Cache-Status"))
+	if status != 200 || !strings.Contains(first, "answer 1") || h.Get("Cache-Status") != "chat_gateway; fwd=miss" || h.Get("Server-Timing") == "" {
+		t.Fatalf("first: %d %s, Cache-Status %q, Server-Timing %q, want 200 answer 1, a miss timed", status, first, h.Get("Cache-Status"), h.Get("Server-Timing"))
 	}
 	reordered := `{ "messages": [{"content":"What is 2+2?", "role":"user"}], "model":"m", "temperature": 0.0, "user": "u1" }`
 	for i, body := range []string{greedy, reordered} {
@@ -90,8 +90,8 @@ func TestCacheHit(t *testing.T) {
 		if status != 200 || !strings.Contains(got, "answer 1") || !strings.Contains(got, fmt.Sprintf(`"id":"again-%d"`, i)) {
 			t.Fatalf("repeat %d: %d %s, want answer 1 from the cache with this request's id", i, status, got)
 		}
-		if cs := h.Get("Cache-Status"); !strings.HasPrefix(cs, "chat_gateway; hit; ttl=") || h.Get("Age") == "" {
-			t.Fatalf("repeat %d: Cache-Status %q, Age %q, want a hit and an Age", i, cs, h.Get("Age"))
+		if cs := h.Get("Cache-Status"); !strings.HasPrefix(cs, "chat_gateway; hit; ttl=") || h.Get("Age") == "" || h.Get("Server-Timing") != "" {
+			t.Fatalf("repeat %d: Cache-Status %q, Age %q, Server-Timing %q, want a hit, an Age and no backend's timing", i, cs, h.Get("Age"), h.Get("Server-Timing"))
 		}
 	}
 	if n := l.calls.Load(); n != 1 {

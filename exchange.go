@@ -235,8 +235,8 @@ func (x *exchange) writeJSON(status int, body []byte) {
 	body = x.h.upstreamKeys.redact(body)
 	x.publish()
 	hdr := x.w.Header()
-	if x.upstreamTime > 0 && status == http.StatusOK {
-		hdr["Server-Timing"] = []string{x.serverTiming()}
+	if status == http.StatusOK {
+		x.setServerTiming(hdr)
 	}
 	hdr.Set("Content-Type", "application/json")
 	hdr.Set("Content-Length", itoa(len(body)))
@@ -268,13 +268,18 @@ func (x *exchange) meta(defaultModel string) openai.Meta {
 	return openai.Meta{ID: x.id, Model: model, Created: x.start.Unix(), PromptBytes: x.req.PromptBytes}
 }
 
-// serverTiming is the Server-Timing of a reply: the gateway's own time
-// and the time inside the reverse proxy, in milliseconds.
-func (x *exchange) serverTiming() string {
+// setServerTiming sets the Server-Timing of a reply from a backend in
+// hdr: the gateway's own time and the time inside the reverse proxy, in
+// milliseconds. A reply from the cache or echo, which no proxy
+// brought, has none.
+func (x *exchange) setServerTiming(hdr http.Header) {
+	if x.upstreamTime == 0 {
+		return
+	}
 	var buf [64]byte
 	timing := strconv.AppendFloat(append(buf[:0], "gateway;dur="...), x.overhead().Seconds()*1e3, 'f', 3, 64)
 	timing = strconv.AppendFloat(append(timing, ", upstream;dur="...), x.upstreamTime.Seconds()*1e3, 'f', 3, 64)
-	return string(timing)
+	hdr["Server-Timing"] = []string{string(timing)}
 }
 
 // markFirstToken notes the time of the first content sent.

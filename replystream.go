@@ -177,6 +177,6 @@ func (s *replyStream) settle(cause, proxyErr error, aborted bool) *openai.Error 
 	case err != nil: // the reply ended before its end
 		return invalidReply(x)
 	}
-	x.w.Header().Set("Server-Timing", x.serverTiming())
+	x.setServerTiming(x.w.Header())
 	return nil
 }

@@ -201,10 +201,12 @@ func (c *Cache) serve(h *Handler, x *exchange, rt route, body []byte) {
 		h.forward(x, rt, body)
 		return
 	case cacheHit:
-		x.w.Header().Set("Cache-Status", fmt.Sprintf("%s; hit; ttl=%d", cacheName, int(time.Until(use.entry.Expires).Seconds())))
-		x.w.Header().Set("Age", strconv.Itoa(int(max(0, time.Since(use.entry.Stored)).Seconds())))
-		use.answer(x, rt)
-		return
+		if use.answer(x, rt) {
+			return
+		}
+		// A stored reply this gateway does not read as one (another
+		// version's, or not a gateway's): a miss, replaced.
+		use.entry, use.result = nil, cacheMiss
 	}
 	if use.embed != nil {
 		c.serveEmbeddings(h, x, rt, body)
@@ -356,22 +358,33 @@ func notInCacheKey(name string) bool {
 // answer answers x from the stored reply, as an attempt answers from
 // a backend's: the writer a backend's reply goes to normalizes it, with
 // this request's id, as a stream if one was asked. No backend is asked:
-// there is no upstream request, and nothing to time out or retry.
-func (u *cacheUse) answer(x *exchange, rt route) {
+// there is no upstream request, and nothing to time out or retry. It
+// reports false, having written nothing, when the stored reply does not
+// answer it (it is not a valid reply of the route).
+func (u *cacheUse) answer(x *exchange, rt route) bool {
 	x.servedModel = rt.modelFor(x.req.Model)
 	if be, ok := x.ep.(openai.BackendEndpoint); ok {
 		be.RepliesFrom(rt.backend.servesMessages())
 	}
+	hdr := x.w.Header()
+	hdr.Set("Cache-Status", fmt.Sprintf("%s; hit; ttl=%d", cacheName, int(time.Until(u.entry.Expires).Seconds())))
+	hdr.Set("Age", strconv.Itoa(int(max(0, time.Since(u.entry.Stored)).Seconds())))
 	w := x.upstreamWriter(time.Now(), time.Time{})
 	defer w.release()
 	w.Header().Set("Content-Type", u.entry.ContentType)
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(u.entry.Body)
-	if res := w.settle(x.r.Context(), nil, false); res.err != nil {
-		w.fail(res)
-	} else {
+	res := w.settle(x.r.Context(), nil, false)
+	switch {
+	case res.err == nil:
 		x.end(http.StatusOK, res)
+	case !w.started() && x.r.Context().Err() == nil:
+		hdr.Del("Age")
+		return false
+	default:
+		w.fail(res)
 	}
+	return true
 }
 
 // replay answers an attempt from the reply of the identical request

@@ -18,6 +18,7 @@ import (
 	"github.com/anthropics/anthropic-sdk-go/v2"
 	aoption "github.com/anthropics/anthropic-sdk-go/v2/option"
 	"github.com/openai/openai-go/v3"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/chatgateway/caddy-chat-gateway/internal/keys"
 	"github.com/chatgateway/caddy-chat-gateway/internal/redistest"
@@ -553,6 +554,40 @@ func TestCacheCluster(t *testing.T) {
 	embed(gws[1], `["two","three","one"]`)
 	if sent := e.sent()[before:]; fmt.Sprint(sent) != "[three]" {
 		t.Fatalf("the other gateway sent %v to the backend, want [three]", sent)
+	}
+}
+
+// A stored reply the gateway does not read as a reply (written by
+// another version, or not by a gateway) is a miss, replaced by the
+// backend's reply; never an error.
+func TestCacheUnreadableEntry(t *testing.T) {
+	srv := redistest.Start(t)
+	l := newLLM(t)
+	g := newGateway(t, fmt.Sprintf("chat_gateway {\n backend %s\n cache {\n store redis %s\n }\n}", l.URL, srv.Addr))
+	cached(t, g, greedy)
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer rdb.Close()
+	stored, err := rdb.Keys(ctx, "chat_gateway:cache:*").Result()
+	if err != nil || len(stored) != 1 {
+		t.Fatalf("keys in Redis: %v, %v; want the one reply", stored, err)
+	}
+	v, err := rdb.Get(ctx, stored[0]).Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	header := 19 + int(v[17]) // version, times, the content type's length and the content type
+	if err := rdb.Set(ctx, stored[0], append(v[:header:header], `{"not":"a reply"}`...), time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for i, body := range []string{streamed, greedy} { // a stream falls back on the JSON entry
+		status, got, h := cached(t, g, body)
+		if want := fmt.Sprint("answer ", i+2); status != 200 || !strings.Contains(got, want) || h.Get("Cache-Status") != "chat_gateway; fwd=miss" || h.Get("Age") != "" {
+			t.Fatalf("%s over an unreadable entry: %d %s, Cache-Status %q, Age %q; want %s from the backend, a miss", body, status, got, h.Get("Cache-Status"), h.Get("Age"), want)
+		}
+	}
+	if _, got, h := cached(t, g, greedy); !strings.Contains(got, "answer 3") || !strings.Contains(h.Get("Cache-Status"), "hit") {
+		t.Fatalf("after the miss: %s (%s), want its reply, answer 3, from the cache", got, h.Get("Cache-Status"))
 	}
 }
 

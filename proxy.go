@@ -166,7 +166,12 @@ func (h *Handler) attempt(x *exchange, rt route, body []byte, deadline time.Time
 		conns.Add(1)
 		reused.Store(info.Reused)
 	}})
-	up := x.upstreamRequest(ctx, b, http.MethodPost, path, body)
+	// The request is made only to be sent: a body reader never read
+	// would keep the request's buffer from going back to its pool.
+	var up *http.Request
+	if !x.cache.follows() {
+		up = x.upstreamRequest(ctx, b, http.MethodPost, path, body)
+	}
 	proxyStart := time.Now()
 	x.addOwnTime(proxyStart.Sub(begin))
 	var aborted, served bool
@@ -175,6 +180,9 @@ func (h *Handler) attempt(x *exchange, rt route, body []byte, deadline time.Time
 		served, aborted = x.cache.replay(ctx, u)
 	}
 	if !served {
+		if up == nil { // the request it followed failed first: on its own
+			up = x.upstreamRequest(ctx, b, http.MethodPost, path, body)
+		}
 		aborted, proxyErr = serveProxy(b.proxy, u, up)
 	}
 	x.upstreamTime += time.Since(proxyStart)

@@ -10,6 +10,7 @@ import (
 	"unicode"
 	"unicode/utf16"
 	"unicode/utf8"
+	"unsafe"
 
 	"github.com/chatgateway/caddy-chat-gateway/internal/jsonwalk"
 )
@@ -41,13 +42,15 @@ func RequestKey(body []byte, skip func(name string) bool, fields ...[]byte) (str
 // canonicalizers are reused: their buffers outlive a request.
 var canonicalizers = sync.Pool{New: func() any { return new(canonicalizer) }}
 
-// maxPooledCanonical is the largest canonical form whose buffers go back
-// to the pool: a rare large request does not pin its size.
+// maxPooledCanonical bounds the bytes of the buffers of a canonicalizer
+// that goes back to the pool: a rare large request does not pin its size.
 const maxPooledCanonical = 1 << 20
 
-// release forgets the request and gives c back to the pool.
+// release forgets the request and gives c back to the pool, unless its
+// buffers together hold more than maxPooledCanonical bytes.
 func (c *canonicalizer) release() {
-	if cap(c.out) > maxPooledCanonical || cap(c.ord) > maxPooledCanonical {
+	held := cap(c.out) + cap(c.ord) + cap(c.keys) + (cap(c.stack)+cap(c.kept))*int(unsafe.Sizeof(member{})) + cap(c.unordered)*int(unsafe.Sizeof(object{}))
+	if held > maxPooledCanonical {
 		return
 	}
 	c.in, c.out, c.ord = nil, c.out[:0], c.ord[:0]

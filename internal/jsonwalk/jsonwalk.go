@@ -63,7 +63,8 @@ func SkipValue(b []byte, i int) int {
 }
 
 // PlainRun returns the index of the first quote, backslash or control
-// character in b from i, or len(b): where a run of a string's content
+// character in b from i, or len(b) when there is none (i when i is past
+// it): where a run of a string's content
 // that needs no decoding ends. It tests eight bytes at a time, each
 // without a branch (a byte's test can be wrong only above a byte that
 // matched, so the lowest match is right).

@@ -195,18 +195,23 @@ func (c *Cache) prepare(x *exchange, rt route, body []byte) {
 // when the request may be cached.
 func (c *Cache) serve(h *Handler, x *exchange, rt route, body []byte) {
 	use := x.cache
-	switch use.result {
-	case cacheBypass:
-		x.w.Header().Set("Cache-Status", cacheName+"; fwd=bypass")
-		h.forward(x, rt, body)
-		return
-	case cacheHit:
+	if use.result == cacheHit {
 		if use.answer(x, rt) {
 			return
 		}
 		// A stored reply this gateway does not read as one (another
-		// version's, or not a gateway's): a miss, replaced.
+		// version's, or not a gateway's): a miss, replaced. An
+		// embeddings batch made of stored vectors goes to the backend
+		// whole, kept out of the cache.
 		use.entry, use.result = nil, cacheMiss
+		if x.ep.Name() == "embeddings" {
+			use.result = cacheBypass
+		}
+	}
+	if use.result == cacheBypass {
+		x.w.Header().Set("Cache-Status", cacheName+"; fwd=bypass")
+		h.forward(x, rt, body)
+		return
 	}
 	if use.embed != nil {
 		c.serveEmbeddings(h, x, rt, body)

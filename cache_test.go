@@ -559,27 +559,46 @@ func TestCacheCluster(t *testing.T) {
 
 // A stored reply the gateway does not read as a reply (written by
 // another version, or not by a gateway) is a miss, replaced by the
-// backend's reply; never an error.
+// backend's reply; never an error. An embeddings batch made of such
+// vectors goes to the backend whole.
 func TestCacheUnreadableEntry(t *testing.T) {
 	srv := redistest.Start(t)
-	l := newLLM(t)
-	g := newGateway(t, fmt.Sprintf("chat_gateway {\n backend %s\n cache {\n store redis %s\n }\n}", l.URL, srv.Addr))
-	cached(t, g, greedy)
+	l, e := newLLM(t), newEmbedder(t)
+	g := newGateway(t, fmt.Sprintf("chat_gateway {\n backend %s {\n models m\n }\n backend %s {\n models e\n }\n cache {\n store redis %s\n }\n}", l.URL, e.URL, srv.Addr))
 	ctx := context.Background()
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
 	defer rdb.Close()
-	stored, err := rdb.Keys(ctx, "chat_gateway:cache:*").Result()
-	if err != nil || len(stored) != 1 {
-		t.Fatalf("keys in Redis: %v, %v; want the one reply", stored, err)
+	// spoil replaces the body of every entry stored since the keys seen,
+	// returning the keys now stored.
+	spoil := func(seen map[string]bool, body string) map[string]bool {
+		t.Helper()
+		stored, err := rdb.Keys(ctx, "chat_gateway:cache:*").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		all := map[string]bool{}
+		for _, k := range stored {
+			all[k] = true
+			if seen[k] {
+				continue
+			}
+			v, err := rdb.Get(ctx, k).Bytes()
+			if err != nil {
+				t.Fatal(err)
+			}
+			header := 19 + int(v[17]) // version, times, the content type's length and the content type
+			if err := rdb.Set(ctx, k, append(v[:header:header], body...), time.Minute).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if len(all) == len(seen) {
+			t.Fatalf("no entry stored since %v", seen)
+		}
+		return all
 	}
-	v, err := rdb.Get(ctx, stored[0]).Bytes()
-	if err != nil {
-		t.Fatal(err)
-	}
-	header := 19 + int(v[17]) // version, times, the content type's length and the content type
-	if err := rdb.Set(ctx, stored[0], append(v[:header:header], `{"not":"a reply"}`...), time.Minute).Err(); err != nil {
-		t.Fatal(err)
-	}
+
+	cached(t, g, greedy)
+	seen := spoil(nil, `{"not":"a reply"}`)
 	for i, body := range []string{streamed, greedy} { // a stream falls back on the JSON entry
 		status, got, h := cached(t, g, body)
 		if want := fmt.Sprint("answer ", i+2); status != 200 || !strings.Contains(got, want) || h.Get("Cache-Status") != "chat_gateway; fwd=miss" || h.Get("Age") != "" {
@@ -588,6 +607,20 @@ func TestCacheUnreadableEntry(t *testing.T) {
 	}
 	if _, got, h := cached(t, g, greedy); !strings.Contains(got, "answer 3") || !strings.Contains(h.Get("Cache-Status"), "hit") {
 		t.Fatalf("after the miss: %s (%s), want its reply, answer 3, from the cache", got, h.Get("Cache-Status"))
+	}
+
+	embed := func() (*http.Response, string) {
+		req, _ := http.NewRequest(http.MethodPost, g.URL+"/v1/embeddings", strings.NewReader(`{"model":"e","input":["one","two"]}`))
+		return do(t, req)
+	}
+	embed()
+	spoil(seen, `[1,`)
+	resp, got := embed()
+	if resp.StatusCode != 200 || !strings.Contains(got, vectorOf("two")) || resp.Header.Get("Cache-Status") != "chat_gateway; fwd=bypass" {
+		t.Fatalf("embeddings over unreadable vectors: %d %s, Cache-Status %q; want the backend's vectors, bypassing the cache", resp.StatusCode, got, resp.Header.Get("Cache-Status"))
+	}
+	if sent := e.sent(); fmt.Sprint(sent) != "[one two one two]" {
+		t.Fatalf("the backend was sent %v, want both inputs twice", sent)
 	}
 }
 

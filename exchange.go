@@ -292,9 +292,9 @@ func (x *exchange) markFirstToken() {
 // overhead is the time the request spent in the gateway's own work:
 // decoding and validating the request, its cache key and a memory
 // store's lookup, building the upstream request, normalizing the reply
-// or each chunk. Reading the request and writing
-// the reply (network I/O) and the backend are not in it. An echo reply is
-// all the gateway's work.
+// or each chunk. Reading the request and writing the reply (network
+// I/O) and the backend are not in it. An echo reply is all the
+// gateway's work.
 func (x *exchange) overhead() time.Duration {
 	if x.upstreamTime == 0 && x.req != nil && x.h.echoMode() {
 		return time.Since(x.start)

@@ -86,21 +86,38 @@ func (r *UsageRow) add(u UsageRow) {
 	r.Micros += u.Micros
 }
 
-// sortRows orders rows by identity, then model.
-func sortRows(rows []UsageRow) []UsageRow {
-	slices.SortFunc(rows, func(a, b UsageRow) int {
+// usageSum is counts added up by identity and model.
+type usageSum map[[2]string]*UsageRow
+
+// of returns the row of the identity and model of key, empty when new.
+func (s usageSum) of(key [2]string) *UsageRow {
+	r := s[key]
+	if r == nil {
+		r = &UsageRow{Identity: key[0], Model: key[1]}
+		s[key] = r
+	}
+	return r
+}
+
+// rows returns the rows, ordered by identity, then model.
+func (s usageSum) rows() []UsageRow {
+	out := make([]UsageRow, 0, len(s))
+	for _, r := range s {
+		out = append(out, *r)
+	}
+	slices.SortFunc(out, func(a, b UsageRow) int {
 		if c := strings.Compare(a.Identity, b.Identity); c != 0 {
 			return c
 		}
 		return strings.Compare(a.Model, b.Model)
 	})
-	return rows
+	return out
 }
 
 // memoryLedger is a Memory store's ledger.
 type memoryLedger struct {
 	mu   sync.Mutex
-	days map[string]map[[2]string]*UsageRow
+	days map[string]usageSum
 }
 
 // Record implements Ledger.
@@ -110,11 +127,11 @@ func (m *Memory) Record(at time.Time, u Use) {
 	defer l.mu.Unlock()
 	day := dayOf(at)
 	if l.days == nil {
-		l.days = make(map[string]map[[2]string]*UsageRow)
+		l.days = make(map[string]usageSum)
 	}
 	rows := l.days[day]
 	if rows == nil {
-		rows = make(map[[2]string]*UsageRow)
+		rows = make(usageSum)
 		l.days[day] = rows
 		oldest := dayOf(at.AddDate(0, 0, -ledgerDays))
 		for d := range l.days {
@@ -127,12 +144,7 @@ func (m *Memory) Record(at time.Time, u Use) {
 	if rows[key] == nil && len(rows) >= MaxLedgerRows {
 		key = overflowKey
 	}
-	r := rows[key]
-	if r == nil {
-		r = &UsageRow{Identity: key[0], Model: key[1]}
-		rows[key] = r
-	}
-	r.add(u.row())
+	rows.of(key).add(u.row())
 }
 
 // row is u as one request's counts.
@@ -145,20 +157,13 @@ func (m *Memory) Usage(_ context.Context, start, end time.Time) ([]UsageRow, err
 	l := &m.ledger
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	sum := map[[2]string]*UsageRow{}
+	sum := usageSum{}
 	for _, day := range days(start, end) {
 		for key, r := range l.days[day] {
-			if sum[key] == nil {
-				sum[key] = &UsageRow{Identity: r.Identity, Model: r.Model}
-			}
-			sum[key].add(*r)
+			sum.of(key).add(*r)
 		}
 	}
-	out := make([]UsageRow, 0, len(sum))
-	for _, r := range sum {
-		out = append(out, *r)
-	}
-	return sortRows(out), nil
+	return sum.rows(), nil
 }
 
 // ledgerKey is a day's hash in Redis: one field per identity, model
@@ -229,7 +234,13 @@ func (r *Redis) Record(at time.Time, u Use) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.add(dayOf(at), u.row())
-	if !l.scheduled {
+	r.scheduleFlush()
+}
+
+// scheduleFlush has the pending uses sent within LedgerFlush, unless a
+// flush is scheduled already; r.ledger.mu is held.
+func (r *Redis) scheduleFlush() {
+	if l := &r.ledger; !l.scheduled {
 		l.scheduled = true
 		time.AfterFunc(LedgerFlush, func() { _ = r.flushLedger(context.Background()) })
 	}
@@ -268,10 +279,7 @@ func (r *Redis) flushLedger(ctx context.Context) error {
 		for k, row := range pending { // back, for the next flush
 			l.add(k[0], *row)
 		}
-		if !l.scheduled {
-			l.scheduled = true
-			time.AfterFunc(LedgerFlush, func() { _ = r.flushLedger(context.Background()) })
-		}
+		r.scheduleFlush()
 		l.mu.Unlock()
 	}
 	return err
@@ -295,7 +303,7 @@ func (r *Redis) Usage(ctx context.Context, start, end time.Time) ([]UsageRow, er
 	if _, err := pipe.Exec(ctx); err != nil {
 		return nil, err
 	}
-	sum := map[[2]string]*UsageRow{}
+	sum := usageSum{}
 	for _, cmd := range cmds {
 		fields, _ := cmd.Result()
 		for f, v := range fields {
@@ -305,18 +313,9 @@ func (r *Redis) Usage(ctx context.Context, start, end time.Time) ([]UsageRow, er
 			if len(parts) != 3 || err != nil || i < 0 {
 				return nil, fmt.Errorf("limits: ledger field %q: %w", f, errors.New("not one this gateway wrote"))
 			}
-			key := [2]string{parts[0], parts[1]}
-			row := sum[key]
-			if row == nil {
-				row = &UsageRow{Identity: parts[0], Model: parts[1]}
-				sum[key] = row
-			}
+			row := sum.of([2]string{parts[0], parts[1]})
 			*[4]*int64{&row.Requests, &row.Prompt, &row.Completion, &row.Micros}[i] += n
 		}
 	}
-	out := make([]UsageRow, 0, len(sum))
-	for _, r := range sum {
-		out = append(out, *r)
-	}
-	return sortRows(out), nil
+	return sum.rows(), nil
 }

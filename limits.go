@@ -461,7 +461,7 @@ func (l *Limits) settle(x *exchange) {
 	use := limits.Use{Identity: scopeName(x.limitsIdentity), Model: scopeName(x.requestedModel()), Micros: min(pricing.Micros(x.costUSD), maxReserve),
 		Prompt: min(x.usage.PromptTokens, maxReserve), Completion: min(x.usage.CompletionTokens, maxReserve)}
 	if x.cache.served() {
-		use.Prompt, use.Completion, use.Micros = 0, 0, 0 // no backend computed it
+		use.Prompt, use.Completion = 0, 0 // no backend computed it (setCost charged it nothing)
 	}
 	used := limits.Amount{Tokens: min(use.Prompt+use.Completion, maxReserve), Micros: use.Micros}
 	ctx := context.WithoutCancel(x.r.Context())

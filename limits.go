@@ -289,14 +289,35 @@ func (l *Limits) cleanup() error {
 // the identity's limits, with override's in their place where it sets
 // any (a client key's own limits), and the first matching model's.
 func (l *Limits) dimensions(identity string, override limits.Set, model string) []limits.Dimension {
-	dims := l.set.Override(override).Dimensions(make([]limits.Dimension, 0, 8), "id:"+scopeName(identity))
-	for _, m := range l.models {
-		if globMatch(m.pattern, model) {
-			return m.set.Dimensions(dims, "model:"+scopeName(model))
-		}
+	dims := l.set.Override(override).Dimensions(make([]limits.Dimension, 0, 8), identityScope(identity))
+	if m := l.modelLimits(model); m != nil {
+		dims = m.Dimensions(dims, modelScope(model))
 	}
 	return dims
 }
+
+// modelLimits returns the limits of the first model block whose pattern
+// matches model, or nil.
+func (l *Limits) modelLimits(model string) *limits.Set {
+	for i := range l.models {
+		if globMatch(l.models[i].pattern, model) {
+			return &l.models[i].set
+		}
+	}
+	return nil
+}
+
+// The scopes of the limits' counters: an identity's, a model's.
+const (
+	identityScopePrefix = "id:"
+	modelScopePrefix    = "model:"
+)
+
+// identityScope is the scope of identity's counters.
+func identityScope(identity string) string { return identityScopePrefix + scopeName(identity) }
+
+// modelScope is the scope of model's counters.
+func modelScope(model string) string { return modelScopePrefix + scopeName(model) }
 
 // scopeName is s as a store key may hold it: as is when it is a short
 // printable token, else a hash, so that no client-chosen text breaks a

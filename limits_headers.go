@@ -60,8 +60,8 @@ func ceilMillis(d time.Duration) time.Duration {
 // sets the Retry-After headers the request may retry after.
 func denialError(h http.Header, den *limits.Denial) *openai.Error {
 	d := den.Dimension
-	who := strings.TrimPrefix(d.Scope, "id:")
-	if m, ok := strings.CutPrefix(d.Scope, "model:"); ok {
+	who := strings.TrimPrefix(d.Scope, identityScopePrefix)
+	if m, ok := strings.CutPrefix(d.Scope, modelScopePrefix); ok {
 		who = "model " + m
 	}
 	switch {

@@ -204,7 +204,7 @@ type decisionKey struct {
 
 // decision returns the decisions counter of dimension d and result.
 func (m *limitCollectors) decision(d limits.Dimension, result string) prometheus.Counter {
-	return m.byDimension[decisionKey{strings.HasPrefix(d.Scope, "model:"), d.Kind, result}]
+	return m.byDimension[decisionKey{strings.HasPrefix(d.Scope, modelScopePrefix), d.Kind, result}]
 }
 
 // registerLimitMetrics makes the limits' collectors, once, and registers

@@ -162,17 +162,12 @@ func (h *Handler) budgetStates(ctx context.Context, rows []limits.UsageRow, done
 	}
 	for _, id := range identities {
 		if b := l.set.Override(own[id]).Budget; b.Micros > 0 {
-			add(limits.BudgetOf("id:"+id, b), id)
+			add(limits.BudgetOf(identityScope(id), b), id)
 		}
 	}
 	for _, r := range rows {
-		for _, m := range l.models {
-			if globMatch(m.pattern, r.Model) {
-				if m.set.Budget.Micros > 0 {
-					add(limits.BudgetOf("model:"+r.Model, m.set.Budget), "model "+r.Model)
-				}
-				break
-			}
+		if m := l.modelLimits(r.Model); m != nil && m.Budget.Micros > 0 {
+			add(limits.BudgetOf(modelScope(r.Model), m.Budget), "model "+r.Model)
 		}
 	}
 	states, err := l.limiter.Levels(ctx, dims)
